@@ -1,0 +1,272 @@
+"""The ``mmsearch`` command: a thin typer layer over ``mmsearch.Engine``.
+
+Each command opens an engine, calls one library method and formats the result. Library errors
+(``MMSearchError``) become one-line messages and non-zero exit codes in ``_friendly_errors``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from .corpus import Skip
+from .errors import MMSearchError
+
+app = typer.Typer(
+    name="mmsearch",
+    help="Cross-modal search over your images and texts: index a folder, then query it with words, pictures, or both.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+def _friendly_errors(func: Callable) -> Callable:
+    """The one place where library errors become CLI errors."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MMSearchError as exc:
+            err.print(f"[bold red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def command(*args: Any, **kwargs: Any) -> Callable:
+    def register(func: Callable) -> Callable:
+        return app.command(*args, **kwargs)(_friendly_errors(func))
+
+    return register
+
+
+# -- shared options ------------------------------------------------------------------------------
+IndexOpt = Annotated[
+    Optional[Path],
+    typer.Option("--index", "-i", help="Index folder \\[default: $MMSEARCH_INDEX or ./indexes/default].", show_default=False),
+]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="open_clip model name, JSON config path, hf-hub:ORG/REPO, local-dir:PATH, or a `mmsearch train` folder \\[default: the index's model, else ViT-B-32]."),
+]
+PretrainedOpt = Annotated[
+    Optional[str],
+    typer.Option("--pretrained", "-p", help="Pretrained tag (e.g. laion2b_s34b_b79k), checkpoint file, or 'none' for random weights."),
+]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cuda, mps or cpu \\[default: best available].")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
+
+
+def _engine(index: Path | None, model: str | None = None, pretrained: str | None = None, device: str | None = None, **kwargs: Any):
+    from .engine import Engine  # imported here so `mmsearch --help` stays instant
+
+    return Engine(index, model=model, pretrained=pretrained, device=device, **kwargs)
+
+
+class RichProgress:
+    """Draws the library's progress events with rich, on stderr."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.bar = Progress(
+            SpinnerColumn(), TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        )
+        self.task = None
+        self.task_total: int | None = None
+
+    def __enter__(self) -> RichProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def start(self, phase: str, total: int | None) -> None:
+        if self.task is not None and self.task_total is None:
+            self.bar.update(self.task, total=1, completed=1)  # close an open-ended phase (scanning)
+        self.task = self.bar.add_task(phase, total=total)
+        self.task_total = total
+
+    def advance(self, n: int = 1) -> None:
+        if self.task is not None:
+            self.bar.advance(self.task, n)
+
+    def skip(self, skip: Skip) -> None:
+        self.console.print(Text(f"skipped {skip.path}: {skip.reason}", style="yellow"))
+
+
+# -- commands ------------------------------------------------------------------------------------
+@command("index")
+def index_cmd(
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="Folders or files to index \\[default: every folder indexed before].", show_default=False)] = None,
+    index: IndexOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = None,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="Glob of files or folders to leave out (repeatable), e.g. '*.gif' or 'raw/*'.")] = None,
+    hidden: Annotated[bool, typer.Option("--hidden", help="Also index hidden files and folders (names starting with '.').")] = False,
+    reembed: Annotated[bool, typer.Option("--reembed", help="Allow a different model than the index's: embed everything again.")] = False,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Items per encoder batch \\[default: 32 on CPU, 256 on GPU].")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Threads decoding images \\[default: CPU count, at most 8].")] = None,
+    wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for another indexing run on the same index (-1: forever).")] = 0.0,
+    as_json: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Embed new and changed images and texts under PATHS; remove what was deleted."""
+    with _engine(index, model, pretrained, device, batch_size=batch_size, workers=workers) as engine:
+        progress = _QuietProgress(err) if quiet or as_json else RichProgress(err)
+        with progress:
+            report = engine.add(
+                [str(p) for p in paths] if paths else None,
+                exclude=exclude or (), include_hidden=hidden, reembed=reembed, wait=wait, progress=progress,
+            )
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+    else:
+        out.print(report.summary())
+
+
+class _QuietProgress:
+    """No bar, but skipped files are still named (on stderr)."""
+
+    def __init__(self, console: Console):
+        self.console = console
+
+    def __enter__(self) -> _QuietProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def start(self, phase: str, total: int | None) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def skip(self, skip: Skip) -> None:
+        self.console.print(Text(f"skipped {skip.path}: {skip.reason}"))
+
+
+@command("query")
+def query_cmd(
+    terms: Annotated[list[str], typer.Argument(help="Texts and image paths, e.g. \"2:beach\" + ./dog.jpg - people", show_default=False)],
+    index: IndexOpt = None,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="Number of results.")] = 10,
+    type: Annotated[str, typer.Option("--type", "-t", help="Result type: image, text or all.")] = "all",
+    min_score: Annotated[Optional[float], typer.Option("--min-score", help="Leave out results scoring below this cosine similarity.")] = None,
+    under: Annotated[Optional[Path], typer.Option("--under", help="Only results inside this folder.")] = None,
+    image: Annotated[bool, typer.Option("--image", help="Treat every term as an image path.")] = False,
+    text: Annotated[bool, typer.Option("--text", help="Treat every term as text, even if it names a file.")] = False,
+    include_self: Annotated[bool, typer.Option("--include-self", help="Let a query image appear in its own results.")] = False,
+    as_json: JsonOpt = False,
+    paths: Annotated[bool, typer.Option("--paths", help="Print matching paths only, one per line (for piping).")] = False,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Search the index with texts, images, or a weighted combination of both."""
+    if image and text:
+        raise typer.BadParameter("--image and --text exclude each other")
+    with _engine(index, model, pretrained, device) as engine:
+        hits = engine.search(
+            terms, k=top, type=type, min_score=min_score, under=under,
+            include_query=include_self, force="image" if image else "text" if text else None,
+        )
+    if as_json:
+        sys.stdout.write(json.dumps({"query": terms, "hits": [h.as_dict() for h in hits]}, ensure_ascii=False) + "\n")
+    elif paths:
+        seen: set[str] = set()
+        for hit in hits:
+            if hit.path not in seen:
+                seen.add(hit.path)
+                sys.stdout.write(hit.path + "\n")
+    else:
+        _print_hits(hits)
+
+
+def _snippet(text: str | None, width: int = 80) -> str:
+    if not text:
+        return ""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _print_hits(hits) -> None:
+    if not hits:
+        err.print("no results")
+        return
+    table = Table(show_edge=False, header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("type")
+    table.add_column("path", overflow="fold")
+    table.add_column("text", overflow="fold")
+    for hit in hits:
+        where = hit.path + (f":{hit.locator}" if hit.locator else "")
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.modality, Text(where), Text(_snippet(hit.text)))
+    out.print(table)
+
+
+@command("info")
+def info_cmd(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
+    """Show what is in an index: counts, roots, model, vector index and sizes."""
+    with _engine(index) as engine:
+        info = engine.info()
+    if as_json:
+        sys.stdout.write(json.dumps(info, default=str) + "\n")
+        return
+    model = info["model"]
+    rows = [
+        ("index", info["index"]),
+        ("items", f"{info['items']} ({info['images']} images, {info['texts']} texts)"),
+        ("model", f"{model['name']} [{model.get('pretrained') or 'random init'}]"),
+        ("dimension", str(info["dim"])),
+        ("vector index", f"{info['vector_index'].get('type', 'flat')}" + ("" if info["vectors_up_to_date"] else " (file behind database; synced on open)")),
+        ("roots", "\n".join(info["roots"]) or "-"),
+        ("disk", _human_bytes(info["disk_bytes"])),
+        ("schema", str(info["schema_version"])),
+        ("updated", str(info["updated_at"])),
+    ]
+    table = Table(show_header=False, show_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(key, Text(value))
+    out.print(table)
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,337 @@
+"""The corpus: walking folders, classifying files, reading them into records, decoding images.
+
+Nothing here touches the index or the model: functions take paths and return dataclasses, and
+report unusable inputs as ``Skip`` values (path + reason) rather than raising, so one bad file
+never stops a run.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import json
+import os
+import stat as stat_mod
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .config import (
+    HEIF_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    JSONL_EXTENSIONS,
+    MAX_STORED_TEXT_CHARS,
+    TEXT_EXTENSIONS,
+    heif_available,
+)
+
+IMAGE, TEXT = "image", "text"
+MODALITIES = (IMAGE, TEXT)
+
+_heif_registered = False
+
+
+def _register_heif() -> bool:
+    global _heif_registered
+    if not _heif_registered and heif_available():
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+        _heif_registered = True
+    return _heif_registered
+
+
+def file_kind(path: str | Path) -> str | None:
+    """'image', 'text' or 'jsonl' by extension; None for files mmsearch does not index."""
+    ext = os.path.splitext(str(path))[1].lower()
+    if ext in IMAGE_EXTENSIONS or (ext in HEIF_EXTENSIONS and _register_heif()):
+        return "image"
+    if ext in TEXT_EXTENSIONS:
+        return "text"
+    if ext in JSONL_EXTENSIONS:
+        return "jsonl"
+    return None
+
+
+def content_hash(data: bytes | str) -> str:
+    """Identity of content, used to reuse vectors for renamed and duplicated files."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # absolute
+    size: int
+    mtime_ns: int
+    kind: str  # image | text | jsonl
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An input that was not indexed, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class Record:
+    """One item to be indexed, read from a file but not yet embedded."""
+
+    path: str
+    locator: str
+    modality: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+    text: str | None = None
+    width: int | None = None
+    height: int | None = None
+    meta: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.path, self.locator)
+
+
+@dataclass
+class ScanOptions:
+    include_hidden: bool = False
+    exclude: Sequence[str] = ()
+    follow_symlinks: bool = False  # for folders; file symlinks are always read through
+
+
+@dataclass
+class ScanResult:
+    files: list[FileEntry] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+
+
+def _excluded(path: str, root: str, patterns: Sequence[str]) -> bool:
+    if not patterns:
+        return False
+    rel = os.path.relpath(path, root)
+    name = os.path.basename(path)
+    return any(fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(name, pat) or fnmatch.fnmatch(path, pat) for pat in patterns)
+
+
+def scan(roots: Sequence[str | Path], options: ScanOptions | None = None) -> ScanResult:
+    """Every indexable file under ``roots`` (files may be named directly), sorted by path."""
+    options = options or ScanOptions()
+    result = ScanResult()
+    seen: set[str] = set()
+    for root in roots:
+        root_abs = os.path.abspath(os.path.expanduser(str(root)))
+        if os.path.isdir(root_abs):
+            for entry in _walk(root_abs, root_abs, options, result.skipped, set()):
+                if entry.path not in seen:
+                    seen.add(entry.path)
+                    result.files.append(entry)
+        elif os.path.lexists(root_abs):
+            entry = _file_entry(root_abs, result.skipped, named=True)
+            if entry and entry.path not in seen:
+                seen.add(entry.path)
+                result.files.append(entry)
+        else:
+            result.skipped.append(Skip(root_abs, "no such file or folder"))
+    result.files.sort(key=lambda e: e.path)
+    return result
+
+
+def _walk(folder: str, root: str, options: ScanOptions, skipped: list[Skip], active: set) -> Iterator[FileEntry]:
+    try:
+        folder_stat = os.stat(folder)
+        key = (folder_stat.st_dev, folder_stat.st_ino)
+        if key in active:  # symlink loop
+            skipped.append(Skip(folder, "symlink loop"))
+            return
+        active = active | {key}
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        skipped.append(Skip(folder, f"cannot list folder: {exc.strerror or exc}"))
+        return
+    for entry in entries:
+        if not options.include_hidden and entry.name.startswith("."):
+            continue
+        if _excluded(entry.path, root, options.exclude):
+            continue
+        try:
+            is_dir = entry.is_dir(follow_symlinks=options.follow_symlinks)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            yield from _walk(entry.path, root, options, skipped, active)
+        elif file_kind(entry.name):
+            found = _file_entry(entry.path, skipped)
+            if found:
+                yield found
+
+
+def _file_entry(path: str, skipped: list[Skip], named: bool = False) -> FileEntry | None:
+    kind = file_kind(path)
+    if kind is None:
+        if named:
+            skipped.append(Skip(path, "not a supported image or text file type"))
+        return None
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        reason = "broken symlink" if os.path.islink(path) else (exc.strerror or str(exc))
+        skipped.append(Skip(path, reason))
+        return None
+    if not stat_mod.S_ISREG(st.st_mode):
+        skipped.append(Skip(path, "not a regular file"))
+        return None
+    return FileEntry(path, st.st_size, st.st_mtime_ns, kind)
+
+
+# -- reading files into records ------------------------------------------------------------------
+
+class BadInput(Exception):
+    """A file that cannot be indexed; the message is the reason shown to the user."""
+
+
+def read_records(entry: FileEntry) -> tuple[list[Record], list[Skip]]:
+    """The records in one file plus the parts of it that had to be skipped."""
+    try:
+        with open(entry.path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return [], [Skip(entry.path, exc.strerror or str(exc))]
+    try:
+        if entry.kind == "image":
+            return [_image_record(entry, data)], []
+        if entry.kind == "text":
+            return [_text_record(entry, data)], []
+        return _jsonl_records(entry, data)
+    except BadInput as exc:
+        return [], [Skip(entry.path, str(exc))]
+
+
+def _image_record(entry: FileEntry, data: bytes) -> Record:
+    if not data:
+        raise BadInput("empty file")
+    _register_heif()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadInput(_image_error(exc)) from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise BadInput(f"unreadable image: {exc}") from exc
+    if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: report upright dimensions
+        width, height = height, width
+    return Record(entry.path, "", IMAGE, entry.size, entry.mtime_ns, content_hash(data), width=width, height=height)
+
+
+def _image_error(exc: Exception) -> str:
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image (unrecognised data)"
+    return f"image too large ({exc})"
+
+
+def decode_text(data: bytes) -> str:
+    """Bytes of a text file as str: UTF-8 (BOM allowed), else Latin-1 where it is plainly text."""
+    if b"\x00" in data[:8192]:
+        raise BadInput("binary data, not text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    text = data.decode("utf-8", errors="replace")
+    if text.count("\ufffd") > max(8, len(text) // 20):
+        # Mostly undecodable: try Latin-1, the usual legacy encoding, if it yields printable text.
+        latin = data.decode("latin-1")
+        printable = sum(ch.isprintable() or ch in "\n\r\t" for ch in latin)
+        if printable < 0.95 * len(latin):
+            raise BadInput("binary data, not text")
+        return latin
+    return text
+
+
+def _text_record(entry: FileEntry, data: bytes) -> Record:
+    text = decode_text(data).strip()
+    if not text:
+        raise BadInput("empty text")
+    return Record(
+        entry.path, "", TEXT, entry.size, entry.mtime_ns, content_hash(text), text=text[:MAX_STORED_TEXT_CHARS]
+    )
+
+
+def _jsonl_records(entry: FileEntry, data: bytes) -> tuple[list[Record], list[Skip]]:
+    text = decode_text(data)
+    records: list[Record] = []
+    skipped: list[Skip] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{entry.path}:{number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            skipped.append(Skip(where, f"malformed JSON line ({exc.msg})"))
+            continue
+        if not isinstance(obj, dict):
+            skipped.append(Skip(where, "line is not a JSON object"))
+            continue
+        value = obj.get("text")
+        if not isinstance(value, str) or not value.strip():
+            skipped.append(Skip(where, "no non-empty string 'text' field"))
+            continue
+        meta = {k: v for k, v in obj.items() if k != "text"} or None
+        body = value.strip()
+        records.append(
+            Record(entry.path, str(number), TEXT, entry.size, entry.mtime_ns, content_hash(body),
+                   text=body[:MAX_STORED_TEXT_CHARS], meta=meta)
+        )
+    if not records and not skipped:
+        raise BadInput("no lines with text")
+    return records, skipped
+
+
+# -- decoding images for the encoder -------------------------------------------------------------
+
+def load_image(path: str | Path) -> Image.Image:
+    """An image file decoded upright (EXIF orientation applied) as RGB; first frame if animated."""
+    _register_heif()
+    try:
+        with Image.open(path) as img:
+            img.seek(0)
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            return to_rgb(upright)
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise BadInput(_image_error(exc)) from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise BadInput(f"cannot decode image: {exc}") from exc
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB conversion that handles 16-bit, transparency and CMYK without garbling colours."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return Image.fromarray((arr / peak * 255.0).clip(0, 255).astype("uint8"), "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")

@@ -1,0 +1,49 @@
+"""Exception types raised by the mmsearch library.
+
+Every error a user can cause or fix is one of these narrow types; the CLI turns them into
+one-line messages with a non-zero exit code (see ``mmsearch.cli``).
+"""
+
+from __future__ import annotations
+
+
+class MMSearchError(Exception):
+    """Base class of every error mmsearch raises on purpose."""
+
+    exit_code = 1
+
+
+class IndexNotFoundError(MMSearchError):
+    """The index folder does not exist."""
+
+
+class NotAnIndexError(MMSearchError):
+    """The folder exists but holds no readable mmsearch index."""
+
+
+class IndexVersionError(MMSearchError):
+    """The index was written by a newer, incompatible schema version."""
+
+
+class IndexLockedError(MMSearchError):
+    """Another process is writing to the index."""
+
+
+class ModelLoadError(MMSearchError):
+    """The model or its weights could not be loaded."""
+
+
+class ModelMismatchError(MMSearchError):
+    """The requested model differs from the one the index was built with."""
+
+
+class QueryError(MMSearchError):
+    """The query is malformed or names an input that cannot be used."""
+
+    exit_code = 2
+
+
+class IndexingInterrupted(MMSearchError):
+    """Indexing stopped on request; the work done so far was saved."""
+
+    exit_code = 130

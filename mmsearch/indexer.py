@@ -1,0 +1,400 @@
+"""The index path: scan -> plan -> read/decode -> encode -> write.
+
+``Indexer.run`` compares what is on disk with what the store holds and does the least work that
+brings the store up to date: unchanged files (same size and mtime) are not read; changed files
+whose content hash is unchanged are only touched; new files whose content is already indexed
+(renames, duplicates) copy the stored vector; only the rest is decoded and encoded. Every write
+is a database transaction that bumps the generation; the in-memory FAISS index follows each
+commit and is saved at the end (and periodically), so a kill at any moment loses at most the
+batch in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .config import CHECKPOINT_SECONDS, WRITE_CHUNK
+from .corpus import IMAGE, BadInput, FileEntry, Record, ScanOptions, Skip, load_image, read_records, scan
+from .db import Embedding, Item, Root, Tombstone, next_generation, utcnow
+from .errors import IndexingInterrupted
+from .model import Encoder
+from .store import IndexStore, vectors_from_blobs
+from .vectors import VectorIndex
+
+log = logging.getLogger(__name__)
+
+
+class Progress(Protocol):
+    """Receives progress from long operations; the CLI draws it with rich."""
+
+    def start(self, phase: str, total: int | None) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def skip(self, skip: Skip) -> None: ...
+
+
+class NullProgress:
+    def start(self, phase: str, total: int | None) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def skip(self, skip: Skip) -> None:
+        log.warning("skipped %s: %s", skip.path, skip.reason)
+
+
+@dataclass
+class IndexReport:
+    """What an indexing run did."""
+
+    added: int = 0  # new items, encoded
+    updated: int = 0  # changed items, re-encoded
+    reused: int = 0  # new or changed items whose vector was copied (renamed or duplicate content)
+    removed: int = 0  # items whose files are gone
+    unchanged: int = 0
+    skipped: list[Skip] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def summary(self) -> str:
+        text = (
+            f"{self.added} added, {self.updated} updated, {self.reused} reused, "
+            f"{self.removed} removed, {len(self.skipped)} skipped, {self.unchanged} unchanged "
+            f"in {self.seconds:.1f}s"
+        )
+        return text + (" (interrupted: work so far saved)" if self.interrupted else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "added": self.added, "updated": self.updated, "reused": self.reused,
+            "removed": self.removed, "unchanged": self.unchanged, "skipped": len(self.skipped),
+            "skipped_files": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "seconds": round(self.seconds, 3), "interrupted": self.interrupted,
+        }
+
+
+@dataclass
+class _Existing:
+    id: int
+    locator: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+    modality: str
+
+
+@dataclass
+class _Job:
+    """A record that needs a vector: encoded, or copied from ``source`` (an item id)."""
+
+    record: Record
+    item_id: int | None  # existing row to update, or None for a new row
+    source: int | None = None
+
+
+@dataclass
+class _Plan:
+    jobs: list[_Job] = field(default_factory=list)
+    touch: list[tuple[int, Record]] = field(default_factory=list)
+    remove: list[int] = field(default_factory=list)
+
+
+class Indexer:
+    """Brings an ``IndexStore`` up to date with files on disk, using one ``Encoder``."""
+
+    def __init__(
+        self,
+        store: IndexStore,
+        encoder_factory: Callable[[], Encoder],
+        vectors: VectorIndex,
+        progress: Progress | None = None,
+        batch_size: int = 32,
+        workers: int | None = None,
+    ):
+        self.store = store
+        self._encoder_factory = encoder_factory
+        self.vectors = vectors
+        self.progress = progress or NullProgress()
+        self.batch_size = max(1, batch_size)
+        self.workers = workers or min(8, (os.cpu_count() or 2))
+        self.report = IndexReport()
+        self._last_save = time.monotonic()
+
+    # -- public ------------------------------------------------------------------------------
+    def run(self, roots: Sequence[str], options: ScanOptions | None = None) -> IndexReport:
+        started = time.monotonic()
+        try:
+            self.progress.start("scanning", None)
+            scanned = scan(roots, options)
+            for skip in scanned.skipped:
+                self._skip(skip)
+            plan = self._plan(roots, scanned.files, scanned.skipped)
+            self._copy_and_touch(plan)
+            self._encode_all([job for job in plan.jobs if job.source is None])
+            self._remove(plan.remove)
+            self._record_roots(roots)
+        except KeyboardInterrupt as exc:
+            self.report.interrupted = True
+            self._finish(started)
+            raise IndexingInterrupted(f"interrupted: {self.report.summary()}") from exc
+        self._finish(started)
+        return self.report
+
+    # -- planning ----------------------------------------------------------------------------
+    def _existing_under(self, session: Session, roots: Sequence[str]) -> dict[str, list[_Existing]]:
+        by_path: dict[str, list[_Existing]] = defaultdict(list)
+        for root in roots:
+            root = os.path.abspath(os.path.expanduser(root))
+            prefix = root.rstrip(os.sep) + os.sep
+            rows = session.execute(
+                select(Item.id, Item.path, Item.locator, Item.size, Item.mtime_ns, Item.content_hash, Item.modality)
+                .where((Item.path == root) | Item.path.startswith(prefix, autoescape=True))
+            )
+            for row in rows:
+                by_path[row.path].append(_Existing(row.id, row.locator, row.size, row.mtime_ns, row.content_hash, row.modality))
+        return by_path
+
+    def _plan(self, roots: Sequence[str], files: list[FileEntry], scan_skips: list[Skip]) -> _Plan:
+        plan = _Plan()
+        with self.store.session() as session:
+            existing = self._existing_under(session, roots)
+            dirty: list[FileEntry] = []
+            for entry in files:
+                old = existing.get(entry.path)
+                if old and all(o.size == entry.size and o.mtime_ns == entry.mtime_ns for o in old):
+                    self.report.unchanged += len(old)
+                else:
+                    dirty.append(entry)
+            # Items of files that vanished are removed, except under folders or files the scan
+            # could not read this time (unmounted disk, permissions): those are kept as they are.
+            present = {entry.path for entry in files}
+            protected = tuple(s.path for s in scan_skips if s.reason != "broken symlink")
+            for path, olds in existing.items():
+                if path not in present and not _under_any(path, protected):
+                    plan.remove.extend(o.id for o in olds)
+
+            records_by_path = self._read_all(dirty)
+            new_hashes: dict[tuple[str, str], int | None] = {}
+            for entry in dirty:
+                records = records_by_path.get(entry.path)
+                if records is None:  # unreadable now: keep whatever was indexed before
+                    continue
+                olds = {o.locator: o for o in existing.get(entry.path, [])}
+                for record in records:
+                    old = olds.pop(record.locator, None)
+                    if old is not None and old.content_hash == record.content_hash and old.modality == record.modality:
+                        plan.touch.append((old.id, record))
+                        self.report.unchanged += 1
+                        continue
+                    plan.jobs.append(_Job(record, old.id if old else None))
+                    new_hashes[(record.modality, record.content_hash)] = None
+                plan.remove.extend(o.id for o in olds.values())
+            self._find_sources(session, plan.jobs, new_hashes)
+        return plan
+
+    def _read_all(self, dirty: list[FileEntry]) -> dict[str, list[Record]]:
+        """Records of each readable dirty file (hashing and header checks run in threads)."""
+        self.progress.start("reading", len(dirty))
+        out: dict[str, list[Record]] = {}
+        with ThreadPoolExecutor(self.workers) as pool:
+            for entry, (records, skips) in zip(dirty, pool.map(read_records, dirty)):
+                for skip in skips:
+                    self._skip(skip)
+                if records or not skips:
+                    out[entry.path] = records
+                self.progress.advance()
+        return out
+
+    def _find_sources(self, session: Session, jobs: list[_Job], wanted: dict[tuple[str, str], int | None]) -> None:
+        """Point each job whose content is already indexed at an item holding that vector."""
+        hashes = sorted({h for _, h in wanted})
+        for start in range(0, len(hashes), 500):
+            chunk = hashes[start:start + 500]
+            rows = session.execute(
+                select(Item.modality, Item.content_hash, func.min(Item.id))
+                .where(Item.content_hash.in_(chunk))
+                .group_by(Item.modality, Item.content_hash)
+            )
+            for modality, content_hash, item_id in rows:
+                if (modality, content_hash) in wanted:
+                    wanted[(modality, content_hash)] = item_id
+        for job in jobs:
+            job.source = wanted.get((job.record.modality, job.record.content_hash))
+
+    # -- writing -----------------------------------------------------------------------------
+    def _copy_and_touch(self, plan: _Plan) -> None:
+        """Copy stored vectors to renamed/duplicate items and refresh metadata of touched ones."""
+        copies = [job for job in plan.jobs if job.source is not None]
+        with self.store.session() as session:
+            for start in range(0, len(plan.touch), WRITE_CHUNK):
+                with session.begin():
+                    for item_id, record in plan.touch[start:start + WRITE_CHUNK]:
+                        item = session.get(Item, item_id)
+                        item.size, item.mtime_ns = record.size, record.mtime_ns
+            for start in range(0, len(copies), WRITE_CHUNK):
+                chunk = copies[start:start + WRITE_CHUNK]
+                sources = {job.source for job in chunk}
+                blobs = dict(session.execute(
+                    select(Embedding.item_id, Embedding.vector).where(Embedding.item_id.in_(sources))
+                ).all())
+                vectors = vectors_from_blobs([blobs[job.source] for job in chunk], self.store.dim)
+                self._write(session, chunk, vectors)
+                self.report.reused += len(chunk)
+
+    def _encode_all(self, jobs: list[_Job]) -> None:
+        # Identical content among the new files is encoded once and written to every copy.
+        groups: dict[tuple[str, str], list[_Job]] = defaultdict(list)
+        for job in jobs:
+            groups[(job.record.modality, job.record.content_hash)].append(job)
+        if not groups:
+            return
+        encoder = self._encoder_factory()
+        leaders = [members[0] for members in groups.values()]
+        self.progress.start("encoding", len(jobs))
+        with self.store.session() as session, ThreadPoolExecutor(self.workers) as pool:
+            texts = [j for j in leaders if j.record.modality != IMAGE]
+            images = [j for j in leaders if j.record.modality == IMAGE]
+            for start in range(0, len(texts), self.batch_size):
+                batch = texts[start:start + self.batch_size]
+                vectors = encoder.encode_texts([j.record.text or "" for j in batch])
+                self._write_groups(session, batch, vectors, groups)
+            for batch, tensors in self._decoded_batches(pool, images, encoder):
+                if batch:
+                    import torch
+
+                    vectors = encoder.encode_image_tensors(torch.stack(tensors))
+                    self._write_groups(session, batch, vectors, groups)
+                self._maybe_checkpoint()
+
+    def _decoded_batches(self, pool: ThreadPoolExecutor, jobs: list[_Job], encoder: Encoder) -> Iterator[tuple[list[_Job], list[Any]]]:
+        """Batches of (jobs, preprocessed tensors), decoded ahead in threads, in order."""
+        preprocess = encoder.preprocess
+
+        def load(job: _Job):
+            try:
+                return preprocess(load_image(job.record.path))
+            except BadInput as exc:
+                return Skip(job.record.path, str(exc))
+
+        pending: list[tuple[_Job, Future]] = []
+        cursor = 0
+        lookahead = self.batch_size * 2  # bounded: at most two batches decoded ahead of the encoder
+        while cursor < len(jobs) or pending:
+            while cursor < len(jobs) and len(pending) < lookahead:
+                pending.append((jobs[cursor], pool.submit(load, jobs[cursor])))
+                cursor += 1
+            take, pending = pending[:self.batch_size], pending[self.batch_size:]
+            ok_jobs, tensors = [], []
+            for job, future in take:
+                result = future.result()
+                if isinstance(result, Skip):
+                    self._skip(result)
+                    self.progress.advance()
+                else:
+                    ok_jobs.append(job)
+                    tensors.append(result)
+            yield ok_jobs, tensors
+
+    def _write_groups(self, session: Session, leaders: list[_Job], vectors: np.ndarray, groups) -> None:
+        jobs, rows = [], []
+        for row, leader in enumerate(leaders):
+            members = groups[(leader.record.modality, leader.record.content_hash)]
+            jobs.extend(members)
+            rows.extend([row] * len(members))
+            self.report.reused += len(members) - 1
+        self._write(session, jobs, vectors[rows], encoded=set(map(id, leaders)))
+
+    def _write(self, session: Session, jobs: list[_Job], vectors: np.ndarray, encoded: set[int] | None = None) -> None:
+        """Insert or update ``jobs`` with ``vectors`` in one transaction, then mirror in FAISS."""
+        replaced: list[int] = []
+        items: list[Item] = []
+        with session.begin():
+            gen = next_generation(session)
+            for job, vector in zip(jobs, vectors):
+                rec = job.record
+                fields = dict(
+                    path=rec.path, locator=rec.locator, modality=rec.modality, size=rec.size,
+                    mtime_ns=rec.mtime_ns, content_hash=rec.content_hash, width=rec.width,
+                    height=rec.height, text=rec.text, meta=rec.meta, gen=gen,
+                )
+                blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+                if job.item_id is None:
+                    item = Item(**fields)
+                    item.embedding = Embedding(vector=blob)
+                    session.add(item)
+                else:
+                    item = session.get(Item, job.item_id)
+                    for key, value in fields.items():
+                        setattr(item, key, value)
+                    if item.embedding is None:
+                        item.embedding = Embedding(vector=blob)
+                    else:
+                        item.embedding.vector = blob
+                    replaced.append(job.item_id)
+                items.append(item)
+            session.flush()
+            ids = np.array([item.id for item in items], np.int64)
+        self.vectors.remove(replaced)
+        self.vectors.add(ids, vectors)
+        self.vectors.gen = gen
+        if encoded is not None:
+            for job in jobs:
+                if id(job) in encoded:
+                    if job.item_id is None:
+                        self.report.added += 1
+                    else:
+                        self.report.updated += 1
+                self.progress.advance()
+
+    def _remove(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        with self.store.session() as session:
+            for start in range(0, len(ids), WRITE_CHUNK):
+                chunk = ids[start:start + WRITE_CHUNK]
+                with session.begin():
+                    gen = next_generation(session)
+                    session.query(Item).filter(Item.id.in_(chunk)).delete(synchronize_session=False)
+                    session.add_all(Tombstone(item_id=i, gen=gen) for i in chunk)
+                self.vectors.remove(chunk)
+                self.vectors.gen = gen
+                self.report.removed += len(chunk)
+
+    def _record_roots(self, roots: Iterable[str]) -> None:
+        with self.store.session() as session, session.begin():
+            for root in roots:
+                path = os.path.abspath(os.path.expanduser(root))
+                row = session.get(Root, path)
+                if row is None:
+                    row = Root(path=path)
+                    session.add(row)
+                row.indexed_at = utcnow()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _skip(self, skip: Skip) -> None:
+        self.report.skipped.append(skip)
+        self.progress.skip(skip)
+
+    def _maybe_checkpoint(self) -> None:
+        if time.monotonic() - self._last_save > CHECKPOINT_SECONDS:
+            self.store.save_vectors(self.vectors)
+            self._last_save = time.monotonic()
+
+    def _finish(self, started: float) -> None:
+        self.store.save_vectors(self.vectors)
+        self.report.seconds = time.monotonic() - started
+
+
+def _under_any(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == p or path.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes)

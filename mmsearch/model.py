@@ -1,0 +1,292 @@
+"""The open_clip dual encoder: which model to load (``ModelSpec``) and the loaded model (``Encoder``).
+
+``ModelSpec`` is cheap: it resolves what the user named (an open_clip architecture, a JSON config
+file, ``hf-hub:``/``local-dir:`` names, a folder written by ``mmsearch train``) and the weights
+(a pretrained tag, a checkpoint file, or none) into an identity that is stored in the index
+manifest. ``Encoder`` imports torch and loads the weights; nothing else in the package does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from .errors import ModelLoadError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+NO_WEIGHTS = ("", "none", "random")
+# Names of the files `mmsearch train` writes into its output folder.
+TRAINED_CONFIG = "config.json"
+TRAINED_CHECKPOINT = "checkpoint.pt"
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256_json(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as the user named it, resolved to absolute paths where it names files.
+
+    ``name`` is an open_clip architecture (``ViT-B-32``), a path to an open_clip JSON config,
+    ``hf-hub:org/repo``, ``local-dir:/path`` or a folder written by ``mmsearch train``.
+    ``pretrained`` is a tag, a checkpoint file, or None for random weights.
+    """
+
+    name: str
+    pretrained: str | None
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def resolve(cls, name: str | None = None, pretrained: str | None = None) -> ModelSpec:
+        """Validate and normalise a user's ``--model``/``--pretrained`` without loading anything."""
+        if not name:
+            return cls(DEFAULT_MODEL, DEFAULT_PRETRAINED if pretrained is None else _weights(pretrained))
+        if name.startswith(("hf-hub:", "local-dir:")):
+            if name.startswith("local-dir:"):
+                folder = Path(name[len("local-dir:"):]).expanduser()
+                if not folder.is_dir():
+                    raise ModelLoadError(f"model folder not found: {folder}")
+                name = f"local-dir:{folder.resolve()}"
+            return cls(name, None)
+        path = Path(name).expanduser()
+        if path.is_dir():
+            config, checkpoint = path / TRAINED_CONFIG, path / TRAINED_CHECKPOINT
+            if (path / "open_clip_config.json").is_file():
+                return cls(f"local-dir:{path.resolve()}", None)
+            if config.is_file():
+                weights = pretrained if pretrained is not None else (str(checkpoint) if checkpoint.is_file() else None)
+                return cls(str(config.resolve()), _weights(weights))
+            raise ModelLoadError(
+                f"{path} is a folder but holds neither {TRAINED_CONFIG} nor open_clip_config.json"
+            )
+        if name.endswith(".json"):
+            if not path.is_file():
+                raise ModelLoadError(f"model config file not found: {path}")
+            _read_config(path)  # fail early on a malformed config
+            return cls(str(path.resolve()), _weights(pretrained))
+        import open_clip
+
+        if name not in open_clip.list_models():
+            close = difflib.get_close_matches(name, open_clip.list_models(), n=5)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; see open_clip.list_models()"
+            raise ModelLoadError(f"unknown open_clip model {name!r}{hint}")
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained is None:
+            # An explicit architecture with no weights named gets its first published weights,
+            # not a silently useless random model.
+            pretrained = DEFAULT_PRETRAINED if name == DEFAULT_MODEL else (tags[0] if tags else "none")
+        weights = _weights(pretrained)
+        if weights is not None and not Path(weights).is_file() and weights not in tags:
+            raise ModelLoadError(
+                f"pretrained {pretrained!r} is neither a checkpoint file nor a tag of {name}; "
+                f"tags: {', '.join(tags) or 'none'}"
+            )
+        return cls(name, weights)
+
+    @classmethod
+    def from_manifest(cls, data: dict) -> ModelSpec:
+        return cls(data["name"], data.get("pretrained"))
+
+    # -- description -------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path | None:
+        return Path(self.name) if self.name.endswith(".json") else None
+
+    @property
+    def arch(self) -> str:
+        """The open_clip model name passed to ``create_model`` (config files register their stem)."""
+        return self.config_path.stem if self.config_path else self.name
+
+    @property
+    def display(self) -> str:
+        weights = self.pretrained or ("(bundled)" if self.name.startswith(("hf-hub:", "local-dir:")) else "random init")
+        return f"{self.name} [{weights}]"
+
+    def identity(self, known: dict | None = None) -> dict:
+        """What the manifest records. ``fingerprint`` changes iff the embedding space may change.
+
+        Hashing a checkpoint file is skipped when ``known`` (the manifest's previous identity)
+        recorded the same path, size and mtime.
+        """
+        if self.config_path:
+            arch_sig = _sha256_json(_read_config(self.config_path))
+        elif self.name.startswith("local-dir:"):
+            folder = Path(self.name[len("local-dir:"):])
+            arch_sig = _sha256_file(folder / "open_clip_config.json") if (folder / "open_clip_config.json").is_file() else self.name
+        else:
+            arch_sig = self.name
+        weights: dict[str, Any]
+        if self.pretrained is None:
+            weights = {"kind": "none" if not self.name.startswith(("hf-hub:", "local-dir:")) else "bundled"}
+            if self.name.startswith("local-dir:"):
+                weights.update(_file_identity(_local_dir_checkpoint(self.name), known))
+        elif Path(self.pretrained).is_file():
+            weights = {"kind": "file", **_file_identity(Path(self.pretrained), known)}
+        else:
+            weights = {"kind": "tag", "id": self.pretrained}
+        fingerprint = _sha256_json({"arch": arch_sig, "weights": weights.get("sha256", weights.get("id", weights["kind"]))})
+        return {"name": self.name, "pretrained": self.pretrained, "weights": weights, "fingerprint": fingerprint}
+
+
+def _weights(pretrained: str | None) -> str | None:
+    if pretrained is None or pretrained.strip().lower() in NO_WEIGHTS:
+        return None
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return str(path.resolve())
+    if os.path.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        raise ModelLoadError(f"checkpoint file not found: {pretrained}")
+    return pretrained
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read model config {path}: {exc}") from exc
+    missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in data]
+    if missing:
+        raise ModelLoadError(f"model config {path} lacks {', '.join(missing)} (not an open_clip config)")
+    return data
+
+
+def _local_dir_checkpoint(name: str) -> Path | None:
+    folder = Path(name[len("local-dir:"):])
+    for pattern in ("*.safetensors", "*.bin", "*.pth", "*.pt"):
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
+def _file_identity(path: Path | None, known: dict | None) -> dict:
+    if path is None:
+        return {}
+    stat = path.stat()
+    record = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    prev = (known or {}).get("weights", {})
+    if all(prev.get(key) == value for key, value in record.items()) and prev.get("sha256"):
+        record["sha256"] = prev["sha256"]
+    else:
+        record["sha256"] = _sha256_file(path)
+    return record
+
+
+def pick_device(requested: str | None = None) -> str:
+    """``requested`` if given, else CUDA, then Apple MPS, then CPU."""
+    import torch
+
+    if requested:
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelLoadError(f"device {requested!r} requested but CUDA is not available")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class Encoder:
+    """A loaded open_clip model: images and texts in, L2-normalised float32 vectors out."""
+
+    def __init__(self, spec: ModelSpec, device: str | None = None):
+        import open_clip
+        import torch
+
+        self.spec = spec
+        self.device = pick_device(device)
+        # Half precision halves memory traffic on GPUs; CPUs have no fast fp16 matmul.
+        self.precision = "fp16" if self.device.startswith("cuda") else "fp32"
+        self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        if spec.config_path:
+            open_clip.add_model_config(spec.config_path)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.arch, pretrained=spec.pretrained, precision=self.precision, device=self.device
+            )
+            self.tokenizer = open_clip.get_tokenizer(spec.arch)
+        except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError/HF errors
+            raise ModelLoadError(_explain_load_failure(spec, exc)) from exc
+        model.eval()
+        self.model = model
+        self.preprocess = preprocess
+        self.image_size = _image_size(model)
+        self.context_length = int(getattr(model, "context_length", 77) or 77)
+        with torch.inference_mode():
+            probe = self.model.encode_text(self.tokenizer(["probe"]).to(self.device))
+        self.dim = int(probe.shape[-1])
+
+    # -- encoding ----------------------------------------------------------------------------
+    def encode_image_tensors(self, batch: torch.Tensor) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            pixels = batch.to(self.device, dtype=self.dtype, non_blocking=True)
+            features = self.model.encode_image(pixels)
+        return _normalise(features)
+
+    def encode_images(self, images: list[Image.Image]) -> np.ndarray:
+        import torch
+
+        if not images:
+            return np.empty((0, self.dim), np.float32)
+        return self.encode_image_tensors(torch.stack([self.preprocess(img) for img in images]))
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        if not texts:
+            return np.empty((0, self.dim), np.float32)
+        # The tokenizer truncates to the model's context length, so long texts are cut, not rejected.
+        tokens = self.tokenizer(texts)
+        with torch.inference_mode():
+            features = self.model.encode_text(tokens.to(self.device))
+        return _normalise(features)
+
+
+def _normalise(features: torch.Tensor) -> np.ndarray:
+    array = features.float().cpu().numpy()
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return (array / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _image_size(model: Any) -> int:
+    size = getattr(getattr(model, "visual", None), "image_size", 224)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def _explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if spec.pretrained and not Path(spec.pretrained).is_file() or spec.name.startswith("hf-hub:"):
+        return (
+            f"cannot load weights for {spec.display}: {reason}. They are downloaded from the "
+            "Hugging Face hub on first use and cached; without network access, copy them into the "
+            "cache (HF_HOME), or point at local weights with --pretrained /path/to/checkpoint.pt, "
+            "--model local-dir:/path/to/folder, or --model config.json --pretrained checkpoint.pt"
+        )
+    return f"cannot load model {spec.display}: {reason}"

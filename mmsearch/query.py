@@ -1,0 +1,152 @@
+"""Query terms and hits.
+
+A query is a list of weighted terms, each a text, an image file or an indexed item id
+("more like this"). On the command line they read like rclip's: ``"2:beach" + ./dog.jpg - people``
+(``+``/``-`` between terms, ``-`` subtracts the next term, ``W:`` sets a weight). The query vector
+is the normalised weighted sum of the normalised term embeddings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .config import HEIF_EXTENSIONS, IMAGE_EXTENSIONS
+from .errors import QueryError
+
+TEXT, IMAGE, ITEM = "text", "image", "item"
+TYPES = ("all", "image", "text")
+
+_WEIGHT_RE = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)):(.*)$", re.S)
+_INLINE_OP_RE = re.compile(r"\s+([+-])\s+")
+
+
+@dataclass(frozen=True)
+class QueryTerm:
+    """One part of a query: ``kind`` is 'text', 'image' (a file path) or 'item' (an item id)."""
+
+    kind: str
+    value: str
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in (TEXT, IMAGE, ITEM):
+            raise QueryError(f"unknown query term kind {self.kind!r}")
+        if self.kind == TEXT and not self.value.strip():
+            raise QueryError("empty text in query")
+        if not np.isfinite(self.weight):
+            raise QueryError(f"weight of {self.value!r} is not a finite number")
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    rank: int
+    score: float
+    id: int
+    modality: str
+    path: str
+    locator: str = ""
+    text: str | None = None
+    width: int | None = None
+    height: int | None = None
+    meta: dict[str, Any] | None = field(default=None)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["score"] = round(float(self.score), 6)
+        return data
+
+
+def _looks_like_image(value: str) -> bool:
+    ext = os.path.splitext(value)[1].lower()
+    return ext in IMAGE_EXTENSIONS or ext in HEIF_EXTENSIONS
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.startswith(("~", ".")) or (os.altsep is not None and os.altsep in value)
+
+
+def classify(value: str, force: str | None = None) -> str:
+    """'image' or 'text' for a raw term; ``force`` ('image'/'text') overrides detection."""
+    if force == TEXT:
+        return TEXT
+    expanded = os.path.expanduser(value)
+    if force == IMAGE:
+        if not os.path.isfile(expanded):
+            raise QueryError(f"image not found: {value}")
+        return IMAGE
+    if _looks_like_image(value) and (os.path.isfile(expanded) or _looks_like_path(value)):
+        if not os.path.isfile(expanded):
+            raise QueryError(f"image not found: {value}")
+        return IMAGE
+    return TEXT
+
+
+def _split_inline(tokens: Sequence[str]) -> list[str]:
+    """Turn ``["a + b", "-", "c"]`` into ``["a", "+", "b", "-", "c"]``."""
+    out: list[str] = []
+    for token in tokens:
+        if token in ("+", "-"):
+            out.append(token)
+            continue
+        out.extend(part for part in _INLINE_OP_RE.split(token) if part.strip())
+    return out
+
+
+def parse_query(tokens: Sequence[str] | str, force: str | None = None) -> list[QueryTerm]:
+    """Parse command-line style query tokens into weighted terms."""
+    if isinstance(tokens, str):
+        tokens = [tokens]
+    if force not in (None, TEXT, IMAGE):
+        raise QueryError(f"cannot force term type {force!r}")
+    pieces = _split_inline(tokens)
+    terms: list[QueryTerm] = []
+    sign = 1.0
+    expect_term = True
+    for piece in pieces:
+        if piece in ("+", "-"):
+            if not expect_term and terms:
+                sign = -1.0 if piece == "-" else 1.0
+                expect_term = True
+                continue
+            if piece == "-" and not terms:
+                sign = -1.0
+                continue
+            raise QueryError(f"unexpected {piece!r} in query: an operator must stand between two terms")
+        weight = 1.0
+        value = piece
+        match = _WEIGHT_RE.match(piece)
+        if match and match.group(2).strip():
+            weight, value = float(match.group(1)), match.group(2)
+        value = value.strip()
+        if not value:
+            raise QueryError("empty term in query")
+        terms.append(QueryTerm(classify(value, force), value, sign * weight))
+        sign, expect_term = 1.0, False
+    if not terms:
+        raise QueryError("empty query: give a text, an image path, or both")
+    if expect_term:
+        raise QueryError("query ends with an operator: add a term after it")
+    if not any(term.weight > 0 for term in terms):
+        raise QueryError("query needs at least one term with a positive weight")
+    return terms
+
+
+def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """Normalised weighted sum of normalised vectors."""
+    total = (np.asarray(weights, np.float32)[:, None] * vectors).sum(axis=0)
+    norm = float(np.linalg.norm(total))
+    if norm < 1e-6:
+        raise QueryError("the query terms cancel out: change the weights")
+    return (total / norm).astype(np.float32)
+
+
+def query_image_paths(terms: Sequence[QueryTerm]) -> set[str]:
+    return {os.path.abspath(os.path.expanduser(t.value)) for t in terms if t.kind == IMAGE}

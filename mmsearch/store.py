@@ -1,0 +1,249 @@
+"""One index store on disk: manifest, SQLite database, FAISS vectors and the writer lock.
+
+``IndexStore`` knows nothing about models or files on the user's disk; it keeps the three parts
+of an index in agreement. The database is authoritative; the FAISS file is brought up to date
+from it by ``sync`` (replaying rows whose ``gen`` is newer than the file, and tombstones), so a
+reader always sees exactly the committed state of its database snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock, Timeout
+from sqlalchemy import func, select
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.orm import Session
+
+from . import __version__
+from .config import SCHEMA_VERSION
+from .db import (
+    GENERATION,
+    PURGED_THROUGH,
+    Embedding,
+    Item,
+    Root,
+    Tombstone,
+    create_schema,
+    get_int,
+    make_engine,
+    set_int,
+)
+from .errors import IndexLockedError, IndexNotFoundError, IndexVersionError, NotAnIndexError
+from .fsutil import atomic_write_json
+from .vectors import VectorIndex, saved_generations
+
+MANIFEST = "manifest.json"
+DB_FILE = "mmsearch.db"
+LOCK_FILE = ".lock"
+_OWN_FILES = (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", f"{DB_FILE}-journal", LOCK_FILE)
+# Rows fetched per query when replaying embeddings into FAISS.
+_SYNC_CHUNK = 50_000
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def vectors_from_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
+    if not blobs:
+        return np.empty((0, dim), np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
+
+
+@contextmanager
+def writer_lock(folder: Path, wait: float = 0.0) -> Iterator[None]:
+    """Hold the single-writer lock of an index folder; ``wait`` seconds before giving up (-1: forever)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_FILE))
+    try:
+        lock.acquire(timeout=wait)
+    except Timeout as exc:
+        raise IndexLockedError(
+            f"another mmsearch process is writing to {folder}; wait for it to finish or pass --wait SECONDS"
+        ) from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class IndexStore:
+    """Owns an index folder. Open with ``IndexStore.open`` or ``IndexStore.create``."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any]):
+        self.folder = folder
+        self.manifest = manifest
+        self.engine = make_engine(folder / DB_FILE)
+
+    # -- opening -----------------------------------------------------------------------------
+    @staticmethod
+    def is_index(folder: Path) -> bool:
+        return (Path(folder) / MANIFEST).is_file()
+
+    @classmethod
+    def open(cls, folder: str | Path) -> IndexStore:
+        folder = Path(folder).expanduser().absolute()
+        if not folder.exists():
+            raise IndexNotFoundError(f"index not found: {folder} (create it with `mmsearch index PATH`)")
+        if not folder.is_dir():
+            raise NotAnIndexError(f"{folder} is not a folder")
+        manifest_path = folder / MANIFEST
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise NotAnIndexError(f"{folder} is not an mmsearch index (no {MANIFEST})") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise NotAnIndexError(f"{manifest_path} is unreadable: {exc}") from exc
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("schema_version"), int):
+            raise NotAnIndexError(f"{manifest_path} has no schema_version: not an mmsearch manifest")
+        if manifest["schema_version"] > SCHEMA_VERSION:
+            raise IndexVersionError(
+                f"{folder} was written by a newer mmsearch (schema {manifest['schema_version']}, "
+                f"this version reads up to {SCHEMA_VERSION}); upgrade mmsearch"
+            )
+        if not (folder / DB_FILE).is_file():
+            raise NotAnIndexError(f"{folder} has a manifest but no database ({DB_FILE})")
+        store = cls(folder, manifest)
+        try:
+            with store.session() as session:
+                get_int(session, GENERATION)
+        except (OperationalError, DatabaseError) as exc:
+            store.close()
+            raise NotAnIndexError(f"{folder / DB_FILE} is not a readable mmsearch database: {exc.orig}") from exc
+        return store
+
+    @staticmethod
+    def check_creatable(folder: Path) -> None:
+        """Raise unless ``folder`` is absent, empty, or holds only a half-created index."""
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotAnIndexError(f"{folder} exists and is not a folder")
+            foreign = [p.name for p in folder.iterdir() if p.name not in _OWN_FILES and not p.name.startswith(f".{MANIFEST}.")]
+            if foreign:
+                raise NotAnIndexError(
+                    f"{folder} is not empty and holds no mmsearch index; choose another --index folder"
+                )
+
+    @classmethod
+    def create(cls, folder: str | Path, model_identity: dict, dim: int) -> IndexStore:
+        folder = Path(folder).expanduser().absolute()
+        cls.check_creatable(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "mmsearch_version": __version__,
+            "created_at": _now(),
+            "updated_at": _now(),
+            "model": model_identity,
+            "dim": dim,
+            "vector_index": {"type": "flat"},
+        }
+        store = cls(folder, manifest)
+        create_schema(store.engine)
+        # The manifest is written last: its presence is what makes the folder an index.
+        atomic_write_json(folder / MANIFEST, manifest)
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- parts -------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def update_manifest(self, **changes: Any) -> None:
+        manifest = dict(self.manifest, **changes, updated_at=_now())
+        atomic_write_json(self.folder / MANIFEST, manifest)
+        self.manifest = manifest
+
+    def write_lock(self, wait: float = 0.0):
+        return writer_lock(self.folder, wait)
+
+    # -- vectors -----------------------------------------------------------------------------
+    def load_vectors(self) -> VectorIndex | None:
+        """The newest FAISS file (call before opening the session that ``sync`` will use)."""
+        return VectorIndex.load_latest(self.folder)
+
+    def sync(self, session: Session, vectors: VectorIndex | None) -> VectorIndex:
+        """``vectors`` brought exactly to the state of ``session``'s database snapshot."""
+        db_gen = get_int(session, GENERATION)
+        if vectors is not None and vectors.gen == db_gen and vectors.dim == self.dim:
+            return vectors
+        purged = get_int(session, PURGED_THROUGH)
+        if vectors is None or vectors.gen < purged or vectors.gen > db_gen or vectors.dim != self.dim:
+            vectors = self.load_vectors()
+        if vectors is None or vectors.gen < purged or vectors.gen > db_gen or vectors.dim != self.dim:
+            return self.rebuild(session)
+        since = vectors.gen
+        changed = list(session.scalars(select(Item.id).where(Item.gen > since)))
+        deleted = list(session.scalars(select(Tombstone.item_id).where(Tombstone.gen > since)))
+        vectors.remove(changed + deleted)
+        for start in range(0, len(changed), _SYNC_CHUNK):
+            chunk = changed[start:start + _SYNC_CHUNK]
+            rows = session.execute(
+                select(Embedding.item_id, Embedding.vector).where(Embedding.item_id.in_(chunk))
+            ).all()
+            vectors.add(np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], self.dim))
+        vectors.gen = db_gen
+        return vectors
+
+    def rebuild(self, session: Session) -> VectorIndex:
+        """A new FAISS index from every embedding in the database snapshot."""
+        vectors = VectorIndex(self.dim, gen=get_int(session, GENERATION))
+        last = 0
+        while True:
+            rows = session.execute(
+                select(Embedding.item_id, Embedding.vector)
+                .where(Embedding.item_id > last)
+                .order_by(Embedding.item_id)
+                .limit(_SYNC_CHUNK)
+            ).all()
+            if not rows:
+                return vectors
+            vectors.add(np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], self.dim))
+            last = rows[-1][0]
+
+    def save_vectors(self, vectors: VectorIndex) -> None:
+        """Persist ``vectors`` (writer only, under the lock) and drop tombstones it covers."""
+        vectors.save(self.folder, vectors.gen)
+        with self.session() as session, session.begin():
+            session.query(Tombstone).filter(Tombstone.gen <= vectors.gen).delete()
+            if vectors.gen > get_int(session, PURGED_THROUGH):
+                set_int(session, PURGED_THROUGH, vectors.gen)
+
+    # -- description -------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        with self.session() as session:
+            counts = dict(session.execute(select(Item.modality, func.count()).group_by(Item.modality)).all())
+            roots = [r.path for r in session.scalars(select(Root).order_by(Root.path))]
+            generation = get_int(session, GENERATION)
+        files = saved_generations(self.folder)
+        disk = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+        return {
+            "index": str(self.folder),
+            "schema_version": self.manifest["schema_version"],
+            "model": self.manifest["model"],
+            "dim": self.dim,
+            "vector_index": self.manifest.get("vector_index", {}),
+            "items": sum(counts.values()),
+            "images": counts.get("image", 0),
+            "texts": counts.get("text", 0),
+            "roots": roots,
+            "generation": generation,
+            "vectors_saved_generation": files[0][0] if files else None,
+            "disk_bytes": disk,
+            "created_at": self.manifest.get("created_at"),
+            "updated_at": self.manifest.get("updated_at"),
+        }
+
