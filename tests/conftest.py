@@ -1,0 +1,119 @@
+"""Shared fixtures: a tiny real open_clip model, real image/text corpora, a CLI runner.
+
+The model is a 1.7M-parameter open_clip architecture defined by a JSON config, with a
+checkpoint written here, so tests exercise the real loading path
+(``--model tiny.json --pretrained tiny.pt``) offline in milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test must never download weights
+
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    config: Path
+    checkpoint: Path
+
+    @property
+    def args(self) -> list[str]:
+        return ["--model", str(self.config), "--pretrained", str(self.checkpoint)]
+
+
+def write_tiny_model(folder: Path, seed: int = 0, name: str = "mmtiny") -> TinyModel:
+    import open_clip
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / f"{name}.json"
+    config.write_text(json.dumps(TINY_CONFIG))
+    open_clip.add_model_config(config)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(name)
+    checkpoint = folder / f"{name}-seed{seed}.pt"
+    torch.save({"state_dict": model.state_dict()}, checkpoint)
+    return TinyModel(config, checkpoint)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> TinyModel:
+    return write_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def other_tiny_model(tmp_path_factory) -> TinyModel:
+    """Same architecture, different weights: a different embedding space."""
+    return write_tiny_model(tmp_path_factory.mktemp("model2"), seed=1)
+
+
+def make_image(path: Path, seed: int, size: tuple[int, int] = (96, 72), **save_kwargs) -> Path:
+    """A distinct, real image file (random blocks; format from the extension)."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    img = Image.fromarray(blocks, "RGB").resize(size, Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        save_kwargs.setdefault("quality", 95)
+    img.save(path, **save_kwargs)
+    return path
+
+
+TEXTS = {
+    "notes/pasta.txt": "a red pasta dish with fresh basil and tomato sauce",
+    "notes/beach.md": "# Holiday\n\nsunset over a quiet sandy beach",
+}
+JSONL_LINES = [
+    {"text": "a dog running on green grass", "source": "captions", "n": 1},
+    {"text": "a black cat sleeping on a sofa", "source": "captions", "n": 2},
+]
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    """A folder of real images in several formats plus .txt, .md and .jsonl texts."""
+    root = tmp_path / "corpus"
+    for i, name in enumerate(["a.jpg", "b.png", "c.webp", "sub/d.bmp", "sub/e.gif", "sub/f.tiff"]):
+        make_image(root / name, seed=i)
+    for rel, text in TEXTS.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text, encoding="utf-8")
+    (root / "captions.jsonl").write_text("\n".join(json.dumps(line) for line in JSONL_LINES) + "\n")
+    (root / ".hidden").mkdir()
+    make_image(root / ".hidden" / "secret.jpg", seed=99)
+    (root / "ignored.csv").write_text("not,indexed\n")
+    return root
+
+
+IMAGE_COUNT, TEXT_COUNT = 6, 4  # what `corpus` holds (hidden folder excluded)
+
+
+@pytest.fixture
+def cli():
+    """Run the mmsearch CLI in-process; returns the click Result."""
+    from mmsearch.cli import app
+
+    runner = CliRunner()
+
+    def run(*args: str, ok: bool = True):
+        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        return result
+
+    return run
