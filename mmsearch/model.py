@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 NO_WEIGHTS = ("", "none", "random")
+MODEL_ENV_VAR = "MMSEARCH_MODEL"
+PRETRAINED_ENV_VAR = "MMSEARCH_PRETRAINED"
 # Names of the files `mmsearch train` writes into its output folder.
 TRAINED_CONFIG = "config.json"
 TRAINED_CHECKPOINT = "checkpoint.pt"
@@ -61,7 +63,13 @@ class ModelSpec:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def resolve(cls, name: str | None = None, pretrained: str | None = None) -> ModelSpec:
-        """Validate and normalise a user's ``--model``/``--pretrained`` without loading anything."""
+        """Validate and normalise a user's ``--model``/``--pretrained`` without loading anything.
+
+        With no name, ``$MMSEARCH_MODEL``/``$MMSEARCH_PRETRAINED`` (if set) or the default model apply.
+        """
+        if not name and os.environ.get(MODEL_ENV_VAR):
+            name = os.environ[MODEL_ENV_VAR]
+            pretrained = pretrained if pretrained is not None else os.environ.get(PRETRAINED_ENV_VAR)
         if not name:
             return cls(DEFAULT_MODEL, DEFAULT_PRETRAINED if pretrained is None else _weights(pretrained))
         if name.startswith(("hf-hub:", "local-dir:")):
