@@ -212,12 +212,13 @@ class Engine:
             if term.kind == TEXT:
                 vectors.append(self.encoder.encode_texts([term.value])[0])
             elif term.kind == IMAGE:
+                path = os.path.expanduser(term.value)
+                if not os.path.isfile(path):
+                    raise QueryError(f"image not found: {term.value}")
                 try:
-                    image = load_image(os.path.expanduser(term.value))
+                    image = load_image(path)
                 except BadInput as exc:
                     raise QueryError(f"cannot use image {term.value}: {exc}") from exc
-                except FileNotFoundError as exc:
-                    raise QueryError(f"image not found: {term.value}") from exc
                 vectors.append(self.encoder.encode_images([image])[0])
             else:
                 vectors.append(self._item_vector(term.value))

@@ -248,6 +248,7 @@ class Indexer:
                 blobs = dict(session.execute(
                     select(Embedding.item_id, Embedding.vector).where(Embedding.item_id.in_(sources))
                 ).all())
+                session.rollback()  # end the read; _write opens its own transaction (we hold the writer lock)
                 vectors = vectors_from_blobs([blobs[job.source] for job in chunk], self.store.dim)
                 self._write(session, chunk, vectors)
                 self.report.reused += len(chunk)
