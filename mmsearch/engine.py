@@ -25,7 +25,7 @@ from sqlalchemy import delete, select
 from .config import DEFAULT_BATCH_CPU, DEFAULT_BATCH_GPU, default_index_dir
 from .corpus import BadInput, ScanOptions, load_image
 from .db import GENERATION, Item, Root, Tombstone, get_int, next_generation
-from .errors import IndexNotFoundError, ModelMismatchError, QueryError
+from .errors import ModelMismatchError, QueryError
 from .indexer import Indexer, IndexReport, Progress
 from .model import Encoder, ModelSpec
 from .query import IMAGE, ITEM, TEXT, TYPES, Hit, QueryTerm, combine, parse_query, query_image_paths
@@ -81,7 +81,8 @@ class Engine:
     @property
     def store(self) -> IndexStore:
         if self._store is None:
-            raise IndexNotFoundError(f"index not found: {self.folder} (create it with `mmsearch index PATH`)")
+            # Raises the precise reason: no such folder, not an index, newer schema...
+            self._store = IndexStore.open(self.folder)
         return self._store
 
     @property
@@ -257,6 +258,7 @@ class Engine:
             raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPES)}")
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
+        self.store  # a missing index is reported before the model is loaded
         if self._requested is not None and not self._check_model():
             raise self._mismatch("query it with the model it was built with")
         terms = _as_terms(query, force)
