@@ -264,6 +264,24 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+@command("serve")
+def serve_cmd(
+    index: IndexOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; the default only accepts connections from this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
+    device: DeviceOpt = None,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.1, help="Largest accepted uploaded image, in MiB.")] = 20.0,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+) -> None:
+    """Serve the HTTP API and the web page (http://HOST:PORT/) with the model kept loaded."""
+    from .server import serve
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning:[/] binding to {escape(host)}: every file in the index can be read by anyone who reaches this port")
+    err.print(f"mmsearch: serving on http://{'[' + host + ']' if ':' in host else host}:{port}/  (API docs at /docs)")
+    serve(index, host=host, port=port, device=device, max_upload_bytes=int(max_upload_mb * 1024 * 1024), log_level=log_level)
+
+
 def main() -> None:
     app()
 
