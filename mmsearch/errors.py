@@ -47,3 +47,11 @@ class IndexingInterrupted(MMSearchError):
     """Indexing stopped on request; the work done so far was saved."""
 
     exit_code = 130
+
+
+class ServerError(MMSearchError):
+    """An mmsearch server refused a request or could not be reached (``status``: HTTP code or None)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status

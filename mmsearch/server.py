@@ -17,7 +17,6 @@ the index's roots. Anything else is a 404.
 from __future__ import annotations
 
 import io
-import json
 import mimetypes
 import os
 import time
@@ -41,7 +40,7 @@ from sqlalchemy import select
 from . import __version__
 from .corpus import _register_heif, to_rgb
 from .db import Item, Root
-from .errors import IndexNotFoundError, MMSearchError, QueryError
+from .errors import IndexNotFoundError, MMSearchError, QueryError, ServerError
 from .query import IMAGE, ITEM, TEXT, Hit, QueryTerm, combine
 from .thumbs import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, ThumbnailError, cached_thumbnail
 
@@ -494,4 +493,47 @@ def serve(
         uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
-__all__ = ["create_app", "serve", "DEFAULT_MAX_UPLOAD_BYTES"]
+class ServerThread:
+    """Serve ``app`` from a background thread on ``host``:``port`` (0: a free port), e.g. in a notebook.
+
+        with ServerThread(create_app(engine)) as server:
+            print(server.url)
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+        import socket
+        import threading
+
+        import uvicorn
+
+        self._socket = socket.create_server((host, port))
+        self.host, self.port = self._socket.getsockname()[:2]
+        self.url = f"http://{host if ':' not in host else '[' + host + ']'}:{self.port}"
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
+                                        name="mmsearch-server", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise ServerError(f"the server did not start on {self.url}")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._socket.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+__all__ = ["create_app", "serve", "ServerThread", "DEFAULT_MAX_UPLOAD_BYTES"]

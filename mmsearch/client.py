@@ -1,0 +1,183 @@
+"""A small Python client for a running ``mmsearch serve``.
+
+    from mmsearch.client import Client
+
+    with Client("http://127.0.0.1:8000") as client:
+        for hit in client.search("red pasta dish", k=5, type="image"):
+            print(hit.rank, f"{hit.score:.3f}", hit.path)
+        client.search("2:beach + ./dog.jpg - people")   # CLI syntax; local images are uploaded
+        client.similar(hits[0].id)                         # "more like this"
+        client.search_image("photo.jpg")
+
+Errors the server reports become ``ServerError`` (with ``status`` and the server's message).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .errors import ServerError
+from .query import IMAGE, TEXT, Hit, QueryTerm, parse_query
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@dataclass
+class RemoteHit(Hit):
+    """A search result from a server, with the URLs of its thumbnail, file and similar items."""
+
+    thumbnail_url: str | None = None
+    file_url: str | None = None
+    similar_url: str | None = None
+
+
+_HIT_FIELDS = {f.name for f in fields(RemoteHit)}
+
+
+def _hit(data: dict[str, Any]) -> RemoteHit:
+    return RemoteHit(**{k: v for k, v in data.items() if k in _HIT_FIELDS})
+
+
+class Client:
+    """Calls one mmsearch server. ``url`` defaults to ``$MMSEARCH_URL`` or http://127.0.0.1:8000."""
+
+    def __init__(self, url: str | None = None, *, timeout: float = 60.0, transport: httpx.BaseTransport | None = None):
+        self.url = (url or os.environ.get("MMSEARCH_URL") or DEFAULT_URL).rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ServerError(f"cannot reach mmsearch server at {self.url}: {exc}", status=None) from exc
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except (ValueError, AttributeError):
+                detail = response.text
+            raise ServerError(f"{response.status_code}: {detail}", status=response.status_code)
+        return response
+
+    def _hits(self, response: httpx.Response) -> list[RemoteHit]:
+        return [_hit(h) for h in response.json()["hits"]]
+
+    @staticmethod
+    def _options(k: int, type: str, min_score: float | None) -> dict[str, Any]:
+        params: dict[str, Any] = {"k": k, "type": type}
+        if min_score is not None:
+            params["min_score"] = min_score
+        return params
+
+    # -- status ------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/api/health").json()
+
+    def info(self) -> dict[str, Any]:
+        """Index statistics (the same as ``Engine.info()``)."""
+        return self._request("GET", "/api/info").json()
+
+    # -- search ------------------------------------------------------------------------------
+    def search(
+        self,
+        query: str | QueryTerm | Sequence[QueryTerm | str],
+        *,
+        k: int = 10,
+        type: str = "all",
+        min_score: float | None = None,
+        include_query: bool = False,
+    ) -> list[RemoteHit]:
+        """Search with a text, CLI-style terms (``"2:beach + ./dog.jpg"``) or ``QueryTerm`` objects.
+
+        Image terms name files on *this* machine; they are uploaded. Item terms are ids of
+        indexed items. A lone text is sent as text, never read as a path.
+        """
+        terms = self._terms(query)
+        if len(terms) == 1 and terms[0].kind == TEXT and terms[0].weight > 0:
+            params = {"q": terms[0].value, **self._options(k, type, min_score)}
+            return self._hits(self._request("GET", "/api/search", params=params))
+        spec: list[dict[str, Any]] = []
+        uploads: list[tuple[str, tuple[str, bytes, str]]] = []
+        for term in terms:
+            if term.kind == IMAGE:
+                path = Path(term.value).expanduser()
+                try:
+                    data = path.read_bytes()
+                except OSError as exc:
+                    raise ServerError(f"cannot read query image {term.value}: {exc.strerror or exc}", status=None) from exc
+                spec.append({"kind": IMAGE, "upload": len(uploads), "weight": term.weight})
+                uploads.append(("images", (path.name, data, "application/octet-stream")))
+            else:
+                spec.append({"kind": term.kind, "value": term.value, "weight": term.weight})
+        return self._post_search(spec, uploads, k, type, min_score, include_query)
+
+    def search_image(
+        self, image: str | os.PathLike | bytes, *, k: int = 10, type: str = "all",
+        min_score: float | None = None, include_query: bool = False, filename: str = "upload",
+    ) -> list[RemoteHit]:
+        """Search by an image: a local file path or the encoded image bytes."""
+        if isinstance(image, bytes):
+            upload = (filename, image, "application/octet-stream")
+        else:
+            path = Path(image).expanduser()
+            try:
+                upload = (path.name, path.read_bytes(), "application/octet-stream")
+            except OSError as exc:
+                raise ServerError(f"cannot read query image {image}: {exc.strerror or exc}", status=None) from exc
+        return self._post_search([{"kind": IMAGE, "upload": 0, "weight": 1.0}], [("images", upload)],
+                                 k, type, min_score, include_query)
+
+    def similar(self, item_id: int, *, k: int = 10, type: str = "all", min_score: float | None = None,
+                include_self: bool = False) -> list[RemoteHit]:
+        """'More like this': the items nearest to indexed item ``item_id``."""
+        params = {**self._options(k, type, min_score), "include_self": include_self}
+        return self._hits(self._request("GET", f"/api/items/{int(item_id)}/similar", params=params))
+
+    def _post_search(self, spec: list[dict[str, Any]], uploads: list, k: int, type: str,
+                     min_score: float | None, include_query: bool) -> list[RemoteHit]:
+        data = {"terms": json.dumps(spec), **self._options(k, type, min_score), "include_query": include_query}
+        data = {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in data.items()}
+        return self._hits(self._request("POST", "/api/search", data=data, files=uploads or None))
+
+    @staticmethod
+    def _terms(query: str | QueryTerm | Sequence[QueryTerm | str]) -> list[QueryTerm]:
+        if isinstance(query, QueryTerm):
+            return [query]
+        if isinstance(query, str):
+            return parse_query([query])
+        items = list(query)
+        if all(isinstance(q, QueryTerm) for q in items):
+            return items  # type: ignore[return-value]
+        return parse_query([str(q) for q in items])
+
+    # -- items -------------------------------------------------------------------------------
+    def item(self, item_id: int) -> RemoteHit:
+        """Stored metadata of one item."""
+        return _hit(self._request("GET", f"/api/items/{int(item_id)}").json())
+
+    def thumbnail(self, item_id: int, size: int = 256) -> bytes:
+        """JPEG bytes of an image item's thumbnail."""
+        return self._request("GET", f"/api/items/{int(item_id)}/thumbnail", params={"size": size}).content
+
+    def file(self, item_id: int) -> bytes:
+        """The bytes of an item's original file."""
+        return self._request("GET", f"/api/items/{int(item_id)}/file").content
+
+
+__all__ = ["Client", "RemoteHit", "ServerError"]
