@@ -65,7 +65,7 @@ async function run(query) {
 }
 
 function describe(query) {
-  if (query.kind === "similar") return `items like #${query.id}`;
+  if (query.kind === "similar") return `items like ${query.name} (#${query.id})`;
   const parts = [];
   if (query.text) parts.push(`“${query.text}”`);
   if (query.image) parts.push(`image ${query.image.name || "(pasted)"}`);
@@ -100,7 +100,10 @@ function render(hits) {
       text.textContent = hit.text || "";
       similar.append(text);
     }
-    similar.addEventListener("click", () => run({ kind: "similar", id: hit.id }));
+    similar.addEventListener("click", () => {
+      clearImage();
+      run({ kind: "similar", id: hit.id, name: basename(hit.path) + (hit.locator ? `:${hit.locator}` : "") });
+    });
 
     const meta = document.createElement("div");
     meta.className = "meta";
@@ -210,5 +213,5 @@ results.addEventListener("keydown", (event) => {
 
 // -- index stats in the header --------------------------------------------------------------
 call("api/info").then((info) => {
-  $("stats").textContent = `${info.items} items (${info.images} images, ${info.texts} texts) · ${info.model.name}`;
+  $("stats").textContent = `${info.items} items (${info.images} images, ${info.texts} texts) · model ${basename(info.model.name)}`;
 }).catch(() => { $("stats").textContent = ""; });
