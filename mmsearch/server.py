@@ -35,7 +35,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from . import __version__
 from .corpus import _register_heif, to_rgb
@@ -258,8 +258,6 @@ def create_app(
     def health() -> dict[str, Any]:
         """Liveness: the server answers and can read its index."""
         with engine.store.session() as session:
-            from sqlalchemy import func
-
             items = session.scalar(select(func.count()).select_from(Item)) or 0
         return {"status": "ok", "version": __version__, "model_loaded": engine._encoder is not None, "items": items}
 

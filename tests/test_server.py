@@ -263,6 +263,10 @@ def test_upload_size_limits(served):
         # A body over the whole-request limit is refused from its Content-Length, unread.
         response = client.post("/api/search", content=b"x" * 400_000, headers={"content-type": "multipart/form-data; boundary=b"})
         assert response.status_code == 413 and "larger than the limit" in response.json()["detail"]
+        # Without a Content-Length (chunked), the body is counted as it arrives and cut off.
+        chunks = iter([b"--b\r\n" + b"x" * 300_000, b"y" * 300_000])
+        response = client.post("/api/search", content=chunks, headers={"content-type": "multipart/form-data; boundary=b"})
+        assert response.status_code == 413 and "larger than the limit" in response.json()["detail"]
 
 
 # -- path safety ---------------------------------------------------------------------------------
