@@ -7,6 +7,7 @@ never stops a run.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import io
@@ -199,13 +200,51 @@ class BadInput(Exception):
     """A file that cannot be indexed; the message is the reason shown to the user."""
 
 
+def read_regular_file(path: str, limit: int | None = None) -> bytes:
+    """The bytes of a regular file, or BadInput with a reason a user understands.
+
+    Opened non-blocking and checked with fstat after opening, so a file replaced by a FIFO or a
+    device after the scan cannot hang the run, and a file deleted since the scan is named as such.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as exc:
+        reason = "broken symlink" if os.path.islink(path) else "file disappeared after it was listed"
+        raise BadInput(reason) from exc
+    except PermissionError as exc:
+        raise BadInput("permission denied") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BadInput("symlink loop") from exc
+        raise BadInput(exc.strerror or str(exc)) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise BadInput("not a regular file")
+        if limit is not None and st.st_size > limit:
+            raise BadInput(f"file too large ({st.st_size} bytes, limit {limit})")
+        chunks = []
+        with os.fdopen(fd, "rb", closefd=True) as fh:
+            fd = -1
+            while True:
+                chunk = fh.read(1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise BadInput(f"read error: {exc.strerror or exc}") from exc
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def read_records(entry: FileEntry) -> tuple[list[Record], list[Skip]]:
     """The records in one file plus the parts of it that had to be skipped."""
     try:
-        with open(entry.path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        return [], [Skip(entry.path, exc.strerror or str(exc))]
+        data = read_regular_file(entry.path)
+    except BadInput as exc:
+        return [], [Skip(entry.path, str(exc))]
     try:
         if entry.kind == "image":
             return [_image_record(entry, data)], []
@@ -222,23 +261,69 @@ def _image_record(entry: FileEntry, data: bytes) -> Record:
     _register_heif()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow's own limit (2x MAX_IMAGE_PIXELS) still refuses absurd headers; below it,
+            # mmsearch's cap on *decoded* pixels decides (JPEGs decode reduced, so may pass).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size
+                check_decode_size(img, max_pixels())
                 orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise BadInput(_image_error(exc)) from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise BadInput(f"unreadable image: {exc}") from exc
+    except BadInput:
+        raise
+    except Exception as exc:  # Pillow plugins raise many types for malformed headers
+        raise BadInput(f"unreadable image: {_one_line(exc)}") from exc
     if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: report upright dimensions
         width, height = height, width
     return Record(entry.path, "", IMAGE, entry.size, entry.mtime_ns, content_hash(data), width=width, height=height)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _image_error(exc: Exception) -> str:
     if isinstance(exc, UnidentifiedImageError):
         return "not an image (unrecognised data)"
     return f"image too large ({exc})"
+
+
+# Largest number of pixels mmsearch decodes (after JPEG draft reduction): 64 MP is about 192 MB
+# as RGB, enough for any camera photo; bigger (panoramas, scans, bombs) are skipped with a
+# message. MMSEARCH_MAX_PIXELS overrides it.
+DEFAULT_MAX_PIXELS = 64_000_000
+MAX_PIXELS_ENV = "MMSEARCH_MAX_PIXELS"
+
+
+def max_pixels() -> int:
+    value = os.environ.get(MAX_PIXELS_ENV)
+    try:
+        return int(value) if value else DEFAULT_MAX_PIXELS
+    except ValueError:
+        return DEFAULT_MAX_PIXELS
+
+
+def _draft_size(img: Image.Image, target: int | None) -> tuple[int, int]:
+    """The size ``img`` will decode at once draft mode has been asked for ``target``."""
+    width, height = img.size
+    if img.format != "JPEG" or not target:
+        return width, height
+    scale, want = 1, 2 * target
+    while scale < 8 and width // (scale * 2) >= want and height // (scale * 2) >= want:
+        scale *= 2
+    return -(-width // scale), -(-height // scale)
+
+
+def check_decode_size(img: Image.Image, limit: int, target: int | None = 224) -> None:
+    """BadInput if decoding ``img`` (reduced by JPEG draft mode where possible) exceeds ``limit`` pixels."""
+    width, height = _draft_size(img, target)
+    if width * height > limit:
+        raise BadInput(
+            f"image too large: {img.size[0]}x{img.size[1]} pixels, over the {limit}-pixel decode cap "
+            f"(set {MAX_PIXELS_ENV} to raise it)"
+        )
 
 
 def decode_text(data: bytes) -> str:
@@ -302,19 +387,60 @@ def _jsonl_records(entry: FileEntry, data: bytes) -> tuple[list[Record], list[Sk
 
 # -- decoding images for the encoder -------------------------------------------------------------
 
-def load_image(path: str | Path) -> Image.Image:
-    """An image file decoded upright (EXIF orientation applied) as RGB; first frame if animated."""
+def load_image(path: str | Path, target: int | None = None, limit: int | None = None) -> Image.Image:
+    """An image file decoded upright (EXIF orientation applied) as RGB; first frame if animated.
+
+    With ``target`` (the model's input size), JPEGs decode in draft mode and large images are
+    box-reduced, never below twice ``target`` on either side: memory and time stay small and
+    the model sees the same pixels whether the image is indexed or used as a query. Images whose
+    decoded size would exceed ``limit`` pixels (default: ``max_pixels()``) raise BadInput.
+    """
     _register_heif()
+    limit = max_pixels() if limit is None else limit
     try:
-        with Image.open(path) as img:
-            img.seek(0)
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            return to_rgb(upright)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            data = read_regular_file(str(path))
+            if not data:
+                raise BadInput("empty file")
+            with Image.open(io.BytesIO(data)) as img:
+                img.seek(0)
+                check_decode_size(img, limit, target)
+                if target and img.format == "JPEG":
+                    img.draft(img.mode, (2 * target, 2 * target))
+                img.load()
+                upright = ImageOps.exif_transpose(img)
+                rgb = to_rgb(upright)
+                if target:
+                    factor = min(rgb.size) // (2 * target)
+                    if factor >= 2:
+                        rgb = rgb.reduce(factor)
+                return rgb
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise BadInput(_image_error(exc)) from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise BadInput(f"cannot decode image: {exc}") from exc
+    except BadInput:
+        raise
+    except MemoryError as exc:
+        raise BadInput("out of memory decoding image") from exc
+    except Exception as exc:  # truncated data, corrupt chunks, plugin bugs: one bad file, one skip
+        raise BadInput(f"cannot decode image: {_one_line(exc)}") from exc
+
+
+def decode_for_model(path: str, target: int | None, limit: int) -> Any:
+    """``load_image`` as a uint8 HxWx3 array (cheap to pass between processes); BadInput -> Skip."""
+    import numpy as np
+
+    try:
+        return np.asarray(load_image(path, target, limit), dtype=np.uint8)
+    except BadInput as exc:
+        return Skip(path, str(exc))
+
+
+def decode_worker_init() -> None:
+    """Decode workers leave Ctrl-C to the parent, which stops them."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

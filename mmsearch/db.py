@@ -21,6 +21,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     create_engine,
     event,
@@ -29,6 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from .fsutil import path_from_db, path_to_db
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
@@ -36,6 +39,19 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     pass
+
+
+class FsPath(TypeDecorator):
+    """A file path: TEXT in SQLite, with undecodable names stored reversibly (``fsutil.path_to_db``)."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return path_to_db(value) if isinstance(value, str) else value
+
+    def process_result_value(self, value, dialect):
+        return path_from_db(value) if isinstance(value, str) else value
 
 
 class Item(Base):
@@ -48,7 +64,7 @@ class Item(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(Text, index=True)
+    path: Mapped[str] = mapped_column(FsPath, index=True)
     # Position inside the file: "" for whole files, the 1-based line number for JSONL lines.
     locator: Mapped[str] = mapped_column(String(32), default="")
     modality: Mapped[str] = mapped_column(String(8), index=True)
@@ -96,7 +112,7 @@ class Root(Base):
 
     __tablename__ = "roots"
 
-    path: Mapped[str] = mapped_column(Text, primary_key=True)
+    path: Mapped[str] = mapped_column(FsPath, primary_key=True)
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
     indexed_at: Mapped[datetime | None] = mapped_column(nullable=True)
 

@@ -217,7 +217,8 @@ class Engine:
                 if not os.path.isfile(path):
                     raise QueryError(f"image not found: {term.value}")
                 try:
-                    image = load_image(path)
+                    # Same decoding as indexing (draft, reduce, caps), so an indexed image finds itself.
+                    image = load_image(path, self.encoder.image_size)
                 except BadInput as exc:
                     raise QueryError(f"cannot use image {term.value}: {exc}") from exc
                 vectors.append(self.encoder.encode_images([image])[0])

@@ -55,3 +55,7 @@ class ServerError(MMSearchError):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+
+class IndexWriteError(MMSearchError):
+    """The index folder cannot be written (disk full, read-only, I/O error); what was saved before is kept."""

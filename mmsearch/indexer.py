@@ -17,22 +17,66 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import func, select
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
 from .config import CHECKPOINT_SECONDS, WRITE_CHUNK
-from .corpus import IMAGE, BadInput, FileEntry, Record, ScanOptions, Skip, load_image, read_records, scan
+from .corpus import (
+    IMAGE,
+    FileEntry,
+    Record,
+    ScanOptions,
+    Skip,
+    decode_for_model,
+    decode_worker_init,
+    max_pixels,
+    read_records,
+    scan,
+)
 from .db import Embedding, Item, Root, Tombstone, next_generation, utcnow
-from .errors import IndexingInterrupted
+from .errors import IndexingInterrupted, IndexWriteError
 from .model import Encoder
 from .store import IndexStore, vectors_from_blobs
 from .vectors import VectorIndex
 
 log = logging.getLogger(__name__)
+
+# A file whose decoding takes longer than this (seconds) is abandoned and its worker process
+# killed: a pathological or hostile file must never hang a run. MMSEARCH_DECODE_TIMEOUT overrides.
+DEFAULT_DECODE_TIMEOUT = 60.0
+DECODE_TIMEOUT_ENV = "MMSEARCH_DECODE_TIMEOUT"
+CHECKPOINT_ENV = "MMSEARCH_CHECKPOINT_SECONDS"
+
+
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name, ""))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+def _decode_pool(workers: int):
+    """Processes that decode images; a hung or crashed decode costs one worker, not the run.
+
+    forkserver: workers are forked from a small clean server process (never from this one,
+    which holds model threads), with the decoding module preloaded, so starting them is cheap.
+    """
+    import multiprocessing
+
+    from pebble import ProcessPool
+
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" in methods:
+        context.set_forkserver_preload(["mmsearch.corpus"])
+    return ProcessPool(max_workers=workers, initializer=decode_worker_init, context=context)
 
 
 class Progress(Protocol):
@@ -135,20 +179,28 @@ class Indexer:
     def run(self, roots: Sequence[str], options: ScanOptions | None = None) -> IndexReport:
         started = time.monotonic()
         try:
-            self.progress.start("scanning", None)
-            scanned = scan(roots, options)
-            for skip in scanned.skipped:
-                self._skip(skip)
-            plan = self._plan(roots, scanned.files, scanned.skipped)
-            self._copy_and_touch(plan)
-            self._encode_all([job for job in plan.jobs if job.source is None])
-            self._remove(plan.remove)
-            self._record_roots(roots)
-        except KeyboardInterrupt as exc:
-            self.report.interrupted = True
+            try:
+                self.progress.start("scanning", None)
+                scanned = scan(roots, options)
+                for skip in scanned.skipped:
+                    self._skip(skip)
+                plan = self._plan(roots, scanned.files, scanned.skipped)
+                self._copy_and_touch(plan)
+                self._encode_all([job for job in plan.jobs if job.source is None])
+                self._remove(plan.remove)
+                self._record_roots(roots)
+            except KeyboardInterrupt as exc:
+                self.report.interrupted = True
+                self._finish(started)
+                raise IndexingInterrupted(f"interrupted: {self.report.summary()}") from exc
             self._finish(started)
-            raise IndexingInterrupted(f"interrupted: {self.report.summary()}") from exc
-        self._finish(started)
+        except (OperationalError, DatabaseError) as exc:
+            # Disk full, read-only folder, I/O error: the failed transaction rolled back, so the
+            # database holds every batch committed before it and nothing half-written.
+            raise IndexWriteError(
+                f"cannot write to the index in {self.store.folder}: {getattr(exc, 'orig', exc)} "
+                f"(the index keeps what was saved before this error)"
+            ) from exc
         return self.report
 
     # -- planning ----------------------------------------------------------------------------
@@ -263,42 +315,65 @@ class Indexer:
         encoder = self._encoder_factory()
         leaders = [members[0] for members in groups.values()]
         self.progress.start("encoding", len(jobs))
-        with self.store.session() as session, ThreadPoolExecutor(self.workers) as pool:
+        with self.store.session() as session:
             texts = [j for j in leaders if j.record.modality != IMAGE]
             images = [j for j in leaders if j.record.modality == IMAGE]
             for start in range(0, len(texts), self.batch_size):
                 batch = texts[start:start + self.batch_size]
                 vectors = encoder.encode_texts([j.record.text or "" for j in batch])
                 self._write_groups(session, batch, vectors, groups)
-            for batch, tensors in self._decoded_batches(pool, images, encoder):
-                if batch:
-                    import torch
-
-                    vectors = encoder.encode_image_tensors(torch.stack(tensors))
-                    self._write_groups(session, batch, vectors, groups)
                 self._maybe_checkpoint()
-
-    def _decoded_batches(self, pool: ThreadPoolExecutor, jobs: list[_Job], encoder: Encoder) -> Iterator[tuple[list[_Job], list[Any]]]:
-        """Batches of (jobs, preprocessed tensors), decoded ahead in threads, in order."""
-        preprocess = encoder.preprocess
-
-        def load(job: _Job):
+            if not images:
+                return
+            pool = _decode_pool(self.workers)
             try:
-                return preprocess(load_image(job.record.path))
-            except BadInput as exc:
-                return Skip(job.record.path, str(exc))
+                for batch, tensors in self._decoded_batches(pool, images, encoder):
+                    if batch:
+                        import torch
+
+                        vectors = encoder.encode_image_tensors(torch.stack(tensors))
+                        self._write_groups(session, batch, vectors, groups)
+                    self._maybe_checkpoint()
+            finally:
+                pool.stop()  # kills workers still decoding (Ctrl-C, errors)
+                pool.join()
+
+    def _decoded_batches(self, pool, jobs: list[_Job], encoder: Encoder) -> Iterator[tuple[list[_Job], list[Any]]]:
+        """Batches of (jobs, preprocessed tensors), decoded ahead in worker processes, in order."""
+        from pebble import ProcessExpired
+        from PIL import Image
+
+        preprocess = encoder.preprocess
+        target = getattr(encoder, "image_size", 224)
+        limit = max_pixels()
+        timeout = _env_seconds(DECODE_TIMEOUT_ENV, DEFAULT_DECODE_TIMEOUT)
+
+        def result_of(job: _Job, future: Future) -> Any:
+            path = job.record.path
+            try:
+                result = future.result()
+            except FutureTimeout:
+                return Skip(path, f"decoding took longer than {timeout:g}s; abandoned")
+            except ProcessExpired as exc:
+                return Skip(path, f"the decoder crashed on this file (exit code {exc.exitcode})")
+            except Exception as exc:  # an exception the decoder did not anticipate
+                return Skip(path, f"cannot decode image: {exc}")
+            if isinstance(result, Skip):
+                return result
+            return preprocess(Image.fromarray(result, "RGB"))
 
         pending: list[tuple[_Job, Future]] = []
         cursor = 0
         lookahead = self.batch_size * 2  # bounded: at most two batches decoded ahead of the encoder
         while cursor < len(jobs) or pending:
             while cursor < len(jobs) and len(pending) < lookahead:
-                pending.append((jobs[cursor], pool.submit(load, jobs[cursor])))
+                future = pool.schedule(decode_for_model, args=(jobs[cursor].record.path, target, limit), timeout=timeout)
+                pending.append((jobs[cursor], future))
                 cursor += 1
             take, pending = pending[:self.batch_size], pending[self.batch_size:]
             ok_jobs, tensors = [], []
             for job, future in take:
-                result = future.result()
+                result = result_of(job, future)
                 if isinstance(result, Skip):
                     self._skip(result)
                     self.progress.advance()
@@ -388,7 +463,7 @@ class Indexer:
         self.progress.skip(skip)
 
     def _maybe_checkpoint(self) -> None:
-        if time.monotonic() - self._last_save > CHECKPOINT_SECONDS:
+        if time.monotonic() - self._last_save > _env_seconds(CHECKPOINT_ENV, CHECKPOINT_SECONDS):
             self.store.save_vectors(self.vectors)
             self._last_save = time.monotonic()
 

@@ -35,7 +35,7 @@ from .db import (
     make_engine,
     set_int,
 )
-from .errors import IndexLockedError, IndexNotFoundError, IndexVersionError, NotAnIndexError
+from .errors import IndexLockedError, IndexNotFoundError, IndexVersionError, IndexWriteError, NotAnIndexError
 from .fsutil import atomic_write_json
 from .vectors import VectorIndex, saved_generations
 
@@ -216,7 +216,14 @@ class IndexStore:
 
     def save_vectors(self, vectors: VectorIndex) -> None:
         """Persist ``vectors`` (writer only, under the lock) and drop tombstones it covers."""
-        vectors.save(self.folder, vectors.gen)
+        try:
+            vectors.save(self.folder, vectors.gen)
+        except (OSError, RuntimeError) as exc:  # faiss reports failed writes as RuntimeError
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1]
+            raise IndexWriteError(
+                f"cannot save vectors in {self.folder}: {reason} (the previous vectors file is kept; "
+                f"the database is complete and the next run catches up)"
+            ) from exc
         with self.session() as session, session.begin():
             session.query(Tombstone).filter(Tombstone.gen <= vectors.gen).delete()
             if vectors.gen > get_int(session, PURGED_THROUGH):
