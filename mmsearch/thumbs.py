@@ -1,4 +1,4 @@
-"""Thumbnails of indexed images, made on demand and cached on disk under ``<index>/thumbs/``.
+"""Thumbnails of indexed images, made on demand and cached on disk under ``<index>/.thumbs/``.
 
 A cached file is named after the item id, its content hash and the size, so a changed file gets
 a new thumbnail and a client-supplied string never becomes part of a path. Files are written to
@@ -17,7 +17,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .corpus import _register_heif, to_rgb
 
-THUMBS_DIR = "thumbs"
+# Hidden, so that an index kept inside an indexed folder does not index its own thumbnails.
+THUMBS_DIR = ".thumbs"
 THUMB_QUALITY = 85  # JPEG quality: small files, no visible blocking at grid sizes
 MIN_SIZE, MAX_SIZE, DEFAULT_SIZE = 32, 1024, 256
 

@@ -26,6 +26,7 @@ from mmsearch.client import Client
 from mmsearch.db import Item
 from mmsearch.errors import ServerError
 from mmsearch.server import ServerThread, create_app
+from mmsearch.thumbs import THUMBS_DIR
 
 TEXTS = {
     "notes/pasta.txt": "a red pasta dish with fresh basil and tomato sauce",
@@ -213,7 +214,7 @@ def test_thumbnail_is_upright_sized_and_cached(served):
         expected = ImageOps.exif_transpose(img).convert("RGB").resize(thumb.size)
     diff = np.abs(np.asarray(thumb, np.float32) - np.asarray(expected, np.float32)).mean()
     assert diff < 12, f"thumbnail differs from the upright image (mean abs diff {diff:.1f})"
-    cached = list((served.index / "thumbs").glob(f"{item}_*_64.jpg"))
+    cached = list((served.index / THUMBS_DIR).glob(f"{item}_*_64.jpg"))
     assert len(cached) == 1 and cached[0].read_bytes() == response.content
     again = served.http.get(f"/api/items/{item}/thumbnail", params={"size": 64})
     assert again.content == response.content
@@ -362,6 +363,17 @@ def test_many_simultaneous_requests_all_answered_correctly(served):
 
 
 # -- the server follows index runs made elsewhere --------------------------------------------------
+def test_thumbnails_of_an_index_inside_its_root_are_not_indexed(tmp_path, tiny_model):
+    root = tmp_path / "photos"
+    make_image(root / "a.jpg", seed=1)
+    with Engine(root / "indexes" / "default", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+        engine.add([root])
+        with TestClient(create_app(engine, preload=False)) as client:
+            assert client.get(f"/api/items/{engine.search('x', k=1)[0].id}/thumbnail").status_code == 200
+        assert list((engine.folder / THUMBS_DIR).iterdir())
+        assert engine.add([root]).added == 0 and engine.info()["images"] == 1
+
+
 def test_server_sees_items_indexed_by_another_engine(tmp_path, tiny_model):
     root = tmp_path / "photos"
     make_image(root / "one.jpg", seed=1)
