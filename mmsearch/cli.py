@@ -22,6 +22,7 @@ from rich.text import Text
 
 from .corpus import Skip
 from .errors import MMSearchError
+from .fsutil import printable_path
 
 app = typer.Typer(
     name="mmsearch",
@@ -111,7 +112,7 @@ class RichProgress:
             self.bar.advance(self.task, n)
 
     def skip(self, skip: Skip) -> None:
-        self.console.print(Text(f"skipped {skip.path}: {skip.reason}", style="yellow"))
+        self.console.print(Text(f"skipped {printable_path(skip.path)}: {skip.reason}", style="yellow"))
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -164,7 +165,7 @@ class _QuietProgress:
         pass
 
     def skip(self, skip: Skip) -> None:
-        self.console.print(Text(f"skipped {skip.path}: {skip.reason}"))
+        self.console.print(Text(f"skipped {printable_path(skip.path)}: {skip.reason}"))
 
 
 @command("query")
@@ -193,15 +194,25 @@ def query_cmd(
             include_query=include_self, force="image" if image else "text" if text else None,
         )
     if as_json:
-        sys.stdout.write(json.dumps({"query": terms, "hits": [h.as_dict() for h in hits]}, ensure_ascii=False) + "\n")
+        _write_raw(json.dumps({"query": terms, "hits": [h.as_dict() for h in hits]}, ensure_ascii=False) + "\n")
     elif paths:
         seen: set[str] = set()
         for hit in hits:
             if hit.path not in seen:
                 seen.add(hit.path)
-                sys.stdout.write(hit.path + "\n")
+                _write_raw(hit.path + "\n")
     else:
         _print_hits(hits)
+
+
+def _write_raw(text: str) -> None:
+    """Write to stdout; file names with undecodable bytes come out as their original bytes."""
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode(sys.stdout.encoding or "utf-8", "surrogateescape"))
+        sys.stdout.buffer.flush()
 
 
 def _snippet(text: str | None, width: int = 80) -> str:
@@ -222,7 +233,7 @@ def _print_hits(hits) -> None:
     table.add_column("path", overflow="fold")
     table.add_column("text", overflow="fold")
     for hit in hits:
-        where = hit.path + (f":{hit.locator}" if hit.locator else "")
+        where = printable_path(hit.path) + (f":{hit.locator}" if hit.locator else "")
         table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.modality, Text(where), Text(_snippet(hit.text)))
     out.print(table)
 
@@ -262,6 +273,38 @@ def _human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
+
+
+@command("check")
+def check_cmd(
+    index: IndexOpt = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Fix what can be fixed: re-embed bad or changed items, drop vanished files and orphans, rebuild the vectors file.")] = False,
+    device: DeviceOpt = None,
+    wait: Annotated[float, typer.Option("--wait", help="With --repair: seconds to wait for a running indexing run (-1: forever).")] = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify an index (manifest, schema, database, rows against vectors, files still there); exit 1 if damaged."""
+    from .check import check_folder
+    from .config import default_index_dir
+    from .model import Encoder, ModelSpec
+
+    folder = index if index is not None else default_index_dir()
+    report = check_folder(
+        folder, repair=repair, wait=wait,
+        encoder_factory=lambda store: Encoder(ModelSpec.from_manifest(store.manifest["model"]), device),
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(report.as_dict(), ensure_ascii=False) + "\n")
+    else:
+        for problem in report.problems:
+            state = "repaired" if problem.repaired else ("repairable with --repair" if problem.repairable else "not repairable")
+            err.print(Text(f"{problem.kind}: {problem.detail} [{state}]"))
+            for example in problem.examples:
+                err.print(Text(f"    {example}"))
+        verdict = "ok" if not report.problems else ("repaired" if report.ok else "damaged")
+        out.print(f"{report.index}: {verdict} ({report.items} items, {len(report.problems)} problem(s))")
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @command("serve")

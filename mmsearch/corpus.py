@@ -185,7 +185,12 @@ def _file_entry(path: str, skipped: list[Skip], named: bool = False) -> FileEntr
     try:
         st = os.stat(path)
     except OSError as exc:
-        reason = "broken symlink" if os.path.islink(path) else (exc.strerror or str(exc))
+        if exc.errno == errno.ELOOP:
+            reason = "symlink loop"
+        elif os.path.islink(path) and isinstance(exc, FileNotFoundError):
+            reason = "broken symlink"
+        else:
+            reason = exc.strerror or str(exc)
         skipped.append(Skip(path, reason))
         return None
     if not stat_mod.S_ISREG(st.st_mode):
@@ -334,14 +339,19 @@ def decode_text(data: bytes) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
+    # Not UTF-8: a legacy single-byte encoding (Windows-1252, else Latin-1) when that reads as
+    # plain text, else UTF-8 with the few bad bytes replaced, else it is binary data.
+    for encoding in ("cp1252", "latin-1"):
+        try:
+            legacy = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        printable = sum(ch.isprintable() or ch in "\n\r\t" for ch in legacy)
+        if printable >= 0.95 * len(legacy):
+            return legacy
     text = data.decode("utf-8", errors="replace")
     if text.count("\ufffd") > max(8, len(text) // 20):
-        # Mostly undecodable: try Latin-1, the usual legacy encoding, if it yields printable text.
-        latin = data.decode("latin-1")
-        printable = sum(ch.isprintable() or ch in "\n\r\t" for ch in latin)
-        if printable < 0.95 * len(latin):
-            raise BadInput("binary data, not text")
-        return latin
+        raise BadInput("binary data, not text")
     return text
 
 

@@ -1,0 +1,397 @@
+"""``mmsearch check``: verify an index and, with ``repair``, fix what can be fixed.
+
+What is checked, each reported as a ``Problem`` of one ``kind``:
+
+- ``manifest``: the manifest is missing, unreadable, or lacks the model/dimension (not repairable:
+  the model identity cannot be guessed); ``schema``: written by a newer mmsearch (not repairable:
+  upgrade); ``database``: SQLite's own integrity check fails (not repairable here).
+- ``generation``: rows carry a generation newer than the counter (readers could miss them);
+  repair raises the counter.
+- ``missing_vector`` / ``bad_vector``: an item without an embedding, or with one of the wrong
+  size or with non-finite values; repair re-embeds it from its file (or drops it if the file is gone).
+- ``orphan_vector``: an embedding whose item row is gone; repair deletes it.
+- ``vectors_file``: a FAISS file that cannot be read or claims a generation newer than the
+  database; ``vector_mismatch``: the FAISS ids or vectors, brought up to date, differ from the
+  database. Repair rebuilds the FAISS file from the database (the database is authoritative).
+- ``vanished_file``: items whose file no longer exists; repair drops them.
+  ``changed_file``: items whose file changed since indexing; repair re-embeds them.
+- ``stray_temp``: temporary files left by a killed writer; repair deletes them.
+
+Repairs run under the index's writer lock, so they never interleave with an indexing run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select, text, update
+
+from .config import SCHEMA_VERSION
+from .corpus import FileEntry, file_kind, read_records
+from .db import GENERATION, Embedding, Item, Tombstone, get_int, next_generation, set_int
+from .errors import IndexVersionError, MMSearchError
+from .store import MANIFEST, IndexStore, vectors_from_blobs, writer_lock
+from .vectors import VectorIndex, saved_generations
+
+_TEMP_RE = re.compile(r"^\.(vectors\.g\d+\.faiss|manifest\.json)\..*\.tmp$")
+# Rows read per query while comparing the database with the FAISS index.
+_CHUNK = 20_000
+
+
+@dataclass
+class Problem:
+    kind: str
+    detail: str
+    count: int = 1
+    repairable: bool = True
+    repaired: bool = False
+    examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckReport:
+    index: str
+    items: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong any more (no problems, or all repaired)."""
+        return all(p.repaired for p in self.problems)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "items": self.items, "ok": self.ok,
+                "problems": [asdict(p) for p in self.problems]}
+
+
+def _problem(report: CheckReport, kind: str, detail: str, examples: list[str] | None = None,
+             count: int = 1, repairable: bool = True) -> Problem:
+    problem = Problem(kind, detail, count, repairable, examples=(examples or [])[:5])
+    report.problems.append(problem)
+    return problem
+
+
+def check_folder(
+    folder: str | Path,
+    *,
+    repair: bool = False,
+    encoder_factory: Callable[[IndexStore], Any] | None = None,
+    wait: float = 0.0,
+) -> CheckReport:
+    """Check the index in ``folder``; ``repair`` fixes what can be fixed.
+
+    ``encoder_factory(store)`` returns the model used to re-embed items (only called when a
+    repair needs it). Missing folders raise ``IndexNotFoundError``; every other kind of damage
+    is reported in the returned ``CheckReport``.
+    """
+    folder = Path(folder).expanduser().absolute()
+    report = CheckReport(str(folder))
+    try:
+        store = IndexStore.open(folder)
+    except IndexVersionError as exc:
+        _problem(report, "schema", str(exc), repairable=False)
+        return report
+    except MMSearchError as exc:
+        if not folder.exists():
+            raise
+        kind = "manifest" if not (folder / MANIFEST).is_file() or "manifest" in str(exc) or MANIFEST in str(exc) else "database"
+        _problem(report, kind, str(exc), repairable=False)
+        return report
+    try:
+        if repair:
+            with writer_lock(folder, wait):
+                _check(store, report, repair=True, encoder_factory=encoder_factory)
+        else:
+            _check(store, report, repair=False, encoder_factory=encoder_factory)
+    finally:
+        store.close()
+    return report
+
+
+def _check(store: IndexStore, report: CheckReport, *, repair: bool, encoder_factory) -> None:
+    manifest = store.manifest
+    if not isinstance(manifest.get("model"), dict) or not isinstance(manifest.get("dim"), int):
+        _problem(report, "manifest", f"{store.folder / MANIFEST} lacks the model or the vector dimension",
+                 repairable=False)
+        return
+    if manifest["schema_version"] < 1 or manifest["schema_version"] > SCHEMA_VERSION:
+        _problem(report, "schema", f"unknown schema version {manifest['schema_version']}", repairable=False)
+        return
+    with store.engine.connect() as conn:
+        result = [row[0] for row in conn.execute(text("PRAGMA quick_check"))]
+    if result != ["ok"]:
+        _problem(report, "database", "SQLite integrity check failed: " + "; ".join(result[:3]), repairable=False)
+        return
+
+    _check_stray_temps(store, report, repair)
+    with store.session() as session:
+        report.items = session.scalar(select(func.count()).select_from(Item)) or 0
+    _check_generation(store, report, repair)
+    reembed = _check_rows(store, report, repair)
+    reembed += _check_files(store, report, repair)
+    if repair and reembed:
+        _reembed(store, reembed, encoder_factory)
+    _check_vectors(store, report, repair)
+    if repair:
+        with store.session() as session:
+            report.items = session.scalar(select(func.count()).select_from(Item)) or 0
+
+
+def _check_stray_temps(store: IndexStore, report: CheckReport, repair: bool) -> None:
+    temps = [p for p in store.folder.iterdir() if _TEMP_RE.match(p.name)]
+    if temps:
+        problem = _problem(report, "stray_temp", f"{len(temps)} temporary file(s) left by an interrupted write",
+                           [p.name for p in temps], count=len(temps))
+        if repair:
+            for path in temps:
+                path.unlink(missing_ok=True)
+            problem.repaired = True
+
+
+def _check_generation(store: IndexStore, report: CheckReport, repair: bool) -> None:
+    with store.session() as session:
+        gen = get_int(session, GENERATION)
+        top = max(session.scalar(select(func.max(Item.gen))) or 0,
+                  session.scalar(select(func.max(Tombstone.gen))) or 0)
+    if top > gen:
+        problem = _problem(report, "generation", f"rows carry generation {top} but the counter says {gen}")
+        if repair:
+            with store.session() as session, session.begin():
+                set_int(session, GENERATION, top + 1)
+            problem.repaired = True
+
+
+def _check_rows(store: IndexStore, report: CheckReport, repair: bool) -> list[int]:
+    """Item/embedding agreement; returns ids of items to re-embed."""
+    dim_bytes = store.dim * 4
+    missing: list[int] = []
+    bad: list[int] = []
+    orphans: list[int] = []
+    with store.session() as session:
+        missing = list(session.scalars(
+            select(Item.id).outerjoin(Embedding, Embedding.item_id == Item.id).where(Embedding.item_id.is_(None))
+        ))
+        orphans = list(session.scalars(
+            select(Embedding.item_id).outerjoin(Item, Item.id == Embedding.item_id).where(Item.id.is_(None))
+        ))
+        last = 0
+        while True:
+            rows = session.execute(
+                select(Embedding.item_id, Embedding.vector).where(Embedding.item_id > last)
+                .order_by(Embedding.item_id).limit(_CHUNK)
+            ).all()
+            if not rows:
+                break
+            for item_id, blob in rows:
+                if len(blob) != dim_bytes or not np.isfinite(np.frombuffer(blob, np.float32)).all():
+                    bad.append(item_id)
+            last = rows[-1][0]
+    bad = [i for i in bad if i not in set(orphans)]
+    reembed: list[int] = []
+    if missing:
+        problem = _problem(report, "missing_vector", f"{len(missing)} item(s) have no vector",
+                           [str(i) for i in missing], count=len(missing))
+        reembed += missing
+        problem.repaired = repair
+    if bad:
+        problem = _problem(report, "bad_vector",
+                           f"{len(bad)} vector(s) have the wrong size or non-finite values",
+                           [str(i) for i in bad], count=len(bad))
+        reembed += bad
+        problem.repaired = repair
+    if orphans:
+        problem = _problem(report, "orphan_vector", f"{len(orphans)} vector(s) belong to no item",
+                           [str(i) for i in orphans], count=len(orphans))
+        if repair:
+            with store.session() as session, session.begin():
+                gen = next_generation(session)
+                session.query(Embedding).filter(Embedding.item_id.in_(orphans)).delete(synchronize_session=False)
+                session.add_all(Tombstone(item_id=i, gen=gen) for i in orphans
+                                if session.get(Tombstone, i) is None)
+            problem.repaired = True
+    return reembed
+
+
+def _check_files(store: IndexStore, report: CheckReport, repair: bool) -> list[int]:
+    """Items whose files vanished (dropped on repair) or changed (re-embedded on repair)."""
+    vanished: list[tuple[int, str]] = []
+    changed: list[int] = []
+    changed_paths: list[str] = []
+    stats: dict[str, os.stat_result | None] = {}
+    with store.session() as session:
+        for item_id, path, size, mtime_ns in session.execute(
+            select(Item.id, Item.path, Item.size, Item.mtime_ns).order_by(Item.path, Item.id)
+        ):
+            if path not in stats:
+                try:
+                    stats[path] = os.stat(path)
+                except FileNotFoundError:
+                    stats[path] = None
+                except OSError:
+                    continue  # unreadable now (permissions, unmounted): not evidence it is gone
+            st = stats[path]
+            if st is None:
+                vanished.append((item_id, path))
+            elif st.st_size != size or st.st_mtime_ns != mtime_ns:
+                changed.append(item_id)
+                if path not in changed_paths:
+                    changed_paths.append(path)
+    if vanished:
+        paths = sorted({p for _, p in vanished})
+        problem = _problem(report, "vanished_file", f"{len(paths)} indexed file(s) no longer exist ({len(vanished)} item(s))",
+                           paths, count=len(vanished))
+        if repair:
+            _drop(store, [i for i, _ in vanished])
+            problem.repaired = True
+    if changed:
+        problem = _problem(report, "changed_file", f"{len(changed_paths)} file(s) changed since they were indexed",
+                           changed_paths, count=len(changed))
+        problem.repaired = repair
+    return changed
+
+
+def _drop(store: IndexStore, ids: list[int]) -> None:
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        with store.session() as session, session.begin():
+            gen = next_generation(session)
+            session.query(Item).filter(Item.id.in_(chunk)).delete(synchronize_session=False)
+            session.add_all(Tombstone(item_id=i, gen=gen) for i in chunk if session.get(Tombstone, i) is None)
+            session.execute(update(Tombstone).where(Tombstone.item_id.in_(chunk)).values(gen=gen))
+
+
+def _reembed(store: IndexStore, ids: list[int], encoder_factory) -> None:
+    """Read the files of ``ids`` again and embed them; items that cannot be read are dropped."""
+    from .indexer import Indexer, _Job
+
+    by_path: dict[str, dict[str, int]] = {}
+    with store.session() as session:
+        for item_id, path, locator in session.execute(
+            select(Item.id, Item.path, Item.locator).where(Item.id.in_(ids))
+        ):
+            by_path.setdefault(path, {})[locator] = item_id
+    jobs: list[_Job] = []
+    drop: list[int] = []
+    for path, locators in by_path.items():
+        kind = file_kind(path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            drop.extend(locators.values())
+            continue
+        if kind is None:
+            drop.extend(locators.values())
+            continue
+        records, _ = read_records(FileEntry(path, st.st_size, st.st_mtime_ns, kind))
+        found = {r.locator: r for r in records}
+        for locator, item_id in locators.items():
+            if locator in found:
+                jobs.append(_Job(found[locator], item_id))
+            else:
+                drop.append(item_id)
+    if drop:
+        _drop(store, drop)
+    if not jobs:
+        return
+    if encoder_factory is None:
+        raise MMSearchError("re-embedding needs the index's model, and none was given")
+    vectors = _synced_vectors(store)
+    indexer = Indexer(store, lambda: encoder_factory(store), vectors)
+    indexer._encode_all(jobs)
+    store.save_vectors(indexer.vectors)
+
+
+def _synced_vectors(store: IndexStore) -> VectorIndex:
+    vectors = store.load_vectors()
+    with store.session() as session:
+        return store.sync(session, vectors)
+
+
+def _check_vectors(store: IndexStore, report: CheckReport, repair: bool) -> None:
+    """FAISS files readable, not ahead of the database, and equal to it once caught up."""
+    import faiss
+
+    with store.session() as session:
+        db_gen = get_int(session, GENERATION)
+    damaged: list[Path] = []
+    ahead: list[Path] = []
+    for gen, path in saved_generations(store.folder):
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError:
+            damaged.append(path)
+            continue
+        if gen > db_gen:
+            ahead.append(path)
+        elif index.d != store.dim:
+            damaged.append(path)
+    if damaged:
+        problem = _problem(report, "vectors_file", f"{len(damaged)} vectors file(s) cannot be read or have the wrong dimension",
+                           [p.name for p in damaged], count=len(damaged))
+        if repair:
+            for path in damaged:
+                path.unlink(missing_ok=True)
+            problem.repaired = True
+    if ahead:
+        problem = _problem(report, "vectors_file", f"{len(ahead)} vectors file(s) claim a generation newer than the database ({db_gen})",
+                           [p.name for p in ahead], count=len(ahead))
+        if repair:
+            for path in ahead:
+                path.unlink(missing_ok=True)
+            problem.repaired = True
+
+    with store.session() as session:
+        vectors = store.sync(session, store.load_vectors())
+        mismatch = _compare(store, session, vectors)
+    if mismatch:
+        problem = _problem(report, "vector_mismatch", mismatch)
+        if repair:
+            with store.session() as session:
+                rebuilt = store.rebuild(session)
+            store.save_vectors(rebuilt)
+            problem.repaired = True
+    elif repair and any(p.repaired for p in report.problems):
+        store.save_vectors(vectors)  # persist the caught-up state after the repairs above
+
+
+def _compare(store: IndexStore, session, vectors: VectorIndex) -> str | None:
+    """None when ``vectors`` holds exactly the database's embeddings, else what differs."""
+    import faiss
+
+    ids = vectors.ids()
+    position = {int(i): p for p, i in enumerate(ids)}
+    if len(position) != len(ids):
+        return f"the vectors index holds {len(ids) - len(position)} duplicate id(s)"
+    db_ids = set(session.scalars(select(Embedding.item_id).join(Item, Item.id == Embedding.item_id)))
+    extra, missing = set(position) - db_ids, db_ids - set(position)
+    if extra or missing:
+        return (f"the vectors index and the database disagree: {len(extra)} id(s) only in the vectors index, "
+                f"{len(missing)} only in the database")
+    inner = faiss.downcast_index(vectors.index.index)
+    stored = inner.reconstruct_n(0, vectors.ntotal) if vectors.ntotal else np.empty((0, store.dim), np.float32)
+    last, differ = 0, 0
+    while True:
+        rows = session.execute(
+            select(Embedding.item_id, Embedding.vector).where(Embedding.item_id > last)
+            .order_by(Embedding.item_id).limit(_CHUNK)
+        ).all()
+        if not rows:
+            break
+        last = rows[-1][0]
+        rows = [r for r in rows if r[0] in position and len(r[1]) == store.dim * 4]
+        if rows:
+            db_vectors = vectors_from_blobs([r[1] for r in rows], store.dim)
+            faiss_vectors = stored[[position[r[0]] for r in rows]]
+            differ += int((np.abs(db_vectors - faiss_vectors).max(axis=1) > 1e-6).sum())
+    if differ:
+        return f"{differ} vector(s) in the vectors index differ from the database"
+    return None
+
+
+__all__ = ["CheckReport", "Problem", "check_folder"]
