@@ -13,6 +13,7 @@ An Engine owns one index store and, loaded on first need, one model. It is safe 
 
 from __future__ import annotations
 
+import glob
 import os
 import threading
 from collections.abc import Sequence
@@ -135,7 +136,8 @@ class Engine:
         """
         if isinstance(paths, (str, Path)):
             paths = [paths]
-        options = ScanOptions(include_hidden=include_hidden, exclude=tuple(exclude))
+        # The index folder itself is never indexed, even when it lies inside an indexed root.
+        options = ScanOptions(include_hidden=include_hidden, exclude=(*exclude, glob.escape(str(self.folder))))
         with self._lock:
             if self._store is None:
                 IndexStore.check_creatable(self.folder)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 NO_WEIGHTS = ("", "none", "random")
+RANDOM_INIT_SEED = 0
 MODEL_ENV_VAR = "MMSEARCH_MODEL"
 PRETRAINED_ENV_VAR = "MMSEARCH_PRETRAINED"
 # Names of the files `mmsearch train` writes into its output folder.
@@ -234,9 +235,13 @@ class Encoder:
         if spec.config_path:
             open_clip.add_model_config(spec.config_path)
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                spec.arch, pretrained=spec.pretrained, precision=self.precision, device=self.device
-            )
+            with torch.random.fork_rng(devices=[]):
+                # Without weights, a fixed seed makes "random init" the same model in every
+                # process, so an index built with --pretrained none can be queried later.
+                torch.manual_seed(RANDOM_INIT_SEED)
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    spec.arch, pretrained=spec.pretrained, precision=self.precision, device=self.device
+                )
             self.tokenizer = open_clip.get_tokenizer(spec.arch)
         except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError/HF errors
             raise ModelLoadError(_explain_load_failure(spec, exc)) from exc

@@ -202,3 +202,23 @@ def test_vectors_rebuilt_from_database_when_faiss_file_is_missing(tmp_path, tiny
         path.unlink()
     with Engine(tmp_path / "idx") as engine:
         assert [(h.id, round(h.score, 5)) for h in engine.search("beach", k=5)] == expected
+
+
+def test_index_folder_inside_an_indexed_root_is_not_indexed(tmp_path, tiny_model, corpus):
+    with Engine(corpus / "indexes" / "default", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+        engine.add([corpus])
+        report = engine.add([corpus])
+        assert (report.added, report.unchanged) == (0, IMAGE_COUNT + TEXT_COUNT)
+        assert not any("/indexes/" in h.path for h in engine.search("x", k=50))
+
+
+def test_random_init_is_the_same_model_in_every_process(tiny_model):
+    from mmsearch.model import Encoder, ModelSpec
+
+    spec = ModelSpec.resolve(str(tiny_model.config), "none")
+    first = Encoder(spec).encode_texts(["a cat"])
+    import torch
+
+    torch.manual_seed(1234)  # whatever the caller's RNG state
+    second = Encoder(spec).encode_texts(["a cat"])
+    assert np.allclose(first, second)
