@@ -102,6 +102,11 @@ class Engine:
                 self._encoder = Encoder(self.spec, self._device)
             return self._encoder
 
+    @property
+    def model_loaded(self) -> bool:
+        """True once the model has been loaded (the first query or indexing run loads it)."""
+        return self._encoder is not None
+
     def _check_model(self) -> bool:
         """True when the requested model is the index's; False when it differs."""
         if self._requested is None or self._store is None:

@@ -259,7 +259,7 @@ def create_app(
         """Liveness: the server answers and can read its index."""
         with engine.store.session() as session:
             items = session.scalar(select(func.count()).select_from(Item)) or 0
-        return {"status": "ok", "version": __version__, "model_loaded": engine._encoder is not None, "items": items}
+        return {"status": "ok", "version": __version__, "model_loaded": engine.model_loaded, "items": items}
 
     @app.get("/api/info", tags=["status"])
     def info() -> dict[str, Any]:
