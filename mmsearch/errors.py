@@ -59,3 +59,17 @@ class ServerError(MMSearchError):
 
 class IndexWriteError(MMSearchError):
     """The index folder cannot be written (disk full, read-only, I/O error); what was saved before is kept."""
+
+
+class DatasetError(MMSearchError):
+    """A captioned dataset cannot be read or holds nothing usable."""
+
+
+class TrainingError(MMSearchError):
+    """Training cannot start or continue (bad options, unusable output folder, broken resume state)."""
+
+
+class TrainingInterrupted(MMSearchError):
+    """Training stopped on request; the state was saved and ``--resume`` continues from it."""
+
+    exit_code = 130
