@@ -268,7 +268,7 @@ def _drop(store: IndexStore, ids: list[int]) -> None:
 
 def _reembed(store: IndexStore, ids: list[int], encoder_factory) -> None:
     """Read the files of ``ids`` again and embed them; items that cannot be read are dropped."""
-    from .indexer import Indexer, _Job
+    from .indexer import _UNSEALED, Indexer, _Job
 
     by_path: dict[str, dict[str, int]] = {}
     with store.session() as session:
@@ -290,6 +290,10 @@ def _reembed(store: IndexStore, ids: list[int], encoder_factory) -> None:
             continue
         records, _ = read_records(FileEntry(path, st.st_size, st.st_mtime_ns, kind))
         found = {r.locator: r for r in records}
+        if kind == "jsonl" and set(found) - set(locators):
+            # Lines not in the index yet: leave the file marked unfinished so `index` adds them.
+            for record in records:
+                record.mtime_ns = _UNSEALED
         for locator, item_id in locators.items():
             if locator in found:
                 jobs.append(_Job(found[locator], item_id))

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -152,6 +154,8 @@ class _Plan:
     jobs: list[_Job] = field(default_factory=list)
     touch: list[tuple[int, Record]] = field(default_factory=list)
     remove: list[int] = field(default_factory=list)
+    # Multi-record files (JSONL) being (re)written: (path, size, mtime_ns), set by ``_seal``.
+    seal: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 class Indexer:
@@ -174,12 +178,18 @@ class Indexer:
         self.workers = workers or min(8, (os.cpu_count() or 2))
         self.report = IndexReport()
         self._last_save = time.monotonic()
+        self._stop_requested = False
 
     # -- public ------------------------------------------------------------------------------
     def run(self, roots: Sequence[str], options: ScanOptions | None = None) -> IndexReport:
         started = time.monotonic()
+        with _deferred_interrupt(self):
+            return self._run(roots, options, started)
+
+    def _run(self, roots: Sequence[str], options: ScanOptions | None, started: float) -> IndexReport:
         try:
             try:
+                self.store.remove_stray_temps()  # we hold the writer lock: no other writer's files
                 self.progress.start("scanning", None)
                 scanned = scan(roots, options)
                 for skip in scanned.skipped:
@@ -187,6 +197,7 @@ class Indexer:
                 plan = self._plan(roots, scanned.files, scanned.skipped)
                 self._copy_and_touch(plan)
                 self._encode_all([job for job in plan.jobs if job.source is None])
+                self._seal(plan.seal)
                 self._remove(plan.remove)
                 self._record_roots(roots)
             except KeyboardInterrupt as exc:
@@ -243,6 +254,13 @@ class Indexer:
                 if records is None:  # unreadable now: keep whatever was indexed before
                     continue
                 olds = {o.locator: o for o in existing.get(entry.path, [])}
+                if entry.kind == "jsonl":
+                    # A file's lines are written over several transactions. Until the last one
+                    # is in, its rows carry an mtime no file has, so a run killed half-way
+                    # leaves the file "changed" and the next run finishes it.
+                    plan.seal.append((entry.path, entry.size, entry.mtime_ns))
+                    for record in records:
+                        record.mtime_ns = _UNSEALED
                 for record in records:
                     old = olds.pop(record.locator, None)
                     if old is not None and old.content_hash == record.content_hash and old.modality == record.modality:
@@ -266,6 +284,7 @@ class Indexer:
                 if records or not skips:
                     out[entry.path] = records
                 self.progress.advance()
+                self._check_stop()
         return out
 
     def _find_sources(self, session: Session, jobs: list[_Job], wanted: dict[tuple[str, str], int | None]) -> None:
@@ -304,6 +323,7 @@ class Indexer:
                 vectors = vectors_from_blobs([blobs[job.source] for job in chunk], self.store.dim)
                 self._write(session, chunk, vectors)
                 self.report.reused += len(chunk)
+                self._check_stop()
 
     def _encode_all(self, jobs: list[_Job]) -> None:
         # Identical content among the new files is encoded once and written to every copy.
@@ -433,6 +453,19 @@ class Indexer:
                         self.report.updated += 1
                 self.progress.advance()
 
+    def _seal(self, files: list[tuple[str, int, int]]) -> None:
+        """Give multi-record files' rows their real size and mtime: every line is now written."""
+        if not files:
+            return
+        with self.store.session() as session:
+            for start in range(0, len(files), WRITE_CHUNK):
+                with session.begin():
+                    for path, size, mtime_ns in files[start:start + WRITE_CHUNK]:
+                        session.execute(
+                            update(Item).where(Item.path == path).values(size=size, mtime_ns=mtime_ns)
+                        )
+                self._check_stop()
+
     def _remove(self, ids: list[int]) -> None:
         if not ids:
             return
@@ -446,6 +479,7 @@ class Indexer:
                 self.vectors.remove(chunk)
                 self.vectors.gen = gen
                 self.report.removed += len(chunk)
+                self._check_stop()
 
     def _record_roots(self, roots: Iterable[str]) -> None:
         with self.store.session() as session, session.begin():
@@ -462,7 +496,13 @@ class Indexer:
         self.report.skipped.append(skip)
         self.progress.skip(skip)
 
+    def _check_stop(self) -> None:
+        """Raise KeyboardInterrupt here, between transactions, if Ctrl-C was pressed."""
+        if self._stop_requested:
+            raise KeyboardInterrupt
+
     def _maybe_checkpoint(self) -> None:
+        self._check_stop()
         if time.monotonic() - self._last_save > _env_seconds(CHECKPOINT_ENV, CHECKPOINT_SECONDS):
             self.store.save_vectors(self.vectors)
             self._last_save = time.monotonic()
@@ -470,6 +510,33 @@ class Indexer:
     def _finish(self, started: float) -> None:
         self.store.save_vectors(self.vectors)
         self.report.seconds = time.monotonic() - started
+
+
+_UNSEALED = -1  # mtime_ns of rows whose file is not completely written yet
+
+
+@contextmanager
+def _deferred_interrupt(indexer: Indexer) -> Iterator[None]:
+    """Turn the first Ctrl-C into a request that the indexer honours between transactions.
+
+    A KeyboardInterrupt raised in the middle of an SQLite commit or a file write could leave a
+    connection holding its lock; deferring it to the next safe point keeps every step whole.
+    A second Ctrl-C interrupts at once. Only possible in the main thread (elsewhere: no-op).
+    """
+    def request_stop(signum, frame):
+        if indexer._stop_requested:
+            raise KeyboardInterrupt
+        indexer._stop_requested = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, request_stop)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _under_any(path: str, prefixes: tuple[str, ...]) -> bool:

@@ -60,14 +60,16 @@ def vectors_from_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
 @contextmanager
 def writer_lock(folder: Path, wait: float = 0.0) -> Iterator[None]:
     """Hold the single-writer lock of an index folder; ``wait`` seconds before giving up (-1: forever)."""
-    folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(folder / LOCK_FILE))
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=wait)
     except Timeout as exc:
         raise IndexLockedError(
             f"another mmsearch process is writing to {folder}; wait for it to finish or pass --wait SECONDS"
         ) from exc
+    except OSError as exc:  # read-only file system, permissions, disk full
+        raise IndexWriteError(f"cannot write to the index folder {folder}: {exc.strerror or exc}") from exc
     try:
         yield
     finally:
@@ -166,6 +168,15 @@ class IndexStore:
         manifest = dict(self.manifest, **changes, updated_at=_now())
         atomic_write_json(self.folder / MANIFEST, manifest)
         self.manifest = manifest
+
+    def remove_stray_temps(self) -> list[Path]:
+        """Delete temporary files a killed writer left behind (call only while holding the writer lock)."""
+        removed = []
+        for path in self.folder.iterdir():
+            if path.name.startswith((".vectors.g", f".{MANIFEST}.")) and path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
 
     def write_lock(self, wait: float = 0.0):
         return writer_lock(self.folder, wait)
