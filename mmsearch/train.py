@@ -387,9 +387,9 @@ class Trainer:
             val = _Batches(self.val_data, self.preprocess, self.image_size, True, workers, self.progress)
             val_images = val.cache
             val_texts = []
-            for position, item in enumerate(val.items):
+            for row, item in enumerate(val.items):
                 val_texts.extend(item.captions)
-                val_owners.extend([position] * len(item.captions))
+                val_owners.extend([row] * len(item.captions))
             val.close()
         n = len(train)
         if n < 2:
@@ -461,6 +461,7 @@ class Trainer:
             # The starting point is a candidate too: fine-tuning must not leave a worse model behind.
             best_val, best_epoch = self.validate(val_images, val_texts, val_owners), 0
             save_best(EpochRecord(epoch=0, step=0, loss=float("nan"), lr=0.0, logit_scale=0.0, seconds=0.0, val=best_val))
+        position = batch_in_epoch  # batches of the current epoch already trained on
         try:
             while epoch < opts.epochs:
                 generator = torch.Generator().manual_seed(opts.seed * 100003 + epoch)
@@ -475,7 +476,7 @@ class Trainer:
                     indices = order[b * batch_size:(b + 1) * batch_size]
                     images, good = train.fetch(indices, self.progress)
                     if images is None or len(good) < 2:
-                        step += 1
+                        step, position = step + 1, b + 1
                         scheduler.step()
                         continue
                     captions = []
@@ -502,7 +503,7 @@ class Trainer:
                     scheduler.step()
                     with torch.no_grad():
                         self.model.logit_scale.clamp_(0, math.log(100))
-                    step += 1
+                    step, position = step + 1, b + 1
                     loss_value = float(loss.detach())
                     loss_sum += loss_value
                     loss_count += 1
@@ -527,12 +528,12 @@ class Trainer:
                 history.append(record)
                 if self.progress is not None and hasattr(self.progress, "epoch"):
                     self.progress.epoch(record)
-                epoch, batch_in_epoch = epoch + 1, 0
+                epoch, batch_in_epoch, position = epoch + 1, 0, 0
                 save_state(epoch, 0)
                 last_save = time.monotonic()
                 write_log(done=epoch >= opts.epochs)
         except KeyboardInterrupt:
-            save_state(epoch, b + 1 if "b" in locals() and b >= batch_in_epoch else batch_in_epoch)
+            save_state(epoch, position)
             write_log(done=False)
             raise TrainingInterrupted(
                 f"training interrupted at epoch {epoch + 1}, step {step}; state saved in {self.out / LAST_STATE}, "
@@ -550,6 +551,14 @@ def train(
 ) -> TrainReport:
     """Train on ``dataset`` (its train split, validating on its val split or a hold-out) into ``out``."""
     opts = options or TrainOptions()
+    saved_log = Path(out).expanduser() / TRAIN_LOG
+    if resume and saved_log.is_file():
+        # A resumed run keeps its options, and so must split the data as it did.
+        try:
+            saved = json.loads(saved_log.read_text(encoding="utf-8"))["options"]
+            opts.val_fraction, opts.seed = saved["val_fraction"], saved["seed"]
+        except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise TrainingError(f"cannot read {saved_log} to resume: {exc}") from exc
     if val is None:
         dataset, val = split_for_training(dataset, opts.val_fraction, opts.seed)
     random.seed(opts.seed)
