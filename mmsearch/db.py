@@ -133,6 +133,10 @@ PURGED_THROUGH = "tombstones_purged_through"
 
 
 def _set_pragmas(dbapi_connection, _record) -> None:
+    # Python's sqlite3 only opens a transaction before writes, so without this each SELECT of a
+    # "read transaction" would see whatever was committed at that moment. mmsearch emits BEGIN
+    # itself (``_begin``): a session's reads all come from one snapshot.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # WAL: readers see the last committed state while a writer works; FULL sync: a commit that
     # returned survives a crash or power loss.
@@ -143,9 +147,14 @@ def _set_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def _begin(conn) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
 def make_engine(db_path: Path) -> SAEngine:
     engine = create_engine(f"sqlite:///{db_path}", future=True)
     event.listen(engine, "connect", _set_pragmas)
+    event.listen(engine, "begin", _begin)
     return engine
 
 

@@ -1,0 +1,87 @@
+"""Concurrency: one writer at a time; queries during an index run always see a whole committed state."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+
+from mmsearch import Engine
+from mmsearch.db import Embedding, Item
+from test_crash_safety import ENV, _generation, assert_consistent, build_corpus, index_cmd
+
+
+def _start_writer(corpus: Path, idx: Path, tiny_model, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen(index_cmd(corpus, idx, tiny_model, "--batch-size", "2", *extra), env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _generation(idx) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"indexing ended before the test could overlap it: {proc.communicate()}"
+    return proc
+
+
+def test_second_writer_fails_clearly_or_waits(tmp_path, tiny_model, cli):
+    corpus = build_corpus(tmp_path / "corpus", 40, 300)
+    idx = tmp_path / "idx"
+    writer = _start_writer(corpus, idx, tiny_model)
+    result = cli("index", corpus, "-i", idx, *tiny_model.args, "-q", ok=False)
+    running = writer.poll() is None
+    assert result.exit_code == 1
+    assert "another mmsearch process is writing" in result.stderr and "--wait" in result.stderr
+    assert running, "the first run ended before the second tried: the refusal proves nothing"
+    # With --wait the second run queues behind the first and then finds nothing left to do.
+    result = cli("index", corpus, "-i", idx, *tiny_model.args, "--json", "--wait", "120")
+    assert writer.wait(timeout=120) == 0, writer.stderr.read()
+    report = json.loads(result.stdout)
+    assert report["added"] == 0 and report["unchanged"] == 341
+    assert assert_consistent(idx) == 341
+
+
+def test_queries_during_indexing_see_committed_states(tmp_path, tiny_model):
+    corpus = build_corpus(tmp_path / "corpus", 40, 300)
+    idx = tmp_path / "idx"
+    writer = _start_writer(corpus, idx, tiny_model)
+    seen_sizes: list[int] = []
+    rounds = 0
+    with Engine(idx) as engine:
+        query = engine.encode_query(_terms("a cat"))
+        store = engine.store
+        while writer.poll() is None or rounds < 3:
+            rounds += 1
+            # 1. The public path: every hit is a stored row and its score is the cosine with that
+            #    row's vector in the database (so FAISS and the rows belong to one state).
+            hits = engine.search("a cat", k=8)
+            assert hits, "no hits from a non-empty index"
+            assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+            assert all(a.score >= b.score - 1e-6 for a, b in zip(hits, hits[1:]))
+            with store.session() as session:
+                rows = dict(session.execute(
+                    select(Embedding.item_id, Embedding.vector).where(Embedding.item_id.in_([h.id for h in hits]))
+                ).all())
+            for hit in hits:
+                assert hit.id in rows, f"hit {hit.id} has no row"
+                assert abs(float(np.frombuffer(rows[hit.id], np.float32) @ query) - hit.score) < 1e-4
+            # 2. One snapshot: vectors caught up to it hold exactly its rows, and an exhaustive
+            #    search ranks all of them.
+            with store.session() as session:
+                vectors = store.sync(session, store.load_vectors())
+                db_ids = set(session.scalars(select(Item.id)))
+                assert set(vectors.ids().tolist()) == db_ids
+                _, ids = vectors.search(query, len(db_ids))
+                assert set(ids.tolist()) == db_ids
+            seen_sizes.append(len(db_ids))
+    assert writer.wait(timeout=120) == 0, writer.stderr.read()
+    assert seen_sizes == sorted(seen_sizes), "a reader went back to an older state"
+    assert len(set(seen_sizes)) >= 3, f"queries did not overlap the index run: {seen_sizes}"
+    assert seen_sizes[-1] == 341 and assert_consistent(idx) == 341
+
+
+def _terms(text: str):
+    from mmsearch import parse_query
+
+    return parse_query([text])
