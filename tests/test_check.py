@@ -1,0 +1,185 @@
+"""`mmsearch check`: each kind of damage is detected, and `--repair` fixes what it can."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from conftest import IMAGE_COUNT, TEXT_COUNT, make_image
+from mmsearch import Engine
+from mmsearch.check import check_folder
+from mmsearch.model import Encoder, ModelSpec
+from mmsearch.vectors import saved_generations
+
+ITEMS = IMAGE_COUNT + TEXT_COUNT
+
+
+@pytest.fixture
+def built(tmp_path, tiny_model, corpus):
+    idx = tmp_path / "idx"
+    with Engine(idx, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+        engine.add([corpus])
+    assert check_folder(idx).problems == []
+    return idx, corpus
+
+
+def _encoder(store):
+    return Encoder(ModelSpec.from_manifest(store.manifest["model"]), "cpu")
+
+
+def _db(idx: Path) -> sqlite3.Connection:
+    return sqlite3.connect(idx / "mmsearch.db")
+
+
+def _vectors_by_path(idx: Path) -> dict[str, np.ndarray]:
+    with _db(idx) as conn:
+        rows = conn.execute("SELECT i.path || ':' || i.locator, e.vector FROM items i JOIN embeddings e ON e.item_id = i.id")
+        return {key: np.frombuffer(blob, np.float32) for key, blob in rows}
+
+
+def _kinds(report) -> set[str]:
+    return {p.kind for p in report.problems}
+
+
+def _repair_and_verify(idx: Path, kind: str, items: int = ITEMS) -> None:
+    """Detected without repair (and nothing changed), fixed by repair, clean afterwards, queryable."""
+    report = check_folder(idx)
+    assert kind in _kinds(report) and not report.ok
+    assert all(not p.repaired for p in report.problems)
+    repaired = check_folder(idx, repair=True, encoder_factory=_encoder)
+    assert kind in _kinds(repaired) and repaired.ok, repaired.as_dict()
+    after = check_folder(idx)
+    assert after.problems == [] and after.items == items, after.as_dict()
+    with Engine(idx) as engine:
+        assert len(engine.search("a dog", k=100)) == items
+
+
+def test_missing_and_bad_vectors_are_reembedded(built):
+    idx, corpus = built
+    original = _vectors_by_path(idx)
+    with _db(idx) as conn:
+        conn.execute("DELETE FROM embeddings WHERE item_id = (SELECT id FROM items WHERE path LIKE '%a.jpg')")
+        conn.execute("UPDATE embeddings SET vector = X'00112233' WHERE item_id = "
+                     "(SELECT id FROM items WHERE path LIKE '%pasta.txt')")
+    report = check_folder(idx)
+    assert {"missing_vector", "bad_vector"} <= _kinds(report)
+    _repair_and_verify(idx, "missing_vector")
+    restored = _vectors_by_path(idx)
+    for key, vector in original.items():
+        assert np.allclose(restored[key], vector, atol=1e-5), key
+
+
+def test_orphan_vector_dropped(built):
+    idx, _ = built
+    with _db(idx) as conn:  # raw sqlite3: foreign keys off, so the embedding outlives its item
+        conn.execute("DELETE FROM items WHERE path LIKE '%b.png'")
+    report = check_folder(idx)
+    assert {"orphan_vector", "vector_mismatch"} <= _kinds(report)
+    _repair_and_verify(idx, "orphan_vector", items=ITEMS - 1)
+
+
+def test_damaged_vectors_file_rebuilt(built):
+    idx, _ = built
+    (_, path), = saved_generations(idx)
+    path.write_bytes(path.read_bytes()[:100])
+    _repair_and_verify(idx, "vectors_file")
+    assert saved_generations(idx)
+
+
+def test_vectors_file_ahead_of_database(built):
+    idx, _ = built
+    (gen, path), = saved_generations(idx)
+    path.rename(idx / f"vectors.g{gen + 5:010d}.faiss")
+    _repair_and_verify(idx, "vectors_file")
+
+
+def test_vector_differing_from_database_detected(built):
+    idx, _ = built
+    (gen, path), = saved_generations(idx)
+    index = faiss.read_index(str(path))
+    victim = int(faiss.vector_to_array(index.id_map)[0])
+    index.remove_ids(np.array([victim], np.int64))
+    wrong = np.random.default_rng(0).standard_normal((1, index.d)).astype(np.float32)
+    index.add_with_ids(wrong / np.linalg.norm(wrong), np.array([victim], np.int64))
+    faiss.write_index(index, str(path))
+    report = check_folder(idx)
+    assert any(p.kind == "vector_mismatch" and "differ" in p.detail for p in report.problems)
+    _repair_and_verify(idx, "vector_mismatch")
+
+
+def test_generation_counter_behind_rows(built):
+    idx, _ = built
+    with _db(idx) as conn:
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'generation'")
+    _repair_and_verify(idx, "generation")
+
+
+def test_vanished_and_changed_files(built):
+    idx, corpus = built
+    (corpus / "sub" / "d.bmp").unlink()
+    make_image(corpus / "c.webp", seed=1234)
+    report = check_folder(idx)
+    assert {"vanished_file", "changed_file"} <= _kinds(report)
+    _repair_and_verify(idx, "vanished_file", items=ITEMS - 1)
+    vectors = _vectors_by_path(idx)
+    assert not any("d.bmp" in key for key in vectors)
+    # The changed image was re-embedded: a fresh index of the same file agrees.
+    with Engine(idx) as engine:
+        hit = engine.search(corpus / "c.webp", k=1, include_query=True)[0]
+        assert hit.path.endswith("c.webp") and hit.score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_stray_temp_files_removed(built):
+    idx, _ = built
+    (idx / ".vectors.g0000000099.faiss.x1y2.tmp").write_bytes(b"partial")
+    (idx / ".manifest.json.abc.tmp").write_text("{")
+    _repair_and_verify(idx, "stray_temp")
+    assert not list(idx.glob("*.tmp")) and not list(idx.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("damage, kind", [
+    ("manifest-json", "manifest"), ("manifest-gone", "manifest"), ("newer-schema", "schema"), ("database", "database"),
+])
+def test_unrepairable_damage_reported(built, cli, damage, kind):
+    idx, _ = built
+    manifest = idx / "manifest.json"
+    if damage == "manifest-json":
+        manifest.write_text("{ not json")
+    elif damage == "manifest-gone":
+        manifest.unlink()
+    elif damage == "newer-schema":
+        manifest.write_text(json.dumps(dict(json.loads(manifest.read_text()), schema_version=99)))
+    else:
+        for suffix in ("-wal", "-shm"):
+            (idx / f"mmsearch.db{suffix}").unlink(missing_ok=True)
+        db = idx / "mmsearch.db"
+        data = bytearray(db.read_bytes())
+        data[100:len(data)] = os.urandom(len(data) - 100)
+        db.write_bytes(bytes(data))
+    result = cli("check", "-i", idx, "--json", "--repair", ok=False)
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert doc["ok"] is False and [p["kind"] for p in doc["problems"]] == [kind]
+    assert doc["problems"][0]["repairable"] is False
+
+
+def test_check_cli_exit_codes_and_text(built, cli, tiny_model):
+    idx, corpus = built
+    result = cli("check", "-i", idx)
+    assert "ok" in result.stdout and result.exit_code == 0
+    (corpus / "a.jpg").unlink()
+    result = cli("check", "-i", idx, ok=False)
+    assert result.exit_code == 1 and "vanished_file" in result.stderr and "a.jpg" in result.stderr
+    assert "damaged" in result.stdout
+    result = cli("check", "-i", idx, "--repair", "--json")
+    doc = json.loads(result.stdout)
+    assert doc["ok"] and doc["items"] == ITEMS - 1
+    assert cli("check", "-i", idx, "--json").stdout and json.loads(cli("check", "-i", idx, "--json").stdout)["problems"] == []
+    missing = cli("check", "-i", idx.parent / "absent", ok=False)
+    assert missing.exit_code == 1 and "index not found" in missing.stderr
