@@ -15,6 +15,7 @@ from .errors import (  # noqa: E402
     IndexLockedError,
     IndexNotFoundError,
     IndexVersionError,
+    IndexWriteError,
     MMSearchError,
     ModelLoadError,
     ModelMismatchError,
@@ -27,6 +28,6 @@ from .query import Hit, QueryTerm, parse_query  # noqa: E402
 
 __all__ = [
     "Engine", "Hit", "QueryTerm", "IndexReport", "ModelSpec", "parse_query",
-    "MMSearchError", "IndexNotFoundError", "NotAnIndexError", "IndexVersionError", "IndexLockedError",
+    "MMSearchError", "IndexNotFoundError", "NotAnIndexError", "IndexVersionError", "IndexLockedError", "IndexWriteError",
     "ModelLoadError", "ModelMismatchError", "QueryError", "IndexingInterrupted",
 ]
