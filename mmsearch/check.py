@@ -77,6 +77,17 @@ def _problem(report: CheckReport, kind: str, detail: str, examples: list[str] | 
     return problem
 
 
+def _removable_files(report: CheckReport, kind: str, detail: str, paths: list[Path], repair: bool) -> None:
+    """Report files that should not be there; with ``repair``, delete them."""
+    if not paths:
+        return
+    problem = _problem(report, kind, detail, [p.name for p in paths], count=len(paths))
+    if repair:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        problem.repaired = True
+
+
 def check_folder(
     folder: str | Path,
     *,
@@ -145,13 +156,7 @@ def _check(store: IndexStore, report: CheckReport, *, repair: bool, encoder_fact
 
 def _check_stray_temps(store: IndexStore, report: CheckReport, repair: bool) -> None:
     temps = [p for p in store.folder.iterdir() if _TEMP_RE.match(p.name)]
-    if temps:
-        problem = _problem(report, "stray_temp", f"{len(temps)} temporary file(s) left by an interrupted write",
-                           [p.name for p in temps], count=len(temps))
-        if repair:
-            for path in temps:
-                path.unlink(missing_ok=True)
-            problem.repaired = True
+    _removable_files(report, "stray_temp", f"{len(temps)} temporary file(s) left by an interrupted write", temps, repair)
 
 
 def _check_generation(store: IndexStore, report: CheckReport, repair: bool) -> None:
@@ -335,20 +340,10 @@ def _check_vectors(store: IndexStore, report: CheckReport, repair: bool) -> None
             ahead.append(path)
         elif index.d != store.dim:
             damaged.append(path)
-    if damaged:
-        problem = _problem(report, "vectors_file", f"{len(damaged)} vectors file(s) cannot be read or have the wrong dimension",
-                           [p.name for p in damaged], count=len(damaged))
-        if repair:
-            for path in damaged:
-                path.unlink(missing_ok=True)
-            problem.repaired = True
-    if ahead:
-        problem = _problem(report, "vectors_file", f"{len(ahead)} vectors file(s) claim a generation newer than the database ({db_gen})",
-                           [p.name for p in ahead], count=len(ahead))
-        if repair:
-            for path in ahead:
-                path.unlink(missing_ok=True)
-            problem.repaired = True
+    _removable_files(report, "vectors_file", f"{len(damaged)} vectors file(s) cannot be read or have the wrong dimension",
+                     damaged, repair)
+    _removable_files(report, "vectors_file",
+                     f"{len(ahead)} vectors file(s) claim a generation newer than the database ({db_gen})", ahead, repair)
 
     with store.session() as session:
         vectors = store.sync(session, store.load_vectors())
