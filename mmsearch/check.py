@@ -36,7 +36,7 @@ from .config import SCHEMA_VERSION
 from .corpus import FileEntry, file_kind, read_records
 from .db import GENERATION, Embedding, Item, Tombstone, get_int, next_generation, set_int
 from .errors import IndexVersionError, MMSearchError
-from .store import MANIFEST, IndexStore, vectors_from_blobs, writer_lock
+from .store import MANIFEST, IndexStore, embedding_chunks, vectors_from_blobs, writer_lock
 from .vectors import VectorIndex, saved_generations
 
 _TEMP_RE = re.compile(r"^\.(vectors\.g\d+\.faiss|manifest\.json)\..*\.tmp$")
@@ -185,18 +185,10 @@ def _check_rows(store: IndexStore, report: CheckReport, repair: bool) -> list[in
         orphans = list(session.scalars(
             select(Embedding.item_id).outerjoin(Item, Item.id == Embedding.item_id).where(Item.id.is_(None))
         ))
-        last = 0
-        while True:
-            rows = session.execute(
-                select(Embedding.item_id, Embedding.vector).where(Embedding.item_id > last)
-                .order_by(Embedding.item_id).limit(_CHUNK)
-            ).all()
-            if not rows:
-                break
+        for rows in embedding_chunks(session, _CHUNK):
             for item_id, blob in rows:
                 if len(blob) != dim_bytes or not np.isfinite(np.frombuffer(blob, np.float32)).all():
                     bad.append(item_id)
-            last = rows[-1][0]
     bad = [i for i in bad if i not in set(orphans)]
     reembed: list[int] = []
     if missing:
@@ -374,15 +366,8 @@ def _compare(store: IndexStore, session, vectors: VectorIndex) -> str | None:
                 f"{len(missing)} only in the database")
     inner = faiss.downcast_index(vectors.index.index)
     stored = inner.reconstruct_n(0, vectors.ntotal) if vectors.ntotal else np.empty((0, store.dim), np.float32)
-    last, differ = 0, 0
-    while True:
-        rows = session.execute(
-            select(Embedding.item_id, Embedding.vector).where(Embedding.item_id > last)
-            .order_by(Embedding.item_id).limit(_CHUNK)
-        ).all()
-        if not rows:
-            break
-        last = rows[-1][0]
+    differ = 0
+    for rows in embedding_chunks(session, _CHUNK):
         rows = [r for r in rows if r[0] in position and len(r[1]) == store.dim * 4]
         if rows:
             db_vectors = vectors_from_blobs([r[1] for r in rows], store.dim)

@@ -76,6 +76,22 @@ def writer_lock(folder: Path, wait: float = 0.0) -> Iterator[None]:
         lock.release()
 
 
+def embedding_chunks(session: Session, size: int = _SYNC_CHUNK) -> Iterator[list]:
+    """Every (item_id, vector blob) row of the snapshot, in id order, ``size`` rows at a time."""
+    last = 0
+    while True:
+        rows = session.execute(
+            select(Embedding.item_id, Embedding.vector)
+            .where(Embedding.item_id > last)
+            .order_by(Embedding.item_id)
+            .limit(size)
+        ).all()
+        if not rows:
+            return
+        yield rows
+        last = rows[-1][0]
+
+
 class IndexStore:
     """Owns an index folder. Open with ``IndexStore.open`` or ``IndexStore.create``."""
 
@@ -212,18 +228,9 @@ class IndexStore:
     def rebuild(self, session: Session) -> VectorIndex:
         """A new FAISS index from every embedding in the database snapshot."""
         vectors = VectorIndex(self.dim, gen=get_int(session, GENERATION))
-        last = 0
-        while True:
-            rows = session.execute(
-                select(Embedding.item_id, Embedding.vector)
-                .where(Embedding.item_id > last)
-                .order_by(Embedding.item_id)
-                .limit(_SYNC_CHUNK)
-            ).all()
-            if not rows:
-                return vectors
+        for rows in embedding_chunks(session):
             vectors.add(np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], self.dim))
-            last = rows[-1][0]
+        return vectors
 
     def save_vectors(self, vectors: VectorIndex) -> None:
         """Persist ``vectors`` (writer only, under the lock) and drop tombstones it covers."""
