@@ -347,23 +347,34 @@ class Indexer:
                 return
             pool = _decode_pool(self.workers)
             try:
-                for batch, tensors in self._decoded_batches(pool, images, encoder):
+                for batch, decoded in self._decoded_batches(pool, images, encoder):
                     if batch:
-                        import torch
-
-                        vectors = encoder.encode_image_tensors(torch.stack(tensors))
+                        vectors = self._encode_decoded(encoder, decoded)
                         self._write_groups(session, batch, vectors, groups)
                     self._maybe_checkpoint()
             finally:
                 pool.stop()  # kills workers still decoding (Ctrl-C, errors)
                 pool.join()
 
+    @staticmethod
+    def _encode_decoded(encoder: Encoder, decoded: list[Any]) -> np.ndarray:
+        if encoder.pixel_transform is not None:
+            return encoder.encode_pixels(np.stack(decoded))
+        import torch
+
+        return encoder.encode_image_tensors(torch.stack(decoded))
+
     def _decoded_batches(self, pool, jobs: list[_Job], encoder: Encoder) -> Iterator[tuple[list[_Job], list[Any]]]:
-        """Batches of (jobs, preprocessed tensors), decoded ahead in worker processes, in order."""
+        """Batches of (jobs, decoded images), decoded ahead in worker processes, in order.
+
+        With a pixel transform the workers also resize and crop, and a batch is uint8 arrays;
+        otherwise the model's own transform runs here and a batch is float tensors.
+        """
         from pebble import ProcessExpired
         from PIL import Image
 
         preprocess = encoder.preprocess
+        pixels = encoder.pixel_transform
         target = getattr(encoder, "image_size", 224)
         limit = max_pixels()
         timeout = _env_seconds(DECODE_TIMEOUT_ENV, DEFAULT_DECODE_TIMEOUT)
@@ -378,7 +389,7 @@ class Indexer:
                 return Skip(path, f"the decoder crashed on this file (exit code {exc.exitcode})")
             except Exception as exc:  # an exception the decoder did not anticipate
                 return Skip(path, f"cannot decode image: {exc}")
-            if isinstance(result, Skip):
+            if isinstance(result, Skip) or pixels is not None:
                 return result
             return preprocess(Image.fromarray(result, "RGB"))
 
@@ -387,7 +398,7 @@ class Indexer:
         lookahead = self.batch_size * 2  # bounded: at most two batches decoded ahead of the encoder
         while cursor < len(jobs) or pending:
             while cursor < len(jobs) and len(pending) < lookahead:
-                future = pool.schedule(decode_for_model, args=(jobs[cursor].record.path, target, limit), timeout=timeout)
+                future = pool.schedule(decode_for_model, args=(jobs[cursor].record.path, target, limit, pixels), timeout=timeout)
                 pending.append((jobs[cursor], future))
                 cursor += 1
             take, pending = pending[:self.batch_size], pending[self.batch_size:]

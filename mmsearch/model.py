@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .config import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from .corpus import PixelTransform
 from .errors import ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -246,9 +247,16 @@ class Encoder:
         except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError/HF errors
             raise ModelLoadError(_explain_load_failure(spec, exc)) from exc
         model.eval()
+        if self.device.startswith("cuda") and not _is_vit(model):
+            # Convolutional towers run faster on NHWC tensors with cuDNN; ViTs gain nothing.
+            model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.preprocess = preprocess
         self.image_size = _image_size(model)
+        # The transform in plain Pillow, run by the decode workers; None: unfamiliar transform,
+        # which then runs here as given.
+        self.pixel_transform = pixel_transform_of(preprocess)
+        self._pixel_stats: dict[str, Any] = {}
         self.context_length = int(getattr(model, "context_length", 77) or 77)
         with torch.inference_mode():
             probe = self.model.encode_text(self.tokenizer(["probe"]).to(self.device))
@@ -263,11 +271,44 @@ class Encoder:
             features = self.model.encode_image(pixels)
         return _normalise(features)
 
+    def encode_pixels(self, batch: np.ndarray) -> np.ndarray:
+        """Vectors for uint8 (N, H, W, 3) pixels made by ``pixel_transform``.
+
+        The uint8 batch crosses to the device (a quarter of the bytes of float pixels, through
+        pinned memory on CUDA) and is normalised there.
+        """
+        import torch
+
+        transform = self.pixel_transform
+        if transform is None:
+            raise ValueError("this model's transform has no pixel form; use encode_images")
+        if self.device not in self._pixel_stats:
+            shape = (1, 3, 1, 1)
+            self._pixel_stats[self.device] = (
+                torch.tensor(transform.mean, dtype=torch.float32, device=self.device).view(shape) * 255.0,
+                torch.tensor(transform.std, dtype=torch.float32, device=self.device).view(shape) * 255.0,
+            )
+        mean, std = self._pixel_stats[self.device]
+        with torch.inference_mode():
+            pixels = torch.from_numpy(np.ascontiguousarray(batch))
+            if self.device.startswith("cuda"):
+                pixels = pixels.pin_memory()
+            pixels = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+            # ToTensor then Normalize, as (x/255 - mean)/std = (x - 255 mean)/(255 std).
+            pixels = ((pixels - mean) / std).to(self.dtype)
+            if not self.device.startswith("cuda") or _is_vit(self.model):
+                pixels = pixels.contiguous()
+            features = self.model.encode_image(pixels)
+        return _normalise(features)
+
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
         import torch
 
         if not images:
             return np.empty((0, self.dim), np.float32)
+        if self.pixel_transform is not None:
+            # The same code path as indexing, so an indexed image used as a query finds itself.
+            return self.encode_pixels(np.stack([self.pixel_transform.apply(img) for img in images]))
         return self.encode_image_tensors(torch.stack([self.preprocess(img) for img in images]))
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
@@ -286,6 +327,39 @@ def _normalise(features: torch.Tensor) -> np.ndarray:
     array = features.float().cpu().numpy()
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     return (array / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _is_vit(model: Any) -> bool:
+    return type(getattr(model, "visual", None)).__name__ == "VisionTransformer"
+
+
+def pixel_transform_of(preprocess: Any) -> PixelTransform | None:
+    """``preprocess`` (an open_clip eval transform) as a PixelTransform, or None if it is not the
+    familiar Resize(int) -> CenterCrop -> to RGB -> ToTensor -> Normalize chain."""
+    from PIL import Image
+
+    steps = list(getattr(preprocess, "transforms", []))
+    names = [getattr(step, "__name__", type(step).__name__) for step in steps]
+    if len(steps) != 5 or names[0] != "Resize" or names[1] != "CenterCrop" or names[4] != "Normalize":
+        return None
+    if names[2] not in ("MaybeConvertMode", "_convert_to_rgb") or names[3] not in ("MaybeToTensor", "ToTensor"):
+        return None
+    resize, crop, normalize = steps[0], steps[1], steps[4]
+    size = resize.size[0] if isinstance(resize.size, (list, tuple)) and len(resize.size) == 1 else resize.size
+    crop_size = tuple(crop.size) if isinstance(crop.size, (list, tuple)) else (crop.size, crop.size)
+    filters = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+               "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+    resample = filters.get(getattr(resize.interpolation, "value", str(resize.interpolation)))
+    if not isinstance(size, int) or getattr(resize, "max_size", None) is not None or resample is None:
+        return None
+    if crop_size[0] != crop_size[1] or crop_size[0] > size or getattr(normalize, "inplace", False):
+        return None
+    if getattr(steps[2], "mode", "RGB") != "RGB":
+        return None
+    return PixelTransform(
+        resize=size, crop=int(crop_size[0]), resample=resample,
+        mean=tuple(float(m) for m in normalize.mean), std=tuple(float(v) for v in normalize.std),
+    )
 
 
 def _image_size(model: Any) -> int:
