@@ -16,6 +16,7 @@ from .errors import (  # noqa: E402
     IndexNotFoundError,
     IndexVersionError,
     IndexWriteError,
+    DecodeWorkersError,
     MMSearchError,
     ModelLoadError,
     ModelMismatchError,
@@ -28,6 +29,6 @@ from .query import Hit, QueryTerm, parse_query  # noqa: E402
 
 __all__ = [
     "Engine", "Hit", "QueryTerm", "IndexReport", "ModelSpec", "parse_query",
-    "MMSearchError", "IndexNotFoundError", "NotAnIndexError", "IndexVersionError", "IndexLockedError", "IndexWriteError",
+    "MMSearchError", "IndexNotFoundError", "NotAnIndexError", "IndexVersionError", "IndexLockedError", "IndexWriteError", "DecodeWorkersError",
     "ModelLoadError", "ModelMismatchError", "QueryError", "IndexingInterrupted",
 ]

@@ -73,3 +73,7 @@ class TrainingInterrupted(MMSearchError):
     """Training stopped on request; the state was saved and ``--resume`` continues from it."""
 
     exit_code = 130
+
+
+class DecodeWorkersError(MMSearchError):
+    """The image decoding worker processes could not start."""

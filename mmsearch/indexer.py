@@ -42,7 +42,7 @@ from .corpus import (
     scan,
 )
 from .db import Embedding, Item, Root, Tombstone, next_generation, utcnow
-from .errors import IndexingInterrupted, IndexWriteError
+from .errors import DecodeWorkersError, IndexingInterrupted, IndexWriteError
 from .model import Encoder
 from .store import IndexStore, vectors_from_blobs
 from .vectors import VectorIndex
@@ -78,7 +78,28 @@ def _decode_pool(workers: int):
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     if "forkserver" in methods:
         context.set_forkserver_preload(["mmsearch.corpus"])
-    return ProcessPool(max_workers=workers, initializer=decode_worker_init, context=context)
+    pool = ProcessPool(max_workers=workers, initializer=decode_worker_init, context=context)
+    _check_pool(pool)
+    return pool
+
+
+def _check_pool(pool) -> None:
+    """Fail clearly, not by skipping every image, when worker processes cannot start.
+
+    The usual cause: a script that calls mmsearch at module level. New worker processes import
+    the main script again and must not run it, so it needs an ``if __name__ == "__main__":``.
+    """
+    from pebble import ProcessExpired
+
+    try:
+        pool.schedule(os.getpid).result(timeout=120)
+    except (ProcessExpired, FutureTimeout, OSError, RuntimeError) as exc:
+        pool.stop()
+        pool.join()
+        raise DecodeWorkersError(
+            "image decoding worker processes failed to start; a Python script that calls mmsearch "
+            'at module level must put that code under `if __name__ == "__main__":`'
+        ) from exc
 
 
 class Progress(Protocol):
