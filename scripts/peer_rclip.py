@@ -468,7 +468,7 @@ def rclip_fill_synthetic(
         raise PeerError(f"rclip could not create its database: {proc.stderr.strip()[-2000:]}")
     start = time.perf_counter()
     written = 0
-    mtime = 1_700_000_000.0
+    mtime = 1_700_000_000.0  # + i + 0.25: fractional, REAL like a real st_mtime
     con = sqlite3.connect(db_path)
     try:
         con.execute("PRAGMA synchronous=OFF")  # this connection only; rclip's own runs use its defaults
@@ -479,7 +479,7 @@ def rclip_fill_synthetic(
             rows = []
             for offset, vector in enumerate(block):
                 i = written + offset
-                rows.append((f"{root}/{i // 1000:04d}/IMG_{i:07d}.jpg", mtime + i, 2_000_000 + (i * 7919) % 3_000_000,
+                rows.append((f"{root}/{i // 1000:04d}/IMG_{i:07d}.jpg", mtime + i + 0.25, 2_000_000 + (i * 7919) % 3_000_000,
                              vector.tobytes(), hashlib.sha256(i.to_bytes(8, "little")).hexdigest()))
             con.executemany("INSERT INTO images(deleted, indexing, filepath, modified_at, size, vector, hash) "
                             "VALUES (NULL, NULL, ?, ?, ?, ?, ?)", rows)
