@@ -77,3 +77,7 @@ class TrainingInterrupted(MMSearchError):
 
 class DecodeWorkersError(MMSearchError):
     """The image decoding worker processes could not start."""
+
+
+class OnnxTextUnavailable(MMSearchError):
+    """The ONNX text encoder cannot be exported or loaded; text queries then use the torch model."""
