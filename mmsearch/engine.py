@@ -14,6 +14,7 @@ An Engine owns one index store and, loaded on first need, one model. It is safe 
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -24,9 +25,10 @@ import numpy as np
 from sqlalchemy import delete, select
 
 from .config import DEFAULT_BATCH_CPU, DEFAULT_BATCH_GPU, default_index_dir
+from . import onnx_text
 from .corpus import BadInput, ScanOptions, load_image
 from .db import GENERATION, Item, Root, Tombstone, get_int, next_generation
-from .errors import ModelMismatchError, QueryError
+from .errors import ModelMismatchError, OnnxTextUnavailable, QueryError
 from .indexer import Indexer, IndexReport, Progress
 from .model import Encoder, ModelSpec
 from .query import IMAGE, ITEM, TEXT, TYPES, Hit, QueryTerm, combine, parse_query, query_image_paths
@@ -34,6 +36,8 @@ from .store import IndexStore, writer_lock
 from .vectors import VectorIndex, saved_generations
 
 QueryInput = str | Path | QueryTerm | Sequence[str | Path | QueryTerm]
+
+log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -63,6 +67,8 @@ class Engine:
         self._store: IndexStore | None = IndexStore.open(self.folder) if IndexStore.is_index(self.folder) else None
         self._encoder: Encoder | None = None
         self._vectors: VectorIndex | None = None
+        self._onnx: onnx_text.OnnxTextEncoder | None = None  # the index's torch-free text encoder
+        self._onnx_key: tuple | None = None  # the export record _onnx was loaded for
         self._lock = threading.RLock()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -77,6 +83,7 @@ class Engine:
             self._store.close()
         self._encoder = None
         self._vectors = None
+        self._onnx = self._onnx_key = None
 
     # -- model -------------------------------------------------------------------------------
     @property
@@ -159,6 +166,9 @@ class Engine:
                 if self._store is None:
                     encoder = self.encoder
                     self._store = IndexStore.create(self.folder, encoder.spec.identity(), encoder.dim)
+                if onnx_text.export_needed(self._store.manifest):
+                    # Before indexing, so queries during a long first run already start fast.
+                    onnx_text.ensure_exported(self._store, self.encoder)
                 return self._index(roots, options, progress)
 
     def _roots(self, paths: Sequence[str | Path] | None) -> list[str]:
@@ -218,7 +228,7 @@ class Engine:
         vectors: list[np.ndarray] = []
         for term in terms:
             if term.kind == TEXT:
-                vectors.append(self.encoder.encode_texts([term.value])[0])
+                vectors.append(self.encode_texts([term.value])[0])
             elif term.kind == IMAGE:
                 path = os.path.expanduser(term.value)
                 if not os.path.isfile(path):
@@ -232,6 +242,34 @@ class Engine:
             else:
                 vectors.append(self._item_vector(term.value))
         return combine(np.stack(vectors), [t.weight for t in terms])
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Text vectors in the index's space: by its ONNX text encoder when it has a valid one
+        (no torch import, see ``mmsearch.onnx_text``), else by the torch model."""
+        onnx = self._onnx_text()
+        if onnx is not None:
+            try:
+                return onnx.encode_texts(texts)
+            except OnnxTextUnavailable as exc:
+                log.warning("text queries use the torch model: %s", exc)
+                with self._lock:
+                    self._onnx = None
+        return self.encoder.encode_texts(texts)
+
+    def _onnx_text(self) -> onnx_text.OnnxTextEncoder | None:
+        store = self._store
+        record = onnx_text.usable_record(store.manifest) if store is not None else None
+        if record is None or (self._requested is not None and not self._check_model()):
+            return None
+        key = (str(store.folder), record["file"], record.get("exported_at"))
+        with self._lock:
+            if self._onnx_key != key:  # first use, or the index was re-exported
+                self._onnx_key, self._onnx = key, None
+                try:
+                    self._onnx = onnx_text.OnnxTextEncoder(store.folder, record)
+                except OnnxTextUnavailable as exc:
+                    log.warning("text queries use the torch model: %s", exc)
+            return self._onnx
 
     def _item_vector(self, value: str) -> np.ndarray:
         try:

@@ -1,0 +1,367 @@
+"""The text tower as an ONNX model, so text queries need neither torch nor open_clip.
+
+Importing torch and open_clip takes seconds; a text query only needs the text tower. When an
+index is created (or its model changes) the writer exports ``model.encode_text`` followed by L2
+normalisation to ``text_encoder.<fingerprint>.onnx`` (graph) plus ``.onnx.data`` (weights, which
+onnxruntime maps into memory instead of parsing them), copies the BPE vocabulary beside it and
+records both in the manifest under ``text_onnx``. A query process then runs
+``mmsearch.tokenizer.ClipTokenizer`` and an onnxruntime session: about a tenth of a second
+instead of several.
+
+The export is checked against the torch model before it is published, and skipped (with a
+logged warning, never an indexing failure) when the model cannot be exported: onnx or
+onnxruntime missing, a tokenizer other than CLIP's BPE (SigLIP, Hugging Face tokenizers), an
+operator the exporter does not support. Queries then use the torch model as before.
+``MMSEARCH_ONNX=0`` turns the export and its use off.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import OnnxTextUnavailable
+from .fsutil import fsync_dir
+from .tokenizer import ClipTokenizer, bundled_vocab
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import Encoder
+    from .store import IndexStore
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "MMSEARCH_ONNX"
+MANIFEST_KEY = "text_onnx"
+TOKENIZER_KIND = "clip_bpe"
+VOCAB_COPY = "clip_bpe_vocab.txt.gz"
+FILE_PREFIX = "text_encoder."
+_TEMP_PREFIX, _TEMP_SUFFIX = ".text_onnx.", ".tmp"
+# Opset 17 has LayerNormalization as one operator, which onnxruntime runs fused.
+OPSET = 17
+# Texts per session run: CLIP's 77 tokens make one text cheap, a batch bounds the memory.
+BATCH = 64
+# Embeddings of the exported model must match torch's this closely before it is published.
+MIN_COSINE = 0.9999
+# Texts that exercise the tokenizer and the model in the export checks.
+PROBE_TEXTS = [
+    "a photo of a dog",
+    "",
+    "Crème brûlée &amp; café au lait, 2 cups ☕",
+    "東京の夜景 🌃 night skyline",
+    "it's a LONG text: " + "many words repeated again and again " * 12,
+]
+
+
+def enabled() -> bool:
+    """False when ``$MMSEARCH_ONNX`` is 0/false/no/off."""
+    return os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _threads() -> int:
+    try:
+        available = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        available = os.cpu_count() or 1
+    # A 77-token text tower stops scaling beyond a handful of cores.
+    return max(1, min(available, 8))
+
+
+# -- the writer side -------------------------------------------------------------------------------
+def export_needed(manifest: dict[str, Any]) -> bool:
+    """True when the index has no usable export for its model and none was found impossible."""
+    if not enabled():
+        return False
+    record = manifest.get(MANIFEST_KEY)
+    fingerprint = manifest.get("model", {}).get("fingerprint")
+    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+        return True
+    if record.get("status") != "ok":
+        return bool(record.get("retry"))
+    return False
+
+
+def ensure_exported(store: IndexStore, encoder: Encoder) -> dict[str, Any] | None:
+    """Export the text tower of ``encoder`` into ``store`` if needed (writer, under the lock).
+
+    Returns the manifest record written (``status`` 'ok' or 'skipped'), or None when nothing
+    was needed. Never raises for a model that cannot be exported: the reason is logged and kept.
+    """
+    if not export_needed(store.manifest):
+        return None
+    fingerprint = store.manifest["model"]["fingerprint"]
+    if encoder.spec.identity(known=store.manifest["model"])["fingerprint"] != fingerprint:
+        return None  # not the index's model (the caller switches models first)
+    _remove_stray_temps(store.folder)
+    try:
+        record = export_text_encoder(encoder, store.folder, fingerprint)
+    except OSError as exc:  # disk full, read-only folder: try again on the next run
+        log.warning("text queries on %s will load torch: cannot write the ONNX text encoder (%s)", store.folder, exc)
+        return None
+    except Exception as exc:  # noqa: BLE001 - an export must never fail indexing
+        retry = isinstance(exc, OnnxTextUnavailable) and isinstance(exc.__cause__, ImportError)
+        reason = str(exc) if isinstance(exc, OnnxTextUnavailable) else f"{type(exc).__name__}: {_first_line(exc)}"
+        log.warning("text queries on %s will load torch: no ONNX text encoder (%s)", store.folder, reason)
+        record = {"status": "skipped", "fingerprint": fingerprint, "reason": reason, "retry": retry, "at": _now()}
+    store.update_manifest(**{MANIFEST_KEY: record})
+    # Exports of earlier models (or of this one, when it could not be exported now) go.
+    keep = {record["file"], record["data"]} if record["status"] == "ok" else set()
+    for path in store.folder.glob(f"{FILE_PREFIX}*"):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+    return record
+
+
+def _remove_stray_temps(folder: Path) -> None:
+    """Temporary export folders a killed writer left behind."""
+    for path in folder.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def export_text_encoder(encoder: Encoder, folder: Path, fingerprint: str) -> dict[str, Any]:
+    """Write the ONNX text encoder and vocabulary into ``folder``; returns the manifest record.
+
+    Raises ``OnnxTextUnavailable`` when the model or this installation cannot do it.
+    """
+    started = time.perf_counter()
+    try:
+        import onnx
+        import onnxruntime
+        import torch
+    except ImportError as exc:
+        raise OnnxTextUnavailable(f"{exc.name or exc} is not installed") from exc
+    tokenizer = _check_tokenizer(encoder)
+    model = _cpu_fp32(encoder.model, torch)
+    wrapper = _text_tower(model, torch).eval()
+    name = f"{FILE_PREFIX}{fingerprint[:16]}.onnx"
+    tmp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=folder))
+    try:
+        raw = tmp / "raw.onnx"
+        example = torch.from_numpy(tokenizer(PROBE_TEXTS[:2]))
+        exporter = _export(wrapper, example, raw, torch)
+        # Weights go to a separate file: onnxruntime maps it instead of parsing a protobuf.
+        graph = onnx.load(str(raw))
+        onnx.save_model(
+            graph, str(tmp / name), save_as_external_data=True, all_tensors_to_one_file=True,
+            location=f"{name}.data", size_threshold=1024,
+        )
+        del graph
+        diff = _verify(wrapper, tokenizer, tmp / name, torch)
+        for part in (f"{name}.data", name):  # the graph last: it names the weights file
+            (tmp / part).chmod(0o644 & ~_umask())
+            with open(tmp / part, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp / part, folder / part)
+        _copy_vocab(folder)
+        fsync_dir(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "status": "ok",
+        "file": name,
+        "data": f"{name}.data",
+        "fingerprint": fingerprint,
+        "dim": int(encoder.dim),
+        "context_length": int(tokenizer.context_length),
+        "tokenizer": {"kind": TOKENIZER_KIND, "clean": "lower", "vocab": VOCAB_COPY},
+        "opset": OPSET,
+        "exporter": exporter,
+        "max_abs_diff": diff,
+        "exported_at": _now(),
+        "export_seconds": round(time.perf_counter() - started, 2),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_tokenizer(encoder: Encoder) -> ClipTokenizer:
+    """Our tokenizer for the encoder's, or the reason it cannot stand in for it."""
+    theirs = encoder.tokenizer
+    kind = type(theirs).__name__
+    if kind != "SimpleTokenizer":
+        raise OnnxTextUnavailable(f"the model uses {kind}, not CLIP's BPE tokenizer")
+    clean = getattr(getattr(theirs, "clean_fn", None), "__name__", "")
+    if getattr(theirs, "reduction_fn", None) is not None or clean != "_clean_lower":
+        raise OnnxTextUnavailable("the model's tokenizer has non-default cleaning or token reduction")
+    vocab = bundled_vocab()
+    if vocab is None:
+        raise OnnxTextUnavailable("open_clip's BPE vocabulary file was not found")
+    ours = ClipTokenizer(vocab, context_length=int(theirs.context_length))
+    if ours.vocab_size != getattr(theirs, "vocab_size", None):
+        raise OnnxTextUnavailable("the model's tokenizer has extra special tokens")
+    if not np.array_equal(ours(PROBE_TEXTS), theirs(PROBE_TEXTS).numpy()):
+        raise OnnxTextUnavailable("the model's tokenizer gives other token ids than CLIP's BPE")
+    return ours
+
+
+def _cpu_fp32(model: Any, torch: Any) -> Any:
+    """``model`` itself when it is on the CPU in float32, else a float32 CPU copy."""
+    if all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters()):
+        return model
+    return copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
+
+
+def _text_tower(model: Any, torch: Any) -> Any:
+    """A module computing L2-normalised ``model.encode_text(tokens)``."""
+
+    class TextTower(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, tokens):  # noqa: ANN001
+            features = self.model.encode_text(tokens)
+            return features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    return TextTower()
+
+
+def _export(wrapper: Any, example: Any, path: Path, torch: Any) -> str:
+    """Export with the TorchScript-based exporter (no onnxscript needed), else torch.export's."""
+    names = {"input_names": ["tokens"], "output_names": ["embeddings"]}
+    errors: list[str] = []
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation and tracer notices are not the user's business
+        try:
+            torch.onnx.export(
+                wrapper, (example,), str(path), dynamo=False, opset_version=OPSET, do_constant_folding=True,
+                dynamic_axes={"tokens": {0: "batch"}, "embeddings": {0: "batch"}}, **names,
+            )
+            return "torchscript"
+        except Exception as exc:  # noqa: BLE001 - any exporter failure means "not exportable"
+            errors.append(f"{type(exc).__name__}: {_first_line(exc)}")
+        try:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            program = torch.onnx.export(
+                wrapper, (example,), dynamo=True, opset_version=OPSET, dynamic_shapes=({0: batch},), **names,
+            )
+            program.save(str(path), external_data=False)
+            return "dynamo"
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"{type(exc).__name__}: {_first_line(exc)}")
+    raise OnnxTextUnavailable("the ONNX exporter failed: " + "; ".join(errors))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def _verify(wrapper: Any, tokenizer: ClipTokenizer, path: Path, torch: Any) -> float:
+    """Max abs difference between ONNX and torch on the probe texts; raises if too far apart."""
+    try:
+        session = _session(path)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+        raise OnnxTextUnavailable(f"onnxruntime cannot load the export: {_first_line(exc)}") from exc
+    tokens = tokenizer(PROBE_TEXTS)
+    worst = 0.0
+    for batch in (tokens, tokens[:1]):  # batch sizes other than the example's
+        try:
+            got = session.run(None, {"tokens": batch})[0]
+        except Exception as exc:  # noqa: BLE001
+            raise OnnxTextUnavailable(f"the export does not run: {_first_line(exc)}") from exc
+        with torch.no_grad():
+            want = wrapper(torch.from_numpy(batch)).numpy()
+        cosine = float((_l2(got) * _l2(want)).sum(axis=1).min())
+        if got.shape != want.shape or cosine < MIN_COSINE:
+            raise OnnxTextUnavailable(f"the export disagrees with torch (cosine {cosine:.6f})")
+        worst = max(worst, float(np.abs(got - want).max()))
+    del session
+    return worst
+
+
+def _copy_vocab(folder: Path) -> None:
+    source, target = bundled_vocab(), folder / VOCAB_COPY
+    if source is None:
+        raise OnnxTextUnavailable("open_clip's BPE vocabulary file was not found")
+    if target.is_file() and target.read_bytes() == source.read_bytes():
+        return
+    tmp = folder / f"{_TEMP_PREFIX}vocab{_TEMP_SUFFIX}"
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+# -- the query side ----------------------------------------------------------------------------------
+def _l2(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array, np.float32)
+    return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = _threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def usable_record(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's export record when it is complete and belongs to the index's model."""
+    record = manifest.get(MANIFEST_KEY)
+    if not enabled() or not isinstance(record, dict) or record.get("status") != "ok":
+        return None
+    if record.get("fingerprint") != manifest.get("model", {}).get("fingerprint"):
+        return None
+    if record.get("tokenizer", {}).get("kind") != TOKENIZER_KIND or record.get("dim") != manifest.get("dim"):
+        return None
+    return record
+
+
+class OnnxTextEncoder:
+    """Texts in, L2-normalised float32 vectors out, with onnxruntime and no torch.
+
+    ``run`` on one session is thread-safe in onnxruntime, so one instance serves every thread.
+    """
+
+    def __init__(self, folder: Path, record: dict[str, Any]):
+        graph = folder / record["file"]
+        if not graph.is_file() or not (folder / record["data"]).is_file():
+            raise OnnxTextUnavailable(f"{graph.name} or its weights file is missing")
+        vocab = folder / record["tokenizer"].get("vocab", VOCAB_COPY)
+        try:
+            self.tokenizer = ClipTokenizer(vocab if vocab.is_file() else None, int(record["context_length"]))
+            self.session = _session(graph)
+        except Exception as exc:  # noqa: BLE001 - a corrupt file, onnxruntime's own errors, no onnxruntime
+            raise OnnxTextUnavailable(f"cannot load {graph.name}: {type(exc).__name__}: {_first_line(exc)}") from exc
+        self.record = record
+        self.dim = int(record["dim"])
+        self._lock = threading.Lock()  # guards the tokenizer's cache (sessions need none)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.empty((0, self.dim), np.float32)
+        with self._lock:
+            tokens = self.tokenizer(texts)
+        parts = []
+        for start in range(0, len(tokens), BATCH):
+            try:
+                parts.append(self.session.run(None, {"tokens": tokens[start:start + BATCH]})[0])
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception types
+                raise OnnxTextUnavailable(f"the ONNX text encoder failed: {_first_line(exc)}") from exc
+        vectors = _l2(np.concatenate(parts))
+        if vectors.shape[1] != self.dim:
+            raise OnnxTextUnavailable(f"the ONNX text encoder gives {vectors.shape[1]}-d vectors, not {self.dim}")
+        return vectors
