@@ -353,8 +353,6 @@ def _check_vectors(store: IndexStore, report: CheckReport, repair: bool) -> None
 
 def _compare(store: IndexStore, session, vectors: VectorIndex) -> str | None:
     """None when ``vectors`` holds exactly the database's embeddings, else what differs."""
-    import faiss
-
     ids = vectors.ids()
     position = {int(i): p for p, i in enumerate(ids)}
     if len(position) != len(ids):
@@ -364,15 +362,12 @@ def _compare(store: IndexStore, session, vectors: VectorIndex) -> str | None:
     if extra or missing:
         return (f"the vectors index and the database disagree: {len(extra)} id(s) only in the vectors index, "
                 f"{len(missing)} only in the database")
-    inner = faiss.downcast_index(vectors.index.index)
-    stored = inner.reconstruct_n(0, vectors.ntotal) if vectors.ntotal else np.empty((0, store.dim), np.float32)
     differ = 0
     for rows in embedding_chunks(session, _CHUNK):
         rows = [r for r in rows if r[0] in position and len(r[1]) == store.dim * 4]
         if rows:
-            db_vectors = vectors_from_blobs([r[1] for r in rows], store.dim)
-            faiss_vectors = stored[[position[r[0]] for r in rows]]
-            differ += int((np.abs(db_vectors - faiss_vectors).max(axis=1) > 1e-6).sum())
+            ids = np.array([r[0] for r in rows], np.int64)
+            differ += vectors.differing(ids, vectors_from_blobs([r[1] for r in rows], store.dim))
     if differ:
         return f"{differ} vector(s) in the vectors index differ from the database"
     return None

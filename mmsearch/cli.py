@@ -131,6 +131,7 @@ def index_cmd(
     wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for another indexing run on the same index (-1: forever).")] = 0.0,
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    index_type: Annotated[Optional[str], typer.Option("--index-type", help="Expert: vector index auto, flat (exact), ivf-sq8 or ivf-pq (approximate, re-ranked exactly); remembered, and the vectors are rebuilt from stored embeddings when it changes \\[default: the index's choice, auto].", show_default=False)] = None,
 ) -> None:
     """Embed new and changed images and texts under PATHS; remove what was deleted."""
     with _engine(index, model, pretrained, device, batch_size=batch_size, workers=workers) as engine:
@@ -139,6 +140,7 @@ def index_cmd(
             report = engine.add(
                 [str(p) for p in paths] if paths else None,
                 exclude=exclude or (), include_hidden=hidden, reembed=reembed, wait=wait, progress=progress,
+                index_type=index_type,
             )
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
@@ -252,7 +254,7 @@ def info_cmd(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
         ("items", f"{info['items']} ({info['images']} images, {info['texts']} texts)"),
         ("model", f"{model['name']} [{model.get('pretrained') or 'random init'}]"),
         ("dimension", str(info["dim"])),
-        ("vector index", f"{info['vector_index'].get('type', 'flat')}" + ("" if info["vectors_up_to_date"] else " (file behind database; synced on open)")),
+        ("vector index", _describe_vector_index(info["vector_index"]) + ("" if info["vectors_up_to_date"] else " (file behind database; synced on open)")),
         ("roots", "\n".join(info["roots"]) or "-"),
         ("disk", _human_bytes(info["disk_bytes"])),
         ("schema", str(info["schema_version"])),
@@ -264,6 +266,15 @@ def info_cmd(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
     for key, value in rows:
         table.add_row(key, Text(value))
     out.print(table)
+
+
+def _describe_vector_index(entry: dict) -> str:
+    text = entry.get("type", "flat")
+    if entry.get("nlist"):
+        text += f" (nlist {entry['nlist']}, nprobe {entry.get('nprobe')}, {entry.get('code', '')} codes, re-rank {entry.get('rerank')}, trained for {entry.get('trained_for')} items)"
+    if entry.get("requested", "auto") != "auto":
+        text += f", chosen with --index-type {entry['requested']}"
+    return text
 
 
 def _human_bytes(n: int) -> str:

@@ -33,7 +33,7 @@ from .indexer import Indexer, IndexReport, Progress
 from .model import Encoder, ModelSpec
 from .query import IMAGE, ITEM, TEXT, TYPES, Hit, QueryTerm, combine, parse_query, query_image_paths
 from .store import IndexStore, writer_lock
-from .vectors import VectorIndex, saved_generations
+from .vectors import CHOICES, IndexTypeError, VectorIndex, saved_generations
 
 QueryInput = str | Path | QueryTerm | Sequence[str | Path | QueryTerm]
 
@@ -138,14 +138,18 @@ class Engine:
         reembed: bool = False,
         wait: float = 0.0,
         progress: Progress | None = None,
+        index_type: str | None = None,
     ) -> IndexReport:
         """Index ``paths`` (folders or files) incrementally; None re-scans every known root.
 
         New and changed files are embedded, renamed and duplicate files reuse stored vectors,
         and items of files that disappeared under the given paths are removed.
         ``reembed=True`` allows switching the index to a different model (everything is
-        embedded again).
+        embedded again). ``index_type`` (``auto``, ``flat``, ``ivf-sq8``, ``ivf-pq``; None: keep
+        the index's choice) is remembered; the vector index is rebuilt from the stored
+        embeddings when it changes or when growth makes the current type a poor fit.
         """
+        _check_index_type(index_type)
         if isinstance(paths, (str, Path)):
             paths = [paths]
         # The index folder itself is never indexed, even when it lies inside an indexed root.
@@ -169,7 +173,22 @@ class Engine:
                 if onnx_text.export_needed(self._store.manifest):
                     # Before indexing, so queries during a long first run already start fast.
                     onnx_text.ensure_exported(self._store, self.encoder)
-                return self._index(roots, options, progress)
+                report = self._index(roots, options, progress)
+                if self._vectors is not None:
+                    self._vectors = self._store.fit_vectors(self._vectors, index_type)
+                return report
+
+    def rebuild_vectors(self, index_type: str | None = None, *, wait: float = 0.0) -> dict[str, Any]:
+        """Rebuild the vector index from the stored embeddings (no re-encoding) as ``index_type``
+        (None: the index's choice, ``auto`` by default), remember the choice, and return the
+        manifest's new ``vector_index`` entry."""
+        _check_index_type(index_type)
+        with self._lock, writer_lock(self.folder, wait):
+            store = self.store
+            with store.session() as session:
+                vectors = store.sync(session, store.load_vectors())
+            self._vectors = store.fit_vectors(vectors, index_type, force=True)
+            return dict(store.manifest["vector_index"])
 
     def _roots(self, paths: Sequence[str | Path] | None) -> list[str]:
         if paths:
@@ -351,7 +370,7 @@ class Engine:
                 # Over-fetch when filters may discard candidates; widen until k hits survive.
                 fetch = min(total, k * 4 + len(exclude) if filtered else k)
                 while True:
-                    scores, ids = vectors.search(vector, fetch)
+                    scores, ids = store.search(session, vectors, vector, fetch)  # exact cosines
                     rows = {item.id: item for item in session.scalars(select(Item).where(Item.id.in_(ids.tolist())))}
                     hits: list[Hit] = []
                     for score, item_id in zip(scores.tolist(), ids.tolist()):
@@ -382,6 +401,11 @@ class Engine:
             generation = get_int(session, GENERATION)
         stats["vectors_up_to_date"] = stats["vectors_saved_generation"] == generation
         return stats
+
+
+def _check_index_type(index_type: str | None) -> None:
+    if index_type is not None and index_type not in CHOICES:
+        raise IndexTypeError(f"unknown vector index type {index_type!r}: choose one of {', '.join(CHOICES)}")
 
 
 def _as_terms(query: QueryInput, force: str | None) -> list[QueryTerm]:

@@ -37,7 +37,7 @@ from .db import (
 )
 from .errors import IndexLockedError, IndexNotFoundError, IndexVersionError, IndexWriteError, NotAnIndexError
 from .fsutil import atomic_write_json
-from .vectors import VectorIndex, saved_generations
+from .vectors import AUTO, FLAT, TRAIN_PER_LIST, IndexPlan, VectorIndex, choose, needs_rebuild, saved_generations
 
 MANIFEST = "manifest.json"
 DB_FILE = "mmsearch.db"
@@ -45,6 +45,8 @@ LOCK_FILE = ".lock"
 _OWN_FILES = (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", f"{DB_FILE}-journal", LOCK_FILE)
 # Rows fetched per query when replaying embeddings into FAISS.
 _SYNC_CHUNK = 50_000
+# Ids per IN (...) query (SQLite allows 32766 bound parameters).
+_IN_CHUNK = 30_000
 
 
 def _now() -> str:
@@ -225,12 +227,100 @@ class IndexStore:
         vectors.gen = db_gen
         return vectors
 
-    def rebuild(self, session: Session) -> VectorIndex:
-        """A new FAISS index from every embedding in the database snapshot."""
-        vectors = VectorIndex(self.dim, gen=get_int(session, GENERATION))
+    def rebuild(self, session: Session, plan: IndexPlan | None = None) -> VectorIndex:
+        """A new FAISS index from every embedding in the database snapshot (never re-encoding).
+
+        ``plan``: the index to build; by default the type the manifest asks for (``auto``:
+        chosen from the item count). IVF types are trained on an evenly spread sample first.
+        """
+        gen = get_int(session, GENERATION)
+        if plan is None:
+            plan = self.plan_for(session.scalar(select(func.count()).select_from(Embedding)) or 0)
+        train = None
+        if plan.type != FLAT:
+            total = session.scalar(select(func.count()).select_from(Embedding)) or 0
+            step = max(1, total // max(1, plan.nlist * TRAIN_PER_LIST))
+            rows = session.execute(
+                select(Embedding.vector).where(Embedding.item_id % step == 0).order_by(Embedding.item_id)
+            ).all()
+            if len(rows) < min(total, plan.nlist):  # ids unevenly spread: take the first rows instead
+                rows = session.execute(select(Embedding.vector).order_by(Embedding.item_id)
+                                       .limit(plan.nlist * TRAIN_PER_LIST)).all()
+            train = vectors_from_blobs([r[0] for r in rows if len(r[0]) == self.dim * 4], self.dim)
+            if len(train) == 0:
+                plan = IndexPlan(FLAT)
+        vectors = VectorIndex.create(self.dim, plan, train, gen=gen)
         for rows in embedding_chunks(session):
             vectors.add(np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], self.dim))
         return vectors
+
+    # -- vector index type -------------------------------------------------------------------
+    @property
+    def requested_index_type(self) -> str:
+        """The vector index type asked for (``auto`` unless an expert chose one)."""
+        return str(self.manifest.get("vector_index", {}).get("requested", AUTO))
+
+    def plan_for(self, n: int, requested: str | None = None) -> IndexPlan:
+        return choose(n, self.dim, requested or self.requested_index_type)
+
+    def current_plan(self, vectors: VectorIndex) -> IndexPlan:
+        """``vectors``' parameters, read from the index itself; ``trained_for`` from the manifest
+        when the manifest describes this very index (the file wins when they disagree)."""
+        recorded = self.manifest.get("vector_index", {})
+        same = recorded.get("type") == vectors.kind and int(recorded.get("nlist", 0)) == vectors.nlist
+        plan = vectors.plan(int(recorded.get("trained_for", 0)) if same else None)
+        if same and recorded.get("rerank"):
+            plan.rerank = int(recorded["rerank"])
+        return plan
+
+    def fit_vectors(self, vectors: VectorIndex, requested: str | None = None, *, force: bool = False) -> VectorIndex:
+        """Rebuild ``vectors`` (synced, writer only, under the lock) when its type has become a
+        poor fit for its size or ``requested`` differs; record the choice in the manifest.
+
+        ``requested``: None keeps the manifest's choice. ``force``: rebuild even when it fits.
+        """
+        requested = requested or self.requested_index_type
+        current = self.current_plan(vectors)
+        changed = requested != self.requested_index_type
+        wanted = needs_rebuild(current, vectors.ntotal, self.dim, requested)
+        if wanted is None and (force or (changed and requested != AUTO and requested != current.type)):
+            wanted = choose(vectors.ntotal, self.dim, requested)
+        if wanted is not None:
+            with self.session() as session:
+                vectors = self.rebuild(session, wanted)
+            self.save_vectors(vectors)  # the file first: it describes itself, the manifest follows
+            current = vectors.plan(trained_for=vectors.ntotal)
+        entry = current.manifest(requested, vectors.ntotal)
+        if entry != self.manifest.get("vector_index"):
+            self.update_manifest(vector_index=entry)
+        return vectors
+
+    def search(self, session: Session, vectors: VectorIndex, query: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``fetch`` (scores, ids) with exact cosine scores, best first.
+
+        Lossy index types return ``rerank_depth`` candidates, which are re-scored with their
+        float32 embeddings read from ``session`` (the same snapshot ``vectors`` was synced to).
+        """
+        if not vectors.lossy:
+            return vectors.search(query, fetch)
+        recorded = self.manifest.get("vector_index", {})
+        rerank = int(recorded["rerank"]) if recorded.get("type") == vectors.kind and recorded.get("rerank") else None
+        _, ids = vectors.search(query, vectors.rerank_depth(fetch, rerank))
+        if len(ids) == 0:
+            return np.empty(0, np.float32), np.empty(0, np.int64)
+        found: list[int] = []
+        blobs: list[bytes] = []
+        candidates = ids.tolist()
+        for start in range(0, len(candidates), _IN_CHUNK):
+            for item_id, blob in session.execute(
+                select(Embedding.item_id, Embedding.vector).where(Embedding.item_id.in_(candidates[start:start + _IN_CHUNK]))
+            ):
+                if len(blob) == self.dim * 4:
+                    found.append(item_id)
+                    blobs.append(blob)
+        exact = vectors_from_blobs(blobs, self.dim) @ np.asarray(query, np.float32).reshape(-1)
+        order = np.argsort(-exact, kind="stable")[:fetch]
+        return exact[order].astype(np.float32), np.asarray(found, np.int64)[order]
 
     def save_vectors(self, vectors: VectorIndex) -> None:
         """Persist ``vectors`` (writer only, under the lock) and drop tombstones it covers."""

@@ -1,27 +1,73 @@
 """FAISS vector index keyed by item id, persisted atomically with its generation.
 
-The vector ids stored in FAISS are the items' primary keys (``IndexIDMap2``), never row
-positions, so a deletion or a reordering can never shift which vector belongs to which row.
+The vector ids stored in FAISS are the items' primary keys, never row positions, so a deletion
+or a reordering can never shift which vector belongs to which row.
+
+Index types (``TYPES``), chosen by ``choose`` from the item count and the memory available:
+
+- ``flat``: ``IndexIDMap2(IndexFlatIP)``, exact; the default below ``FLAT_MAX`` items.
+- ``ivf-sq8``: an inverted file (``nlist`` k-means cells, ``nprobe`` of them scanned per query)
+  holding 8-bit scalar-quantised vectors (a quarter of float32). Scores are approximate, so the
+  caller re-ranks the candidates exactly with the stored float32 embeddings
+  (``IndexStore.search``): returned scores are exact cosines.
+- ``ivf-pq``: the same inverted file with product-quantised codes (``dim/8`` bytes a vector),
+  for collections whose 8-bit codes would not fit comfortably in memory; re-ranked deeper.
+
+Both IVF types support additions and deletions (``remove_ids``), and every parameter a reader
+needs (type, nlist, nprobe, codes) is inside the FAISS file itself, so a reader never depends on
+the manifest (which only records them for ``mmsearch info`` and for the rebuild policy).
 
 Files are named ``vectors.g<generation>.faiss``. A save writes a temporary file, fsyncs it and
 renames it into place, then removes older generations, so a reader (or a process killed
 mid-save) always finds a complete file. Which generation a file holds is in its name, so the
 database can tell how far behind it is (see ``mmsearch.store``).
+
+Searching uses a GPU copy of the index when FAISS sees a GPU (disable with
+``MMSEARCH_FAISS_GPU=0``); the CPU index stays the master for additions, deletions and saves,
+and any GPU failure falls back to the CPU with a logged warning.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import re
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from .errors import MMSearchError
 from .fsutil import atomic_write_via, fsync_dir
 
+log = logging.getLogger(__name__)
+
 _FILE_RE = re.compile(r"^vectors\.g(\d+)\.faiss$")
+
+FLAT = "flat"
+IVF_SQ8 = "ivf-sq8"
+IVF_PQ = "ivf-pq"
+AUTO = "auto"
+TYPES = (FLAT, IVF_SQ8, IVF_PQ)
+CHOICES = (AUTO, *TYPES)
+
+# Exact search costs about 0.15 us per vector here (18 ms at 100k, 150 ms at 1M on 2 cores):
+# below this many items it stays under about 8 ms and needs no training.
+FLAT_MAX = 50_000
+# An IVF is rebuilt once the collection has grown this many times past what it was trained for
+# (its cells get too full, so each probe costs more), or falls back to flat below FLAT_MAX / 2.
+REGROW = 4.0
+# The auto choice keeps 8-bit codes while they would take less than this share of free memory.
+SQ8_MEMORY_SHARE = 0.25
+# Training sample: this many vectors per IVF cell (faiss warns below 39).
+TRAIN_PER_LIST = 48
+
+
+class IndexTypeError(MMSearchError):
+    """An unknown vector index type or unusable index parameters were asked for."""
 
 
 def _file_name(gen: int) -> str:
@@ -38,13 +84,224 @@ def saved_generations(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
+# -- choosing a type --------------------------------------------------------------------------------
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise IndexTypeError(f"${name} must be an integer, got {value!r}") from exc
+
+
+def flat_max() -> int:
+    """Item count from which ``auto`` uses an IVF (``$MMSEARCH_FLAT_MAX`` overrides)."""
+    value = _env_int("MMSEARCH_FLAT_MAX")
+    return FLAT_MAX if value is None else value
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process (Linux MemAvailable, else free pages), or None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_nlist(n: int) -> int:
+    """IVF cells for ``n`` vectors: the power of two nearest sqrt(n), at most n / TRAIN_PER_LIST."""
+    if n <= 0:
+        return 1
+    nlist = 2 ** round(math.log2(max(1.0, math.sqrt(n))))
+    return int(max(1, min(nlist, n // TRAIN_PER_LIST, 16_384)))
+
+
+def default_nprobe(nlist: int) -> int:
+    """Cells scanned per query: about 1/32 of them, at least 16 (all of them for a tiny IVF)."""
+    return int(min(nlist, max(16, nlist // 32)))
+
+
+def _pq_m(dim: int) -> int:
+    """Sub-quantizers for PQ codes: about dim/8 (one byte per 8 dimensions), dividing dim."""
+    target = max(1, dim // 8)
+    for m in range(target, 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
+
+
+@dataclass
+class IndexPlan:
+    """What kind of FAISS index to build, and with which parameters."""
+
+    type: str = FLAT
+    nlist: int = 0
+    nprobe: int = 0
+    rerank: int = 0  # candidates re-ranked exactly for a top-10 query (deeper for larger k)
+    trained_for: int = 0  # items the IVF was trained for (drives the growth rebuild)
+    pq_m: int = 0
+    pq_bits: int = 0
+
+    def manifest(self, requested: str, items: int) -> dict:
+        entry = {key: value for key, value in asdict(self).items() if value}
+        entry["type"] = self.type
+        entry["requested"] = requested
+        entry["items"] = items
+        if self.type != FLAT:
+            entry["code"] = "sq8" if self.type == IVF_SQ8 else f"pq{self.pq_m}x{self.pq_bits}"
+        return entry
+
+
+def choose(
+    n: int,
+    dim: int,
+    requested: str = AUTO,
+    *,
+    memory: int | None = None,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+) -> IndexPlan:
+    """The index for ``n`` items: ``requested`` (``auto`` or one of ``TYPES``) made concrete.
+
+    ``auto``: flat below ``flat_max()`` items; above, an IVF with ``default_nlist(n)`` cells and
+    8-bit codes, or PQ codes when 8-bit codes would take more than a quarter of ``memory``
+    (default: what the machine has available). An IVF asked for with too few items to train
+    (none) is flat until items arrive.
+    """
+    if requested not in CHOICES:
+        raise IndexTypeError(f"unknown vector index type {requested!r}: choose one of {', '.join(CHOICES)}")
+    kind = requested
+    if kind == AUTO:
+        if n < flat_max():
+            kind = FLAT
+        else:
+            memory = available_memory() if memory is None else memory
+            sq8_bytes = n * (dim + 16)
+            kind = IVF_PQ if memory is not None and sq8_bytes > SQ8_MEMORY_SHARE * memory else IVF_SQ8
+    if kind == FLAT or n <= 0:
+        return IndexPlan(FLAT)
+    nlist = int(nlist or _env_int("MMSEARCH_NLIST") or default_nlist(n))
+    nlist = max(1, min(nlist, n))
+    nprobe = int(nprobe or default_nprobe(nlist))
+    if kind == IVF_SQ8:
+        return IndexPlan(IVF_SQ8, nlist, min(nprobe, nlist), rerank=default_rerank(IVF_SQ8), trained_for=n)
+    bits = int(max(1, min(8, math.floor(math.log2(n)))))  # PQ k-means needs 2**bits training points
+    return IndexPlan(IVF_PQ, nlist, min(nprobe, nlist), rerank=default_rerank(IVF_PQ), trained_for=n,
+                     pq_m=_pq_m(dim), pq_bits=bits)
+
+
+def default_rerank(kind: str) -> int:
+    """Candidates re-ranked exactly for a top-10 query (``$MMSEARCH_RERANK`` overrides)."""
+    value = _env_int("MMSEARCH_RERANK")
+    if value is not None:
+        return value
+    return {FLAT: 0, IVF_SQ8: 50, IVF_PQ: 400}[kind]
+
+
+def needs_rebuild(current: IndexPlan, n: int, dim: int, requested: str = AUTO) -> IndexPlan | None:
+    """The plan to rebuild to when ``current`` has become a poor fit for ``n`` items, else None.
+
+    Hysteresis keeps an index from flapping: an auto IVF turns flat only below half the flat
+    threshold, and an IVF is retrained only once ``n`` is ``REGROW`` times what it was trained
+    for (or a quarter of it).
+    """
+    if requested not in CHOICES:
+        requested = AUTO
+    wanted = choose(n, dim, requested)
+    if requested == AUTO and current.type != FLAT and wanted.type == FLAT and n >= flat_max() / 2:
+        return None  # hysteresis: stay IVF until well below the threshold
+    if wanted.type != current.type:
+        return wanted
+    if current.type == FLAT:
+        return None
+    trained = max(1, current.trained_for)
+    if n > REGROW * trained or n * REGROW < trained:
+        return wanted
+    return None
+
+
+# -- the index --------------------------------------------------------------------------------------
+_GPU_RESOURCES = None
+
+
+def gpu_count() -> int:
+    """GPUs FAISS can use here (0 without a GPU build of faiss, or with ``MMSEARCH_FAISS_GPU=0``)."""
+    if os.environ.get("MMSEARCH_FAISS_GPU", "").strip() in ("0", "false", "no", "off"):
+        return 0
+    try:
+        return int(faiss.get_num_gpus())
+    except Exception:  # noqa: BLE001 - faiss-cpu builds may lack it
+        return 0
+
+
+def to_gpu(index: faiss.Index) -> faiss.Index:
+    """A copy of ``index`` on GPU 0 (raises when that is impossible)."""
+    global _GPU_RESOURCES
+    if _GPU_RESOURCES is None:
+        _GPU_RESOURCES = faiss.StandardGpuResources()
+    options = faiss.GpuClonerOptions()
+    options.useFloat16 = True  # halves GPU memory for SQ/PQ look-up tables; scores are re-ranked anyway
+    return faiss.index_cpu_to_gpu(_GPU_RESOURCES, 0, index, options)
+
+
+def _kind_of(index: faiss.Index) -> str:
+    if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        inner = faiss.downcast_index(index.index)
+        if isinstance(inner, faiss.IndexFlat):
+            return FLAT
+    if isinstance(index, faiss.IndexIVFScalarQuantizer):
+        return IVF_SQ8
+    if isinstance(index, faiss.IndexIVFPQ):
+        return IVF_PQ
+    raise IndexTypeError(f"unsupported FAISS index {type(index).__name__}")
+
+
 class VectorIndex:
     """In-memory FAISS index of L2-normalised vectors; inner product = cosine similarity."""
 
     def __init__(self, dim: int, index: faiss.Index | None = None, gen: int = 0):
         self.dim = dim
+        # faiss.read_index and index_factory already return the concrete class (and own it)
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.kind = _kind_of(self.index)
         self.gen = gen
+        self._gpu: faiss.Index | None = None
+        self._gpu_failed = False
+
+    @classmethod
+    def create(cls, dim: int, plan: IndexPlan, train: np.ndarray | None = None, gen: int = 0) -> VectorIndex:
+        """An empty index of ``plan``'s type; IVF types are trained on ``train`` (a sample of the data)."""
+        if plan.type == FLAT:
+            return cls(dim, gen=gen)
+        if train is None or len(train) == 0:
+            raise IndexTypeError(f"a {plan.type} index needs training vectors")
+        train = np.ascontiguousarray(train, dtype=np.float32)
+        nlist = max(1, min(plan.nlist, len(train)))
+        if plan.type == IVF_SQ8:
+            spec = f"IVF{nlist},SQ8"
+        elif plan.type == IVF_PQ:
+            bits = max(1, min(plan.pq_bits or 8, int(math.floor(math.log2(len(train))))))
+            spec = f"IVF{nlist},PQ{plan.pq_m or _pq_m(dim)}x{bits}"
+        else:
+            raise IndexTypeError(f"unknown vector index type {plan.type!r}")
+        index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
+        if plan.type == IVF_PQ:
+            index.do_polysemous_training = False  # 10x the training time, for Hamming filtering we never use
+            index.pq.cp.niter = 15
+        index.cp.niter = 12  # coarse k-means: enough for cells, and twice as fast as the default 25
+        index.cp.min_points_per_centroid = 1  # we choose the sample size; silence faiss's warning
+        index.cp.max_points_per_centroid = 1 << 20
+        index.train(train)
+        index.nprobe = max(1, min(plan.nprobe or default_nprobe(nlist), nlist))
+        return cls(dim, index, gen)
 
     # -- persistence -------------------------------------------------------------------------
     @classmethod
@@ -54,11 +311,13 @@ class VectorIndex:
             for gen, path in saved_generations(folder):
                 try:
                     index = faiss.read_index(str(path))
+                    return cls(index.d, index, gen)
                 except RuntimeError:
                     if path.exists():
                         continue  # unreadable (damaged) file: fall back to an older one
                     break  # replaced by a newer save: list again
-                return cls(index.d, index, gen)
+                except IndexTypeError:
+                    continue  # a FAISS file of a kind this version cannot serve: rebuilt from the database
             else:
                 return None
         return None
@@ -74,11 +333,59 @@ class VectorIndex:
         fsync_dir(folder)
         return target
 
-    # -- contents ----------------------------------------------------------------------------
+    # -- description -------------------------------------------------------------------------
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def lossy(self) -> bool:
+        """True when search scores are approximate and candidates must be re-ranked exactly."""
+        return self.kind != FLAT
+
+    @property
+    def nlist(self) -> int:
+        return int(self.index.nlist) if self.kind != FLAT else 0
+
+    @property
+    def nprobe(self) -> int:
+        return int(self.index.nprobe) if self.kind != FLAT else 0
+
+    def plan(self, trained_for: int | None = None) -> IndexPlan:
+        """This index's parameters, as read from the FAISS file (``trained_for`` from the caller)."""
+        if self.kind == FLAT:
+            return IndexPlan(FLAT)
+        plan = IndexPlan(self.kind, self.nlist, self.nprobe, default_rerank(self.kind),
+                         trained_for if trained_for else self.ntotal)
+        if self.kind == IVF_PQ:
+            plan.pq_m, plan.pq_bits = int(self.index.pq.M), int(self.index.pq.nbits)
+        return plan
+
+    def memory_bytes(self) -> int:
+        """Approximate bytes the index holds in memory (codes, ids, centroids)."""
+        if self.kind == FLAT:
+            return self.ntotal * (self.dim * 4 + 8) * 2  # vectors, id map and its reverse map
+        codes = self.ntotal * (int(self.index.code_size) + 8)
+        return codes + self.nlist * self.dim * 4
+
+    def rerank_depth(self, fetch: int, rerank: int | None = None) -> int:
+        """Candidates to re-rank exactly to return the best ``fetch``: ``rerank`` for a top 10, scaled with ``fetch``."""
+        if not self.lossy:
+            return fetch
+        override = _env_int("MMSEARCH_RERANK")
+        if override is not None:
+            rerank = override
+        elif rerank is None:
+            rerank = default_rerank(self.kind)
+        return max(fetch, -(-fetch * rerank // 10))
+
+    def describe(self) -> dict:
+        if self.kind == FLAT:
+            return {"type": FLAT, "ntotal": self.ntotal, "dim": self.dim}
+        return {"type": self.kind, "ntotal": self.ntotal, "dim": self.dim, "nlist": self.nlist,
+                "nprobe": self.nprobe, "code_bytes": int(self.index.code_size)}
+
+    # -- contents ----------------------------------------------------------------------------
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids) == 0:
             return
@@ -86,26 +393,99 @@ class VectorIndex:
         if vectors.shape[1] != self.dim:
             raise ValueError(f"vector dimension {vectors.shape[1]} != index dimension {self.dim}")
         self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+        self._gpu = None
 
     def remove(self, ids: Iterable[int]) -> int:
         ids = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), dtype=np.int64)
         if len(ids) == 0:
             return 0
-        return int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
+        removed = int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
+        if removed:
+            self._gpu = None
+        return removed
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` (scores, ids) for one query vector; ids are -1 past the end."""
+    def ids(self) -> np.ndarray:
+        """Every item id held (for integrity checks)."""
+        if self.kind == FLAT:
+            return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        invlists = self.index.invlists
+        parts = []
+        for list_no in range(self.index.nlist):
+            size = invlists.list_size(list_no)
+            if size:
+                pointer = invlists.get_ids(list_no)
+                parts.append(faiss.rev_swig_ptr(pointer, size).copy())
+                invlists.release_ids(list_no, pointer)
+        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+
+    def differing(self, ids: np.ndarray, vectors: np.ndarray) -> int:
+        """How many of ``ids`` hold something other than ``vectors`` (exact for flat; for lossy
+        codes, whether the stored code is the one ``vectors`` encodes to)."""
+        if len(ids) == 0:
+            return 0
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.kind == FLAT:
+            stored = self.index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+            return int((np.abs(stored - vectors).max(axis=1) > 1e-6).sum())
+        index = self.index
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        try:
+            stored = index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
+        finally:
+            index.set_direct_map_type(faiss.DirectMap.NoMap)  # never saved with the map
+        expected = index.sa_decode(index.sa_encode(vectors))
+        return int((np.abs(stored - expected).max(axis=1) > 1e-5).sum())
+
+    # -- searching ---------------------------------------------------------------------------
+    def search(self, query: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` (scores, ids) for one query vector, best first.
+
+        Exact for flat; for IVF types the scores are approximate (re-rank with
+        ``IndexStore.search``). An IVF probes ``nprobe`` cells (default: the file's, or
+        ``$MMSEARCH_NPROBE``) and probes more until it has ``k`` candidates, so fewer than ``k``
+        results always means the index holds fewer than ``k`` vectors.
+        """
         k = min(k, self.ntotal)
         if k <= 0:
             return np.empty(0, np.float32), np.empty(0, np.int64)
         q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
-        scores, ids = self.index.search(q, k)
+        if self.kind == FLAT:
+            scores, ids = self._search(q, k, None)
+        else:
+            probe = nprobe or _env_int("MMSEARCH_NPROBE") or self.nprobe
+            probe = max(1, min(probe, self.nlist))
+            while True:
+                scores, ids = self._search(q, k, probe)
+                if probe >= self.nlist or int((ids[0] >= 0).sum()) >= k:
+                    break
+                probe = min(self.nlist, probe * 4)
         keep = ids[0] >= 0
         return scores[0][keep], ids[0][keep]
 
-    def ids(self) -> np.ndarray:
-        """Every item id held (for integrity checks)."""
-        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+    def _search(self, q: np.ndarray, k: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
+        searcher = self._gpu_index()
+        if searcher is not None:
+            try:
+                if nprobe is not None:
+                    faiss.GpuParameterSpace().set_index_parameter(searcher, "nprobe", nprobe)
+                return searcher.search(q, k)
+            except Exception as exc:  # noqa: BLE001 - any GPU trouble: answer on the CPU
+                log.warning("GPU search failed (%s); searching on the CPU from now on", exc)
+                self._gpu, self._gpu_failed = None, True
+        if nprobe is None:
+            return self.index.search(q, k)
+        params = faiss.SearchParametersIVF()
+        params.nprobe = nprobe
+        return self.index.search(q, k, params=params)
 
-    def describe(self) -> dict:
-        return {"type": "Flat (exact, inner product)", "ntotal": self.ntotal, "dim": self.dim}
+    def _gpu_index(self) -> faiss.Index | None:
+        if self._gpu_failed or self.ntotal == 0 or gpu_count() <= 0:
+            return None
+        if self._gpu is None:
+            try:
+                self._gpu = to_gpu(self.index)
+            except Exception as exc:  # noqa: BLE001 - unsupported type, out of GPU memory, no driver...
+                log.warning("cannot copy the vector index to the GPU (%s); searching on the CPU", exc)
+                self._gpu_failed = True
+                return None
+        return self._gpu
