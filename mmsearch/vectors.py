@@ -296,6 +296,7 @@ class VectorIndex:
         if plan.type == IVF_PQ:
             index.do_polysemous_training = False  # 10x the training time, for Hamming filtering we never use
             index.pq.cp.niter = 15
+            index.pq.cp.min_points_per_centroid = 1
         index.cp.niter = 12  # coarse k-means: enough for cells, and twice as fast as the default 25
         index.cp.min_points_per_centroid = 1  # we choose the sample size; silence faiss's warning
         index.cp.max_points_per_centroid = 1 << 20
