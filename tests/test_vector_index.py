@@ -217,7 +217,7 @@ def test_cli_index_type_info_and_check(tmp_path, tiny_model, corpus, cli):
     cli("index", corpus, "--index", idx, *tiny_model.args, "--index-type", "ivf-pq", "--quiet")
     info = json.loads(cli("info", "--index", idx, "--json").stdout)
     entry = info["vector_index"]
-    assert (entry["type"], entry["requested"], entry["code"]) == (IVF_PQ, IVF_PQ, "pq4x3")
+    assert (entry["type"], entry["requested"], entry["code"]) == (IVF_PQ, IVF_PQ, "pq8x3")
     assert entry["nlist"] >= 1 and entry["rerank"] > 0 and entry["trained_for"] == IMAGE_COUNT + TEXT_COUNT
     assert "ivf-pq (nlist" in cli("info", "--index", idx).stdout
     cli("check", "--index", idx)
