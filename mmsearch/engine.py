@@ -184,11 +184,8 @@ class Engine:
         manifest's new ``vector_index`` entry."""
         _check_index_type(index_type)
         with self._lock, writer_lock(self.folder, wait):
-            store = self.store
-            with store.session() as session:
-                vectors = store.sync(session, store.load_vectors())
-            self._vectors = store.fit_vectors(vectors, index_type, force=True)
-            return dict(store.manifest["vector_index"])
+            self._vectors = self.store.fit_vectors(None, index_type, force=True)
+            return dict(self.store.manifest["vector_index"])
 
     def _roots(self, paths: Sequence[str | Path] | None) -> list[str]:
         if paths:

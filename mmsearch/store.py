@@ -273,18 +273,24 @@ class IndexStore:
             plan.rerank = int(recorded["rerank"])
         return plan
 
-    def fit_vectors(self, vectors: VectorIndex, requested: str | None = None, *, force: bool = False) -> VectorIndex:
+    def fit_vectors(self, vectors: VectorIndex | None, requested: str | None = None, *, force: bool = False) -> VectorIndex:
         """Rebuild ``vectors`` (synced, writer only, under the lock) when its type has become a
         poor fit for its size or ``requested`` differs; record the choice in the manifest.
 
         ``requested``: None keeps the manifest's choice. ``force``: rebuild even when it fits.
+        ``vectors`` None: rebuild from the database as ``requested``.
         """
         requested = requested or self.requested_index_type
-        current = self.current_plan(vectors)
-        changed = requested != self.requested_index_type
-        wanted = needs_rebuild(current, vectors.ntotal, self.dim, requested)
-        if wanted is None and (force or (changed and requested != AUTO and requested != current.type)):
-            wanted = choose(vectors.ntotal, self.dim, requested)
+        if vectors is None:  # forced rebuild with nothing loaded: count the database's embeddings
+            with self.session() as session:
+                count = session.scalar(select(func.count()).select_from(Embedding)) or 0
+            wanted = current = choose(count, self.dim, requested)
+        else:
+            current = self.current_plan(vectors)
+            changed = requested != self.requested_index_type
+            wanted = needs_rebuild(current, vectors.ntotal, self.dim, requested)
+            if wanted is None and (force or (changed and requested != AUTO and requested != current.type)):
+                wanted = choose(vectors.ntotal, self.dim, requested)
         if wanted is not None:
             with self.session() as session:
                 vectors = self.rebuild(session, wanted)
