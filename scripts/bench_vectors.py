@@ -73,15 +73,17 @@ def search_once(index: VectorIndex, data: np.ndarray, query: np.ndarray, k: int)
     return ids[np.argsort(-exact)[:k]]
 
 
-def cold_load(path: Path) -> dict:
-    """Seconds and resident MB for a fresh process to read the FAISS file (file in page cache)."""
+def cold_load(folder: Path, dim: int) -> dict:
+    """Seconds and resident MB for a fresh process to open the index as a reader does
+    (``VectorIndex.load_latest``: IVF cells memory-mapped) and answer one query; file in page cache."""
     # Current RSS from /proc (ru_maxrss would carry this big parent's high-water mark over fork).
     code = (
-        "import time,faiss\n"
+        "import time\nfrom pathlib import Path\nimport numpy as np\nfrom mmsearch.vectors import VectorIndex\n"
         "def rss():\n"
         "    return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])\n"
-        "before=rss();t=time.perf_counter();index=faiss.read_index(%r);dt=time.perf_counter()-t\n"
-        "print(dt, rss()-before)" % str(path)
+        "q=np.full(%d,%r,np.float32);before=rss();t=time.perf_counter()\n"
+        "index=VectorIndex.load_latest(Path(%r));index.search(q,50)\n"
+        "print(time.perf_counter()-t, rss()-before)" % (dim, float(dim) ** -0.5, str(folder))
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     return {"load_s": round(float(out[0]), 3), "load_rss_mb": round(int(out[1]) / 1024, 1)}
@@ -109,7 +111,7 @@ def measure(kind: str, data: np.ndarray, queries: np.ndarray, truth: np.ndarray,
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         path = index.save(Path(tmp), 1)
         row["file_bytes_per_item"] = round(path.stat().st_size / n, 1)
-        row.update(cold_load(path))
+        row.update(cold_load(Path(tmp), data.shape[1]))
     return row
 
 

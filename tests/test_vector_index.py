@@ -65,9 +65,23 @@ def test_round_trip_add_remove_search_save_load_ids(tmp_path, data, kind):
     loaded = VectorIndex.load_latest(tmp_path)
     assert (loaded.kind, loaded.gen, loaded.ntotal, loaded.nlist, loaded.nprobe) == (
         kind, 3, index.ntotal, index.nlist, index.nprobe)
+    assert loaded.mapped == (kind != FLAT)  # readers map IVF cells instead of reading them
     assert sorted(loaded.ids().tolist()) == sorted(index.ids().tolist())
     a, b = index.search(data[3], 10), loaded.search(data[3], 10)
     assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0])
+    # A mapped index is copied into memory before it changes or is saved (FAISS would abort).
+    mapped = VectorIndex.load_latest(tmp_path)
+    (tmp_path / "copy").mkdir()
+    copy = mapped.save(tmp_path / "copy", 4)
+    assert not mapped.mapped
+    original = next(tmp_path.glob("vectors.g*.faiss"))
+    original.rename(tmp_path / "moved")  # the copy must hold its data, not point at this file
+    assert faiss.read_index(str(copy)).ntotal == index.ntotal
+    (tmp_path / "moved").rename(original)
+    mapped = VectorIndex.load_latest(tmp_path)
+    mapped.remove(ids[:5])
+    mapped.add(ids[:5], data[:5])
+    assert sorted(mapped.ids().tolist()) == sorted(index.ids().tolist())
     assert loaded.differing(ids[:10], data[:10]) == 0
     assert loaded.differing(ids[:10], data[10:20]) == 10
     # k beyond what the probed cells hold: more cells are probed until k results exist.
