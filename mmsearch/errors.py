@@ -81,3 +81,7 @@ class DecodeWorkersError(MMSearchError):
 
 class OnnxTextUnavailable(MMSearchError):
     """The ONNX text encoder cannot be exported or loaded; text queries then use the torch model."""
+
+
+class IndexTypeError(MMSearchError):
+    """An unknown vector index type, or unusable vector index parameters, were asked for."""

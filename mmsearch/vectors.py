@@ -40,7 +40,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .errors import MMSearchError
+from .errors import IndexTypeError
 from .fsutil import atomic_write_via, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -64,10 +64,6 @@ REGROW = 4.0
 SQ8_MEMORY_SHARE = 0.25
 # Training sample: this many vectors per IVF cell (faiss warns below 39).
 TRAIN_PER_LIST = 48
-
-
-class IndexTypeError(MMSearchError):
-    """An unknown vector index type or unusable index parameters were asked for."""
 
 
 def _file_name(gen: int) -> str:
