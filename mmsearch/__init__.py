@@ -17,6 +17,7 @@ from .errors import (  # noqa: E402
     IndexVersionError,
     IndexWriteError,
     DecodeWorkersError,
+    IndexTypeError,
     MMSearchError,
     ModelLoadError,
     ModelMismatchError,
@@ -29,6 +30,6 @@ from .query import Hit, QueryTerm, parse_query  # noqa: E402
 
 __all__ = [
     "Engine", "Hit", "QueryTerm", "IndexReport", "ModelSpec", "parse_query",
-    "MMSearchError", "IndexNotFoundError", "NotAnIndexError", "IndexVersionError", "IndexLockedError", "IndexWriteError", "DecodeWorkersError",
+    "MMSearchError", "IndexNotFoundError", "NotAnIndexError", "IndexVersionError", "IndexLockedError", "IndexWriteError", "DecodeWorkersError", "IndexTypeError",
     "ModelLoadError", "ModelMismatchError", "QueryError", "IndexingInterrupted",
 ]

@@ -4,7 +4,7 @@
     python scripts/bench_cold_query.py INDEX "a dog" --runs 5 --torch    # MMSEARCH_ONNX=0
 
 Each run is a fresh interpreter (what a shell user pays), timed by wall clock; peak RSS comes
-from the child's rusage. ``cold_query`` is importable by other benchmarks.
+from GNU time (see benchutil.run_process). ``cold_query`` is importable by other benchmarks.
 """
 
 from __future__ import annotations
@@ -13,27 +13,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchutil import run_process  # noqa: E402
 
 
 def _one(cmd: list[str], env: dict[str, str]) -> tuple[float, float, dict]:
     """(wall seconds, peak RSS MB, parsed JSON output) of one run."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    out, err = proc.stdout.read(), proc.stderr.read()
-    proc.stdout.close()
-    proc.stderr.close()
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {code}: {err.decode(errors='replace')[-2000:]}")
-    # ru_maxrss is in kilobytes on Linux (bytes on macOS).
-    rss_mb = usage.ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)
-    return wall, rss_mb, json.loads(out)
+    run = run_process(cmd, env, replace_env=True)
+    return run.seconds, run.max_rss_mb, json.loads(run.stdout)
 
 
 def cold_query(

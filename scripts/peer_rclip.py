@@ -54,6 +54,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchutil import run_process  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / ".bench"
 DEFAULT_VENV = BENCH_DIR / "rclip-venv"
@@ -313,19 +317,11 @@ def rclip_env(data_dir: str | Path) -> dict[str, str]:
 
 
 def _run_measured(cmd: list[str], cwd: Path, env: dict[str, str]) -> dict:
-    """Wall time and the child's own peak RSS (wait4). Output goes to files, so a chatty child never blocks."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    return {"wall_s": round(wall, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1),
-            "user_s": round(usage.ru_utime, 2), "sys_s": round(usage.ru_stime, 2),
-            "returncode": proc.returncode, "stdout": stdout, "stderr": stderr}
+    """Wall time, CPU time and the child's own peak RSS (see benchutil.run_process)."""
+    run = run_process(cmd, env, cwd=cwd, check=False, replace_env=True)
+    return {"wall_s": round(run.seconds, 3), "peak_rss_mb": round(run.max_rss_mb, 1),
+            "user_s": round(run.user_s, 2), "sys_s": round(run.sys_s, 2),
+            "returncode": run.returncode, "stdout": run.stdout, "stderr": run.stderr}
 
 
 def _parse_results(stdout: str) -> list[tuple[float, str]]:
@@ -410,15 +406,13 @@ def rclip_cold_query(
 VectorSource = np.ndarray | Callable[[int, int], np.ndarray] | Iterable[np.ndarray] | None
 
 
-def clustered_vectors(n: int, dim: int = VECTOR_DIM, seed: int = 0, clusters: int = 256,
-                      chunk: int = 50_000) -> Iterator[np.ndarray]:
-    """Unit vectors around ``clusters`` random centres, in chunks (as real photo embeddings cluster)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+def clustered_vectors(n: int, dim: int = VECTOR_DIM, seed: int = 0, chunk: int = 50_000) -> Iterator[np.ndarray]:
+    """mmsearch's CLIP-like clustered unit vectors (``mmsearch.synthetic``), in chunks."""
+    from mmsearch.synthetic import clustered_vectors as generate
+
+    data = generate(n, dim, seed=seed)
     for start in range(0, n, chunk):
-        count = min(chunk, n - start)
-        v = centres[rng.integers(0, clusters, count)] + 0.7 * rng.standard_normal((count, dim)).astype(np.float32)
-        yield v / np.linalg.norm(v, axis=1, keepdims=True)
+        yield data[start:start + chunk]
 
 
 def _chunks(n: int, vectors: VectorSource, seed: int, chunk: int) -> Iterator[np.ndarray]:

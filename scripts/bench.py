@@ -1,0 +1,390 @@
+"""mmsearch speed benchmark: indexing throughput, query latency by scale, index build, against baselines.
+
+Everything is measured in one run on this machine, each figure the median of --repeats runs:
+
+  index    images/s indexing generated 12-megapixel and 640-pixel JPEG corpora with ViT-B-32
+           (random weights: speed does not depend on them), against a naive baseline in the same
+           run (one process, full decode, open_clip's own transform, batched encode); and, as new
+           processes, `mmsearch index` + `mmsearch query` against rclip 3.3.0 with the same
+           architecture (ViT-B-32-256) on the same files.
+  vectors  FAISS build time, single-query search p50/p95, recall@10 against exact search and
+           bytes per item, for each vector index type and the automatic choice, on clustered
+           vectors (scripts/bench_vectors.py).
+  query    at 10k / 100k / 1M items: vector search alone, warm end-to-end text query through the
+           library API, and a cold `mmsearch query` in a new process (time and peak RSS), against
+           a cold rclip query on the same number of vectors.
+
+    python scripts/bench.py --quick       # under a minute: small corpora, 10k items only
+    python scripts/bench.py               # full run (about 15 minutes on 2 CPUs)
+
+Prints a table per section and one JSON line with every figure (`--json-out FILE` saves it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchutil import REPO, machine, median, percentile, run_process  # noqa: E402
+
+QUERY_TEXT = "a red pasta dish on a wooden table"
+
+
+# -- corpora --------------------------------------------------------------------------------------
+def corpus(workdir: Path, name: str, count: int, size: tuple[int, int]) -> Path:
+    """A generated JPEG photo corpus, made once and reused by every contender."""
+    from photo_corpus import make_photo_corpus
+
+    folder = workdir / "corpora" / f"{name}-{count}"
+    stamp = folder / ".complete"
+    if not stamp.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        make_photo_corpus(folder, count, size, seed=0)
+        stamp.write_text("ok")
+    return folder
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+
+
+# -- indexing: mmsearch library vs naive baseline -----------------------------------------------
+def mmsearch_index_seconds(folder: Path, arch: str, workdir: Path) -> float:
+    """Seconds for Engine.add over ``folder`` into a fresh index (model already loaded, store created)."""
+    from PIL import Image
+
+    from mmsearch import Engine
+
+    index = workdir / "mm-index"
+    shutil.rmtree(index, ignore_errors=True)
+    warm = workdir / "warm"
+    shutil.rmtree(warm, ignore_errors=True)
+    warm.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(warm / "warm.jpg")
+    with Engine(index, model=arch, pretrained="none") as engine:
+        engine.add([warm])  # creates the store and loads the model: not part of the timing
+        start = time.perf_counter()
+        report = engine.add([folder])
+        seconds = time.perf_counter() - start
+    expected = len(image_files(folder))
+    if report.added != expected:
+        raise RuntimeError(f"mmsearch indexed {report.added} of {expected} images in {folder}")
+    return seconds
+
+
+class NaiveIndexer:
+    """The obvious implementation: one process, full decode, open_clip's transform, batch encode."""
+
+    def __init__(self, arch: str, batch: int = 32):
+        import open_clip
+        import torch
+
+        torch.manual_seed(0)
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)
+        self.model.eval()
+        self.batch = batch
+
+    def run(self, files: list[Path]) -> np.ndarray:
+        import torch
+        from PIL import Image
+
+        out = []
+        for start in range(0, len(files), self.batch):
+            tensors = []
+            for path in files[start:start + self.batch]:
+                with Image.open(path) as img:
+                    tensors.append(self.preprocess(img.convert("RGB")))
+            with torch.no_grad():
+                features = self.model.encode_image(torch.stack(tensors))
+            out.append(torch.nn.functional.normalize(features, dim=-1).numpy())
+        return np.concatenate(out)
+
+    def seconds(self, folder: Path) -> float:
+        files = image_files(folder)
+        start = time.perf_counter()
+        vectors = self.run(files)
+        seconds = time.perf_counter() - start
+        assert vectors.shape[0] == len(files)
+        return seconds
+
+
+# -- indexing: new processes, mmsearch CLI vs rclip ---------------------------------------------
+def mmsearch_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mmsearch", *args]
+
+
+def mmsearch_cli_index_and_query(folder: Path, arch: str, workdir: Path) -> dict:
+    """`mmsearch index` then `mmsearch query`, each a new process, into a fresh index."""
+    index = workdir / "mm-cli-index"
+    shutil.rmtree(index, ignore_errors=True)
+    built = run_process(mmsearch_cli("index", str(folder), "--index", str(index), "--model", arch,
+                                     "--pretrained", "none", "--json"))
+    asked = run_process(mmsearch_cli("query", QUERY_TEXT, "--index", str(index), "--json", "-k", "5"))
+    hits = json.loads(asked.stdout)["hits"]
+    if len(hits) != 5:
+        raise RuntimeError(f"mmsearch query returned {len(hits)} hits")
+    cold = run_process(mmsearch_cli("query", QUERY_TEXT, "--index", str(index), "--json", "-k", "5"))
+    return {"index_s": built.seconds, "query_s": asked.seconds, "total_s": built.seconds + asked.seconds,
+            "index_rss_mb": built.max_rss_mb, "cold_query_s": cold.seconds, "cold_query_rss_mb": cold.max_rss_mb}
+
+
+def subset(folder: Path, count: int) -> Path:
+    """The first ``count`` images of ``folder`` copied into a folder of their own."""
+    target = folder.parent / f"{folder.name}-first{count}"
+    if not (target / ".complete").exists():
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        for path in image_files(folder)[:count]:
+            shutil.copy2(path, target / path.name)
+        (target / ".complete").write_text("ok")
+    return target
+
+
+def load_rclip(args, workdir: Path):
+    """The peer_rclip module with rclip installed and its model exported (untimed, once)."""
+    import peer_rclip
+
+    peer_rclip.ensure_rclip(args.rclip_venv)
+    peer_rclip.prepare_rclip_model(venv_dir=args.rclip_venv)
+    return peer_rclip
+
+
+def new_process_runs(folder: Path, workdir: Path, rclip, repeats: int) -> dict:
+    """Median seconds of a new process indexing ``folder`` and answering one query: mmsearch CLI
+    (index, then query) and rclip, both with ViT-B-32-256 and a fresh index."""
+    ours, theirs, cold_ours, cold_theirs = [], [], [], []
+    for _ in range(repeats):
+        run = mmsearch_cli_index_and_query(folder, "ViT-B-32-256", workdir)
+        ours.append(run["total_s"])
+        cold_ours.append(run)
+        if rclip is not None:
+            data_dir = workdir / "rclip-data" / folder.name
+            theirs.append(rclip.rclip_index_and_query(folder, data_dir, QUERY_TEXT)["wall_s"])
+            cold_theirs.append(rclip.rclip_cold_query(folder, data_dir, QUERY_TEXT))
+    out = {"mmsearch_s": median(ours),
+           "mmsearch_cold_query_s": median([r["cold_query_s"] for r in cold_ours]),
+           "mmsearch_cold_query_rss_mb": median([r["cold_query_rss_mb"] for r in cold_ours])}
+    if rclip is not None:
+        out.update({"rclip_s": median(theirs),
+                    "rclip_cold_query_s": median([r["wall_s"] for r in cold_theirs]),
+                    "rclip_cold_query_rss_mb": median([r["peak_rss_mb"] for r in cold_theirs])})
+    return out
+
+
+def bench_index(args, workdir: Path, results: dict) -> None:
+    n12, n640 = (6, 16) if args.quick else (60, 200)
+    corpora = {
+        "12MP": corpus(workdir, "12mp", n12, (4000, 3000)),
+        "640px": corpus(workdir, "640px", n640, (640, 480)),
+    }
+    naive = NaiveIndexer("ViT-B-32")
+    compare = not args.quick  # new-process runs take minutes: full mode only
+    rclip = load_rclip(args, workdir) if compare and not args.no_rclip else None
+    section = results.setdefault("index", {})
+    for name, folder in corpora.items():
+        count = len(image_files(folder))
+        ours, base = [], []
+        for _ in range(args.repeats):  # interleaved, so drift in machine load hits both alike
+            ours.append(mmsearch_index_seconds(folder, "ViT-B-32", workdir))
+            base.append(naive.seconds(folder))
+        row = {
+            "images": count,
+            "mmsearch_images_per_s": count / median(ours),
+            "naive_images_per_s": count / median(base),
+        }
+        row["speedup_vs_naive"] = row["mmsearch_images_per_s"] / row["naive_images_per_s"]
+        if compare:
+            # Two corpus sizes: the difference is the indexing throughput, free of fixed costs
+            # (process start, model load, the one-time ONNX export, the query).
+            small = subset(folder, count // 6)
+            few = new_process_runs(small, workdir, rclip, args.repeats)
+            many = new_process_runs(folder, workdir, rclip, args.repeats)
+            extra = count - len(image_files(small))
+            row["cli_index_query_s"] = many["mmsearch_s"]
+            row["cli_images_per_s"] = extra / (many["mmsearch_s"] - few["mmsearch_s"])
+            row["cli_fixed_s"] = few["mmsearch_s"] - len(image_files(small)) / row["cli_images_per_s"]
+            row["cold_query_60_s"] = many["mmsearch_cold_query_s"]
+            row["cold_query_60_rss_mb"] = many["mmsearch_cold_query_rss_mb"]
+            if rclip is not None:
+                row["rclip_index_query_s"] = many["rclip_s"]
+                row["rclip_images_per_s"] = extra / (many["rclip_s"] - few["rclip_s"])
+                row["rclip_fixed_s"] = few["rclip_s"] - len(image_files(small)) / row["rclip_images_per_s"]
+                row["throughput_vs_rclip"] = row["cli_images_per_s"] / row["rclip_images_per_s"]
+                row["total_time_vs_rclip"] = many["rclip_s"] / many["mmsearch_s"]
+                row["rclip_cold_query_s"] = many["rclip_cold_query_s"]
+                row["rclip_cold_query_rss_mb"] = many["rclip_cold_query_rss_mb"]
+        section[name] = row
+        print_row(f"index {name}", row)
+
+
+# -- query latency by scale --------------------------------------------------------------------
+def synthetic_store(workdir: Path, n: int, arch: str = "ViT-B-32") -> tuple[Path, dict]:
+    """An index of ``n`` synthetic image items with clustered vectors, built once and reused.
+
+    The store is made the normal way (a real ``Engine.add`` of one text file with ``arch`` and
+    random weights: manifest, database, ONNX text export), then the rows and embeddings are
+    bulk-inserted under the writer lock in one generation, and the vector index is built by
+    ``Engine.rebuild_vectors`` (automatic type). Returns the folder and the build facts.
+    """
+    from sqlalchemy import insert
+
+    from mmsearch import Engine
+    from mmsearch.db import GENERATION, Embedding, Item, get_int, next_generation
+    from mmsearch.store import writer_lock
+    from mmsearch.synthetic import clustered_vectors
+
+    folder = workdir / f"store-{arch}-{n}"
+    stamp = folder / "bench-stamp.json"
+    if stamp.exists():
+        return folder, json.loads(stamp.read_text())
+    shutil.rmtree(folder, ignore_errors=True)
+    seed_dir = workdir / "seed-text"
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    (seed_dir / "note.txt").write_text("a seed note so the index has a model, a manifest and a text export")
+    index = folder / "index"
+    with Engine(index, model=arch, pretrained="none") as engine:
+        engine.add([seed_dir])
+        vectors = clustered_vectors(n, engine.store.dim, seed=1)
+        started = time.perf_counter()
+        with writer_lock(index), engine.store.session() as session, session.begin():
+            gen = next_generation(session)
+            for start in range(0, n, 50_000):
+                stop = min(n, start + 50_000)
+                ids = range(10_000_000 + start, 10_000_000 + stop)
+                session.execute(insert(Item), [
+                    {"id": i, "path": f"/synthetic/{i // 1000:05d}/IMG_{i}.jpg", "locator": "", "modality": "image",
+                     "size": 2_500_000, "mtime_ns": 1_700_000_000_000_000_000 + i, "content_hash": f"{i:064x}",
+                     "width": 4000, "height": 3000, "gen": gen}
+                    for i in ids
+                ])
+                session.execute(insert(Embedding), [
+                    {"item_id": i, "vector": vectors[i - 10_000_000].tobytes()} for i in ids
+                ])
+            assert get_int(session, GENERATION) == gen
+        rows_s = time.perf_counter() - started
+        started = time.perf_counter()
+        chosen = engine.rebuild_vectors("auto")
+        build_s = time.perf_counter() - started
+    facts = {"items": n + 1, "insert_rows_s": rows_s, "vector_build_s": build_s, "vector_index": chosen,
+             "disk_bytes": sum(p.stat().st_size for p in index.rglob("*") if p.is_file())}
+    stamp.write_text(json.dumps(facts))
+    return folder, facts
+
+
+def warm_latencies(index: Path, queries: np.ndarray, texts: list[str]) -> dict:
+    """Per-query ms through the library: search_vector (vector search + row join), search (text)."""
+    from mmsearch import Engine
+
+    with Engine(index) as engine:
+        for q in queries[:5]:
+            engine.search_vector(q, k=10)  # load and warm
+        engine.search(texts[0], k=10)
+        vector_ms, text_ms = [], []
+        for q in queries:
+            start = time.perf_counter()
+            hits = engine.search_vector(q, k=10)
+            vector_ms.append((time.perf_counter() - start) * 1000)
+            assert len(hits) == 10
+        for text in texts:
+            start = time.perf_counter()
+            hits = engine.search(text, k=10)
+            text_ms.append((time.perf_counter() - start) * 1000)
+            assert len(hits) == 10
+        onnx_used = not engine.model_loaded
+    return {
+        "vector_search_p50_ms": percentile(vector_ms, 50), "vector_search_p95_ms": percentile(vector_ms, 95),
+        "text_query_p50_ms": percentile(text_ms, 50), "text_query_p95_ms": percentile(text_ms, 95),
+        "text_encoder": "onnx" if onnx_used else "torch",
+    }
+
+
+def bench_query(args, workdir: Path, results: dict) -> None:
+    from bench_cold_query import cold_query
+
+    from mmsearch.synthetic import clustered_queries, clustered_vectors
+
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([10_000] if args.quick else [10_000, 100_000, 1_000_000])
+    rclip = None if args.no_rclip or args.quick else load_rclip(args, workdir)
+    section = results.setdefault("query", {})
+    words = "red blue green old small large dog cat car boat house tree river beach city street garden table".split()
+    rng = np.random.default_rng(3)
+    texts = [" ".join(rng.choice(words, size=5)) for _ in range(50 if args.quick else 200)]
+    for n in sizes:
+        folder, facts = synthetic_store(workdir, n)
+        queries = clustered_queries(50 if args.quick else 300, 512, seed=1)
+        row = {"items": facts["items"], "vector_index": facts["vector_index"].get("type"),
+               "vector_build_s": facts["vector_build_s"], "disk_bytes_per_item": facts["disk_bytes"] / facts["items"]}
+        row.update(warm_latencies(folder / "index", queries, texts))
+        cold = cold_query(folder / "index", QUERY_TEXT, runs=max(3, args.repeats), warmup=1)
+        row["cold_cli_query_p50_s"] = cold["p50_s"]
+        row["cold_cli_query_rss_mb"] = cold["max_rss_mb"]
+        if rclip is not None:
+            data_dir = workdir / f"rclip-{n}"
+            filled = rclip.rclip_fill_synthetic(data_dir, n, clustered_vectors(n, 512, seed=1))
+            runs = [rclip.rclip_cold_query(filled["root"], data_dir, QUERY_TEXT)
+                    for _ in range(1 if n >= 1_000_000 else args.repeats)]
+            row["rclip_cold_query_s"] = median([r["wall_s"] for r in runs])
+            row["rclip_cold_query_rss_mb"] = median([r["peak_rss_mb"] for r in runs])
+            row["cold_speedup_vs_rclip"] = row["rclip_cold_query_s"] / row["cold_cli_query_p50_s"]
+        section[str(n)] = row
+        print_row(f"query n={n}", row)
+
+
+def bench_vectors_section(args, results: dict) -> None:
+    import bench_vectors
+
+    sizes = (10_000,) if args.quick else (10_000, 100_000, 1_000_000)
+    rows = bench_vectors.run(sizes, n_queries=100 if args.quick else 200)
+    print(bench_vectors.table(rows), flush=True)
+    results["vectors"] = rows
+
+
+def print_row(title: str, row: dict) -> None:
+    parts = []
+    for key, value in row.items():
+        parts.append(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}")
+    print(f"{title}: " + "  ".join(parts), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    parser.add_argument("--sections", default="index,vectors,query", help="comma-separated: index,vectors,query")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per figure (median); default 3, quick 1")
+    parser.add_argument("--workdir", type=Path, default=REPO / ".bench" / "work")
+    parser.add_argument("--no-rclip", action="store_true", help="skip the rclip comparison")
+    parser.add_argument("--rclip-venv", type=Path, default=REPO / ".bench" / "rclip-venv")
+    parser.add_argument("--sizes", default=None, help="item counts for the query section, e.g. 10000,100000,1000000")
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    results: dict = {"machine": machine(), "mode": "quick" if args.quick else "full", "repeats": args.repeats}
+    started = time.perf_counter()
+    sections = args.sections.split(",")
+    if "index" in sections:
+        bench_index(args, args.workdir, results)
+    if "vectors" in sections:
+        bench_vectors_section(args, results)
+    if "query" in sections:
+        bench_query(args, args.workdir, results)
+    results["elapsed_s"] = time.perf_counter() - started
+    line = json.dumps(results)
+    print(line)
+    if args.json_out:
+        args.json_out.write_text(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
