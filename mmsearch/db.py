@@ -140,6 +140,10 @@ def _set_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     # WAL: readers see the last committed state while a writer works; FULL sync: a commit that
     # returned survives a crash or power loss.
+    # 16 KiB pages: a 2 KiB embedding row fits once in a 4 KiB page but seven times in 16 KiB,
+    # so the database takes ~2.3 KB per item instead of ~4.1 KB. Only takes effect when the file
+    # is created (before WAL mode is set); existing databases keep their page size.
+    cursor.execute("PRAGMA page_size=16384")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
