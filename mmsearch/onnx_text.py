@@ -42,6 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 ENV_VAR = "MMSEARCH_ONNX"
+CACHE_ENV = "MMSEARCH_CACHE"
+CACHE_RECORD = "record.json"
 MANIFEST_KEY = "text_onnx"
 TOKENIZER_KIND = "clip_bpe"
 VOCAB_COPY = "clip_bpe_vocab.txt.gz"
@@ -108,7 +110,10 @@ def ensure_exported(store: IndexStore, encoder: Encoder) -> dict[str, Any] | Non
         return None  # not the index's model (the caller switches models first)
     _remove_stray_temps(store.folder)
     try:
-        record = export_text_encoder(encoder, store.folder, fingerprint)
+        record = _from_cache(store.folder, fingerprint)
+        if record is None:
+            record = export_text_encoder(encoder, store.folder, fingerprint)
+            _to_cache(store.folder, record)
     except OSError as exc:  # disk full, read-only folder: try again on the next run
         log.warning("text queries on %s will load torch: cannot write the ONNX text encoder (%s)", store.folder, exc)
         return None
@@ -124,6 +129,79 @@ def ensure_exported(store: IndexStore, encoder: Encoder) -> dict[str, Any] | Non
         if path.name not in keep:
             path.unlink(missing_ok=True)
     return record
+
+
+def cache_dir() -> Path:
+    """Where exports are kept for reuse by every index of the same model:
+    ``$MMSEARCH_CACHE/onnx``, else the user cache folder (``~/.cache/mmsearch/onnx`` on Linux)."""
+    base = os.environ.get(CACHE_ENV)
+    if not base:
+        from platformdirs import user_cache_dir
+
+        base = user_cache_dir("mmsearch")
+    return Path(base) / "onnx"
+
+
+def _from_cache(folder: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The cached export of this model linked (or copied) into ``folder``, or None.
+
+    Exporting takes seconds and a torch model in memory; a model exported once on this machine
+    is reused by every new index of it, as peers reuse their downloaded ONNX files.
+    """
+    import json
+
+    entry = cache_dir() / fingerprint
+    try:
+        record = json.loads((entry / CACHE_RECORD).read_text(encoding="utf-8"))
+        parts = [entry / record["data"], entry / record["file"]]  # the graph last: it names the weights
+        if record.get("fingerprint") != fingerprint or not all(p.is_file() for p in parts):
+            return None
+        if [p.stat().st_size for p in parts] != [record.get("data_bytes"), record.get("graph_bytes")]:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    tmp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=folder))
+    try:
+        for part in parts:
+            try:
+                os.link(part, tmp / part.name)  # same file system: no copy, no extra disk
+            except OSError:
+                shutil.copyfile(part, tmp / part.name)
+                with open(tmp / part.name, "rb") as fh:
+                    os.fsync(fh.fileno())
+            os.replace(tmp / part.name, folder / part.name)
+        _copy_vocab(folder)
+        fsync_dir(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dict(record, exported_at=_now(), from_cache=str(entry))
+
+
+def _to_cache(folder: Path, record: dict[str, Any]) -> None:
+    """Keep a fresh export for later indexes of the same model (best effort: never fails indexing)."""
+    import json
+
+    if record.get("status") != "ok":
+        return
+    entry = cache_dir() / record["fingerprint"]
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=entry.parent))
+        try:
+            for name in (record["data"], record["file"]):
+                try:
+                    os.link(folder / name, tmp / name)
+                except OSError:
+                    shutil.copyfile(folder / name, tmp / name)
+            saved = dict(record, data_bytes=(folder / record["data"]).stat().st_size,
+                         graph_bytes=(folder / record["file"]).stat().st_size)
+            (tmp / CACHE_RECORD).write_text(json.dumps(saved, indent=1), encoding="utf-8")
+            shutil.rmtree(entry, ignore_errors=True)
+            os.replace(tmp, entry)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        log.info("could not keep the ONNX text encoder in the cache %s: %s", entry, exc)
 
 
 def _remove_stray_temps(folder: Path) -> None:

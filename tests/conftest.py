@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test must never download weights
+# Exports are cached per test run, never in the user's ~/.cache/mmsearch.
+os.environ["MMSEARCH_CACHE"] = tempfile.mkdtemp(prefix="mmsearch-test-cache-")
 
 TINY_CONFIG = {
     "embed_dim": 32,

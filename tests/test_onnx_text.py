@@ -185,10 +185,12 @@ def test_broken_export_falls_back_to_torch(index_copy, damage, caplog):
     assert "torch model" in caplog.text
 
 
-def test_export_of_a_model_with_another_tokenizer_is_skipped(index_copy, caplog):
+def test_export_of_a_model_with_another_tokenizer_is_skipped(index_copy, caplog, tmp_path, monkeypatch):
     """A tokenizer our BPE cannot stand in for: recorded as skipped, indexing goes on."""
     import open_clip
 
+    # The tokenizer is swapped under the same model fingerprint, so the cached export must not answer.
+    monkeypatch.setenv(onnx_text.CACHE_ENV, str(tmp_path / "empty-cache"))
     index, root = index_copy
     with Engine(index) as engine:
         engine.store.update_manifest(**{onnx_text.MANIFEST_KEY: None})
@@ -257,3 +259,42 @@ def test_vit_b_32_export_parity(tmp_path):
         onnx_vectors = engine.encode_texts(TEXTS)
         assert not engine.model_loaded
     assert (onnx_vectors * torch_vectors).sum(axis=1).min() >= 0.9999
+
+
+def test_second_index_of_a_model_reuses_the_cached_export(indexed, tmp_path, tiny_model, monkeypatch):
+    """Exporting costs seconds; a model exported once is linked into every new index of it."""
+    index, root = indexed
+    first = json.loads((index / "manifest.json").read_text())[onnx_text.MANIFEST_KEY]
+    entry = onnx_text.cache_dir() / first["fingerprint"]
+    assert (entry / first["file"]).is_file() and (entry / first["data"]).is_file()
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again although the cache holds this model")
+
+    monkeypatch.setattr(onnx_text, "export_text_encoder", no_export)
+    other = tmp_path / "second"
+    with Engine(other, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+        engine.add([root])
+        record = engine.store.manifest[onnx_text.MANIFEST_KEY]
+        assert record["status"] == "ok" and record["from_cache"] == str(entry)
+        assert (other / record["data"]).read_bytes() == (index / first["data"]).read_bytes()
+    with Engine(other) as engine:
+        assert engine.search("a dog running on grass", k=1)[0].path.endswith("t0.txt")
+        assert not engine.model_loaded  # answered by the cached ONNX encoder
+
+
+def test_damaged_cache_entry_is_not_used(indexed, tmp_path, tiny_model):
+    index, root = indexed
+    first = json.loads((index / "manifest.json").read_text())[onnx_text.MANIFEST_KEY]
+    entry = onnx_text.cache_dir() / first["fingerprint"]
+    data = entry / first["data"]
+    data.unlink()  # a new file, so the indexes that link the old one keep it
+    data.write_bytes(b"truncated")
+    other = tmp_path / "third"
+    with Engine(other, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+        engine.add([root])
+        record = engine.store.manifest[onnx_text.MANIFEST_KEY]
+        assert record["status"] == "ok" and "from_cache" not in record  # exported afresh
+        assert (other / record["data"]).stat().st_size == first.get("data_bytes", (index / first["data"]).stat().st_size)
+    # ...and the fresh export replaced the damaged entry.
+    assert (entry / first["data"]).stat().st_size == (other / record["data"]).stat().st_size
