@@ -9,24 +9,38 @@
 
 __version__ = "0.1.0"
 
-from .engine import Engine  # noqa: E402
 from .errors import (  # noqa: E402
+    DecodeWorkersError,
     IndexingInterrupted,
     IndexLockedError,
     IndexNotFoundError,
+    IndexTypeError,
     IndexVersionError,
     IndexWriteError,
-    DecodeWorkersError,
-    IndexTypeError,
     MMSearchError,
     ModelLoadError,
     ModelMismatchError,
     NotAnIndexError,
     QueryError,
 )
-from .indexer import IndexReport  # noqa: E402
-from .model import ModelSpec  # noqa: E402
-from .query import Hit, QueryTerm, parse_query  # noqa: E402
+
+# The engine and its dependencies (SQLAlchemy, FAISS, NumPy) load on first use, so that the CLI
+# can start work (e.g. loading the text encoder in a thread) while they import.
+_LAZY = {
+    "Engine": "engine", "IndexReport": "indexer", "ModelSpec": "model",
+    "Hit": "query", "QueryTerm": "query", "parse_query": "query",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Engine", "Hit", "QueryTerm", "IndexReport", "ModelSpec", "parse_query",

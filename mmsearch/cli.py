@@ -190,6 +190,17 @@ def query_cmd(
     """Search the index with texts, images, or a weighted combination of both."""
     if image and text:
         raise typer.BadParameter("--image and --text exclude each other")
+    if model is None and pretrained is None:
+        from . import onnx_text
+        from .config import default_index_dir
+        from .query import TEXT, parse_query
+
+        try:
+            texts = [t.value for t in parse_query(terms, "image" if image else "text" if text else None) if t.kind == TEXT]
+        except MMSearchError:
+            texts = []  # the search below reports it
+        # Load the text encoder and encode the texts while the engine's libraries import.
+        onnx_text.preload(index if index is not None else default_index_dir(), texts)
     with _engine(index, model, pretrained, device) as engine:
         hits = engine.search(
             terms, k=top, type=type, min_score=min_score, under=under,

@@ -282,7 +282,7 @@ class Engine:
             if self._onnx_key != key:  # first use, or the index was re-exported
                 self._onnx_key, self._onnx = key, None
                 try:
-                    self._onnx = onnx_text.OnnxTextEncoder(store.folder, record)
+                    self._onnx = onnx_text.load(store.folder, record)
                 except OnnxTextUnavailable as exc:
                     log.warning("text queries use the torch model: %s", exc)
             return self._onnx

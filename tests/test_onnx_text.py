@@ -298,3 +298,17 @@ def test_damaged_cache_entry_is_not_used(indexed, tmp_path, tiny_model):
         assert (other / record["data"]).stat().st_size == first.get("data_bytes", (index / first["data"]).stat().st_size)
     # ...and the fresh export replaced the damaged entry.
     assert (entry / first["data"]).stat().st_size == (other / record["data"]).stat().st_size
+
+
+def test_preload_loads_in_the_background_and_encodes_ahead(indexed, tmp_path):
+    index, _ = indexed
+    onnx_text.preload(tmp_path / "not-an-index", ["ignored"])  # nothing to load: no error, no thread
+    texts = ["a dog on grass", "sunset over the sea"]
+    onnx_text.preload(index, texts)
+    with Engine(index) as engine:
+        ahead = engine.encode_texts(texts)  # collected from the preload, vectors encoded ahead
+        assert engine._onnx is not None and not engine._onnx._remembered  # handed out once
+        again = engine.encode_texts(texts)  # encoded now
+        other = engine.encode_texts(["a red pasta dish"])
+    assert np.allclose(ahead, again, atol=1e-6)
+    assert other.shape == (1, ahead.shape[1])
