@@ -8,6 +8,7 @@ manifest. ``Encoder`` imports torch and loads the weights; nothing else in the p
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -233,6 +234,7 @@ class Encoder:
         # Half precision halves memory traffic on GPUs; CPUs have no fast fp16 matmul.
         self.precision = "fp16" if self.device.startswith("cuda") else "fp32"
         self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        self.image_dtype = self.dtype  # bfloat16 on CPUs with AMX, see _image_tower_bf16
         if spec.config_path:
             open_clip.add_model_config(spec.config_path)
         try:
@@ -253,6 +255,8 @@ class Encoder:
         self.model = model
         self.preprocess = preprocess
         self.image_size = _image_size(model)
+        if self.device == "cpu" and cpu_bf16_wanted():
+            self._image_tower_bf16()
         # The transform in plain Pillow, run by the decode workers; None: unfamiliar transform,
         # which then runs here as given.
         self.pixel_transform = pixel_transform_of(preprocess)
@@ -262,12 +266,43 @@ class Encoder:
             probe = self.model.encode_text(self.tokenizer(["probe"]).to(self.device))
         self.dim = int(probe.shape[-1])
 
+    def _image_tower_bf16(self) -> None:
+        """Run the image tower in bfloat16 when it gives the same vectors.
+
+        On CPUs that multiply bfloat16 matrices in hardware (Intel AMX) a ViT-B-32 image batch
+        encodes about five times faster than in float32, with vectors at cosine 0.9999 to the
+        float32 ones. The tower is converted on a copy and checked on a probe batch; any error,
+        non-finite value or cosine below ``BF16_MIN_COSINE`` keeps float32. Text stays float32
+        (and its ONNX export comes from float32 weights).
+        """
+        import torch
+
+        visual = self.model.visual
+        generator = torch.Generator().manual_seed(RANDOM_INIT_SEED)
+        probe = torch.randn(2, 3, self.image_size, self.image_size, generator=generator)
+        try:
+            with torch.inference_mode():
+                reference = self.model.encode_image(probe).float()
+                self.model.visual = copy.deepcopy(visual).to(torch.bfloat16)
+                trial = self.model.encode_image(probe.to(torch.bfloat16)).float()
+            cosine = torch.nn.functional.cosine_similarity(reference, trial, dim=-1)
+            good = bool(torch.isfinite(trial).all()) and float(cosine.min()) >= BF16_MIN_COSINE
+            detail = f"cosine {float(cosine.min()):.5f}"
+        except Exception as exc:  # an operator without a bfloat16 CPU kernel, for example
+            good, detail = False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if good:
+            self.image_dtype = torch.bfloat16
+            log.debug("image tower in bfloat16 (%s against float32)", detail)
+        else:
+            self.model.visual = visual
+            log.info("image tower stays float32: bfloat16 check failed (%s)", detail)
+
     # -- encoding ----------------------------------------------------------------------------
     def encode_image_tensors(self, batch: torch.Tensor) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            pixels = batch.to(self.device, dtype=self.dtype, non_blocking=True)
+            pixels = batch.to(self.device, dtype=self.image_dtype, non_blocking=True)
             features = self.model.encode_image(pixels)
         return _normalise(features)
 
@@ -295,7 +330,7 @@ class Encoder:
                 pixels = pixels.pin_memory()
             pixels = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
             # ToTensor then Normalize, as (x/255 - mean)/std = (x - 255 mean)/(255 std).
-            pixels = ((pixels - mean) / std).to(self.dtype)
+            pixels = ((pixels - mean) / std).to(self.image_dtype)
             if not self.device.startswith("cuda") or _is_vit(self.model):
                 pixels = pixels.contiguous()
             features = self.model.encode_image(pixels)
@@ -321,6 +356,32 @@ class Encoder:
         with torch.inference_mode():
             features = self.model.encode_text(tokens.to(self.device))
         return _normalise(features)
+
+
+BF16_MIN_COSINE = 0.999
+
+
+def cpu_bf16_wanted() -> bool:
+    """Whether a CPU encoder runs its image tower in bfloat16: ``MMSEARCH_CPU_BF16`` = 1 or 0
+    forces it on or off; by default (``auto``) it is on where the CPU has AMX bfloat16 units.
+    Without them bfloat16 is emulated and slower than float32."""
+    setting = os.environ.get("MMSEARCH_CPU_BF16", "auto").strip().lower()
+    if setting in ("1", "on", "true", "yes"):
+        return True
+    if setting in ("0", "off", "false", "no"):
+        return False
+    return cpu_has_amx_bf16()
+
+
+def cpu_has_amx_bf16() -> bool:
+    import torch
+
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    try:
+        return bool(amx and bf16 and amx() and bf16())
+    except Exception:  # a private torch API: absent or changed means no
+        return False
 
 
 def _normalise(features: torch.Tensor) -> np.ndarray:

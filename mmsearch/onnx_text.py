@@ -294,8 +294,13 @@ def _check_tokenizer(encoder: Encoder) -> ClipTokenizer:
 
 
 def _cpu_fp32(model: Any, torch: Any) -> Any:
-    """``model`` itself when it is on the CPU in float32, else a float32 CPU copy."""
-    if all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters()):
+    """``model`` itself when its text side is on the CPU in float32, else a float32 CPU copy.
+
+    The image tower does not matter here (it may run in bfloat16 on CPUs with AMX, see
+    ``Encoder``); a CUDA float16 model is copied, from weights already rounded to float16.
+    """
+    text_side = (p for name, p in model.named_parameters() if not name.startswith("visual."))
+    if all(p.device.type == "cpu" and p.dtype == torch.float32 for p in text_side):
         return model
     return copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
 
