@@ -4,7 +4,8 @@ Everything is measured in one run on this machine, each figure the median of --r
 
   index    images/s indexing generated 12-megapixel and 640-pixel JPEG corpora with ViT-B-32
            (random weights: speed does not depend on them), against a naive baseline in the same
-           run (one process, full decode, open_clip's own transform, batched encode); and, as new
+           run (one process, full decode, open_clip's own transform, batched float32 encode), with
+           mmsearch's default image tower (bfloat16 on CPUs with AMX) and forced float32; and, as new
            processes, `mmsearch index` + `mmsearch query` against rclip 3.3.0 with the same
            architecture (ViT-B-32-256) on the same files.
   vectors  FAISS build time, single-query search p50/p95, recall@10 against exact search and
@@ -58,11 +59,17 @@ def image_files(folder: Path) -> list[Path]:
 
 
 # -- indexing: mmsearch library vs naive baseline -----------------------------------------------
-def mmsearch_index_seconds(folder: Path, arch: str, workdir: Path) -> float:
-    """Seconds for Engine.add over ``folder`` into a fresh index (model already loaded, store created)."""
+def mmsearch_index_seconds(folder: Path, arch: str, workdir: Path, cpu_bf16: str = "auto") -> float:
+    """Seconds for Engine.add over ``folder`` into a fresh index (model already loaded, store created).
+
+    ``cpu_bf16`` is MMSEARCH_CPU_BF16 for this run: "auto" is the default (a bfloat16 image tower
+    where the CPU has AMX), "0" float32 as in the naive baseline, isolating the pipeline's gain.
+    """
     from PIL import Image
 
     from mmsearch import Engine
+
+    os.environ["MMSEARCH_CPU_BF16"] = cpu_bf16
 
     index = workdir / "mm-index"
     shutil.rmtree(index, ignore_errors=True)
@@ -170,22 +177,38 @@ def bench_index(args, workdir: Path, results: dict) -> None:
     section = results.setdefault("index", {})
     for name, folder in corpora.items():
         count = len(image_files(folder))
-        ours, base, ours256 = [], [], []
+        ours, fp32, base, ours256, fp32_256 = [], [], [], [], []
         for _ in range(args.repeats):  # interleaved, so drift in machine load hits all alike
             ours.append(mmsearch_index_seconds(folder, "ViT-B-32", workdir))
+            fp32.append(mmsearch_index_seconds(folder, "ViT-B-32", workdir, cpu_bf16="0"))
             base.append(naive.seconds(folder))
             if compare:
                 ours256.append(mmsearch_index_seconds(folder, "ViT-B-32-256", workdir))
+                fp32_256.append(mmsearch_index_seconds(folder, "ViT-B-32-256", workdir, cpu_bf16="0"))
+        os.environ.pop("MMSEARCH_CPU_BF16", None)
         row = {
             "images": count,
+            "image_tower": image_tower_dtype(),
             "mmsearch_images_per_s": count / median(ours),
+            "mmsearch_fp32_images_per_s": count / median(fp32),
             "naive_images_per_s": count / median(base),
         }
         row["speedup_vs_naive"] = row["mmsearch_images_per_s"] / row["naive_images_per_s"]
+        row["fp32_speedup_vs_naive"] = row["mmsearch_fp32_images_per_s"] / row["naive_images_per_s"]
         if compare:
             row.update(versus_rclip(folder, count / median(ours256), workdir, rclip, args.repeats))
+            row["mmsearch_256_fp32_images_per_s"] = count / median(fp32_256)
+            if "rclip_images_per_s" in row:
+                row["fp32_throughput_vs_rclip"] = row["mmsearch_256_fp32_images_per_s"] / row["rclip_images_per_s"]
         section[name] = row
         print_row(f"index {name}", row)
+
+
+def image_tower_dtype() -> str:
+    """What the default CPU encoder runs its image tower in on this machine."""
+    from mmsearch.model import cpu_bf16_wanted
+
+    return "bfloat16 (AMX)" if cpu_bf16_wanted() else "float32"
 
 
 def versus_rclip(folder: Path, ours_rate: float, workdir: Path, rclip, repeats: int) -> dict:
