@@ -328,7 +328,7 @@ def create_app(
         exclude: set[Any] = set()
         for term in wanted:
             if term.kind == TEXT:
-                vectors.append(engine.encoder.encode_texts([str(term.value)])[0])
+                vectors.append(engine.encode_texts([str(term.value)])[0])
                 described.append({"kind": TEXT, "value": term.value, "weight": term.weight})
             elif term.kind == ITEM:
                 number = find(str(term.value)).item.id
