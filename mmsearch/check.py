@@ -343,9 +343,8 @@ def _check_vectors(store: IndexStore, report: CheckReport, repair: bool) -> None
     if mismatch:
         problem = _problem(report, "vector_mismatch", mismatch)
         if repair:
-            with store.session() as session:
-                rebuilt = store.rebuild(session)
-            store.save_vectors(rebuilt)
+            # From the database, as the manifest asks; the manifest's vector_index entry follows.
+            store.fit_vectors(None, force=True)
             problem.repaired = True
     elif repair and any(p.repaired for p in report.problems):
         store.save_vectors(vectors)  # persist the caught-up state after the repairs above

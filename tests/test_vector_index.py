@@ -257,10 +257,16 @@ def test_check_detects_a_wrong_ivf_code(tmp_path, tiny_model, corpus):
         vectors.remove([victim])
         vectors.add(np.array([victim]), -np.ones((1, engine.store.dim), np.float32) / np.sqrt(engine.store.dim))
         vectors.save(engine.folder, vectors.gen)
+        engine.store.update_manifest(vector_index={**engine.store.manifest["vector_index"], "trained_for": 1})
     report = check_folder(tmp_path / "idx")
     assert [p.kind for p in report.problems] == ["vector_mismatch"]
     check_folder(tmp_path / "idx", repair=True)
     assert check_folder(tmp_path / "idx").problems == []
+    # The rebuilt index is described by the manifest again (what `info` shows).
+    with open_engine(tmp_path, tiny_model) as engine:
+        entry = engine.store.manifest["vector_index"]
+        rebuilt = VectorIndex.load_latest(engine.folder)
+        assert (entry["type"], entry["nlist"], entry["trained_for"]) == (IVF_SQ8, rebuilt.nlist, rebuilt.ntotal)
 
 
 # -- GPU ----------------------------------------------------------------------------------------
