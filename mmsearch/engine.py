@@ -60,11 +60,12 @@ class Engine:
         workers: int | None = None,
     ):
         self.folder = Path(index if index is not None else default_index_dir()).expanduser().absolute()
-        self._requested = ModelSpec.resolve(model, pretrained) if (model or pretrained) else None
+        self._store: IndexStore | None = IndexStore.open(self.folder) if IndexStore.is_index(self.folder) else None
+        known = self._store.manifest.get("model") if self._store is not None else None
+        self._requested = ModelSpec.resolve(model, pretrained, known) if (model or pretrained) else None
         self._device = device
         self._batch_size = batch_size
         self._workers = workers
-        self._store: IndexStore | None = IndexStore.open(self.folder) if IndexStore.is_index(self.folder) else None
         self._encoder: Encoder | None = None
         self._vectors: VectorIndex | None = None
         self._onnx: onnx_text.OnnxTextEncoder | None = None  # the index's torch-free text encoder

@@ -65,11 +65,18 @@ class ModelSpec:
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def resolve(cls, name: str | None = None, pretrained: str | None = None) -> ModelSpec:
+    def resolve(cls, name: str | None = None, pretrained: str | None = None, known: dict | None = None) -> ModelSpec:
         """Validate and normalise a user's ``--model``/``--pretrained`` without loading anything.
 
         With no name, ``$MMSEARCH_MODEL``/``$MMSEARCH_PRETRAINED`` (if set) or the default model apply.
+        ``known``: the model an existing index records; an open_clip name and weights naming
+        exactly that were checked when the index was made, so open_clip is not imported again
+        (2-4 s) to check them.
         """
+        if (known and name and pretrained is not None and name == known.get("name")
+                and _weights(pretrained) == known.get("pretrained") and not name.endswith(".json")
+                and not name.startswith(("hf-hub:", "local-dir:")) and not Path(name).expanduser().exists()):
+            return cls(name, _weights(pretrained))
         if not name and os.environ.get(MODEL_ENV_VAR):
             name = os.environ[MODEL_ENV_VAR]
             pretrained = pretrained if pretrained is not None else os.environ.get(PRETRAINED_ENV_VAR)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -222,3 +225,26 @@ def test_random_init_is_the_same_model_in_every_process(tiny_model):
     torch.manual_seed(1234)  # whatever the caller's RNG state
     second = Encoder(spec).encode_texts(["a cat"])
     assert np.allclose(first, second)
+
+
+def test_naming_the_index_own_model_does_not_import_open_clip():
+    """`mmsearch index ./photos --model X --pretrained Y` on an index built with exactly X/Y skips
+    open_clip's name checks (2-4 s of imports), so an unchanged re-index stays torch-free."""
+    code = (
+        "import json, sys\n"
+        "from mmsearch.errors import ModelLoadError\n"
+        "from mmsearch.model import ModelSpec\n"
+        "known = {'name': 'ViT-B-32', 'pretrained': None}\n"
+        "same = ModelSpec.resolve('ViT-B-32', 'none', known)\n"
+        "before = 'open_clip' in sys.modules\n"
+        "try:\n"
+        "    ModelSpec.resolve('ViT-B-32-nonexistent', 'none', known)\n"
+        "    unknown = 'accepted'\n"
+        "except ModelLoadError:\n"
+        "    unknown = 'rejected'\n"
+        "print(json.dumps([same.name, same.pretrained, before, unknown]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == ["ViT-B-32", None, False, "rejected"]
