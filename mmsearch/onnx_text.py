@@ -489,7 +489,8 @@ class OnnxTextEncoder:
         self._remembered: dict[str, np.ndarray] = {}  # vectors encoded ahead by ``preload``
 
     def remember(self, texts: list[str]) -> None:
-        """Encode ``texts`` now; the next ``encode_texts`` of exactly these texts returns them once."""
+        """Encode ``texts`` now, in one batch; later ``encode_texts`` calls asking for any of them
+        (a query encodes its terms one at a time) take each remembered vector once."""
         vectors = self.encode_texts(texts)
         self._remembered = dict(zip(texts, vectors))
 
@@ -497,8 +498,10 @@ class OnnxTextEncoder:
         if not texts:
             return np.empty((0, self.dim), np.float32)
         if self._remembered and all(t in self._remembered for t in texts):
-            remembered, self._remembered = self._remembered, {}
-            return np.stack([remembered[t] for t in texts])
+            found = np.stack([self._remembered[t] for t in texts])
+            for text in set(texts):
+                del self._remembered[text]
+            return found
         with self._lock:
             tokens = self.tokenizer(texts)
         parts = []

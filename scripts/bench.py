@@ -69,19 +69,25 @@ def mmsearch_index_seconds(folder: Path, arch: str, workdir: Path, cpu_bf16: str
 
     from mmsearch import Engine
 
-    os.environ["MMSEARCH_CPU_BF16"] = cpu_bf16
-
     index = workdir / "mm-index"
     shutil.rmtree(index, ignore_errors=True)
     warm = workdir / "warm"
     shutil.rmtree(warm, ignore_errors=True)
     warm.mkdir(parents=True)
     Image.new("RGB", (64, 64), (200, 30, 30)).save(warm / "warm.jpg")
-    with Engine(index, model=arch, pretrained="none") as engine:
-        engine.add([warm])  # creates the store and loads the model: not part of the timing
-        start = time.perf_counter()
-        report = engine.add([folder])
-        seconds = time.perf_counter() - start
+    before = os.environ.get("MMSEARCH_CPU_BF16")
+    os.environ["MMSEARCH_CPU_BF16"] = cpu_bf16  # read when the engine loads its model
+    try:
+        with Engine(index, model=arch, pretrained="none") as engine:
+            engine.add([warm])  # creates the store and loads the model: not part of the timing
+            start = time.perf_counter()
+            report = engine.add([folder])
+            seconds = time.perf_counter() - start
+    finally:
+        if before is None:
+            os.environ.pop("MMSEARCH_CPU_BF16", None)
+        else:
+            os.environ["MMSEARCH_CPU_BF16"] = before
     expected = len(image_files(folder))
     if report.added != expected:
         raise RuntimeError(f"mmsearch indexed {report.added} of {expected} images in {folder}")
@@ -185,7 +191,6 @@ def bench_index(args, workdir: Path, results: dict) -> None:
             if compare:
                 ours256.append(mmsearch_index_seconds(folder, "ViT-B-32-256", workdir))
                 fp32_256.append(mmsearch_index_seconds(folder, "ViT-B-32-256", workdir, cpu_bf16="0"))
-        os.environ.pop("MMSEARCH_CPU_BF16", None)
         row = {
             "images": count,
             "image_tower": image_tower_dtype(),
