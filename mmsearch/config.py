@@ -13,7 +13,7 @@ DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 DEFAULT_INDEX_DIR = Path("indexes") / "default"
 INDEX_ENV_VAR = "MMSEARCH_INDEX"
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"})
 HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
 TEXT_EXTENSIONS = frozenset({".txt", ".md"})
 JSONL_EXTENSIONS = frozenset({".jsonl"})

@@ -269,7 +269,7 @@ def _image_record(entry: FileEntry, data: bytes) -> Record:
             # Pillow's own limit (2x MAX_IMAGE_PIXELS) still refuses absurd headers; below it,
             # mmsearch's cap on *decoded* pixels decides (JPEGs decode reduced, so may pass).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
+            with open_image(data) as img:
                 width, height = img.size
                 check_decode_size(img, max_pixels())
                 orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
@@ -397,23 +397,61 @@ def _jsonl_records(entry: FileEntry, data: bytes) -> tuple[list[Record], list[Sk
 
 # -- decoding images for the encoder -------------------------------------------------------------
 
+# Pillow formats mmsearch decodes. Pillow can open dozens more (EPS hands the file to
+# Ghostscript, others are rarely tested decoders); an image file or upload in any other format is
+# refused, whatever its extension. MPO (multi-picture JPEGs from phone cameras) opens as JPEG.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
+
+
+def image_formats() -> tuple[str, ...]:
+    """The Pillow formats accepted here (HEIF too when pillow-heif is installed)."""
+    return IMAGE_FORMATS + (("HEIF",) if _register_heif() else ())
+
+
+def open_image(data: bytes) -> Image.Image:
+    """``data`` opened (not decoded) by Pillow, restricted to ``image_formats()``.
+
+    Raises BadInput for unrecognised data and for formats mmsearch does not accept.
+    """
+    try:
+        return Image.open(io.BytesIO(data), formats=image_formats())
+    except UnidentifiedImageError as exc:
+        raise BadInput(_unsupported_reason(data)) from exc
+
+
+def _unsupported_reason(data: bytes) -> str:
+    """Why Pillow's restricted open failed: another image format, or no image at all."""
+    try:
+        with Image.open(io.BytesIO(data)) as other:
+            return f"image format {other.format} is not supported"
+    except Exception:  # noqa: BLE001 - any failure here means "not an image"
+        return "not an image (unrecognised data)"
+
+
 def load_image(path: str | Path, target: int | None = None, limit: int | None = None) -> Image.Image:
     """An image file decoded upright (EXIF orientation applied) as RGB; first frame if animated.
 
+    See ``decode_image``; the file is read with ``read_regular_file`` (no FIFOs, no devices).
+    """
+    return decode_image(read_regular_file(str(path)), target, limit)
+
+
+def decode_image(data: bytes, target: int | None = None, limit: int | None = None) -> Image.Image:
+    """Image bytes decoded upright (EXIF orientation applied) as RGB; first frame if animated.
+
     With ``target`` (the model's input size), JPEGs decode in draft mode and large images are
     box-reduced, never below twice ``target`` on either side: memory and time stay small and
-    the model sees the same pixels whether the image is indexed or used as a query. Images whose
-    decoded size would exceed ``limit`` pixels (default: ``max_pixels()``) raise BadInput.
+    the model sees the same pixels whether the image is indexed, used as a query or uploaded.
+    Images whose decoded size would exceed ``limit`` pixels (default: ``max_pixels()``), formats
+    outside ``image_formats()`` and undecodable data raise BadInput.
     """
-    _register_heif()
     limit = max_pixels() if limit is None else limit
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            data = read_regular_file(str(path))
             if not data:
                 raise BadInput("empty file")
-            with Image.open(io.BytesIO(data)) as img:
+            with open_image(data) as img:
                 img.seek(0)
                 check_decode_size(img, limit, target)
                 if target and img.format == "JPEG":

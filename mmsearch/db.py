@@ -115,6 +115,10 @@ class Root(Base):
     path: Mapped[str] = mapped_column(FsPath, primary_key=True)
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
     indexed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # How the root was scanned, so a bare `mmsearch index` scans it the same way again:
+    # {"exclude": [globs], "hidden": bool, "follow_links": bool, "link_targets": [real paths
+    # reached through symlinks that lead outside the root, when follow_links]}.
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class Meta(Base):
@@ -160,6 +164,20 @@ def make_engine(db_path: Path) -> SAEngine:
     event.listen(engine, "connect", _set_pragmas)
     event.listen(engine, "begin", _begin)
     return engine
+
+
+# Columns added after schema version 1 was first released: (table, column, SQL type). Databases
+# created before get them on open (``upgrade_schema``); new ones have them from the start.
+_ADDED_COLUMNS = (("roots", "options", "JSON"),)
+
+
+def upgrade_schema(engine: SAEngine) -> None:
+    """Add columns that databases written by earlier releases lack (idempotent, one transaction)."""
+    with engine.begin() as conn:
+        for table, column, kind in _ADDED_COLUMNS:
+            present = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({table})")}
+            if column not in present:
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def create_schema(engine: SAEngine) -> None:

@@ -30,6 +30,7 @@ from .corpus import BadInput, ScanOptions, load_image
 from .db import GENERATION, Item, Root, Tombstone, get_int, next_generation
 from .errors import ModelMismatchError, OnnxTextUnavailable, QueryError
 from .indexer import Indexer, IndexReport, Progress
+from .library import LibraryRoot
 from .model import Encoder, ModelSpec
 from .query import IMAGE, ITEM, TEXT, TYPES, Hit, QueryTerm, combine, parse_query, query_image_paths
 from .store import IndexStore, writer_lock
@@ -390,6 +391,12 @@ class Engine:
         with self.store.session() as session:
             item = session.get(Item, item_id)
             return _hit(0, 1.0, item) if item is not None else None
+
+    def roots(self) -> list[LibraryRoot]:
+        """The indexed folders and files with the options they are scanned with."""
+        with self.store.session() as session:
+            return [LibraryRoot.from_row(row.path, row.options)
+                    for row in session.scalars(select(Root).order_by(Root.path))]
 
     # -- description -------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:

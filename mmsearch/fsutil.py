@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -71,5 +73,51 @@ def path_from_db(stored: str) -> str:
 
 
 def printable_path(path: str) -> str:
-    """``path`` for display: undecodable bytes shown as U+FFFD, so it can be printed anywhere."""
-    return os.fsencode(path).decode("utf-8", errors="replace")
+    """``path`` for display: bytes that are not UTF-8 written as ``\\xNN`` escapes (readable,
+    valid UTF-8, and distinct for distinct names)."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+# Control characters (C0, DEL, C1) and the Unicode line/paragraph separators: a file name holding
+# them could move the cursor, clear the screen or forge output lines when printed raw.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``...), for human-readable output."""
+    def escape(match: re.Match) -> str:
+        ch = match.group(0)
+        return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch) or (
+            f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+    return _CONTROL_RE.sub(escape, text)
+
+
+def display_path(path: str) -> str:
+    """``path`` as shown in tables and messages: undecodable bytes and control characters escaped."""
+    return terminal_safe(printable_path(path))
+
+
+def path_is_exact_text(path: str) -> bool:
+    """True when ``path`` is valid Unicode text (no undecodable bytes), so JSON can hold it as is."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def path_fields(path: str, key: str = "path") -> dict[str, str]:
+    """JSON fields naming a file: ``key`` holds a readable, valid UTF-8 form of the name; when the
+    name is not valid UTF-8 (it held bytes that are not), ``<key>_bytes`` holds the exact name as
+    base64, so a program can recover it: ``os.fsdecode(base64.b64decode(value))``."""
+    if path_is_exact_text(path):
+        return {key: path}
+    return {key: printable_path(path), f"{key}_bytes": base64.b64encode(os.fsencode(path)).decode("ascii")}
+
+
+def path_from_fields(data: dict, key: str = "path") -> str:
+    """The exact file name that ``path_fields`` described (the inverse, for clients)."""
+    raw = data.get(f"{key}_bytes")
+    if raw:
+        return os.fsdecode(base64.b64decode(raw))
+    return data[key]

@@ -18,6 +18,7 @@ import numpy as np
 
 from .config import HEIF_EXTENSIONS, IMAGE_EXTENSIONS
 from .errors import QueryError
+from .fsutil import path_fields
 
 TEXT, IMAGE, ITEM = "text", "image", "item"
 TYPES = ("all", "image", "text")
@@ -59,8 +60,11 @@ class Hit:
     meta: dict[str, Any] | None = field(default=None)
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready fields. ``path`` is valid UTF-8 (readable form); a name that is not valid
+        UTF-8 also gets ``path_bytes``, the exact name in base64 (see ``fsutil.path_fields``)."""
         data = asdict(self)
         data["score"] = round(float(self.score), 6)
+        data.update(path_fields(self.path))
         return data
 
 

@@ -34,6 +34,7 @@ from .db import (
     get_int,
     make_engine,
     set_int,
+    upgrade_schema,
 )
 from .errors import IndexLockedError, IndexNotFoundError, IndexVersionError, IndexWriteError, NotAnIndexError
 from .fsutil import atomic_write_json
@@ -134,6 +135,7 @@ class IndexStore:
         try:
             with store.session() as session:
                 get_int(session, GENERATION)
+            upgrade_schema(store.engine)
         except (OperationalError, DatabaseError) as exc:
             store.close()
             raise NotAnIndexError(f"{folder / DB_FILE} is not a readable mmsearch database: {exc.orig}") from exc
