@@ -33,10 +33,13 @@ import numpy as np
 from sqlalchemy import func, select, text, update
 
 from .config import SCHEMA_VERSION
-from .corpus import FileEntry, file_kind, read_records
-from .db import GENERATION, Embedding, Item, Tombstone, get_int, next_generation, set_int
-from .errors import IndexVersionError, MMSearchError
-from .store import MANIFEST, IndexStore, embedding_chunks, vectors_from_blobs, writer_lock
+from .corpus import FileEntry, Record, file_kind, read_records
+from .db import GENERATION, Embedding, Item, Root, Tombstone, get_int, next_generation, set_int
+from .errors import DamagedManifestError, EmptyIndexError, IndexVersionError, MMSearchError
+from .fsutil import printable_path
+from .indexer import UNSEALED, Indexer
+from .library import LibraryRoot, under_any
+from .store import DB_FILE, MANIFEST, IndexStore, embedding_chunks, read_manifest, vectors_from_blobs, writer_lock
 from .vectors import VectorIndex, saved_generations
 
 _TEMP_RE = re.compile(r"^\.(vectors\.g\d+\.faiss|manifest\.json)\..*\.tmp$")
@@ -59,6 +62,8 @@ class CheckReport:
     index: str
     items: int = 0
     problems: list[Problem] = field(default_factory=list)
+    # What is worth knowing but is not damage (items waiting for an unavailable folder...).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -66,8 +71,10 @@ class CheckReport:
         return all(p.repaired for p in self.problems)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "items": self.items, "ok": self.ok,
-                "problems": [asdict(p) for p in self.problems]}
+        return {"index": printable_path(self.index), "items": self.items, "ok": self.ok,
+                "problems": [dict(asdict(p), detail=printable_path(p.detail), examples=[printable_path(e) for e in p.examples])
+                             for p in self.problems],
+                "notes": [printable_path(n) for n in self.notes]}
 
 
 def _problem(report: CheckReport, kind: str, detail: str, examples: list[str] | None = None,
@@ -84,7 +91,11 @@ def _removable_files(report: CheckReport, kind: str, detail: str, paths: list[Pa
     problem = _problem(report, kind, detail, [p.name for p in paths], count=len(paths))
     if repair:
         for path in paths:
-            path.unlink(missing_ok=True)
+            if path.is_dir() and not path.is_symlink():
+                # Not ours to delete: moved out of the way of the file names mmsearch writes.
+                path.rename(path.with_name(f"{path.name}.damaged-{os.getpid()}"))
+            else:
+                path.unlink(missing_ok=True)
         problem.repaired = True
 
 
@@ -105,15 +116,20 @@ def check_folder(
     report = CheckReport(str(folder))
     try:
         store = IndexStore.open(folder)
+    except EmptyIndexError:
+        raise  # nothing to check: say so in one line
     except IndexVersionError as exc:
         _problem(report, "schema", str(exc), repairable=False)
         return report
     except MMSearchError as exc:
         if not folder.exists():
             raise
-        kind = "manifest" if not (folder / MANIFEST).is_file() or "manifest" in str(exc) or MANIFEST in str(exc) else "database"
-        _problem(report, kind, str(exc), repairable=False)
-        return report
+        if _manifest_readable(folder) and not isinstance(exc, DamagedManifestError):
+            _problem(report, "database", str(exc), repairable=False)
+            return report
+        store = _manifest_problem(folder, report, exc, repair, wait)
+        if store is None:
+            return report
     try:
         if repair:
             with writer_lock(folder, wait):
@@ -123,6 +139,35 @@ def check_folder(
     finally:
         store.close()
     return report
+
+
+def _manifest_readable(folder: Path) -> bool:
+    try:
+        read_manifest(folder)
+    except MMSearchError:
+        return False
+    return True
+
+
+def _manifest_problem(folder: Path, report: CheckReport, exc: MMSearchError, repair: bool, wait: float) -> IndexStore | None:
+    """Report a missing, unreadable or damaged manifest; with ``repair``, rebuild it from the
+    model identity the database records and return the reopened store."""
+    if not (folder / DB_FILE).is_file():
+        _problem(report, "manifest", str(exc), repairable=False)
+        return None
+    recorded = IndexStore.recorded_model_of(folder)
+    if recorded is None:
+        _problem(report, "manifest", f"{exc} (this index's database predates the copy of the model identity it "
+                                     f"keeps now, so the manifest cannot be rebuilt)", repairable=False)
+        return None
+    problem = _problem(report, "manifest", str(exc))
+    if not repair:
+        return None
+    with writer_lock(folder, wait):
+        IndexStore.rebuild_manifest(folder, recorded)
+    problem.repaired = True
+    problem.detail += " (rebuilt from the database)"
+    return IndexStore.open(folder)
 
 
 def _check(store: IndexStore, report: CheckReport, *, repair: bool, encoder_factory) -> None:
@@ -147,7 +192,7 @@ def _check(store: IndexStore, report: CheckReport, *, repair: bool, encoder_fact
     reembed = _check_rows(store, report, repair)
     reembed += _check_files(store, report, repair)
     if repair and reembed:
-        _reembed(store, reembed, encoder_factory)
+        _reembed(store, reembed, encoder_factory, report)
     _check_vectors(store, report, repair)
     if repair:
         with store.session() as session:
@@ -191,6 +236,11 @@ def _check_rows(store: IndexStore, report: CheckReport, repair: bool) -> list[in
                     bad.append(item_id)
     bad = [i for i in bad if i not in set(orphans)]
     reembed: list[int] = []
+    waiting = _under_unavailable_roots(store, missing)
+    if waiting:
+        report.notes.append(f"{len(waiting)} item(s) under folders that cannot be read now wait for their vectors "
+                            f"(the index's model changed); the next `mmsearch index` after the folder is back embeds them")
+        missing = [i for i in missing if i not in waiting]
     if missing:
         problem = _problem(report, "missing_vector", f"{len(missing)} item(s) have no vector",
                            [str(i) for i in missing], count=len(missing))
@@ -221,6 +271,7 @@ def _check_files(store: IndexStore, report: CheckReport, repair: bool) -> list[i
     changed: list[int] = []
     changed_paths: list[str] = []
     stats: dict[str, os.stat_result | None] = {}
+    unavailable = tuple(r.path for r in _roots(store) if not os.path.exists(r.path))
     with store.session() as session:
         for item_id, path, size, mtime_ns in session.execute(
             select(Item.id, Item.path, Item.size, Item.mtime_ns).order_by(Item.path, Item.id)
@@ -234,7 +285,8 @@ def _check_files(store: IndexStore, report: CheckReport, repair: bool) -> list[i
                     continue  # unreadable now (permissions, unmounted): not evidence it is gone
             st = stats[path]
             if st is None:
-                vanished.append((item_id, path))
+                if not under_any(path, unavailable):  # a missing root is unmounted, not emptied
+                    vanished.append((item_id, path))
             elif st.st_size != size or st.st_mtime_ns != mtime_ns:
                 changed.append(item_id)
                 if path not in changed_paths:
@@ -263,49 +315,79 @@ def _drop(store: IndexStore, ids: list[int]) -> None:
             session.execute(update(Tombstone).where(Tombstone.item_id.in_(chunk)).values(gen=gen))
 
 
-def _reembed(store: IndexStore, ids: list[int], encoder_factory) -> None:
-    """Read the files of ``ids`` again and embed them; items that cannot be read are dropped."""
-    from .indexer import _UNSEALED, Indexer, _Job
-
+def _reembed(store: IndexStore, ids: list[int], encoder_factory, report: CheckReport) -> None:
+    """Read the files of ``ids`` again and embed them, under the indexing run's policy: a file
+    that is gone, or whose content can no longer be decoded, loses its items; one that cannot be
+    read now (permissions, I/O) keeps them as they are. Both outcomes are reported."""
     by_path: dict[str, dict[str, int]] = {}
     with store.session() as session:
         for item_id, path, locator in session.execute(
             select(Item.id, Item.path, Item.locator).where(Item.id.in_(ids))
         ):
             by_path.setdefault(path, {})[locator] = item_id
-    jobs: list[_Job] = []
-    drop: list[int] = []
+    items: list[tuple[int, Record]] = []
+    drop: list[tuple[int, str, str]] = []
+    kept: list[str] = []
     for path, locators in by_path.items():
         kind = file_kind(path)
         try:
             st = os.stat(path)
-        except OSError:
-            drop.extend(locators.values())
+        except FileNotFoundError:
+            drop.extend((i, path, "file no longer exists") for i in locators.values())
+            continue
+        except OSError as exc:
+            kept.append(f"{path}: {exc.strerror or exc}")
             continue
         if kind is None:
-            drop.extend(locators.values())
+            drop.extend((i, path, "not a supported file type") for i in locators.values())
             continue
-        records, _ = read_records(FileEntry(path, st.st_size, st.st_mtime_ns, kind))
+        records, skips = read_records(FileEntry(path, st.st_size, st.st_mtime_ns, kind))
+        if not records and skips and any(s.protects for s in skips):
+            kept.append(f"{path}: {skips[0].reason}")
+            continue
         found = {r.locator: r for r in records}
         if kind == "jsonl" and set(found) - set(locators):
             # Lines not in the index yet: leave the file marked unfinished so `index` adds them.
             for record in records:
-                record.mtime_ns = _UNSEALED
+                record.mtime_ns = UNSEALED
+        reason = skips[0].reason if skips else "no longer in the file"
         for locator, item_id in locators.items():
             if locator in found:
-                jobs.append(_Job(found[locator], item_id))
+                items.append((item_id, found[locator]))
             else:
-                drop.append(item_id)
+                drop.append((item_id, path, reason))
     if drop:
-        _drop(store, drop)
-    if not jobs:
+        _drop(store, [i for i, _, _ in drop])
+        _problem(report, "unusable_file", f"{len(drop)} item(s) removed: their files are gone or can no longer be decoded",
+                 [f"{p}: {why}" for _, p, why in drop], count=len(drop)).repaired = True
+    for line in kept:
+        report.notes.append(f"kept as indexed (cannot be read now): {line}")
+    if not items:
         return
     if encoder_factory is None:
         raise MMSearchError("re-embedding needs the index's model, and none was given")
-    vectors = _synced_vectors(store)
-    indexer = Indexer(store, lambda: encoder_factory(store), vectors)
-    indexer._encode_all(jobs)
-    store.save_vectors(indexer.vectors)
+    indexer = Indexer(store, lambda: encoder_factory(store), _synced_vectors(store))
+    done = indexer.reembed(items)
+    if done.skipped:
+        _problem(report, "unusable_file", f"{len(done.skipped)} file(s) could not be decoded again; their items were removed",
+                 [f"{s.path}: {s.reason}" for s in done.skipped], count=len(done.skipped)).repaired = True
+
+
+def _roots(store: IndexStore) -> list[LibraryRoot]:
+    with store.session() as session:
+        return [LibraryRoot.from_row(r.path, r.options) for r in session.scalars(select(Root))]
+
+
+def _under_unavailable_roots(store: IndexStore, ids: list[int]) -> set[int]:
+    """Those of ``ids`` whose items lie under a root that cannot be read now."""
+    if not ids:
+        return set()
+    unavailable = tuple(r.path for r in _roots(store) if not os.path.exists(r.path))
+    if not unavailable:
+        return set()
+    with store.session() as session:
+        rows = session.execute(select(Item.id, Item.path).where(Item.id.in_(ids))).all()
+    return {item_id for item_id, path in rows if under_any(path, unavailable)}
 
 
 def _synced_vectors(store: IndexStore) -> VectorIndex:
@@ -324,6 +406,8 @@ def _check_vectors(store: IndexStore, report: CheckReport, repair: bool) -> None
     ahead: list[Path] = []
     for gen, path in saved_generations(store.folder):
         try:
+            if not path.is_file():
+                raise RuntimeError(f"{path.name} is not a file")
             index = faiss.read_index(str(path))
         except RuntimeError:
             damaged.append(path)
@@ -347,7 +431,10 @@ def _check_vectors(store: IndexStore, report: CheckReport, repair: bool) -> None
             store.fit_vectors(None, force=True)
             problem.repaired = True
     elif repair and any(p.repaired for p in report.problems):
-        store.save_vectors(vectors)  # persist the caught-up state after the repairs above
+        # Persist the caught-up state after the repairs above; the manifest's vector_index entry
+        # (what `mmsearch info` shows) follows the vectors it describes.
+        store.save_vectors(store.fit_vectors(vectors))
+        store.update_manifest()
 
 
 def _compare(store: IndexStore, session, vectors: VectorIndex) -> str | None:

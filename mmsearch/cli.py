@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +23,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .corpus import Skip
-from .errors import MMSearchError
-from .fsutil import printable_path
+from .errors import MMSearchError, QueryError
+from .fsutil import display_path, printable_path, terminal_safe
 
 app = typer.Typer(
     name="mmsearch",
@@ -35,6 +37,22 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # errors stay on one line
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"mmsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, metavar="",
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Cross-modal search over your images and texts: index a folder, then query it with words, pictures, or both."""
+
+
 def _friendly_errors(func: Callable) -> Callable:
     """The one place where library errors become CLI errors."""
 
@@ -43,7 +61,7 @@ def _friendly_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except MMSearchError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}")
+            err.print(Text(f"error: {display_path(str(exc))}"), style="bold red")
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/]")
@@ -62,18 +80,18 @@ def command(*args: Any, **kwargs: Any) -> Callable:
 # -- shared options ------------------------------------------------------------------------------
 IndexOpt = Annotated[
     Optional[Path],
-    typer.Option("--index", "-i", help="Index folder \\[default: $MMSEARCH_INDEX or ./indexes/default].", show_default=False),
+    typer.Option("--index", "-i", metavar="DIR", help="Index folder \\[default: $MMSEARCH_INDEX or ./indexes/default].", show_default=False),
 ]
 ModelOpt = Annotated[
     Optional[str],
-    typer.Option("--model", "-m", help="open_clip model name, JSON config path, hf-hub:ORG/REPO, local-dir:PATH, or a `mmsearch train` folder \\[default: the index's model, else ViT-B-32]."),
+    typer.Option("--model", "-m", metavar="NAME", help="open_clip model name, JSON config path, hf-hub:ORG/REPO, local-dir:PATH, or a `mmsearch train` folder \\[default: the index's model, else ViT-B-32]."),
 ]
 PretrainedOpt = Annotated[
     Optional[str],
-    typer.Option("--pretrained", "-p", help="Pretrained tag (e.g. laion2b_s34b_b79k), checkpoint file, or 'none' for random weights."),
+    typer.Option("--pretrained", "-p", metavar="WEIGHTS", help="Pretrained tag (e.g. laion2b_s34b_b79k), checkpoint file, or 'none' for random weights."),
 ]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cuda, mps or cpu \\[default: best available].")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", help="cuda, mps or cpu \\[default: best available].")]
+JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON document instead of a table.")]
 
 
 def _engine(index: Path | None, model: str | None = None, pretrained: str | None = None, device: str | None = None, **kwargs: Any):
@@ -112,26 +130,30 @@ class RichProgress:
             self.bar.advance(self.task, n)
 
     def skip(self, skip: Skip) -> None:
-        self.console.print(Text(f"skipped {printable_path(skip.path)}: {skip.reason}", style="yellow"))
+        self.console.print(Text(f"skipped {display_path(skip.path)}: {skip.reason}", style="yellow"))
+
+    def note(self, message: str) -> None:
+        self.console.print(Text(message, style="bold yellow"))
 
 
 # -- commands ------------------------------------------------------------------------------------
 @command("index")
 def index_cmd(
-    paths: Annotated[Optional[list[Path]], typer.Argument(help="Folders or files to index \\[default: every folder indexed before].", show_default=False)] = None,
+    paths: Annotated[Optional[list[Path]], typer.Argument(metavar="PATHS", help="Folders or files to index \\[default: every folder indexed before, with the options it was indexed with].", show_default=False)] = None,
     index: IndexOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = None,
-    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="Glob of files or folders to leave out (repeatable), e.g. '*.gif' or 'raw/*'.")] = None,
-    hidden: Annotated[bool, typer.Option("--hidden", help="Also index hidden files and folders (names starting with '.').")] = False,
-    reembed: Annotated[bool, typer.Option("--reembed", help="Allow a different model than the index's: embed everything again.")] = False,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Items per encoder batch \\[default: 32 on CPU, 256 on GPU].")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Threads decoding images \\[default: CPU count, at most 8].")] = None,
-    wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for another indexing run on the same index (-1: forever).")] = 0.0,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", "-x", metavar="GLOB", help="Files or folders to leave out (repeatable), e.g. '*.gif' or 'raw/*'; remembered for PATHS.")] = None,
+    hidden: Annotated[bool, typer.Option("--hidden", metavar="", help="Also index hidden files and folders (names starting with '.'); remembered for PATHS.")] = False,
+    follow_links: Annotated[bool, typer.Option("--follow-links", metavar="", help="Follow symlinks that lead outside PATHS (loops are detected); remembered for PATHS. Without it such links are skipped with a message.")] = False,
+    reembed: Annotated[bool, typer.Option("--reembed", metavar="", help="Allow a different model than the index's: embed everything again.")] = False,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, metavar="N", help="Items per encoder batch \\[default: 32 on CPU, 256 on GPU].")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, metavar="N", help="Worker processes decoding images \\[default: CPU count, at most 8].")] = None,
+    wait: Annotated[float, typer.Option("--wait", metavar="SECONDS", help="Seconds to wait for another indexing run on the same index (-1: forever).")] = 0.0,
     as_json: JsonOpt = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    index_type: Annotated[Optional[str], typer.Option("--index-type", help="Expert: vector index auto, flat (exact), ivf-sq8 or ivf-pq (approximate, re-ranked exactly); remembered, and the vectors are rebuilt from stored embeddings when it changes \\[default: the index's choice, auto].", show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
+    index_type: Annotated[Optional[str], typer.Option("--index-type", metavar="TYPE", help="Expert: vector index auto, flat (exact), ivf-sq8 or ivf-pq (approximate, re-ranked exactly); remembered, and the vectors are rebuilt from stored embeddings when it changes \\[default: the index's choice, auto].", show_default=False)] = None,
 ) -> None:
     """Embed new and changed images and texts under PATHS; remove what was deleted."""
     with _engine(index, model, pretrained, device, batch_size=batch_size, workers=workers) as engine:
@@ -139,13 +161,18 @@ def index_cmd(
         with progress:
             report = engine.add(
                 [str(p) for p in paths] if paths else None,
-                exclude=exclude or (), include_hidden=hidden, reembed=reembed, wait=wait, progress=progress,
-                index_type=index_type,
+                exclude=exclude or (), include_hidden=hidden, follow_links=follow_links, reembed=reembed,
+                wait=wait, progress=progress, index_type=index_type,
             )
     if as_json:
-        out.print_json(json.dumps(report.as_dict()))
+        _write_json(report.as_dict())
     else:
         out.print(report.summary())
+
+
+def _write_json(data: Any) -> None:
+    """One JSON document on stdout, always valid UTF-8 (file names come as ``path_fields``)."""
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
 
 
 class _QuietProgress:
@@ -167,29 +194,41 @@ class _QuietProgress:
         pass
 
     def skip(self, skip: Skip) -> None:
-        self.console.print(Text(f"skipped {printable_path(skip.path)}: {skip.reason}"))
+        self.console.print(Text(f"skipped {display_path(skip.path)}: {skip.reason}"))
+
+    def note(self, message: str) -> None:
+        self.console.print(Text(message))
+
+
+TYPE_CHOICES = ("all", "image", "text")
 
 
 @command("query")
 def query_cmd(
-    terms: Annotated[list[str], typer.Argument(help="Texts and image paths, e.g. \"2:beach\" + ./dog.jpg - people", show_default=False)],
+    terms: Annotated[list[str], typer.Argument(metavar="TERMS", help="Texts and image paths, e.g. \"2:beach\" + ./dog.jpg - people", show_default=False)],
     index: IndexOpt = None,
-    top: Annotated[int, typer.Option("--top", "-k", min=1, help="Number of results.")] = 10,
-    type: Annotated[str, typer.Option("--type", "-t", help="Result type: image, text or all.")] = "all",
-    min_score: Annotated[Optional[float], typer.Option("--min-score", help="Leave out results scoring below this cosine similarity.")] = None,
-    under: Annotated[Optional[Path], typer.Option("--under", help="Only results inside this folder.")] = None,
-    image: Annotated[bool, typer.Option("--image", help="Treat every term as an image path.")] = False,
-    text: Annotated[bool, typer.Option("--text", help="Treat every term as text, even if it names a file.")] = False,
-    include_self: Annotated[bool, typer.Option("--include-self", help="Let a query image appear in its own results.")] = False,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, metavar="N", help="Number of results.")] = 10,
+    type: Annotated[str, typer.Option("--type", "-t", metavar="TYPE", help="Result type: image, text or all.")] = "all",
+    min_score: Annotated[Optional[float], typer.Option("--min-score", metavar="SCORE", help="Leave out results scoring below this cosine similarity.")] = None,
+    under: Annotated[Optional[Path], typer.Option("--under", metavar="DIR", help="Only results inside this folder.")] = None,
+    image: Annotated[bool, typer.Option("--image", metavar="", help="Treat every term as an image path.")] = False,
+    text: Annotated[bool, typer.Option("--text", metavar="", help="Treat every term as text, even if it names a file.")] = False,
+    include_self: Annotated[bool, typer.Option("--include-self", metavar="", help="Let a query image appear in its own results.")] = False,
     as_json: JsonOpt = False,
-    paths: Annotated[bool, typer.Option("--paths", help="Print matching paths only, one per line (for piping).")] = False,
+    paths: Annotated[bool, typer.Option("--paths", metavar="", help="Print matching paths only, one per line (control characters and undecodable bytes escaped; use -0 for exact names).")] = False,
+    print0: Annotated[bool, typer.Option("--print0", "-0", metavar="", help="Print matching paths exactly as they are on disk, each followed by a NUL byte (for xargs -0).")] = False,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Search the index with texts, images, or a weighted combination of both."""
+    # Checked before anything starts (the text encoder's preload below), each in one line.
     if image and text:
-        raise typer.BadParameter("--image and --text exclude each other")
+        raise QueryError("--image and --text exclude each other")
+    if type not in TYPE_CHOICES:
+        raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPE_CHOICES)}")
+    if min_score is not None and not math.isfinite(min_score):
+        raise QueryError(f"--min-score must be a finite number, not {min_score}")
     if model is None and pretrained is None:
         from . import onnx_text
         from .config import default_index_dir
@@ -207,25 +246,19 @@ def query_cmd(
             include_query=include_self, force="image" if image else "text" if text else None,
         )
     if as_json:
-        _write_raw(json.dumps({"query": terms, "hits": [h.as_dict() for h in hits]}, ensure_ascii=False) + "\n")
-    elif paths:
-        seen: set[str] = set()
-        for hit in hits:
-            if hit.path not in seen:
-                seen.add(hit.path)
-                _write_raw(hit.path + "\n")
+        doc = {"query": [printable_path(t) for t in terms], "hits": [h.as_dict() for h in hits]}
+        if not hits:
+            doc["why_empty"] = hits.why_empty
+        _write_json(doc)
+    elif paths or print0:
+        for path in dict.fromkeys(hit.path for hit in hits):
+            if print0:
+                sys.stdout.buffer.write(os.fsencode(path) + b"\0")
+            else:
+                sys.stdout.write(display_path(path) + "\n")
+        sys.stdout.flush()
     else:
         _print_hits(hits)
-
-
-def _write_raw(text: str) -> None:
-    """Write to stdout; file names with undecodable bytes come out as their original bytes."""
-    try:
-        sys.stdout.write(text)
-    except UnicodeEncodeError:
-        sys.stdout.flush()
-        sys.stdout.buffer.write(text.encode(sys.stdout.encoding or "utf-8", "surrogateescape"))
-        sys.stdout.buffer.flush()
 
 
 def _snippet(text: str | None, width: int = 80) -> str:
@@ -237,7 +270,8 @@ def _snippet(text: str | None, width: int = 80) -> str:
 
 def _print_hits(hits) -> None:
     if not hits:
-        err.print("no results")
+        why = getattr(hits, "why_empty", None)
+        err.print(Text("no results" + (f": {why}" if why else "")))
         return
     table = Table(show_edge=False, header_style="bold")
     table.add_column("#", justify="right")
@@ -246,8 +280,8 @@ def _print_hits(hits) -> None:
     table.add_column("path", overflow="fold")
     table.add_column("text", overflow="fold")
     for hit in hits:
-        where = printable_path(hit.path) + (f":{hit.locator}" if hit.locator else "")
-        table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.modality, Text(where), Text(_snippet(hit.text)))
+        where = display_path(hit.path) + (f":{hit.locator}" if hit.locator else "")
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.modality, Text(where), Text(terminal_safe(_snippet(hit.text))))
     out.print(table)
 
 
@@ -256,8 +290,10 @@ def info_cmd(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
     """Show what is in an index: counts, roots, model, vector index and sizes."""
     with _engine(index) as engine:
         info = engine.info()
+    info["index"] = printable_path(info["index"])
+    info["roots"] = [printable_path(r) for r in info["roots"]]
     if as_json:
-        sys.stdout.write(json.dumps(info, default=str) + "\n")
+        _write_json(info)
         return
     model = info["model"]
     rows = [
@@ -266,7 +302,7 @@ def info_cmd(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
         ("model", f"{model['name']} [{model.get('pretrained') or 'random init'}]"),
         ("dimension", str(info["dim"])),
         ("vector index", _describe_vector_index(info["vector_index"]) + ("" if info["vectors_up_to_date"] else " (file behind database; synced on open)")),
-        ("roots", "\n".join(info["roots"]) or "-"),
+        ("roots", "\n".join(terminal_safe(r) for r in info["roots"]) or "-"),
         ("disk", _human_bytes(info["disk_bytes"])),
         ("schema", str(info["schema_version"])),
         ("updated", str(info["updated_at"])),
@@ -316,15 +352,17 @@ def check_cmd(
         encoder_factory=lambda store: Encoder(ModelSpec.from_manifest(store.manifest["model"]), device),
     )
     if as_json:
-        sys.stdout.write(json.dumps(report.as_dict(), ensure_ascii=False) + "\n")
+        _write_json(report.as_dict())
     else:
         for problem in report.problems:
             state = "repaired" if problem.repaired else ("repairable with --repair" if problem.repairable else "not repairable")
-            err.print(Text(f"{problem.kind}: {problem.detail} [{state}]"))
+            err.print(Text(f"{problem.kind}: {display_path(problem.detail)} [{state}]"))
             for example in problem.examples:
-                err.print(Text(f"    {example}"))
+                err.print(Text(f"    {display_path(example)}"))
+        for note in report.notes:
+            err.print(Text(f"note: {display_path(note)}"))
         verdict = "ok" if not report.problems else ("repaired" if report.ok else "damaged")
-        out.print(f"{report.index}: {verdict} ({report.items} items, {len(report.problems)} problem(s))")
+        out.print(Text(f"{display_path(report.index)}: {verdict} ({report.items} items, {len(report.problems)} problem(s))"))
     if not report.ok:
         raise typer.Exit(1)
 
@@ -504,7 +542,22 @@ def train_cmd(
 
 
 def main() -> None:
-    app()
+    """The console script: usage errors become one line (``error: ...``) with exit code 2."""
+    import click
+
+    try:
+        code = app(standalone_mode=False)
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        err.print(Text(f"error: {exc.format_message()}{hint}"), style="bold red")
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        err.print("[bold red]interrupted[/]")
+        sys.exit(130)
+    except click.ClickException as exc:
+        err.print(Text(f"error: {exc.format_message()}"), style="bold red")
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

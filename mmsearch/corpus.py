@@ -22,6 +22,7 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .library import LibraryRoot, under_any, within
 from .config import (
     HEIF_EXTENSIONS,
     IMAGE_EXTENSIONS,
@@ -76,10 +77,17 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class Skip:
-    """An input that was not indexed, and why."""
+    """An input that was not indexed, and why.
+
+    ``protects``: whether items indexed earlier under ``path`` are kept. True when the path
+    cannot be read *now* (permissions, an unmounted disk): that is no evidence it is gone. False
+    when what is there is known not to belong in the index (a broken symlink, a link that is not
+    followed, a file whose content can no longer be decoded): earlier items of it are removed.
+    """
 
     path: str
     reason: str
+    protects: bool = True
 
 
 @dataclass
@@ -104,15 +112,19 @@ class Record:
 
 @dataclass
 class ScanOptions:
+    """How plain paths given to ``scan`` are walked (a ``LibraryRoot`` carries its own)."""
+
     include_hidden: bool = False
     exclude: Sequence[str] = ()
-    follow_symlinks: bool = False  # for folders; file symlinks are always read through
+    follow_symlinks: bool = False  # follow symlinks that lead outside the root
 
 
 @dataclass
 class ScanResult:
     files: list[FileEntry] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
+    # Root path -> real paths outside it reached through followed symlinks (``--follow-links``).
+    link_targets: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _excluded(path: str, root: str, patterns: Sequence[str]) -> bool:
@@ -123,57 +135,120 @@ def _excluded(path: str, root: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(name, pat) or fnmatch.fnmatch(path, pat) for pat in patterns)
 
 
-def scan(roots: Sequence[str | Path], options: ScanOptions | None = None) -> ScanResult:
-    """Every indexable file under ``roots`` (files may be named directly), sorted by path."""
+NOT_FOLLOWED = "not followed (index with --follow-links to include it)"
+
+
+def scan(roots: Sequence[str | Path | LibraryRoot], options: ScanOptions | None = None,
+         never: Sequence[str] = ()) -> ScanResult:
+    """Every indexable file under ``roots`` (files may be named directly), sorted by path.
+
+    ``roots`` are ``LibraryRoot`` objects (each with its own options) or plain paths, walked
+    with ``options``. ``never``: absolute paths left out silently (the index folder itself).
+    Symlinks follow the library rule (``mmsearch.library``): one leading inside its root is
+    read where it points (a file) or left alone (a folder: its contents are indexed under their
+    real path); one leading outside is skipped with a reason unless the root follows links.
+    """
     options = options or ScanOptions()
     result = ScanResult()
     seen: set[str] = set()
-    for root in roots:
-        root_abs = os.path.abspath(os.path.expanduser(str(root)))
+
+    def keep(entry: FileEntry) -> None:
+        if entry.path not in seen:
+            seen.add(entry.path)
+            result.files.append(entry)
+
+    for given in roots:
+        root = given if isinstance(given, LibraryRoot) else LibraryRoot(
+            os.path.abspath(os.path.expanduser(str(given))), tuple(options.exclude),
+            options.include_hidden, options.follow_symlinks)
+        root_abs = root.path
         if os.path.isdir(root_abs):
-            for entry in _walk(root_abs, root_abs, options, result.skipped, set()):
-                if entry.path not in seen:
-                    seen.add(entry.path)
-                    result.files.append(entry)
+            walker = _Walker(root, never, result.skipped)
+            for entry in walker.walk(root_abs, frozenset()):
+                keep(entry)
+            result.link_targets[root_abs] = sorted(walker.link_targets)
         elif os.path.lexists(root_abs):
             entry = _file_entry(root_abs, result.skipped, named=True)
-            if entry and entry.path not in seen:
-                seen.add(entry.path)
-                result.files.append(entry)
+            if entry:
+                keep(entry)
         else:
             result.skipped.append(Skip(root_abs, "no such file or folder"))
     result.files.sort(key=lambda e: e.path)
     return result
 
 
-def _walk(folder: str, root: str, options: ScanOptions, skipped: list[Skip], active: set) -> Iterator[FileEntry]:
-    try:
-        folder_stat = os.stat(folder)
-        key = (folder_stat.st_dev, folder_stat.st_ino)
-        if key in active:  # symlink loop
-            skipped.append(Skip(folder, "symlink loop"))
-            return
-        active = active | {key}
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as exc:
-        skipped.append(Skip(folder, f"cannot list folder: {exc.strerror or exc}"))
-        return
-    for entry in entries:
-        if not options.include_hidden and entry.name.startswith("."):
-            continue
-        if _excluded(entry.path, root, options.exclude):
-            continue
+class _Walker:
+    """One root's folder walk, applying its options and the library rule for symlinks."""
+
+    def __init__(self, root: LibraryRoot, never: Sequence[str], skipped: list[Skip]):
+        self.root = root
+        self.real_root = os.path.realpath(root.path)
+        self.never = tuple(never)
+        self.skipped = skipped
+        self.link_targets: set[str] = set()
+        self.walked: set[tuple[int, int]] = set()  # folders walked already (reached twice by links)
+
+    def walk(self, folder: str, active: frozenset) -> Iterator[FileEntry]:
         try:
-            is_dir = entry.is_dir(follow_symlinks=options.follow_symlinks)
+            folder_stat = os.stat(folder)
+            key = (folder_stat.st_dev, folder_stat.st_ino)
+            if key in self.walked:
+                return
+            self.walked.add(key)
+            active = active | {key}
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            self.skipped.append(Skip(folder, f"cannot list folder: {exc.strerror or exc}"))
+            return
+        for entry in entries:
+            if not self.root.hidden and entry.name.startswith("."):
+                continue
+            if _excluded(entry.path, self.root.path, self.root.exclude) or under_any(entry.path, self.never):
+                continue
+            try:
+                is_link = entry.is_symlink()
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_link = is_dir = False
+            if is_link:
+                yield from self._link(entry.path, active)
+            elif is_dir:
+                yield from self.walk(entry.path, active)
+            elif file_kind(entry.name):
+                found = _file_entry(entry.path, self.skipped)
+                if found:
+                    yield found
+
+    def _link(self, path: str, active: frozenset) -> Iterator[FileEntry]:
+        target = os.path.realpath(path)
+        inside = within(target, self.real_root)
+        try:
+            st = os.stat(path)
         except OSError:
-            is_dir = False
-        if is_dir:
-            yield from _walk(entry.path, root, options, skipped, active)
-        elif file_kind(entry.name):
-            found = _file_entry(entry.path, skipped)
-            if found:
-                yield found
+            st = None  # broken or looping: reported below for files mmsearch would index
+        if st is not None and stat_mod.S_ISDIR(st.st_mode):
+            if inside:
+                return  # its contents are indexed under their real path
+            if (st.st_dev, st.st_ino) in active or under_any(self.real_root, [target]):
+                self.skipped.append(Skip(path, f"symlink loop: leads back to {target}", protects=False))
+                return
+            if not self.root.follow_links:
+                self.skipped.append(Skip(path, f"symlinked folder outside the indexed folder, {NOT_FOLLOWED}", protects=False))
+                return
+            self.link_targets.add(target)
+            yield from self.walk(path, active)
+            return
+        if not file_kind(path):
+            return
+        if st is not None and not inside:
+            if not self.root.follow_links:
+                self.skipped.append(Skip(path, f"symlink to a file outside the indexed folder, {NOT_FOLLOWED}", protects=False))
+                return
+            self.link_targets.add(target)
+        found = _file_entry(path, self.skipped)
+        if found:
+            yield found
 
 
 def _file_entry(path: str, skipped: list[Skip], named: bool = False) -> FileEntry | None:
@@ -186,15 +261,14 @@ def _file_entry(path: str, skipped: list[Skip], named: bool = False) -> FileEntr
         st = os.stat(path)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            reason = "symlink loop"
+            skipped.append(Skip(path, "symlink loop", protects=False))
         elif os.path.islink(path) and isinstance(exc, FileNotFoundError):
-            reason = "broken symlink"
+            skipped.append(Skip(path, "broken symlink", protects=False))
         else:
-            reason = exc.strerror or str(exc)
-        skipped.append(Skip(path, reason))
+            skipped.append(Skip(path, exc.strerror or str(exc)))
         return None
     if not stat_mod.S_ISREG(st.st_mode):
-        skipped.append(Skip(path, "not a regular file"))
+        skipped.append(Skip(path, "not a regular file", protects=False))
         return None
     return FileEntry(path, st.st_size, st.st_mtime_ns, kind)
 
@@ -202,7 +276,19 @@ def _file_entry(path: str, skipped: list[Skip], named: bool = False) -> FileEntr
 # -- reading files into records ------------------------------------------------------------------
 
 class BadInput(Exception):
-    """A file that cannot be indexed; the message is the reason shown to the user."""
+    """A file that cannot be indexed; the message is the reason shown to the user.
+
+    ``transient``: the file could not be *read* now (permissions, an I/O error), which says
+    nothing about its content, so what was indexed from it before is kept. Otherwise its content
+    is unusable (or it is gone) and earlier items of it are removed.
+    """
+
+    def __init__(self, reason: str, transient: bool = False):
+        super().__init__(reason)
+        self.transient = transient
+
+    def skip(self, path: str) -> Skip:
+        return Skip(path, str(self), protects=self.transient)
 
 
 def read_regular_file(path: str, limit: int | None = None) -> bytes:
@@ -217,11 +303,11 @@ def read_regular_file(path: str, limit: int | None = None) -> bytes:
         reason = "broken symlink" if os.path.islink(path) else "file disappeared after it was listed"
         raise BadInput(reason) from exc
     except PermissionError as exc:
-        raise BadInput("permission denied") from exc
+        raise BadInput("permission denied", transient=True) from exc
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise BadInput("symlink loop") from exc
-        raise BadInput(exc.strerror or str(exc)) from exc
+        raise BadInput(exc.strerror or str(exc), transient=True) from exc
     try:
         st = os.fstat(fd)
         if not stat_mod.S_ISREG(st.st_mode):
@@ -238,7 +324,7 @@ def read_regular_file(path: str, limit: int | None = None) -> bytes:
                 chunks.append(chunk)
         return b"".join(chunks)
     except OSError as exc:
-        raise BadInput(f"read error: {exc.strerror or exc}") from exc
+        raise BadInput(f"read error: {exc.strerror or exc}", transient=True) from exc
     finally:
         if fd >= 0:
             os.close(fd)
@@ -248,16 +334,13 @@ def read_records(entry: FileEntry) -> tuple[list[Record], list[Skip]]:
     """The records in one file plus the parts of it that had to be skipped."""
     try:
         data = read_regular_file(entry.path)
-    except BadInput as exc:
-        return [], [Skip(entry.path, str(exc))]
-    try:
         if entry.kind == "image":
             return [_image_record(entry, data)], []
         if entry.kind == "text":
             return [_text_record(entry, data)], []
         return _jsonl_records(entry, data)
     except BadInput as exc:
-        return [], [Skip(entry.path, str(exc))]
+        return [], [exc.skip(entry.path)]
 
 
 def _image_record(entry: FileEntry, data: bytes) -> Record:
@@ -375,14 +458,14 @@ def _jsonl_records(entry: FileEntry, data: bytes) -> tuple[list[Record], list[Sk
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            skipped.append(Skip(where, f"malformed JSON line ({exc.msg})"))
+            skipped.append(Skip(where, f"malformed JSON line ({exc.msg})", protects=False))
             continue
         if not isinstance(obj, dict):
-            skipped.append(Skip(where, "line is not a JSON object"))
+            skipped.append(Skip(where, "line is not a JSON object", protects=False))
             continue
         value = obj.get("text")
         if not isinstance(value, str) or not value.strip():
-            skipped.append(Skip(where, "no non-empty string 'text' field"))
+            skipped.append(Skip(where, "no non-empty string 'text' field", protects=False))
             continue
         meta = {k: v for k, v in obj.items() if k != "text"} or None
         body = value.strip()
@@ -517,7 +600,7 @@ def decode_for_model(path: str, target: int | None, limit: int, pixels: PixelTra
         image = load_image(path, target, limit)
         return pixels.apply(image) if pixels is not None else np.asarray(image, dtype=np.uint8)
     except BadInput as exc:
-        return Skip(path, str(exc))
+        return exc.skip(path)
 
 
 def decode_worker_init() -> None:

@@ -134,6 +134,9 @@ GENERATION = "generation"
 # Tombstones up to this generation have been deleted; a reader whose vectors are older must
 # reload the FAISS file instead of replaying deletions.
 PURGED_THROUGH = "tombstones_purged_through"
+# The model identity and vector dimension (JSON), mirroring the manifest's, written in the same
+# transactions that make the vectors belong to that model.
+MODEL_KEY = "model"
 
 
 def _set_pragmas(dbapi_connection, _record) -> None:
@@ -199,6 +202,18 @@ def set_int(session: Session, key: str, value: int) -> None:
         session.add(Meta(key=key, value=str(value)))
     else:
         row.value = str(value)
+
+
+def get_text(session: Session, key: str) -> str | None:
+    return session.scalar(select(Meta.value).where(Meta.key == key))
+
+
+def set_text(session: Session, key: str, value: str) -> None:
+    row = session.get(Meta, key)
+    if row is None:
+        session.add(Meta(key=key, value=value))
+    else:
+        row.value = value
 
 
 def next_generation(session: Session) -> int:

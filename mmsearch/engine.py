@@ -13,8 +13,8 @@ An Engine owns one index store and, loaded on first need, one model. It is safe 
 
 from __future__ import annotations
 
-import glob
 import logging
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -22,17 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, or_, select
 
 from .config import DEFAULT_BATCH_CPU, DEFAULT_BATCH_GPU, default_index_dir
 from . import onnx_text
-from .corpus import BadInput, ScanOptions, load_image
-from .db import GENERATION, Item, Root, Tombstone, get_int, next_generation
-from .errors import ModelMismatchError, OnnxTextUnavailable, QueryError
+from .corpus import BadInput, load_image
+from .fsutil import display_path
+from .db import GENERATION, Embedding, Item, Root, Tombstone, get_int, next_generation
+from .errors import ModelMismatchError, OnnxTextUnavailable, PathNotFoundError, QueryError
 from .indexer import Indexer, IndexReport, Progress
-from .library import LibraryRoot
+from .library import LibraryRoot, under_any, within
 from .model import Encoder, ModelSpec
-from .query import IMAGE, ITEM, TEXT, TYPES, Hit, QueryTerm, combine, parse_query, query_image_paths
+from .query import IMAGE, ITEM, TEXT, TYPES, Hit, Hits, QueryTerm, combine, parse_query, query_image_paths
 from .store import IndexStore, writer_lock
 from .vectors import CHOICES, IndexTypeError, VectorIndex, saved_generations
 
@@ -116,6 +117,25 @@ class Engine:
         """True once the model has been loaded (the first query or indexing run loads it)."""
         return self._encoder is not None
 
+    def _refresh(self) -> None:
+        """Follow another process's change of the index's model (``--reembed``).
+
+        A long-lived Engine (a server) must never encode queries with a model the index no
+        longer uses: one stat per call notices a rewritten manifest, and a new model identity
+        drops the loaded encoders and vectors, which reload for the new model on next use.
+        """
+        store = self._store
+        if store is None or not store.manifest_changed():
+            return
+        with self._lock:
+            before = (store.manifest.get("model", {}).get("fingerprint"), store.manifest.get("dim"))
+            store.reload_manifest()
+            if (store.manifest["model"].get("fingerprint"), store.manifest["dim"]) != before:
+                log.info("the index's model changed to %s: reloading", store.manifest["model"].get("name"))
+                self._encoder = None
+                self._onnx = self._onnx_key = None
+                self._vectors = None
+
     def _check_model(self) -> bool:
         """True when the requested model is the index's; False when it differs."""
         if self._requested is None or self._store is None:
@@ -137,6 +157,7 @@ class Engine:
         *,
         exclude: Sequence[str] = (),
         include_hidden: bool = False,
+        follow_links: bool = False,
         reembed: bool = False,
         wait: float = 0.0,
         progress: Progress | None = None,
@@ -145,40 +166,79 @@ class Engine:
         """Index ``paths`` (folders or files) incrementally; None re-scans every known root.
 
         New and changed files are embedded, renamed and duplicate files reuse stored vectors,
-        and items of files that disappeared under the given paths are removed.
-        ``reembed=True`` allows switching the index to a different model (everything is
-        embedded again). ``index_type`` (``auto``, ``flat``, ``ivf-sq8``, ``ivf-pq``; None: keep
-        the index's choice) is remembered; the vector index is rebuilt from the stored
-        embeddings when it changes or when growth makes the current type a poor fit.
+        and items of files that disappeared under the given paths are removed. Each path is
+        remembered with ``exclude``, ``include_hidden`` and ``follow_links`` (follow symlinks
+        that lead outside it), so a later ``add()`` with no paths scans it the same way.
+        ``reembed=True`` allows switching the index to a different model: every item is
+        embedded again (items under folders that cannot be read now keep their rows and get
+        their new vectors when the folder is back). ``index_type`` (``auto``, ``flat``,
+        ``ivf-sq8``, ``ivf-pq``; None: keep the index's choice) is remembered; the vector index
+        is rebuilt from the stored embeddings when it changes or when growth makes the current
+        type a poor fit. A named path that does not exist raises ``PathNotFoundError`` before
+        anything is created or changed.
         """
         _check_index_type(index_type)
         if isinstance(paths, (str, Path)):
             paths = [paths]
-        # The index folder itself is never indexed, even when it lies inside an indexed root.
-        options = ScanOptions(include_hidden=include_hidden, exclude=(*exclude, glob.escape(str(self.folder))))
+        given = [os.path.abspath(os.path.expanduser(str(p))) for p in paths or ()]
+        missing = [p for p in given if not os.path.lexists(p)]
+        if missing:
+            raise PathNotFoundError(
+                f"no such file or folder: {', '.join(display_path(p) for p in missing)} (nothing was indexed)"
+            )
+        explicit = [LibraryRoot(p, tuple(exclude), include_hidden, follow_links) for p in given]
         with self._lock:
-            if self._store is None:
+            self._refresh()
+            creating = self._store is None and not IndexStore.is_index(self.folder)
+            if creating:
                 IndexStore.check_creatable(self.folder)
-            with writer_lock(self.folder, wait):
-                if self._store is None and IndexStore.is_index(self.folder):
-                    self._store = IndexStore.open(self.folder)  # created meanwhile by another process
-                if self._store is not None and not self._check_model():
-                    if not reembed:
-                        raise self._mismatch(
-                            "pass --reembed to embed everything again with the new model, or use another --index"
-                        )
-                    self._switch_model()
-                roots = self._roots(paths)
-                if self._store is None:
-                    encoder = self.encoder
-                    self._store = IndexStore.create(self.folder, encoder.spec.identity(), encoder.dim)
-                if onnx_text.export_needed(self._store.manifest):
-                    # Before indexing, so queries during a long first run already start fast.
-                    onnx_text.ensure_exported(self._store, self.encoder)
-                report = self._index(roots, options, progress)
-                if self._vectors is not None:
-                    self._vectors = self._store.fit_vectors(self._vectors, index_type)
-                return report
+                if not explicit:
+                    raise QueryError("nothing to index: name a folder or file (the index has no known roots yet)")
+                self.encoder  # noqa: B018 - load (and so check) the model before creating anything
+            existed = self.folder.exists()
+            try:
+                with writer_lock(self.folder, wait):
+                    return self._add_locked(explicit, reembed, progress, index_type)
+            except BaseException:
+                if creating:
+                    self._remove_failed_first_run(existed)
+                raise
+
+    def _add_locked(self, explicit: list[LibraryRoot], reembed: bool, progress: Progress | None,
+                    index_type: str | None) -> IndexReport:
+        if self._store is None and IndexStore.is_index(self.folder):
+            self._store = IndexStore.open(self.folder)  # created meanwhile by another process
+        if self._store is not None and not self._check_model():
+            if not reembed:
+                raise self._mismatch("pass --reembed to embed everything again with the new model, or use another --index")
+            self._switch_model()
+        roots = self._roots(explicit)
+        if self._store is None:
+            encoder = self.encoder
+            self._store = IndexStore.create(self.folder, encoder.spec.identity(), encoder.dim)
+        if onnx_text.export_needed(self._store.manifest):
+            # Before indexing, so queries during a long first run already start fast.
+            onnx_text.ensure_exported(self._store, self.encoder)
+        report = self._index(roots, progress)
+        if self._vectors is not None:
+            self._vectors = self._store.fit_vectors(self._vectors, index_type)
+        self._store.update_manifest()  # `updated_at`: when the index last changed or was checked
+        return report
+
+    def _remove_failed_first_run(self, existed: bool) -> None:
+        """Undo a first run that failed before any item was saved: no half-made index is left."""
+        store = self._store
+        if store is not None:
+            try:
+                with store.session() as session:
+                    if session.scalar(select(func.count()).select_from(Item)):
+                        return  # items were saved: keep them (a bare `mmsearch index` resumes)
+            except Exception:  # noqa: BLE001 - an unreadable database is ours to remove too
+                pass
+            store.close()
+            self._store = None
+        self._vectors = None
+        IndexStore.remove_own_files(self.folder, remove_folder=not existed)
 
     def rebuild_vectors(self, index_type: str | None = None, *, wait: float = 0.0) -> dict[str, Any]:
         """Rebuild the vector index from the stored embeddings (no re-encoding) as ``index_type``
@@ -189,18 +249,16 @@ class Engine:
             self._vectors = self.store.fit_vectors(None, index_type, force=True)
             return dict(self.store.manifest["vector_index"])
 
-    def _roots(self, paths: Sequence[str | Path] | None) -> list[str]:
-        if paths:
-            return [os.path.abspath(os.path.expanduser(str(p))) for p in paths]
-        roots: list[str] = []
-        if self._store is not None:
-            with self._store.session() as session:
-                roots = list(session.scalars(select(Root.path).order_by(Root.path)))
+    def _roots(self, explicit: list[LibraryRoot]) -> list[LibraryRoot]:
+        """The roots a run scans: those named (with the options given now), else every known one."""
+        if explicit:
+            return explicit
+        roots = self.roots() if self._store is not None else []
         if not roots:
             raise QueryError("nothing to index: name a folder or file (the index has no known roots yet)")
         return roots
 
-    def _index(self, roots: list[str], options: ScanOptions, progress: Progress | None) -> IndexReport:
+    def _index(self, roots: list[LibraryRoot], progress: Progress | None) -> IndexReport:
         """Run the indexer (the caller holds the writer lock)."""
         store = self.store
         vectors = store.load_vectors()
@@ -213,24 +271,29 @@ class Engine:
             progress=progress,
             batch_size=self._batch_size or self._default_batch(),
             workers=self._workers,
+            never=[str(self.folder)],  # the index folder itself, even inside an indexed root
         )
         try:
-            return indexer.run(roots, options)
+            return indexer.run(roots)
         finally:
             self._vectors = indexer.vectors
 
     def _switch_model(self) -> None:
-        """Drop every item and vector so the index can be rebuilt with the requested model."""
+        """Move the index to the requested model: every vector is dropped and items keep their
+        rows (and ids) until they are embedded again, by this run or, for items under folders
+        that cannot be read now, by a later one."""
         store = self.store
-        encoder = self.encoder  # load (and so validate) the new model before deleting anything
+        encoder = self.encoder  # load (and so validate) the new model before changing anything
+        identity = encoder.spec.identity()
         with store.session() as session, session.begin():
             gen = next_generation(session)
-            ids = list(session.scalars(select(Item.id)))
-            session.execute(delete(Item))
+            ids = list(session.scalars(select(Embedding.item_id)))
+            session.execute(delete(Embedding))
             session.execute(delete(Tombstone))
             session.add_all(Tombstone(item_id=i, gen=gen) for i in ids)
-        # The database is empty now; only then does the manifest name the new model.
-        store.update_manifest(model=encoder.spec.identity(), dim=encoder.dim)
+            store.record_model(session, identity, encoder.dim)
+        # No vector of the old model is left; only now does the manifest name the new model.
+        store.update_manifest(model=identity, dim=encoder.dim)
         for _, path in saved_generations(store.folder):
             path.unlink(missing_ok=True)
         self._vectors = None
@@ -310,7 +373,7 @@ class Engine:
         under: str | Path | None = None,
         include_query: bool = False,
         force: str | None = None,
-    ) -> list[Hit]:
+    ) -> Hits:
         """Ranked hits for ``query``: a text, an image path, a ``QueryTerm``, or a list of them.
 
         Strings are parsed like the CLI (``"2:beach + ./dog.jpg - people"``). ``type``
@@ -318,11 +381,9 @@ class Engine:
         hits below a folder. An image used as a query is left out of its own results unless
         ``include_query``.
         """
-        if type not in TYPES:
-            raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPES)}")
-        if k < 1:
-            raise QueryError(f"k must be at least 1, got {k}")
-        self.store  # a missing index is reported before the model is loaded
+        _check_search_options(type, k, min_score)
+        self.store.raise_if_never_indexed()  # before the model is loaded
+        self._refresh()
         if self._requested is not None and not self._check_model():
             raise self._mismatch("query it with the model it was built with")
         terms = _as_terms(query, force)
@@ -342,18 +403,25 @@ class Engine:
         min_score: float | None = None,
         under: str | Path | None = None,
         exclude: set[Any] = frozenset(),
-    ) -> list[Hit]:
-        """Ranked hits for a query vector already in this index's space."""
+    ) -> Hits:
+        """Ranked hits for a query vector already in this index's space.
+
+        ``under`` keeps hits inside a folder, named as the user sees it: through a symlink, or
+        by the real path of a root that was indexed through one. When nothing is found,
+        ``why_empty`` of the result says why.
+        """
+        _check_search_options(type, k, min_score)
+        self._refresh()
         vector = np.asarray(vector, np.float32).reshape(-1)
         if vector.shape[0] != self.store.dim:
             raise QueryError(f"query vector has dimension {vector.shape[0]}, index has {self.store.dim}")
-        prefix = os.path.abspath(os.path.expanduser(str(under))).rstrip(os.sep) + os.sep if under else None
-        filtered = type != "all" or prefix is not None or bool(exclude)
+        prefixes = self._under_prefixes(under) if under else None
+        filtered = type != "all" or prefixes is not None or bool(exclude)
 
         def keep(item: Item) -> bool:
             if type != "all" and item.modality != type:
                 return False
-            if prefix is not None and not item.path.startswith(prefix):
+            if prefixes is not None and not under_any(item.path, prefixes):
                 return False
             return item.path not in exclude and item.id not in exclude
 
@@ -371,20 +439,54 @@ class Engine:
                 while True:
                     scores, ids = store.search(session, vectors, vector, fetch)  # exact cosines
                     rows = {item.id: item for item in session.scalars(select(Item).where(Item.id.in_(ids.tolist())))}
-                    hits: list[Hit] = []
+                    hits = Hits()
+                    below: float | None = None  # best score of a candidate cut by min_score
                     for score, item_id in zip(scores.tolist(), ids.tolist()):
-                        if min_score is not None and score < min_score:
-                            break
                         item = rows.get(item_id)
                         if item is None or not keep(item):
                             continue
+                        if min_score is not None and score < min_score:
+                            below = score
+                            break
                         hits.append(_hit(len(hits) + 1, score, item))
                         if len(hits) == k:
                             break
-                    exhausted = fetch >= total or (min_score is not None and len(scores) and scores[-1] < min_score)
+                    exhausted = fetch >= total or below is not None
                     if len(hits) >= k or exhausted:
+                        if not hits:
+                            hits.why_empty = self._why_empty(session, total, type, under, prefixes, min_score, below)
                         return hits
                     fetch = min(total, fetch * 4)
+
+    def _under_prefixes(self, under: str | Path) -> list[str]:
+        """Stored-path prefixes for the folder ``under``: as given, and as found under each root
+        whose real path holds its real path (a root indexed through a symlink, or a symlink to a
+        folder inside a root)."""
+        given = os.path.abspath(os.path.expanduser(str(under)))
+        real = os.path.realpath(given)
+        prefixes = [given]
+        for root in self.roots():
+            real_root = os.path.realpath(root.path)
+            if within(real, real_root):
+                rel = os.path.relpath(real, real_root)
+                prefixes.append(root.path if rel == "." else os.path.join(root.path, rel))
+        return list(dict.fromkeys(prefixes))
+
+    @staticmethod
+    def _why_empty(session, total: int, type: str, under, prefixes, min_score, below) -> str:
+        if total == 0:
+            return "the index holds no searchable items"
+        if below is not None:
+            return f"the best match scores {below:.4f}, below the minimum score {min_score:g}"
+        if prefixes is not None:
+            found = session.scalar(select(Item.id).where(or_(*[
+                (Item.path == p) | Item.path.startswith(p.rstrip(os.sep) + os.sep, autoescape=True) for p in prefixes
+            ])).limit(1))
+            if found is None:
+                return f"no indexed items under {display_path(str(under))}"
+        if type != "all" and session.scalar(select(Item.id).where(Item.modality == type).limit(1)) is None:
+            return f"the index holds no {type} items"
+        return "no item passes the filters"
 
     def get(self, item_id: int) -> Hit | None:
         """The stored metadata of one item (as a Hit with rank 0 and score 1), or None."""
@@ -401,11 +503,22 @@ class Engine:
     # -- description -------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         """What is in the index: counts, roots, model, vector index, sizes."""
+        self.store.raise_if_never_indexed()
+        self._refresh()
         stats = self.store.stats()
         with self.store.session() as session:
             generation = get_int(session, GENERATION)
         stats["vectors_up_to_date"] = stats["vectors_saved_generation"] == generation
         return stats
+
+
+def _check_search_options(type: str, k: int, min_score: float | None) -> None:
+    if type not in TYPES:
+        raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPES)}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise QueryError(f"k must be an integer of at least 1, got {k!r}")
+    if min_score is not None and not (isinstance(min_score, (int, float)) and math.isfinite(min_score)):
+        raise QueryError(f"min_score must be a finite number, got {min_score!r}")
 
 
 def _check_index_type(index_type: str | None) -> None:

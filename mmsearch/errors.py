@@ -85,3 +85,17 @@ class OnnxTextUnavailable(MMSearchError):
 
 class IndexTypeError(MMSearchError):
     """An unknown vector index type, or unusable vector index parameters, were asked for."""
+
+
+class PathNotFoundError(MMSearchError):
+    """A folder or file named for indexing does not exist (nothing was created or changed)."""
+
+    exit_code = 2
+
+
+class EmptyIndexError(NotAnIndexError):
+    """The index folder holds nothing indexed yet: a first indexing run never saved anything."""
+
+
+class DamagedManifestError(NotAnIndexError):
+    """The index's manifest is damaged; ``mmsearch check --repair`` rebuilds it from the database."""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -33,7 +33,6 @@ from .corpus import (
     IMAGE,
     FileEntry,
     Record,
-    ScanOptions,
     Skip,
     decode_for_model,
     decode_worker_init,
@@ -43,6 +42,8 @@ from .corpus import (
 )
 from .db import Embedding, Item, Root, Tombstone, next_generation, utcnow
 from .errors import DecodeWorkersError, IndexingInterrupted, IndexWriteError
+from .fsutil import path_fields
+from .library import LibraryRoot, under_any
 from .model import Encoder
 from .store import IndexStore, vectors_from_blobs
 from .vectors import VectorIndex
@@ -67,17 +68,15 @@ def _env_seconds(name: str, default: float) -> float:
 def _decode_pool(workers: int):
     """Processes that decode images; a hung or crashed decode costs one worker, not the run.
 
-    forkserver: workers are forked from a small clean server process (never from this one,
-    which holds model threads), with the decoding module preloaded, so starting them is cheap.
+    Workers fork from a small clean server process with the decoding module preloaded, and
+    never import the caller's main script (``mmsearch.procs``), so a script without a main
+    guard works.
     """
-    import multiprocessing
-
     from pebble import ProcessPool
 
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    if "forkserver" in methods:
-        context.set_forkserver_preload(["mmsearch.corpus"])
+    from .procs import worker_context
+
+    context = worker_context(["mmsearch.corpus"])
     pool = ProcessPool(max_workers=workers, initializer=decode_worker_init, context=context)
     _check_pool(pool)
     return pool
@@ -108,6 +107,7 @@ class Progress(Protocol):
     def start(self, phase: str, total: int | None) -> None: ...
     def advance(self, n: int = 1) -> None: ...
     def skip(self, skip: Skip) -> None: ...
+    def note(self, message: str) -> None: ...
 
 
 class NullProgress:
@@ -120,6 +120,9 @@ class NullProgress:
     def skip(self, skip: Skip) -> None:
         log.warning("skipped %s: %s", skip.path, skip.reason)
 
+    def note(self, message: str) -> None:
+        log.warning("%s", message)
+
 
 @dataclass
 class IndexReport:
@@ -127,6 +130,7 @@ class IndexReport:
 
     added: int = 0  # new items, encoded
     updated: int = 0  # changed items, re-encoded
+    reembedded: int = 0  # unchanged items encoded again (their vector was missing: a model switch)
     reused: int = 0  # new or changed items whose vector was copied (renamed or duplicate content)
     removed: int = 0  # items whose files are gone
     unchanged: int = 0
@@ -136,7 +140,8 @@ class IndexReport:
 
     def summary(self) -> str:
         text = (
-            f"{self.added} added, {self.updated} updated, {self.reused} reused, "
+            (f"{self.reembedded} re-embedded, " if self.reembedded else "")
+            + f"{self.added} added, {self.updated} updated, {self.reused} reused, "
             f"{self.removed} removed, {len(self.skipped)} skipped, {self.unchanged} unchanged "
             f"in {self.seconds:.1f}s"
         )
@@ -144,9 +149,9 @@ class IndexReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "added": self.added, "updated": self.updated, "reused": self.reused,
+            "added": self.added, "updated": self.updated, "reembedded": self.reembedded, "reused": self.reused,
             "removed": self.removed, "unchanged": self.unchanged, "skipped": len(self.skipped),
-            "skipped_files": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "skipped_files": [{**path_fields(s.path), "reason": s.reason} for s in self.skipped],
             "seconds": round(self.seconds, 3), "interrupted": self.interrupted,
         }
 
@@ -159,6 +164,7 @@ class _Existing:
     mtime_ns: int
     content_hash: str
     modality: str
+    has_vector: bool
 
 
 @dataclass
@@ -168,6 +174,7 @@ class _Job:
     record: Record
     item_id: int | None  # existing row to update, or None for a new row
     source: int | None = None
+    reembed: bool = False  # the row's content is unchanged; only its vector is missing
 
 
 @dataclass
@@ -190,8 +197,10 @@ class Indexer:
         progress: Progress | None = None,
         batch_size: int = 32,
         workers: int | None = None,
+        never: Sequence[str] = (),
     ):
         self.store = store
+        self.never = tuple(never)  # paths never indexed (the index folder itself)
         self._encoder_factory = encoder_factory
         self.vectors = vectors
         self.progress = progress or NullProgress()
@@ -200,27 +209,34 @@ class Indexer:
         self.report = IndexReport()
         self._last_save = time.monotonic()
         self._stop_requested = False
+        self._stale: list[int] = []  # existing items whose changed file can no longer be decoded
 
     # -- public ------------------------------------------------------------------------------
-    def run(self, roots: Sequence[str], options: ScanOptions | None = None) -> IndexReport:
+    def run(self, roots: Sequence[LibraryRoot]) -> IndexReport:
+        """Bring the index up to date with ``roots`` (each scanned with its own options)."""
         started = time.monotonic()
         with _deferred_interrupt(self):
-            return self._run(roots, options, started)
+            return self._run(list(roots), started)
 
-    def _run(self, roots: Sequence[str], options: ScanOptions | None, started: float) -> IndexReport:
+    def _run(self, roots: list[LibraryRoot], started: float) -> IndexReport:
         try:
             try:
                 self.store.remove_stray_temps()  # we hold the writer lock: no other writer's files
+                # Roots first, before any item: a run killed at any point leaves them known, so a
+                # bare `mmsearch index` resumes it and later runs remove what is deleted there.
+                self._record_roots(roots)
                 self.progress.start("scanning", None)
-                scanned = scan(roots, options)
+                scanned = scan(roots, never=self.never)
                 for skip in scanned.skipped:
                     self._skip(skip)
-                plan = self._plan(roots, scanned.files, scanned.skipped)
+                roots = [replace(r, link_targets=tuple(scanned.link_targets.get(r.path, r.link_targets))) for r in roots]
+                self._record_roots(roots)
+                plan = self._plan([r.path for r in roots], scanned.files, scanned.skipped)
                 self._copy_and_touch(plan)
                 self._encode_all([job for job in plan.jobs if job.source is None])
                 self._seal(plan.seal)
-                self._remove(plan.remove)
-                self._record_roots(roots)
+                self._remove(plan.remove + self._stale)
+                self._record_roots(roots, done=True)
             except KeyboardInterrupt as exc:
                 self.report.interrupted = True
                 self._finish(started)
@@ -235,6 +251,17 @@ class Indexer:
             ) from exc
         return self.report
 
+    def reembed(self, items: list[tuple[int, Record]]) -> IndexReport:
+        """Embed the records of existing items again (``mmsearch check --repair``): each
+        ``(item id, record read from its file now)`` gets a new vector; items whose file can no
+        longer be decoded are removed, as an indexing run would. Vectors are saved at the end."""
+        started = time.monotonic()
+        with _deferred_interrupt(self):
+            self._encode_all([_Job(record, item_id) for item_id, record in items])
+            self._remove(self._stale)
+            self._finish(started)
+        return self.report
+
     # -- planning ----------------------------------------------------------------------------
     def _existing_under(self, session: Session, roots: Sequence[str]) -> dict[str, list[_Existing]]:
         by_path: dict[str, list[_Existing]] = defaultdict(list)
@@ -242,11 +269,13 @@ class Indexer:
             root = os.path.abspath(os.path.expanduser(root))
             prefix = root.rstrip(os.sep) + os.sep
             rows = session.execute(
-                select(Item.id, Item.path, Item.locator, Item.size, Item.mtime_ns, Item.content_hash, Item.modality)
+                select(Item.id, Item.path, Item.locator, Item.size, Item.mtime_ns, Item.content_hash, Item.modality,
+                       Embedding.item_id.is_not(None))
+                .outerjoin(Embedding, Embedding.item_id == Item.id)
                 .where((Item.path == root) | Item.path.startswith(prefix, autoescape=True))
             )
             for row in rows:
-                by_path[row.path].append(_Existing(row.id, row.locator, row.size, row.mtime_ns, row.content_hash, row.modality))
+                by_path[row[1]].append(_Existing(row[0], row[2], row[3], row[4], row[5], row[6], bool(row[7])))
         return by_path
 
     def _plan(self, roots: Sequence[str], files: list[FileEntry], scan_skips: list[Skip]) -> _Plan:
@@ -256,23 +285,27 @@ class Indexer:
             dirty: list[FileEntry] = []
             for entry in files:
                 old = existing.get(entry.path)
-                if old and all(o.size == entry.size and o.mtime_ns == entry.mtime_ns for o in old):
+                if old and all(o.size == entry.size and o.mtime_ns == entry.mtime_ns and o.has_vector for o in old):
                     self.report.unchanged += len(old)
                 else:
                     dirty.append(entry)
             # Items of files that vanished are removed, except under folders or files the scan
             # could not read this time (unmounted disk, permissions): those are kept as they are.
             present = {entry.path for entry in files}
-            protected = tuple(s.path for s in scan_skips if s.reason != "broken symlink")
+            protected = tuple(s.path for s in scan_skips if s.protects)
             for path, olds in existing.items():
-                if path not in present and not _under_any(path, protected):
+                if path not in present and not under_any(path, protected):
                     plan.remove.extend(o.id for o in olds)
 
             records_by_path = self._read_all(dirty)
             new_hashes: dict[tuple[str, str], int | None] = {}
             for entry in dirty:
                 records = records_by_path.get(entry.path)
-                if records is None:  # unreadable now: keep whatever was indexed before
+                if records is None:
+                    # Unreadable now (permissions, I/O): keep what was indexed before. Content that
+                    # can no longer be decoded: the old items no longer describe the file; remove.
+                    if entry.path in self._undecodable:
+                        plan.remove.extend(o.id for o in existing.get(entry.path, []))
                     continue
                 olds = {o.locator: o for o in existing.get(entry.path, [])}
                 if entry.kind == "jsonl":
@@ -281,14 +314,15 @@ class Indexer:
                     # leaves the file "changed" and the next run finishes it.
                     plan.seal.append((entry.path, entry.size, entry.mtime_ns))
                     for record in records:
-                        record.mtime_ns = _UNSEALED
+                        record.mtime_ns = UNSEALED
                 for record in records:
                     old = olds.pop(record.locator, None)
-                    if old is not None and old.content_hash == record.content_hash and old.modality == record.modality:
+                    same = old is not None and old.content_hash == record.content_hash and old.modality == record.modality
+                    if same and old.has_vector:
                         plan.touch.append((old.id, record))
                         self.report.unchanged += 1
                         continue
-                    plan.jobs.append(_Job(record, old.id if old else None))
+                    plan.jobs.append(_Job(record, old.id if old else None, reembed=same))
                     new_hashes[(record.modality, record.content_hash)] = None
                 plan.remove.extend(o.id for o in olds.values())
             self._find_sources(session, plan.jobs, new_hashes)
@@ -298,12 +332,15 @@ class Indexer:
         """Records of each readable dirty file (hashing and header checks run in threads)."""
         self.progress.start("reading", len(dirty))
         out: dict[str, list[Record]] = {}
+        self._undecodable: set[str] = set()
         with ThreadPoolExecutor(self.workers) as pool:
             for entry, (records, skips) in zip(dirty, pool.map(read_records, dirty)):
                 for skip in skips:
                     self._skip(skip)
                 if records or not skips:
                     out[entry.path] = records
+                elif not any(skip.protects for skip in skips):
+                    self._undecodable.add(entry.path)
                 self.progress.advance()
                 self._check_stop()
         return out
@@ -313,8 +350,9 @@ class Indexer:
         hashes = sorted({h for _, h in wanted})
         for start in range(0, len(hashes), 500):
             chunk = hashes[start:start + 500]
-            rows = session.execute(
+            rows = session.execute(  # only items that hold a vector can lend it
                 select(Item.modality, Item.content_hash, func.min(Item.id))
+                .join(Embedding, Embedding.item_id == Item.id)
                 .where(Item.content_hash.in_(chunk))
                 .group_by(Item.modality, Item.content_hash)
             )
@@ -351,6 +389,7 @@ class Indexer:
         groups: dict[tuple[str, str], list[_Job]] = defaultdict(list)
         for job in jobs:
             groups[(job.record.modality, job.record.content_hash)].append(job)
+        self._groups = groups
         if not groups:
             return
         encoder = self._encoder_factory()
@@ -405,11 +444,11 @@ class Indexer:
             try:
                 result = future.result()
             except FutureTimeout:
-                return Skip(path, f"decoding took longer than {timeout:g}s; abandoned")
+                return Skip(path, f"decoding took longer than {timeout:g}s; abandoned", protects=False)
             except ProcessExpired as exc:
-                return Skip(path, f"the decoder crashed on this file (exit code {exc.exitcode})")
+                return Skip(path, f"the decoder crashed on this file (exit code {exc.exitcode})", protects=False)
             except Exception as exc:  # an exception the decoder did not anticipate
-                return Skip(path, f"cannot decode image: {exc}")
+                return Skip(path, f"cannot decode image: {exc}", protects=False)
             if isinstance(result, Skip) or pixels is not None:
                 return result
             return preprocess(Image.fromarray(result, "RGB"))
@@ -429,6 +468,9 @@ class Indexer:
                 if isinstance(result, Skip):
                     self._skip(result)
                     self.progress.advance()
+                    if not result.protects:
+                        stale = self._groups.get((job.record.modality, job.record.content_hash), [job])
+                        self._stale.extend(member.item_id for member in stale if member.item_id is not None)
                 else:
                     ok_jobs.append(job)
                     tensors.append(result)
@@ -481,6 +523,8 @@ class Indexer:
                 if id(job) in encoded:
                     if job.item_id is None:
                         self.report.added += 1
+                    elif job.reembed:
+                        self.report.reembedded += 1
                     else:
                         self.report.updated += 1
                 self.progress.advance()
@@ -513,15 +557,17 @@ class Indexer:
                 self.report.removed += len(chunk)
                 self._check_stop()
 
-    def _record_roots(self, roots: Iterable[str]) -> None:
+    def _record_roots(self, roots: Iterable[LibraryRoot], done: bool = False) -> None:
+        """Store each root with the options it is scanned with; ``done``: a run completed."""
         with self.store.session() as session, session.begin():
             for root in roots:
-                path = os.path.abspath(os.path.expanduser(root))
-                row = session.get(Root, path)
+                row = session.get(Root, root.path)
                 if row is None:
-                    row = Root(path=path)
+                    row = Root(path=root.path)
                     session.add(row)
-                row.indexed_at = utcnow()
+                row.options = root.options()
+                if done:
+                    row.indexed_at = utcnow()
 
     # -- helpers -----------------------------------------------------------------------------
     def _skip(self, skip: Skip) -> None:
@@ -544,7 +590,7 @@ class Indexer:
         self.report.seconds = time.monotonic() - started
 
 
-_UNSEALED = -1  # mtime_ns of rows whose file is not completely written yet
+UNSEALED = -1  # mtime_ns of rows whose file is not completely written yet
 
 
 @contextmanager
@@ -559,6 +605,7 @@ def _deferred_interrupt(indexer: Indexer) -> Iterator[None]:
         if indexer._stop_requested:
             raise KeyboardInterrupt
         indexer._stop_requested = True
+        indexer.progress.note("stopping after the current batch (Ctrl-C again to stop now)")
 
     try:
         previous = signal.signal(signal.SIGINT, request_stop)
@@ -570,6 +617,3 @@ def _deferred_interrupt(indexer: Indexer) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
 
-
-def _under_any(path: str, prefixes: tuple[str, ...]) -> bool:
-    return any(path == p or path.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes)

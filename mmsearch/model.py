@@ -14,6 +14,8 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,9 +79,12 @@ class ModelSpec:
                 and _weights(pretrained) == known.get("pretrained") and not name.endswith(".json")
                 and not name.startswith(("hf-hub:", "local-dir:")) and not Path(name).expanduser().exists()):
             return cls(name, _weights(pretrained))
-        if not name and os.environ.get(MODEL_ENV_VAR):
-            name = os.environ[MODEL_ENV_VAR]
-            pretrained = pretrained if pretrained is not None else os.environ.get(PRETRAINED_ENV_VAR)
+        if not name:
+            # The environment names the model for new indexes; either variable may stand alone
+            # (MMSEARCH_PRETRAINED=none gives the default architecture with random weights).
+            name = os.environ.get(MODEL_ENV_VAR) or None
+            if pretrained is None and os.environ.get(PRETRAINED_ENV_VAR):
+                pretrained = os.environ[PRETRAINED_ENV_VAR]
         if not name:
             return cls(DEFAULT_MODEL, DEFAULT_PRETRAINED if pretrained is None else _weights(pretrained))
         if name.startswith(("hf-hub:", "local-dir:")):
@@ -244,8 +249,9 @@ class Encoder:
         self.image_dtype = self.dtype  # bfloat16 on CPUs with AMX, see _image_tower_bf16
         if spec.config_path:
             open_clip.add_model_config(spec.config_path)
+        check_weights_reachable(spec)
         try:
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), _quiet_random_init():
                 # Without weights, a fixed seed makes "random init" the same model in every
                 # process, so an index built with --pretrained none can be queried later.
                 torch.manual_seed(RANDOM_INIT_SEED)
@@ -435,13 +441,103 @@ def _image_size(model: Any) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    """open_clip warns "Model initialized randomly" on every load of a model without weights;
+    mmsearch says it once, when an index is created with such a model (``random_weights_note``)."""
+    drop = _DropRandomInitWarning()
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+def random_weights_note(spec: ModelSpec) -> str | None:
+    """A warning for an index created with random weights (None for real weights)."""
+    if spec.pretrained is not None or spec.name.startswith(("hf-hub:", "local-dir:")):
+        return None
+    return (f"{spec.display} has random weights (--pretrained none): the index works, but its "
+            f"rankings mean nothing; name real weights to search by meaning")
+
+
+OFFLINE_HINT = (
+    "Without network access: point at local weights (--pretrained /path/to/checkpoint.pt, "
+    "--model local-dir:/path/to/folder, or --model config.json --pretrained checkpoint.pt); set "
+    "HF_HUB_OFFLINE=1 to use weights already in the Hugging Face cache without asking the network; "
+    "or try mmsearch without weights with --pretrained none (random weights, meaningless ranking)"
+)
+# Seconds to wait for the Hugging Face hub before concluding it cannot be reached. Its own
+# client retries for about a minute, printing a warning per try.
+HUB_PROBE_TIMEOUT = 5.0
+
+
+def check_weights_reachable(spec: ModelSpec) -> None:
+    """Fail at once, with the ways forward, when a model's weights must be downloaded and the
+    Hugging Face hub cannot be reached (or ``HF_HUB_OFFLINE`` is set): no minute of retries."""
+    source = _hub_source(spec)
+    if source is None:
+        return  # local files, random weights, or already cached
+    repo, files = source
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ModelLoadError(f"weights for {spec.display} ({repo}) are not in the Hugging Face cache and "
+                             f"HF_HUB_OFFLINE is set. {OFFLINE_HINT}")
+    import httpx
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT
+    try:
+        httpx.head(endpoint, timeout=HUB_PROBE_TIMEOUT, follow_redirects=False)
+    except httpx.HTTPError as exc:
+        raise ModelLoadError(
+            f"cannot download weights for {spec.display}: {endpoint} cannot be reached "
+            f"({_first_line(exc) or type(exc).__name__}). {OFFLINE_HINT}"
+        ) from exc
+
+
+def _hub_source(spec: ModelSpec) -> tuple[str, list[str]] | None:
+    """(hub repo, candidate files) of weights that would be downloaded now, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if spec.name.startswith("hf-hub:"):
+        repo, files = spec.name[len("hf-hub:"):], ["open_clip_config.json"]
+    elif spec.pretrained and not Path(spec.pretrained).is_file() and not spec.config_path:
+        import open_clip
+
+        cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained) or {}
+        if cfg.get("file") or not cfg.get("hf_hub"):
+            return None  # a local file, or a plain URL download (rare): leave it to open_clip
+        # 'org/repo/file.bin', or 'org/repo/' for open_clip's default file name
+        repo, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or "open_clip_pytorch_model.bin"
+        files = [filename, filename.replace("open_clip_pytorch_model", "open_clip_model").replace(".bin", ".safetensors")]
+    else:
+        return None
+    for name in files:
+        try:
+            if isinstance(try_to_load_from_cache(repo, name), str):
+                return None
+        except Exception:  # noqa: BLE001 - a malformed repo id: let open_clip report it
+            return None
+    return repo, files
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
 def _explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if spec.pretrained and not Path(spec.pretrained).is_file() or spec.name.startswith("hf-hub:"):
         return (
             f"cannot load weights for {spec.display}: {reason}. They are downloaded from the "
-            "Hugging Face hub on first use and cached; without network access, copy them into the "
-            "cache (HF_HOME), or point at local weights with --pretrained /path/to/checkpoint.pt, "
-            "--model local-dir:/path/to/folder, or --model config.json --pretrained checkpoint.pt"
+            f"Hugging Face hub on first use and cached. {OFFLINE_HINT}"
         )
     return f"cannot load model {spec.display}: {reason}"

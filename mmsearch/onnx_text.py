@@ -455,7 +455,10 @@ def preload(folder: str | Path, texts: list[str] = ()) -> None:
         except BaseException as exc:  # noqa: BLE001 - handed to whoever collects it
             future.set_exception(exc)
 
-    threading.Thread(target=work, name="mmsearch-onnx-preload", daemon=True).start()
+    # Not a daemon: a process that exits (an error reported at once, say) waits for the load to
+    # end. onnxruntime aborts the whole process ("terminate called without an active exception")
+    # when the interpreter shuts down under a session still being built.
+    threading.Thread(target=work, name="mmsearch-onnx-preload", daemon=False).start()
 
 
 def load(folder: Path, record: dict[str, Any]) -> OnnxTextEncoder:

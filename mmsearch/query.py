@@ -68,6 +68,17 @@ class Hit:
         return data
 
 
+class Hits(list):
+    """Search results: a list of ``Hit``, best first. When it is empty, ``why_empty`` says why
+    (nothing scored above ``min_score``, no item under the folder, none of the type...)."""
+
+    why_empty: str | None = None
+
+    def __init__(self, hits=(), why_empty: str | None = None):
+        super().__init__(hits)
+        self.why_empty = why_empty
+
+
 def _looks_like_image(value: str) -> bool:
     ext = os.path.splitext(value)[1].lower()
     return ext in IMAGE_EXTENSIONS or ext in HEIF_EXTENSIONS

@@ -9,6 +9,7 @@ reader always sees exactly the committed state of its database snapshot.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -31,12 +32,24 @@ from .db import (
     Root,
     Tombstone,
     create_schema,
+    MODEL_KEY,
     get_int,
+    get_text,
     make_engine,
     set_int,
+    set_text,
     upgrade_schema,
 )
-from .errors import IndexLockedError, IndexNotFoundError, IndexVersionError, IndexWriteError, NotAnIndexError
+from .errors import (
+    DamagedManifestError,
+    EmptyIndexError,
+    IndexLockedError,
+    IndexNotFoundError,
+    IndexVersionError,
+    IndexWriteError,
+    MMSearchError,
+    NotAnIndexError,
+)
 from .fsutil import atomic_write_json
 from .vectors import AUTO, FLAT, TRAIN_PER_LIST, IndexPlan, VectorIndex, choose, needs_rebuild, saved_generations
 
@@ -52,6 +65,64 @@ _IN_CHUNK = 30_000
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of the index in ``folder``, checked enough that every reader can rely on it.
+
+    Raises ``EmptyIndexError`` for a folder a first run left without a manifest,
+    ``NotAnIndexError`` for a missing, unreadable or incomplete one (naming what is wrong and
+    what to do), and ``IndexVersionError`` for one written by a newer mmsearch.
+    """
+    manifest_path = folder / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        if folder.is_dir() and IndexStore.holds_only_own_files(folder) and not _holds_items(folder / DB_FILE):
+            raise EmptyIndexError(
+                f"empty index: nothing indexed yet in {folder} (a first indexing run stopped before it saved "
+                f"anything); run `mmsearch index PATH` to index a folder, or delete {folder}"
+            ) from exc
+        raise NotAnIndexError(f"{folder} is not an mmsearch index (no {MANIFEST})") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NotAnIndexError(f"{manifest_path} is unreadable ({exc}); `mmsearch check --repair` rebuilds it from the database") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("schema_version"), int):
+        raise NotAnIndexError(f"{manifest_path} has no schema_version: not an mmsearch manifest")
+    if manifest["schema_version"] > SCHEMA_VERSION:
+        raise IndexVersionError(
+            f"{folder} was written by a newer mmsearch (schema {manifest['schema_version']}, "
+            f"this version reads up to {SCHEMA_VERSION}); upgrade mmsearch"
+        )
+    model, dim = manifest.get("model"), manifest.get("dim")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str) or not model.get("fingerprint") \
+            or not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
+        raise DamagedManifestError(
+            f"{manifest_path} is damaged (the model or the vector dimension is missing or invalid); "
+            f"`mmsearch check --repair` rebuilds it from the database"
+        )
+    return manifest
+
+
+def _holds_items(db_path: Path) -> bool:
+    """True when the database at ``db_path`` exists and holds at least one item."""
+    if not db_path.is_file():
+        return False
+    engine = make_engine(db_path)
+    try:
+        with Session(engine) as session:
+            return session.scalar(select(Item.id).limit(1)) is not None
+    except (OperationalError, DatabaseError):
+        return True  # unreadable: not known to be empty
+    finally:
+        engine.dispose()
 
 
 def vectors_from_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
@@ -101,6 +172,7 @@ class IndexStore:
     def __init__(self, folder: Path, manifest: dict[str, Any]):
         self.folder = folder
         self.manifest = manifest
+        self._manifest_stamp = _stamp(folder / MANIFEST)
         self.engine = make_engine(folder / DB_FILE)
 
     # -- opening -----------------------------------------------------------------------------
@@ -115,20 +187,7 @@ class IndexStore:
             raise IndexNotFoundError(f"index not found: {folder} (create it with `mmsearch index PATH`)")
         if not folder.is_dir():
             raise NotAnIndexError(f"{folder} is not a folder")
-        manifest_path = folder / MANIFEST
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise NotAnIndexError(f"{folder} is not an mmsearch index (no {MANIFEST})") from exc
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise NotAnIndexError(f"{manifest_path} is unreadable: {exc}") from exc
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("schema_version"), int):
-            raise NotAnIndexError(f"{manifest_path} has no schema_version: not an mmsearch manifest")
-        if manifest["schema_version"] > SCHEMA_VERSION:
-            raise IndexVersionError(
-                f"{folder} was written by a newer mmsearch (schema {manifest['schema_version']}, "
-                f"this version reads up to {SCHEMA_VERSION}); upgrade mmsearch"
-            )
+        manifest = read_manifest(folder)
         if not (folder / DB_FILE).is_file():
             raise NotAnIndexError(f"{folder} has a manifest but no database ({DB_FILE})")
         store = cls(folder, manifest)
@@ -136,10 +195,100 @@ class IndexStore:
             with store.session() as session:
                 get_int(session, GENERATION)
             upgrade_schema(store.engine)
+            store._check_manifest_against_database()
         except (OperationalError, DatabaseError) as exc:
             store.close()
             raise NotAnIndexError(f"{folder / DB_FILE} is not a readable mmsearch database: {exc.orig}") from exc
+        except MMSearchError:
+            store.close()
+            raise
         return store
+
+    def _check_manifest_against_database(self) -> None:
+        """DamagedManifestError when the manifest's model or dimension is not the database's."""
+        recorded = self.recorded_model()
+        if recorded is not None:
+            model, dim = recorded["model"], recorded.get("dim")
+            if model.get("fingerprint") != self.manifest["model"].get("fingerprint") or dim != self.dim:
+                raise DamagedManifestError(
+                    f"{self.folder / MANIFEST} names another model or dimension ({self.manifest['model'].get('name')}, "
+                    f"{self.dim}) than the database records ({model.get('name')}, {dim}); "
+                    f"`mmsearch check --repair` rebuilds it from the database"
+                )
+            return
+        with self.session() as session:  # an index from before the database kept the model
+            blob = session.scalar(select(Embedding.vector).limit(1))
+        if blob is not None and len(blob) != self.dim * 4:
+            raise DamagedManifestError(
+                f"{self.folder / MANIFEST} says the vectors have {self.dim} dimensions but the database holds "
+                f"{len(blob) // 4}-dimensional ones; the manifest is damaged"
+            )
+
+    @staticmethod
+    def recorded_model_of(folder: Path) -> dict[str, Any] | None:
+        """The model identity the database in ``folder`` records, read without the manifest."""
+        engine = make_engine(Path(folder) / DB_FILE)
+        try:
+            with Session(engine) as session:
+                raw = get_text(session, MODEL_KEY)
+        except (OperationalError, DatabaseError):
+            return None
+        finally:
+            engine.dispose()
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("model"), dict) else None
+
+    @staticmethod
+    def rebuild_manifest(folder: Path, recorded: dict[str, Any]) -> None:
+        """Write a new manifest from what the database records (call under the writer lock).
+        Derived files it described (ONNX export, vector index parameters) are found again by
+        the next run."""
+        old: dict[str, Any] = {}
+        try:
+            old = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+            old = old if isinstance(old, dict) else {}
+        except (OSError, ValueError):
+            pass
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "mmsearch_version": __version__,
+            "created_at": old.get("created_at") if isinstance(old.get("created_at"), str) else _now(),
+            "updated_at": _now(),
+            "model": recorded["model"],
+            "dim": int(recorded["dim"]),
+            "vector_index": {"type": "flat", "requested": AUTO},
+        }
+        atomic_write_json(folder / MANIFEST, manifest)
+
+    @staticmethod
+    def holds_only_own_files(folder: Path) -> bool:
+        """True when ``folder`` holds what an unfinished first run leaves behind (its lock, its
+        database) and nothing else."""
+        names = [p.name for p in folder.iterdir()]
+        return bool(names) and all(n in _OWN_FILES or n.startswith(f".{MANIFEST}.") for n in names)
+
+    @staticmethod
+    def remove_own_files(folder: Path, remove_folder: bool) -> None:
+        """Delete what a failed first run created in ``folder`` (and the folder, if it made it)."""
+        import shutil
+
+        if not folder.is_dir():
+            return
+        for path in folder.iterdir():
+            if path.name in _OWN_FILES or path.name.startswith((f".{MANIFEST}.", ".vectors.g", ".text_onnx.")) \
+                    or path.name in (MANIFEST, "clip_bpe_vocab.txt.gz") or path.name.startswith(("vectors.g", "text_encoder.")):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        if remove_folder:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # something else was put there meanwhile: leave it
 
     @staticmethod
     def check_creatable(folder: Path) -> None:
@@ -169,9 +318,28 @@ class IndexStore:
         }
         store = cls(folder, manifest)
         create_schema(store.engine)
+        with store.session() as session, session.begin():
+            store.record_model(session, model_identity, dim)
         # The manifest is written last: its presence is what makes the folder an index.
         atomic_write_json(folder / MANIFEST, manifest)
+        store._manifest_stamp = _stamp(folder / MANIFEST)
         return store
+
+    @staticmethod
+    def record_model(session: Session, identity: dict, dim: int) -> None:
+        """Keep the model identity in the database too (inside the caller's write transaction),
+        so a damaged manifest can be rebuilt from it (``mmsearch check --repair``)."""
+        set_text(session, MODEL_KEY, json.dumps({"model": identity, "dim": int(dim)}, sort_keys=True))
+
+    def recorded_model(self) -> dict[str, Any] | None:
+        """{"model": identity, "dim": n} as the database records it (None for old indexes)."""
+        with self.session() as session:
+            raw = get_text(session, MODEL_KEY)
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("model"), dict) else None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -188,6 +356,15 @@ class IndexStore:
         manifest = dict(self.manifest, **changes, updated_at=_now())
         atomic_write_json(self.folder / MANIFEST, manifest)
         self.manifest = manifest
+        self._manifest_stamp = _stamp(self.folder / MANIFEST)
+
+    def manifest_changed(self) -> bool:
+        """True when another process rewrote the manifest since this store read it (one stat)."""
+        return _stamp(self.folder / MANIFEST) != self._manifest_stamp
+
+    def reload_manifest(self) -> None:
+        self.manifest = read_manifest(self.folder)
+        self._manifest_stamp = _stamp(self.folder / MANIFEST)
 
     def remove_stray_temps(self) -> list[Path]:
         """Delete temporary files a killed writer left behind (call only while holding the writer lock)."""
@@ -346,6 +523,18 @@ class IndexStore:
                 set_int(session, PURGED_THROUGH, vectors.gen)
 
     # -- description -------------------------------------------------------------------------
+    def raise_if_never_indexed(self) -> None:
+        """EmptyIndexError when no item was ever saved and no indexing run ever completed."""
+        with self.session() as session:
+            if session.scalar(select(Item.id).limit(1)) is not None:
+                return
+            if session.scalar(select(Root.path).where(Root.indexed_at.is_not(None)).limit(1)) is not None:
+                return
+        raise EmptyIndexError(
+            f"empty index: nothing indexed yet in {self.folder} (a first indexing run stopped before it "
+            f"saved anything); run `mmsearch index` again to resume it"
+        )
+
     def stats(self) -> dict[str, Any]:
         with self.session() as session:
             counts = dict(session.execute(select(Item.modality, func.count()).group_by(Item.modality)).all())

@@ -125,9 +125,12 @@ def test_bad_files_skipped_with_reasons_good_ones_indexed(tmp_path, tiny_model, 
         weird = engine.search(bad_corpus / os.fsdecode(b"caf\xe9-\xff.png"), k=1, include_query=True)[0]
         assert weird.score == pytest.approx(1.0, abs=1e-4) and os.path.exists(weird.path)
 
-    # --paths prints the original bytes of the name; --json and the table do not crash.
+    # -0 prints the original bytes of the name, --paths a readable escaped form (valid UTF-8);
+    # --json and the table do not crash.
+    result = cli("query", "pasta", "-i", idx, "-0", "-k", "100")
+    assert b"caf\xe9-\xff.png\0" in result.stdout_bytes
     result = cli("query", "pasta", "-i", idx, "--paths", "-k", "100")
-    assert b"caf\xe9-\xff.png" in result.stdout_bytes
+    assert "caf\\xe9-\\xff.png\n" in result.stdout_bytes.decode("utf-8")
     cli("query", "pasta", "-i", idx, "-k", "100")
     cli("query", "pasta", "-i", idx, "-k", "100", "--json")
 

@@ -67,7 +67,7 @@ def test_model_mismatch_cli(tmp_path, tiny_model, other_tiny_model, corpus, cli)
     assert result.exit_code == 1
     assert "error:" in result.stderr and "--reembed" in result.stderr and "Traceback" not in result.stderr
     result = cli("index", corpus, "-i", idx, *other_tiny_model.args, "-q", "--reembed")
-    assert f"{IMAGE_COUNT + TEXT_COUNT} added" in result.stdout
+    assert f"{IMAGE_COUNT + TEXT_COUNT} re-embedded, 0 added" in result.stdout
 
 
 @pytest.mark.parametrize(

@@ -180,7 +180,8 @@ def test_model_mismatch_is_refused_then_reembed(tmp_path, tiny_model, other_tiny
         with pytest.raises(ModelMismatchError):
             engine.search("cat")
         report = engine.add(None, reembed=True)  # re-embeds the known roots
-        assert report.added == IMAGE_COUNT + TEXT_COUNT
+        # Items keep their rows and ids; every one is embedded again with the new model.
+        assert (report.reembedded, report.added, report.removed) == (IMAGE_COUNT + TEXT_COUNT, 0, 0)
     with Engine(tmp_path / "idx") as engine:  # no model named: the manifest's (new) model is used
         assert engine.spec.pretrained == str(other_tiny_model.checkpoint)
         assert engine.search("a black cat sleeping on a sofa", k=1)[0].score == pytest.approx(1.0, abs=1e-4)

@@ -1,0 +1,54 @@
+"""Worker processes that never import the caller's main script.
+
+multiprocessing sends each new process the parent's main module (its file or module name), and
+the child imports it again before running anything: a user's script that calls ``Engine.add``
+without an ``if __name__ == "__main__":`` guard would run once more in every worker (and meet
+its own writer lock there). mmsearch's workers need nothing from the main module, so while one
+is started a bare stand-in takes the place of ``sys.modules["__main__"]``; the window is the few
+microseconds of the start, under a lock, and the real module is put back at once.
+
+This module imports only the standard library: the worker unpickles its process object, and
+with it this module, before it runs anything.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import types
+from multiprocessing import context as _mp
+
+_swap_lock = threading.Lock()
+
+
+class NoMainProcess(_mp.ForkServerProcess):
+    """A forkserver process started without the parent's ``__main__``."""
+
+    def start(self) -> None:
+        with _swap_lock:
+            main = sys.modules.get("__main__")
+            sys.modules["__main__"] = types.ModuleType("__main__")
+            try:
+                super().start()
+            finally:
+                if main is not None:
+                    sys.modules["__main__"] = main
+
+
+class NoMainContext(_mp.ForkServerContext):
+    """The forkserver context, with ``NoMainProcess`` as its process class."""
+
+    Process = NoMainProcess
+
+
+def worker_context(preload: list[str]) -> _mp.BaseContext:
+    """A context for worker pools: forkserver without ``__main__`` where the platform has it
+    (workers fork from a small clean server, never from a process holding model threads),
+    else spawn."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = NoMainContext()
+    context.set_forkserver_preload(preload)
+    return context
