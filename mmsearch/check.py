@@ -36,10 +36,10 @@ from .config import SCHEMA_VERSION
 from .corpus import FileEntry, Record, file_kind, read_records
 from .db import GENERATION, Embedding, Item, Root, Tombstone, get_int, next_generation, set_int
 from .errors import DamagedManifestError, EmptyIndexError, IndexVersionError, MMSearchError
-from .fsutil import printable_path
+from .fsutil import digest_mismatch, printable_path
 from .indexer import UNSEALED, Indexer
 from .library import LibraryRoot, under_any
-from .store import DB_FILE, MANIFEST, IndexStore, embedding_chunks, read_manifest, vectors_from_blobs, writer_lock
+from .store import DB_FILE, MANIFEST, VECTORS_FILES, IndexStore, embedding_chunks, read_manifest, vectors_from_blobs, writer_lock
 from .vectors import VectorIndex, saved_generations
 
 _TEMP_RE = re.compile(r"^\.(vectors\.g\d+\.faiss|manifest\.json)\..*\.tmp$")
@@ -194,6 +194,7 @@ def _check(store: IndexStore, report: CheckReport, *, repair: bool, encoder_fact
     if repair and reembed:
         _reembed(store, reembed, encoder_factory, report)
     _check_vectors(store, report, repair)
+    _check_onnx_text(store, report, repair, encoder_factory)
     if repair:
         with store.session() as session:
             report.items = session.scalar(select(func.count()).select_from(Item)) or 0
@@ -404,10 +405,15 @@ def _check_vectors(store: IndexStore, report: CheckReport, repair: bool) -> None
         db_gen = get_int(session, GENERATION)
     damaged: list[Path] = []
     ahead: list[Path] = []
+    records = manifest_records(store)
     for gen, path in saved_generations(store.folder):
         try:
             if not path.is_file():
                 raise RuntimeError(f"{path.name} is not a file")
+            if records is not None:  # every file this index wrote has its checksum recorded
+                record = records.get(str(gen))
+                if record is None or digest_mismatch(path, record, full=True):
+                    raise RuntimeError(f"{path.name} is not the file the manifest records")
             index = faiss.read_index(str(path))
         except RuntimeError:
             damaged.append(path)
@@ -416,8 +422,8 @@ def _check_vectors(store: IndexStore, report: CheckReport, repair: bool) -> None
             ahead.append(path)
         elif index.d != store.dim:
             damaged.append(path)
-    _removable_files(report, "vectors_file", f"{len(damaged)} vectors file(s) cannot be read or have the wrong dimension",
-                     damaged, repair)
+    _removable_files(report, "vectors_file", f"{len(damaged)} vectors file(s) cannot be read, have the wrong "
+                     f"dimension, or differ from the checksum the manifest records", damaged, repair)
     _removable_files(report, "vectors_file",
                      f"{len(ahead)} vectors file(s) claim a generation newer than the database ({db_gen})", ahead, repair)
 
@@ -435,6 +441,31 @@ def _check_vectors(store: IndexStore, report: CheckReport, repair: bool) -> None
         # (what `mmsearch info` shows) follows the vectors it describes.
         store.save_vectors(store.fit_vectors(vectors))
         store.update_manifest()
+
+
+def _check_onnx_text(store: IndexStore, report: CheckReport, repair: bool, encoder_factory) -> None:
+    """The ONNX text encoder is the one the manifest records (whole-file checksums)."""
+    from . import onnx_text
+
+    record = onnx_text.usable_record(store.manifest)
+    if record is None:
+        return
+    problem_text = onnx_text.export_mismatch(store.folder, record, full=True)
+    if problem_text is None:
+        return
+    problem = _problem(report, "onnx_text", f"the ONNX text encoder is not the one the manifest records: {problem_text}")
+    if repair:
+        for path in onnx_text.export_files(store.folder, record).values():
+            path.unlink(missing_ok=True)
+        store.update_manifest(**{onnx_text.MANIFEST_KEY: None})
+        if encoder_factory is not None:
+            onnx_text.ensure_exported(store, encoder_factory(store))
+        problem.repaired = True
+
+
+def manifest_records(store: IndexStore) -> dict | None:
+    records = store.manifest.get(VECTORS_FILES)
+    return records if isinstance(records, dict) else None
 
 
 def _compare(store: IndexStore, session, vectors: VectorIndex) -> str | None:

@@ -30,9 +30,9 @@ from .corpus import BadInput, load_image
 from .fsutil import display_path
 from .db import GENERATION, Embedding, Item, Root, Tombstone, get_int, next_generation
 from .errors import ModelMismatchError, OnnxTextUnavailable, PathNotFoundError, QueryError
-from .indexer import Indexer, IndexReport, Progress
+from .indexer import Indexer, IndexReport, NullProgress, Progress
 from .library import LibraryRoot, under_any, within
-from .model import Encoder, ModelSpec
+from .model import Encoder, ModelSpec, random_weights_note
 from .query import IMAGE, ITEM, TEXT, TYPES, Hit, Hits, QueryTerm, combine, parse_query, query_image_paths
 from .store import IndexStore, writer_lock
 from .vectors import CHOICES, IndexTypeError, VectorIndex, saved_generations
@@ -216,13 +216,17 @@ class Engine:
         if self._store is None:
             encoder = self.encoder
             self._store = IndexStore.create(self.folder, encoder.spec.identity(), encoder.dim)
+            note = random_weights_note(encoder.spec)  # said once, here, not at every load
+            if note:
+                (progress or NullProgress()).note(note)
         if onnx_text.export_needed(self._store.manifest):
             # Before indexing, so queries during a long first run already start fast.
             onnx_text.ensure_exported(self._store, self.encoder)
         report = self._index(roots, progress)
         if self._vectors is not None:
             self._vectors = self._store.fit_vectors(self._vectors, index_type)
-        self._store.update_manifest()  # `updated_at`: when the index last changed or was checked
+        if report.changed:
+            self._store.update_manifest()  # `updated_at`: when the index's contents last changed
         return report
 
     def _remove_failed_first_run(self, existed: bool) -> None:
@@ -293,7 +297,7 @@ class Engine:
             session.add_all(Tombstone(item_id=i, gen=gen) for i in ids)
             store.record_model(session, identity, encoder.dim)
         # No vector of the old model is left; only now does the manifest name the new model.
-        store.update_manifest(model=identity, dim=encoder.dim)
+        store.update_manifest(model=identity, dim=encoder.dim, vectors_files={})
         for _, path in saved_generations(store.folder):
             path.unlink(missing_ok=True)
         self._vectors = None

@@ -26,11 +26,13 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_via(target: Path, write: Callable[[Path], None]) -> None:
+def atomic_write_via(target: Path, write: Callable[[Path], None],
+                     before_replace: Callable[[Path], None] | None = None) -> None:
     """Let ``write`` fill a temporary file beside ``target``, then move it into place.
 
     Readers see either the old file or the complete new one; a crash leaves at most a stray
-    ``.tmp`` file, never a truncated ``target``.
+    ``.tmp`` file, never a truncated ``target``. ``before_replace(tmp)`` runs once the file is
+    complete and durable, before it becomes visible (to record its checksum, say).
     """
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -39,6 +41,8 @@ def atomic_write_via(target: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -121,3 +125,55 @@ def path_from_fields(data: dict, key: str = "path") -> str:
     if raw:
         return os.fsdecode(base64.b64decode(raw))
     return data[key]
+
+
+# -- checksums of derived files --------------------------------------------------------------------
+# Derived files (the vector index, the ONNX text encoder) are recorded in the manifest with their
+# size and two digests: ``head_tail`` (the first and last 64 KiB, cheap enough to check on every
+# open) and ``blake2b`` (the whole file, checked by `mmsearch check`). Small files are hashed
+# whole on open too.
+_EDGE = 64 * 1024
+_WHOLE_ON_OPEN = 32 * 1024 * 1024
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """Size and digests of ``path`` for a manifest record."""
+    import hashlib
+
+    whole = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            whole.update(block)
+    return {"bytes": os.path.getsize(path), "head_tail": _head_tail(path), "blake2b": whole.hexdigest()}
+
+
+def _head_tail(path: Path) -> str:
+    import hashlib
+
+    size = os.path.getsize(path)
+    digest = hashlib.blake2b(str(size).encode(), digest_size=16)
+    with open(path, "rb") as fh:
+        digest.update(fh.read(_EDGE))
+        if size > _EDGE:
+            fh.seek(max(_EDGE, size - _EDGE))
+            digest.update(fh.read(_EDGE))
+    return digest.hexdigest()
+
+
+def digest_mismatch(path: Path, record: dict[str, Any], full: bool = False) -> str | None:
+    """Why ``path`` is not the file ``record`` describes, or None when it is.
+
+    Cheap by default (size, first and last 64 KiB; whole files under 32 MiB); ``full`` hashes
+    the whole file whatever its size.
+    """
+    try:
+        size = os.path.getsize(path)
+        if size != record.get("bytes"):
+            return f"{path.name} has {size} bytes, the manifest records {record.get('bytes')}"
+        if _head_tail(path) != record.get("head_tail"):
+            return f"{path.name} is not the file the manifest records (checksum differs)"
+        if (full or size <= _WHOLE_ON_OPEN) and record.get("blake2b") and file_digest(path)["blake2b"] != record["blake2b"]:
+            return f"{path.name} is damaged (checksum differs from the manifest's)"
+    except OSError as exc:
+        return f"{path.name} cannot be read: {exc.strerror or exc}"
+    return None

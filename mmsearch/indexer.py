@@ -138,6 +138,11 @@ class IndexReport:
     seconds: float = 0.0
     interrupted: bool = False
 
+    @property
+    def changed(self) -> bool:
+        """True when the run changed what the index holds."""
+        return bool(self.added or self.updated or self.reembedded or self.reused or self.removed)
+
     def summary(self) -> str:
         text = (
             (f"{self.reembedded} re-embedded, " if self.reembedded else "")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import OnnxTextUnavailable
-from .fsutil import fsync_dir
+from .fsutil import digest_mismatch, file_digest, fsync_dir
 from .tokenizer import ClipTokenizer, bundled_vocab
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -159,6 +159,10 @@ def _from_cache(folder: Path, fingerprint: str) -> dict[str, Any] | None:
             return None
         if [p.stat().st_size for p in parts] != [record.get("data_bytes"), record.get("graph_bytes")]:
             return None
+        digests = record.get("digests") or {}
+        if not digests or any(digest_mismatch(p, digests.get(k) or {}, full=True)
+                              for k, p in (("data", parts[0]), ("graph", parts[1]))):
+            return None  # an entry from before digests were kept, or a damaged one: export again
     except (OSError, ValueError, KeyError, TypeError):
         return None
     tmp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=folder))
@@ -175,7 +179,8 @@ def _from_cache(folder: Path, fingerprint: str) -> dict[str, Any] | None:
         fsync_dir(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return dict(record, exported_at=_now(), from_cache=str(entry))
+    digests = dict(record["digests"], vocab=file_digest(folder / VOCAB_COPY))
+    return dict(record, digests=digests, exported_at=_now(), from_cache=str(entry))
 
 
 def _to_cache(folder: Path, record: dict[str, Any]) -> None:
@@ -240,6 +245,7 @@ def export_text_encoder(encoder: Encoder, folder: Path, fingerprint: str) -> dic
         )
         del graph
         diff = _verify(wrapper, tokenizer, tmp / name, torch)
+        digests = {"graph": file_digest(tmp / name), "data": file_digest(tmp / f"{name}.data")}
         for part in (f"{name}.data", name):  # the graph last: it names the weights file
             (tmp / part).chmod(0o644 & ~_umask())
             with open(tmp / part, "rb") as fh:
@@ -261,6 +267,9 @@ def export_text_encoder(encoder: Encoder, folder: Path, fingerprint: str) -> dic
         "exporter": exporter,
         "max_abs_diff": diff,
         "exported_at": _now(),
+        # Checked cheaply whenever the encoder is loaded, fully by `mmsearch check`: a file
+        # swapped for another model's export of the same size must never answer queries.
+        "digests": {**digests, "vocab": file_digest(folder / VOCAB_COPY)},
         "export_seconds": round(time.perf_counter() - started, 2),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
@@ -414,6 +423,25 @@ def usable_record(manifest: dict[str, Any]) -> dict[str, Any] | None:
     return record
 
 
+def export_files(folder: Path, record: dict[str, Any]) -> dict[str, Path]:
+    """The files of an export record, by digest key."""
+    return {"graph": folder / record["file"], "data": folder / record["data"],
+            "vocab": folder / record.get("tokenizer", {}).get("vocab", VOCAB_COPY)}
+
+
+def export_mismatch(folder: Path, record: dict[str, Any], full: bool = False) -> str | None:
+    """Why the export files in ``folder`` are not the ones ``record`` describes (None: they
+    are, or the record predates digests). Cheap unless ``full``."""
+    digests = record.get("digests")
+    if not isinstance(digests, dict):
+        return None
+    for key, path in export_files(folder, record).items():
+        problem = digest_mismatch(path, digests.get(key) or {}, full=full)
+        if problem:
+            return problem
+    return None
+
+
 _preloads: dict[tuple[str, str, Any], Future] = {}
 _preload_lock = threading.Lock()
 
@@ -481,6 +509,9 @@ class OnnxTextEncoder:
         if not graph.is_file() or not (folder / record["data"]).is_file():
             raise OnnxTextUnavailable(f"{graph.name} or its weights file is missing")
         vocab = folder / record["tokenizer"].get("vocab", VOCAB_COPY)
+        problem = export_mismatch(folder, record)
+        if problem:
+            raise OnnxTextUnavailable(problem)
         try:
             self.tokenizer = ClipTokenizer(vocab if vocab.is_file() else None, int(record["context_length"]))
             self.session = _session(graph)

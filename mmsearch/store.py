@@ -50,12 +50,15 @@ from .errors import (
     MMSearchError,
     NotAnIndexError,
 )
-from .fsutil import atomic_write_json
+from .fsutil import atomic_write_json, file_digest
 from .vectors import AUTO, FLAT, TRAIN_PER_LIST, IndexPlan, VectorIndex, choose, needs_rebuild, saved_generations
 
 MANIFEST = "manifest.json"
 DB_FILE = "mmsearch.db"
 LOCK_FILE = ".lock"
+# Manifest key of the checksums of the vectors files this index wrote, by generation.
+VECTORS_FILES = "vectors_files"
+KEEP_VECTOR_RECORDS = 4
 _OWN_FILES = (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", f"{DB_FILE}-journal", LOCK_FILE)
 # Rows fetched per query when replaying embeddings into FAISS.
 _SYNC_CHUNK = 50_000
@@ -380,8 +383,13 @@ class IndexStore:
 
     # -- vectors -----------------------------------------------------------------------------
     def load_vectors(self) -> VectorIndex | None:
-        """The newest FAISS file (call before opening the session that ``sync`` will use)."""
-        return VectorIndex.load_latest(self.folder)
+        """The newest FAISS file that is what the manifest records (call before opening the
+        session that ``sync`` will use)."""
+        try:
+            records = read_manifest(self.folder).get(VECTORS_FILES)  # fresh: a writer adds records
+        except MMSearchError:
+            records = self.manifest.get(VECTORS_FILES)
+        return VectorIndex.load_latest(self.folder, records if isinstance(records, dict) else None)
 
     def sync(self, session: Session, vectors: VectorIndex | None) -> VectorIndex:
         """``vectors`` brought exactly to the state of ``session``'s database snapshot."""
@@ -509,8 +517,16 @@ class IndexStore:
 
     def save_vectors(self, vectors: VectorIndex) -> None:
         """Persist ``vectors`` (writer only, under the lock) and drop tombstones it covers."""
+        def record(tmp: Path) -> None:
+            # The checksum is in the manifest before the file is visible under its name, so a
+            # file this index wrote always has its record; the newest few are kept.
+            records = {k: v for k, v in (self.manifest.get(VECTORS_FILES) or {}).items() if k.isdigit()}
+            records[str(vectors.gen)] = file_digest(tmp)
+            keep = sorted(records, key=int)[-KEEP_VECTOR_RECORDS:]
+            self.update_manifest(**{VECTORS_FILES: {k: records[k] for k in keep}})
+
         try:
-            vectors.save(self.folder, vectors.gen)
+            vectors.save(self.folder, vectors.gen, before_replace=record)
         except (OSError, RuntimeError) as exc:  # faiss reports failed writes as RuntimeError
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1]
             raise IndexWriteError(

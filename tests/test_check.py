@@ -15,7 +15,7 @@ from conftest import IMAGE_COUNT, TEXT_COUNT, make_image
 from mmsearch import Engine
 from mmsearch.check import check_folder
 from mmsearch.model import Encoder, ModelSpec
-from mmsearch.vectors import saved_generations
+from mmsearch.vectors import VectorIndex, saved_generations
 
 ITEMS = IMAGE_COUNT + TEXT_COUNT
 
@@ -107,7 +107,10 @@ def test_vector_differing_from_database_detected(built):
     index.remove_ids(np.array([victim], np.int64))
     wrong = np.random.default_rng(0).standard_normal((1, index.d)).astype(np.float32)
     index.add_with_ids(wrong / np.linalg.norm(wrong), np.array([victim], np.int64))
-    faiss.write_index(index, str(path))
+    # Written through the store (checksum recorded), as a bug in mmsearch itself would write it;
+    # a file changed behind the manifest's back is caught by its checksum (test_hardening.py).
+    with Engine(idx) as engine:
+        engine.store.save_vectors(VectorIndex(index.d, index, gen))
     report = check_folder(idx)
     assert any(p.kind == "vector_mismatch" and "differ" in p.detail for p in report.problems)
     _repair_and_verify(idx, "vector_mismatch")
