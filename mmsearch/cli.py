@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -26,7 +27,26 @@ from .corpus import Skip
 from .errors import MMSearchError, QueryError
 from .fsutil import display_path, printable_path, terminal_safe
 
+class _Command(TyperCommand):
+    """Commands whose --help option shows no type marker (flags take no value)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Group(TyperGroup):
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
 app = typer.Typer(
+    cls=_Group,
     name="mmsearch",
     help="Cross-modal search over your images and texts: index a folder, then query it with words, pictures, or both.",
     no_args_is_help=True,
@@ -72,7 +92,7 @@ def _friendly_errors(func: Callable) -> Callable:
 
 def command(*args: Any, **kwargs: Any) -> Callable:
     def register(func: Callable) -> Callable:
-        return app.command(*args, **kwargs)(_friendly_errors(func))
+        return app.command(*args, cls=_Command, **kwargs)(_friendly_errors(func))
 
     return register
 
@@ -336,9 +356,9 @@ def _human_bytes(n: int) -> str:
 @command("check")
 def check_cmd(
     index: IndexOpt = None,
-    repair: Annotated[bool, typer.Option("--repair", help="Fix what can be fixed: re-embed bad or changed items, drop vanished files and orphans, rebuild the vectors file.")] = False,
+    repair: Annotated[bool, typer.Option("--repair", metavar="", help="Fix what can be fixed: re-embed bad or changed items, drop vanished files and orphans, rebuild the vectors file.")] = False,
     device: DeviceOpt = None,
-    wait: Annotated[float, typer.Option("--wait", help="With --repair: seconds to wait for a running indexing run (-1: forever).")] = 0.0,
+    wait: Annotated[float, typer.Option("--wait", metavar="SECONDS", help="With --repair: seconds to wait for a running indexing run (-1: forever).")] = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify an index (manifest, schema, database, rows against vectors, files still there); exit 1 if damaged."""
@@ -543,19 +563,22 @@ def train_cmd(
 
 def main() -> None:
     """The console script: usage errors become one line (``error: ...``) with exit code 2."""
-    import click
-
+    # typer raises click's exception classes (from its own copy of click in recent versions):
+    # found through the public typer.BadParameter, whichever click that is.
+    usage_error, click_exception = (next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+                                    for name in ("UsageError", "ClickException"))
     try:
         code = app(standalone_mode=False)
-    except click.UsageError as exc:
-        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
-        err.print(Text(f"error: {exc.format_message()}{hint}"), style="bold red")
+    except usage_error as exc:
+        if exc.format_message():  # (none when `mmsearch` alone printed the help)
+            hint = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) is not None else ""
+            err.print(Text(f"error: {display_path(exc.format_message())}{hint}"), style="bold red")
         sys.exit(exc.exit_code)
-    except click.Abort:
+    except typer.Abort:
         err.print("[bold red]interrupted[/]")
         sys.exit(130)
-    except click.ClickException as exc:
-        err.print(Text(f"error: {exc.format_message()}"), style="bold red")
+    except click_exception as exc:
+        err.print(Text(f"error: {display_path(exc.format_message())}"), style="bold red")
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 

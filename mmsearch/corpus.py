@@ -189,13 +189,15 @@ class _Walker:
         self.walked: set[tuple[int, int]] = set()  # folders walked already (reached twice by links)
 
     def walk(self, folder: str, active: frozenset) -> Iterator[FileEntry]:
+        """Files under ``folder``; ``active``: real paths of the folders being walked (a symlink
+        leading to one of them, or above one, would walk in circles)."""
         try:
             folder_stat = os.stat(folder)
             key = (folder_stat.st_dev, folder_stat.st_ino)
             if key in self.walked:
                 return
             self.walked.add(key)
-            active = active | {key}
+            active = active | {os.path.realpath(folder)}
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
@@ -230,7 +232,7 @@ class _Walker:
         if st is not None and stat_mod.S_ISDIR(st.st_mode):
             if inside:
                 return  # its contents are indexed under their real path
-            if (st.st_dev, st.st_ino) in active or under_any(self.real_root, [target]):
+            if any(within(folder, target) for folder in active):
                 self.skipped.append(Skip(path, f"symlink loop: leads back to {target}", protects=False))
                 return
             if not self.root.follow_links:

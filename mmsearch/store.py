@@ -89,7 +89,12 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        if folder.is_dir() and IndexStore.holds_only_own_files(folder) and not _holds_items(folder / DB_FILE):
+        if _holds_items(folder / DB_FILE, unreadable=False):
+            raise DamagedManifestError(
+                f"{manifest_path} is missing from an index that holds items; "
+                f"`mmsearch check --repair` rebuilds it from the database"
+            ) from exc
+        if folder.is_dir() and IndexStore.holds_only_own_files(folder):
             raise EmptyIndexError(
                 f"empty index: nothing indexed yet in {folder} (a first indexing run stopped before it saved "
                 f"anything); run `mmsearch index PATH` to index a folder, or delete {folder}"
@@ -114,8 +119,9 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _holds_items(db_path: Path) -> bool:
-    """True when the database at ``db_path`` exists and holds at least one item."""
+def _holds_items(db_path: Path, unreadable: bool = True) -> bool:
+    """True when the database at ``db_path`` exists and holds at least one item (``unreadable``:
+    the answer for a database that cannot be read)."""
     if not db_path.is_file():
         return False
     engine = make_engine(db_path)
@@ -123,7 +129,7 @@ def _holds_items(db_path: Path) -> bool:
         with Session(engine) as session:
             return session.scalar(select(Item.id).limit(1)) is not None
     except (OperationalError, DatabaseError):
-        return True  # unreadable: not known to be empty
+        return unreadable
     finally:
         engine.dispose()
 
@@ -299,6 +305,8 @@ class IndexStore:
         if folder.exists():
             if not folder.is_dir():
                 raise NotAnIndexError(f"{folder} exists and is not a folder")
+            if _holds_items(folder / DB_FILE, unreadable=False):
+                read_manifest(folder)  # an index whose manifest is lost: say so, never overwrite it
             foreign = [p.name for p in folder.iterdir() if p.name not in _OWN_FILES and not p.name.startswith(f".{MANIFEST}.")]
             if foreign:
                 raise NotAnIndexError(

@@ -39,13 +39,22 @@ class TinyModel:
         return ["--model", str(self.config), "--pretrained", str(self.checkpoint)]
 
 
-def write_tiny_model(folder: Path, seed: int = 0, name: str = "mmtiny") -> TinyModel:
+# A tiny image tower with a text tower of CLIP's size (63M parameters): its ONNX export takes
+# CLIP's time to load, for tests of what happens while it loads.
+MIDTEXT_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12},
+}
+
+
+def write_tiny_model(folder: Path, seed: int = 0, name: str = "mmtiny", config_data: dict | None = None) -> TinyModel:
     import open_clip
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / f"{name}.json"
-    config.write_text(json.dumps(TINY_CONFIG))
+    config.write_text(json.dumps(config_data or TINY_CONFIG))
     open_clip.add_model_config(config)
     torch.manual_seed(seed)
     model = open_clip.create_model(name)
@@ -57,6 +66,11 @@ def write_tiny_model(folder: Path, seed: int = 0, name: str = "mmtiny") -> TinyM
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> TinyModel:
     return write_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def midtext_model(tmp_path_factory) -> TinyModel:
+    return write_tiny_model(tmp_path_factory.mktemp("midtext"), name="mmmidtext", config_data=MIDTEXT_CONFIG)
 
 
 @pytest.fixture(scope="session")

@@ -120,24 +120,6 @@ def test_console_script_and_module_entry_point():
         assert result.returncode == 0 and "index" in result.stdout and "query" in result.stdout
 
 
-def test_readme_python_example_runs(tmp_path, tiny_model, monkeypatch):
-    text = README.read_text(encoding="utf-8")
-    section = text.split("## Python API", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    for i, name in enumerate(["dog.jpg", "beach.png", "pasta.jpg", "people.webp"]):
-        make_image(tmp_path / "photos" / name, seed=10 + i)
-    (tmp_path / "photos" / "caption.txt").write_text("a dog on a beach")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MMSEARCH_MODEL", str(tiny_model.config))
-    monkeypatch.setenv("MMSEARCH_PRETRAINED", str(tiny_model.checkpoint))
-    namespace: dict = {}
-    exec(compile(code, str(README), "exec"), namespace)
-    assert namespace["report"].added == 5
-    assert len(namespace["similar"]) == 3 and all(h.path != str(tmp_path / "photos" / "dog.jpg") for h in namespace["similar"])
-    assert len(namespace["more"]) == 3
-    assert (tmp_path / "indexes" / "photos" / "manifest.json").is_file()
-
-
 # -- the query parser ----------------------------------------------------------------------------
 
 def test_parse_weights_operators_and_detection(tmp_path):
