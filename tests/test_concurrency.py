@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from sqlalchemy import select
 
 from mmsearch import Engine
@@ -25,8 +26,14 @@ def _start_writer(corpus: Path, idx: Path, tiny_model, *extra: str) -> subproces
     return proc
 
 
-def test_second_writer_fails_clearly_or_waits(tmp_path, tiny_model, cli):
-    corpus = build_corpus(tmp_path / "corpus", 40, 300)
+# (images, JSONL lines): a small corpus by default, the long one with -m slow.
+SIZES = [pytest.param((16, 80), id="small"), pytest.param((40, 300), id="long", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_second_writer_fails_clearly_or_waits(tmp_path, tiny_model, cli, size):
+    corpus = build_corpus(tmp_path / "corpus", *size)
+    total = sum(size) + 1
     idx = tmp_path / "idx"
     writer = _start_writer(corpus, idx, tiny_model)
     result = cli("index", corpus, "-i", idx, *tiny_model.args, "-q", ok=False)
@@ -38,12 +45,14 @@ def test_second_writer_fails_clearly_or_waits(tmp_path, tiny_model, cli):
     result = cli("index", corpus, "-i", idx, *tiny_model.args, "--json", "--wait", "120")
     assert writer.wait(timeout=120) == 0, writer.stderr.read()
     report = json.loads(result.stdout)
-    assert report["added"] == 0 and report["unchanged"] == 341
-    assert assert_consistent(idx) == 341
+    assert report["added"] == 0 and report["unchanged"] == total
+    assert assert_consistent(idx) == total
 
 
-def test_queries_during_indexing_see_committed_states(tmp_path, tiny_model):
-    corpus = build_corpus(tmp_path / "corpus", 40, 300)
+@pytest.mark.parametrize("size", SIZES)
+def test_queries_during_indexing_see_committed_states(tmp_path, tiny_model, size):
+    corpus = build_corpus(tmp_path / "corpus", *size)
+    total = sum(size) + 1
     idx = tmp_path / "idx"
     writer = _start_writer(corpus, idx, tiny_model)
     seen_sizes: list[int] = []
@@ -78,7 +87,7 @@ def test_queries_during_indexing_see_committed_states(tmp_path, tiny_model):
     assert writer.wait(timeout=120) == 0, writer.stderr.read()
     assert seen_sizes == sorted(seen_sizes), "a reader went back to an older state"
     assert len(set(seen_sizes)) >= 3, f"queries did not overlap the index run: {seen_sizes}"
-    assert seen_sizes[-1] == 341 and assert_consistent(idx) == 341
+    assert seen_sizes[-1] == total and assert_consistent(idx) == total
 
 
 def _terms(text: str):

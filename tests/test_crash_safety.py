@@ -131,7 +131,7 @@ def open_engine(idx: Path, tiny_model) -> Engine:
 
 
 def test_sigkill_loop_consistent_and_converges(tmp_path, tiny_model):
-    _kill_loop(tmp_path, tiny_model, kills=10, images=60, lines=120, seed=1)
+    _kill_loop(tmp_path, tiny_model, kills=6, images=30, lines=60, seed=1)
 
 
 @pytest.mark.slow
