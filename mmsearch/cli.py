@@ -339,7 +339,7 @@ def serve_cmd(
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
     token: Annotated[Optional[str], typer.Option("--token", envvar="MMSEARCH_TOKEN", show_envvar=True, show_default=False, help="Require this bearer token on API requests ('Authorization: Bearer ...'; the page takes it once from /#token=...). Binding beyond loopback without one generates one.")] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve beyond loopback without a token: anyone who reaches the port can read every indexed file.")] = False,
-    allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", envvar="MMSEARCH_ALLOWED_HOSTS", show_envvar=True, show_default=False, help="Also answer requests for this host name (repeatable; comma-separated in the variable; '*' answers any). The server's own address, and localhost on loopback, always work.")] = None,
+    allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", show_default=False, help="Also answer requests for this host name (repeatable; '*' answers any); added to the comma-separated names in $MMSEARCH_ALLOWED_HOSTS. The server's own address, and localhost on loopback, always work.")] = None,
 ) -> None:
     """Serve the HTTP API and the web page (http://HOST:PORT/) with the model kept loaded."""
     import os
@@ -359,9 +359,9 @@ def serve_cmd(
             usage("--no-auth and --token contradict each other: give one of them")
         token = None  # an exported MMSEARCH_TOKEN is for clients; --no-auth says this server wants none
     try:
-        hosts = sorted(normalise_hosts(allow_host or ()))
+        hosts = sorted(normalise_hosts([*(allow_host or ()), os.environ.get("MMSEARCH_ALLOWED_HOSTS", "")]))
     except ValueError as exc:
-        usage(f"--allow-host: {exc}")
+        usage(f"--allow-host or MMSEARCH_ALLOWED_HOSTS: {exc}")
     loopback = is_loopback_host(host)
     generated = not loopback and not token and not no_auth
     if generated:
