@@ -139,6 +139,9 @@ def test_without_the_token_the_api_answers_401(locked):
 def test_the_page_shell_and_docs_stay_public(locked):
     for path in ("/", "/static/app.js", "/static/app.css", "/docs", "/openapi.json"):
         assert raw(locked.url, path)[0] == 200, path
+    schema = json.loads(raw(locked.url, "/openapi.json")[2])  # /docs' Authorize button takes the token
+    assert schema["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+    assert schema["paths"]["/api/search"]["get"]["security"] == [{"bearer": []}]
 
 
 def test_the_token_opens_every_endpoint(locked):

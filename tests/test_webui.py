@@ -311,3 +311,22 @@ def test_page_with_a_token(library, browser):
         assert len(cookies) == 1 and cookies[0]["httpOnly"] and cookies[0]["sameSite"] == "Strict"
         assert TOKEN not in cookies[0]["value"]
         context.close()
+
+
+def test_api_docs_render_offline_under_the_page_policy(server, browser):
+    """/docs is Swagger UI from the server's own files: it renders with no CDN and no CSP error."""
+    url, _ = server
+    page = browser.new_page()
+    messages: list[str] = []
+    requested: list[str] = []
+    page.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
+    page.on("request", lambda r: requested.append(r.url))
+    try:
+        page.goto(url + "/docs")
+        page.wait_for_selector(".swagger-ui .info .title", timeout=20_000)
+        assert page.locator(".swagger-ui .info .title").inner_text().startswith("mmsearch")
+        assert page.locator(".opblock-summary-path", has_text="/api/search").count() == 2  # GET and POST
+    finally:
+        page.close()
+    assert not [m for m in messages if m.startswith("error") or "Content Security Policy" in m], messages
+    assert not [u for u in requested if not u.startswith(url + "/") and not u.startswith("data:")], requested

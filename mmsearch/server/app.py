@@ -360,7 +360,27 @@ def create_app(
         opened = open_item_file(item.id, item.path, engine.roots())
         return file_response(opened, media_type_of(opened.real_path, item.modality), os.path.basename(item.path))
 
+    if token:
+        _document_bearer(app)
     return app
+
+
+def _document_bearer(app: FastAPI) -> None:
+    """Tell /openapi.json (and so /docs' Authorize button) that the API wants a bearer token."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = plain()
+            schema.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            for path, operations in schema.get("paths", {}).items():
+                if path.startswith("/api/"):
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 __all__ = ["create_app", "DEFAULT_MAX_UPLOAD_BYTES", "PAGE_HEADERS"]
