@@ -363,7 +363,7 @@ def phase_traversal(url: str, root: Path, outside: Path, ids: dict[str, dict], t
         "/docs/assets/..%2F..%2F..%2F..%2Fetc%2Fpasswd", f"/api/items/{item}/thumbnail?size=..%2F..%2Fetc%2Fpasswd",
         f"/api/items/{item}/thumbnail?size=-1", f"/api/items/{item}/thumbnail?size=99999999999999999999",
         f"/api/items/{item}/thumbnail?size=0x40", f"/api/items/{item}/similar?k=..%2Fetc",
-        f"/api/search?q={enc}&k=3", "/api/search?q=/etc/passwd&k=3", f"/api/search?q=x&type=..%2F..%2Fetc",
+        f"/api/search?q={enc}&k=3", "/api/search?q=/etc/passwd&k=3", "/api/search?q=x&type=..%2F..%2Fetc",
     ]
     link = next((h["id"] for p, h in ids.items() if p.endswith("/link-out.txt")), None)
     if link is not None:

@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..db import Item
 from ..errors import IndexNotFoundError, MMSearchError, QueryError
-from ..fsutil import path_fields, printable_path
+from ..fsutil import printable_path
 from ..query import IMAGE, ITEM, TEXT, Hit, QueryTerm, combine
 from ..thumbs import DEFAULT_CACHE_BYTES, DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, THUMBS_DIR, SourceKey, ThumbnailCache, \
     ThumbnailError, fit_size, make_thumbnail

@@ -183,8 +183,11 @@ class TokenGuard:
         if root and path.startswith(root):
             path = path[len(root):] or "/"
         headers = scope.get("headers", ())
-        public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
-        if public or self.bearer_ok(headers) or self.cookie_ok(headers):
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        if self.bearer_ok(headers) or self.cookie_ok(headers):
+            # For POST /api/session, which hands it to the page.
             scope.setdefault("state", {})["session_cookie"] = self.session_cookie(root)
             await self.app(scope, receive, send)
             return
