@@ -11,6 +11,8 @@ import io
 import json
 import os
 import re
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -381,6 +383,28 @@ def test_many_simultaneous_requests_all_answered_correctly(served):
     with ThreadPoolExecutor(max_workers=16) as pool:
         for future in [pool.submit(fn, arg) for fn, arg in jobs]:
             future.result()  # re-raises any failed check
+
+
+def _keepalive_median_ms(url: str, path: str, n: int = 15) -> float:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    times = []
+    try:
+        for _ in range(n):
+            started = time.perf_counter()
+            conn.request("GET", path)
+            conn.getresponse().read()
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        conn.close()
+    return sorted(times)[n // 2]
+
+
+def test_kept_alive_connections_answer_without_the_delayed_ack_wait(served):
+    # Without TCP_NODELAY each answer on a reused connection waited ~40 ms for the client's ACK.
+    assert served.server._socket.proto == socket.IPPROTO_TCP
+    for path in ("/api/health", f"/api/items/{served.item_id('a.jpg')}/thumbnail"):
+        assert _keepalive_median_ms(served.url, path) < 25
 
 
 # -- the server follows index runs made elsewhere --------------------------------------------------

@@ -257,5 +257,16 @@ def test_serve_takes_the_token_from_the_environment(index, tmp_path):
         assert httpx.get(f"{url}/api/info").status_code == 401
         with Client(url, token=TOKEN) as client:
             assert client.info()["items"] == 2
+        # Kept-alive connections answer at once (TCP_NODELAY on the CLI's own listening socket).
+        hostname, port = url.removeprefix("http://").rsplit(":", 1)
+        conn = http.client.HTTPConnection(hostname, int(port), timeout=30)
+        times = []
+        for _ in range(11):
+            started = time.perf_counter()
+            conn.request("GET", "/api/health", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert conn.getresponse().read()
+            times.append(time.perf_counter() - started)
+        conn.close()
+        assert sorted(times)[5] < 0.025, times
     finally:
         _stop(proc)

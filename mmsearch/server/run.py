@@ -21,13 +21,29 @@ def url_for(host: str, port: int) -> str:
     return f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}"
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host``:``port`` (``::`` also takes IPv4 where it can).
+
+    Made with protocol IPPROTO_TCP (``socket.create_server`` leaves it 0): asyncio only sets
+    TCP_NODELAY on accepted sockets whose protocol says TCP, and without it every response on a
+    kept-alive connection waits about 40 ms for the client's delayed ACK (Nagle).
+    """
     try:
-        if is_wildcard_host(host) and ":" in host and socket.has_dualstack_ipv6():
-            return socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, address = infos[0]
-        return socket.create_server(address[:2], family=family)
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP,
+                                   flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            if os.name == "posix":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and is_wildcard_host(host) and hasattr(socket, "IPV6_V6ONLY"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(address)
+            sock.listen(2048)
+        except OSError:
+            sock.close()
+            raise
+        return sock
     except OSError as exc:
         raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
@@ -67,7 +83,7 @@ def serve(
     with Engine(index, device=device) as engine:
         engine.info()  # fail now, with a one-line error, when the index does not exist
         app = create_app(engine, max_upload_bytes=max_upload_bytes, token=token, allowed_hosts=hosts)
-        sock = _bind(host, port)
+        sock = listening_socket(host, port)
         try:
             if on_ready is not None:
                 on_ready(url_for(host, sock.getsockname()[1]))
@@ -87,7 +103,7 @@ class ServerThread:
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
         import uvicorn
 
-        self._socket = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self._socket = listening_socket(host, port)
         self.host, self.port = self._socket.getsockname()[:2]
         self.url = f"http://{host if ':' not in host else '[' + host + ']'}:{self.port}"
         self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
