@@ -86,11 +86,32 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse(json_safe({"detail": message, **extra}), status_code=status)
 
 
+def _clean_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Validation errors fit to send back: the offending input only as a short text (never the
+    raw body, whatever its bytes), context values as text."""
+    cleaned = []
+    for error in errors:
+        item = {k: v for k, v in error.items() if k in ("type", "loc", "msg")}
+        value = error.get("input")
+        if isinstance(value, (bytes, bytearray)):
+            value = bytes(value[:200]).decode("utf-8", "replace")
+        if isinstance(value, str):
+            item["input"] = text_safe(value[:200])
+        elif isinstance(value, (int, float, bool)) or value is None:
+            item["input"] = value if not isinstance(value, float) or np.isfinite(value) else str(value)
+        if isinstance(error.get("ctx"), dict):
+            item["ctx"] = {str(k): v if isinstance(v, (int, bool)) else text_safe(str(v)) for k, v in error["ctx"].items()}
+        item["loc"] = [p if isinstance(p, int) else text_safe(str(p)) for p in item.get("loc", ())]
+        cleaned.append(item)
+    return cleaned
+
+
 def _describe_validation(errors: list[dict[str, Any]]) -> str:
     parts = []
     for e in errors:
-        loc = [str(p) for p in e.get("loc", ()) if p not in ("query", "body", "path")]
-        parts.append(f"{'.'.join(loc) or 'request'}: {e.get('msg', 'invalid')}")
+        where = list(e.get("loc", ()))
+        loc = [str(p) for p in where if p not in ("query", "body", "path")]
+        parts.append(f"{'.'.join(loc) or (where[0] if where else 'request')}: {e.get('msg', 'invalid')}")
     return "invalid request: " + "; ".join(parts)
 
 
@@ -148,8 +169,8 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        return _error(422, _describe_validation(errors), errors=jsonable_encoder(errors, custom_encoder={Exception: str}))
+        errors = _clean_errors(list(exc.errors()))
+        return _error(422, _describe_validation(errors), errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 MAX_UPLOADS = 4  # images in one combined query
 MAX_TERMS = 16
@@ -61,7 +61,7 @@ class TermIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["text", "item", "image"]
-    value: str | int | None = Field(None, description="text, or item id")
+    value: StrictStr | StrictInt | None = Field(None, description="text, or item id")
     upload: int | None = Field(None, ge=0, description="index into the uploaded `images` (kind 'image', multipart)")
     data: str | None = Field(None, description="the image file, base64 (kind 'image', JSON bodies)")
     weight: float = 1.0
