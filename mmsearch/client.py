@@ -10,6 +10,9 @@
         client.search_image("photo.jpg")
 
 Errors the server reports become ``ServerError`` (with ``status`` and the server's message).
+A server started with a token needs it: ``Client(url, token=...)`` or ``$MMSEARCH_TOKEN``.
+Paths are the exact file names, as ``Engine`` gives them, also names that are not valid UTF-8
+(the server sends those as base64 in ``path_bytes`` beside a readable ``path``).
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from typing import Any
 import httpx
 
 from .errors import ServerError
+from .fsutil import path_from_fields
 from .query import IMAGE, TEXT, Hit, QueryTerm, parse_query
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+TOKEN_ENV = "MMSEARCH_TOKEN"
 
 
 @dataclass
@@ -41,16 +46,22 @@ class RemoteHit(Hit):
 _HIT_FIELDS = {f.name for f in fields(RemoteHit)}
 
 
-def _hit(data: dict[str, Any]) -> RemoteHit:
-    return RemoteHit(**{k: v for k, v in data.items() if k in _HIT_FIELDS})
+def _hit(data: dict[str, Any], **defaults: Any) -> RemoteHit:
+    fields_ = {**defaults, **{k: v for k, v in data.items() if k in _HIT_FIELDS}}
+    fields_["path"] = path_from_fields(data)  # the exact name, also when it is not valid UTF-8
+    return RemoteHit(**fields_)
 
 
 class Client:
-    """Calls one mmsearch server. ``url`` defaults to ``$MMSEARCH_URL`` or http://127.0.0.1:8000."""
+    """Calls one mmsearch server. ``url`` defaults to ``$MMSEARCH_URL`` or http://127.0.0.1:8000;
+    ``token`` (default ``$MMSEARCH_TOKEN``) is sent as ``Authorization: Bearer``."""
 
-    def __init__(self, url: str | None = None, *, timeout: float = 60.0, transport: httpx.BaseTransport | None = None):
+    def __init__(self, url: str | None = None, *, token: str | None = None, timeout: float = 60.0,
+                 transport: httpx.BaseTransport | None = None):
         self.url = (url or os.environ.get("MMSEARCH_URL") or DEFAULT_URL).rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport, headers=headers)
 
     def __enter__(self) -> Client:
         return self
@@ -168,8 +179,8 @@ class Client:
 
     # -- items -------------------------------------------------------------------------------
     def item(self, item_id: int) -> RemoteHit:
-        """Stored metadata of one item."""
-        return _hit(self._request("GET", f"/api/items/{int(item_id)}").json())
+        """Stored metadata of one item (rank 0 and score 1, as ``Engine.get`` gives them)."""
+        return _hit(self._request("GET", f"/api/items/{int(item_id)}").json(), rank=0, score=1.0)
 
     def thumbnail(self, item_id: int, size: int = 256) -> bytes:
         """JPEG bytes of an image item's thumbnail."""

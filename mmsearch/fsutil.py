@@ -177,3 +177,39 @@ def digest_mismatch(path: Path, record: dict[str, Any], full: bool = False) -> s
     except OSError as exc:
         return f"{path.name} cannot be read: {exc.strerror or exc}"
     return None
+
+
+# -- opening a checked path without following symlinks ---------------------------------------------
+def open_no_symlinks(path: str) -> int:
+    """A read-only descriptor of the file at ``path``, opened without following any symlink.
+
+    ``path`` must be absolute and free of ``.`` and ``..`` (a real path, as ``os.path.realpath``
+    gives). Each folder is opened relative to the one before it with ``O_NOFOLLOW | O_DIRECTORY``
+    and the last component with ``O_NOFOLLOW``, so a symlink anywhere on the way (one swapped in
+    after the path was checked, say) fails with OSError (ELOOP or ENOTDIR) instead of being
+    followed: the descriptor refers to the file whose location is exactly ``path``. The last
+    component may be any kind of file (opened non-blocking, so a FIFO cannot hang): ``fstat``
+    the descriptor before using it. The caller closes it.
+    """
+    if not os.path.isabs(path):
+        raise ValueError(f"not an absolute path: {path!r}")
+    parts = [part for part in path.split(os.sep) if part]
+    if not parts or any(part in (".", "..") for part in parts):
+        raise ValueError(f"not a normalised file path: {path!r}")
+    if os.open not in os.supports_dir_fd:
+        import errno
+
+        raise OSError(errno.ENOTSUP, "opening relative to a folder descriptor is not supported here", path)
+    cloexec = getattr(os, "O_CLOEXEC", 0)
+    # O_PATH (Linux) opens folders for lookups only: folders with search but no read permission work.
+    folder_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | cloexec | getattr(os, "O_PATH", 0)
+    file_flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | cloexec
+    folder = os.open(os.sep, folder_flags)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, folder_flags, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        return os.open(parts[-1], file_flags, dir_fd=folder)
+    finally:
+        os.close(folder)

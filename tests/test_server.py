@@ -10,6 +10,9 @@ import http.client
 import io
 import json
 import os
+import re
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -116,8 +119,23 @@ def test_health_info_and_openapi(served):
     schema = served.http.get("/openapi.json").json()
     assert {"/api/search", "/api/items/{item_id}/similar", "/api/items/{item_id}/thumbnail"} <= set(schema["paths"])
     assert "post" in schema["paths"]["/api/search"] and "get" in schema["paths"]["/api/search"]
+    assert "/redoc" not in schema["paths"] and served.http.get("/redoc").status_code == 404
+
+
+def test_docs_page_works_offline(served):
+    """/docs loads Swagger UI from this server only (FastAPI's default pulls it from a CDN)."""
     docs = served.http.get("/docs")
-    assert docs.status_code == 200 and "openapi.json" in docs.text
+    assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in docs.headers["content-security-policy"]
+    assert "http:" not in docs.text and "https:" not in docs.text and "//" not in docs.text.replace("<!doctype", "")
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert {"docs/assets/swagger-ui-bundle.js", "docs/assets/swagger-ui.css", "static/docs.js"} <= set(assets)
+    for asset in assets:
+        if not asset.startswith("data:"):
+            response = served.http.get("/" + asset)
+            assert response.status_code == 200 and len(response.content) > 100, asset
+    init = served.http.get("/static/docs.js").text
+    assert "openapi.json" in init and "validatorUrl: null" in init
 
 
 # -- searching -----------------------------------------------------------------------------------
@@ -263,7 +281,7 @@ def test_errors_are_json_with_the_right_status(served, method, path, kwargs, sta
 def test_upload_size_limits(served):
     big = io.BytesIO()
     Image.new("RGB", (400, 400), (10, 200, 30)).save(big, "PNG")
-    with TestClient(create_app(served.engine, max_upload_bytes=1000, preload=False)) as client:
+    with TestClient(create_app(served.engine, max_upload_bytes=1000, preload=False, allowed_hosts=["testserver"])) as client:
         response = client.post("/api/search", files={"images": ("big.png", big.getvalue(), "image/png")})
         assert response.status_code == 413 and "limit of 1000 bytes" in response.json()["detail"]
         # A body over the whole-request limit is refused from its Content-Length, unread.
@@ -367,13 +385,35 @@ def test_many_simultaneous_requests_all_answered_correctly(served):
             future.result()  # re-raises any failed check
 
 
+def _keepalive_median_ms(url: str, path: str, n: int = 15) -> float:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    times = []
+    try:
+        for _ in range(n):
+            started = time.perf_counter()
+            conn.request("GET", path)
+            conn.getresponse().read()
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        conn.close()
+    return sorted(times)[n // 2]
+
+
+def test_kept_alive_connections_answer_without_the_delayed_ack_wait(served):
+    # Without TCP_NODELAY each answer on a reused connection waited ~40 ms for the client's ACK.
+    assert served.server._socket.proto == socket.IPPROTO_TCP
+    for path in ("/api/health", f"/api/items/{served.item_id('a.jpg')}/thumbnail"):
+        assert _keepalive_median_ms(served.url, path) < 25
+
+
 # -- the server follows index runs made elsewhere --------------------------------------------------
 def test_thumbnails_of_an_index_inside_its_root_are_not_indexed(tmp_path, tiny_model):
     root = tmp_path / "photos"
     make_image(root / "a.jpg", seed=1)
     with Engine(root / "indexes" / "default", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
         engine.add([root])
-        with TestClient(create_app(engine, preload=False)) as client:
+        with TestClient(create_app(engine, preload=False, allowed_hosts=["testserver"])) as client:
             assert client.get(f"/api/items/{engine.search('x', k=1)[0].id}/thumbnail").status_code == 200
         assert list((engine.folder / THUMBS_DIR).iterdir())
         assert engine.add([root]).added == 0 and engine.info()["images"] == 1
@@ -416,7 +456,8 @@ def test_python_client_against_the_real_server(served):
 
         meta = client.item(by_bytes[0].id)
         assert meta.path == str(query_image) and meta.thumbnail_url
-        assert Image.open(io.BytesIO(client.thumbnail(meta.id, size=32))).size == (32, 24)
+        # Thumbnails come in fixed sizes: 32 is served by the 64-pixel one.
+        assert Image.open(io.BytesIO(client.thumbnail(meta.id, size=32))).size == (64, 48)
         assert client.file(meta.id) == query_image.read_bytes()
 
         with pytest.raises(ServerError) as missing:

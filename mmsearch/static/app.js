@@ -1,11 +1,15 @@
 // mmsearch web page: text, image and "more like this" search over the server's JSON API.
 // No framework and no external resources: everything comes from this server.
+// The query (text, "more like this" item, type, count, min score) lives in the address
+// (?q=...&item=...&type=...), so searches can be bookmarked and Back returns to earlier results.
+// A server started with a token is unlocked once with /#token=...: the page trades it for a
+// session cookie (HttpOnly), which thumbnails and links then carry too.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const form = $("search-form"), qInput = $("q"), results = $("results"), statusLine = $("status");
 const dropZone = $("drop-zone"), fileInput = $("image-input");
-const state = { image: null, imageUrl: null, last: null };
+const state = { image: null, imageUrl: null, last: null, ticket: 0 };
 
 function options() {
   const params = new URLSearchParams();
@@ -21,10 +25,16 @@ function setStatus(text, isError = false) {
   statusLine.classList.toggle("error", isError);
 }
 
+class AuthRequired extends Error {}
+
 async function call(url, init) {
   const response = await fetch(url, init);
   let body = null;
   try { body = await response.json(); } catch (_) { /* not JSON */ }
+  if (response.status === 401) {
+    showAuth();
+    throw new AuthRequired("this server needs its access token");
+  }
   if (!response.ok) {
     const detail = body && body.detail ? body.detail : response.statusText;
     throw new Error(`${response.status}: ${typeof detail === "string" ? detail : JSON.stringify(detail)}`);
@@ -32,9 +42,54 @@ async function call(url, init) {
   return body;
 }
 
-// One function runs every kind of query so the filters can re-run the last one.
-async function run(query) {
+// -- the query in the address -----------------------------------------------------------------
+function addressOf(query) {
+  const params = options();
+  if (query.kind === "similar") params.set("item", query.id);
+  else if (query.text && !query.image) params.set("q", query.text);
+  // An uploaded image cannot live in an address: such a search leaves only the options there.
+  return `${location.pathname}?${params}`;
+}
+
+function remember(query, how) {
+  if (how === "none") return;
+  const address = addressOf(query);
+  if (address === location.pathname + location.search) return;
+  if (how === "replace") history.replaceState(null, "", address);
+  else history.pushState(null, "", address);
+}
+
+function fromAddress() {
+  const params = new URLSearchParams(location.search);
+  const type = params.get("type");
+  const radio = form.querySelector(`input[name=type][value="${CSS.escape(type || "all")}"]`);
+  (radio || form.querySelector("input[name=type][value=all]")).checked = true;
+  const k = params.get("k");
+  if (k && [...$("k").options].some((o) => o.value === k)) $("k").value = k;
+  $("min-score").value = params.get("min_score") || "";
+  const item = params.get("item"), text = params.get("q");
+  clearImage();
+  if (item && /^\d{1,18}$/.test(item)) {
+    qInput.value = "";
+    run({ kind: "similar", id: item }, "none");
+  } else if (text && text.trim()) {
+    qInput.value = text;
+    run({ kind: "search", text: text.trim(), image: null }, "none");
+  } else {
+    qInput.value = "";
+    state.last = null;
+    results.replaceChildren();
+    setStatus("");
+  }
+}
+
+// One function runs every kind of query so the filters can re-run the last one. ``how`` says
+// what the address does: "push" (a new search), "replace" (a filter changed) or "none" (it
+// came from the address).
+async function run(query, how = "push") {
   state.last = query;
+  const ticket = ++state.ticket;  // only the latest search may draw (Back pressed quickly, say)
+  remember(query, how);
   const params = options();
   let url, init;
   if (query.kind === "similar") {
@@ -52,28 +107,37 @@ async function run(query) {
   setStatus("Searching…");
   results.setAttribute("aria-busy", "true");
   try {
+    if (query.kind === "similar" && !query.name) {
+      const item = await call(`api/items/${query.id}`);
+      query.name = basename(item.path) + (item.locator ? `:${item.locator}` : "");
+    }
     const answer = await call(url, init);
+    if (ticket !== state.ticket) return;
     render(answer.hits);
     setStatus(`${answer.hits.length} result${answer.hits.length === 1 ? "" : "s"} for ${describe(query)} ` +
               `(${answer.took_ms.toFixed(0)} ms)`);
   } catch (error) {
+    if (ticket !== state.ticket) return;
     results.replaceChildren();
-    setStatus(`Search failed: ${error.message}`, true);
+    setStatus(error instanceof AuthRequired ? "Enter the access token to search." : `Search failed: ${error.message}`,
+              error instanceof AuthRequired ? false : true);
   } finally {
     results.removeAttribute("aria-busy");
   }
 }
 
 function describe(query) {
-  if (query.kind === "similar") return `items like ${query.name} (#${query.id})`;
+  if (query.kind === "similar") return `items like ${query.name || "item"} (#${query.id})`;
   const parts = [];
   if (query.text) parts.push(`“${query.text}”`);
   if (query.image) parts.push(`image ${query.image.name || "(pasted)"}`);
   return parts.join(" + ");
 }
 
+// The last part of a path. Only a path without any "/" (a Windows one) splits on backslashes: a
+// name that is not UTF-8 arrives with its odd bytes written as \xNN, and those stay in the name.
 function basename(path) {
-  return path.split(/[\\/]/).pop();
+  return path.includes("/") ? path.split("/").pop() : path.split("\\").pop();
 }
 
 function render(hits) {
@@ -192,8 +256,9 @@ form.addEventListener("submit", (event) => {
   run({ kind: "search", text, image: state.image });
 });
 for (const control of form.querySelectorAll("input[name=type], #k, #min-score")) {
-  control.addEventListener("change", () => { if (state.last) run(state.last); });
+  control.addEventListener("change", () => { if (state.last) run(state.last, "replace"); });
 }
+window.addEventListener("popstate", fromAddress);
 
 // -- keyboard: "/" focuses the search box, arrow keys move between results --------------------
 document.addEventListener("keydown", (event) => {
@@ -211,7 +276,58 @@ results.addEventListener("keydown", (event) => {
   if (step) { event.preventDefault(); buttons[Math.max(0, Math.min(buttons.length - 1, at + step))].focus(); }
 });
 
-// -- index stats in the header --------------------------------------------------------------
-call("api/info").then((info) => {
-  $("stats").textContent = `${info.items} items (${info.images} images, ${info.texts} texts) · model ${basename(info.model.name)}`;
-}).catch(() => { $("stats").textContent = ""; });
+// -- access token ------------------------------------------------------------------------------
+function showAuth() {
+  $("auth-form").hidden = false;
+  $("token").focus();
+}
+
+async function unlock(token) {
+  const response = await fetch("api/session", { method: "POST", headers: { Authorization: `Bearer ${token}` } });
+  if (!response.ok) throw new Error(response.status === 401 ? "wrong token" : `${response.status}: ${response.statusText}`);
+  $("auth-form").hidden = true;
+}
+
+// The token arrives once in the address (#token=..., or ?token=...) and leaves it at once.
+function takeTokenFromAddress() {
+  const hash = new URLSearchParams(location.hash.slice(1));
+  const params = new URLSearchParams(location.search);
+  const token = hash.get("token") || params.get("token");
+  if (!token) return null;
+  hash.delete("token");
+  params.delete("token");
+  const rest = hash.toString();
+  history.replaceState(null, "", location.pathname + (params.toString() ? `?${params}` : "") + (rest ? `#${rest}` : ""));
+  return token;
+}
+
+$("auth-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  try {
+    await unlock($("token").value.trim());
+    $("token").value = "";
+    start();
+  } catch (error) {
+    setStatus(`Could not unlock: ${error.message}`, true);
+  }
+});
+
+// -- start: index stats in the header, then the search in the address ---------------------------
+async function start() {
+  try {
+    const info = await call("api/info");
+    $("stats").textContent = `${info.items} items (${info.images} images, ${info.texts} texts) · model ${basename(info.model.name)}`;
+  } catch (error) {
+    $("stats").textContent = "";
+    if (error instanceof AuthRequired) { setStatus("Enter the access token to search."); return; }
+  }
+  fromAddress();
+}
+
+(async () => {
+  const token = takeTokenFromAddress();
+  if (token) {
+    try { await unlock(token); } catch (error) { setStatus(`Could not unlock: ${error.message}`, true); }
+  }
+  start();
+})();

@@ -1,0 +1,130 @@
+"""Request and response shapes of the HTTP API (they document it in /openapi.json and /docs)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+MAX_UPLOADS = 4  # images in one combined query
+MAX_TERMS = 16
+MAX_K = 1000
+MAX_TEXT_CHARS = 2000  # the tokenizer truncates long texts anyway; this only bounds the request
+
+Modality = Literal["all", "image", "text"]
+
+
+class ItemOut(BaseModel):
+    """An indexed item. ``path`` is always valid UTF-8: a file name that is not gets a readable
+    form here (undecodable bytes as ``\\xNN``) and its exact bytes, base64, in ``path_bytes``."""
+
+    id: int
+    modality: str
+    path: str
+    path_bytes: str | None = Field(None, description="Base64 of the exact file name; only when it is not valid UTF-8")
+    locator: str = ""
+    text: str | None = None
+    width: int | None = None
+    height: int | None = None
+    meta: dict[str, Any] | None = None
+    thumbnail_url: str | None = Field(None, description="JPEG thumbnail (images only)")
+    file_url: str = Field(description="The original file")
+    similar_url: str = Field(description="'More like this' search")
+
+
+class HitOut(ItemOut):
+    """A search result: an item with its rank and cosine similarity to the query."""
+
+    rank: int
+    score: float
+
+
+class SearchOut(BaseModel):
+    query: list[dict[str, Any]]
+    k: int
+    type: str
+    min_score: float | None
+    took_ms: float
+    hits: list[HitOut]
+
+
+class HealthOut(BaseModel):
+    status: str
+    version: str
+    model_loaded: bool
+    items: int
+
+
+class TermIn(BaseModel):
+    """One weighted part of a combined query."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["text", "item", "image"]
+    value: StrictStr | StrictInt | None = Field(None, description="text, or item id")
+    upload: int | None = Field(None, ge=0, description="index into the uploaded `images` (kind 'image', multipart)")
+    data: str | None = Field(None, description="the image file, base64 (kind 'image', JSON bodies)")
+    weight: float = 1.0
+
+
+class SearchIn(BaseModel):
+    """``POST /api/search`` as JSON (``Content-Type: application/json``): the multipart form's fields,
+    with images given as base64 ``data`` in image terms."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    q: str | None = Field(None, max_length=MAX_TEXT_CHARS, description="A text term (weight 1)")
+    item: int | None = Field(None, ge=0, description="An item id term (weight 1)")
+    terms: list[TermIn] | None = Field(
+        None,
+        description='Weighted terms, e.g. [{"kind":"text","value":"beach","weight":2},'
+                    '{"kind":"item","value":12,"weight":-0.5},{"kind":"image","data":"<base64>"}]. '
+                    "When given, q and item are only used through it.",
+    )
+    k: int = Field(10, ge=1, le=MAX_K, description="Number of results")
+    type: Modality = Field("all", description="Result type")
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Leave out hits scoring below this cosine similarity")
+    include_query: bool = Field(False, description="Let query items appear in the results")
+
+
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its local ``$defs`` references replaced by the definitions (for openapi_extra)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value) for value in node]
+        return node
+
+    return walk(schema)
+
+
+def search_body_openapi() -> dict[str, Any]:
+    """The request body of ``POST /api/search`` for the OpenAPI document: multipart or JSON."""
+    form_fields = {
+        "q": {"type": "string", "maxLength": MAX_TEXT_CHARS, "description": "A text term (weight 1)"},
+        "item": {"type": "integer", "minimum": 0, "description": "An item id term (weight 1)"},
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"},
+                   "description": f"Uploaded query images (at most {MAX_UPLOADS})"},
+        "terms": {"type": "string", "description": 'JSON list of weighted terms, e.g. [{"kind":"text","value":"beach",'
+                  '"weight":2},{"kind":"item","value":12,"weight":-0.5},{"kind":"image","upload":0}]. '
+                  "When given, q/item/images are only used through it."},
+        "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
+        "type": {"type": "string", "enum": ["all", "image", "text"], "default": "all"},
+        "min_score": {"type": "number", "minimum": -1, "maximum": 1},
+        "include_query": {"type": "boolean", "default": False},
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": {"type": "object", "properties": form_fields}},
+                "application/json": {"schema": _inline_refs(SearchIn.model_json_schema())},
+            },
+        }
+    }
