@@ -395,8 +395,8 @@ def max_pixels() -> int:
         return DEFAULT_MAX_PIXELS
 
 
-def _draft_size(img: Image.Image, target: int | None) -> tuple[int, int]:
-    """The size ``img`` will decode at once draft mode has been asked for ``target``."""
+def decoded_size(img: Image.Image, target: int | None) -> tuple[int, int]:
+    """The size ``decode_image`` decodes ``img`` at for ``target`` (JPEG draft mode reduces it)."""
     width, height = img.size
     if img.format != "JPEG" or not target:
         return width, height
@@ -408,7 +408,7 @@ def _draft_size(img: Image.Image, target: int | None) -> tuple[int, int]:
 
 def check_decode_size(img: Image.Image, limit: int, target: int | None = 224) -> None:
     """BadInput if decoding ``img`` (reduced by JPEG draft mode where possible) exceeds ``limit`` pixels."""
-    width, height = _draft_size(img, target)
+    width, height = decoded_size(img, target)
     if width * height > limit:
         raise BadInput(
             f"image too large: {img.size[0]}x{img.size[1]} pixels, over the {limit}-pixel decode cap "

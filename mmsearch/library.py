@@ -65,7 +65,10 @@ def inside_library(path: str, roots: Sequence[LibraryRoot]) -> str | None:
     owners = [root for root in roots if within(path, root.path)]
     if not owners:
         return None
-    real = os.path.realpath(path)
+    try:
+        real = os.path.realpath(path, strict=True)
+    except (OSError, RuntimeError):  # gone, a loop, or a symlink changing under us
+        return None
     for root in owners:
         if under_any(real, root.real_zones()):
             return real

@@ -70,9 +70,12 @@ def test_user_errors_never_abort_while_the_text_encoder_loads(tmp_path, midtext_
     data = bytearray((broken / "mmsearch.db").read_bytes())
     data[100:] = os.urandom(len(data) - 100)
     (broken / "mmsearch.db").write_bytes(bytes(data))
-    cases = [(["query", "cat", "-i", broken], 1), (["query", "--type", "foo", "cat", "-i", idx], 2),
-             (["query", "cat", "+", "./missing.jpg", "-i", idx], 2)]
-    for attempt in range(6):
+    # Many text terms keep the loading thread busy encoding them when the error ends the process.
+    many = " + ".join(["cat", "dog", "a red bus", "sunset over the sea", "a bowl of soup", "two people",
+                       "a bird", "a tree", "snow", "a clock", "a boat", "a chair"])
+    cases = [(["query", many, "-i", broken], 1), (["query", "cat", "-i", broken], 1),
+             (["query", "--type", "foo", "cat", "-i", idx], 2), (["query", "cat", "+", "./missing.jpg", "-i", idx], 2)]
+    for attempt in range(5):
         for args, code in cases:
             result = run(*args)
             assert result.returncode == code, (attempt, args, result.returncode, result.stderr)

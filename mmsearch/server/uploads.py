@@ -24,7 +24,7 @@ from PIL import Image
 from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from ..corpus import BadInput, _draft_size, check_decode_size, decode_image, open_image
+from ..corpus import BadInput, check_decode_size, decode_image, decoded_size, open_image
 from ..query import IMAGE, ITEM, TEXT
 from .schemas import MAX_TERMS, MAX_TEXT_CHARS, MAX_UPLOADS, SearchIn, TermIn
 
@@ -282,6 +282,5 @@ class UploadDecoder:
 
 
 def _decoded_pixels(img: Image.Image, target: int) -> int:
-    # corpus._draft_size: the size decode_image decodes at (JPEG draft mode) for this target.
-    width, height = _draft_size(img, target)
+    width, height = decoded_size(img, target)
     return width * height
