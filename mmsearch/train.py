@@ -10,8 +10,8 @@ caption per image.
 Every training image is trained on unless asked otherwise: a validation split is used only when
 the dataset names one (or ``val_fraction`` holds images out), and the last epoch's weights are
 kept unless ``keep="best"`` asks for the epoch with the best validation recall. Measured on the
-synthetic shapes set (BENCHMARKS.md), holding out 10% and keeping the best epoch cost test recall
-against training on everything, and the selection never beat the last epoch.
+synthetic shapes set (BENCHMARKS.md), the best-epoch selection never beat the last epoch, and
+holding out 10% of the images cost test recall on average.
 
 The starting model is measured too, before the first step, on the validation split or, without
 one, on a fixed sample of training images, and again at the end: ``TrainReport.improved`` and

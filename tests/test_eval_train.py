@@ -300,13 +300,15 @@ def test_trained_tiny_model_beats_chance_and_its_untrained_self_on_held_out_test
     assert after.text_to_image["R@5"] >= 5 * chance, after.as_dict()
     assert after.text_to_image["R@5"] >= untrained.text_to_image["R@5"] + 10, (untrained.as_dict(), after.as_dict())
     assert after.image_to_text["R@5"] > untrained.image_to_text["R@5"]
-    # The run's record: validation each epoch, the best epoch's weights kept.
+    # The run's record: validation on the named val split each epoch, the last epoch's weights
+    # kept, the best epoch recorded beside them, the start and end measured on the same images.
     assert report.epochs == 6 and report.train_images == 640 and report.val_images == 64
     assert all(r.val is not None for r in report.history)
     best = max(report.history, key=lambda r: r.val["rsum"])
-    assert report.best_epoch == best.epoch
+    assert report.best_epoch == best.epoch and report.kept_epoch == 6
     saved = torch.load(out / "checkpoint.pt", map_location="cpu")
-    assert saved["epoch"] == best.epoch
+    assert saved["epoch"] == 6 and saved["val"] == report.history[-1].val == report.end
+    assert report.improved and report.end["rsum"] > report.start["rsum"] and not report.warnings
     log = json.loads((out / "train.json").read_text())
     assert log["done"] and log["options"]["lr"] == 1e-3 and len(log["history"]) == 6
     assert json.loads((out / "config.json").read_text()) == SMALL_CONFIG
