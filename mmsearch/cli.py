@@ -452,6 +452,8 @@ def _load_dataset(data: Path, image_root: Path | None, quiet: bool = False):
     from .datasets import load_dataset
 
     dataset = load_dataset(data, image_root)
+    if Path(dataset.source) != data.expanduser():  # a folder holding a dataset file
+        err.print(Text(f"reading {printable_path(dataset.source)}"))
     for problem in dataset.problems[:20]:
         err.print(Text(f"skipped {problem}", style="yellow"))
     if len(dataset.problems) > 20:
@@ -459,18 +461,19 @@ def _load_dataset(data: Path, image_root: Path | None, quiet: bool = False):
     return dataset
 
 
-def _recall_table(title: str, rows: list[tuple[str, dict, dict]]) -> Table:
-    """One row per direction (and per model/baseline), Recall@1/5/10 in percent."""
+def _recall_table(title: str, rows: list[tuple[str, dict | None, dict | None]]) -> Table:
+    """One row per direction (and per model/baseline/reading of ties), Recall@1/5/10 in percent;
+    a direction given as None has no row."""
     table = Table(title=Text(title), show_edge=False, header_style="bold")
     table.add_column("")
     for k in ("R@1", "R@5", "R@10"):
         table.add_column(k, justify="right")
-    for name, t2i, i2t in rows:
-        suffix = f" ({name})" if name else ""
-        table.add_row(Text("text->image" + suffix), *[f"{t2i.get(k, 0):.2f}" for k in ("R@1", "R@5", "R@10")])
-    for name, t2i, i2t in rows:
-        suffix = f" ({name})" if name else ""
-        table.add_row(Text("image->text" + suffix), *[f"{i2t.get(k, 0):.2f}" for k in ("R@1", "R@5", "R@10")])
+    for direction, label in ((1, "text->image"), (2, "image->text")):
+        for row in rows:
+            figures = row[direction]
+            if figures is not None:
+                suffix = f" ({row[0]})" if row[0] else ""
+                table.add_row(Text(label + suffix), *[f"{figures.get(k, 0):.2f}" for k in ("R@1", "R@5", "R@10")])
     return table
 
 
@@ -507,14 +510,22 @@ def eval_cmd(
         sys.stdout.write(json.dumps(report.as_dict(), ensure_ascii=False) + "\n")
         return
     title = f"{report.dataset} [{report.split}]: {report.images} images, {report.captions} captions; {report.model}"
-    out.print(_recall_table(title, [
-        ("", report.text_to_image, report.image_to_text),
-        ("chance", report.chance["text_to_image"], report.chance["image_to_text"]),
-    ]))
+    rows: list[tuple[str, dict | None, dict | None]] = [("", report.text_to_image, report.image_to_text)]
+    for reading, name in (("strict", "ties against"), ("expected", "ties at random")):
+        t2i, i2t = (report.ties.get(d, {}).get(reading) for d in ("text_to_image", "image_to_text"))
+        if t2i is not None or i2t is not None:
+            rows.append((name, t2i, i2t))
+    rows.append(("chance", report.chance["text_to_image"], report.chance["image_to_text"]))
+    out.print(_recall_table(title, rows))
+    if report.ties:
+        out.print("Tied scores (identical captions or images): the first rows rank ties in dataset order, the "
+                  "top-K protocol of papers and open_clip; 'ties against' ranks every tie above the right answer, "
+                  "'ties at random' is the mean over random orders of ties.")
 
 
 class _TrainBar(RichProgress):
-    """The training bar: the epoch's batches with loss, learning rate and the last recall."""
+    """The training bar: one row per epoch, its batches with loss and learning rate; when the epoch
+    ends, its row shows that epoch's own validation recall (never the previous epoch's)."""
 
     def __init__(self, console: Console):
         super().__init__(console)
@@ -523,25 +534,32 @@ class _TrainBar(RichProgress):
             TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
         )
         self.info = ""
-        self.recall = ""
 
     def start(self, phase: str, total: int | None) -> None:
         if self.task is not None and self.task_total is None:
             self.bar.update(self.task, total=1, completed=1)
-        self.task = self.bar.add_task(phase, total=total, info=self.recall)
+        self.info = ""
+        self.task = self.bar.add_task(phase, total=total, info="")
         self.task_total = total
 
     def metrics(self, values: dict) -> None:
-        self.info = f"loss {values['loss']:.4f}  lr {values['lr']:.2e}" + (f"  {self.recall}" if self.recall else "")
+        self.info = f"loss {values['loss']:.4f}  lr {values['lr']:.2e}"
         if self.task is not None:
             self.bar.update(self.task, info=self.info)
 
     def epoch(self, record: Any) -> None:
+        recall = ""
         if record.val:
             t2i, i2t = record.val["text_to_image"], record.val["image_to_text"]
-            self.recall = f"val t2i R@5 {t2i['R@5']:.1f}  i2t R@5 {i2t['R@5']:.1f}"
-        line = f"epoch {record.epoch}: loss {record.loss:.4f}" + (f", {self.recall}, rsum {record.val['rsum']:.1f}" if record.val else "")
-        self.console.print(Text(line + ("  (best)" if record.best else "")))
+            recall = f"val t2i R@5 {t2i['R@5']:.1f}  i2t R@5 {i2t['R@5']:.1f}  rsum {record.val['rsum']:.1f}"
+        if record.epoch == 0:
+            if recall:
+                self.console.print(Text(f"start (before training): {recall}"))
+            return
+        if self.task is not None and recall:  # the finished epoch's row, still the current task
+            self.bar.update(self.task, info=f"{self.info}  {recall}" if self.info else recall)
+        line = f"epoch {record.epoch}: loss {record.loss:.4f}" + (f", {recall}" if recall else "")
+        self.console.print(Text(line + ("  (best so far)" if record.best else "")))
 
 
 class _QuietTrain(_QuietProgress):
@@ -567,7 +585,8 @@ def train_cmd(
     lock_image: Annotated[bool, typer.Option("--lock-image", help="Freeze the image tower (LiT): train the text side only.")] = False,
     lock_text: Annotated[bool, typer.Option("--lock-text", help="Freeze the text tower: train the image side only.")] = False,
     augment: Annotated[bool, typer.Option("--augment", help="Random resized crops of training images (off by default).")] = False,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, help="Images held out for validation when the dataset has no val split (0: no validation).")] = 0.1,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, help="Images held out for validation when the dataset has no val split \\[default: 0, train on every image].")] = 0.0,
+    keep: Annotated[str, typer.Option("--keep", help="Weights written to checkpoint.pt: 'last' epoch, or 'best' validation recall (needs a val split or --val-fraction).")] = "last",
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision \\[default: on with CUDA].", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: DeviceOpt = None,
@@ -583,20 +602,28 @@ def train_cmd(
     options = TrainOptions(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup,
         grad_clip=grad_clip or None, lock_image=lock_image, lock_text=lock_text, augment=augment,
-        val_fraction=val_fraction, seed=seed, amp=amp,
+        val_fraction=val_fraction, keep=keep, seed=seed, amp=amp,
     )
     dataset = _load_dataset(data, image_root)
     progress = _QuietTrain(err) if quiet or as_json else _TrainBar(err)
     with progress:
         report = train(dataset, out_dir, model, pretrained, options, device=device, resume=resume, overwrite=overwrite, progress=progress)
+    for warning in report.warnings:  # on stderr, with --json too
+        err.print(Text(f"warning: {warning}", style="bold yellow"))
     if as_json:
         sys.stdout.write(json.dumps(report.as_dict(), ensure_ascii=False) + "\n")
         return
-    best = report.best_val
     out.print(f"trained {report.epochs} epoch(s), {report.steps} steps on {report.train_images} images in {report.seconds:.0f} s")
-    if best:
-        out.print(_recall_table(f"validation ({report.val_images} images), best epoch {report.best_epoch}",
-                                [("", best["text_to_image"], best["image_to_text"])]))
+    if report.start and report.end:
+        where = (f"validation ({report.measured_images} images)" if report.measured_on == "validation"
+                 else f"{report.measured_images} training images (not held out)")
+        kept = "the starting weights" if report.kept_epoch == 0 else f"epoch {report.kept_epoch} ({report.keep})"
+        out.print(_recall_table(f"{where}: start, and checkpoint.pt = {kept}", [
+            ("start", report.start["text_to_image"], report.start["image_to_text"]),
+            ("kept", report.end["text_to_image"], report.end["image_to_text"]),
+        ]))
+        out.print(f"recall sum {report.start['rsum']:.1f} -> {report.end['rsum']:.1f}"
+                  + (f"; best validation epoch {report.best_epoch}" if report.best_epoch is not None else ""))
     out.print(f"model: {report.out}  (mmsearch index --model {report.out} ...)")
 
 

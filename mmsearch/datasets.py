@@ -10,6 +10,9 @@ One reader, ``load_dataset(path)``, for the formats people have:
   several rows naming the same image add captions to it; optional ``split`` column;
 * a folder of images with same-named ``.txt`` files (``cat.jpg`` + ``cat.txt``), one caption per
   non-empty line;
+* a folder holding a dataset file: ``dataset.jsonl`` (what ``scripts/make_synthetic_dataset.py
+  --out DIR`` writes), ``dataset.csv``/``.tsv``/``.json`` or a Karpathy ``dataset_*.json``; or,
+  when its images have no .txt captions, its only ``.jsonl``/``.csv``/``.tsv`` file;
 * the Karpathy-split JSON used for COCO and Flickr30k (``dataset_coco.json``,
   ``dataset_flickr30k.json``): ``{"images": [{"filepath", "filename", "split", "sentences":
   [{"raw": ...}]}]}``; images are looked up under the JSON file's folder (or ``image_root``).
@@ -126,7 +129,15 @@ def load_dataset(path: str | Path, image_root: str | Path | None = None, check_f
         raise DatasetError(f"dataset not found: {source}")
     root = Path(image_root).expanduser() if image_root is not None else None
     if source.is_dir():
-        return _read_folder(source, root)
+        found = _dataset_file(source)
+        if found is None:
+            try:
+                return _read_folder(source, root)
+            except DatasetError:
+                found = _only_table(source)
+                if found is None:
+                    raise
+        source = found
     suffix = source.suffix.lower()
     base = root or source.parent
     if suffix == ".jsonl":
@@ -149,6 +160,32 @@ def load_dataset(path: str | Path, image_root: str | Path | None = None, check_f
         detail = f"; first problem: {problems[0]}" if problems else ""
         raise DatasetError(f"{source} holds no usable captioned images{detail}")
     return Dataset(str(source), items, problems)
+
+
+DATASET_FILE_SUFFIXES = (".jsonl", ".csv", ".tsv", ".json")
+
+
+def _dataset_file(folder: Path) -> Path | None:
+    """The dataset file a folder names: ``dataset.*``, else Karpathy's ``dataset_*.json``."""
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+    except OSError as exc:
+        raise DatasetError(f"cannot list {folder}: {exc}") from exc
+    named = [p for p in files if p.stem.lower() == "dataset" and p.suffix.lower() in DATASET_FILE_SUFFIXES]
+    if not named:
+        named = [p for p in files if p.name.lower().startswith("dataset_") and p.suffix.lower() == ".json"]
+    if len(named) > 1:
+        raise DatasetError(f"{folder} holds several dataset files ({', '.join(p.name for p in named)}); name one")
+    return named[0] if named else None
+
+
+def _only_table(folder: Path) -> Path | None:
+    """The folder's one JSONL/CSV/TSV file, if it has exactly one."""
+    tables = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".jsonl", ".csv", ".tsv"))
+    if len(tables) > 1:
+        raise DatasetError(f"{folder} has no images with same-named .txt captions and several dataset files "
+                           f"({', '.join(p.name for p in tables)}); name one")
+    return tables[0] if tables else None
 
 
 def _read_json(source: Path) -> object:

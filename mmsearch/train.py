@@ -5,16 +5,28 @@ Fine-tunes pretrained weights or trains from random init with the symmetric Info
 AdamW with decoupled weight decay (none on gains, biases, embeddings' scale and the temperature),
 linear warm-up then cosine decay per step, gradient clipping, mixed precision on CUDA, optional
 locked image or text tower (LiT), no image augmentation unless asked. Each epoch samples one
-caption per image, and ends with Recall@1/5/10 on the validation split; the best epoch's weights
-are kept.
+caption per image.
+
+Every training image is trained on unless asked otherwise: a validation split is used only when
+the dataset names one (or ``val_fraction`` holds images out), and the last epoch's weights are
+kept unless ``keep="best"`` asks for the epoch with the best validation recall. Measured on the
+synthetic shapes set (BENCHMARKS.md), the best-epoch selection never beat the last epoch, and
+holding out 10% of the images cost test recall on average.
+
+The starting model is measured too, before the first step, on the validation split or, without
+one, on a fixed sample of training images, and again at the end: ``TrainReport.improved`` and
+``warnings`` say when training did not improve on it (a learning rate too small to move the
+model, for example).
 
 Output folder (``mmsearch index --model DIR`` reads it directly):
 
 * ``config.json``: the open_clip model config (``--model DIR/config.json``);
-* ``checkpoint.pt``: the best weights, ``{"state_dict": ...}`` (``--pretrained DIR/checkpoint.pt``);
-* ``last.pt``: full training state (model, optimizer, schedule, position) for ``--resume``,
-  written at every epoch end, every ``save_every`` seconds and on interruption;
-* ``train.json``: options, data sizes and per-epoch history.
+* ``checkpoint.pt``: the kept weights, ``{"state_dict": ...}`` (``--pretrained DIR/checkpoint.pt``);
+* ``last.pt``: full training state (``state_dict`` of the model, optimizer, schedule, position)
+  for ``--resume``, written at every epoch end, every ``save_every`` seconds and on interruption;
+  open_clip reads its ``state_dict`` like any checkpoint, so ``--pretrained DIR/last.pt`` gives
+  the weights so far;
+* ``train.json``: options, data sizes, per-epoch history, start and end figures, warnings.
 """
 
 from __future__ import annotations
@@ -47,6 +59,10 @@ log = logging.getLogger(__name__)
 LAST_STATE = "last.pt"
 TRAIN_LOG = "train.json"
 CACHE_LIMIT_BYTES = 1 << 30  # decoded training images kept in memory up to this size
+# Without a validation split, the start and the end are compared on this many training images:
+# enough for recall to move by whole percent steps, a few seconds of encoding for a ViT-B-32.
+PROBE_IMAGES = 256
+KEEP_CHOICES = ("last", "best")
 
 
 @dataclass
@@ -62,7 +78,8 @@ class TrainOptions:
     lock_image: bool = False
     lock_text: bool = False
     augment: bool = False
-    val_fraction: float = 0.1  # held out from train when the dataset has no val split
+    val_fraction: float = 0.0  # held out from train when the dataset has no val split
+    keep: str = "last"  # weights written to checkpoint.pt: "last" epoch, or "best" on validation
     seed: int = 0
     amp: bool | None = None  # default: on for CUDA
     eval_batch_size: int = 128
@@ -77,6 +94,8 @@ class TrainOptions:
             raise TrainingError("locking both towers leaves nothing to train")
         if self.lr is not None and not self.lr > 0:
             raise TrainingError(f"learning rate must be positive, not {self.lr}")
+        if self.keep not in KEEP_CHOICES:
+            raise TrainingError(f"keep must be one of {', '.join(KEEP_CHOICES)}, not {self.keep!r}")
 
 
 @dataclass
@@ -88,7 +107,8 @@ class EpochRecord:
     logit_scale: float
     seconds: float
     val: dict[str, Any] | None = None
-    best: bool = False
+    best: bool = False  # best validation rsum so far
+    kept: bool = False  # these weights were written to checkpoint.pt
 
 
 @dataclass
@@ -101,10 +121,18 @@ class TrainReport:
     epochs: int
     steps: int
     seconds: float
-    best_epoch: int | None
+    best_epoch: int | None  # best validation rsum (0: the starting model), None without validation
     best_val: dict[str, Any] | None
     history: list[EpochRecord] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
+    keep: str = "last"
+    kept_epoch: int | None = None  # the epoch whose weights checkpoint.pt holds (0: the starting weights)
+    measured_on: str | None = None  # "validation" or "training sample": where start and end were measured
+    measured_images: int = 0
+    start: dict[str, Any] | None = None  # recall of the starting model
+    end: dict[str, Any] | None = None  # recall of the kept model, on the same images
+    improved: bool | None = None  # end rsum above start rsum
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -293,7 +321,8 @@ class Trainer:
             raise ModelLoadError(f"cannot load model {spec.display}: {exc}") from exc
         self.model = model_obj
         if self.state is not None:
-            self.model.load_state_dict(self.state["model"])
+            # "model": resume states written before last.pt took open_clip's "state_dict" key.
+            self.model.load_state_dict(self.state["state_dict"] if "state_dict" in self.state else self.state["model"])
         if opts.lock_image:
             self.model.lock_image_tower(unlocked_groups=0, freeze_bn_stats=True)
         if opts.lock_text:
@@ -370,6 +399,30 @@ class Trainer:
         return {"text_to_image": t2i, "image_to_text": i2t, "rsum": round(sum(t2i.values()) + sum(i2t.values()), 4)}
 
     # -- the run -----------------------------------------------------------------------------
+    def _check_set(self, train: _Batches, workers: int) -> tuple[str, Any, list[str], list[int]]:
+        """(name, images, captions, owners) that the start, each epoch and the end are measured on:
+        the validation split, or without one a fixed sample of training images (not held out)."""
+        if self.val_data is not None:
+            name, val = "validation", _Batches(self.val_data, self.preprocess, self.image_size, True, workers, self.progress)
+            images, items = val.cache, val.items
+            val.close()
+        else:
+            rows = sorted(random.Random(self.options.seed).sample(range(len(train)), min(len(train), PROBE_IMAGES)))
+            items = [train.items[i] for i in rows]
+            name = "training sample"
+            if train.cache is not None and not self.options.augment:
+                images = train.cache[rows]  # decoded with the evaluation transform already
+            else:
+                probe = _Batches(Dataset(self.train_data.source, items), self.preprocess, self.image_size, True, workers)
+                images, items = probe.cache, probe.items
+                probe.close()
+        texts: list[str] = []
+        owners: list[int] = []
+        for row, item in enumerate(items):
+            texts.extend(item.captions)
+            owners.extend([row] * len(item.captions))
+        return name, images, texts, owners
+
     def run(self) -> TrainReport:
         import torch
 
@@ -380,20 +433,15 @@ class Trainer:
             not opts.augment and per_image * len(self.train_data) <= CACHE_LIMIT_BYTES)
         if opts.augment and cache:
             raise TrainingError("cached images cannot be augmented; leave out --cache-images")
+        if opts.keep == "best" and self.val_data is None:
+            raise TrainingError("keeping the best epoch needs validation images: a val split in the dataset, or --val-fraction")
         train = _Batches(self.train_data, self.train_transform, self.image_size, cache, workers, self.progress)
-        val_images = val_texts = None
-        val_owners: list[int] = []
-        if self.val_data is not None:
-            val = _Batches(self.val_data, self.preprocess, self.image_size, True, workers, self.progress)
-            val_images = val.cache
-            val_texts = []
-            for row, item in enumerate(val.items):
-                val_texts.extend(item.captions)
-                val_owners.extend([row] * len(item.captions))
-            val.close()
         n = len(train)
         if n < 2:
+            train.close()
             raise TrainingError("training needs at least two decodable images")
+        measured_on, check_images, check_texts, check_owners = self._check_set(train, workers)
+        validating = self.val_data is not None
         batch_size = min(opts.batch_size, n)
         steps_per_epoch = n // batch_size
         total = steps_per_epoch * opts.epochs
@@ -406,6 +454,8 @@ class Trainer:
         history: list[EpochRecord] = []
         best_val: dict | None = None
         best_epoch: int | None = None
+        kept_epoch: int | None = None
+        start_figures: dict | None = None
         epoch, batch_in_epoch, step = 0, 0, 0
         elapsed_before = 0.0
         if self.state is not None:
@@ -415,8 +465,10 @@ class Trainer:
             epoch, batch_in_epoch, step = self.state["epoch"], self.state["batch"], self.state["step"]
             history = [EpochRecord(**r) for r in self.state["history"]]
             best_val, best_epoch = self.state["best_val"], self.state["best_epoch"]
+            kept_epoch, start_figures = self.state.get("kept_epoch"), self.state.get("start")
             elapsed_before = self.state.get("seconds", 0.0)
             if self.state.get("train_images") != n:
+                train.close()
                 raise TrainingError(
                     f"the training data changed since the run was saved ({self.state.get('train_images')} images then, {n} now)"
                 )
@@ -426,41 +478,61 @@ class Trainer:
         started = time.monotonic()
         last_save = started
         loss_sum, loss_count = 0.0, 0
+        end_figures: dict | None = None
+
+        def weights() -> dict:
+            return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
         def save_state(at_epoch: int, at_batch: int) -> None:
+            # "state_dict" is the key open_clip's checkpoint loader reads: last.pt works as --pretrained.
             _atomic_save({
-                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "state_dict": weights(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "epoch": at_epoch, "batch": at_batch, "step": step, "options": asdict(opts),
                 "history": [asdict(r) for r in history], "best_val": best_val, "best_epoch": best_epoch,
+                "kept_epoch": kept_epoch, "start": start_figures,
                 "train_images": n, "seconds": elapsed_before + time.monotonic() - started,
                 "config": self.config, "spec": {"name": self.spec.name, "pretrained": self.spec.pretrained},
             }, self.out / LAST_STATE)
 
-        def save_best(record: EpochRecord) -> None:
-            _atomic_save({"state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                          "epoch": record.epoch, "step": record.step, "val": record.val}, self.out / TRAINED_CHECKPOINT)
+        def save_kept(record: EpochRecord) -> None:
+            nonlocal kept_epoch
+            _atomic_save({"state_dict": weights(), "epoch": record.epoch, "step": record.step, "val": record.val},
+                         self.out / TRAINED_CHECKPOINT)
+            record.kept, kept_epoch = True, record.epoch
 
         def write_log(done: bool) -> TrainReport:
+            improved = None
+            if start_figures is not None and end_figures is not None:
+                improved = end_figures["rsum"] > start_figures["rsum"]
             report = TrainReport(
                 out=str(self.out), config=str(self.out / TRAINED_CONFIG), checkpoint=str(self.out / TRAINED_CHECKPOINT),
-                train_images=n, val_images=0 if val_images is None else len(val_images), epochs=len(history),
+                train_images=n, val_images=len(check_images) if validating else 0, epochs=len(history),
                 steps=step, seconds=round(elapsed_before + time.monotonic() - started, 2), best_epoch=best_epoch,
-                best_val=best_val, history=history, skipped=train.skipped,
+                best_val=best_val, history=history, skipped=train.skipped, keep=opts.keep, kept_epoch=kept_epoch,
+                measured_on=measured_on, measured_images=len(check_images), start=start_figures, end=end_figures, improved=improved,
+                warnings=self._warnings(done, improved, measured_on, len(check_images), start_figures, end_figures, kept_epoch),
             )
             data = report.as_dict()
             data.update(done=done, options=asdict(opts), lr=self.lr, warmup_steps=warmup,
                         base_model=self.spec.display if self.state is None else self.state["spec"],
-                        device=self.device, amp=self.amp, dataset=self.train_data.source)
-            if val_images is not None:
-                data["val_chance"] = chance_recall(len(val_images), val_owners)
+                        device=self.device, amp=self.amp, dataset=self.train_data.source,
+                        chance=chance_recall(len(check_images), check_owners))
             _atomic_write(self.out / TRAIN_LOG, json.dumps(data, indent=2) + "\n")
             return report
 
-        if val_images is not None and self.state is None and self.spec.pretrained:
-            # The starting point is a candidate too: fine-tuning must not leave a worse model behind.
-            best_val, best_epoch = self.validate(val_images, val_texts, val_owners), 0
-            save_best(EpochRecord(epoch=0, step=0, loss=float("nan"), lr=0.0, logit_scale=0.0, seconds=0.0, val=best_val))
+        if start_figures is None:
+            # The starting model, measured before any step: training must be seen to improve on it.
+            start_figures = self.validate(check_images, check_texts, check_owners)
+            start_record = EpochRecord(epoch=0, step=0, loss=float("nan"), lr=0.0, logit_scale=0.0, seconds=0.0,
+                                       val=start_figures if validating else None)
+            if validating and self.spec.pretrained:
+                # With starting weights, they are a candidate for the best epoch too.
+                best_val, best_epoch, start_record.best = start_figures, 0, True
+                if opts.keep == "best":
+                    save_kept(start_record)
+            if self.progress is not None and hasattr(self.progress, "epoch"):
+                self.progress.epoch(start_record)
         position = batch_in_epoch  # batches of the current epoch already trained on
         try:
             while epoch < opts.epochs:
@@ -517,31 +589,48 @@ class Trainer:
                     seconds=round(time.monotonic() - epoch_start, 2),
                 )
                 loss_sum, loss_count = 0.0, 0
-                if val_images is not None:
-                    record.val = self.validate(val_images, val_texts, val_owners)
+                if validating:
+                    record.val = self.validate(check_images, check_texts, check_owners)
                     record.best = best_val is None or record.val["rsum"] > best_val["rsum"]
-                else:
-                    record.best = True
-                if record.best:
-                    best_val, best_epoch = record.val, record.epoch
-                    save_best(record)
+                    if record.best:
+                        best_val, best_epoch = record.val, record.epoch
+                if opts.keep == "last" or record.best:
+                    save_kept(record)
                 history.append(record)
                 if self.progress is not None and hasattr(self.progress, "epoch"):
                     self.progress.epoch(record)
                 epoch, batch_in_epoch, position = epoch + 1, 0, 0
                 save_state(epoch, 0)
                 last_save = time.monotonic()
-                write_log(done=epoch >= opts.epochs)
+                if epoch < opts.epochs:
+                    write_log(done=False)
         except KeyboardInterrupt:
             save_state(epoch, position)
             write_log(done=False)
             raise TrainingInterrupted(
-                f"training interrupted at epoch {epoch + 1}, step {step}; state saved in {self.out / LAST_STATE}, "
-                "continue with --resume"
+                f"training interrupted at epoch {epoch + 1}, step {step}; state saved in {self.out / LAST_STATE} "
+                "(usable as --pretrained), continue with --resume"
             ) from None
         finally:
             train.close()
+        # The kept model on the images the start was measured on.
+        if validating:
+            end_figures = next((r.val for r in history if r.epoch == kept_epoch), start_figures if kept_epoch == 0 else None)
+        else:
+            end_figures = self.validate(check_images, check_texts, check_owners)
         return write_log(done=True)
+
+    @staticmethod
+    def _warnings(done: bool, improved: bool | None, measured_on: str, images: int, start: dict | None,
+                  end: dict | None, kept_epoch: int | None) -> list[str]:
+        if not done or improved is not False or start is None or end is None:
+            return []
+        where = "validation" if measured_on == "validation" else f"{images} training images (not held out)"
+        figures = f"recall sum {start['rsum']:.1f} at the start, {end['rsum']:.1f} at the end, on {where}"
+        if kept_epoch == 0:
+            return [f"no epoch beat the starting model: checkpoint.pt holds the starting weights unchanged ({figures}); "
+                    "try a larger --lr or more epochs"]
+        return [f"training did not improve on the starting model ({figures}); try another --lr or more epochs"]
 
 
 def train(

@@ -159,3 +159,38 @@ def test_holdout_is_deterministic_and_disjoint(tmp_path):
     assert [i.image for i in held.items] == [i.image for i in held2.items]
     assert not {i.image for i in rest.items} & {i.image for i in held.items}
     assert len(rest) + len(held) == 60 and 5 <= len(held) <= 25
+
+
+def test_folder_holding_a_dataset_file(tmp_path):
+    """A folder is read through the dataset file it holds: dataset.* by name, Karpathy's
+    dataset_*.json, or its only JSONL/CSV when its images have no .txt captions."""
+    root = tmp_path / "synthetic"
+    _images(root / "images", ["a.png", "b.png"])
+    rows = [{"image": "images/a.png", "captions": ["a"], "split": "train"},
+            {"image": "images/b.png", "captions": ["b"], "split": "test"}]
+    (root / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "test.jsonl").write_text(json.dumps(rows[1]) + "\n")  # a per-split file beside it
+    ds = load_dataset(root)
+    assert ds.source == str(root / "dataset.jsonl") and len(ds) == 2 and ds.splits == ["test", "train"]
+
+    only = tmp_path / "only"
+    _images(only, ["x.jpg"])
+    (only / "captions.csv").write_text("image,caption\nx.jpg,an x\n")
+    assert load_dataset(only).source == str(only / "captions.csv")
+    (only / "more.jsonl").write_text(json.dumps({"image": "x.jpg", "caption": "c"}) + "\n")
+    with pytest.raises(DatasetError, match="several dataset files .*captions.csv, more.jsonl.*name one"):
+        load_dataset(only)
+
+    karpathy = tmp_path / "flickr"
+    _images(karpathy / "flickr30k-images", ["1.jpg"])
+    (karpathy / "dataset_flickr30k.json").write_text(json.dumps({"images": [
+        {"filename": "1.jpg", "split": "test", "sentences": [{"raw": "A kid."}]}]}))
+    assert load_dataset(karpathy).items[0].captions == ("A kid.",)
+
+    # Images with same-named .txt captions win over a stray table that is not named dataset.*.
+    paired = tmp_path / "paired"
+    _images(paired, ["p.png"])
+    (paired / "p.txt").write_text("a p")
+    (paired / "notes.csv").write_text("not,a,dataset\n")
+    ds = load_dataset(paired)
+    assert ds.source == str(paired) and ds.items[0].captions == ("a p",)

@@ -15,7 +15,7 @@ import torch
 from conftest import make_image
 from mmsearch.datasets import load_dataset
 from mmsearch.errors import TrainingError, TrainingInterrupted
-from mmsearch.evaluate import chance_recall, evaluate, recall_at_k
+from mmsearch.evaluate import chance_recall, evaluate, recall_at_k, recall_figures
 from mmsearch.model import Encoder, ModelSpec
 from mmsearch.train import LAST_STATE, TrainOptions, Trainer, split_for_training, train
 
@@ -92,12 +92,118 @@ def test_recall_hand_computed_case_and_ties():
     t2i, i2t = recall_at_k(images, texts, owners, ks=(1, 2))
     # captions: #0 -> image0 rank1 (hit@1), #1 -> image2 then image1 (miss@1, miss@2), #2 -> image2 then image0 (miss, miss)
     assert t2i == {"R@1": pytest.approx(100 / 3, abs=1e-3), "R@2": pytest.approx(100 / 3, abs=1e-3)}
-    # image0: best own caption #0 at rank 1; image1: its caption #2 ranks below #1 (0.1 vs 0.1 tie: counts against)
+    # image0: best own caption #0 at rank 1; image1: its caption #2 (score 0) ranks below #1 (0.1)
     assert i2t == {"R@1": 50.0, "R@2": 50.0}
-    # A collapsed model (everything the same vector) gets no credit from ties.
+    # A collapsed model (everything the same vector): top-K takes ties in dataset order, so the
+    # first image's queries hit; ties counted against the model give zero; random ties give chance.
     same = np.ones((5, 4), np.float32) / 2
-    t2i, i2t = recall_at_k(same, same[:5], list(range(5)), ks=(1,))
-    assert t2i["R@1"] == 0 and i2t["R@1"] == 0
+    figures = recall_figures(same, same[:5], list(range(5)), ks=(1, 2))
+    assert figures.text_to_image == figures.image_to_text == {"R@1": 20.0, "R@2": 40.0}
+    assert figures.strict["text_to_image"] == figures.strict["image_to_text"] == {"R@1": 0.0, "R@2": 0.0}
+    assert figures.expected["text_to_image"] == figures.expected["image_to_text"] == {"R@1": 20.0, "R@2": 40.0}
+
+
+# -- ties: duplicate captions against an independent top-K --------------------------------------
+def _independent_top_k(sims: np.ndarray, positive: np.ndarray, k: int) -> float:
+    """Written from the protocol: sort each query's candidates by score (a stable sort keeps
+    dataset order among equal scores), take the first k, a hit when any is a positive."""
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return 100 * float(np.mean(np.take_along_axis(positive, order, axis=1).any(axis=1)))
+
+
+def _independent_strict(sims: np.ndarray, positive: np.ndarray, k: int) -> float:
+    """Every non-positive scoring at least as high as the best positive ranks above it."""
+    best = np.where(positive, sims, -np.inf).max(axis=1, keepdims=True)
+    return 100 * float(np.mean(((sims >= best) & ~positive).sum(axis=1) < k))
+
+
+def _duplicate_caption_set(seed: int):
+    """240 images with one caption each, 49 distinct caption strings (as in the tracker's set),
+    vectors with small integer entries so that every score is exact in any summation order."""
+    rng = np.random.default_rng(seed)
+    n_images, n_strings, dim = 240, 49, 6
+    string_of = np.concatenate([np.arange(n_strings), rng.integers(0, n_strings, n_images - n_strings)])
+    rng.shuffle(string_of)
+    vocab = rng.integers(-3, 4, size=(n_strings, dim)).astype(np.float32)
+    # A good but imperfect model: each image near the vector of its caption's text.
+    images = vocab[string_of] * 2 + rng.integers(-1, 2, size=(n_images, dim)).astype(np.float32)
+    return images, vocab[string_of], list(range(n_images)), string_of
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_duplicate_captions_top_k_recall_matches_an_independent_implementation(seed):
+    images, texts, owners, string_of = _duplicate_caption_set(seed)
+    figures = recall_figures(images, texts, owners, ks=(1, 5, 10), chunk=37)
+    i2t_sims, t2i_sims = images @ texts.T, texts @ images.T
+    i2t_pos = np.eye(len(images), dtype=bool)  # image i's only caption is caption i
+    t2i_pos = i2t_pos.T
+    for k in (1, 5, 10):
+        assert figures.image_to_text[f"R@{k}"] == pytest.approx(_independent_top_k(i2t_sims, i2t_pos, k), abs=1e-3)
+        assert figures.text_to_image[f"R@{k}"] == pytest.approx(_independent_top_k(t2i_sims, t2i_pos, k), abs=1e-3)
+        assert figures.strict["image_to_text"][f"R@{k}"] == pytest.approx(_independent_strict(i2t_sims, i2t_pos, k), abs=1e-3)
+        assert figures.strict["text_to_image"][f"R@{k}"] == pytest.approx(_independent_strict(t2i_sims, t2i_pos, k), abs=1e-3)
+    # Strict image->text R@1 can only count images whose caption text is unique; top-K is not capped so.
+    unique_texts = np.bincount(string_of)[string_of] == 1
+    assert figures.strict["image_to_text"]["R@1"] <= 100 * unique_texts.mean() + 1e-3
+    assert figures.image_to_text["R@1"] > figures.strict["image_to_text"]["R@1"]
+    # Expected under random tie orders: a Monte Carlo estimate, ties broken by random jitter
+    # smaller than the gap between two distinct (integer) scores.
+    rng = np.random.default_rng(100 + seed)
+    draws = [_independent_top_k(i2t_sims + rng.uniform(0, 0.5, i2t_sims.shape), i2t_pos, 5) for _ in range(600)]
+    assert figures.expected["image_to_text"]["R@5"] == pytest.approx(np.mean(draws), abs=0.5)
+    assert figures.strict["image_to_text"]["R@5"] <= figures.expected["image_to_text"]["R@5"]
+    assert set(figures.ties()) >= {"image_to_text"}
+
+
+def test_recall_equals_open_clips_own_evaluation_without_ties():
+    """open_clip_train's get_clip_metrics (one caption per image, argsort of the logits)."""
+    metrics_module = pytest.importorskip("open_clip_train.train")
+    rng = np.random.default_rng(7)
+    images = rng.normal(size=(150, 16)).astype(np.float32)
+    texts = images + rng.normal(scale=1.5, size=images.shape).astype(np.float32)
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    theirs = metrics_module.get_clip_metrics(torch.from_numpy(images), torch.from_numpy(texts), torch.tensor(100.0))
+    figures = recall_figures(images, texts, list(range(150)))
+    assert not figures.ties()
+    for k in (1, 5, 10):
+        assert figures.text_to_image[f"R@{k}"] == pytest.approx(100 * theirs[f"text_to_image_R@{k}"], abs=1e-3)
+        assert figures.image_to_text[f"R@{k}"] == pytest.approx(100 * theirs[f"image_to_text_R@{k}"], abs=1e-3)
+    assert 0 < figures.image_to_text["R@1"] < figures.image_to_text["R@10"] < 100
+
+
+def test_eval_of_a_dataset_with_duplicate_captions(tmp_path, tiny_model, cli):
+    """Through the real model and command: identical captions get identical vectors (so their ties
+    are exact), the headline figures are the independent top-K of those vectors, and the strict
+    and expected readings are reported beside them."""
+    rows = []
+    phrases = ["a photo of a dog", "a photo of a cat", "a red square", "a picture"]
+    for i in range(24):
+        make_image(tmp_path / f"{i}.png", seed=i, size=(32, 32))
+        captions = [phrases[i % 4]] + ([f"image number {i}"] if i % 3 == 0 else [])
+        rows.append({"image": f"{i}.png", "captions": captions})
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = load_dataset(tmp_path / "d.jsonl")
+    encoder = Encoder(ModelSpec.resolve(str(tiny_model.config), str(tiny_model.checkpoint)))
+    from mmsearch.evaluate import embed_dataset
+
+    image_emb, text_emb, owners, _ = embed_dataset(encoder, ds, batch_size=5)
+    texts, _ = ds.pairs()
+    first = {t: j for j, t in reversed(list(enumerate(texts)))}
+    for j, t in enumerate(texts):
+        assert np.array_equal(text_emb[j], text_emb[first[t]])
+    report = evaluate(encoder, ds, batch_size=5)
+    sims = image_emb.astype(np.float64) @ text_emb.astype(np.float64).T
+    positive = np.asarray(owners)[None, :] == np.arange(len(image_emb))[:, None]
+    for k in (1, 5, 10):
+        assert report.image_to_text[f"R@{k}"] == pytest.approx(_independent_top_k(sims, positive, k), abs=1e-3)
+        assert report.ties["image_to_text"]["strict"][f"R@{k}"] == pytest.approx(_independent_strict(sims, positive, k), abs=1e-3)
+    assert sum(report.ties["image_to_text"]["strict"].values()) < sum(report.image_to_text.values())
+    data = json.loads(cli("eval", tmp_path / "d.jsonl", *tiny_model.args, "--json").stdout)
+    assert data["image_to_text"] == report.image_to_text and data["ties"] == report.ties
+    table = cli("eval", tmp_path / "d.jsonl", *tiny_model.args, "-q").stdout
+    assert "image->text (ties against)" in table and "image->text (ties at random)" in table
+    assert "top-K protocol" in table
 
 
 def test_chance_levels():
@@ -194,13 +300,15 @@ def test_trained_tiny_model_beats_chance_and_its_untrained_self_on_held_out_test
     assert after.text_to_image["R@5"] >= 5 * chance, after.as_dict()
     assert after.text_to_image["R@5"] >= untrained.text_to_image["R@5"] + 10, (untrained.as_dict(), after.as_dict())
     assert after.image_to_text["R@5"] > untrained.image_to_text["R@5"]
-    # The run's record: validation each epoch, the best epoch's weights kept.
+    # The run's record: validation on the named val split each epoch, the last epoch's weights
+    # kept, the best epoch recorded beside them, the start and end measured on the same images.
     assert report.epochs == 6 and report.train_images == 640 and report.val_images == 64
     assert all(r.val is not None for r in report.history)
     best = max(report.history, key=lambda r: r.val["rsum"])
-    assert report.best_epoch == best.epoch
+    assert report.best_epoch == best.epoch and report.kept_epoch == 6
     saved = torch.load(out / "checkpoint.pt", map_location="cpu")
-    assert saved["epoch"] == best.epoch
+    assert saved["epoch"] == 6 and saved["val"] == report.history[-1].val == report.end
+    assert report.improved and report.end["rsum"] > report.start["rsum"] and not report.warnings
     log = json.loads((out / "train.json").read_text())
     assert log["done"] and log["options"]["lr"] == 1e-3 and len(log["history"]) == 6
     assert json.loads((out / "config.json").read_text()) == SMALL_CONFIG
