@@ -10,7 +10,9 @@
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
+    DamagedManifestError,
     DecodeWorkersError,
+    EmptyIndexError,
     IndexingInterrupted,
     IndexLockedError,
     IndexNotFoundError,
@@ -21,14 +23,16 @@ from .errors import (  # noqa: E402
     ModelLoadError,
     ModelMismatchError,
     NotAnIndexError,
+    PathNotFoundError,
     QueryError,
+    SettingsError,
 )
 
 # The engine and its dependencies (SQLAlchemy, FAISS, NumPy) load on first use, so that the CLI
 # can start work (e.g. loading the text encoder in a thread) while they import.
 _LAZY = {
-    "Engine": "engine", "IndexReport": "indexer", "ModelSpec": "model",
-    "Hit": "query", "QueryTerm": "query", "parse_query": "query",
+    "Engine": "engine", "IndexReport": "indexing", "ModelSpec": "encoders", "Settings": "settings",
+    "Hit": "query", "Hits": "query", "Item": "query", "QueryTerm": "query", "parse_query": "query",
 }
 
 
@@ -43,7 +47,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Engine", "Hit", "QueryTerm", "IndexReport", "ModelSpec", "parse_query",
+    "Engine", "Hit", "Hits", "Item", "QueryTerm", "IndexReport", "ModelSpec", "Settings", "parse_query",
     "MMSearchError", "IndexNotFoundError", "NotAnIndexError", "IndexVersionError", "IndexLockedError", "IndexWriteError", "DecodeWorkersError", "IndexTypeError",
-    "ModelLoadError", "ModelMismatchError", "QueryError", "IndexingInterrupted",
+    "ModelLoadError", "ModelMismatchError", "QueryError", "IndexingInterrupted", "PathNotFoundError", "EmptyIndexError",
+    "DamagedManifestError", "SettingsError",
 ]

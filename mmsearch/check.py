@@ -30,17 +30,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select, text, update
 
-from .config import SCHEMA_VERSION
-from .corpus import FileEntry, Record, file_kind, read_records
-from .db import GENERATION, Embedding, Item, Root, Tombstone, get_int, next_generation, set_int
+from .encoders import ModelSpec, TorchEncoder
 from .errors import DamagedManifestError, EmptyIndexError, IndexVersionError, MMSearchError
-from .fsutil import digest_mismatch, printable_path
-from .indexer import UNSEALED, Indexer
+from .fsutil import printable_path
+from .indexing import UNSEALED, Indexer
 from .library import LibraryRoot, under_any
-from .store import DB_FILE, MANIFEST, VECTORS_FILES, IndexStore, embedding_chunks, read_manifest, vectors_from_blobs, writer_lock
-from .vectors import VectorIndex, saved_generations
+from .settings import Settings
+from .media import FileEntry, Record, media_registry
+from .storage import MANIFEST, SCHEMA_VERSION, IndexStore, VectorIndex, read_manifest, saved_generations, writer_lock
+from .storage.sqlite import DB_FILE
+from .storage.store import vectors_from_blobs
 
 _TEMP_RE = re.compile(r"^\.(vectors\.g\d+\.faiss|manifest\.json)\..*\.tmp$")
 # Rows read per query while comparing the database with the FAISS index.
@@ -105,13 +105,17 @@ def check_folder(
     repair: bool = False,
     encoder_factory: Callable[[IndexStore], Any] | None = None,
     wait: float = 0.0,
+    settings: Settings | None = None,
 ) -> CheckReport:
     """Check the index in ``folder``; ``repair`` fixes what can be fixed.
 
     ``encoder_factory(store)`` returns the model used to re-embed items (only called when a
-    repair needs it). Missing folders raise ``IndexNotFoundError``; every other kind of damage
-    is reported in the returned ``CheckReport``.
+    repair needs it; by default the index's own model, loaded with torch). Missing folders raise
+    ``IndexNotFoundError``; every other kind of damage is reported in the returned ``CheckReport``.
     """
+    settings = settings or Settings.from_env()
+    encoder_factory = encoder_factory or (lambda store: TorchEncoder(
+        ModelSpec.from_manifest(store.manifest["model"]), cpu_bf16=settings.cpu_bf16))
     folder = Path(folder).expanduser().absolute()
     report = CheckReport(str(folder))
     try:
@@ -133,9 +137,9 @@ def check_folder(
     try:
         if repair:
             with writer_lock(folder, wait):
-                _check(store, report, repair=True, encoder_factory=encoder_factory)
+                _check(store, report, repair=True, encoder_factory=encoder_factory, settings=settings)
         else:
-            _check(store, report, repair=False, encoder_factory=encoder_factory)
+            _check(store, report, repair=False, encoder_factory=encoder_factory, settings=settings)
     finally:
         store.close()
     return report
@@ -170,7 +174,7 @@ def _manifest_problem(folder: Path, report: CheckReport, exc: MMSearchError, rep
     return IndexStore.open(folder)
 
 
-def _check(store: IndexStore, report: CheckReport, *, repair: bool, encoder_factory) -> None:
+def _check(store: IndexStore, report: CheckReport, *, repair: bool, encoder_factory, settings: Settings) -> None:
     manifest = store.manifest
     if not isinstance(manifest.get("model"), dict) or not isinstance(manifest.get("dim"), int):
         _problem(report, "manifest", f"{store.folder / MANIFEST} lacks the model or the vector dimension",
@@ -179,25 +183,27 @@ def _check(store: IndexStore, report: CheckReport, *, repair: bool, encoder_fact
     if manifest["schema_version"] < 1 or manifest["schema_version"] > SCHEMA_VERSION:
         _problem(report, "schema", f"unknown schema version {manifest['schema_version']}", repairable=False)
         return
-    with store.engine.connect() as conn:
-        result = [row[0] for row in conn.execute(text("PRAGMA quick_check"))]
-    if result != ["ok"]:
-        _problem(report, "database", "SQLite integrity check failed: " + "; ".join(result[:3]), repairable=False)
+    errors = store.catalogue.integrity_errors()
+    if errors:
+        _problem(report, "database", "SQLite integrity check failed: " + "; ".join(errors[:3]), repairable=False)
         return
 
     _check_stray_temps(store, report, repair)
-    with store.session() as session:
-        report.items = session.scalar(select(func.count()).select_from(Item)) or 0
+    report.items = _count(store)
     _check_generation(store, report, repair)
     reembed = _check_rows(store, report, repair)
     reembed += _check_files(store, report, repair)
     if repair and reembed:
         _reembed(store, reembed, encoder_factory, report)
     _check_vectors(store, report, repair)
-    _check_onnx_text(store, report, repair, encoder_factory)
+    _check_onnx_text(store, report, repair, encoder_factory, settings)
     if repair:
-        with store.session() as session:
-            report.items = session.scalar(select(func.count()).select_from(Item)) or 0
+        report.items = _count(store)
+
+
+def _count(store: IndexStore) -> int:
+    with store.read() as r:
+        return r.item_count()
 
 
 def _check_stray_temps(store: IndexStore, report: CheckReport, repair: bool) -> None:
@@ -206,15 +212,13 @@ def _check_stray_temps(store: IndexStore, report: CheckReport, repair: bool) -> 
 
 
 def _check_generation(store: IndexStore, report: CheckReport, repair: bool) -> None:
-    with store.session() as session:
-        gen = get_int(session, GENERATION)
-        top = max(session.scalar(select(func.max(Item.gen))) or 0,
-                  session.scalar(select(func.max(Tombstone.gen))) or 0)
+    with store.read() as r:
+        gen, top = r.generation(), r.top_generation()
     if top > gen:
         problem = _problem(report, "generation", f"rows carry generation {top} but the counter says {gen}")
         if repair:
-            with store.session() as session, session.begin():
-                set_int(session, GENERATION, top + 1)
+            with store.catalogue.write() as w:
+                w.set_generation(top + 1)
             problem.repaired = True
 
 
@@ -224,14 +228,10 @@ def _check_rows(store: IndexStore, report: CheckReport, repair: bool) -> list[in
     missing: list[int] = []
     bad: list[int] = []
     orphans: list[int] = []
-    with store.session() as session:
-        missing = list(session.scalars(
-            select(Item.id).outerjoin(Embedding, Embedding.item_id == Item.id).where(Embedding.item_id.is_(None))
-        ))
-        orphans = list(session.scalars(
-            select(Embedding.item_id).outerjoin(Item, Item.id == Embedding.item_id).where(Item.id.is_(None))
-        ))
-        for rows in embedding_chunks(session, _CHUNK):
+    with store.read() as r:
+        missing = r.items_without_vector()
+        orphans = r.orphan_vectors()
+        for rows in r.embedding_chunks(_CHUNK):
             for item_id, blob in rows:
                 if len(blob) != dim_bytes or not np.isfinite(np.frombuffer(blob, np.float32)).all():
                     bad.append(item_id)
@@ -257,11 +257,8 @@ def _check_rows(store: IndexStore, report: CheckReport, repair: bool) -> list[in
         problem = _problem(report, "orphan_vector", f"{len(orphans)} vector(s) belong to no item",
                            [str(i) for i in orphans], count=len(orphans))
         if repair:
-            with store.session() as session, session.begin():
-                gen = next_generation(session)
-                session.query(Embedding).filter(Embedding.item_id.in_(orphans)).delete(synchronize_session=False)
-                session.add_all(Tombstone(item_id=i, gen=gen) for i in orphans
-                                if session.get(Tombstone, i) is None)
+            with store.write() as w:
+                w.remove_orphan_vectors(orphans)
             problem.repaired = True
     return reembed
 
@@ -273,10 +270,8 @@ def _check_files(store: IndexStore, report: CheckReport, repair: bool) -> list[i
     changed_paths: list[str] = []
     stats: dict[str, os.stat_result | None] = {}
     unavailable = tuple(r.path for r in _roots(store) if not os.path.exists(r.path))
-    with store.session() as session:
-        for item_id, path, size, mtime_ns in session.execute(
-            select(Item.id, Item.path, Item.size, Item.mtime_ns).order_by(Item.path, Item.id)
-        ):
+    with store.read() as r:
+        for item_id, path, size, mtime_ns in r.file_rows():
             if path not in stats:
                 try:
                     stats[path] = os.stat(path)
@@ -308,29 +303,24 @@ def _check_files(store: IndexStore, report: CheckReport, repair: bool) -> list[i
 
 def _drop(store: IndexStore, ids: list[int]) -> None:
     for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start:start + _CHUNK]
-        with store.session() as session, session.begin():
-            gen = next_generation(session)
-            session.query(Item).filter(Item.id.in_(chunk)).delete(synchronize_session=False)
-            session.add_all(Tombstone(item_id=i, gen=gen) for i in chunk if session.get(Tombstone, i) is None)
-            session.execute(update(Tombstone).where(Tombstone.item_id.in_(chunk)).values(gen=gen))
+        with store.write() as w:
+            w.remove(ids[start:start + _CHUNK])
 
 
 def _reembed(store: IndexStore, ids: list[int], encoder_factory, report: CheckReport) -> None:
     """Read the files of ``ids`` again and embed them, under the indexing run's policy: a file
     that is gone, or whose content can no longer be decoded, loses its items; one that cannot be
     read now (permissions, I/O) keeps them as they are. Both outcomes are reported."""
+    kinds = media_registry()
     by_path: dict[str, dict[str, int]] = {}
-    with store.session() as session:
-        for item_id, path, locator in session.execute(
-            select(Item.id, Item.path, Item.locator).where(Item.id.in_(ids))
-        ):
+    with store.read() as r:
+        for item_id, path, locator in r.places(ids):
             by_path.setdefault(path, {})[locator] = item_id
     items: list[tuple[int, Record]] = []
     drop: list[tuple[int, str, str]] = []
     kept: list[str] = []
     for path, locators in by_path.items():
-        kind = file_kind(path)
+        kind = kinds.kind_of(path)
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -342,12 +332,12 @@ def _reembed(store: IndexStore, ids: list[int], encoder_factory, report: CheckRe
         if kind is None:
             drop.extend((i, path, "not a supported file type") for i in locators.values())
             continue
-        records, skips = read_records(FileEntry(path, st.st_size, st.st_mtime_ns, kind))
+        records, skips = kinds.read_records(FileEntry(path, st.st_size, st.st_mtime_ns, kind))
         if not records and skips and any(s.protects for s in skips):
             kept.append(f"{path}: {skips[0].reason}")
             continue
         found = {r.locator: r for r in records}
-        if kind == "jsonl" and set(found) - set(locators):
+        if getattr(kinds.handler(kind), "multi_record", False) and set(found) - set(locators):
             # Lines not in the index yet: leave the file marked unfinished so `index` adds them.
             for record in records:
                 record.mtime_ns = UNSEALED
@@ -365,18 +355,15 @@ def _reembed(store: IndexStore, ids: list[int], encoder_factory, report: CheckRe
         report.notes.append(f"kept as indexed (cannot be read now): {line}")
     if not items:
         return
-    if encoder_factory is None:
-        raise MMSearchError("re-embedding needs the index's model, and none was given")
-    indexer = Indexer(store, lambda: encoder_factory(store), _synced_vectors(store))
-    done = indexer.reembed(items)
+    done = Indexer(store, lambda: encoder_factory(store)).reembed(items)
     if done.skipped:
         _problem(report, "unusable_file", f"{len(done.skipped)} file(s) could not be decoded again; their items were removed",
                  [f"{s.path}: {s.reason}" for s in done.skipped], count=len(done.skipped)).repaired = True
 
 
 def _roots(store: IndexStore) -> list[LibraryRoot]:
-    with store.session() as session:
-        return [LibraryRoot.from_row(r.path, r.options) for r in session.scalars(select(Root))]
+    with store.read() as r:
+        return [LibraryRoot.from_row(row.path, row.options) for row in r.roots()]
 
 
 def _under_unavailable_roots(store: IndexStore, ids: list[int]) -> set[int]:
@@ -386,34 +373,25 @@ def _under_unavailable_roots(store: IndexStore, ids: list[int]) -> set[int]:
     unavailable = tuple(r.path for r in _roots(store) if not os.path.exists(r.path))
     if not unavailable:
         return set()
-    with store.session() as session:
-        rows = session.execute(select(Item.id, Item.path).where(Item.id.in_(ids))).all()
-    return {item_id for item_id, path in rows if under_any(path, unavailable)}
-
-
-def _synced_vectors(store: IndexStore) -> VectorIndex:
-    vectors = store.load_vectors()
-    with store.session() as session:
-        return store.sync(session, vectors)
+    with store.read() as r:
+        rows = r.places(ids)
+    return {item_id for item_id, path, _ in rows if under_any(path, unavailable)}
 
 
 def _check_vectors(store: IndexStore, report: CheckReport, repair: bool) -> None:
     """FAISS files readable, not ahead of the database, and equal to it once caught up."""
     import faiss
 
-    with store.session() as session:
-        db_gen = get_int(session, GENERATION)
+    with store.read() as r:
+        db_gen = r.generation()
     damaged: list[Path] = []
     ahead: list[Path] = []
-    records = manifest_records(store)
     for gen, path in saved_generations(store.folder):
         try:
             if not path.is_file():
                 raise RuntimeError(f"{path.name} is not a file")
-            if records is not None:  # every file this index wrote has its checksum recorded
-                record = records.get(str(gen))
-                if record is None or digest_mismatch(path, record, full=True):
-                    raise RuntimeError(f"{path.name} is not the file the manifest records")
+            if not store.file_matches_record(path, gen):  # every file this index wrote has its checksum recorded
+                raise RuntimeError(f"{path.name} is not the file the manifest records")
             index = faiss.read_index(str(path))
         except RuntimeError:
             damaged.append(path)
@@ -427,25 +405,27 @@ def _check_vectors(store: IndexStore, report: CheckReport, repair: bool) -> None
     _removable_files(report, "vectors_file",
                      f"{len(ahead)} vectors file(s) claim a generation newer than the database ({db_gen})", ahead, repair)
 
-    with store.session() as session:
-        vectors = store.sync(session, store.load_vectors())
-        mismatch = _compare(store, session, vectors)
+    vectors = store.synced_copy()
+    with store.read() as r:
+        mismatch = _compare(store, r, vectors)
     if mismatch:
         problem = _problem(report, "vector_mismatch", mismatch)
         if repair:
             # From the database, as the manifest asks; the manifest's vector_index entry follows.
-            store.fit_vectors(None, force=True)
+            store.fit_vectors(force=True)
             problem.repaired = True
     elif repair and any(p.repaired for p in report.problems):
         # Persist the caught-up state after the repairs above; the manifest's vector_index entry
         # (what `mmsearch info` shows) follows the vectors it describes.
-        store.save_vectors(store.fit_vectors(vectors))
+        store.fit_vectors()
+        store.save_vectors()
         store.update_manifest()
 
 
-def _check_onnx_text(store: IndexStore, report: CheckReport, repair: bool, encoder_factory) -> None:
+def _check_onnx_text(store: IndexStore, report: CheckReport, repair: bool, encoder_factory,
+                     settings: Settings) -> None:
     """The ONNX text encoder is the one the manifest records (whole-file checksums)."""
-    from . import onnx_text
+    from .encoders import onnx_text
 
     record = onnx_text.usable_record(store.manifest)
     if record is None:
@@ -459,28 +439,23 @@ def _check_onnx_text(store: IndexStore, report: CheckReport, repair: bool, encod
             path.unlink(missing_ok=True)
         store.update_manifest(**{onnx_text.MANIFEST_KEY: None})
         if encoder_factory is not None:
-            onnx_text.ensure_exported(store, encoder_factory(store))
+            onnx_text.ensure_exported(store, encoder_factory(store), settings.cache)
         problem.repaired = True
 
 
-def manifest_records(store: IndexStore) -> dict | None:
-    records = store.manifest.get(VECTORS_FILES)
-    return records if isinstance(records, dict) else None
-
-
-def _compare(store: IndexStore, session, vectors: VectorIndex) -> str | None:
+def _compare(store: IndexStore, reader, vectors: VectorIndex) -> str | None:
     """None when ``vectors`` holds exactly the database's embeddings, else what differs."""
     ids = vectors.ids()
     position = {int(i): p for p, i in enumerate(ids)}
     if len(position) != len(ids):
         return f"the vectors index holds {len(ids) - len(position)} duplicate id(s)"
-    db_ids = set(session.scalars(select(Embedding.item_id).join(Item, Item.id == Embedding.item_id)))
+    db_ids = reader.vector_ids()
     extra, missing = set(position) - db_ids, db_ids - set(position)
     if extra or missing:
         return (f"the vectors index and the database disagree: {len(extra)} id(s) only in the vectors index, "
                 f"{len(missing)} only in the database")
     differ = 0
-    for rows in embedding_chunks(session, _CHUNK):
+    for rows in reader.embedding_chunks(_CHUNK):
         rows = [r for r in rows if r[0] in position and len(r[1]) == store.dim * 4]
         if rows:
             ids = np.array([r[0] for r in rows], np.int64)

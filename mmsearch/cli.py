@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
-from .corpus import Skip
+from .media import Skip
 from .errors import MMSearchError, QueryError
 from .fsutil import display_path, printable_path, terminal_safe
 
@@ -65,12 +65,30 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_state: dict[str, Any] = {}
+
+
 @app.callback()
 def _main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, metavar="",
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """Cross-modal search over your images and texts: index a folder, then query it with words, pictures, or both."""
+    from .settings import Settings
+
+    try:  # every MMSEARCH_* variable, read once; a bad value stops here, before any work
+        _state["settings"] = Settings.from_env()
+    except MMSearchError as exc:
+        err.print(Text(f"error: {display_path(str(exc))}"), style="bold red")
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _settings():
+    from .settings import Settings
+
+    if "settings" not in _state:  # commands invoked without the app's callback (tests of one command)
+        _state["settings"] = Settings.from_env()
+    return _state["settings"]
 
 
 def _friendly_errors(func: Callable) -> Callable:
@@ -117,7 +135,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print one JSO
 def _engine(index: Path | None, model: str | None = None, pretrained: str | None = None, device: str | None = None, **kwargs: Any):
     from .engine import Engine  # imported here so `mmsearch --help` stays instant
 
-    return Engine(index, model=model, pretrained=pretrained, device=device, **kwargs)
+    return Engine(index, model=model, pretrained=pretrained, device=device, settings=_settings(), **kwargs)
 
 
 class RichProgress:
@@ -249,18 +267,19 @@ def query_cmd(
         raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPE_CHOICES)}")
     if min_score is not None and not math.isfinite(min_score):
         raise QueryError(f"--min-score must be a finite number, not {min_score}")
+    preloaded = None
     if model is None and pretrained is None:
-        from . import onnx_text
-        from .config import default_index_dir
+        from .encoders import onnx_text
         from .query import TEXT, parse_query
 
+        settings = _settings()
         try:
             texts = [t.value for t in parse_query(terms, "image" if image else "text" if text else None) if t.kind == TEXT]
         except MMSearchError:
             texts = []  # the search below reports it
         # Load the text encoder and encode the texts while the engine's libraries import.
-        onnx_text.preload(index if index is not None else default_index_dir(), texts)
-    with _engine(index, model, pretrained, device) as engine:
+        preloaded = onnx_text.preload(index if index is not None else settings.default_index(), texts, settings.onnx)
+    with _engine(index, model, pretrained, device, text_encoder=preloaded) as engine:
         hits = engine.search(
             terms, k=top, type=type, min_score=min_score, under=under,
             include_query=include_self, force="image" if image else "text" if text else None,
@@ -363,13 +382,14 @@ def check_cmd(
 ) -> None:
     """Verify an index (manifest, schema, database, rows against vectors, files still there); exit 1 if damaged."""
     from .check import check_folder
-    from .config import default_index_dir
-    from .model import Encoder, ModelSpec
+    from .encoders import ModelSpec, TorchEncoder
 
-    folder = index if index is not None else default_index_dir()
+    settings = _settings()
+    folder = index if index is not None else settings.default_index()
     report = check_folder(
-        folder, repair=repair, wait=wait,
-        encoder_factory=lambda store: Encoder(ModelSpec.from_manifest(store.manifest["model"]), device),
+        folder, repair=repair, wait=wait, settings=settings,
+        encoder_factory=lambda store: TorchEncoder(ModelSpec.from_manifest(store.manifest["model"]), device,
+                                                   settings.cpu_bf16),
     )
     if as_json:
         _write_json(report.as_dict())
@@ -395,16 +415,19 @@ def serve_cmd(
     device: DeviceOpt = None,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.1, help="Largest accepted uploaded image, in MiB.")] = 20.0,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
-    token: Annotated[Optional[str], typer.Option("--token", envvar="MMSEARCH_TOKEN", show_envvar=True, show_default=False, help="Require this bearer token on API requests ('Authorization: Bearer ...'; the page takes it once from /#token=...). Binding beyond loopback without one generates one.")] = None,
+    token: Annotated[Optional[str], typer.Option("--token", metavar="TOKEN", show_default=False, help="Require this bearer token on API requests ('Authorization: Bearer ...'; the page takes it once from /#token=...) \\[default: $MMSEARCH_TOKEN]. Binding beyond loopback without one generates one.")] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve beyond loopback without a token: anyone who reaches the port can read every indexed file.")] = False,
     allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", show_default=False, help="Also answer requests for this host name (repeatable; '*' answers any); added to the comma-separated names in $MMSEARCH_ALLOWED_HOSTS. The server's own address, and localhost on loopback, always work.")] = None,
 ) -> None:
     """Serve the HTTP API and the web page (http://HOST:PORT/) with the model kept loaded."""
-    import os
     import secrets
 
     from .server import docs_available, is_loopback_host, serve
     from .server.security import normalise_hosts
+
+    settings = _settings()
+    from_env = token is None and settings.token is not None
+    token = token if token is not None else settings.token
 
     def usage(message: str) -> None:
         err.print(f"[bold red]error:[/] {escape(message)}")
@@ -413,11 +436,11 @@ def serve_cmd(
     if token is not None and not token.strip():
         usage("the token is empty: give --token a value, or unset MMSEARCH_TOKEN")
     if no_auth and token:
-        if token != os.environ.get("MMSEARCH_TOKEN"):
+        if not from_env:
             usage("--no-auth and --token contradict each other: give one of them")
         token = None  # an exported MMSEARCH_TOKEN is for clients; --no-auth says this server wants none
     try:
-        hosts = sorted(normalise_hosts([*(allow_host or ()), os.environ.get("MMSEARCH_ALLOWED_HOSTS", "")]))
+        hosts = sorted(normalise_hosts([*(allow_host or ()), ",".join(settings.allowed_hosts)]))
     except ValueError as exc:
         usage(f"--allow-host or MMSEARCH_ALLOWED_HOSTS: {exc}")
     loopback = is_loopback_host(host)
@@ -441,7 +464,8 @@ def serve_cmd(
                           "read by anyone who reaches this port")
 
     serve(index, host=host, port=port, device=device, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-          log_level=log_level, token=token, allowed_hosts=hosts, require_auth=not no_auth, on_ready=ready)
+          log_level=log_level, token=token, allowed_hosts=hosts, require_auth=not no_auth, on_ready=ready,
+          settings=settings)
 
 
 DataArg = Annotated[Path, typer.Argument(help="Captioned dataset: .jsonl, .csv/.tsv, Karpathy dataset_*.json, or a folder of images with same-named .txt captions.", show_default=False)]
@@ -449,7 +473,7 @@ ImageRootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Fold
 
 
 def _load_dataset(data: Path, image_root: Path | None, quiet: bool = False):
-    from .datasets import load_dataset
+    from .training.datasets import load_dataset
 
     dataset = load_dataset(data, image_root)
     if Path(dataset.source) != data.expanduser():  # a folder holding a dataset file
@@ -492,8 +516,8 @@ def eval_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Text->image and image->text Recall@1/5/10 of a model (the index's, or --model) on a captioned dataset."""
-    from .datasets import Dataset
-    from .evaluate import evaluate
+    from .training.datasets import Dataset
+    from .training.evaluate import evaluate
 
     dataset = _load_dataset(data, image_root)
     if split is None and "test" in dataset.splits:
@@ -597,7 +621,7 @@ def train_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Fine-tune (or train from scratch) the dual encoder on captioned images; index with --model OUT afterwards."""
-    from .train import TrainOptions, train
+    from .training.train import TrainOptions, train
 
     options = TrainOptions(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_steps=warmup,

@@ -8,6 +8,11 @@
         client.search("2:beach + ./dog.jpg - people")   # CLI syntax; local images are uploaded
         client.similar(hits[0].id)                         # "more like this"
         client.search_image("photo.jpg")
+        client.get(hits[0].id)                             # one item's metadata
+
+It has the Engine's method names and filters (``search``, ``similar``, ``get``, ``info``, with
+``k``, ``type``, ``min_score``, ``under``) and returns the same ``Hit``/``Item`` types, with the
+server's URLs filled in (``thumbnail_url``, ``file_url``, ``similar_url``).
 
 Errors the server reports become ``ServerError`` (with ``status`` and the server's message).
 A server started with a token needs it: ``Client(url, token=...)`` or ``$MMSEARCH_TOKEN``.
@@ -20,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +33,19 @@ import httpx
 
 from .errors import ServerError
 from .fsutil import path_from_fields
-from .query import IMAGE, TEXT, Hit, QueryTerm, parse_query
+from .query import IMAGE, TEXT, Hit, Hits, Item, QueryTerm, parse_query
+from .settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TOKEN_ENV = "MMSEARCH_TOKEN"
+_ITEM_FIELDS = {f.name for f in fields(Item)}
+_HIT_FIELDS = {f.name for f in fields(Hit)}
 
 
-@dataclass
-class RemoteHit(Hit):
-    """A search result from a server, with the URLs of its thumbnail, file and similar items."""
-
-    thumbnail_url: str | None = None
-    file_url: str | None = None
-    similar_url: str | None = None
-
-
-_HIT_FIELDS = {f.name for f in fields(RemoteHit)}
-
-
-def _hit(data: dict[str, Any], **defaults: Any) -> RemoteHit:
-    fields_ = {**defaults, **{k: v for k, v in data.items() if k in _HIT_FIELDS}}
-    fields_["path"] = path_from_fields(data)  # the exact name, also when it is not valid UTF-8
-    return RemoteHit(**fields_)
+def _item(data: dict[str, Any], kind: type[Item] = Item) -> Item:
+    names = _HIT_FIELDS if kind is Hit else _ITEM_FIELDS
+    values = {k: v for k, v in data.items() if k in names}
+    values["path"] = path_from_fields(data)  # the exact name, also when it is not valid UTF-8
+    return kind(**values)
 
 
 class Client:
@@ -57,9 +53,10 @@ class Client:
     ``token`` (default ``$MMSEARCH_TOKEN``) is sent as ``Authorization: Bearer``."""
 
     def __init__(self, url: str | None = None, *, token: str | None = None, timeout: float = 60.0,
-                 transport: httpx.BaseTransport | None = None):
-        self.url = (url or os.environ.get("MMSEARCH_URL") or DEFAULT_URL).rstrip("/")
-        token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+                 transport: httpx.BaseTransport | None = None, settings: Settings | None = None):
+        settings = settings or Settings.from_env()
+        self.url = (url or settings.url or DEFAULT_URL).rstrip("/")
+        token = token if token is not None else settings.token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport, headers=headers)
 
@@ -86,14 +83,17 @@ class Client:
             raise ServerError(f"{response.status_code}: {detail}", status=response.status_code)
         return response
 
-    def _hits(self, response: httpx.Response) -> list[RemoteHit]:
-        return [_hit(h) for h in response.json()["hits"]]
+    def _hits(self, response: httpx.Response) -> Hits:
+        answer = response.json()
+        return Hits([_item(h, Hit) for h in answer["hits"]], why_empty=answer.get("why_empty"))
 
     @staticmethod
-    def _options(k: int, type: str, min_score: float | None) -> dict[str, Any]:
+    def _options(k: int, type: str, min_score: float | None, under: str | os.PathLike | None) -> dict[str, Any]:
         params: dict[str, Any] = {"k": k, "type": type}
         if min_score is not None:
             params["min_score"] = min_score
+        if under is not None:
+            params["under"] = os.fspath(under)
         return params
 
     # -- status ------------------------------------------------------------------------------
@@ -112,57 +112,50 @@ class Client:
         k: int = 10,
         type: str = "all",
         min_score: float | None = None,
+        under: str | os.PathLike | None = None,
         include_query: bool = False,
-    ) -> list[RemoteHit]:
+    ) -> Hits:
         """Search with a text, CLI-style terms (``"2:beach + ./dog.jpg"``) or ``QueryTerm`` objects.
 
-        Image terms name files on *this* machine; they are uploaded. Item terms are ids of
-        indexed items. A lone text is sent as text, never read as a path.
+        Image terms name files on *this* machine (or hold image bytes); they are uploaded. Item
+        terms are ids of indexed items. A lone text is sent as text, never read as a path.
+        ``under`` is a folder as the *server* sees it.
         """
         terms = self._terms(query)
         if len(terms) == 1 and terms[0].kind == TEXT and terms[0].weight > 0:
-            params = {"q": terms[0].value, **self._options(k, type, min_score)}
+            params = {"q": terms[0].value, **self._options(k, type, min_score, under)}
             return self._hits(self._request("GET", "/api/search", params=params))
         spec: list[dict[str, Any]] = []
         uploads: list[tuple[str, tuple[str, bytes, str]]] = []
         for term in terms:
             if term.kind == IMAGE:
-                path = Path(term.value).expanduser()
-                try:
-                    data = path.read_bytes()
-                except OSError as exc:
-                    raise ServerError(f"cannot read query image {term.value}: {exc.strerror or exc}", status=None) from exc
+                name, data = _image_bytes(term.value)
                 spec.append({"kind": IMAGE, "upload": len(uploads), "weight": term.weight})
-                uploads.append(("images", (path.name, data, "application/octet-stream")))
+                uploads.append(("images", (name, data, "application/octet-stream")))
             else:
                 spec.append({"kind": term.kind, "value": term.value, "weight": term.weight})
-        return self._post_search(spec, uploads, k, type, min_score, include_query)
+        return self._post_search(spec, uploads, k, type, min_score, under, include_query)
 
     def search_image(
         self, image: str | os.PathLike | bytes, *, k: int = 10, type: str = "all",
-        min_score: float | None = None, include_query: bool = False, filename: str = "upload",
-    ) -> list[RemoteHit]:
+        min_score: float | None = None, under: str | os.PathLike | None = None, include_query: bool = False,
+        filename: str = "upload",
+    ) -> Hits:
         """Search by an image: a local file path or the encoded image bytes."""
-        if isinstance(image, bytes):
-            upload = (filename, image, "application/octet-stream")
-        else:
-            path = Path(image).expanduser()
-            try:
-                upload = (path.name, path.read_bytes(), "application/octet-stream")
-            except OSError as exc:
-                raise ServerError(f"cannot read query image {image}: {exc.strerror or exc}", status=None) from exc
-        return self._post_search([{"kind": IMAGE, "upload": 0, "weight": 1.0}], [("images", upload)],
-                                 k, type, min_score, include_query)
+        name, data = _image_bytes(image, filename)
+        return self._post_search([{"kind": IMAGE, "upload": 0, "weight": 1.0}],
+                                 [("images", (name, data, "application/octet-stream"))],
+                                 k, type, min_score, under, include_query)
 
     def similar(self, item_id: int, *, k: int = 10, type: str = "all", min_score: float | None = None,
-                include_self: bool = False) -> list[RemoteHit]:
+                under: str | os.PathLike | None = None, include_self: bool = False) -> Hits:
         """'More like this': the items nearest to indexed item ``item_id``."""
-        params = {**self._options(k, type, min_score), "include_self": include_self}
+        params = {**self._options(k, type, min_score, under), "include_self": include_self}
         return self._hits(self._request("GET", f"/api/items/{int(item_id)}/similar", params=params))
 
     def _post_search(self, spec: list[dict[str, Any]], uploads: list, k: int, type: str,
-                     min_score: float | None, include_query: bool) -> list[RemoteHit]:
-        data = {"terms": json.dumps(spec), **self._options(k, type, min_score), "include_query": include_query}
+                     min_score: float | None, under: str | os.PathLike | None, include_query: bool) -> Hits:
+        data = {"terms": json.dumps(spec), **self._options(k, type, min_score, under), "include_query": include_query}
         data = {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in data.items()}
         return self._hits(self._request("POST", "/api/search", data=data, files=uploads or None))
 
@@ -178,9 +171,9 @@ class Client:
         return parse_query([str(q) for q in items])
 
     # -- items -------------------------------------------------------------------------------
-    def item(self, item_id: int) -> RemoteHit:
-        """Stored metadata of one item (rank 0 and score 1, as ``Engine.get`` gives them)."""
-        return _hit(self._request("GET", f"/api/items/{int(item_id)}").json(), rank=0, score=1.0)
+    def get(self, item_id: int) -> Item:
+        """Stored metadata of one item (as ``Engine.get``)."""
+        return _item(self._request("GET", f"/api/items/{int(item_id)}").json())
 
     def thumbnail(self, item_id: int, size: int = 256) -> bytes:
         """JPEG bytes of an image item's thumbnail."""
@@ -191,4 +184,17 @@ class Client:
         return self._request("GET", f"/api/items/{int(item_id)}/file").content
 
 
-__all__ = ["Client", "RemoteHit", "ServerError"]
+def _image_bytes(image: Any, name: str = "upload") -> tuple[str, bytes]:
+    """(file name, encoded bytes) of a query image given as a local path or as bytes."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return name, bytes(image)
+    if not isinstance(image, (str, os.PathLike)):
+        raise ServerError("an image term for a server must be a file path or the image's bytes", status=None)
+    path = Path(image).expanduser()
+    try:
+        return path.name, path.read_bytes()
+    except OSError as exc:
+        raise ServerError(f"cannot read query image {image}: {exc.strerror or exc}", status=None) from exc
+
+
+__all__ = ["Client", "ServerError"]

@@ -7,8 +7,10 @@
         for hit in engine.search("red pasta dish", k=5, type="image"):
             print(hit.rank, f"{hit.score:.3f}", hit.path)
 
-An Engine owns one index store and, loaded on first need, one model. It is safe to call
-``search`` from several threads; ``add`` takes the index's writer lock.
+An Engine owns one index store and, loaded on first need, its encoders: the torch model, and
+for text queries the index's ONNX text encoder when it has one (no torch import). ``search`` is
+safe to call from many threads at once, and searches run in parallel; ``add`` takes the index's
+writer lock. ``mmsearch.client.Client`` offers the same methods over HTTP.
 """
 
 from __future__ import annotations
@@ -22,24 +24,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, or_, select
 
-from .config import DEFAULT_BATCH_CPU, DEFAULT_BATCH_GPU, default_index_dir
-from . import onnx_text
-from .corpus import BadInput, load_image
-from .fsutil import display_path
-from .db import GENERATION, Embedding, Item, Root, Tombstone, get_int, next_generation
+from .encoders import ModelSpec, TorchEncoder, random_weights_note
+from .encoders import onnx_text
 from .errors import ModelMismatchError, OnnxTextUnavailable, PathNotFoundError, QueryError
-from .indexer import Indexer, IndexReport, NullProgress, Progress
+from .fsutil import display_path
+from .indexing import Indexer, IndexReport, NullProgress, Progress
 from .library import LibraryRoot, under_any, within
-from .model import Encoder, ModelSpec, random_weights_note
-from .query import IMAGE, ITEM, TEXT, TYPES, Hit, Hits, QueryTerm, combine, parse_query, query_image_paths
-from .store import IndexStore, writer_lock
-from .vectors import CHOICES, IndexTypeError, VectorIndex, saved_generations
+from .media import BadInput
+from .query import IMAGE, ITEM, TEXT, TYPES, Hit, Hits, Item, QueryTerm, combine, parse_query, query_image_paths
+from .settings import Settings
+from .storage import CHOICES, IndexStore, ItemRow, VectorSettings, writer_lock
+from .errors import IndexTypeError
 
 QueryInput = str | Path | QueryTerm | Sequence[str | Path | QueryTerm]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_CPU = 32  # larger batches stop paying off on CPU beyond ~32
+DEFAULT_BATCH_GPU = 256  # GPUs want a few hundred to stay busy
 
 
 class Engine:
@@ -48,7 +51,9 @@ class Engine:
     ``index``: the index folder (default ``$MMSEARCH_INDEX`` or ``./indexes/default``); it is
     created by the first ``add``. ``model``/``pretrained``: see ``ModelSpec.resolve``; when
     omitted, an existing index uses the model recorded in its manifest. ``device``: 'cuda',
-    'mps', 'cpu' or None for automatic.
+    'mps', 'cpu' or None for automatic. ``settings``: the environment's (``Settings.from_env()``)
+    unless given. ``text_encoder``: an ONNX text encoder already loading
+    (``onnx_text.preload``), used when it is this index's.
     """
 
     def __init__(
@@ -60,19 +65,26 @@ class Engine:
         device: str | None = None,
         batch_size: int | None = None,
         workers: int | None = None,
+        settings: Settings | None = None,
+        text_encoder: onnx_text.Preload | None = None,
     ):
-        self.folder = Path(index if index is not None else default_index_dir()).expanduser().absolute()
-        self._store: IndexStore | None = IndexStore.open(self.folder) if IndexStore.is_index(self.folder) else None
+        self.settings = settings or Settings.from_env()
+        self.folder = Path(index if index is not None else self.settings.default_index()).expanduser().absolute()
+        s = self.settings
+        self._vector_settings = VectorSettings(s.flat_max, s.nlist, s.nprobe, s.rerank, s.faiss_gpu)
+        self._store: IndexStore | None = (IndexStore.open(self.folder, self._vector_settings)
+                                          if IndexStore.is_index(self.folder) else None)
         known = self._store.manifest.get("model") if self._store is not None else None
-        self._requested = ModelSpec.resolve(model, pretrained, known) if (model or pretrained) else None
+        self._requested = (ModelSpec.resolve(model, pretrained, known, defaults=(s.model, s.pretrained))
+                           if (model or pretrained) else None)
         self._device = device
         self._batch_size = batch_size
         self._workers = workers
-        self._encoder: Encoder | None = None
-        self._vectors: VectorIndex | None = None
+        self._encoder: TorchEncoder | None = None
         self._onnx: onnx_text.OnnxTextEncoder | None = None  # the index's torch-free text encoder
         self._onnx_key: tuple | None = None  # the export record _onnx was loaded for
-        self._lock = threading.RLock()
+        self._preloaded = text_encoder
+        self._lock = threading.RLock()  # guards loading the encoders and switching models
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> Engine:
@@ -85,7 +97,6 @@ class Engine:
         if self._store is not None:
             self._store.close()
         self._encoder = None
-        self._vectors = None
         self._onnx = self._onnx_key = None
 
     # -- model -------------------------------------------------------------------------------
@@ -93,7 +104,7 @@ class Engine:
     def store(self) -> IndexStore:
         if self._store is None:
             # Raises the precise reason: no such folder, not an index, newer schema...
-            self._store = IndexStore.open(self.folder)
+            self._store = IndexStore.open(self.folder, self._vector_settings)
         return self._store
 
     @property
@@ -103,26 +114,33 @@ class Engine:
             return self._requested
         if self._store is not None:
             return ModelSpec.from_manifest(self._store.manifest["model"])
-        return ModelSpec.resolve()
+        return ModelSpec.resolve(defaults=(self.settings.model, self.settings.pretrained))
 
     @property
-    def encoder(self) -> Encoder:
+    def encoder(self) -> TorchEncoder:
+        """The torch encoder (loaded on first use)."""
         with self._lock:
             if self._encoder is None:
-                self._encoder = Encoder(self.spec, self._device)
+                self._encoder = TorchEncoder(self.spec, self._device, self.settings.cpu_bf16)
             return self._encoder
 
     @property
     def model_loaded(self) -> bool:
-        """True once the model has been loaded (the first query or indexing run loads it)."""
+        """True once the torch model has been loaded (image queries and indexing load it)."""
         return self._encoder is not None
+
+    @property
+    def text_encoder(self) -> Any:
+        """The text encoder text queries use (a ``TextEncoder``): the index's ONNX export when it
+        has a valid one (``kind`` "onnx", no torch), else the torch encoder (``kind`` "torch")."""
+        return self._onnx_text() or self.encoder
 
     def _refresh(self) -> None:
         """Follow another process's change of the index's model (``--reembed``).
 
         A long-lived Engine (a server) must never encode queries with a model the index no
         longer uses: one stat per call notices a rewritten manifest, and a new model identity
-        drops the loaded encoders and vectors, which reload for the new model on next use.
+        drops the loaded encoders, which reload for the new model on next use.
         """
         store = self._store
         if store is None or not store.manifest_changed():
@@ -134,7 +152,6 @@ class Engine:
                 log.info("the index's model changed to %s: reloading", store.manifest["model"].get("name"))
                 self._encoder = None
                 self._onnx = self._onnx_key = None
-                self._vectors = None
 
     def _check_model(self) -> bool:
         """True when the requested model is the index's; False when it differs."""
@@ -146,8 +163,7 @@ class Engine:
     def _mismatch(self, action: str) -> ModelMismatchError:
         recorded = ModelSpec.from_manifest(self.store.manifest["model"])
         return ModelMismatchError(
-            f"{self.folder} was built with {recorded.display}, not {self._requested.display}; "
-            f"{action}"
+            f"{self.folder} was built with {recorded.display}, not {self._requested.display}; {action}"
         )
 
     # -- indexing ----------------------------------------------------------------------------
@@ -198,50 +214,59 @@ class Engine:
             existed = self.folder.exists()
             try:
                 with writer_lock(self.folder, wait):
-                    return self._add_locked(explicit, reembed, progress, index_type)
+                    return self._add_locked(explicit, reembed, progress or NullProgress(), index_type)
             except BaseException:
                 if creating:
                     self._remove_failed_first_run(existed)
                 raise
 
-    def _add_locked(self, explicit: list[LibraryRoot], reembed: bool, progress: Progress | None,
+    def _add_locked(self, explicit: list[LibraryRoot], reembed: bool, progress: Progress,
                     index_type: str | None) -> IndexReport:
         if self._store is None and IndexStore.is_index(self.folder):
-            self._store = IndexStore.open(self.folder)  # created meanwhile by another process
+            self._store = IndexStore.open(self.folder, self._vector_settings)  # created meanwhile by another process
         if self._store is not None and not self._check_model():
             if not reembed:
                 raise self._mismatch("pass --reembed to embed everything again with the new model, or use another --index")
             self._switch_model()
-        roots = self._roots(explicit)
+        roots = explicit or (self.roots() if self._store is not None else [])
+        if not roots:
+            raise QueryError("nothing to index: name a folder or file (the index has no known roots yet)")
         if self._store is None:
             encoder = self.encoder
-            self._store = IndexStore.create(self.folder, encoder.spec.identity(), encoder.dim)
+            self._store = IndexStore.create(self.folder, encoder.spec.identity(), encoder.dim, self._vector_settings)
             note = random_weights_note(encoder.spec)  # said once, here, not at every load
             if note:
-                (progress or NullProgress()).note(note)
-        if onnx_text.export_needed(self._store.manifest):
+                progress.note(note)
+        store = self._store
+        if onnx_text.export_needed(store.manifest, self.settings.onnx):
             # Before indexing, so queries during a long first run already start fast.
-            onnx_text.ensure_exported(self._store, self.encoder)
-        report = self._index(roots, progress)
-        if self._vectors is not None:
-            self._vectors = self._store.fit_vectors(self._vectors, index_type)
+            onnx_text.ensure_exported(store, self.encoder, self.settings.cache, self.settings.onnx)
+        report = self.indexer(progress).run(roots)
+        store.fit_vectors(index_type)
         if report.changed:
-            self._store.update_manifest()  # `updated_at`: when the index's contents last changed
+            store.update_manifest()  # `updated_at`: when the index's contents last changed
         return report
+
+    def indexer(self, progress: Progress | None = None) -> Indexer:
+        """An indexer over this engine's store and encoder (the caller holds the writer lock)."""
+        return Indexer(
+            self.store, lambda: self.encoder, progress=progress, settings=self.settings,
+            batch_size=self._batch_size or self._default_batch(), workers=self._workers,
+            never=[str(self.folder)],  # the index folder itself, even inside an indexed root
+        )
 
     def _remove_failed_first_run(self, existed: bool) -> None:
         """Undo a first run that failed before any item was saved: no half-made index is left."""
         store = self._store
         if store is not None:
             try:
-                with store.session() as session:
-                    if session.scalar(select(func.count()).select_from(Item)):
+                with store.read() as r:
+                    if r.item_count():
                         return  # items were saved: keep them (a bare `mmsearch index` resumes)
             except Exception:  # noqa: BLE001 - an unreadable database is ours to remove too
                 pass
             store.close()
             self._store = None
-        self._vectors = None
         IndexStore.remove_own_files(self.folder, remove_folder=not existed)
 
     def rebuild_vectors(self, index_type: str | None = None, *, wait: float = 0.0) -> dict[str, Any]:
@@ -250,37 +275,8 @@ class Engine:
         manifest's new ``vector_index`` entry."""
         _check_index_type(index_type)
         with self._lock, writer_lock(self.folder, wait):
-            self._vectors = self.store.fit_vectors(None, index_type, force=True)
+            self.store.fit_vectors(index_type, force=True)
             return dict(self.store.manifest["vector_index"])
-
-    def _roots(self, explicit: list[LibraryRoot]) -> list[LibraryRoot]:
-        """The roots a run scans: those named (with the options given now), else every known one."""
-        if explicit:
-            return explicit
-        roots = self.roots() if self._store is not None else []
-        if not roots:
-            raise QueryError("nothing to index: name a folder or file (the index has no known roots yet)")
-        return roots
-
-    def _index(self, roots: list[LibraryRoot], progress: Progress | None) -> IndexReport:
-        """Run the indexer (the caller holds the writer lock)."""
-        store = self.store
-        vectors = store.load_vectors()
-        with store.session() as session:
-            vectors = store.sync(session, vectors)
-        indexer = Indexer(
-            store,
-            lambda: self.encoder,
-            vectors,
-            progress=progress,
-            batch_size=self._batch_size or self._default_batch(),
-            workers=self._workers,
-            never=[str(self.folder)],  # the index folder itself, even inside an indexed root
-        )
-        try:
-            return indexer.run(roots)
-        finally:
-            self._vectors = indexer.vectors
 
     def _switch_model(self) -> None:
         """Move the index to the requested model: every vector is dropped and items keep their
@@ -289,48 +285,55 @@ class Engine:
         store = self.store
         encoder = self.encoder  # load (and so validate) the new model before changing anything
         identity = encoder.spec.identity()
-        with store.session() as session, session.begin():
-            gen = next_generation(session)
-            ids = list(session.scalars(select(Embedding.item_id)))
-            session.execute(delete(Embedding))
-            session.execute(delete(Tombstone))
-            session.add_all(Tombstone(item_id=i, gen=gen) for i in ids)
-            store.record_model(session, identity, encoder.dim)
+        with store.write() as w:
+            w.drop_all_vectors()
+            w.record_model(identity, encoder.dim)
         # No vector of the old model is left; only now does the manifest name the new model.
         store.update_manifest(model=identity, dim=encoder.dim, vectors_files={})
-        for _, path in saved_generations(store.folder):
-            path.unlink(missing_ok=True)
-        self._vectors = None
+        store.forget_vectors()
+        self._onnx = self._onnx_key = None
         self._requested = None
 
     def _default_batch(self) -> int:
         device = self._encoder.device if self._encoder else (self._device or "")
         return DEFAULT_BATCH_GPU if str(device).startswith("cuda") else DEFAULT_BATCH_CPU
 
-    # -- searching ---------------------------------------------------------------------------
+    # -- encoding queries ---------------------------------------------------------------------
     def encode_query(self, terms: Sequence[QueryTerm]) -> np.ndarray:
-        """The query vector for ``terms``."""
+        """The query vector for ``terms``: the normalised weighted sum of their vectors."""
         vectors: list[np.ndarray] = []
         for term in terms:
             if term.kind == TEXT:
                 vectors.append(self.encode_texts([term.value])[0])
             elif term.kind == IMAGE:
-                path = os.path.expanduser(term.value)
-                if not os.path.isfile(path):
-                    raise QueryError(f"image not found: {term.value}")
-                try:
-                    # Same decoding as indexing (draft, reduce, caps), so an indexed image finds itself.
-                    image = load_image(path, self.encoder.image_size)
-                except BadInput as exc:
-                    raise QueryError(f"cannot use image {term.value}: {exc}") from exc
-                vectors.append(self.encoder.encode_images([image])[0])
+                vectors.append(self.encoder.encode_images([self._query_image(term)])[0])
             else:
                 vectors.append(self._item_vector(term.value))
         return combine(np.stack(vectors), [t.weight for t in terms])
 
+    def _query_image(self, term: QueryTerm) -> Any:
+        """A query image decoded as indexing decodes (draft, reduce, caps), so an indexed image
+        finds itself; in-memory images as given (bytes are decoded the same way)."""
+        from PIL import Image
+
+        from .media.image import decode_image, load_image, to_rgb
+
+        value, size, limit = term.value, self.encoder.image_size, self.settings.max_pixels
+        try:
+            if isinstance(value, Image.Image):
+                return to_rgb(value)
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                return decode_image(bytes(value), size, limit)
+            path = os.path.expanduser(os.fspath(value))
+            if not os.path.isfile(path):
+                raise QueryError(f"image not found: {value}")
+            return load_image(path, size, limit)
+        except BadInput as exc:
+            raise QueryError(f"cannot use image {value if isinstance(value, (str, os.PathLike)) else 'given'}: {exc}") from exc
+
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Text vectors in the index's space: by its ONNX text encoder when it has a valid one
-        (no torch import, see ``mmsearch.onnx_text``), else by the torch model."""
+        (no torch import), else by the torch model."""
         onnx = self._onnx_text()
         if onnx is not None:
             try:
@@ -343,7 +346,7 @@ class Engine:
 
     def _onnx_text(self) -> onnx_text.OnnxTextEncoder | None:
         store = self._store
-        record = onnx_text.usable_record(store.manifest) if store is not None else None
+        record = onnx_text.usable_record(store.manifest, self.settings.onnx) if store is not None else None
         if record is None or (self._requested is not None and not self._check_model()):
             return None
         key = (str(store.folder), record["file"], record.get("exported_at"))
@@ -351,22 +354,23 @@ class Engine:
             if self._onnx_key != key:  # first use, or the index was re-exported
                 self._onnx_key, self._onnx = key, None
                 try:
-                    self._onnx = onnx_text.load(store.folder, record)
+                    self._onnx = onnx_text.load(store.folder, record, self._preloaded)
                 except OnnxTextUnavailable as exc:
                     log.warning("text queries use the torch model: %s", exc)
             return self._onnx
 
-    def _item_vector(self, value: str) -> np.ndarray:
+    def _item_vector(self, value: Any) -> np.ndarray:
         try:
             item_id = int(value)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise QueryError(f"item id must be an integer, got {value!r}") from exc
-        with self.store.session() as session:
-            item = session.get(Item, item_id)
-            if item is None or item.embedding is None:
-                raise QueryError(f"no item with id {item_id} in {self.folder}")
-            return np.frombuffer(item.embedding.vector, np.float32).copy()
+        with self.store.read() as r:
+            blob = r.vector_of(item_id)
+        if blob is None:
+            raise QueryError(f"no item with id {item_id} in {self.folder}")
+        return np.frombuffer(blob, np.float32).copy()
 
+    # -- searching ---------------------------------------------------------------------------
     def search(
         self,
         query: QueryInput,
@@ -378,12 +382,13 @@ class Engine:
         include_query: bool = False,
         force: str | None = None,
     ) -> Hits:
-        """Ranked hits for ``query``: a text, an image path, a ``QueryTerm``, or a list of them.
+        """Ranked hits for ``query``: a text, an image path, a ``QueryTerm`` (texts, images as
+        paths, bytes or PIL images, item ids), or a list of them.
 
         Strings are parsed like the CLI (``"2:beach + ./dog.jpg - people"``). ``type``
         restricts hits to 'image' or 'text'; ``min_score`` drops weaker hits; ``under`` keeps
-        hits below a folder. An image used as a query is left out of its own results unless
-        ``include_query``.
+        hits below a folder. Images and items used as the query are left out of its results
+        unless ``include_query``.
         """
         _check_search_options(type, k, min_score)
         self.store.raise_if_never_indexed()  # before the model is loaded
@@ -392,11 +397,17 @@ class Engine:
             raise self._mismatch("query it with the model it was built with")
         terms = _as_terms(query, force)
         vector = self.encode_query(terms)
-        exclude = set() if include_query else query_image_paths(terms)
-        for term in terms:
-            if term.kind == ITEM and not include_query:
-                exclude.add(int(term.value))
+        exclude: set[Any] = set()
+        if not include_query:
+            exclude = set(query_image_paths(terms))
+            exclude.update(int(term.value) for term in terms if term.kind == ITEM)
         return self.search_vector(vector, k=k, type=type, min_score=min_score, under=under, exclude=exclude)
+
+    def similar(self, item_id: int, *, k: int = 10, type: str = "all", min_score: float | None = None,
+                under: str | Path | None = None, include_self: bool = False) -> Hits:
+        """'More like this': the items nearest to indexed item ``item_id``."""
+        return self.search(QueryTerm(ITEM, str(int(item_id))), k=k, type=type, min_score=min_score, under=under,
+                           include_query=include_self)
 
     def search_vector(
         self,
@@ -417,50 +428,45 @@ class Engine:
         _check_search_options(type, k, min_score)
         self._refresh()
         vector = np.asarray(vector, np.float32).reshape(-1)
-        if vector.shape[0] != self.store.dim:
-            raise QueryError(f"query vector has dimension {vector.shape[0]}, index has {self.store.dim}")
+        store = self.store
+        if vector.shape[0] != store.dim:
+            raise QueryError(f"query vector has dimension {vector.shape[0]}, index has {store.dim}")
         prefixes = self._under_prefixes(under) if under else None
         filtered = type != "all" or prefixes is not None or bool(exclude)
 
-        def keep(item: Item) -> bool:
+        def keep(item: ItemRow) -> bool:
             if type != "all" and item.modality != type:
                 return False
             if prefixes is not None and not under_any(item.path, prefixes):
                 return False
             return item.path not in exclude and item.id not in exclude
 
-        with self._lock:
-            store = self.store
-            if self._vectors is None:
-                self._vectors = store.load_vectors()
-            with store.session() as session:
-                # One read transaction: vectors are synced to this snapshot and rows are read
-                # from it, so a concurrent index run can never show a half-written state.
-                self._vectors = vectors = store.sync(session, self._vectors)
-                total = vectors.ntotal
-                # Over-fetch when filters may discard candidates; widen until k hits survive.
-                fetch = min(total, k * 4 + len(exclude) if filtered else k)
-                while True:
-                    scores, ids = store.search(session, vectors, vector, fetch)  # exact cosines
-                    rows = {item.id: item for item in session.scalars(select(Item).where(Item.id.in_(ids.tolist())))}
-                    hits = Hits()
-                    below: float | None = None  # best score of a candidate cut by min_score
-                    for score, item_id in zip(scores.tolist(), ids.tolist()):
-                        item = rows.get(item_id)
-                        if item is None or not keep(item):
-                            continue
-                        if min_score is not None and score < min_score:
-                            below = score
-                            break
-                        hits.append(_hit(len(hits) + 1, score, item))
-                        if len(hits) == k:
-                            break
-                    exhausted = fetch >= total or below is not None
-                    if len(hits) >= k or exhausted:
-                        if not hits:
-                            hits.why_empty = self._why_empty(session, total, type, under, prefixes, min_score, below)
-                        return hits
-                    fetch = min(total, fetch * 4)
+        # One snapshot: the vector index is synced to it and rows are read from it, so a
+        # concurrent index run can never show a half-written state.
+        with store.snapshot() as snap:
+            total = snap.total
+            # Over-fetch when filters may discard candidates; widen until k hits survive.
+            fetch = min(total, k * 4 + len(exclude) if filtered else k)
+            while True:
+                scores, ids = snap.search(vector, fetch)  # exact cosines
+                rows = snap.reader.items(ids.tolist())
+                hits = Hits()
+                below: float | None = None  # best score of a candidate cut by min_score
+                for score, item_id in zip(scores.tolist(), ids.tolist()):
+                    item = rows.get(item_id)
+                    if item is None or not keep(item):
+                        continue
+                    if min_score is not None and score < min_score:
+                        below = score
+                        break
+                    hits.append(_hit(len(hits) + 1, score, item))
+                    if len(hits) == k:
+                        break
+                if len(hits) >= k or fetch >= total or below is not None:
+                    if not hits:
+                        hits.why_empty = _why_empty(snap.reader, total, type, under, prefixes, min_score, below)
+                    return hits
+                fetch = min(total, fetch * 4)
 
     def _under_prefixes(self, under: str | Path) -> list[str]:
         """Stored-path prefixes for the folder ``under``: as given, and as found under each root
@@ -476,44 +482,33 @@ class Engine:
                 prefixes.append(root.path if rel == "." else os.path.join(root.path, rel))
         return list(dict.fromkeys(prefixes))
 
-    @staticmethod
-    def _why_empty(session, total: int, type: str, under, prefixes, min_score, below) -> str:
-        if total == 0:
-            return "the index holds no searchable items"
-        if below is not None:
-            return f"the best match scores {below:.4f}, below the minimum score {min_score:g}"
-        if prefixes is not None:
-            found = session.scalar(select(Item.id).where(or_(*[
-                (Item.path == p) | Item.path.startswith(p.rstrip(os.sep) + os.sep, autoescape=True) for p in prefixes
-            ])).limit(1))
-            if found is None:
-                return f"no indexed items under {display_path(str(under))}"
-        if type != "all" and session.scalar(select(Item.id).where(Item.modality == type).limit(1)) is None:
-            return f"the index holds no {type} items"
-        return "no item passes the filters"
+    # -- items and description -------------------------------------------------------------------
+    def get(self, item_id: int) -> Item | None:
+        """The stored metadata of one item, or None."""
+        with self.store.read() as r:
+            row = r.item(int(item_id))
+        return _item(row) if row is not None else None
 
-    def get(self, item_id: int) -> Hit | None:
-        """The stored metadata of one item (as a Hit with rank 0 and score 1), or None."""
-        with self.store.session() as session:
-            item = session.get(Item, item_id)
-            return _hit(0, 1.0, item) if item is not None else None
+    def count(self) -> int:
+        """How many items the index holds."""
+        with self.store.read() as r:
+            return r.item_count()
 
     def roots(self) -> list[LibraryRoot]:
         """The indexed folders and files with the options they are scanned with."""
-        with self.store.session() as session:
-            return [LibraryRoot.from_row(row.path, row.options)
-                    for row in session.scalars(select(Root).order_by(Root.path))]
+        with self.store.read() as r:
+            return [LibraryRoot.from_row(row.path, row.options) for row in r.roots()]
 
-    # -- description -------------------------------------------------------------------------
+    def vector_ids(self) -> set[int]:
+        """The item ids the vector index holds, brought to the catalogue's latest state."""
+        with self.store.snapshot() as snap:
+            return set(snap.vectors.ids().tolist())
+
     def info(self) -> dict[str, Any]:
         """What is in the index: counts, roots, model, vector index, sizes."""
         self.store.raise_if_never_indexed()
         self._refresh()
-        stats = self.store.stats()
-        with self.store.session() as session:
-            generation = get_int(session, GENERATION)
-        stats["vectors_up_to_date"] = stats["vectors_saved_generation"] == generation
-        return stats
+        return self.store.stats()
 
 
 def _check_search_options(type: str, k: int, min_score: float | None) -> None:
@@ -528,6 +523,18 @@ def _check_search_options(type: str, k: int, min_score: float | None) -> None:
 def _check_index_type(index_type: str | None) -> None:
     if index_type is not None and index_type not in CHOICES:
         raise IndexTypeError(f"unknown vector index type {index_type!r}: choose one of {', '.join(CHOICES)}")
+
+
+def _why_empty(reader, total: int, type: str, under, prefixes, min_score, below) -> str:
+    if total == 0:
+        return "the index holds no searchable items"
+    if below is not None:
+        return f"the best match scores {below:.4f}, below the minimum score {min_score:g}"
+    if prefixes is not None and not reader.any_item_under(prefixes):
+        return f"no indexed items under {display_path(str(under))}"
+    if type != "all" and not reader.any_item_of(type):
+        return f"the index holds no {type} items"
+    return "no item passes the filters"
 
 
 def _as_terms(query: QueryInput, force: str | None) -> list[QueryTerm]:
@@ -545,8 +552,14 @@ def _as_terms(query: QueryInput, force: str | None) -> list[QueryTerm]:
     return parse_query([str(q) for q in items], force)
 
 
-def _hit(rank: int, score: float, item: Item) -> Hit:
-    return Hit(
-        rank=rank, score=float(score), id=item.id, modality=item.modality, path=item.path,
-        locator=item.locator, text=item.text, width=item.width, height=item.height, meta=item.meta,
-    )
+def _fields(row: ItemRow) -> dict[str, Any]:
+    return dict(id=row.id, modality=row.modality, path=row.path, locator=row.locator, text=row.text,
+                width=row.width, height=row.height, meta=row.meta)
+
+
+def _item(row: ItemRow) -> Item:
+    return Item(**_fields(row))
+
+
+def _hit(rank: int, score: float, row: ItemRow) -> Hit:
+    return Hit(rank=rank, score=float(score), **_fields(row))

@@ -99,3 +99,9 @@ class EmptyIndexError(NotAnIndexError):
 
 class DamagedManifestError(NotAnIndexError):
     """The index's manifest is damaged; ``mmsearch check --repair`` rebuilds it from the database."""
+
+
+class SettingsError(MMSearchError):
+    """An environment variable (``MMSEARCH_*``) holds a value mmsearch cannot use."""
+
+    exit_code = 2

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from .config import HEIF_EXTENSIONS, IMAGE_EXTENSIONS
+from .media.extensions import EXTENSIONS, HEIF_EXTENSIONS
 from .errors import QueryError
 from .fsutil import path_fields
 
@@ -29,27 +29,40 @@ _INLINE_OP_RE = re.compile(r"\s+([+-])\s+")
 
 @dataclass(frozen=True)
 class QueryTerm:
-    """One part of a query: ``kind`` is 'text', 'image' (a file path) or 'item' (an item id)."""
+    """One part of a query: ``kind`` is 'text', 'image' or 'item' (an item id, as text).
+
+    An image term's ``value`` is a file path, or an image in memory: encoded bytes (decoded like
+    an indexed file, within the same pixel cap) or a decoded ``PIL.Image.Image``.
+    """
 
     kind: str
-    value: str
+    value: Any
     weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in (TEXT, IMAGE, ITEM):
             raise QueryError(f"unknown query term kind {self.kind!r}")
-        if self.kind == TEXT and not self.value.strip():
+        if self.kind == TEXT and (not isinstance(self.value, str) or not self.value.strip()):
             raise QueryError("empty text in query")
+        if self.kind == ITEM and not isinstance(self.value, (str, int)):
+            raise QueryError(f"an item term needs an item id, got {type(self.value).__name__}")
         if not np.isfinite(self.weight):
             raise QueryError(f"weight of {self.value!r} is not a finite number")
 
+    @property
+    def in_memory(self) -> bool:
+        """True for an image given as bytes or a decoded image rather than a path."""
+        return self.kind == IMAGE and not isinstance(self.value, (str, os.PathLike))
 
-@dataclass
-class Hit:
-    """One search result."""
 
-    rank: int
-    score: float
+@dataclass(kw_only=True)
+class Item:
+    """One indexed item: what the catalogue stores of it (not its vector).
+
+    ``path`` is the exact file name (a ``str`` with Python's surrogate escapes where the name
+    is not UTF-8). The URL fields are filled by the HTTP client (``mmsearch.client``).
+    """
+
     id: int
     modality: str
     path: str
@@ -57,14 +70,33 @@ class Hit:
     text: str | None = None
     width: int | None = None
     height: int | None = None
-    meta: dict[str, Any] | None = field(default=None)
+    meta: dict[str, Any] | None = None
+    thumbnail_url: str | None = None
+    file_url: str | None = None
+    similar_url: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields. ``path`` is valid UTF-8 (readable form); a name that is not valid
         UTF-8 also gets ``path_bytes``, the exact name in base64 (see ``fsutil.path_fields``)."""
-        data = asdict(self)
-        data["score"] = round(float(self.score), 6)
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _URLS}
         data.update(path_fields(self.path))
+        data.update({name: getattr(self, name) for name in _URLS if getattr(self, name) is not None})
+        return data
+
+
+_URLS = ("thumbnail_url", "file_url", "similar_url")
+
+
+@dataclass(kw_only=True)
+class Hit(Item):
+    """One search result: an item, its rank and its score (cosine similarity)."""
+
+    rank: int
+    score: float
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {"rank": self.rank, "score": round(float(self.score), 6)}
+        data.update({k: v for k, v in super().as_dict().items() if k not in ("rank", "score")})
         return data
 
 
@@ -80,8 +112,7 @@ class Hits(list):
 
 
 def _looks_like_image(value: str) -> bool:
-    ext = os.path.splitext(value)[1].lower()
-    return ext in IMAGE_EXTENSIONS or ext in HEIF_EXTENSIONS
+    return os.path.splitext(value)[1].lower() in (EXTENSIONS | HEIF_EXTENSIONS)
 
 
 def _looks_like_path(value: str) -> bool:
@@ -164,4 +195,4 @@ def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
 
 
 def query_image_paths(terms: Sequence[QueryTerm]) -> set[str]:
-    return {os.path.abspath(os.path.expanduser(t.value)) for t in terms if t.kind == IMAGE}
+    return {os.path.abspath(os.path.expanduser(os.fspath(t.value))) for t in terms if t.kind == IMAGE and not t.in_memory}

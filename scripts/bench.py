@@ -211,7 +211,7 @@ def bench_index(args, workdir: Path, results: dict) -> None:
 
 def image_tower_dtype() -> str:
     """What the default CPU encoder runs its image tower in on this machine."""
-    from mmsearch.model import cpu_bf16_wanted
+    from mmsearch.encoders.torch_encoder import cpu_bf16_wanted
 
     return "bfloat16 (AMX)" if cpu_bf16_wanted() else "float32"
 
@@ -272,7 +272,7 @@ def synthetic_store(workdir: Path, n: int, arch: str = "ViT-B-32") -> tuple[Path
 
     from mmsearch import Engine
     from mmsearch.db import GENERATION, Embedding, Item, get_int, next_generation
-    from mmsearch.store import writer_lock
+    from mmsearch.storage import writer_lock
     from mmsearch.synthetic import clustered_vectors
 
     folder = workdir / f"store-{arch}-{n}"

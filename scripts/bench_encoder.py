@@ -30,7 +30,8 @@ from benchutil import REPO, machine, median  # noqa: E402
 
 
 def tower(arch: str, repeats: int, batch: int = 32) -> dict:
-    from mmsearch.model import Encoder, ModelSpec, cpu_has_amx_bf16
+    from mmsearch.encoders import ModelSpec, TorchEncoder as Encoder
+from mmsearch.encoders.torch_encoder import cpu_has_amx_bf16
 
     rng = np.random.default_rng(0)
     row: dict = {"arch": arch, "amx": cpu_has_amx_bf16()}
@@ -58,7 +59,7 @@ def decode(workdir: Path, repeats: int, count: int = 12, target: int = 224) -> d
     from PIL import Image
 
     from bench import corpus, image_files
-    from mmsearch.corpus import PixelTransform, decode_for_model, load_image
+    from mmsearch.media.image import PixelTransform, decode_for_model, load_image
 
     files = [str(p) for p in image_files(corpus(workdir, "12mp", count, (4000, 3000)))]
     pixels = PixelTransform(target, target, Image.Resampling.BICUBIC, (0.5,) * 3, (0.5,) * 3)

@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mmsearch.synthetic import ClusteredDistribution  # noqa: E402
-from mmsearch.vectors import AUTO, FLAT, TRAIN_PER_LIST, VectorIndex, choose  # noqa: E402
+from mmsearch.storage.vectors import AUTO, FLAT, TRAIN_PER_LIST, VectorIndex, choose  # noqa: E402
 
 TYPES = (FLAT, "ivf-sq8", "ivf-pq", AUTO)
 _ADD_CHUNK = 50_000
@@ -78,7 +78,7 @@ def cold_load(folder: Path, dim: int) -> dict:
     (``VectorIndex.load_latest``: IVF cells memory-mapped) and answer one query; file in page cache."""
     # Current RSS from /proc (ru_maxrss would carry this big parent's high-water mark over fork).
     code = (
-        "import time\nfrom pathlib import Path\nimport numpy as np\nfrom mmsearch.vectors import VectorIndex\n"
+        "import time\nfrom pathlib import Path\nimport numpy as np\nfrom mmsearch.storage.vectors import VectorIndex\n"
         "def rss():\n"
         "    return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])\n"
         "q=np.full(%d,%r,np.float32);before=rss();t=time.perf_counter()\n"

@@ -105,9 +105,9 @@ def init_checkpoint(config: Path, seed: int, folder: Path) -> Path:
 
 
 def test_recall(data: Path, config: Path, checkpoint: Path) -> dict:
-    from mmsearch.datasets import load_dataset
-    from mmsearch.evaluate import evaluate
-    from mmsearch.model import Encoder, ModelSpec
+    from mmsearch.training.datasets import load_dataset
+    from mmsearch.training.evaluate import evaluate
+    from mmsearch.encoders import ModelSpec, TorchEncoder as Encoder
 
     report = evaluate(Encoder(ModelSpec.resolve(str(config), str(checkpoint)), "cpu"), load_dataset(data).split("test"))
     return {"t2i": report.text_to_image, "i2t": report.image_to_text, "rsum": round(report.rsum, 2)}

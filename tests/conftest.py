@@ -120,6 +120,15 @@ def corpus(tmp_path) -> Path:
 IMAGE_COUNT, TEXT_COUNT = 6, 4  # what `corpus` holds (hidden folder excluded)
 
 
+def set_item_path(index: Path, item_id: int, path: str) -> None:
+    """Write another path into an item's row behind mmsearch's back (a damaged or hostile
+    database), straight into SQLite."""
+    import sqlite3
+
+    with sqlite3.connect(Path(index) / "mmsearch.db") as conn:
+        conn.execute("UPDATE items SET path = ? WHERE id = ?", (path, item_id))
+
+
 @pytest.fixture
 def cli():
     """Run the mmsearch CLI in-process; returns the click Result."""

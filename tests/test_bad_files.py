@@ -18,8 +18,9 @@ from PIL import Image
 
 from conftest import make_image
 from mmsearch import Engine
-from mmsearch.corpus import FileEntry, ScanOptions, decode_for_model, load_image, read_records, scan
-from mmsearch.corpus import Skip
+from mmsearch.media import FileEntry, ScanOptions, media_registry, scan
+from mmsearch.media.image import decode_for_model, load_image
+from mmsearch.media import Skip
 
 MB = 1 << 20
 
@@ -140,10 +141,8 @@ def test_bad_files_skipped_with_reasons_good_ones_indexed(tmp_path, tiny_model, 
 
 
 def _vector(engine: Engine, item_id: int) -> np.ndarray:
-    from mmsearch.db import Embedding
-
-    with engine.store.session() as session:
-        return np.frombuffer(session.get(Embedding, item_id).vector, np.float32)
+    with engine.store.read() as r:
+        return np.frombuffer(r.vector_of(item_id), np.float32)
 
 
 # -- decoding correctness ------------------------------------------------------------------------
@@ -198,7 +197,7 @@ def test_exif_rotated_photo_is_indexed_upright(tmp_path):
     assert img.size == (48, 96)
     assert _mean_diff(img, src.transpose(Image.Transpose.ROTATE_270)) < 4
     st = os.stat(tmp_path / "rotated.jpg")
-    records, _ = read_records(FileEntry(str(tmp_path / "rotated.jpg"), st.st_size, st.st_mtime_ns, "image"))
+    records, _ = media_registry().read_records(FileEntry(str(tmp_path / "rotated.jpg"), st.st_size, st.st_mtime_ns, "image"))
     assert (records[0].width, records[0].height) == (48, 96)
 
 
@@ -221,9 +220,9 @@ def test_file_deleted_or_replaced_after_listing(tmp_path):
     (tmp_path / "gone.jpg").unlink()
     (tmp_path / "fifo.jpg").unlink()
     os.mkfifo(tmp_path / "fifo.jpg")  # reading a FIFO would block forever
-    assert read_records(entries["gone.jpg"])[1][0].reason == "file disappeared after it was listed"
-    assert read_records(entries["fifo.jpg"])[1][0].reason == "not a regular file"
-    assert read_records(entries["ok.png"])[0]
+    assert media_registry().read_records(entries["gone.jpg"])[1][0].reason == "file disappeared after it was listed"
+    assert media_registry().read_records(entries["fifo.jpg"])[1][0].reason == "not a regular file"
+    assert media_registry().read_records(entries["ok.png"])[0]
     # ... and between reading and decoding.
     result = decode_for_model(str(tmp_path / "gone.jpg"), 32, 10**7)
     assert isinstance(result, Skip) and "disappeared" in result.reason

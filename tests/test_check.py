@@ -14,8 +14,9 @@ import pytest
 from conftest import IMAGE_COUNT, TEXT_COUNT, make_image
 from mmsearch import Engine
 from mmsearch.check import check_folder
-from mmsearch.model import Encoder, ModelSpec
-from mmsearch.vectors import VectorIndex, saved_generations
+from mmsearch.encoders import ModelSpec, TorchEncoder as Encoder
+from mmsearch.storage import writer_lock
+from mmsearch.storage.vectors import saved_generations
 
 ITEMS = IMAGE_COUNT + TEXT_COUNT
 
@@ -101,16 +102,16 @@ def test_vectors_file_ahead_of_database(built):
 
 def test_vector_differing_from_database_detected(built):
     idx, _ = built
-    (gen, path), = saved_generations(idx)
-    index = faiss.read_index(str(path))
-    victim = int(faiss.vector_to_array(index.id_map)[0])
-    index.remove_ids(np.array([victim], np.int64))
-    wrong = np.random.default_rng(0).standard_normal((1, index.d)).astype(np.float32)
-    index.add_with_ids(wrong / np.linalg.norm(wrong), np.array([victim], np.int64))
-    # Written through the store (checksum recorded), as a bug in mmsearch itself would write it;
-    # a file changed behind the manifest's back is caught by its checksum (test_hardening.py).
-    with Engine(idx) as engine:
-        engine.store.save_vectors(VectorIndex(index.d, index, gen))
+    # A wrong vector saved through the store (checksum recorded), as a bug in mmsearch itself
+    # would write it; a file changed behind the manifest's back is caught by its checksum
+    # (test_hardening.py).
+    with Engine(idx) as engine, writer_lock(idx):
+        vectors = engine.store.vectors()
+        victim = int(vectors.ids()[0])
+        vectors.remove([victim])
+        wrong = np.random.default_rng(0).standard_normal((1, vectors.dim)).astype(np.float32)
+        vectors.add(np.array([victim], np.int64), wrong / np.linalg.norm(wrong))
+        engine.store.save_vectors()
     report = check_folder(idx)
     assert any(p.kind == "vector_mismatch" and "differ" in p.detail for p in report.problems)
     _repair_and_verify(idx, "vector_mismatch")

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select
 
 from mmsearch import Engine
-from mmsearch.db import Embedding, Item
 from test_crash_safety import ENV, _generation, assert_consistent, build_corpus, index_cmd
 
 
@@ -68,18 +66,16 @@ def test_queries_during_indexing_see_committed_states(tmp_path, tiny_model, size
             assert hits, "no hits from a non-empty index"
             assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
             assert all(a.score >= b.score - 1e-6 for a, b in zip(hits, hits[1:]))
-            with store.session() as session:
-                rows = dict(session.execute(
-                    select(Embedding.item_id, Embedding.vector).where(Embedding.item_id.in_([h.id for h in hits]))
-                ).all())
+            with store.read() as r:
+                rows = dict(r.embeddings([h.id for h in hits]))
             for hit in hits:
                 assert hit.id in rows, f"hit {hit.id} has no row"
                 assert abs(float(np.frombuffer(rows[hit.id], np.float32) @ query) - hit.score) < 1e-4
             # 2. One snapshot: vectors caught up to it hold exactly its rows, and an exhaustive
             #    search ranks all of them.
-            with store.session() as session:
-                vectors = store.sync(session, store.load_vectors())
-                db_ids = set(session.scalars(select(Item.id)))
+            with store.snapshot() as snap:
+                vectors = snap.vectors
+                db_ids = snap.reader.item_ids()
                 assert set(vectors.ids().tolist()) == db_ids
                 _, ids = vectors.search(query, len(db_ids))
                 assert set(ids.tolist()) == db_ids

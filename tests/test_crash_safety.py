@@ -215,7 +215,7 @@ def test_disk_full_when_saving_vectors(indexed, monkeypatch, cli):
 
 
 def _with_pragma(monkeypatch, sql: str) -> None:
-    import mmsearch.db as db
+    import mmsearch.storage.sqlite as db
 
     original = db._set_pragmas
 

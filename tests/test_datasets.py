@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mmsearch.datasets import load_dataset
+from mmsearch.training.datasets import load_dataset
 from mmsearch.errors import DatasetError
 from conftest import make_image
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mmsearch import model as model_module
-from mmsearch.model import Encoder, ModelSpec
-from mmsearch.onnx_text import _cpu_fp32
+from mmsearch.encoders import torch_encoder as model_module
+from mmsearch.encoders import ModelSpec, TorchEncoder as Encoder
+from mmsearch.encoders.onnx_text import _cpu_fp32
+from mmsearch.settings import Settings
 
 PHOTOS = sorted((Path(__file__).parent / "data" / "photos").glob("*.jpg"))
 TEXTS = ["a red pasta dish", "a cat on a sofa", "mountain lake at dawn"]
@@ -20,7 +21,8 @@ TEXTS = ["a red pasta dish", "a cat on a sofa", "mountain lake at dawn"]
 
 def encoder(tiny_model, monkeypatch, setting: str) -> Encoder:
     monkeypatch.setenv("MMSEARCH_CPU_BF16", setting)
-    return Encoder(ModelSpec.resolve(str(tiny_model.config), str(tiny_model.checkpoint)), "cpu")
+    return Encoder(ModelSpec.resolve(str(tiny_model.config), str(tiny_model.checkpoint)), "cpu",
+                   Settings.from_env().cpu_bf16)
 
 
 def photos() -> list[Image.Image]:
@@ -54,11 +56,12 @@ def test_failed_bf16_check_keeps_float32(tiny_model, monkeypatch):
 @pytest.mark.parametrize("setting, expected", [("0", False), ("off", False), ("1", True), ("yes", True)])
 def test_bf16_setting(monkeypatch, setting, expected):
     monkeypatch.setenv("MMSEARCH_CPU_BF16", setting)
-    assert model_module.cpu_bf16_wanted() is expected
+    assert model_module.cpu_bf16_wanted(Settings.from_env().cpu_bf16) is expected
 
 
 def test_bf16_auto_follows_the_cpu(monkeypatch):
     monkeypatch.delenv("MMSEARCH_CPU_BF16", raising=False)
-    assert model_module.cpu_bf16_wanted() is model_module.cpu_has_amx_bf16()
+    setting = Settings.from_env().cpu_bf16
+    assert model_module.cpu_bf16_wanted(setting) is model_module.cpu_has_amx_bf16()
     monkeypatch.setattr(model_module, "cpu_has_amx_bf16", lambda: False)
-    assert model_module.cpu_bf16_wanted() is False
+    assert model_module.cpu_bf16_wanted(setting) is False

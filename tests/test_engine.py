@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import IMAGE_COUNT, TEXT_COUNT, make_image
 from mmsearch import Engine, ModelMismatchError, QueryError, QueryTerm
-from mmsearch.corpus import load_image
+from mmsearch.media.image import load_image
 
 
 def open_engine(tmp_path, model, name="idx") -> Engine:
@@ -22,17 +22,12 @@ def open_engine(tmp_path, model, name="idx") -> Engine:
 
 
 def faiss_ids(engine: Engine) -> set[int]:
-    engine.search("anything", k=1)  # syncs the in-memory vectors with the database
-    return set(engine._vectors.ids().tolist())
+    return engine.vector_ids()
 
 
 def db_ids(engine: Engine) -> set[int]:
-    from sqlalchemy import select
-
-    from mmsearch.db import Item
-
-    with engine.store.session() as session:
-        return set(session.scalars(select(Item.id)))
+    with engine.store.read() as r:
+        return r.item_ids()
 
 
 def test_index_then_query_by_text_and_image(tmp_path, tiny_model, corpus):
@@ -96,10 +91,8 @@ def test_weighted_combination_matches_manual_vector(tmp_path, tiny_model, corpus
 
 
 def _embedding(engine, item_id) -> bytes:
-    from mmsearch.db import Embedding
-
-    with engine.store.session() as session:
-        return session.get(Embedding, item_id).vector
+    with engine.store.read() as r:
+        return r.vector_of(item_id)
 
 
 def test_incremental_add_modify_delete_rename(tmp_path, tiny_model, corpus):
@@ -217,7 +210,7 @@ def test_index_folder_inside_an_indexed_root_is_not_indexed(tmp_path, tiny_model
 
 
 def test_random_init_is_the_same_model_in_every_process(tiny_model):
-    from mmsearch.model import Encoder, ModelSpec
+    from mmsearch.encoders import ModelSpec, TorchEncoder as Encoder
 
     spec = ModelSpec.resolve(str(tiny_model.config), "none")
     first = Encoder(spec).encode_texts(["a cat"])
@@ -234,7 +227,7 @@ def test_naming_the_index_own_model_does_not_import_open_clip():
     code = (
         "import json, sys\n"
         "from mmsearch.errors import ModelLoadError\n"
-        "from mmsearch.model import ModelSpec\n"
+        "from mmsearch.encoders import ModelSpec\n"
         "known = {'name': 'ViT-B-32', 'pretrained': None}\n"
         "same = ModelSpec.resolve('ViT-B-32', 'none', known)\n"
         "before = 'open_clip' in sys.modules\n"

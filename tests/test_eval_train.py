@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from conftest import make_image
-from mmsearch.datasets import load_dataset
+from mmsearch.training.datasets import load_dataset
 from mmsearch.errors import TrainingError, TrainingInterrupted
-from mmsearch.evaluate import chance_recall, evaluate, recall_at_k, recall_figures
-from mmsearch.model import Encoder, ModelSpec
-from mmsearch.train import LAST_STATE, TrainOptions, Trainer, split_for_training, train
+from mmsearch.training.evaluate import chance_recall, evaluate, recall_at_k, recall_figures
+from mmsearch.encoders import ModelSpec, TorchEncoder as Encoder
+from mmsearch.training.train import LAST_STATE, TrainOptions, Trainer, split_for_training, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # A little bigger than conftest's TINY_CONFIG (8-px patches, 2 layers, short context) so that it
@@ -185,7 +185,7 @@ def test_eval_of_a_dataset_with_duplicate_captions(tmp_path, tiny_model, cli):
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     ds = load_dataset(tmp_path / "d.jsonl")
     encoder = Encoder(ModelSpec.resolve(str(tiny_model.config), str(tiny_model.checkpoint)))
-    from mmsearch.evaluate import embed_dataset
+    from mmsearch.training.evaluate import embed_dataset
 
     image_emb, text_emb, owners, _ = embed_dataset(encoder, ds, batch_size=5)
     texts, _ = ds.pairs()
@@ -241,7 +241,7 @@ def test_evaluate_encodes_in_batches_and_skips_broken_images(tmp_path, tiny_mode
     assert report.images == 7 and report.captions == 10
     assert ("skip", "broken.png") in events and ("images", 8) in events and ("captions", 10) in events
     # Same figures as encoding everything at once outside the evaluator.
-    from mmsearch.corpus import load_image
+    from mmsearch.media.image import load_image
 
     image_emb = encoder.encode_images([load_image(tmp_path / f"{i}.png") for i in range(7)])
     texts, owners = [], []
@@ -331,7 +331,7 @@ def test_trained_model_indexes_and_queries_through_the_cli(trained, shapes, cli,
     assert len(hits) == 100
     # Scores are the trained model's cosine similarities, whichever way the model is named.
     encoder = Encoder(ModelSpec.resolve(str(out / "config.json"), str(out / "checkpoint.pt")))
-    from mmsearch.corpus import load_image
+    from mmsearch.media.image import load_image
 
     target = shapes.parent / row["image"]
     expected = float(encoder.encode_images([load_image(target)])[0] @ encoder.encode_texts([caption])[0])

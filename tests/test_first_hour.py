@@ -19,7 +19,7 @@ import pytest
 
 from conftest import IMAGE_COUNT, TEXT_COUNT, make_image
 from mmsearch import Engine
-from mmsearch.model import ModelSpec
+from mmsearch.encoders import ModelSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -133,14 +133,17 @@ def test_readme_python_example_runs_as_a_script(tmp_path, tiny_model):
 
 
 # -- 4. MMSEARCH_PRETRAINED alone -----------------------------------------------------------------
-def test_pretrained_variable_alone_applies_to_the_default_model(monkeypatch, tiny_model):
+def test_pretrained_variable_alone_applies_to_the_default_model(monkeypatch, tiny_model, tmp_path):
+    def spec():  # the model a new index would get, as the environment says now
+        return Engine(tmp_path / "new").spec
+
     monkeypatch.delenv("MMSEARCH_MODEL", raising=False)
     monkeypatch.setenv("MMSEARCH_PRETRAINED", "none")
-    assert ModelSpec.resolve() == ModelSpec("ViT-B-32", None)
+    assert spec() == ModelSpec("ViT-B-32", None)
     monkeypatch.setenv("MMSEARCH_PRETRAINED", str(tiny_model.checkpoint))
-    assert ModelSpec.resolve() == ModelSpec("ViT-B-32", str(tiny_model.checkpoint))
+    assert spec() == ModelSpec("ViT-B-32", str(tiny_model.checkpoint))
     monkeypatch.setenv("MMSEARCH_MODEL", str(tiny_model.config))
-    assert ModelSpec.resolve() == ModelSpec(str(tiny_model.config), str(tiny_model.checkpoint))
+    assert spec() == ModelSpec(str(tiny_model.config), str(tiny_model.checkpoint))
 
 
 # -- 5. info after repair, updated time ----------------------------------------------------------

@@ -18,8 +18,8 @@ import pytest
 from conftest import IMAGE_COUNT, TEXT_COUNT, make_image
 from mmsearch import Engine
 from mmsearch.check import check_folder
-from mmsearch.model import Encoder, ModelSpec
-from mmsearch.vectors import saved_generations
+from mmsearch.encoders import ModelSpec, TorchEncoder as Encoder
+from mmsearch.storage.vectors import saved_generations
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1")
 ITEMS = IMAGE_COUNT + TEXT_COUNT

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from mmsearch import Engine
-from mmsearch import onnx_text
-from mmsearch.tokenizer import ClipTokenizer
+from mmsearch.encoders import onnx_text
+from mmsearch.settings import Settings
+from mmsearch.encoders.tokenizer import ClipTokenizer
 
 from conftest import make_image
 
@@ -129,7 +130,7 @@ def test_cli_text_query_imports_no_torch_and_equals_the_torch_path(indexed):
     index, _ = indexed
     fast = _query_subprocess(index, "a dog on grass")
     assert fast["torch"] is False and fast["open_clip"] is False
-    slow = _query_subprocess(index, "a dog on grass", env={onnx_text.ENV_VAR: "0"})
+    slow = _query_subprocess(index, "a dog on grass", env={"MMSEARCH_ONNX": "0"})
     assert slow["torch"] is True  # the switch really selects the other path
     assert [h["id"] for h in fast["hits"]] == [h["id"] for h in slow["hits"]] and len(fast["hits"]) == 10
     assert np.allclose([h["score"] for h in fast["hits"]], [h["score"] for h in slow["hits"]], atol=1e-5)
@@ -140,7 +141,8 @@ def test_search_from_threads_shares_one_session(indexed):
     queries = ["a dog", "pasta", "sea at sunset", "night city"] * 4
     with Engine(index) as engine:
         expected = {q: [(h.id, round(h.score, 5)) for h in engine.search(q, k=5)] for q in set(queries)}
-        session = engine._onnx
+        session = engine.text_encoder
+        assert session.kind == "onnx"
         got: dict[int, list] = {}
 
         def run(i: int) -> None:
@@ -151,7 +153,7 @@ def test_search_from_threads_shares_one_session(indexed):
             t.start()
         for t in threads:
             t.join()
-        assert engine._onnx is session is not None and not engine.model_loaded
+        assert engine.text_encoder is session and not engine.model_loaded
     assert all(got[i] == expected[queries[i]] for i in range(len(queries)))
 
 
@@ -179,7 +181,7 @@ def test_broken_export_falls_back_to_torch(index_copy, damage, caplog):
         (index / record["file"]).unlink()
     with caplog.at_level(logging.WARNING), Engine(index) as engine:
         hits = [(h.id, round(h.score, 5)) for h in engine.search("a dog", k=5)]
-        assert engine.model_loaded and engine._onnx is None
+        assert engine.model_loaded and engine.text_encoder.kind == "torch"
     assert [h[0] for h in hits] == [h[0] for h in reference]
     assert np.allclose([h[1] for h in hits], [h[1] for h in reference], atol=1e-4)
     assert "torch model" in caplog.text
@@ -190,7 +192,7 @@ def test_export_of_a_model_with_another_tokenizer_is_skipped(index_copy, caplog,
     import open_clip
 
     # The tokenizer is swapped under the same model fingerprint, so the cached export must not answer.
-    monkeypatch.setenv(onnx_text.CACHE_ENV, str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("MMSEARCH_CACHE", str(tmp_path / "empty-cache"))
     index, root = index_copy
     with Engine(index) as engine:
         engine.store.update_manifest(**{onnx_text.MANIFEST_KEY: None})
@@ -214,14 +216,14 @@ def test_disabled_export_and_later_export(tmp_path, tiny_model, monkeypatch):
     make_image(root / "a.png", seed=1)
     (root / "b.txt").write_text("a cat on a sofa")
     index = tmp_path / "index"
-    monkeypatch.setenv(onnx_text.ENV_VAR, "0")
+    monkeypatch.setenv("MMSEARCH_ONNX", "0")
     with Engine(index, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
         engine.add([root])
         assert onnx_text.MANIFEST_KEY not in engine.store.manifest
     assert not list(index.glob(f"{onnx_text.FILE_PREFIX}*"))
     with Engine(index) as engine:
         assert engine.search("a cat", k=1)[0].path.endswith("b.txt") and engine.model_loaded
-    monkeypatch.delenv(onnx_text.ENV_VAR)
+    monkeypatch.delenv("MMSEARCH_ONNX")
     with Engine(index) as engine:  # an older index gets its export on the next indexing run
         engine.add()
         assert engine.store.manifest[onnx_text.MANIFEST_KEY]["status"] == "ok"
@@ -265,7 +267,7 @@ def test_second_index_of_a_model_reuses_the_cached_export(indexed, tmp_path, tin
     """Exporting costs seconds; a model exported once is linked into every new index of it."""
     index, root = indexed
     first = json.loads((index / "manifest.json").read_text())[onnx_text.MANIFEST_KEY]
-    entry = onnx_text.cache_dir() / first["fingerprint"]
+    entry = onnx_text.cache_dir(Settings.from_env().cache) / first["fingerprint"]
     assert (entry / first["file"]).is_file() and (entry / first["data"]).is_file()
 
     def no_export(*args, **kwargs):
@@ -286,7 +288,7 @@ def test_second_index_of_a_model_reuses_the_cached_export(indexed, tmp_path, tin
 def test_damaged_cache_entry_is_not_used(indexed, tmp_path, tiny_model):
     index, root = indexed
     first = json.loads((index / "manifest.json").read_text())[onnx_text.MANIFEST_KEY]
-    entry = onnx_text.cache_dir() / first["fingerprint"]
+    entry = onnx_text.cache_dir(Settings.from_env().cache) / first["fingerprint"]
     data = entry / first["data"]
     data.unlink()  # a new file, so the indexes that link the old one keep it
     data.write_bytes(b"truncated")

@@ -21,15 +21,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image, ImageOps
-from sqlalchemy import update
 
-from conftest import make_image
+from conftest import make_image, set_item_path
 from mmsearch import Engine, QueryTerm
 from mmsearch.client import Client
-from mmsearch.db import Item
 from mmsearch.errors import ServerError
 from mmsearch.server import ServerThread, create_app
-from mmsearch.thumbs import THUMBS_DIR
+from mmsearch.server.thumbs import THUMBS_DIR
 
 TEXTS = {
     "notes/pasta.txt": "a red pasta dish with fresh basil and tomato sauce",
@@ -331,15 +329,13 @@ def test_symlink_out_of_the_roots_is_not_served(served):
     item = served.item_id("a.jpg")
     path = str(served.root / "a.jpg")
     try:
-        with served.engine.store.session() as session, session.begin():
-            session.execute(update(Item).where(Item.id == item).values(path=str(served.root / "link-out.jpg")))
+        set_item_path(served.engine.folder, item, str(served.root / "link-out.jpg"))
         assert served.http.get(f"/api/items/{item}").status_code == 200
         for what in ("file", "thumbnail"):
             response = served.http.get(f"/api/items/{item}/{what}")
             assert response.status_code == 404 and response.headers["content-type"] == "application/json"
     finally:
-        with served.engine.store.session() as session, session.begin():
-            session.execute(update(Item).where(Item.id == item).values(path=path))
+        set_item_path(served.engine.folder, item, path)
 
 
 def test_only_files_inside_the_roots_are_served_even_if_the_database_says_otherwise(served):
@@ -349,13 +345,11 @@ def test_only_files_inside_the_roots_are_served_even_if_the_database_says_otherw
     sneaky = str(served.root / ".." / "outside" / "secret.txt")
     try:
         for bad in (secret, sneaky):
-            with served.engine.store.session() as session, session.begin():
-                session.execute(update(Item).where(Item.id == item).values(path=bad))
+            set_item_path(served.engine.folder, item, bad)
             response = served.http.get(f"/api/items/{item}/file")
             assert response.status_code == 404 and SECRET not in response.text
     finally:
-        with served.engine.store.session() as session, session.begin():
-            session.execute(update(Item).where(Item.id == item).values(path=path))
+        set_item_path(served.engine.folder, item, path)
     assert served.http.get(f"/api/items/{item}/file").text == TEXTS["notes/beach.md"]
 
 
@@ -465,14 +459,14 @@ def test_python_client_against_the_real_server(served):
         similar = client.similar(by_bytes[0].id, k=3, type="image")
         assert by_bytes[0].id not in [h.id for h in similar] and {h.modality for h in similar} == {"image"}
 
-        meta = client.item(by_bytes[0].id)
+        meta = client.get(by_bytes[0].id)
         assert meta.path == str(query_image) and meta.thumbnail_url
         # Thumbnails come in fixed sizes: 32 is served by the 64-pixel one.
         assert Image.open(io.BytesIO(client.thumbnail(meta.id, size=32))).size == (64, 48)
         assert client.file(meta.id) == query_image.read_bytes()
 
         with pytest.raises(ServerError) as missing:
-            client.item(987654)
+            client.get(987654)
         assert missing.value.status == 404 and "987654" in str(missing.value)
         with pytest.raises(ServerError) as bad:
             client.search("cats", k=0)

@@ -25,7 +25,7 @@ from mmsearch import Engine
 from mmsearch.client import Client
 from mmsearch.fsutil import path_is_exact_text, printable_path
 from mmsearch.server import ServerThread, create_app
-from mmsearch.thumbs import THUMB_SIZES, THUMBS_DIR
+from mmsearch.server.thumbs import THUMB_SIZES, THUMBS_DIR
 
 RED, BLUE = (220, 30, 30), (30, 30, 220)
 INSIDE_TEXT = "inside the library: a note about the red picture\n"
@@ -316,6 +316,6 @@ def test_names_that_are_not_utf8_through_every_endpoint_and_the_client(tmp_path,
                 remote = client.search("odd", k=10)
                 assert {h.path for h in remote} == set(paths.values())
                 for path, item in by_path.items():
-                    assert client.item(item).path == path
+                    assert client.get(item).path == path
                     assert client.file(item) == Path(path).read_bytes()
                     assert {h.path for h in client.similar(item, k=3)} <= set(paths.values())

@@ -16,11 +16,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from mmsearch.datasets import load_dataset
+from mmsearch.training.datasets import load_dataset
 from mmsearch.errors import TrainingError, TrainingInterrupted
-from mmsearch.evaluate import evaluate
-from mmsearch.model import Encoder, ModelSpec
-from mmsearch.train import LAST_STATE, TrainOptions, Trainer, split_for_training, train
+from mmsearch.training.evaluate import evaluate
+from mmsearch.encoders import ModelSpec, TorchEncoder as Encoder
+from mmsearch.training.train import LAST_STATE, TrainOptions, Trainer, split_for_training, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_synthetic_dataset.py"

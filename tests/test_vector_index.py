@@ -10,16 +10,15 @@ import shutil
 import faiss
 import numpy as np
 import pytest
-from sqlalchemy import select
 
 from conftest import IMAGE_COUNT, TEXT_COUNT, make_image
 from mmsearch import Engine
-from mmsearch import vectors as vectors_mod
+from mmsearch.storage import vectors as vectors_mod
 from mmsearch.check import check_folder
-from mmsearch.db import Embedding
-from mmsearch.store import MANIFEST, vectors_from_blobs
+from mmsearch.storage import MANIFEST
+from mmsearch.storage.store import vectors_from_blobs
 from mmsearch.synthetic import clustered_queries, clustered_vectors
-from mmsearch.vectors import FLAT, IVF_PQ, IVF_SQ8, IndexPlan, VectorIndex, choose, needs_rebuild
+from mmsearch.storage.vectors import FLAT, IVF_PQ, IVF_SQ8, IndexPlan, VectorIndex, choose, needs_rebuild
 
 DIM = 64
 
@@ -135,8 +134,8 @@ def open_engine(tmp_path, model, name="idx") -> Engine:
 
 
 def exact_top(engine: Engine, query: np.ndarray, k: int) -> tuple[list[int], np.ndarray]:
-    with engine.store.session() as session:
-        rows = session.execute(select(Embedding.item_id, Embedding.vector)).all()
+    with engine.store.read() as r:
+        rows = [row for chunk in r.embedding_chunks() for row in chunk]
     ids = np.array([r[0] for r in rows])
     scores = vectors_from_blobs([r[1] for r in rows], engine.store.dim) @ query
     order = np.argsort(-scores, kind="stable")[:k]
@@ -186,7 +185,8 @@ def test_growth_switches_flat_to_ivf_and_retrains(tmp_path, tiny_model, corpus, 
         assert engine.info()["vector_index"]["trained_for"] == n0 + 8
         assert_exact(engine)
 
-        monkeypatch.setenv("MMSEARCH_FLAT_MAX", "100")  # far above: back to exact search
+    monkeypatch.setenv("MMSEARCH_FLAT_MAX", "100")  # far above: back to exact search
+    with open_engine(tmp_path, tiny_model) as engine:  # settings are read when an engine is made
         engine.add([corpus])
         assert engine.info()["vector_index"]["type"] == FLAT and saved_kind(engine) == FLAT
 
@@ -252,11 +252,11 @@ def test_cli_index_type_info_and_check(tmp_path, tiny_model, corpus, cli):
 def test_check_detects_a_wrong_ivf_code(tmp_path, tiny_model, corpus):
     with open_engine(tmp_path, tiny_model) as engine:
         engine.add([corpus], index_type=IVF_SQ8)
-        vectors = VectorIndex.load_latest(engine.folder)
+        vectors = engine.store.vectors()
         victim = int(vectors.ids()[0])
         vectors.remove([victim])
         vectors.add(np.array([victim]), -np.ones((1, engine.store.dim), np.float32) / np.sqrt(engine.store.dim))
-        engine.store.save_vectors(vectors)  # a wrong code written by mmsearch itself: its checksum is recorded
+        engine.store.save_vectors()  # a wrong code written by mmsearch itself: its checksum is recorded
         engine.store.update_manifest(vector_index={**engine.store.manifest["vector_index"], "trained_for": 1})
     report = check_folder(tmp_path / "idx")
     assert [p.kind for p in report.problems] == ["vector_mismatch"]
@@ -298,9 +298,19 @@ def test_gpu_failure_falls_back_to_cpu(data, monkeypatch, caplog, failure):
     assert "GPU" in caplog.text or "gpu" in caplog.text.lower()
 
 
-def test_gpu_can_be_disabled(monkeypatch):
-    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2, raising=False)
-    monkeypatch.setenv("MMSEARCH_FAISS_GPU", "0")
-    assert vectors_mod.gpu_count() == 0
-    monkeypatch.delenv("MMSEARCH_FAISS_GPU")
-    assert vectors_mod.gpu_count() == 2
+@pytest.mark.parametrize("value, used", [("0", False), ("OFF", False), ("no", False), ("1", True), (None, True)])
+def test_gpu_can_be_disabled(data, monkeypatch, value, used):
+    from mmsearch.settings import Settings
+
+    calls = []
+    monkeypatch.setattr(vectors_mod, "gpu_count", lambda: 1)
+    monkeypatch.setattr(vectors_mod, "to_gpu", lambda cpu_index: calls.append(cpu_index) or cpu_index)
+    if value is None:
+        monkeypatch.delenv("MMSEARCH_FAISS_GPU", raising=False)
+    else:
+        monkeypatch.setenv("MMSEARCH_FAISS_GPU", value)
+    settings = vectors_mod.VectorSettings(gpu=Settings.from_env().faiss_gpu)
+    index = vectors_mod.VectorIndex(data.shape[1], settings=settings)
+    index.add(np.arange(len(data), dtype=np.int64), data)
+    index.search(data[5], 10)
+    assert bool(calls) is used

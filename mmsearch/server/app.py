@@ -23,22 +23,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import func, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..db import Item
 from ..errors import IndexNotFoundError, MMSearchError, QueryError
 from ..fsutil import printable_path
-from ..query import IMAGE, ITEM, TEXT, Hit, QueryTerm, combine
-from ..thumbs import DEFAULT_CACHE_BYTES, DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, THUMBS_DIR, SourceKey, ThumbnailCache, \
+from ..query import IMAGE, ITEM, TEXT, Hit, Item, QueryTerm
+from .thumbs import DEFAULT_CACHE_BYTES, DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, THUMBS_DIR, SourceKey, ThumbnailCache, \
     ThumbnailError, fit_size, make_thumbnail
 from .docs import add_docs
 from .files import MAX_THUMBNAIL_SOURCE_BYTES, file_response, media_type_of, open_item_file
@@ -195,11 +192,9 @@ def create_app(
     def prefix(request: Request) -> str:
         return request.scope.get("root_path", "").rstrip("/")
 
-    def item_out(request: Request, hit: Hit, *, ranked: bool) -> dict[str, Any]:
+    def item_out(request: Request, hit: Item) -> dict[str, Any]:
         base = f"{prefix(request)}/api/items/{hit.id}"
         data = hit.as_dict()  # path: readable UTF-8; path_bytes: the exact name, when it is not UTF-8
-        if not ranked:
-            del data["rank"], data["score"]
         data["text"] = text_safe(data["text"]) if data["text"] is not None else None
         data["locator"] = text_safe(data["locator"])
         data["meta"] = json_safe(data["meta"])
@@ -216,19 +211,21 @@ def create_app(
 
     def find(item_id: str | int) -> Item:
         number = parse_id(str(item_id))
-        with engine.store.session() as session:
-            item = session.get(Item, number)
-            if item is None:
-                raise HTTPException(404, f"no item with id {number}")
+        item = engine.get(number)
+        if item is None:
+            raise HTTPException(404, f"no item with id {number}")
         return item
 
     def respond(request: Request, started: float, terms: list[dict[str, Any]], hits: list[Hit],
                 k: int, type: str, min_score: float | None) -> dict[str, Any]:
-        return {
+        answer = {
             "query": json_safe(terms), "k": k, "type": type, "min_score": min_score,
             "took_ms": round((time.perf_counter() - started) * 1000, 3),
-            "hits": [item_out(request, h, ranked=True) for h in hits],
+            "hits": [item_out(request, h) for h in hits],
         }
+        if not hits and getattr(hits, "why_empty", None):
+            answer["why_empty"] = text_safe(hits.why_empty)
+        return answer
 
     # -- pages -------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -241,9 +238,7 @@ def create_app(
     @app.get("/api/health", response_model=HealthOut, tags=["status"])
     def health() -> dict[str, Any]:
         """Liveness: the server answers and can read its index."""
-        with engine.store.session() as session:
-            items = session.scalar(select(func.count()).select_from(Item)) or 0
-        return {"status": "ok", "version": __version__, "model_loaded": engine.model_loaded, "items": items}
+        return {"status": "ok", "version": __version__, "model_loaded": engine.model_loaded, "items": engine.count()}
 
     @app.get("/api/info", tags=["status"])
     def info() -> dict[str, Any]:
@@ -268,12 +263,13 @@ def create_app(
         k: int = Query(10, ge=1, le=MAX_K, description="Number of results"),
         type: Modality = Query("all", description="Result type"),
         min_score: float | None = Query(None, ge=-1.0, le=1.0, description="Leave out hits scoring below this cosine similarity"),
+        under: str | None = Query(None, max_length=4096, description="Only hits inside this folder (a path on the server)"),
     ) -> dict[str, Any]:
         """Search by text. The text is never read as a file path."""
         started = time.perf_counter()
         if not q.strip():
             raise HTTPException(422, "q: empty text")
-        hits = engine.search(QueryTerm(TEXT, q), k=k, type=type, min_score=min_score)
+        hits = engine.search(QueryTerm(TEXT, q), k=k, type=type, min_score=min_score, under=under or None)
         return respond(request, started, [{"kind": TEXT, "value": q, "weight": 1.0}], hits, k, type, min_score)
 
     @app.get("/api/items/{item_id}/similar", response_model=SearchOut, response_model_exclude_unset=True,
@@ -285,11 +281,12 @@ def create_app(
         type: Modality = Query("all"),
         min_score: float | None = Query(None, ge=-1.0, le=1.0),
         include_self: bool = Query(False, description="Let the item appear in its own results"),
+        under: str | None = Query(None, max_length=4096, description="Only hits inside this folder (a path on the server)"),
     ) -> dict[str, Any]:
         """'More like this': items nearest to an indexed item."""
         started = time.perf_counter()
         number = find(item_id).id
-        hits = engine.search(QueryTerm(ITEM, str(number)), k=k, type=type, min_score=min_score, include_query=include_self)
+        hits = engine.similar(number, k=k, type=type, min_score=min_score, include_self=include_self, under=under or None)
         return respond(request, started, [{"kind": ITEM, "value": number, "weight": 1.0}], hits, k, type, min_score)
 
     @app.post("/api/search", response_model=SearchOut, response_model_exclude_unset=True, tags=["search"],
@@ -319,35 +316,29 @@ def create_app(
     def run_search(request: Request, started: float, parsed: SearchRequest) -> dict[str, Any]:
         wanted = {t.upload for t in parsed.terms if t.kind == IMAGE}
         pictures = decoder.decode_all(parsed.uploads, wanted, engine.encoder.image_size) if wanted else {}
-        vectors: list[np.ndarray] = []
+        terms: list[QueryTerm] = []
         described: list[dict[str, Any]] = []
-        exclude: set[Any] = set()
         for term in parsed.terms:
             if term.kind == TEXT:
-                vectors.append(engine.encode_texts([str(term.value)])[0])
+                terms.append(QueryTerm(TEXT, str(term.value), term.weight))
                 described.append({"kind": TEXT, "value": term.value, "weight": term.weight})
             elif term.kind == ITEM:
                 number = find(term.value).id
-                vectors.append(engine.encode_query([QueryTerm(ITEM, str(number))]))
+                terms.append(QueryTerm(ITEM, str(number), term.weight))
                 described.append({"kind": ITEM, "value": number, "weight": term.weight})
-                exclude.add(number)
-            else:
-                vectors.append(engine.encoder.encode_images([pictures[term.upload]])[0])
+            else:  # an uploaded image, decoded here within the upload limits
+                terms.append(QueryTerm(IMAGE, pictures[term.upload], term.weight))
                 described.append({"kind": IMAGE, "upload": term.upload, "filename": parsed.uploads[term.upload].name,
                                   "weight": term.weight})
-        vector = combine(np.stack(vectors), [t.weight for t in parsed.terms])
-        hits = engine.search_vector(vector, k=parsed.k, type=parsed.type, min_score=parsed.min_score,
-                                    exclude=set() if parsed.include_query else exclude)
+        hits = engine.search(terms, k=parsed.k, type=parsed.type, min_score=parsed.min_score,
+                             include_query=parsed.include_query, under=parsed.under or None)
         return respond(request, started, described, hits, parsed.k, parsed.type, parsed.min_score)
 
     # -- items -------------------------------------------------------------------------------
     @app.get("/api/items/{item_id}", response_model=ItemOut, response_model_exclude_unset=True, tags=["items"])
     def item_meta(request: Request, item_id: str) -> dict[str, Any]:
         """Stored metadata of one item."""
-        hit = engine.get(parse_id(item_id))
-        if hit is None:
-            raise HTTPException(404, f"no item with id {item_id}")
-        return item_out(request, hit, ranked=False)
+        return item_out(request, find(item_id))
 
     @app.get("/api/items/{item_id}/thumbnail", tags=["items"], response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}}})
@@ -359,7 +350,7 @@ def create_app(
             raise HTTPException(404, f"item {item.id} is a {item.modality}, it has no thumbnail")
         made = fit_size(size)
         with open_item_file(item.id, item.path, engine.roots()) as opened:
-            key = SourceKey.of(item.id, item.content_hash or "", opened.stat)
+            key = SourceKey.of(item.id, opened.stat)
 
             def make() -> bytes:
                 with slots:  # one of the few decodes at a time

@@ -60,12 +60,14 @@ def serve(
     allowed_hosts: Iterable[str] = (),
     require_auth: bool = True,
     on_ready: Callable[[str], None] | None = None,
+    settings: Any = None,
 ) -> None:
     """Open the index, load its model and serve the API and web page until interrupted.
 
     Bound beyond loopback, a ``token`` is required unless ``require_auth=False``. The host name a
     wildcard or named bind is reached by is accepted in Host headers, as are ``allowed_hosts``.
     ``on_ready(url)`` is called once the port is bound (with the real port when ``port`` is 0).
+    ``settings``: the engine's (``mmsearch.settings.Settings``; default: the environment's).
     """
     import uvicorn
 
@@ -80,7 +82,7 @@ def serve(
         hosts.append(socket.gethostname())
     elif not loopback:
         hosts.append(host)  # a name or address given to bind to is how clients reach the server
-    with Engine(index, device=device) as engine:
+    with Engine(index, device=device, settings=settings) as engine:
         engine.info()  # fail now, with a one-line error, when the index does not exist
         app = create_app(engine, max_upload_bytes=max_upload_bytes, token=token, allowed_hosts=hosts)
         sock = listening_socket(host, port)

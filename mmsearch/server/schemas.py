@@ -85,6 +85,7 @@ class SearchIn(BaseModel):
     type: Modality = Field("all", description="Result type")
     min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Leave out hits scoring below this cosine similarity")
     include_query: bool = Field(False, description="Let query items appear in the results")
+    under: str | None = Field(None, max_length=4096, description="Only hits inside this folder (a path on the server)")
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

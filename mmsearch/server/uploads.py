@@ -24,7 +24,8 @@ from PIL import Image
 from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from ..corpus import BadInput, check_decode_size, decode_image, decoded_size, open_image
+from ..media.image import check_decode_size, decode_image, decoded_size, open_image
+from ..media.records import BadInput
 from ..query import IMAGE, ITEM, TEXT
 from .schemas import MAX_TERMS, MAX_TEXT_CHARS, MAX_UPLOADS, SearchIn, TermIn
 
@@ -103,6 +104,7 @@ class SearchRequest:
     type: str
     min_score: float | None
     include_query: bool
+    under: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def from_form(form: FormData, max_bytes: int) -> SearchRequest:
     """A multipart (or url-encoded) form: fields as in ``SearchIn``, ``terms`` as a JSON string,
     files in ``images``."""
     fields: dict[str, Any] = {}
-    for key in ("q", "item", "k", "type", "min_score", "include_query"):
+    for key in ("q", "item", "k", "type", "min_score", "include_query", "under"):
         value = form.get(key)
         if isinstance(value, UploadFile):
             raise HTTPException(422, f"{key}: a form field, not a file")
@@ -225,7 +227,8 @@ def _checked(options: SearchIn, terms: list[TermIn] | None, uploads: list[Upload
         checked.append(term)
     if not any(t.weight > 0 for t in checked):
         raise HTTPException(422, "query needs at least one term with a positive weight")
-    return SearchRequest(checked, uploads, options.k, options.type, options.min_score, options.include_query)
+    return SearchRequest(checked, uploads, options.k, options.type, options.min_score, options.include_query,
+                         options.under)
 
 
 class UploadDecoder:

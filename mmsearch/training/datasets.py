@@ -30,9 +30,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DatasetError
+from ..errors import DatasetError
+from ..media.extensions import EXTENSIONS, HEIF_EXTENSIONS
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+IMAGE_SUFFIXES = EXTENSIONS | HEIF_EXTENSIONS  # the image handler's own list
 IMAGE_KEYS = ("image", "image_path", "filepath", "file", "path", "filename", "img")
 TEXT_KEYS = ("caption", "text", "title", "sentence")
 LIST_KEYS = ("captions", "texts", "sentences")

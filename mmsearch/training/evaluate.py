@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .corpus import BadInput, Skip, load_image
+from ..media import BadInput, Skip, load_image
 from .datasets import Dataset
-from .errors import DatasetError
+from ..errors import DatasetError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .indexer import Progress
+    from ..indexing import Progress
 
 DEFAULT_KS = (1, 5, 10)
 

@@ -2,10 +2,10 @@
 
 Only a few fixed sizes are made (a requested size is rounded up to the next one), and the cache
 is bounded in bytes: the least recently used thumbnails are deleted first. A thumbnail is made
-from the bytes of an already opened file (see ``mmsearch.server``), decoded by
-``corpus.decode_image`` (the formats and pixel cap of indexing), and cached under a key naming
-that file's identity (device, inode, size, modification time) and its content hash, so a file
-swapped for another one never finds the other's thumbnail. A client-supplied string never
+from the bytes of an already opened file (see ``mmsearch.server``) by the image handler (the
+formats and pixel cap of indexing), and cached under a key naming the item and that file's
+identity (device, inode, size, modification time), so a file swapped for another one never
+finds the other's thumbnail. A client-supplied string never
 becomes part of a file name. Files are written to a temporary name and renamed, so concurrent
 requests for the same thumbnail are harmless.
 """
@@ -24,11 +24,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from .corpus import BadInput, decode_image, max_pixels
+from ..media.image import make_thumbnail as media_thumbnail
+from ..media.records import BadInput
 
 # Hidden, so that an index kept inside an indexed folder does not index its own thumbnails.
 THUMBS_DIR = ".thumbs"
-THUMB_QUALITY = 85  # JPEG quality: small files, no visible blocking at grid sizes
 # The sizes made (longest side, pixels). A request for any size in MIN_SIZE..MAX_SIZE gets the
 # next one up: 150 distinct requested sizes make at most five files per image.
 THUMB_SIZES = (64, 128, 256, 512, 1024)
@@ -54,36 +54,28 @@ class SourceKey:
     """What a cached thumbnail was made from: an item and the identity of the file opened for it."""
 
     item_id: int
-    content_hash: str
     device: int
     inode: int
     size: int
     mtime_ns: int
 
     @classmethod
-    def of(cls, item_id: int, content_hash: str, st: os.stat_result) -> SourceKey:
-        return cls(int(item_id), str(content_hash), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    def of(cls, item_id: int, st: os.stat_result) -> SourceKey:
+        return cls(int(item_id), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def file_name(self, size: int) -> str:
-        ident = f"{self.content_hash}:{self.device}:{self.inode}:{self.size}:{self.mtime_ns}"
+        ident = f"{self.device}:{self.inode}:{self.size}:{self.mtime_ns}"
         digest = hashlib.blake2b(ident.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
         return f"{self.item_id}_{digest}_{int(size)}.jpg"
 
 
-def make_thumbnail(data: bytes, size: int) -> bytes:
-    """JPEG bytes of the image ``data`` upright (EXIF orientation applied), fitting in ``size``x``size``.
-
-    Decoded by ``decode_image``: only the formats mmsearch indexes, within the same pixel cap
-    (JPEGs decode reduced, in draft mode).
-    """
+def make_thumbnail(data: bytes, size: int, limit: int | None = None) -> bytes:
+    """JPEG bytes of the image ``data`` upright, fitting in ``size``x``size`` (the image
+    handler's thumbnail: the formats and pixel cap of indexing); ThumbnailError if it cannot."""
     try:
-        img = decode_image(data, target=size, limit=max_pixels())
+        return media_thumbnail(data, size, limit)
     except BadInput as exc:
         raise ThumbnailError(f"cannot make a thumbnail: {exc}") from exc
-    img.thumbnail((size, size), Image.Resampling.LANCZOS)
-    out = io.BytesIO()
-    img.save(out, "JPEG", quality=THUMB_QUALITY, optimize=True)
-    return out.getvalue()
 
 
 class ThumbnailCache:

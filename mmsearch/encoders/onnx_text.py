@@ -12,7 +12,10 @@ The export is checked against the torch model before it is published, and skippe
 logged warning, never an indexing failure) when the model cannot be exported: onnx or
 onnxruntime missing, a tokenizer other than CLIP's BPE (SigLIP, Hugging Face tokenizers), an
 operator the exporter does not support. Queries then use the torch model as before.
-``MMSEARCH_ONNX=0`` turns the export and its use off.
+``MMSEARCH_ONNX=0`` turns the export and its use off (``Settings.onnx``, passed in as
+``enabled``). An unexpected error during an export (a bug, not a model that cannot be
+exported) is logged as an error and the export is tried again by the next run: it never marks
+the index as "torch only" for good.
 """
 
 from __future__ import annotations
@@ -32,18 +35,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import OnnxTextUnavailable
-from .fsutil import digest_mismatch, file_digest, fsync_dir
+from ..errors import OnnxTextUnavailable
+from ..fsutil import digest_mismatch, file_digest, fsync_dir
 from .tokenizer import ClipTokenizer, bundled_vocab
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .model import Encoder
-    from .store import IndexStore
+    from ..storage.store import IndexStore
+    from .torch_encoder import TorchEncoder as Encoder
 
 log = logging.getLogger(__name__)
 
-ENV_VAR = "MMSEARCH_ONNX"
-CACHE_ENV = "MMSEARCH_CACHE"
 CACHE_RECORD = "record.json"
 MANIFEST_KEY = "text_onnx"
 TOKENIZER_KIND = "clip_bpe"
@@ -66,11 +67,6 @@ PROBE_TEXTS = [
 ]
 
 
-def enabled() -> bool:
-    """False when ``$MMSEARCH_ONNX`` is 0/false/no/off."""
-    return os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -85,9 +81,9 @@ def _threads() -> int:
 
 
 # -- the writer side -------------------------------------------------------------------------------
-def export_needed(manifest: dict[str, Any]) -> bool:
+def export_needed(manifest: dict[str, Any], enabled: bool = True) -> bool:
     """True when the index has no usable export for its model and none was found impossible."""
-    if not enabled():
+    if not enabled:
         return False
     record = manifest.get(MANIFEST_KEY)
     fingerprint = manifest.get("model", {}).get("fingerprint")
@@ -98,31 +94,39 @@ def export_needed(manifest: dict[str, Any]) -> bool:
     return False
 
 
-def ensure_exported(store: IndexStore, encoder: Encoder) -> dict[str, Any] | None:
+def ensure_exported(store: IndexStore, encoder: Encoder, cache: Path | None = None,
+                    enabled: bool = True) -> dict[str, Any] | None:
     """Export the text tower of ``encoder`` into ``store`` if needed (writer, under the lock).
 
     Returns the manifest record written (``status`` 'ok' or 'skipped'), or None when nothing
     was needed. Never raises for a model that cannot be exported: the reason is logged and kept.
+    ``cache``: the folder of shared exports (default: the user cache folder).
     """
-    if not export_needed(store.manifest):
+    if not export_needed(store.manifest, enabled):
         return None
     fingerprint = store.manifest["model"]["fingerprint"]
     if encoder.spec.identity(known=store.manifest["model"])["fingerprint"] != fingerprint:
         return None  # not the index's model (the caller switches models first)
     _remove_stray_temps(store.folder)
+    entry_dir = cache_dir(cache)
     try:
-        record = _from_cache(store.folder, fingerprint)
+        record = _from_cache(store.folder, fingerprint, entry_dir)
         if record is None:
             record = export_text_encoder(encoder, store.folder, fingerprint)
-            _to_cache(store.folder, record)
+            _to_cache(store.folder, record, entry_dir)
     except OSError as exc:  # disk full, read-only folder: try again on the next run
         log.warning("text queries on %s will load torch: cannot write the ONNX text encoder (%s)", store.folder, exc)
         return None
-    except Exception as exc:  # noqa: BLE001 - an export must never fail indexing
-        retry = isinstance(exc, OnnxTextUnavailable) and isinstance(exc.__cause__, ImportError)
-        reason = str(exc) if isinstance(exc, OnnxTextUnavailable) else f"{type(exc).__name__}: {_first_line(exc)}"
-        log.warning("text queries on %s will load torch: no ONNX text encoder (%s)", store.folder, reason)
-        record = {"status": "skipped", "fingerprint": fingerprint, "reason": reason, "retry": retry, "at": _now()}
+    except OnnxTextUnavailable as exc:  # this model (or this installation) cannot be exported
+        retry = isinstance(exc.__cause__, ImportError)
+        log.warning("text queries on %s will load torch: no ONNX text encoder (%s)", store.folder, exc)
+        record = {"status": "skipped", "fingerprint": fingerprint, "reason": str(exc), "retry": retry, "at": _now()}
+    except Exception as exc:  # noqa: BLE001 - a bug: never fail indexing for it, never hide it either
+        log.error("exporting the ONNX text encoder of %s failed unexpectedly (%s: %s); text queries load torch "
+                  "until the next indexing run tries again", store.folder, type(exc).__name__, _first_line(exc),
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+        record = {"status": "failed", "fingerprint": fingerprint, "reason": f"{type(exc).__name__}: {_first_line(exc)}",
+                  "retry": True, "at": _now()}
     store.update_manifest(**{MANIFEST_KEY: record})
     # Exports of earlier models (or of this one, when it could not be exported now) go.
     keep = {record["file"], record["data"]} if record["status"] == "ok" else set()
@@ -132,18 +136,17 @@ def ensure_exported(store: IndexStore, encoder: Encoder) -> dict[str, Any] | Non
     return record
 
 
-def cache_dir() -> Path:
-    """Where exports are kept for reuse by every index of the same model:
-    ``$MMSEARCH_CACHE/onnx``, else the user cache folder (``~/.cache/mmsearch/onnx`` on Linux)."""
-    base = os.environ.get(CACHE_ENV)
-    if not base:
+def cache_dir(base: Path | None = None) -> Path:
+    """Where exports are kept for reuse by every index of the same model: ``base/onnx``
+    (``MMSEARCH_CACHE``), else the user cache folder (``~/.cache/mmsearch/onnx`` on Linux)."""
+    if base is None:
         from platformdirs import user_cache_dir
 
-        base = user_cache_dir("mmsearch")
+        base = Path(user_cache_dir("mmsearch"))
     return Path(base) / "onnx"
 
 
-def _from_cache(folder: Path, fingerprint: str) -> dict[str, Any] | None:
+def _from_cache(folder: Path, fingerprint: str, cache: Path) -> dict[str, Any] | None:
     """The cached export of this model linked (or copied) into ``folder``, or None.
 
     Exporting takes seconds and a torch model in memory; a model exported once on this machine
@@ -151,7 +154,7 @@ def _from_cache(folder: Path, fingerprint: str) -> dict[str, Any] | None:
     """
     import json
 
-    entry = cache_dir() / fingerprint
+    entry = cache / fingerprint
     try:
         record = json.loads((entry / CACHE_RECORD).read_text(encoding="utf-8"))
         parts = [entry / record["data"], entry / record["file"]]  # the graph last: it names the weights
@@ -183,13 +186,13 @@ def _from_cache(folder: Path, fingerprint: str) -> dict[str, Any] | None:
     return dict(record, digests=digests, exported_at=_now(), from_cache=str(entry))
 
 
-def _to_cache(folder: Path, record: dict[str, Any]) -> None:
+def _to_cache(folder: Path, record: dict[str, Any], cache: Path) -> None:
     """Keep a fresh export for later indexes of the same model (best effort: never fails indexing)."""
     import json
 
     if record.get("status") != "ok":
         return
-    entry = cache_dir() / record["fingerprint"]
+    entry = cache / record["fingerprint"]
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=entry.parent))
@@ -411,10 +414,10 @@ def _session(path: Path) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def usable_record(manifest: dict[str, Any]) -> dict[str, Any] | None:
+def usable_record(manifest: dict[str, Any], enabled: bool = True) -> dict[str, Any] | None:
     """The manifest's export record when it is complete and belongs to the index's model."""
     record = manifest.get(MANIFEST_KEY)
-    if not enabled() or not isinstance(record, dict) or record.get("status") != "ok":
+    if not enabled or not isinstance(record, dict) or record.get("status") != "ok":
         return None
     if record.get("fingerprint") != manifest.get("model", {}).get("fingerprint"):
         return None
@@ -442,64 +445,62 @@ def export_mismatch(folder: Path, record: dict[str, Any], full: bool = False) ->
     return None
 
 
-_preloads: dict[tuple[str, str, Any], Future] = {}
-_preload_lock = threading.Lock()
+class Preload:
+    """An ONNX text encoder loading in a background thread (see ``preload``)."""
+
+    def __init__(self, folder: Path, record: dict[str, Any], texts: list[str]):
+        self.folder = folder
+        self.record = record
+        self._future: Future = Future()
+        # Not a daemon: a process that exits (an error reported at once, say) waits for the load
+        # to end. onnxruntime aborts the whole process ("terminate called without an active
+        # exception") when the interpreter shuts down under a session still being built.
+        threading.Thread(target=self._work, args=(list(texts),), name="mmsearch-onnx-preload", daemon=False).start()
+
+    def _work(self, texts: list[str]) -> None:
+        try:
+            encoder = OnnxTextEncoder(self.folder, self.record)
+            if texts:
+                encoder.remember(texts)
+            self._future.set_result(encoder)
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever collects it
+            self._future.set_exception(exc)
+
+    def matches(self, folder: Path, record: dict[str, Any]) -> bool:
+        return Path(folder).absolute() == self.folder and record.get("file") == self.record.get("file") \
+            and record.get("exported_at") == self.record.get("exported_at")
+
+    def result(self) -> OnnxTextEncoder:
+        return self._future.result()
 
 
-def _preload_key(folder: Path, record: dict[str, Any]) -> tuple[str, str, Any]:
-    return (str(Path(folder).expanduser().absolute()), record["file"], record.get("exported_at"))
-
-
-def preload(folder: str | Path, texts: list[str] = ()) -> None:
+def preload(folder: str | Path, texts: list[str] = (), enabled: bool = True) -> Preload | None:
     """Start loading ``folder``'s text encoder in a background thread, if it has one, and
-    encode ``texts`` with it.
+    encode ``texts`` with it; hand the result to the Engine (``Engine(text_encoder=...)``).
 
     onnxruntime builds its session (~0.3 s for ViT-B-32) and runs the model without holding the
     GIL, so a one-shot query overlaps both with importing the database and FAISS layers.
-    ``load`` collects the encoder; the texts' vectors wait in its cache.
     """
     import json
 
     folder = Path(folder).expanduser().absolute()
     try:
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        record = usable_record(manifest) if isinstance(manifest, dict) else None
+        record = usable_record(manifest, enabled) if isinstance(manifest, dict) else None
     except (OSError, ValueError):
-        return  # not an index (yet): the normal path reports that
-    if record is None:
-        return
-    key = _preload_key(folder, record)
-    with _preload_lock:
-        if key in _preloads:
-            return
-        _preloads[key] = future = Future()
-
-    def work() -> None:
-        try:
-            encoder = OnnxTextEncoder(folder, record)
-            if texts:
-                encoder.remember(list(texts))
-            future.set_result(encoder)
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever collects it
-            future.set_exception(exc)
-
-    # Not a daemon: a process that exits (an error reported at once, say) waits for the load to
-    # end. onnxruntime aborts the whole process ("terminate called without an active exception")
-    # when the interpreter shuts down under a session still being built.
-    threading.Thread(target=work, name="mmsearch-onnx-preload", daemon=False).start()
+        return None  # not an index (yet): the normal path reports that
+    return Preload(folder, record, list(texts)) if record is not None else None
 
 
-def load(folder: Path, record: dict[str, Any]) -> OnnxTextEncoder:
-    """The encoder for ``record``: the preloaded one when ``preload`` started it, else loaded now."""
-    with _preload_lock:
-        future = _preloads.pop(_preload_key(folder, record), None)
-    if future is not None:
-        return future.result()
+def load(folder: Path, record: dict[str, Any], preloaded: Preload | None = None) -> OnnxTextEncoder:
+    """The encoder for ``record``: the preloaded one when it is for this export, else loaded now."""
+    if preloaded is not None and preloaded.matches(folder, record):
+        return preloaded.result()
     return OnnxTextEncoder(folder, record)
 
 
 class OnnxTextEncoder:
-    """Texts in, L2-normalised float32 vectors out, with onnxruntime and no torch.
+    """Texts in, L2-normalised float32 vectors out, with onnxruntime and no torch (a ``TextEncoder``).
 
     ``run`` on one session is thread-safe in onnxruntime, so one instance serves every thread.
     """
@@ -518,6 +519,7 @@ class OnnxTextEncoder:
         except Exception as exc:  # noqa: BLE001 - a corrupt file, onnxruntime's own errors, no onnxruntime
             raise OnnxTextUnavailable(f"cannot load {graph.name}: {type(exc).__name__}: {_first_line(exc)}") from exc
         self.record = record
+        self.kind = "onnx"
         self.dim = int(record["dim"])
         self._lock = threading.Lock()  # guards the tokenizer's cache (sessions need none)
         self._remembered: dict[str, np.ndarray] = {}  # vectors encoded ahead by ``preload``

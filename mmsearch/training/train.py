@@ -45,11 +45,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .corpus import BadInput, Skip, load_image
+from ..media import BadInput, Skip, load_image
 from .datasets import Dataset
-from .errors import ModelLoadError, TrainingError, TrainingInterrupted
+from ..errors import ModelLoadError, TrainingError, TrainingInterrupted
 from .evaluate import chance_recall, recall_at_k
-from .model import TRAINED_CHECKPOINT, TRAINED_CONFIG, ModelSpec, _read_config, pick_device
+from ..encoders.spec import TRAINED_CHECKPOINT, TRAINED_CONFIG, ModelSpec, _read_config
+from ..encoders.torch_encoder import load_open_clip, pick_device
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -308,17 +309,7 @@ class Trainer:
             self.config = model_config(spec)
         self.spec = spec
         opts = self.options
-        if spec.config_path:
-            open_clip.add_model_config(spec.config_path)
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(opts.seed)
-                model_obj, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-                    spec.arch, pretrained=spec.pretrained, precision="fp32", device=self.device
-                )
-            self.tokenizer = open_clip.get_tokenizer(spec.arch)
-        except Exception as exc:
-            raise ModelLoadError(f"cannot load model {spec.display}: {exc}") from exc
+        model_obj, preprocess_train, preprocess_val, self.tokenizer = load_open_clip(spec, self.device, "fp32", opts.seed)
         self.model = model_obj
         if self.state is not None:
             # "model": resume states written before last.pt took open_clip's "state_dict" key.

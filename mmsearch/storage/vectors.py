@@ -22,8 +22,8 @@ renames it into place, then removes older generations, so a reader (or a process
 mid-save) always finds a complete file. Which generation a file holds is in its name, so the
 database can tell how far behind it is (see ``mmsearch.store``).
 
-Searching uses a GPU copy of the index when FAISS sees a GPU (disable with
-``MMSEARCH_FAISS_GPU=0``); the CPU index stays the master for additions, deletions and saves,
+Searching uses a GPU copy of the index when FAISS sees a GPU (unless ``VectorSettings.gpu`` is
+off: ``MMSEARCH_FAISS_GPU=0``); the CPU index stays the master for additions, deletions and saves,
 and any GPU failure falls back to the CPU with a logged warning.
 """
 
@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,8 +41,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .errors import IndexTypeError
-from .fsutil import atomic_write_via, digest_mismatch, fsync_dir
+from ..errors import IndexTypeError
+from ..fsutil import atomic_write_via, digest_mismatch, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +82,19 @@ def saved_generations(folder: Path) -> list[tuple[int, Path]]:
 
 
 # -- choosing a type --------------------------------------------------------------------------------
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise IndexTypeError(f"${name} must be an integer, got {value!r}") from exc
+@dataclass(frozen=True)
+class VectorSettings:
+    """The tuning a user may set (``MMSEARCH_FLAT_MAX``, ``_NLIST``, ``_NPROBE``, ``_RERANK``,
+    ``_FAISS_GPU``; see ``mmsearch.settings``); None: the default for the situation."""
+
+    flat_max: int = FLAT_MAX
+    nlist: int | None = None
+    nprobe: int | None = None
+    rerank: int | None = None
+    gpu: bool = True
 
 
-def flat_max() -> int:
-    """Item count from which ``auto`` uses an IVF (``$MMSEARCH_FLAT_MAX`` overrides)."""
-    value = _env_int("MMSEARCH_FLAT_MAX")
-    return FLAT_MAX if value is None else value
+DEFAULT_SETTINGS = VectorSettings()
 
 
 def available_memory() -> int | None:
@@ -167,19 +167,20 @@ def choose(
     memory: int | None = None,
     nlist: int | None = None,
     nprobe: int | None = None,
+    settings: VectorSettings = DEFAULT_SETTINGS,
 ) -> IndexPlan:
     """The index for ``n`` items: ``requested`` (``auto`` or one of ``TYPES``) made concrete.
 
-    ``auto``: flat below ``flat_max()`` items; above, an IVF with ``default_nlist(n)`` cells and
-    8-bit codes, or PQ codes when 8-bit codes would take more than a quarter of ``memory``
-    (default: what the machine has available). An IVF asked for with too few items to train
-    (none) is flat until items arrive.
+    ``auto``: flat below ``settings.flat_max`` items; above, an IVF with ``default_nlist(n)``
+    cells and 8-bit codes, or PQ codes when 8-bit codes would take more than a quarter of
+    ``memory`` (default: what the machine has available). An IVF asked for with too few items to
+    train (none) is flat until items arrive.
     """
     if requested not in CHOICES:
         raise IndexTypeError(f"unknown vector index type {requested!r}: choose one of {', '.join(CHOICES)}")
     kind = requested
     if kind == AUTO:
-        if n < flat_max():
+        if n < settings.flat_max:
             kind = FLAT
         else:
             memory = available_memory() if memory is None else memory
@@ -187,25 +188,25 @@ def choose(
             kind = IVF_PQ if memory is not None and sq8_bytes > SQ8_MEMORY_SHARE * memory else IVF_SQ8
     if kind == FLAT or n < 2:  # nothing to train on yet: exact until items arrive
         return IndexPlan(FLAT)
-    nlist = int(nlist or _env_int("MMSEARCH_NLIST") or default_nlist(n))
+    nlist = int(nlist or settings.nlist or default_nlist(n))
     nlist = max(1, min(nlist, n))
     nprobe = int(nprobe or default_nprobe(nlist))
     if kind == IVF_SQ8:
-        return IndexPlan(IVF_SQ8, nlist, min(nprobe, nlist), rerank=default_rerank(IVF_SQ8), trained_for=n)
+        return IndexPlan(IVF_SQ8, nlist, min(nprobe, nlist), rerank=default_rerank(IVF_SQ8, settings), trained_for=n)
     bits = int(max(1, min(8, math.floor(math.log2(n)))))  # PQ k-means needs 2**bits training points
-    return IndexPlan(IVF_PQ, nlist, min(nprobe, nlist), rerank=default_rerank(IVF_PQ), trained_for=n,
+    return IndexPlan(IVF_PQ, nlist, min(nprobe, nlist), rerank=default_rerank(IVF_PQ, settings), trained_for=n,
                      pq_m=_pq_m(dim), pq_bits=bits)
 
 
-def default_rerank(kind: str) -> int:
-    """Candidates re-ranked exactly for a top-10 query (``$MMSEARCH_RERANK`` overrides)."""
-    value = _env_int("MMSEARCH_RERANK")
-    if value is not None:
-        return value
+def default_rerank(kind: str, settings: VectorSettings = DEFAULT_SETTINGS) -> int:
+    """Candidates re-ranked exactly for a top-10 query (``settings.rerank`` overrides)."""
+    if settings.rerank is not None:
+        return settings.rerank
     return {FLAT: 0, IVF_SQ8: 50, IVF_PQ: 400}[kind]
 
 
-def needs_rebuild(current: IndexPlan, n: int, dim: int, requested: str = AUTO) -> IndexPlan | None:
+def needs_rebuild(current: IndexPlan, n: int, dim: int, requested: str = AUTO,
+                  settings: VectorSettings = DEFAULT_SETTINGS) -> IndexPlan | None:
     """The plan to rebuild to when ``current`` has become a poor fit for ``n`` items, else None.
 
     Hysteresis keeps an index from flapping: an auto IVF turns flat only below half the flat
@@ -214,8 +215,8 @@ def needs_rebuild(current: IndexPlan, n: int, dim: int, requested: str = AUTO) -
     """
     if requested not in CHOICES:
         requested = AUTO
-    wanted = choose(n, dim, requested)
-    if requested == AUTO and current.type != FLAT and wanted.type == FLAT and n >= flat_max() / 2:
+    wanted = choose(n, dim, requested, settings=settings)
+    if requested == AUTO and current.type != FLAT and wanted.type == FLAT and n >= settings.flat_max / 2:
         return None  # hysteresis: stay IVF until well below the threshold
     if wanted.type != current.type:
         return wanted
@@ -233,9 +234,7 @@ _GPU_MAX_K = 2048
 
 
 def gpu_count() -> int:
-    """GPUs FAISS can use here (0 without a GPU build of faiss, or with ``MMSEARCH_FAISS_GPU=0``)."""
-    if os.environ.get("MMSEARCH_FAISS_GPU", "").strip() in ("0", "false", "no", "off"):
-        return 0
+    """GPUs FAISS can use here (0 without a GPU build of faiss)."""
     try:
         return int(faiss.get_num_gpus())
     except Exception:  # noqa: BLE001 - faiss-cpu builds may lack it
@@ -265,20 +264,24 @@ def _kind_of(index: faiss.Index) -> str:
 class VectorIndex:
     """In-memory FAISS index of L2-normalised vectors; inner product = cosine similarity."""
 
-    def __init__(self, dim: int, index: faiss.Index | None = None, gen: int = 0):
+    def __init__(self, dim: int, index: faiss.Index | None = None, gen: int = 0,
+                 settings: VectorSettings = DEFAULT_SETTINGS):
         self.dim = dim
         # faiss.read_index and index_factory already return the concrete class (and own it)
         self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self.kind = _kind_of(self.index)
         self.gen = gen
+        self.settings = settings
         self._gpu: faiss.Index | None = None
-        self._gpu_failed = False
+        self._gpu_failed = not settings.gpu
+        self._gpu_lock = threading.Lock()  # one search at a time on the GPU copy (CPU searches run in parallel)
 
     @classmethod
-    def create(cls, dim: int, plan: IndexPlan, train: np.ndarray | None = None, gen: int = 0) -> VectorIndex:
+    def create(cls, dim: int, plan: IndexPlan, train: np.ndarray | None = None, gen: int = 0,
+               settings: VectorSettings = DEFAULT_SETTINGS) -> VectorIndex:
         """An empty index of ``plan``'s type; IVF types are trained on ``train`` (a sample of the data)."""
         if plan.type == FLAT:
-            return cls(dim, gen=gen)
+            return cls(dim, gen=gen, settings=settings)
         if train is None or len(train) == 0:
             raise IndexTypeError(f"a {plan.type} index needs training vectors")
         train = np.ascontiguousarray(train, dtype=np.float32)
@@ -300,11 +303,12 @@ class VectorIndex:
         index.cp.max_points_per_centroid = 1 << 20
         index.train(train)
         index.nprobe = max(1, min(plan.nprobe or default_nprobe(nlist), nlist))
-        return cls(dim, index, gen)
+        return cls(dim, index, gen, settings)
 
     # -- persistence -------------------------------------------------------------------------
     @classmethod
-    def load_latest(cls, folder: Path, records: dict[str, dict] | None = None) -> VectorIndex | None:
+    def load_latest(cls, folder: Path, records: dict[str, dict] | None = None,
+                    settings: VectorSettings = DEFAULT_SETTINGS) -> VectorIndex | None:
         """The newest readable FAISS file in ``folder``, or None if there is none.
 
         ``records``: the manifest's checksums of the files this index wrote, by generation
@@ -325,7 +329,7 @@ class VectorIndex:
                     # (1M items: 0.5 ms and a few MB instead of 0.25 s and 500 MB). They are copied
                     # into memory before any change or save (``_writable``).
                     index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
-                    return cls(index.d, index, gen)
+                    return cls(index.d, index, gen, settings)
                 except RuntimeError:
                     if path.exists():
                         continue  # unreadable (damaged) file: fall back to an older one
@@ -371,7 +375,7 @@ class VectorIndex:
         """This index's parameters, as read from the FAISS file (``trained_for`` from the caller)."""
         if self.kind == FLAT:
             return IndexPlan(FLAT)
-        plan = IndexPlan(self.kind, self.nlist, self.nprobe, default_rerank(self.kind),
+        plan = IndexPlan(self.kind, self.nlist, self.nprobe, default_rerank(self.kind, self.settings),
                          trained_for if trained_for else self.ntotal)
         if self.kind == IVF_PQ:
             plan.pq_m, plan.pq_bits = int(self.index.pq.M), int(self.index.pq.nbits)
@@ -388,9 +392,8 @@ class VectorIndex:
         """Candidates to re-rank exactly to return the best ``fetch``: ``rerank`` for a top 10, scaled with ``fetch``."""
         if not self.lossy:
             return fetch
-        override = _env_int("MMSEARCH_RERANK")
-        if override is not None:
-            rerank = override
+        if self.settings.rerank is not None:
+            rerank = self.settings.rerank
         elif rerank is None:
             rerank = default_rerank(self.kind)
         return max(fetch, -(-fetch * rerank // 10))
@@ -490,7 +493,7 @@ class VectorIndex:
         if self.kind == FLAT:
             scores, ids = self._search(q, k, None)
         else:
-            probe = nprobe or _env_int("MMSEARCH_NPROBE") or self.nprobe
+            probe = nprobe or self.settings.nprobe or self.nprobe
             probe = max(1, min(probe, self.nlist))
             while True:
                 scores, ids = self._search(q, k, probe)
@@ -505,9 +508,10 @@ class VectorIndex:
         searcher = self._gpu_index() if k <= _GPU_MAX_K else None
         if searcher is not None:
             try:
-                if nprobe is not None:
-                    faiss.GpuParameterSpace().set_index_parameter(searcher, "nprobe", nprobe)
-                return searcher.search(q, k)
+                with self._gpu_lock:
+                    if nprobe is not None:
+                        faiss.GpuParameterSpace().set_index_parameter(searcher, "nprobe", nprobe)
+                    return searcher.search(q, k)
             except Exception as exc:  # noqa: BLE001 - any GPU trouble: answer on the CPU
                 log.warning("GPU search failed (%s); searching on the CPU from now on", exc)
                 self._gpu, self._gpu_failed = None, True

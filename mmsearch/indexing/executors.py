@@ -1,0 +1,128 @@
+"""Decode executors: where files are decoded for the model. The local one runs worker processes
+on this machine; a distributed one (Ray) is a second implementation of the same ``decode``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import DecodeWorkersError
+from ..media import Skip
+from ..media.image import PixelTransform, decode_for_model, decode_worker_init
+from .plan import Job
+
+# A file whose decoding takes longer than this (seconds) is abandoned and its worker process
+# killed: a pathological or hostile file must never hang a run (MMSEARCH_DECODE_TIMEOUT).
+DEFAULT_DECODE_TIMEOUT = 60.0
+
+
+@dataclass
+class Decoded:
+    """One batch out of an executor: the jobs that decoded, their arrays, and the failures."""
+
+    jobs: list[Job] = field(default_factory=list)
+    arrays: list[Any] = field(default_factory=list)  # uint8 HxWx3 (already cropped with a PixelTransform)
+    failed: list[tuple[Job, Skip]] = field(default_factory=list)
+
+
+class DecodeExecutor(Protocol):
+    def __enter__(self) -> DecodeExecutor: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+    def decode(self, jobs: Sequence[Job], target: int, pixels: PixelTransform | None,
+               batch_size: int) -> Iterator[Decoded]:
+        """Batches of decoded images, in the order of ``jobs``."""
+
+
+class LocalExecutor:
+    """Worker processes (pebble) decoding ahead of the encoder, in order; a hung or crashed
+    decode costs one worker, not the run.
+
+    Workers fork from a small clean server process with the decoding module preloaded, and never
+    import the caller's main script (``mmsearch.procs``), so a script without a main guard works.
+    """
+
+    def __init__(self, workers: int | None = None, timeout: float = DEFAULT_DECODE_TIMEOUT,
+                 max_pixels: int | None = None, lookahead: int = 2):
+        self.workers = workers or min(8, (os.cpu_count() or 2))
+        self.timeout = timeout
+        self.max_pixels = max_pixels
+        self.lookahead = lookahead  # batches decoded ahead of the encoder (bounds memory)
+        self._pool = None
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.stop()  # kills workers still decoding (Ctrl-C, errors)
+            self._pool.join()
+            self._pool = None
+
+    def _started(self):
+        if self._pool is None:
+            from pebble import ProcessPool
+
+            from ..procs import worker_context
+
+            pool = ProcessPool(max_workers=self.workers, initializer=decode_worker_init,
+                               context=worker_context(["mmsearch.media.image"]))
+            _check_pool(pool)
+            self._pool = pool
+        return self._pool
+
+    def decode(self, jobs: Sequence[Job], target: int, pixels: PixelTransform | None,
+               batch_size: int) -> Iterator[Decoded]:
+        from pebble import ProcessExpired
+
+        if not jobs:
+            return
+        pool = self._started()
+        limit = self.max_pixels
+
+        def result_of(job: Job, future: Future) -> Any:
+            path = job.record.path
+            try:
+                return future.result()
+            except FutureTimeout:
+                return Skip(path, f"decoding took longer than {self.timeout:g}s; abandoned", protects=False)
+            except ProcessExpired as exc:
+                return Skip(path, f"the decoder crashed on this file (exit code {exc.exitcode})", protects=False)
+            except Exception as exc:  # noqa: BLE001 - an exception the decoder did not anticipate
+                return Skip(path, f"cannot decode image: {exc}", protects=False)
+
+        pending: list[tuple[Job, Future]] = []
+        cursor = 0
+        ahead = batch_size * self.lookahead
+        while cursor < len(jobs) or pending:
+            while cursor < len(jobs) and len(pending) < ahead:
+                future = pool.schedule(decode_for_model, args=(jobs[cursor].record.path, target, limit, pixels),
+                                       timeout=self.timeout)
+                pending.append((jobs[cursor], future))
+                cursor += 1
+            take, pending = pending[:batch_size], pending[batch_size:]
+            batch = Decoded()
+            for job, future in take:
+                result = result_of(job, future)
+                if isinstance(result, Skip):
+                    batch.failed.append((job, result))
+                else:
+                    batch.jobs.append(job)
+                    batch.arrays.append(result)
+            yield batch
+
+
+def _check_pool(pool) -> None:
+    """Fail clearly, not by skipping every image, when worker processes cannot start."""
+    from pebble import ProcessExpired
+
+    try:
+        pool.schedule(os.getpid).result(timeout=120)
+    except (ProcessExpired, FutureTimeout, OSError, RuntimeError) as exc:
+        pool.stop()
+        pool.join()
+        raise DecodeWorkersError("image decoding worker processes failed to start") from exc

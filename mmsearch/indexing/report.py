@@ -1,0 +1,90 @@
+"""What an indexing run reports: counts, skipped files, seconds per stage, and progress events."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..fsutil import path_fields
+from ..media import Skip
+
+log = logging.getLogger(__name__)
+
+# The stages of a run, in order, as the report names them.
+STAGES = ("scan", "read", "plan", "decode", "encode", "write", "save")
+
+
+class Progress(Protocol):
+    """Receives progress from long operations; the CLI draws it with rich."""
+
+    def start(self, phase: str, total: int | None) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def skip(self, skip: Skip) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+class NullProgress:
+    def start(self, phase: str, total: int | None) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def skip(self, skip: Skip) -> None:
+        log.warning("skipped %s: %s", skip.path, skip.reason)
+
+    def note(self, message: str) -> None:
+        log.warning("%s", message)
+
+
+@dataclass
+class IndexReport:
+    """What an indexing run did."""
+
+    added: int = 0  # new items, encoded
+    updated: int = 0  # changed items, re-encoded
+    reembedded: int = 0  # unchanged items encoded again (their vector was missing: a model switch)
+    reused: int = 0  # new or changed items whose vector was copied (renamed or duplicate content)
+    removed: int = 0  # items whose files are gone
+    unchanged: int = 0
+    skipped: list[Skip] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+    # Seconds spent in each stage (``STAGES``): decode is the time spent waiting for decoded
+    # images (decoding runs ahead in worker processes, overlapping the encoder).
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        """True when the run changed what the index holds."""
+        return bool(self.added or self.updated or self.reembedded or self.reused or self.removed)
+
+    @contextmanager
+    def timing(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[stage] = self.stages.get(stage, 0.0) + time.perf_counter() - started
+
+    def summary(self) -> str:
+        text = (
+            (f"{self.reembedded} re-embedded, " if self.reembedded else "")
+            + f"{self.added} added, {self.updated} updated, {self.reused} reused, "
+            f"{self.removed} removed, {len(self.skipped)} skipped, {self.unchanged} unchanged "
+            f"in {self.seconds:.1f}s"
+        )
+        return text + (" (interrupted: work so far saved)" if self.interrupted else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "added": self.added, "updated": self.updated, "reembedded": self.reembedded, "reused": self.reused,
+            "removed": self.removed, "unchanged": self.unchanged, "skipped": len(self.skipped),
+            "skipped_files": [{**path_fields(s.path), "reason": s.reason} for s in self.skipped],
+            "seconds": round(self.seconds, 3), "interrupted": self.interrupted,
+            "stages": {stage: round(self.stages[stage], 3) for stage in STAGES if stage in self.stages},
+        }

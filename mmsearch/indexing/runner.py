@@ -1,0 +1,244 @@
+"""The index path, stage by stage: scan -> read -> plan -> decode -> encode -> write.
+
+``Indexer.run`` compares what is on disk with what the catalogue holds and does the least work
+that brings the index up to date (see ``plan``). Images are decoded by a decode executor
+(``executors``: worker processes here, another executor for a cluster), encoded in batches, and
+written by the sink through the store's write rule; every write is one transaction, mirrored
+into the vector index, which is saved at the end (and periodically), so a kill at any moment
+loses at most the batch in flight. The seconds spent in each stage go into the report.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..encoders import ImageEncoder
+from ..errors import IndexingInterrupted, IndexWriteError
+from ..library import LibraryRoot
+from ..media import FileEntry, Record, Registry, Skip, media_registry, scan
+from ..settings import Settings
+from ..storage import DATABASE_ERRORS, IndexStore
+from .executors import DecodeExecutor, LocalExecutor
+from .plan import Job, assign_sources, find_changes, group_by_content, plan_records
+from .report import IndexReport, NullProgress, Progress
+from .sink import WriteSink
+
+DEFAULT_BATCH = 32
+
+
+class Indexer:
+    """Brings an ``IndexStore`` up to date with files on disk, using one encoder (made on first
+    need by ``encoder_factory``: a run with nothing to encode never loads a model)."""
+
+    def __init__(
+        self,
+        store: IndexStore,
+        encoder_factory: Callable[[], Any],
+        *,
+        progress: Progress | None = None,
+        batch_size: int = DEFAULT_BATCH,
+        workers: int | None = None,
+        never: Sequence[str] = (),
+        settings: Settings | None = None,
+        kinds: Registry | None = None,
+        executor: DecodeExecutor | None = None,
+    ):
+        self.store = store
+        self._encoder_factory = encoder_factory
+        self.progress = progress or NullProgress()
+        self.batch_size = max(1, batch_size)
+        self.settings = settings or Settings()
+        self.never = tuple(never)  # paths never indexed (the index folder itself)
+        self.kinds = kinds or media_registry()
+        self.executor = executor or LocalExecutor(workers, self.settings.decode_timeout, self.settings.max_pixels)
+        self.workers = getattr(self.executor, "workers", workers or 2)
+        self.report = IndexReport()
+        self._stop_requested = False
+        self._stale: list[int] = []  # existing items whose changed file can no longer be decoded
+        self.sink = WriteSink(store, self.report, self.progress, self._check_stop, self.settings.checkpoint_seconds)
+
+    # -- public ------------------------------------------------------------------------------
+    def run(self, roots: Sequence[LibraryRoot]) -> IndexReport:
+        """Bring the index up to date with ``roots`` (each scanned with its own options)."""
+        return self._guarded(lambda: self._run(list(roots)))
+
+    def reembed(self, items: list[tuple[int, Record]]) -> IndexReport:
+        """Embed the records of existing items again (``mmsearch check --repair``): each
+        ``(item id, record read from its file now)`` gets a new vector; items whose file can no
+        longer be decoded are removed, as an indexing run would."""
+        def work() -> None:
+            self.store.vectors()
+            self._encode_all([Job(record, item_id) for item_id, record in items])
+            self.sink.remove(self._stale)
+        return self._guarded(work)
+
+    def _guarded(self, work: Callable[[], None]) -> IndexReport:
+        started = time.monotonic()
+        try:
+            with _deferred_interrupt(self):
+                try:
+                    work()
+                except KeyboardInterrupt as exc:
+                    self.report.interrupted = True
+                    self._finish(started)
+                    raise IndexingInterrupted(f"interrupted: {self.report.summary()}") from exc
+                self._finish(started)
+        except DATABASE_ERRORS as exc:
+            # Disk full, read-only folder, I/O error: the failed transaction rolled back, so the
+            # database holds every batch committed before it and nothing half-written.
+            raise IndexWriteError(
+                f"cannot write to the index in {self.store.folder}: {getattr(exc, 'orig', exc)} "
+                f"(the index keeps what was saved before this error)"
+            ) from exc
+        return self.report
+
+    def _run(self, roots: list[LibraryRoot]) -> None:
+        report, sink = self.report, self.sink
+        self.store.remove_stray_temps()  # we hold the writer lock: no other writer's files
+        self.store.vectors()  # loaded and brought up to date: every write mirrors into it
+        # Roots first, before any item: a run killed at any point leaves them known, so a bare
+        # `mmsearch index` resumes it and later runs remove what is deleted there.
+        sink.roots(roots)
+        self.progress.start("scanning", None)
+        with report.timing("scan"):
+            scanned = scan(roots, never=self.never, kinds=self.kinds)
+        for skip in scanned.skipped:
+            self._skip(skip)
+        roots = [replace(r, link_targets=tuple(scanned.link_targets.get(r.path, r.link_targets))) for r in roots]
+        sink.roots(roots)
+        with report.timing("plan"), self.store.read() as r:
+            existing = r.existing_under([root.path for root in roots])
+        dirty, unchanged, vanished = find_changes(scanned.files, existing, scanned.skipped)
+        report.unchanged += unchanged
+        records, undecodable = self._read_all(dirty)
+        with report.timing("plan"):
+            multi = [h.kind for h in self.kinds.handlers.values() if getattr(h, "multi_record", False)]
+            plan = plan_records(dirty, records, undecodable, existing, multi)
+            with self.store.read() as r:
+                assign_sources(plan.jobs, r.vector_sources({job.content for job in plan.jobs}))
+        report.unchanged += plan.unchanged
+        sink.touch(plan.touch)
+        sink.copies(plan.to_copy)
+        self._encode_all(plan.to_encode)
+        sink.seal(plan.seal)
+        sink.remove(vanished + plan.remove + self._stale)
+        sink.roots(roots, done=True)
+
+    # -- reading -----------------------------------------------------------------------------
+    def _read_all(self, dirty: list[FileEntry]) -> tuple[dict[str, list[Record]], set[str]]:
+        """Records of each readable dirty file (header checks and hashing run in threads), and
+        the paths whose content can no longer be decoded."""
+        self.progress.start("reading", len(dirty))
+        records: dict[str, list[Record]] = {}
+        undecodable: set[str] = set()
+        max_pixels = self.settings.max_pixels
+        with self.report.timing("read"), ThreadPoolExecutor(self.workers) as pool:
+            for entry, (found, skips) in zip(dirty, pool.map(lambda e: self.kinds.read_records(e, max_pixels), dirty)):
+                for skip in skips:
+                    self._skip(skip)
+                if found or not skips:
+                    records[entry.path] = found
+                elif not any(skip.protects for skip in skips):
+                    undecodable.add(entry.path)
+                self.progress.advance()
+                self._check_stop()
+        return records, undecodable
+
+    # -- decoding and encoding -----------------------------------------------------------------
+    def _encode_all(self, jobs: list[Job]) -> None:
+        # Identical content among the new files is encoded once and written to every copy.
+        groups = group_by_content(jobs)
+        if not groups:
+            return
+        leaders = [members[0] for members in groups.values()]
+        workers = {h.modality for h in self.kinds.handlers.values() if h.decoded_in_workers}
+        encoder = self._encoder_factory()
+        self.progress.start("encoding", len(jobs))
+        texts = [job for job in leaders if job.record.modality not in workers]
+        for start in range(0, len(texts), self.batch_size):
+            batch = texts[start:start + self.batch_size]
+            with self.report.timing("encode"):
+                vectors = encoder.encode_texts([job.record.text or "" for job in batch])
+            self.sink.encoded(batch, vectors, groups)
+        images = [job for job in leaders if job.record.modality in workers]
+        if images:
+            with self.executor:
+                for decoded in self._timed(self.executor.decode(images, encoder.image_size, encoder.pixel_transform,
+                                                                self.batch_size), "decode"):
+                    for job, skip in decoded.failed:
+                        self._skip(skip)
+                        self.progress.advance()
+                        if not skip.protects:
+                            self._stale.extend(m.item_id for m in groups.get(job.content, [job]) if m.item_id is not None)
+                    if decoded.jobs:
+                        with self.report.timing("encode"):
+                            vectors = encode_arrays(encoder, decoded.arrays)
+                        self.sink.encoded(decoded.jobs, vectors, groups)
+                    else:
+                        self.sink.checkpoint()
+
+    def _timed(self, batches: Iterator[Any], stage: str) -> Iterator[Any]:
+        """``batches``, with the time spent waiting for each counted in ``stage``."""
+        while True:
+            with self.report.timing(stage):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _skip(self, skip: Skip) -> None:
+        self.report.skipped.append(skip)
+        self.progress.skip(skip)
+
+    def _check_stop(self) -> None:
+        """Raise KeyboardInterrupt here, between transactions, if Ctrl-C was pressed."""
+        if self._stop_requested:
+            raise KeyboardInterrupt
+
+    def _finish(self, started: float) -> None:
+        self.sink.save()
+        self.report.seconds = time.monotonic() - started
+
+
+def encode_arrays(encoder: ImageEncoder, arrays: list[Any]) -> np.ndarray:
+    """Vectors for decoded arrays: cropped uint8 batches through the pixel path, whole images
+    through the model's own transform."""
+    if encoder.pixel_transform is not None:
+        return encoder.encode_pixels(np.stack(arrays))
+    from PIL import Image
+
+    return encoder.encode_images([Image.fromarray(a, "RGB") for a in arrays])
+
+
+@contextmanager
+def _deferred_interrupt(indexer: Indexer) -> Iterator[None]:
+    """Turn the first Ctrl-C into a request that the indexer honours between transactions.
+
+    A KeyboardInterrupt raised in the middle of an SQLite commit or a file write could leave a
+    connection holding its lock; deferring it to the next safe point keeps every step whole.
+    A second Ctrl-C interrupts at once. Only possible in the main thread (elsewhere: no-op).
+    """
+    def request_stop(signum, frame):
+        if indexer._stop_requested:
+            raise KeyboardInterrupt
+        indexer._stop_requested = True
+        indexer.progress.note("stopping after the current batch (Ctrl-C again to stop now)")
+
+    try:
+        previous = signal.signal(signal.SIGINT, request_stop)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,77 @@
+"""The media handlers mmsearch knows, built explicitly: one per kind of file.
+
+A handler says which files it takes (``extensions``), what modality its records are, whether
+its records need decoding in the worker processes before they are encoded, and how to read a
+file's bytes into records. Adding a modality (video, audio) is one new module and one line in
+``default_registry``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+from .image import ImageHandler
+from .records import BadInput, FileEntry, Record, Skip, read_regular_file
+from .text import JsonlHandler, TextHandler
+
+
+class MediaHandler(Protocol):
+    kind: str  # the kind of file it takes (``FileEntry.kind``)
+    modality: str  # what its records are ("image", "text", ...)
+    decoded_in_workers: bool  # its records are decoded by worker processes before encoding
+
+    @property
+    def extensions(self) -> frozenset[str]: ...
+
+    def records(self, entry: FileEntry, data: bytes, max_pixels: int = ...) -> tuple[list[Record], list[Skip]]: ...
+
+
+class Registry:
+    """The handlers, found by file kind or extension."""
+
+    def __init__(self, handlers: Iterable[MediaHandler]):
+        self.handlers = {handler.kind: handler for handler in handlers}
+
+    def kind_of(self, path: str | Path) -> str | None:
+        """The kind of file ``path`` is by its extension; None for files mmsearch does not index."""
+        ext = os.path.splitext(str(path))[1].lower()
+        for handler in self.handlers.values():
+            if ext in handler.extensions:
+                return handler.kind
+        return None
+
+    def handler(self, kind: str) -> MediaHandler:
+        return self.handlers[kind]
+
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(h.modality for h in self.handlers.values()))
+
+    def read_records(self, entry: FileEntry, max_pixels: int | None = None) -> tuple[list[Record], list[Skip]]:
+        """The records in one file plus the parts of it that had to be skipped."""
+        handler = self.handlers[entry.kind]
+        try:
+            data = read_regular_file(entry.path)
+            if max_pixels is None:
+                return handler.records(entry, data)
+            return handler.records(entry, data, max_pixels)
+        except BadInput as exc:
+            return [], [exc.skip(entry.path)]
+
+
+def default_registry() -> Registry:
+    """Images, plain texts and JSON Lines."""
+    return Registry([ImageHandler(), TextHandler(), JsonlHandler()])
+
+
+_DEFAULT: Registry | None = None
+
+
+def media_registry() -> Registry:
+    """The default registry, built once."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = default_registry()
+    return _DEFAULT

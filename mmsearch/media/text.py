@@ -1,0 +1,90 @@
+"""Texts: ``.txt``/``.md`` files (one item each) and ``.jsonl`` files (one item per line with a
+``text`` field, its other fields kept as metadata)."""
+
+from __future__ import annotations
+
+import json
+
+from .records import MAX_STORED_TEXT_CHARS, BadInput, FileEntry, Record, Skip, content_hash
+
+TEXT = "text"
+
+
+def decode_text(data: bytes) -> str:
+    """Bytes of a text file as str: UTF-8 (BOM allowed), else Latin-1 where it is plainly text."""
+    if b"\x00" in data[:8192]:
+        raise BadInput("binary data, not text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    # Not UTF-8: a legacy single-byte encoding (Windows-1252, else Latin-1) when that reads as
+    # plain text, else UTF-8 with the few bad bytes replaced, else it is binary data.
+    for encoding in ("cp1252", "latin-1"):
+        try:
+            legacy = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        printable = sum(ch.isprintable() or ch in "\n\r\t" for ch in legacy)
+        if printable >= 0.95 * len(legacy):
+            return legacy
+    text = data.decode("utf-8", errors="replace")
+    if text.count("\ufffd") > max(8, len(text) // 20):
+        raise BadInput("binary data, not text")
+    return text
+
+
+class TextHandler:
+    """Plain text and Markdown files: one item each."""
+
+    kind = "text"
+    modality = TEXT
+    decoded_in_workers = False
+    extensions = frozenset({".txt", ".md"})
+
+    def records(self, entry: FileEntry, data: bytes, max_pixels: int = 0) -> tuple[list[Record], list[Skip]]:
+        text = decode_text(data).strip()
+        if not text:
+            raise BadInput("empty text")
+        record = Record(entry.path, "", TEXT, entry.size, entry.mtime_ns, content_hash(text),
+                        text=text[:MAX_STORED_TEXT_CHARS])
+        return [record], []
+
+
+class JsonlHandler:
+    """JSON Lines: one text item per line that has a non-empty ``text`` field. Its lines are
+    written over several transactions, so a file is *sealed* once its last line is in."""
+
+    kind = "jsonl"
+    modality = TEXT
+    decoded_in_workers = False
+    multi_record = True
+    extensions = frozenset({".jsonl"})
+
+    def records(self, entry: FileEntry, data: bytes, max_pixels: int = 0) -> tuple[list[Record], list[Skip]]:
+        text = decode_text(data)
+        records: list[Record] = []
+        skipped: list[Skip] = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{entry.path}:{number}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                skipped.append(Skip(where, f"malformed JSON line ({exc.msg})", protects=False))
+                continue
+            if not isinstance(obj, dict):
+                skipped.append(Skip(where, "line is not a JSON object", protects=False))
+                continue
+            value = obj.get("text")
+            if not isinstance(value, str) or not value.strip():
+                skipped.append(Skip(where, "no non-empty string 'text' field", protects=False))
+                continue
+            meta = {k: v for k, v in obj.items() if k != "text"} or None
+            body = value.strip()
+            records.append(Record(entry.path, str(number), TEXT, entry.size, entry.mtime_ns, content_hash(body),
+                                  text=body[:MAX_STORED_TEXT_CHARS], meta=meta))
+        if not records and not skipped:
+            raise BadInput("no lines with text")
+        return records, skipped

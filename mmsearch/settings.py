@@ -1,0 +1,154 @@
+"""Every ``MMSEARCH_*`` environment variable, parsed once into one typed ``Settings`` object.
+
+The table ``VARIABLES`` is the single description of each variable: its name, the field it
+fills, how its value is read, its default and what it does. ``Settings.from_env()`` reads them
+all at once (the CLI at start, an ``Engine`` when it is made), so a bad value fails at once with
+a message naming the variable, never in the middle of a query. The README's table of variables
+is checked against this one by a test.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import SettingsError
+
+# -- parsers: text of the variable -> value, or ValueError with what is expected -------------------
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _auto_flag(text: str) -> str:
+    value = text.strip().lower()
+    if value == "auto":
+        return "auto"
+    return "on" if _flag(value) else "off"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if value < 1:
+        raise ValueError("expected a whole number of at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("expected a positive number of seconds")
+    return value
+
+
+def _text(text: str) -> str:
+    value = text.strip()
+    if not value:
+        raise ValueError("expected a non-empty value")
+    return value
+
+
+def _path(text: str) -> Path:
+    return Path(_text(text)).expanduser()
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    field: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("MMSEARCH_INDEX", "index", _path, "index folder used when none is given (default ./indexes/default)"),
+    Variable("MMSEARCH_MODEL", "model", _text, "model of new indexes (an open_clip name, config, hf-hub:, local-dir: or training folder)"),
+    Variable("MMSEARCH_PRETRAINED", "pretrained", _text, "weights of new indexes (a tag, a checkpoint file, or none)"),
+    Variable("MMSEARCH_CACHE", "cache", _path, "where ONNX exports are cached for reuse (default: the user cache folder)"),
+    Variable("MMSEARCH_ONNX", "onnx", _flag, "0 turns off the ONNX text encoder (export and use): text queries load torch"),
+    Variable("MMSEARCH_CPU_BF16", "cpu_bf16", _auto_flag, "image tower in bfloat16 on the CPU: auto (where AMX units exist), 1 or 0"),
+    Variable("MMSEARCH_FAISS_GPU", "faiss_gpu", _flag, "0 keeps vector search on the CPU even where FAISS sees a GPU"),
+    Variable("MMSEARCH_FLAT_MAX", "flat_max", _positive_int, "item count from which the automatic vector index is an IVF (50000)"),
+    Variable("MMSEARCH_NLIST", "nlist", _positive_int, "IVF cells of indexes built from now on (default about sqrt(items))"),
+    Variable("MMSEARCH_NPROBE", "nprobe", _positive_int, "IVF cells probed per query (default: the index's own)"),
+    Variable("MMSEARCH_RERANK", "rerank", _positive_int, "candidates re-ranked exactly for a top-10 query on an IVF (50 or 400)"),
+    Variable("MMSEARCH_MAX_PIXELS", "max_pixels", _positive_int, "largest image decoded, in pixels after reduced JPEG decoding (64000000)"),
+    Variable("MMSEARCH_DECODE_TIMEOUT", "decode_timeout", _seconds, "seconds one file may take to decode before it is abandoned (60)"),
+    Variable("MMSEARCH_CHECKPOINT_SECONDS", "checkpoint_seconds", _seconds, "seconds between saves of the vector index during a long run (120)"),
+    Variable("MMSEARCH_TOKEN", "token", _text, "bearer token the server requires and the client sends"),
+    Variable("MMSEARCH_ALLOWED_HOSTS", "allowed_hosts", _words, "comma-separated host names the server accepts besides its own addresses"),
+    Variable("MMSEARCH_URL", "url", _text, "server the Python client talks to (default http://127.0.0.1:8000)"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the environment says, typed. Fields left None mean "choose by the situation"."""
+
+    index: Path | None = None
+    model: str | None = None
+    pretrained: str | None = None
+    cache: Path | None = None
+    onnx: bool = True
+    cpu_bf16: str = "auto"  # auto | on | off
+    faiss_gpu: bool = True
+    flat_max: int = 50_000
+    nlist: int | None = None
+    nprobe: int | None = None
+    rerank: int | None = None
+    max_pixels: int = 64_000_000
+    decode_timeout: float = 60.0
+    checkpoint_seconds: float = 120.0
+    token: str | None = None
+    allowed_hosts: tuple[str, ...] = field(default=())
+    url: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Every variable of ``VARIABLES`` read from ``environ`` (default ``os.environ``); a bad
+        value raises ``SettingsError`` naming the variable and what it expects. Empty values
+        count as unset."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for variable in VARIABLES:
+            raw = environ.get(variable.name)
+            if raw is None or not raw.strip():
+                continue
+            try:
+                values[variable.field] = variable.parse(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{variable.name}={raw!r}: {exc} ({variable.help})") from None
+        return cls(**values)
+
+    def but(self, **changes: Any) -> Settings:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def default_index(self) -> Path:
+        return self.index if self.index is not None else Path("indexes") / "default"
+
+
+def documented_fields() -> set[str]:
+    return {f.name for f in fields(Settings)}

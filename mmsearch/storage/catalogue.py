@@ -1,0 +1,476 @@
+"""The catalogue: every item, its vector, the roots and the generation counter, in a database.
+
+This is the only code in mmsearch that speaks SQL. Reads happen in one snapshot
+(``with catalogue.read() as r:``): everything read there belongs to one committed state. Writes
+happen in one transaction (``with catalogue.write() as w:``) that holds *the write rule*: the
+first change to any vector bumps the generation once, every changed row carries it, every
+deleted item leaves a tombstone carrying it, and the writer keeps a list of the vector changes
+so that the store can mirror them into its vector index once the transaction has committed
+(``storage.store.IndexStore.write``).
+
+Rows leave this module as plain dataclasses (``ItemRow``, ``ExistingItem``, ``RootRow``), never
+as ORM objects. Database specifics (SQLite's pragmas and BEGIN) live beside it (``sqlite.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.engine import Engine as SAEngine
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.orm import Session
+
+from . import sqlite
+from .schema import GENERATION, MODEL_KEY, PURGED_THROUGH, Base, Embedding, Item, Meta, Root, Tombstone, utcnow
+
+# Ids per IN (...) query (SQLite allows 32766 bound parameters).
+IN_CHUNK = 30_000
+# Rows fetched per query when walking every embedding.
+EMBEDDING_CHUNK = 50_000
+
+# The errors a database raises for what mmsearch reports as unreadable or unwritable.
+DATABASE_ERRORS = (OperationalError, DatabaseError)
+
+
+# -- what rows look like outside ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ItemRow:
+    """One stored item (its metadata, not its vector)."""
+
+    id: int
+    path: str
+    locator: str
+    modality: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+    width: int | None = None
+    height: int | None = None
+    text: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ExistingItem:
+    """What the planner needs of an indexed item to decide whether its file changed."""
+
+    id: int
+    locator: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+    modality: str
+    has_vector: bool
+
+
+@dataclass(frozen=True)
+class RootRow:
+    path: str
+    options: dict[str, Any] | None
+    indexed_at: datetime | None
+
+
+@dataclass
+class NewRow:
+    """An item to write: ``item_id`` None inserts it, an id updates that row."""
+
+    item_id: int | None
+    path: str
+    locator: str
+    modality: str
+    size: int
+    mtime_ns: int
+    content_hash: str
+    width: int | None = None
+    height: int | None = None
+    text: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+def _row(item: Item) -> ItemRow:
+    return ItemRow(item.id, item.path, item.locator, item.modality, item.size, item.mtime_ns, item.content_hash,
+                   item.width, item.height, item.text, item.meta)
+
+
+def _under(column, prefixes: Iterable[str]):
+    """SQL: ``column`` is one of ``prefixes`` or lies below one."""
+    return or_(*[(column == p) | column.startswith(p.rstrip(os.sep) + os.sep, autoescape=True) for p in prefixes])
+
+
+def _get_text(session: Session, key: str) -> str | None:
+    return session.scalar(select(Meta.value).where(Meta.key == key))
+
+
+def _set_text(session: Session, key: str, value: str) -> None:
+    row = session.get(Meta, key)
+    if row is None:
+        session.add(Meta(key=key, value=value))
+    else:
+        row.value = value
+
+
+def _get_int(session: Session, key: str) -> int:
+    value = _get_text(session, key)
+    return int(value) if value is not None else 0
+
+
+# -- the catalogue -------------------------------------------------------------------------------------
+class Catalogue:
+    """Items, vectors, roots and counters in one database (SQLite by default)."""
+
+    def __init__(self, engine: SAEngine):
+        self.engine = engine
+
+    @classmethod
+    def sqlite(cls, db_path) -> Catalogue:
+        return cls(sqlite.connect(db_path))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema ------------------------------------------------------------------------------------
+    def create_schema(self, model: dict, dim: int) -> None:
+        Base.metadata.create_all(self.engine)
+        with self.write() as w:
+            for key in (GENERATION, PURGED_THROUGH):
+                if w.session.get(Meta, key) is None:
+                    w.session.add(Meta(key=key, value="0"))
+            w.record_model(model, dim)
+
+    def upgrade_schema(self) -> None:
+        sqlite.upgrade_schema(self.engine)
+
+    def integrity_errors(self) -> list[str]:
+        return sqlite.integrity_errors(self.engine)
+
+    # -- transactions ------------------------------------------------------------------------------
+    @contextmanager
+    def read(self) -> Iterator[Reader]:
+        """One snapshot: every read inside sees the same committed state."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield Reader(session)
+
+    @contextmanager
+    def write(self) -> Iterator[Writer]:
+        """One write transaction (committed when the block ends, rolled back if it raises)."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield Writer(session)
+
+
+class Reader:
+    """Queries against one snapshot of the catalogue."""
+
+    def __init__(self, session: Session):
+        self.session = session
+
+    # -- counters ----------------------------------------------------------------------------------
+    def generation(self) -> int:
+        return _get_int(self.session, GENERATION)
+
+    def purged_through(self) -> int:
+        return _get_int(self.session, PURGED_THROUGH)
+
+    def recorded_model(self) -> dict[str, Any] | None:
+        """{"model": identity, "dim": n} as the database records it (None for old indexes)."""
+        raw = _get_text(self.session, MODEL_KEY)
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("model"), dict) else None
+
+    def top_generation(self) -> int:
+        """The highest generation any row or tombstone carries."""
+        return max(self.session.scalar(select(func.max(Item.gen))) or 0,
+                   self.session.scalar(select(func.max(Tombstone.gen))) or 0)
+
+    # -- vectors -----------------------------------------------------------------------------------
+    def changed_since(self, gen: int) -> list[int]:
+        return list(self.session.scalars(select(Item.id).where(Item.gen > gen)))
+
+    def deleted_since(self, gen: int) -> list[int]:
+        return list(self.session.scalars(select(Tombstone.item_id).where(Tombstone.gen > gen)))
+
+    def embeddings(self, ids: Sequence[int]) -> list[tuple[int, bytes]]:
+        """(item id, vector blob) of those of ``ids`` that have one."""
+        found: list[tuple[int, bytes]] = []
+        ids = list(ids)
+        for start in range(0, len(ids), IN_CHUNK):
+            found.extend(tuple(row) for row in self.session.execute(
+                select(Embedding.item_id, Embedding.vector).where(Embedding.item_id.in_(ids[start:start + IN_CHUNK]))))
+        return found
+
+    def embedding_chunks(self, size: int = EMBEDDING_CHUNK) -> Iterator[list[tuple[int, bytes]]]:
+        """Every (item id, vector blob) of the snapshot, in id order, ``size`` rows at a time."""
+        last = 0
+        while True:
+            rows = [tuple(row) for row in self.session.execute(
+                select(Embedding.item_id, Embedding.vector)
+                .where(Embedding.item_id > last).order_by(Embedding.item_id).limit(size))]
+            if not rows:
+                return
+            yield rows
+            last = rows[-1][0]
+
+    def embedding_count(self) -> int:
+        return self.session.scalar(select(func.count()).select_from(Embedding)) or 0
+
+    def embedding_sample(self, want: int, minimum: int) -> list[bytes]:
+        """About ``want`` vector blobs spread evenly over the item ids (a training sample for an
+        IVF); the first ``want`` when ids are too unevenly spread to give ``minimum`` that way."""
+        total = self.embedding_count()
+        step = max(1, total // max(1, want))
+        rows = list(self.session.scalars(
+            select(Embedding.vector).where(Embedding.item_id % step == 0).order_by(Embedding.item_id)))
+        if len(rows) < min(total, minimum):
+            rows = list(self.session.scalars(select(Embedding.vector).order_by(Embedding.item_id).limit(want)))
+        return rows
+
+    def vector_of(self, item_id: int) -> bytes | None:
+        return self.session.scalar(select(Embedding.vector).where(Embedding.item_id == item_id))
+
+    def vector_ids(self) -> set[int]:
+        """Ids of items that have a vector."""
+        return set(self.session.scalars(select(Embedding.item_id).join(Item, Item.id == Embedding.item_id)))
+
+    def items_without_vector(self) -> list[int]:
+        return list(self.session.scalars(
+            select(Item.id).outerjoin(Embedding, Embedding.item_id == Item.id).where(Embedding.item_id.is_(None))
+        ))
+
+    def orphan_vectors(self) -> list[int]:
+        return list(self.session.scalars(
+            select(Embedding.item_id).outerjoin(Item, Item.id == Embedding.item_id).where(Item.id.is_(None))
+        ))
+
+    def vector_sources(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """For (modality, content hash) pairs, an item that holds a vector of that content."""
+        wanted = set(keys)
+        hashes = sorted({h for _, h in wanted})
+        found: dict[tuple[str, str], int] = {}
+        for start in range(0, len(hashes), 500):
+            rows = self.session.execute(
+                select(Item.modality, Item.content_hash, func.min(Item.id))
+                .join(Embedding, Embedding.item_id == Item.id)
+                .where(Item.content_hash.in_(hashes[start:start + 500]))
+                .group_by(Item.modality, Item.content_hash)
+            )
+            for modality, content_hash, item_id in rows:
+                if (modality, content_hash) in wanted:
+                    found[(modality, content_hash)] = item_id
+        return found
+
+    # -- items -------------------------------------------------------------------------------------
+    def item(self, item_id: int) -> ItemRow | None:
+        item = self.session.get(Item, item_id)
+        return _row(item) if item is not None else None
+
+    def items(self, ids: Sequence[int]) -> dict[int, ItemRow]:
+        found: dict[int, ItemRow] = {}
+        ids = list(ids)
+        for start in range(0, len(ids), IN_CHUNK):
+            for item in self.session.scalars(select(Item).where(Item.id.in_(ids[start:start + IN_CHUNK]))):
+                found[item.id] = _row(item)
+        return found
+
+    def item_ids(self) -> set[int]:
+        return set(self.session.scalars(select(Item.id)))
+
+    def item_count(self) -> int:
+        return self.session.scalar(select(func.count()).select_from(Item)) or 0
+
+    def modality_counts(self) -> dict[str, int]:
+        return {modality: count for modality, count in
+                self.session.execute(select(Item.modality, func.count()).group_by(Item.modality))}
+
+    def any_item_under(self, prefixes: Sequence[str]) -> bool:
+        return self.session.scalar(select(Item.id).where(_under(Item.path, prefixes)).limit(1)) is not None
+
+    def any_item_of(self, modality: str) -> bool:
+        return self.session.scalar(select(Item.id).where(Item.modality == modality).limit(1)) is not None
+
+    def existing_under(self, roots: Sequence[str]) -> dict[str, list[ExistingItem]]:
+        """Indexed items under each root, by path, with what tells whether their file changed."""
+        by_path: dict[str, list[ExistingItem]] = {}
+        for root in roots:
+            rows = self.session.execute(
+                select(Item.id, Item.path, Item.locator, Item.size, Item.mtime_ns, Item.content_hash, Item.modality,
+                       Embedding.item_id.is_not(None))
+                .outerjoin(Embedding, Embedding.item_id == Item.id)
+                .where(_under(Item.path, [root]))
+            )
+            for row in rows:
+                by_path.setdefault(row[1], []).append(
+                    ExistingItem(row[0], row[2], row[3], row[4], row[5], row[6], bool(row[7])))
+        return by_path
+
+    def file_rows(self) -> Iterator[tuple[int, str, int, int]]:
+        """(id, path, size, mtime_ns) of every item, by path."""
+        for row in self.session.execute(
+                select(Item.id, Item.path, Item.size, Item.mtime_ns).order_by(Item.path, Item.id)):
+            yield tuple(row)
+
+    def places(self, ids: Sequence[int]) -> list[tuple[int, str, str]]:
+        """(id, path, locator) of those of ``ids`` that exist."""
+        found: list[tuple[int, str, str]] = []
+        ids = list(ids)
+        for start in range(0, len(ids), IN_CHUNK):
+            found.extend(tuple(row) for row in self.session.execute(
+                select(Item.id, Item.path, Item.locator).where(Item.id.in_(ids[start:start + IN_CHUNK]))))
+        return found
+
+    # -- roots -------------------------------------------------------------------------------------
+    def roots(self) -> list[RootRow]:
+        return [RootRow(r.path, r.options, r.indexed_at) for r in self.session.scalars(select(Root).order_by(Root.path))]
+
+    def ever_indexed(self) -> bool:
+        """True once an item was saved or an indexing run completed."""
+        if self.session.scalar(select(Item.id).limit(1)) is not None:
+            return True
+        return self.session.scalar(select(Root.path).where(Root.indexed_at.is_not(None)).limit(1)) is not None
+
+
+@dataclass
+class VectorChanges:
+    """What a committed write did to vectors, for the store to mirror into its vector index."""
+
+    removed: list[int] = field(default_factory=list)
+    added_ids: list[np.ndarray] = field(default_factory=list)
+    added: list[np.ndarray] = field(default_factory=list)
+    gen: int | None = None  # the generation the write bumped to (None: no vector changed)
+    dropped_all: bool = False
+
+
+class Writer(Reader):
+    """One write transaction; the first vector change bumps the generation (the write rule)."""
+
+    def __init__(self, session: Session):
+        super().__init__(session)
+        self.changes = VectorChanges()
+
+    @property
+    def gen(self) -> int:
+        """The generation of this transaction's vector changes (bumped on first use)."""
+        if self.changes.gen is None:
+            gen = self.generation() + 1
+            _set_text(self.session, GENERATION, str(gen))
+            self.changes.gen = gen
+        return self.changes.gen
+
+    # -- items and vectors -------------------------------------------------------------------------
+    def write_items(self, rows: Sequence[NewRow], vectors: np.ndarray) -> np.ndarray:
+        """Insert or update ``rows`` with ``vectors`` (one per row); returns their ids."""
+        gen = self.gen
+        items: list[Item] = []
+        for row, vector in zip(rows, vectors):
+            fields = dict(path=row.path, locator=row.locator, modality=row.modality, size=row.size,
+                          mtime_ns=row.mtime_ns, content_hash=row.content_hash, width=row.width, height=row.height,
+                          text=row.text, meta=row.meta, gen=gen)
+            blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+            if row.item_id is None:
+                item = Item(**fields)
+                item.embedding = Embedding(vector=blob)
+                self.session.add(item)
+            else:
+                item = self.session.get(Item, row.item_id)
+                for key, value in fields.items():
+                    setattr(item, key, value)
+                if item.embedding is None:
+                    item.embedding = Embedding(vector=blob)
+                else:
+                    item.embedding.vector = blob
+                self.changes.removed.append(row.item_id)
+            items.append(item)
+        self.session.flush()
+        ids = np.array([item.id for item in items], np.int64)
+        self.changes.added_ids.append(ids)
+        self.changes.added.append(np.ascontiguousarray(vectors, dtype=np.float32))
+        return ids
+
+    def touch(self, changes: Iterable[tuple[int, int, int]]) -> None:
+        """New (size, mtime_ns) for items whose content is unchanged: (id, size, mtime_ns)."""
+        for item_id, size, mtime_ns in changes:
+            self.session.execute(update(Item).where(Item.id == item_id).values(size=size, mtime_ns=mtime_ns))
+
+    def seal(self, files: Iterable[tuple[str, int, int]]) -> None:
+        """Give every row of each (path, size, mtime_ns) that file's real size and mtime."""
+        for path, size, mtime_ns in files:
+            self.session.execute(update(Item).where(Item.path == path).values(size=size, mtime_ns=mtime_ns))
+
+    def remove(self, ids: Sequence[int]) -> None:
+        """Delete items (their vectors go with them), each leaving a tombstone."""
+        if not ids:
+            return
+        gen = self.gen
+        ids = list(ids)
+        for start in range(0, len(ids), IN_CHUNK):
+            chunk = ids[start:start + IN_CHUNK]
+            self.session.execute(delete(Item).where(Item.id.in_(chunk)))
+            self._tombstones(chunk, gen)
+        self.changes.removed.extend(ids)
+
+    def remove_orphan_vectors(self, ids: Sequence[int]) -> None:
+        """Delete vectors whose item is gone."""
+        gen = self.gen
+        ids = list(ids)
+        self.session.execute(delete(Embedding).where(Embedding.item_id.in_(ids)))
+        self._tombstones(ids, gen)
+        self.changes.removed.extend(ids)
+
+    def drop_all_vectors(self) -> None:
+        """Delete every vector (a change of model); items keep their rows until embedded again."""
+        gen = self.gen
+        ids = list(self.session.scalars(select(Embedding.item_id)))
+        self.session.execute(delete(Embedding))
+        self.session.execute(delete(Tombstone))
+        self.session.add_all(Tombstone(item_id=i, gen=gen) for i in ids)
+        self.changes.removed.extend(ids)
+        self.changes.dropped_all = True
+
+    def _tombstones(self, ids: Sequence[int], gen: int) -> None:
+        existing = set(self.session.scalars(select(Tombstone.item_id).where(Tombstone.item_id.in_(ids))))
+        self.session.add_all(Tombstone(item_id=i, gen=gen) for i in ids if i not in existing)
+        if existing:
+            self.session.execute(update(Tombstone).where(Tombstone.item_id.in_(existing)).values(gen=gen))
+
+    def bulk_insert(self, rows: Sequence[dict[str, Any]], vectors: np.ndarray) -> None:
+        """Insert many new items with explicit ids at once (benchmarks' synthetic collections):
+        each row holds Item's columns; vectors one per row."""
+        gen = self.gen
+        self.session.execute(insert(Item), [dict(row, gen=gen) for row in rows])
+        self.session.execute(insert(Embedding), [
+            {"item_id": row["id"], "vector": np.ascontiguousarray(v, np.float32).tobytes()} for row, v in zip(rows, vectors)])
+        ids = np.array([row["id"] for row in rows], np.int64)
+        self.changes.added_ids.append(ids)
+        self.changes.added.append(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    # -- roots and counters ------------------------------------------------------------------------
+    def record_root(self, path: str, options: dict[str, Any], done: bool = False) -> None:
+        row = self.session.get(Root, path)
+        if row is None:
+            row = Root(path=path)
+            self.session.add(row)
+        row.options = options
+        if done:
+            row.indexed_at = utcnow()
+
+    def record_model(self, model: dict, dim: int) -> None:
+        """Keep the model identity in the database too, so a damaged manifest can be rebuilt."""
+        _set_text(self.session, MODEL_KEY, json.dumps({"model": model, "dim": int(dim)}, sort_keys=True))
+
+    def set_generation(self, gen: int) -> None:
+        _set_text(self.session, GENERATION, str(gen))
+
+    def purge_tombstones(self, through: int) -> None:
+        """Forget deletions every saved vector index file has caught up with."""
+        self.session.execute(delete(Tombstone).where(Tombstone.gen <= through))
+        if through > self.purged_through():
+            _set_text(self.session, PURGED_THROUGH, str(through))

@@ -1,0 +1,593 @@
+"""One index on disk: manifest, catalogue, vector index file and the writer lock, kept in agreement.
+
+``IndexStore`` owns the three parts. The catalogue is authoritative; the vector index is derived
+from it. Writes go through ``store.write()``, which commits one catalogue transaction (the write
+rule, see ``catalogue``) and then mirrors its vector changes into the store's vector index.
+Searches go through ``store.snapshot()``: one catalogue snapshot and the vector index brought to
+exactly that snapshot (replaying the rows changed since the index file's generation, and the
+tombstones), so a reader never pairs vectors with rows of another state. Searches whose snapshot
+the vector index already matches run in parallel; bringing it forward is exclusive.
+
+The store knows nothing of models or of files on the user's disk.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from ..errors import (
+    DamagedManifestError,
+    EmptyIndexError,
+    IndexLockedError,
+    IndexNotFoundError,
+    IndexWriteError,
+    MMSearchError,
+    NotAnIndexError,
+)
+from ..fsutil import digest_mismatch, file_digest
+from . import manifest as mf
+from .catalogue import DATABASE_ERRORS, Catalogue, Reader, Writer
+from .manifest import MANIFEST, VECTORS_FILES
+from .sqlite import DB_FILE, DB_FILES
+from .vectors import (
+    AUTO,
+    FLAT,
+    TRAIN_PER_LIST,
+    IndexPlan,
+    VectorIndex,
+    VectorSettings,
+    choose,
+    needs_rebuild,
+    saved_generations,
+)
+
+LOCK_FILE = ".lock"
+KEEP_VECTOR_RECORDS = 4
+_OWN_FILES = (*DB_FILES, LOCK_FILE)
+# What a created index holds besides the database (removed with a failed first run).
+_DERIVED_PREFIXES = ("vectors.g", "text_encoder.", "image_encoder.", ".vectors.g", ".text_onnx.", f".{MANIFEST}.")
+_DERIVED_FILES = (MANIFEST, "clip_bpe_vocab.txt.gz")
+
+
+def vectors_from_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
+    if not blobs:
+        return np.empty((0, dim), np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
+
+
+@contextmanager
+def writer_lock(folder: Path, wait: float = 0.0) -> Iterator[None]:
+    """Hold the single-writer lock of an index folder; ``wait`` seconds before giving up (-1: forever)."""
+    lock = FileLock(str(folder / LOCK_FILE))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock.acquire(timeout=wait)
+    except Timeout as exc:
+        raise IndexLockedError(
+            f"another mmsearch process is writing to {folder}; wait for it to finish or pass --wait SECONDS"
+        ) from exc
+    except OSError as exc:  # read-only file system, permissions, disk full
+        raise IndexWriteError(f"cannot write to the index folder {folder}: {exc.strerror or exc}") from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class _ReadWriteLock:
+    """Many readers at once, or one writer."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The checked manifest of the index in ``folder``.
+
+    Raises ``EmptyIndexError`` for a folder a first run left without a manifest and without
+    items, ``DamagedManifestError`` when an index that holds items lost it, ``NotAnIndexError``
+    for a missing, unreadable or incomplete one, ``IndexVersionError`` for a newer one.
+    """
+    try:
+        manifest = mf.read_raw(folder)
+    except FileNotFoundError as exc:
+        if _holds_items(folder / DB_FILE, unreadable=False):
+            raise DamagedManifestError(
+                f"{folder / MANIFEST} is missing from an index that holds items; "
+                f"`mmsearch check --repair` rebuilds it from the database"
+            ) from exc
+        if folder.is_dir() and IndexStore.holds_only_own_files(folder):
+            raise EmptyIndexError(
+                f"empty index: nothing indexed yet in {folder} (a first indexing run stopped before it saved "
+                f"anything); run `mmsearch index PATH` to index a folder, or delete {folder}"
+            ) from exc
+        raise NotAnIndexError(f"{folder} is not an mmsearch index (no {MANIFEST})") from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise NotAnIndexError(f"{folder / MANIFEST} is unreadable ({exc}); `mmsearch check --repair` rebuilds it "
+                              f"from the database") from exc
+    return mf.check_manifest(folder, manifest)
+
+
+def _holds_items(db_path: Path, unreadable: bool = True) -> bool:
+    """True when the database at ``db_path`` exists and holds at least one item (``unreadable``:
+    the answer for a database that cannot be read)."""
+    if not db_path.is_file():
+        return False
+    catalogue = Catalogue.sqlite(db_path)
+    try:
+        with catalogue.read() as r:
+            return r.item_count() > 0
+    except DATABASE_ERRORS:
+        return unreadable
+    finally:
+        catalogue.close()
+
+
+class IndexStore:
+    """Owns an index folder. Open with ``IndexStore.open`` or ``IndexStore.create``."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], settings: VectorSettings | None = None):
+        self.folder = folder
+        self.manifest = manifest
+        self.settings = settings or VectorSettings()
+        self._manifest_stamp = mf.stamp(folder)
+        self.catalogue = Catalogue.sqlite(folder / DB_FILE)
+        self._vectors: VectorIndex | None = None
+        self._rw = _ReadWriteLock()
+
+    # -- opening and creating ------------------------------------------------------------------
+    @staticmethod
+    def is_index(folder: Path) -> bool:
+        return (Path(folder) / MANIFEST).is_file()
+
+    @classmethod
+    def open(cls, folder: str | Path, settings: VectorSettings | None = None) -> IndexStore:
+        folder = Path(folder).expanduser().absolute()
+        if not folder.exists():
+            raise IndexNotFoundError(f"index not found: {folder} (create it with `mmsearch index PATH`)")
+        if not folder.is_dir():
+            raise NotAnIndexError(f"{folder} is not a folder")
+        manifest = read_manifest(folder)
+        if not (folder / DB_FILE).is_file():
+            raise NotAnIndexError(f"{folder} has a manifest but no database ({DB_FILE})")
+        store = cls(folder, manifest, settings)
+        try:
+            with store.read() as r:
+                r.generation()
+            store.catalogue.upgrade_schema()
+            store._check_manifest_against_catalogue()
+        except DATABASE_ERRORS as exc:
+            store.close()
+            raise NotAnIndexError(f"{folder / DB_FILE} is not a readable mmsearch database: {exc.orig}") from exc
+        except MMSearchError:
+            store.close()
+            raise
+        return store
+
+    @classmethod
+    def create(cls, folder: str | Path, model_identity: dict, dim: int,
+               settings: VectorSettings | None = None) -> IndexStore:
+        folder = Path(folder).expanduser().absolute()
+        cls.check_creatable(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        store = cls(folder, mf.new_manifest(model_identity, dim), settings)
+        store.catalogue.create_schema(model_identity, dim)
+        # The manifest is written last: its presence is what makes the folder an index.
+        store._write_manifest(store.manifest)
+        return store
+
+    def _check_manifest_against_catalogue(self) -> None:
+        """DamagedManifestError when the manifest's model or dimension is not the catalogue's."""
+        with self.read() as r:
+            recorded = r.recorded_model()
+            blob = None if recorded is not None else next(iter(r.embedding_chunks(1)), [(0, None)])[0][1]
+        if recorded is not None:
+            model, dim = recorded["model"], recorded.get("dim")
+            if model.get("fingerprint") != self.manifest["model"].get("fingerprint") or dim != self.dim:
+                raise DamagedManifestError(
+                    f"{self.folder / MANIFEST} names another model or dimension ({self.manifest['model'].get('name')}, "
+                    f"{self.dim}) than the database records ({model.get('name')}, {dim}); "
+                    f"`mmsearch check --repair` rebuilds it from the database"
+                )
+        elif blob is not None and len(blob) != self.dim * 4:  # an index from before the catalogue kept the model
+            raise DamagedManifestError(
+                f"{self.folder / MANIFEST} says the vectors have {self.dim} dimensions but the database holds "
+                f"{len(blob) // 4}-dimensional ones; the manifest is damaged"
+            )
+
+    @staticmethod
+    def check_creatable(folder: Path) -> None:
+        """Raise unless ``folder`` is absent, empty, or holds only a half-created index."""
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotAnIndexError(f"{folder} exists and is not a folder")
+            if _holds_items(folder / DB_FILE, unreadable=False):
+                read_manifest(folder)  # an index whose manifest is lost: say so, never overwrite it
+            foreign = [p.name for p in folder.iterdir() if p.name not in _OWN_FILES and not p.name.startswith(f".{MANIFEST}.")]
+            if foreign:
+                raise NotAnIndexError(
+                    f"{folder} is not empty and holds no mmsearch index; choose another --index folder"
+                )
+
+    @staticmethod
+    def holds_only_own_files(folder: Path) -> bool:
+        """True when ``folder`` holds what an unfinished first run leaves behind (its lock, its
+        database) and nothing else."""
+        names = [p.name for p in folder.iterdir()]
+        return bool(names) and all(n in _OWN_FILES or n.startswith(f".{MANIFEST}.") for n in names)
+
+    @staticmethod
+    def remove_own_files(folder: Path, remove_folder: bool) -> None:
+        """Delete what a failed first run created in ``folder`` (and the folder, if it made it)."""
+        if not folder.is_dir():
+            return
+        for path in folder.iterdir():
+            if path.name in _OWN_FILES or path.name in _DERIVED_FILES or path.name.startswith(_DERIVED_PREFIXES):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        if remove_folder:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # something else was put there meanwhile: leave it
+
+    @staticmethod
+    def recorded_model_of(folder: Path) -> dict[str, Any] | None:
+        """The model identity the catalogue in ``folder`` records, read without the manifest."""
+        catalogue = Catalogue.sqlite(Path(folder) / DB_FILE)
+        try:
+            with catalogue.read() as r:
+                return r.recorded_model()
+        except DATABASE_ERRORS:
+            return None
+        finally:
+            catalogue.close()
+
+    @staticmethod
+    def rebuild_manifest(folder: Path, recorded: dict[str, Any]) -> None:
+        """Write a new manifest from what the catalogue records (call under the writer lock)."""
+        mf.write_manifest(folder, mf.rebuilt(folder, recorded))
+
+    def close(self) -> None:
+        self.catalogue.close()
+        self._vectors = None
+
+    # -- parts ---------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    def read(self):
+        """One catalogue snapshot (``with store.read() as r:``)."""
+        return self.catalogue.read()
+
+    @contextmanager
+    def write(self) -> Iterator[Writer]:
+        """One catalogue write transaction; once it commits, its vector changes are mirrored into
+        the store's vector index (call under the writer lock)."""
+        with self.catalogue.write() as w:
+            yield w
+        changes = w.changes
+        if changes.gen is None:
+            return
+        with self._rw.writing():
+            vectors = self._vectors
+            if vectors is None or vectors.gen != changes.gen - 1 or changes.dropped_all:
+                if changes.dropped_all:
+                    self._vectors = None
+                return  # not loaded, or behind: the next sync replays the catalogue
+            vectors.remove(changes.removed)
+            for ids, added in zip(changes.added_ids, changes.added):
+                vectors.add(ids, added)
+            vectors.gen = changes.gen
+
+    def writer_lock(self, wait: float = 0.0):
+        return writer_lock(self.folder, wait)
+
+    def update_manifest(self, **changes: Any) -> None:
+        self._write_manifest(dict(self.manifest, **changes, updated_at=mf.now()))
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        mf.write_manifest(self.folder, manifest)
+        self.manifest = manifest
+        self._manifest_stamp = mf.stamp(self.folder)
+
+    def manifest_changed(self) -> bool:
+        """True when another process rewrote the manifest since this store read it (one stat)."""
+        return mf.stamp(self.folder) != self._manifest_stamp
+
+    def reload_manifest(self) -> None:
+        self.manifest = read_manifest(self.folder)
+        self._manifest_stamp = mf.stamp(self.folder)
+
+    def remove_stray_temps(self) -> list[Path]:
+        """Delete temporary files a killed writer left behind (call only while holding the writer lock)."""
+        removed = []
+        for path in self.folder.iterdir():
+            if path.name.startswith((".vectors.g", f".{MANIFEST}.")) and path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
+    # -- the vector index -------------------------------------------------------------------------
+    def load_vectors(self) -> VectorIndex | None:
+        """The newest vector index file that is what the manifest records, or None."""
+        try:
+            records = read_manifest(self.folder).get(VECTORS_FILES)  # fresh: a writer adds records
+        except MMSearchError:
+            records = self.manifest.get(VECTORS_FILES)
+        return VectorIndex.load_latest(self.folder, records if isinstance(records, dict) else None, self.settings)
+
+    def file_records(self) -> dict[str, dict] | None:
+        """The manifest's checksums of vectors files by generation (None for old indexes)."""
+        records = self.manifest.get(VECTORS_FILES)
+        return records if isinstance(records, dict) else None
+
+    def file_matches_record(self, path: Path, gen: int) -> bool:
+        """True when a vectors file is the one this index wrote for ``gen`` (checked in full)."""
+        records = self.file_records()
+        if records is None:
+            return True
+        record = records.get(str(gen))
+        return record is not None and digest_mismatch(path, record, full=True) is None
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """A catalogue snapshot and the store's vector index synced to it, for searching.
+
+        Searches whose snapshot the vector index already matches share it and run in parallel;
+        bringing it forward (after another process committed) is exclusive.
+        """
+        with self.read() as reader, self._rw.reading():
+            vectors = self._vectors
+            if vectors is not None and vectors.gen == reader.generation() and vectors.dim == self.dim:
+                yield Snapshot(self, reader, vectors)
+                return
+        with self._rw.writing(), self.read() as reader:
+            self._vectors = self._synced(reader, self._vectors)
+            yield Snapshot(self, reader, self._vectors)
+
+    def vectors(self) -> VectorIndex:
+        """The store's vector index, brought to the catalogue's latest state (the writer's view)."""
+        with self._rw.writing(), self.read() as reader:
+            self._vectors = self._synced(reader, self._vectors)
+            return self._vectors
+
+    def synced_copy(self) -> VectorIndex:
+        """The newest vector index file, brought to the latest state, as a separate object
+        (``mmsearch check`` compares it with the catalogue)."""
+        vectors = self.load_vectors()
+        with self.read() as reader:
+            return self._synced(reader, vectors)
+
+    def _synced(self, reader: Reader, vectors: VectorIndex | None) -> VectorIndex:
+        """``vectors`` brought exactly to the state of ``reader``'s snapshot."""
+        db_gen = reader.generation()
+        if vectors is not None and vectors.gen == db_gen and vectors.dim == self.dim:
+            return vectors
+        purged = reader.purged_through()
+
+        def stale(v: VectorIndex | None) -> bool:
+            return v is None or v.gen < purged or v.gen > db_gen or v.dim != self.dim
+
+        if stale(vectors):
+            vectors = self.load_vectors()
+        if stale(vectors):
+            return self._rebuild(reader)
+        since = vectors.gen
+        changed = reader.changed_since(since)
+        vectors.remove(changed + reader.deleted_since(since))
+        rows = reader.embeddings(changed)
+        vectors.add(np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], self.dim))
+        vectors.gen = db_gen
+        return vectors
+
+    def _rebuild(self, reader: Reader, plan: IndexPlan | None = None) -> VectorIndex:
+        """A new vector index from every embedding of the snapshot (never re-encoding).
+
+        ``plan``: the index to build; by default the type the manifest asks for (``auto``:
+        chosen from the item count). IVF types are trained on an evenly spread sample first.
+        """
+        gen = reader.generation()
+        if plan is None:
+            plan = self.plan_for(reader.embedding_count())
+        train = None
+        if plan.type != FLAT:
+            blobs = reader.embedding_sample(plan.nlist * TRAIN_PER_LIST, plan.nlist)
+            train = vectors_from_blobs([b for b in blobs if len(b) == self.dim * 4], self.dim)
+            if len(train) == 0:
+                plan = IndexPlan(FLAT)
+        vectors = VectorIndex.create(self.dim, plan, train, gen=gen, settings=self.settings)
+        for rows in reader.embedding_chunks():
+            vectors.add(np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], self.dim))
+        return vectors
+
+    # -- vector index type ------------------------------------------------------------------------
+    @property
+    def requested_index_type(self) -> str:
+        """The vector index type asked for (``auto`` unless an expert chose one)."""
+        return str(self.manifest.get("vector_index", {}).get("requested", AUTO))
+
+    def plan_for(self, n: int, requested: str | None = None) -> IndexPlan:
+        return choose(n, self.dim, requested or self.requested_index_type, settings=self.settings)
+
+    def current_plan(self, vectors: VectorIndex) -> IndexPlan:
+        """``vectors``' parameters, read from the index itself; ``trained_for`` from the manifest
+        when the manifest describes this very index (the file wins when they disagree)."""
+        recorded = self.manifest.get("vector_index", {})
+        same = recorded.get("type") == vectors.kind and int(recorded.get("nlist", 0)) == vectors.nlist
+        plan = vectors.plan(int(recorded.get("trained_for", 0)) if same else None)
+        if same and recorded.get("rerank"):
+            plan.rerank = int(recorded["rerank"])
+        return plan
+
+    def fit_vectors(self, requested: str | None = None, *, force: bool = False) -> VectorIndex:
+        """Rebuild the vector index (writer only, under the lock) when its type has become a poor
+        fit for its size or ``requested`` differs, save it, and record the choice in the manifest.
+
+        ``requested``: None keeps the manifest's choice. ``force``: rebuild even when it fits.
+        """
+        requested = requested or self.requested_index_type
+        vectors = None if force else self.vectors()
+        if vectors is None:
+            with self.read() as reader:
+                count = reader.embedding_count()
+            wanted = current = choose(count, self.dim, requested, settings=self.settings)
+        else:
+            current = self.current_plan(vectors)
+            changed = requested != self.requested_index_type
+            wanted = needs_rebuild(current, vectors.ntotal, self.dim, requested, self.settings)
+            if wanted is None and changed and requested != AUTO and requested != current.type:
+                wanted = choose(vectors.ntotal, self.dim, requested, settings=self.settings)
+        if wanted is not None:
+            with self._rw.writing(), self.read() as reader:
+                vectors = self._vectors = self._rebuild(reader, wanted)
+            self.save_vectors()  # the file first: it describes itself, the manifest follows
+            current = vectors.plan(trained_for=vectors.ntotal)
+        entry = current.manifest(requested, vectors.ntotal)
+        if entry != self.manifest.get("vector_index"):
+            self.update_manifest(vector_index=entry)
+        return vectors
+
+    def save_vectors(self) -> None:
+        """Persist the vector index, brought up to date (writer only, under the lock), with its
+        checksum recorded in the manifest before the file is visible; then forget the tombstones
+        it covers."""
+        vectors = self.vectors()
+
+        def record(tmp: Path) -> None:
+            # The checksum is in the manifest before the file is visible under its name, so a
+            # file this index wrote always has its record; the newest few are kept.
+            records = {k: v for k, v in (self.manifest.get(VECTORS_FILES) or {}).items() if k.isdigit()}
+            records[str(vectors.gen)] = file_digest(tmp)
+            keep = sorted(records, key=int)[-KEEP_VECTOR_RECORDS:]
+            self.update_manifest(**{VECTORS_FILES: {k: records[k] for k in keep}})
+
+        try:
+            with self._rw.writing():  # saving copies memory-mapped cells into memory first
+                vectors.save(self.folder, vectors.gen, before_replace=record)
+        except (OSError, RuntimeError) as exc:  # faiss reports failed writes as RuntimeError
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1]
+            raise IndexWriteError(
+                f"cannot save vectors in {self.folder}: {reason} (the previous vectors file is kept; "
+                f"the database is complete and the next run catches up)"
+            ) from exc
+        with self.catalogue.write() as w:
+            w.purge_tombstones(vectors.gen)
+
+    def forget_vectors(self) -> None:
+        """Delete every saved vectors file (the model changed: none describes the catalogue)."""
+        with self._rw.writing():
+            self._vectors = None
+            for _, path in saved_generations(self.folder):
+                path.unlink(missing_ok=True)
+
+    # -- description ------------------------------------------------------------------------------
+    def raise_if_never_indexed(self) -> None:
+        """EmptyIndexError when no item was ever saved and no indexing run ever completed."""
+        with self.read() as r:
+            if r.ever_indexed():
+                return
+        raise EmptyIndexError(
+            f"empty index: nothing indexed yet in {self.folder} (a first indexing run stopped before it "
+            f"saved anything); run `mmsearch index` again to resume it"
+        )
+
+    def stats(self) -> dict[str, Any]:
+        with self.read() as r:
+            counts = r.modality_counts()
+            roots = [row.path for row in r.roots()]
+            generation = r.generation()
+        files = saved_generations(self.folder)
+        disk = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+        return {
+            "index": str(self.folder),
+            "schema_version": self.manifest["schema_version"],
+            "model": self.manifest["model"],
+            "dim": self.dim,
+            "vector_index": self.manifest.get("vector_index", {}),
+            "items": sum(counts.values()),
+            "images": counts.get("image", 0),
+            "texts": counts.get("text", 0),
+            "roots": roots,
+            "generation": generation,
+            "vectors_saved_generation": files[0][0] if files else None,
+            "vectors_up_to_date": bool(files) and files[0][0] == generation,
+            "disk_bytes": disk,
+            "created_at": self.manifest.get("created_at"),
+            "updated_at": self.manifest.get("updated_at"),
+        }
+
+
+class Snapshot:
+    """One catalogue snapshot and the vector index synced to it (see ``IndexStore.snapshot``)."""
+
+    def __init__(self, store: IndexStore, reader: Reader, vectors: VectorIndex):
+        self.store = store
+        self.reader = reader
+        self.vectors = vectors
+
+    @property
+    def total(self) -> int:
+        return self.vectors.ntotal
+
+    def search(self, query: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``fetch`` (scores, ids) with exact cosine scores, best first.
+
+        Lossy index types return ``rerank_depth`` candidates, re-scored with their float32
+        embeddings from this snapshot.
+        """
+        vectors = self.vectors
+        if not vectors.lossy:
+            return vectors.search(query, fetch)
+        recorded = self.store.manifest.get("vector_index", {})
+        rerank = int(recorded["rerank"]) if recorded.get("type") == vectors.kind and recorded.get("rerank") else None
+        _, ids = vectors.search(query, vectors.rerank_depth(fetch, rerank))
+        if len(ids) == 0:
+            return np.empty(0, np.float32), np.empty(0, np.int64)
+        dim = self.store.dim
+        rows = [(i, blob) for i, blob in self.reader.embeddings(ids.tolist()) if len(blob) == dim * 4]
+        found = np.asarray([r[0] for r in rows], np.int64)
+        exact = vectors_from_blobs([r[1] for r in rows], dim) @ np.asarray(query, np.float32).reshape(-1)
+        order = np.argsort(-exact, kind="stable")[:fetch]
+        return exact[order].astype(np.float32), found[order]
