@@ -243,6 +243,17 @@ class ImageHandler:
     def extensions(self) -> frozenset[str]:
         return image_extensions()
 
+    @staticmethod
+    def media_type(path: str) -> str:
+        import mimetypes
+
+        return mimetypes.guess_type(path)[0] or "application/octet-stream"
+
+    @staticmethod
+    def thumbnail(data: bytes, size: int) -> bytes:
+        """JPEG bytes of a thumbnail of the image file ``data`` (BadInput if it cannot be made)."""
+        return make_thumbnail(data, size)
+
     def records(self, entry: FileEntry, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[Record], list[Skip]]:
         """The image's record from its header (size, orientation); the pixels are decoded later."""
         if not data:

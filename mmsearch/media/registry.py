@@ -9,7 +9,7 @@ file's bytes into records. Adding a modality (video, audio) is one new module an
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +27,8 @@ class MediaHandler(Protocol):
     def extensions(self) -> frozenset[str]: ...
 
     def records(self, entry: FileEntry, data: bytes, max_pixels: int = ...) -> tuple[list[Record], list[Skip]]: ...
+
+    def media_type(self, path: str) -> str: ...
 
 
 class Registry:
@@ -48,6 +50,18 @@ class Registry:
 
     def modalities(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(h.modality for h in self.handlers.values()))
+
+    def thumbnailer(self, modality: str) -> Callable[[bytes, int], bytes] | None:
+        """How items of ``modality`` become a thumbnail (file bytes, size -> JPEG bytes), or None."""
+        for handler in self.handlers.values():
+            if handler.modality == modality and hasattr(handler, "thumbnail"):
+                return handler.thumbnail
+        return None
+
+    def media_type(self, path: str) -> str:
+        """The media type a file is served with."""
+        kind = self.kind_of(path)
+        return self.handlers[kind].media_type(path) if kind else "application/octet-stream"
 
     def read_records(self, entry: FileEntry, max_pixels: int | None = None) -> tuple[list[Record], list[Skip]]:
         """The records in one file plus the parts of it that had to be skipped."""

@@ -8,6 +8,7 @@ import json
 from .records import MAX_STORED_TEXT_CHARS, BadInput, FileEntry, Record, Skip, content_hash
 
 TEXT = "text"
+TEXT_MEDIA_TYPE = "text/plain; charset=utf-8"  # shown as text in a browser, never run
 
 
 def decode_text(data: bytes) -> str:
@@ -42,6 +43,10 @@ class TextHandler:
     decoded_in_workers = False
     extensions = frozenset({".txt", ".md"})
 
+    @staticmethod
+    def media_type(path: str) -> str:
+        return TEXT_MEDIA_TYPE
+
     def records(self, entry: FileEntry, data: bytes, max_pixels: int = 0) -> tuple[list[Record], list[Skip]]:
         text = decode_text(data).strip()
         if not text:
@@ -60,6 +65,10 @@ class JsonlHandler:
     decoded_in_workers = False
     multi_record = True
     extensions = frozenset({".jsonl"})
+
+    @staticmethod
+    def media_type(path: str) -> str:
+        return TEXT_MEDIA_TYPE
 
     def records(self, entry: FileEntry, data: bytes, max_pixels: int = 0) -> tuple[list[Record], list[Skip]]:
         text = decode_text(data)

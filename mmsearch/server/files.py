@@ -9,7 +9,6 @@ the open fail (404) instead of leading outside; the response's length is the des
 
 from __future__ import annotations
 
-import mimetypes
 import os
 import stat
 from collections.abc import Iterator, Sequence
@@ -117,12 +116,6 @@ def _stream(opened: OpenedFile, size: int) -> Iterator[bytes]:
             yield chunk
     finally:
         opened.close()
-
-
-def media_type_of(real_path: str, modality: str) -> str:
-    if modality == "image":
-        return mimetypes.guess_type(real_path)[0] or "application/octet-stream"
-    return "text/plain; charset=utf-8"
 
 
 def readable_name(name: str) -> str:

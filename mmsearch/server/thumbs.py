@@ -13,7 +13,6 @@ requests for the same thumbnail are harmless.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tempfile
 import threading
@@ -24,8 +23,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..media.image import make_thumbnail as media_thumbnail
-from ..media.records import BadInput
 
 # Hidden, so that an index kept inside an indexed folder does not index its own thumbnails.
 THUMBS_DIR = ".thumbs"
@@ -35,10 +32,6 @@ THUMB_SIZES = (64, 128, 256, 512, 1024)
 MIN_SIZE, MAX_SIZE, DEFAULT_SIZE = 32, THUMB_SIZES[-1], 256
 # Cache bound: at about 15 KB per 256-px thumbnail, some 17,000 grid thumbnails.
 DEFAULT_CACHE_BYTES = 256 * 1024 * 1024
-
-
-class ThumbnailError(Exception):
-    """The source image cannot be decoded into a thumbnail."""
 
 
 def fit_size(requested: int) -> int:
@@ -67,15 +60,6 @@ class SourceKey:
         ident = f"{self.device}:{self.inode}:{self.size}:{self.mtime_ns}"
         digest = hashlib.blake2b(ident.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
         return f"{self.item_id}_{digest}_{int(size)}.jpg"
-
-
-def make_thumbnail(data: bytes, size: int, limit: int | None = None) -> bytes:
-    """JPEG bytes of the image ``data`` upright, fitting in ``size``x``size`` (the image
-    handler's thumbnail: the formats and pixel cap of indexing); ThumbnailError if it cannot."""
-    try:
-        return media_thumbnail(data, size, limit)
-    except BadInput as exc:
-        raise ThumbnailError(f"cannot make a thumbnail: {exc}") from exc
 
 
 class ThumbnailCache:
@@ -141,7 +125,7 @@ class ThumbnailCache:
         return data
 
     def get_or_make(self, key: SourceKey, size: int, make: Callable[[], bytes]) -> bytes:
-        """The cached thumbnail, else the one ``make()`` returns (e.g. ``make_thumbnail``), cached."""
+        """The cached thumbnail, else the one ``make()`` returns (the media handler's thumbnail), cached."""
         data = self.get(key, size)
         if data is not None:
             return data
@@ -191,4 +175,4 @@ class ThumbnailCache:
 
 
 __all__ = ["THUMBS_DIR", "THUMB_SIZES", "MIN_SIZE", "MAX_SIZE", "DEFAULT_SIZE", "DEFAULT_CACHE_BYTES",
-           "ThumbnailError", "ThumbnailCache", "SourceKey", "fit_size", "make_thumbnail"]
+           "ThumbnailCache", "SourceKey", "fit_size"]
