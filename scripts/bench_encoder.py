@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,14 +30,13 @@ from benchutil import REPO, machine, median  # noqa: E402
 
 def tower(arch: str, repeats: int, batch: int = 32) -> dict:
     from mmsearch.encoders import ModelSpec, TorchEncoder as Encoder
-from mmsearch.encoders.torch_encoder import cpu_has_amx_bf16
+    from mmsearch.encoders.torch_encoder import cpu_has_amx_bf16
 
     rng = np.random.default_rng(0)
     row: dict = {"arch": arch, "amx": cpu_has_amx_bf16()}
     vectors = {}
     for setting, label in (("0", "float32"), ("1", "bfloat16")):
-        os.environ["MMSEARCH_CPU_BF16"] = setting
-        encoder = Encoder(ModelSpec.resolve(arch, "none"), "cpu")
+        encoder = Encoder(ModelSpec.resolve(arch, "none"), "cpu", "off" if setting == "0" else "on")
         pixels = rng.integers(0, 256, (batch, encoder.image_size, encoder.image_size, 3), dtype=np.uint8)
         encoder.encode_pixels(pixels[:4])  # warm-up
         runs = []
@@ -49,7 +47,6 @@ from mmsearch.encoders.torch_encoder import cpu_has_amx_bf16
         row[f"{label}_ms_per_image"] = median(runs)
         row[f"{label}_dtype"] = str(encoder.image_dtype).replace("torch.", "")
         rng = np.random.default_rng(0)  # the same pixels for both
-    os.environ.pop("MMSEARCH_CPU_BF16", None)
     row["speedup"] = row["float32_ms_per_image"] / row["bfloat16_ms_per_image"]
     row["min_cosine"] = float((vectors["float32"] * vectors["bfloat16"]).sum(axis=1).min())
     return row

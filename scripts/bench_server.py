@@ -205,7 +205,7 @@ def main() -> int:
     if args.json:
         print(json.dumps({"meta": meta, "median": summary, "runs": runs}, indent=2))
     else:
-        print(f"| request | p50 ms | p99 ms |\n|---|---:|---:|")
+        print("| request | p50 ms | p99 ms |\n|---|---:|---:|")
         for k in (*MIX, "all"):
             print(f"| {k} | {summary[k]['p50_ms']:.1f} | {summary[k]['p99_ms']:.1f} |")
         print(f"\nthroughput: {summary['throughput_rps']:.1f} requests/s (median of {args.repeats} runs)")

@@ -7,7 +7,6 @@ import os
 import sqlite3
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 

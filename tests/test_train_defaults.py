@@ -167,7 +167,7 @@ def test_interrupted_runs_last_state_loads_wherever_a_checkpoint_does(train_only
 
 # -- the progress rows -----------------------------------------------------------------------------
 def test_each_epoch_row_shows_its_own_validation_recall(shapes_dir, tiny_model, tmp_path):
-    from mmsearch.cli import _TrainBar
+    from mmsearch.cli.training import _TrainBar
 
     console = Console(file=io.StringIO(), width=200, force_terminal=False)
     bar = _TrainBar(console)

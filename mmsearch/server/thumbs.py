@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
 
 
 # Hidden, so that an index kept inside an indexed folder does not index its own thumbnails.

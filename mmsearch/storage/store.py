@@ -13,7 +13,6 @@ The store knows nothing of models or of files on the user's disk.
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 from collections.abc import Iterator

@@ -1,0 +1,161 @@
+"""The CLI's frame: the typer app, where library errors become one-line messages (the only
+place), the settings read once at start, shared options, and ``main``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
+
+from ..errors import MMSearchError
+from ..fsutil import display_path
+
+class _Command(TyperCommand):
+    """Commands whose --help option shows no type marker (flags take no value)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Group(TyperGroup):
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="mmsearch",
+    help="Cross-modal search over your images and texts: index a folder, then query it with words, pictures, or both.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # errors stay on one line
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        out.print(f"mmsearch {__version__}")
+        raise typer.Exit()
+
+
+_state: dict[str, Any] = {}
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, metavar="",
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Cross-modal search over your images and texts: index a folder, then query it with words, pictures, or both."""
+    from ..settings import Settings
+
+    try:  # every MMSEARCH_* variable, read once; a bad value stops here, before any work
+        _state["settings"] = Settings.from_env()
+    except MMSearchError as exc:
+        err.print(Text(f"error: {display_path(str(exc))}"), style="bold red")
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _settings():
+    from ..settings import Settings
+
+    if "settings" not in _state:  # commands invoked without the app's callback (tests of one command)
+        _state["settings"] = Settings.from_env()
+    return _state["settings"]
+
+
+def _friendly_errors(func: Callable) -> Callable:
+    """The one place where library errors become CLI errors."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MMSearchError as exc:
+            err.print(Text(f"error: {display_path(str(exc))}"), style="bold red")
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def command(*args: Any, **kwargs: Any) -> Callable:
+    def register(func: Callable) -> Callable:
+        return app.command(*args, cls=_Command, **kwargs)(_friendly_errors(func))
+
+    return register
+
+
+# -- shared options ------------------------------------------------------------------------------
+IndexOpt = Annotated[
+    Optional[Path],
+    typer.Option("--index", "-i", metavar="DIR", help="Index folder \\[default: $MMSEARCH_INDEX or ./indexes/default].", show_default=False),
+]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", metavar="NAME", help="open_clip model name, JSON config path, hf-hub:ORG/REPO, local-dir:PATH, or a `mmsearch train` folder \\[default: the index's model, else ViT-B-32]."),
+]
+PretrainedOpt = Annotated[
+    Optional[str],
+    typer.Option("--pretrained", "-p", metavar="WEIGHTS", help="Pretrained tag (e.g. laion2b_s34b_b79k), checkpoint file, or 'none' for random weights."),
+]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", help="cuda, mps or cpu \\[default: best available].")]
+JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON document instead of a table.")]
+
+
+def _engine(index: Path | None, model: str | None = None, pretrained: str | None = None, device: str | None = None, **kwargs: Any):
+    from ..engine import Engine  # imported here so `mmsearch --help` stays instant
+
+    return Engine(index, model=model, pretrained=pretrained, device=device, settings=_settings(), **kwargs)
+
+
+
+def write_json(data: Any) -> None:
+    """One JSON document on stdout, always valid UTF-8 (file names come as ``path_fields``)."""
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
+
+
+def main() -> None:
+    """The console script: usage errors become one line (``error: ...``) with exit code 2."""
+    # typer raises click's exception classes (from its own copy of click in recent versions):
+    # found through the public typer.BadParameter, whichever click that is.
+    usage_error, click_exception = (next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+                                    for name in ("UsageError", "ClickException"))
+    try:
+        code = app(standalone_mode=False)
+    except usage_error as exc:
+        if exc.format_message():  # (none when `mmsearch` alone printed the help)
+            hint = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) is not None else ""
+            err.print(Text(f"error: {display_path(exc.format_message())}{hint}"), style="bold red")
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("[bold red]interrupted[/]")
+        sys.exit(130)
+    except click_exception as exc:
+        err.print(Text(f"error: {display_path(exc.format_message())}"), style="bold red")
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,221 @@
+"""The library commands: index, query, info, check."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from ..errors import MMSearchError, QueryError
+from ..fsutil import display_path, printable_path, terminal_safe
+from .base import DeviceOpt, IndexOpt, JsonOpt, ModelOpt, PretrainedOpt, _engine, _settings, command, err, out, write_json
+from .progress import RichProgress, _QuietProgress
+
+# -- commands ------------------------------------------------------------------------------------
+@command("index")
+def index_cmd(
+    paths: Annotated[Optional[list[Path]], typer.Argument(metavar="PATHS", help="Folders or files to index \\[default: every folder indexed before, with the options it was indexed with].", show_default=False)] = None,
+    index: IndexOpt = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = None,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", "-x", metavar="GLOB", help="Files or folders to leave out (repeatable), e.g. '*.gif' or 'raw/*'; remembered for PATHS.")] = None,
+    hidden: Annotated[bool, typer.Option("--hidden", metavar="", help="Also index hidden files and folders (names starting with '.'); remembered for PATHS.")] = False,
+    follow_links: Annotated[bool, typer.Option("--follow-links", metavar="", help="Follow symlinks that lead outside PATHS (loops are detected); remembered for PATHS. Without it such links are skipped with a message.")] = False,
+    reembed: Annotated[bool, typer.Option("--reembed", metavar="", help="Allow a different model than the index's: embed everything again.")] = False,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, metavar="N", help="Items per encoder batch \\[default: 32 on CPU, 256 on GPU].")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, metavar="N", help="Worker processes decoding images \\[default: CPU count, at most 8].")] = None,
+    wait: Annotated[float, typer.Option("--wait", metavar="SECONDS", help="Seconds to wait for another indexing run on the same index (-1: forever).")] = 0.0,
+    as_json: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
+    index_type: Annotated[Optional[str], typer.Option("--index-type", metavar="TYPE", help="Expert: vector index auto, flat (exact), ivf-sq8 or ivf-pq (approximate, re-ranked exactly); remembered, and the vectors are rebuilt from stored embeddings when it changes \\[default: the index's choice, auto].", show_default=False)] = None,
+) -> None:
+    """Embed new and changed images and texts under PATHS; remove what was deleted."""
+    with _engine(index, model, pretrained, device, batch_size=batch_size, workers=workers) as engine:
+        progress = _QuietProgress(err) if quiet or as_json else RichProgress(err)
+        with progress:
+            report = engine.add(
+                [str(p) for p in paths] if paths else None,
+                exclude=exclude or (), include_hidden=hidden, follow_links=follow_links, reembed=reembed,
+                wait=wait, progress=progress, index_type=index_type,
+            )
+    if as_json:
+        write_json(report.as_dict())
+    else:
+        out.print(report.summary())
+
+
+
+TYPE_CHOICES = ("all", "image", "text")
+
+
+@command("query")
+def query_cmd(
+    terms: Annotated[list[str], typer.Argument(metavar="TERMS", help="Texts and image paths, e.g. \"2:beach\" + ./dog.jpg - people", show_default=False)],
+    index: IndexOpt = None,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, metavar="N", help="Number of results.")] = 10,
+    type: Annotated[str, typer.Option("--type", "-t", metavar="TYPE", help="Result type: image, text or all.")] = "all",
+    min_score: Annotated[Optional[float], typer.Option("--min-score", metavar="SCORE", help="Leave out results scoring below this cosine similarity.")] = None,
+    under: Annotated[Optional[Path], typer.Option("--under", metavar="DIR", help="Only results inside this folder.")] = None,
+    image: Annotated[bool, typer.Option("--image", metavar="", help="Treat every term as an image path.")] = False,
+    text: Annotated[bool, typer.Option("--text", metavar="", help="Treat every term as text, even if it names a file.")] = False,
+    include_self: Annotated[bool, typer.Option("--include-self", metavar="", help="Let a query image appear in its own results.")] = False,
+    as_json: JsonOpt = False,
+    paths: Annotated[bool, typer.Option("--paths", metavar="", help="Print matching paths only, one per line (control characters and undecodable bytes escaped; use -0 for exact names).")] = False,
+    print0: Annotated[bool, typer.Option("--print0", "-0", metavar="", help="Print matching paths exactly as they are on disk, each followed by a NUL byte (for xargs -0).")] = False,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Search the index with texts, images, or a weighted combination of both."""
+    # Checked before anything starts (the text encoder's preload below), each in one line.
+    if image and text:
+        raise QueryError("--image and --text exclude each other")
+    if type not in TYPE_CHOICES:
+        raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPE_CHOICES)}")
+    if min_score is not None and not math.isfinite(min_score):
+        raise QueryError(f"--min-score must be a finite number, not {min_score}")
+    preloaded = None
+    if model is None and pretrained is None:
+        from ..encoders import onnx_text
+        from ..query import TEXT, parse_query
+
+        settings = _settings()
+        try:
+            texts = [t.value for t in parse_query(terms, "image" if image else "text" if text else None) if t.kind == TEXT]
+        except MMSearchError:
+            texts = []  # the search below reports it
+        # Load the text encoder and encode the texts while the engine's libraries import.
+        preloaded = onnx_text.preload(index if index is not None else settings.default_index(), texts, settings.onnx)
+    with _engine(index, model, pretrained, device, text_encoder=preloaded) as engine:
+        hits = engine.search(
+            terms, k=top, type=type, min_score=min_score, under=under,
+            include_query=include_self, force="image" if image else "text" if text else None,
+        )
+    if as_json:
+        doc = {"query": [printable_path(t) for t in terms], "hits": [h.as_dict() for h in hits]}
+        if not hits:
+            doc["why_empty"] = hits.why_empty
+        write_json(doc)
+    elif paths or print0:
+        for path in dict.fromkeys(hit.path for hit in hits):
+            if print0:
+                sys.stdout.buffer.write(os.fsencode(path) + b"\0")
+            else:
+                sys.stdout.write(display_path(path) + "\n")
+        sys.stdout.flush()
+    else:
+        _print_hits(hits)
+
+
+def _snippet(text: str | None, width: int = 80) -> str:
+    if not text:
+        return ""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _print_hits(hits) -> None:
+    if not hits:
+        why = getattr(hits, "why_empty", None)
+        err.print(Text("no results" + (f": {why}" if why else "")))
+        return
+    table = Table(show_edge=False, header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("type")
+    table.add_column("path", overflow="fold")
+    table.add_column("text", overflow="fold")
+    for hit in hits:
+        where = display_path(hit.path) + (f":{hit.locator}" if hit.locator else "")
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.modality, Text(where), Text(terminal_safe(_snippet(hit.text))))
+    out.print(table)
+
+
+@command("info")
+def info_cmd(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
+    """Show what is in an index: counts, roots, model, vector index and sizes."""
+    with _engine(index) as engine:
+        info = engine.info()
+    info["index"] = printable_path(info["index"])
+    info["roots"] = [printable_path(r) for r in info["roots"]]
+    if as_json:
+        write_json(info)
+        return
+    model = info["model"]
+    rows = [
+        ("index", info["index"]),
+        ("items", f"{info['items']} ({info['images']} images, {info['texts']} texts)"),
+        ("model", f"{model['name']} [{model.get('pretrained') or 'random init'}]"),
+        ("dimension", str(info["dim"])),
+        ("vector index", _describe_vector_index(info["vector_index"]) + ("" if info["vectors_up_to_date"] else " (file behind database; synced on open)")),
+        ("roots", "\n".join(terminal_safe(r) for r in info["roots"]) or "-"),
+        ("disk", _human_bytes(info["disk_bytes"])),
+        ("schema", str(info["schema_version"])),
+        ("updated", str(info["updated_at"])),
+    ]
+    table = Table(show_header=False, show_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(key, Text(value))
+    out.print(table)
+
+
+def _describe_vector_index(entry: dict) -> str:
+    text = entry.get("type", "flat")
+    if entry.get("nlist"):
+        text += f" (nlist {entry['nlist']}, nprobe {entry.get('nprobe')}, {entry.get('code', '')} codes, re-rank {entry.get('rerank')}, trained for {entry.get('trained_for')} items)"
+    if entry.get("requested", "auto") != "auto":
+        text += f", chosen with --index-type {entry['requested']}"
+    return text
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+@command("check")
+def check_cmd(
+    index: IndexOpt = None,
+    repair: Annotated[bool, typer.Option("--repair", metavar="", help="Fix what can be fixed: re-embed bad or changed items, drop vanished files and orphans, rebuild the vectors file.")] = False,
+    device: DeviceOpt = None,
+    wait: Annotated[float, typer.Option("--wait", metavar="SECONDS", help="With --repair: seconds to wait for a running indexing run (-1: forever).")] = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify an index (manifest, schema, database, rows against vectors, files still there); exit 1 if damaged."""
+    from ..check import check_folder
+    from ..encoders import ModelSpec, TorchEncoder
+
+    settings = _settings()
+    folder = index if index is not None else settings.default_index()
+    report = check_folder(
+        folder, repair=repair, wait=wait, settings=settings,
+        encoder_factory=lambda store: TorchEncoder(ModelSpec.from_manifest(store.manifest["model"]), device,
+                                                   settings.cpu_bf16),
+    )
+    if as_json:
+        write_json(report.as_dict())
+    else:
+        for problem in report.problems:
+            state = "repaired" if problem.repaired else ("repairable with --repair" if problem.repairable else "not repairable")
+            err.print(Text(f"{problem.kind}: {display_path(problem.detail)} [{state}]"))
+            for example in problem.examples:
+                err.print(Text(f"    {display_path(example)}"))
+        for note in report.notes:
+            err.print(Text(f"note: {display_path(note)}"))
+        verdict = "ok" if not report.problems else ("repaired" if report.ok else "damaged")
+        out.print(Text(f"{display_path(report.index)}: {verdict} ({report.items} items, {len(report.problems)} problem(s))"))
+    if not report.ok:
+        raise typer.Exit(1)
