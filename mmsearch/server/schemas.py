@@ -46,6 +46,8 @@ class SearchOut(BaseModel):
     min_score: float | None
     took_ms: float
     hits: list[HitOut]
+    why_empty: str | None = Field(None, description="When there are no hits: why (the best score under min_score, "
+                                                   "no item under the folder, none of the type)")
 
 
 class HealthOut(BaseModel):
