@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import subprocess
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +25,10 @@ from typer.testing import CliRunner
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test must never download weights
 # Exports are cached per test run, never in the user's ~/.cache/mmsearch.
 os.environ["MMSEARCH_CACHE"] = tempfile.mkdtemp(prefix="mmsearch-test-cache-")
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+ENV = dict(os.environ, HF_HUB_OFFLINE="1")  # for new processes
 
 TINY_CONFIG = {
     "embed_dim": 32,
@@ -143,3 +151,48 @@ def cli():
         return result
 
     return run
+
+
+# -- new processes and shared set-ups -------------------------------------------------------------
+def run(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``python -m mmsearch ARGS`` in a new process (bytes out, so odd names arrive exactly)."""
+    return subprocess.run([sys.executable, "-m", "mmsearch", *map(str, args)], capture_output=True,
+                          env=env or ENV, cwd=cwd, timeout=timeout)
+
+
+def wait_for_items(idx: Path, proc: subprocess.Popen, n: int, timeout: float = 120) -> int:
+    """Poll the index database of a running ``mmsearch index`` until it holds ``n`` items."""
+    deadline = time.monotonic() + timeout
+    items = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with sqlite3.connect(f"file:{idx / 'mmsearch.db'}?mode=ro", uri=True, timeout=1) as conn:
+                items = conn.execute("SELECT count(*) FROM items").fetchone()[0]
+        except sqlite3.Error:
+            items = 0
+        if items >= n:
+            break
+        time.sleep(0.02)
+    return items
+
+
+def one_line(stderr: bytes) -> str:
+    text = stderr.decode("utf-8")
+    assert "Traceback" not in text and "terminate called" not in text, text
+    assert len(text.strip().splitlines()) == 1, text
+    return text.strip()
+
+
+def encoder_of(store):
+    """The index's own model (what `check --repair` re-embeds with)."""
+    from mmsearch.encoders import ModelSpec, TorchEncoder
+
+    return TorchEncoder(ModelSpec.from_manifest(store.manifest["model"]))
+
+
+@pytest.fixture
+def built(tmp_path, tiny_model, corpus, cli):
+    """``corpus`` indexed with the tiny model: (index folder, corpus folder)."""
+    idx = tmp_path / "idx"
+    cli("index", corpus, "-i", idx, *tiny_model.args, "-q")
+    return idx, corpus

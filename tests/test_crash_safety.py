@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_image
+from conftest import make_image, wait_for_items
 from mmsearch import Engine
 from mmsearch.check import check_folder
 from mmsearch.errors import IndexWriteError
@@ -261,3 +261,18 @@ def test_read_only_database_keeps_previous_index(indexed, monkeypatch, tiny_mode
     monkeypatch.undo()
     assert snapshot(idx).keys() == before.keys() and _faiss_files(idx) == before_files
     assert assert_consistent(idx) == len(before)
+
+
+def test_first_ctrl_c_says_it_stops_after_the_batch(tmp_path, tiny_model):
+    corpus = tmp_path / "c"
+    for i in range(60):
+        make_image(corpus / f"i{i:02d}.png", seed=300 + i, size=(64, 48))
+    idx = tmp_path / "idx"
+    proc = subprocess.Popen([sys.executable, "-m", "mmsearch", "index", str(corpus), "-i", str(idx), *tiny_model.args,
+                             "--batch-size", "1", "--workers", "1"], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert wait_for_items(idx, proc, 2) < 60
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert "stopping after the current batch (Ctrl-C again to stop now)" in err.decode()
+    assert proc.returncode == 130

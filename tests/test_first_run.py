@@ -1,0 +1,137 @@
+"""A first run: the README's commands on a fresh clone, folders that do not exist, runs that fail or
+are killed before they save anything, no network, and the model named by the environment."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ENV, IMAGE_COUNT, README, ROOT, TEXT_COUNT, make_image, one_line, run, wait_for_items
+from mmsearch import Engine
+from mmsearch.encoders import ModelSpec
+
+ITEMS = IMAGE_COUNT + TEXT_COUNT
+
+
+# -- the README's first command works on a fresh clone ---------------------------------------
+def test_readme_first_command_indexes_photos_the_repository_ships():
+    block = re.search(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), re.S).group(1)
+    first = next(line for line in block.splitlines() if "mmsearch index" in line)
+    folder = re.search(r"mmsearch index (\S+)", first).group(1)
+    assert (ROOT / folder).is_dir() and any((ROOT / folder).glob("*.jpg")), folder
+
+
+# -- the README's Python example, saved and run as a script ------------------------------------
+def test_readme_python_example_runs_as_a_script(tmp_path, tiny_model):
+    section = README.read_text(encoding="utf-8").split("## Python API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "__main__" not in code  # the example is a plain script, as users write them
+    script = tmp_path / "example.py"
+    script.write_text(code, encoding="utf-8")
+    shutil.copytree(ROOT / "tests" / "data" / "photos", tmp_path / "tests" / "data" / "photos")
+    env = dict(ENV, MMSEARCH_MODEL=str(tiny_model.config), MMSEARCH_PRETRAINED=str(tiny_model.checkpoint))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "IndexLockedError" not in done.stderr
+    assert re.match(r"6 added, 0 updated", done.stdout)  # five photos and their README
+    assert (tmp_path / "indexes" / "photos" / "manifest.json").is_file()
+
+
+# -- missing roots, failed and killed first runs ----------------------------------------------
+def test_missing_root_is_an_error_and_creates_nothing(tmp_path, tiny_model, cli):
+    idx = tmp_path / "idx"
+    result = cli("index", tmp_path / "photos", "-i", idx, *tiny_model.args, ok=False)
+    assert result.exit_code == 2 and "no such file or folder" in result.stderr and "photos" in result.stderr
+    assert not idx.exists()
+
+
+def test_failed_first_run_leaves_no_folder(tmp_path, corpus, cli):
+    idx = tmp_path / "idx"
+    result = cli("index", corpus, "-i", idx, "--model", "ViT-B-3", ok=False)  # unknown model
+    assert result.exit_code == 1 and not idx.exists()
+    bad = tmp_path / "broken.json"
+    bad.write_text("{}")
+    result = cli("index", corpus, "-i", idx, "--model", bad, ok=False)
+    assert result.exit_code == 1 and not idx.exists()
+
+
+@pytest.mark.parametrize("left", ["lock", "lock+db"])
+def test_first_run_killed_before_anything_was_saved(tmp_path, tiny_model, corpus, cli, left):
+    """What a SIGKILL in the first moments of a first run leaves: the folder with its lock file,
+    perhaps a database without items. Every command says what it is, never 'damaged'."""
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    (idx / ".lock").touch()
+    if left == "lock+db":  # an empty database, as IndexStore.create makes it before the manifest
+        (tmp_path / "empty-folder").mkdir()
+        with Engine(tmp_path / "donor", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as e:
+            e.add([tmp_path / "empty-folder"])
+        shutil.copy(tmp_path / "donor" / "mmsearch.db", idx / "mmsearch.db")
+    for args in (["info"], ["check"], ["query", "cat"]):
+        result = cli(*args, "-i", idx, ok=False)
+        assert result.exit_code == 1, (args, result.stderr)
+        assert "empty index: nothing indexed yet" in result.stderr and "damaged" not in result.stderr + result.stdout
+    cli("index", corpus, "-i", idx, *tiny_model.args, "-q")  # the folder is usable as it is
+    assert json.loads(cli("info", "-i", idx, "--json").stdout)["items"] == IMAGE_COUNT + TEXT_COUNT
+
+
+def test_killed_first_run_resumes_with_a_bare_index_run(tmp_path, tiny_model):
+    """Roots are recorded before the first item: a first run killed half-way is completed by
+    `mmsearch index` with no path (and deleted files are then removed, issue 12 item 9)."""
+    corpus = tmp_path / "big"
+    for i in range(40):
+        make_image(corpus / f"img{i:02d}.png", seed=200 + i, size=(64, 48))
+    idx = tmp_path / "idx"
+    proc = subprocess.Popen([sys.executable, "-m", "mmsearch", "index", str(corpus), "-i", str(idx), *tiny_model.args,
+                             "--batch-size", "1", "--workers", "1", "-q"], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    items = wait_for_items(idx, proc, 3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 3 <= items < 40, "the run should be killed half-way"
+    with sqlite3.connect(idx / "mmsearch.db") as conn:
+        assert conn.execute("SELECT path FROM roots").fetchall() == [(str(corpus),)]
+    (corpus / "img00.png").unlink()
+    result = run("index", "-i", idx, "-q")
+    assert result.returncode == 0, result.stderr
+    with Engine(idx) as engine:
+        assert engine.info()["items"] == 39
+        assert not any(h.path.endswith("img00.png") for h in engine.search("x", k=100))
+
+
+# -- offline first run -------------------------------------------------------------------------
+def test_offline_first_run_fails_fast_with_the_ways_forward(tmp_path, corpus):
+    """No network: one line at once (no minute of Hugging Face retries) naming local weights,
+    HF_HUB_OFFLINE and --pretrained none. The hub is a closed loopback port here."""
+    env = {k: v for k, v in ENV.items() if k not in ("HF_HUB_OFFLINE", "MMSEARCH_MODEL", "MMSEARCH_PRETRAINED")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")
+    started = time.monotonic()
+    result = run("index", corpus, "-i", tmp_path / "idx", env=env)
+    took = time.monotonic() - started
+    message = one_line(result.stderr)
+    assert result.returncode == 1
+    assert "--pretrained none" in message and "HF_HUB_OFFLINE" in message and "cannot be reached" in message
+    assert not (tmp_path / "idx").exists()
+    assert took < 60  # (a bound on a hang, not a speed test: it took about a minute of retries)
+
+
+# -- MMSEARCH_PRETRAINED alone -----------------------------------------------------------------
+def test_pretrained_variable_alone_applies_to_the_default_model(monkeypatch, tiny_model, tmp_path):
+    def spec():  # the model a new index would get, as the environment says now
+        return Engine(tmp_path / "new").spec
+
+    monkeypatch.delenv("MMSEARCH_MODEL", raising=False)
+    monkeypatch.setenv("MMSEARCH_PRETRAINED", "none")
+    assert spec() == ModelSpec("ViT-B-32", None)
+    monkeypatch.setenv("MMSEARCH_PRETRAINED", str(tiny_model.checkpoint))
+    assert spec() == ModelSpec("ViT-B-32", str(tiny_model.checkpoint))
+    monkeypatch.setenv("MMSEARCH_MODEL", str(tiny_model.config))
+    assert spec() == ModelSpec(str(tiny_model.config), str(tiny_model.checkpoint))
