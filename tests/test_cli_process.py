@@ -53,21 +53,20 @@ def test_usage_errors_are_one_line(tmp_path):
 
 
 # -- small things -----------------------------------------------------------------------------
-def test_version_help_and_random_weights_said_once(tmp_path, tiny_model, corpus):
+def test_version_help_and_random_weights_said_once(tmp_path, tiny_model, corpus, cli, caplog):
     from mmsearch import __version__
 
-    result = run("--version")
-    assert result.returncode == 0 and result.stdout.decode().strip() == f"mmsearch {__version__}"
-    for command in ("index", "query", "check", "info"):
-        text = run(command, "--help").stdout.decode()
-        assert "<bool>" not in text, command
-    assert "processes" in re.sub(r"\s+", " ", run("index", "--help").stdout.decode())
+    assert cli("--version").stdout.strip() == f"mmsearch {__version__}"
+    for command in ("index", "query", "check", "info", "serve", "eval", "train"):
+        assert "<bool>" not in cli(command, "--help").stdout, command
+    assert "processes" in re.sub(r"\s+", " ", cli("index", "--help").stdout)
     idx = tmp_path / "idx"
-    created = run("index", corpus, "-i", idx, "--model", tiny_model.config, "--pretrained", "none", "-q")
-    assert created.returncode == 0 and "random weights" in created.stderr.decode()
-    queried = run("query", corpus / "a.jpg", "-i", idx)
-    assert queried.returncode == 0
-    assert "initialized randomly" not in queried.stderr.decode() and "random weights" not in queried.stderr.decode()
+    created = cli("index", corpus, "-i", idx, "--model", tiny_model.config, "--pretrained", "none", "-q")
+    assert "random weights" in created.stderr
+    caplog.clear()
+    queried = cli("query", corpus / "a.jpg", "-i", idx)
+    assert "random weights" not in queried.stderr
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
 
 
 # -- "no results" says why --------------------------------------------------------------------
@@ -84,28 +83,28 @@ def test_no_results_says_why(tmp_path, tiny_model, corpus, cli):
 
 
 # -- -0 for xargs -0 ------------------------------------------------------------------------
-def test_print0_gives_exact_names_and_the_readme_pipes_with_it(tmp_path, tiny_model):
+def test_print0_gives_exact_names_and_the_readme_pipes_with_it(tmp_path, tiny_model, cli):
     root = tmp_path / "lib"
     make_image(root / "with space.jpg", seed=1)
     make_image(Path(os.fsdecode(bytes(root) + b"/caf\xe9.jpg")), seed=2)
     idx = tmp_path / "idx"
-    assert run("index", root, "-i", idx, *tiny_model.args, "-q").returncode == 0
-    out = run("query", "x", "-i", idx, "-0").stdout
+    cli("index", root, "-i", idx, *tiny_model.args, "-q")
+    out = cli("query", "x", "-i", idx, "-0").stdout_bytes
     assert sorted(out.split(b"\0")[:-1]) == sorted([bytes(root) + b"/with space.jpg", bytes(root) + b"/caf\xe9.jpg"])
     assert "--paths -0 | xargs -0" in README.read_text(encoding="utf-8")
 
 
 # -- file names that are not UTF-8 -------------------------------------------------------------
-def test_json_output_is_valid_utf8_and_gives_back_exact_names(tmp_path, tiny_model):
+def test_json_output_is_valid_utf8_and_gives_back_exact_names(tmp_path, tiny_model, cli):
     root = tmp_path / "lib"
     names = [b"caf\xe9.jpg", b"\xff\xfe-odd.png", "Zoë.jpg".encode()]
     for i, raw in enumerate(names):
         make_image(Path(os.fsdecode(bytes(root) + b"/" + raw)), seed=i)
     idx = tmp_path / "idx"
-    result = run("index", root, "-i", idx, *tiny_model.args, "--json")
-    assert result.returncode == 0
-    json.loads(result.stdout.decode("utf-8"))  # strict UTF-8, valid JSON
+    json.loads(cli("index", root, "-i", idx, *tiny_model.args, "--json").stdout_bytes.decode("utf-8"))
+    # A real process: its stdout is strict UTF-8, as jq and strict parsers read it.
     result = run("query", "a photo", "-i", idx, "--json", "-k", "10")
+    assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout.decode("utf-8"))  # raises on invalid UTF-8
     found = set()
     for hit in doc["hits"]:
@@ -117,25 +116,23 @@ def test_json_output_is_valid_utf8_and_gives_back_exact_names(tmp_path, tiny_mod
     assert latin["path"].isprintable()  # a readable form beside the exact bytes
     # info and the table are valid UTF-8 too
     for args in (("info", "-i", idx, "--json"), ("query", "a photo", "-i", idx)):
-        result = run(*args)
-        assert result.returncode == 0
-        result.stdout.decode("utf-8")
+        cli(*args).stdout_bytes.decode("utf-8")
 
 
 # -- names that would rewrite the terminal ----------------------------------------------------
-def test_control_characters_escaped_in_human_output(tmp_path, tiny_model):
+def test_control_characters_escaped_in_human_output(tmp_path, tiny_model, cli):
     root = tmp_path / "lib"
     nasty = "evil\n\x1b[2J\x1b[31mred.jpg"
     make_image(root / nasty, seed=3)
     idx = tmp_path / "idx"
-    assert run("index", root, "-i", idx, *tiny_model.args, "-q").returncode == 0
+    cli("index", root, "-i", idx, *tiny_model.args, "-q")
     for args in (["--paths"], []):
-        out = run("query", "x", "-i", idx, *args).stdout
+        out = cli("query", "x", "-i", idx, *args).stdout_bytes
         assert b"\x1b" not in out and b"evil\\n\\x1b[2J\\x1b[31mred.jpg" in out
-    exact = run("query", "x", "-i", idx, "-0").stdout
+    exact = cli("query", "x", "-i", idx, "-0").stdout_bytes
     assert exact == os.fsencode(str(root / nasty)) + b"\0"
-    doc = json.loads(run("query", "x", "-i", idx, "--json").stdout)
+    doc = json.loads(cli("query", "x", "-i", idx, "--json").stdout)
     assert doc["hits"][0]["path"] == str(root / nasty)
     (root / nasty).unlink()
-    skipped = run("check", "-i", idx)
-    assert b"\x1b" not in skipped.stderr + skipped.stdout
+    skipped = cli("check", "-i", idx, ok=False)
+    assert "\x1b" not in skipped.stderr + skipped.stdout

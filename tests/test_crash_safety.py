@@ -131,7 +131,7 @@ def open_engine(idx: Path, tiny_model) -> Engine:
 
 
 def test_sigkill_loop_consistent_and_converges(tmp_path, tiny_model):
-    _kill_loop(tmp_path, tiny_model, kills=6, images=30, lines=60, seed=1)
+    _kill_loop(tmp_path, tiny_model, kills=4, images=30, lines=60, seed=1)
 
 
 @pytest.mark.slow
@@ -148,7 +148,7 @@ def _generation(idx: Path) -> int:
 
 
 def test_sigint_saves_work_so_far(tmp_path, tiny_model):
-    corpus = build_corpus(tmp_path / "corpus", 60, 40)
+    corpus = build_corpus(tmp_path / "corpus", 30, 40)
     idx = tmp_path / "idx"
     env = dict(ENV, MMSEARCH_CHECKPOINT_SECONDS="3600")  # only the interrupt handler saves vectors
     proc = subprocess.Popen(index_cmd(corpus, idx, tiny_model), env=env, stdout=subprocess.PIPE,
@@ -164,13 +164,13 @@ def test_sigint_saves_work_so_far(tmp_path, tiny_model):
     assert "interrupted" in stderr and "Traceback" not in stderr
     # Lines of a JSONL file written before the interrupt are kept, the file marked unfinished.
     items = assert_consistent(idx, allow=("changed_file",))
-    assert 0 < items < 101
+    assert 0 < items < 71
     with Engine(idx) as engine:
         info = engine.info()
     assert info["vectors_up_to_date"], info  # the FAISS file was saved at the last committed generation
     report = json.loads(subprocess.run(index_cmd(corpus, idx, tiny_model, "--json"), check=True, env=ENV,
                                        capture_output=True, text=True, timeout=300).stdout)
-    assert report["added"] + items == 101 and assert_consistent(idx) == 101, report
+    assert report["added"] + items == 71 and assert_consistent(idx) == 71, report
     assert report["updated"] == 0  # nothing saved before the interrupt was embedded again
 
 
@@ -265,13 +265,13 @@ def test_read_only_database_keeps_previous_index(indexed, monkeypatch, tiny_mode
 
 def test_first_ctrl_c_says_it_stops_after_the_batch(tmp_path, tiny_model):
     corpus = tmp_path / "c"
-    for i in range(60):
+    for i in range(30):
         make_image(corpus / f"i{i:02d}.png", seed=300 + i, size=(64, 48))
     idx = tmp_path / "idx"
     proc = subprocess.Popen([sys.executable, "-m", "mmsearch", "index", str(corpus), "-i", str(idx), *tiny_model.args,
                              "--batch-size", "1", "--workers", "1"], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    assert wait_for_items(idx, proc, 2) < 60
+    assert wait_for_items(idx, proc, 2) < 30
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert "stopping after the current batch (Ctrl-C again to stop now)" in err.decode()

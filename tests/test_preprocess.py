@@ -147,25 +147,3 @@ def test_models_without_pixel_form_still_index(tmp_path, tiny_model):
         for path in PHOTOS:
             hit = engine.search(str(folder / path.name), k=1, include_query=True)[0]
             assert hit.path == str(folder / path.name) and hit.score == pytest.approx(1.0, abs=1e-5)
-
-
-def test_unguarded_script_indexes(tmp_path, tiny_model):
-    """Worker processes never import the main script, so a script that calls Engine.add at
-    module level, without a __main__ guard, indexes (once: the script runs in one process)."""
-    import subprocess
-    import sys
-
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    (folder / "coffee.jpg").write_bytes(PHOTOS[0].read_bytes())
-    script = tmp_path / "unguarded.py"
-    script.write_text(
-        "from mmsearch import Engine\n"
-        "print('RUN', __name__)\n"
-        f"engine = Engine({str(tmp_path / 'index')!r}, model={str(tiny_model.config)!r}, "
-        f"pretrained={str(tiny_model.checkpoint)!r})\n"
-        f"print(engine.add([{str(folder)!r}]).summary())\n"
-    )
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.count("RUN") == 1 and "1 added, 0 updated" in done.stdout, done.stdout + done.stderr

@@ -12,14 +12,14 @@ from .base import DeviceOpt, IndexOpt, _settings, command, err
 @command("serve")
 def serve_cmd(
     index: IndexOpt = None,
-    host: Annotated[str, typer.Option("--host", help="Address to bind; the default only accepts connections from this machine. Beyond loopback a token is required (see --token).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: any free one).")] = 8000,
+    host: Annotated[str, typer.Option("--host", metavar="ADDRESS", help="Address to bind; the default only accepts connections from this machine. Beyond loopback a token is required (see --token).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", metavar="PORT", min=0, max=65535, help="TCP port (0: any free one).")] = 8000,
     device: DeviceOpt = None,
-    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.1, help="Largest accepted uploaded image, in MiB.")] = 20.0,
-    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", metavar="MIB", min=0.1, help="Largest accepted uploaded image, in MiB.")] = 20.0,
+    log_level: Annotated[str, typer.Option("--log-level", metavar="LEVEL", help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
     token: Annotated[Optional[str], typer.Option("--token", metavar="TOKEN", show_default=False, help="Require this bearer token on API requests ('Authorization: Bearer ...'; the page takes it once from /#token=...) \\[default: $MMSEARCH_TOKEN]. Binding beyond loopback without one generates one.")] = None,
-    no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve beyond loopback without a token: anyone who reaches the port can read every indexed file.")] = False,
-    allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", show_default=False, help="Also answer requests for this host name (repeatable; '*' answers any); added to the comma-separated names in $MMSEARCH_ALLOWED_HOSTS. The server's own address, and localhost on loopback, always work.")] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", metavar="", help="Serve beyond loopback without a token: anyone who reaches the port can read every indexed file.")] = False,
+    allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", metavar="NAME", show_default=False, help="Also answer requests for this host name (repeatable; '*' answers any); added to the comma-separated names in $MMSEARCH_ALLOWED_HOSTS. The server's own address, and localhost on loopback, always work.")] = None,
 ) -> None:
     """Serve the HTTP API and the web page (http://HOST:PORT/) with the model kept loaded."""
     import secrets

@@ -18,7 +18,7 @@ from .base import DeviceOpt, IndexOpt, JsonOpt, ModelOpt, PretrainedOpt, _engine
 from .progress import RichProgress, _QuietProgress
 
 DataArg = Annotated[Path, typer.Argument(help="Captioned dataset: .jsonl, .csv/.tsv, Karpathy dataset_*.json, or a folder of images with same-named .txt captions.", show_default=False)]
-ImageRootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Folder that relative image paths are resolved against \\[default: the dataset file's folder].")]
+ImageRootOpt = Annotated[Optional[Path], typer.Option("--image-root", metavar="DIR", help="Folder that relative image paths are resolved against \\[default: the dataset file's folder].")]
 
 
 def _load_dataset(data: Path, image_root: Path | None, quiet: bool = False):
@@ -53,16 +53,16 @@ def _recall_table(title: str, rows: list[tuple[str, dict | None, dict | None]]) 
 @command("eval")
 def eval_cmd(
     data: DataArg,
-    split: Annotated[Optional[str], typer.Option("--split", "-s", help="Evaluate one split (test, val, train) of a dataset that has them \\[default: test if present, else all].")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", "-s", metavar="SPLIT", help="Evaluate one split (test, val, train) of a dataset that has them \\[default: test if present, else all].")] = None,
     index: IndexOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = None,
     image_root: ImageRootOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images or captions per encoder batch.")] = 64,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Evaluate only the first N images (quick checks).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="N", help="Images or captions per encoder batch.")] = 64,
+    limit: Annotated[Optional[int], typer.Option("--limit", metavar="N", min=1, help="Evaluate only the first N images (quick checks).")] = None,
     as_json: JsonOpt = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
 ) -> None:
     """Text->image and image->text Recall@1/5/10 of a model (the index's, or --model) on a captioned dataset."""
     from ..training.datasets import Dataset
@@ -146,28 +146,28 @@ class _QuietTrain(_QuietProgress):
 @command("train")
 def train_cmd(
     data: DataArg,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for config.json, checkpoint.pt (best), last.pt (resume state), train.json.")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Starting architecture: open_clip name, JSON config, local-dir:PATH or a `mmsearch train` folder \\[default: ViT-B-32].")] = None,
-    pretrained: Annotated[Optional[str], typer.Option("--pretrained", "-p", help="Starting weights: tag, checkpoint file, or 'none' to train from scratch.")] = None,
-    epochs: Annotated[int, typer.Option("--epochs", "-e", min=1)] = 10,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=2, help="Image-caption pairs per step (the contrastive negatives).")] = 64,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate \\[default: 1e-5 fine-tuning, 5e-4 from scratch].")] = None,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", min=0.0, help="AdamW weight decay (not on gains, biases, temperature).")] = 0.1,
-    warmup: Annotated[Optional[int], typer.Option("--warmup", min=0, help="Linear warm-up steps before the cosine decay \\[default: 5% of steps, at most 1000].")] = None,
-    grad_clip: Annotated[float, typer.Option("--grad-clip", min=0.0, help="Clip the gradient norm to this (0: off).")] = 1.0,
-    lock_image: Annotated[bool, typer.Option("--lock-image", help="Freeze the image tower (LiT): train the text side only.")] = False,
-    lock_text: Annotated[bool, typer.Option("--lock-text", help="Freeze the text tower: train the image side only.")] = False,
-    augment: Annotated[bool, typer.Option("--augment", help="Random resized crops of training images (off by default).")] = False,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, help="Images held out for validation when the dataset has no val split \\[default: 0, train on every image].")] = 0.0,
-    keep: Annotated[str, typer.Option("--keep", help="Weights written to checkpoint.pt: 'last' epoch, or 'best' validation recall (needs a val split or --val-fraction).")] = "last",
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision \\[default: on with CUDA].", show_default=False)] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for config.json, checkpoint.pt (best), last.pt (resume state), train.json.")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME", help="Starting architecture: open_clip name, JSON config, local-dir:PATH or a `mmsearch train` folder \\[default: ViT-B-32].")] = None,
+    pretrained: Annotated[Optional[str], typer.Option("--pretrained", "-p", metavar="WEIGHTS", help="Starting weights: tag, checkpoint file, or 'none' to train from scratch.")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", "-e", metavar="N", min=1)] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", metavar="N", min=2, help="Image-caption pairs per step (the contrastive negatives).")] = 64,
+    lr: Annotated[Optional[float], typer.Option("--lr", metavar="RATE", help="Peak learning rate \\[default: 1e-5 fine-tuning, 5e-4 from scratch].")] = None,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", metavar="DECAY", min=0.0, help="AdamW weight decay (not on gains, biases, temperature).")] = 0.1,
+    warmup: Annotated[Optional[int], typer.Option("--warmup", metavar="STEPS", min=0, help="Linear warm-up steps before the cosine decay \\[default: 5% of steps, at most 1000].")] = None,
+    grad_clip: Annotated[float, typer.Option("--grad-clip", metavar="NORM", min=0.0, help="Clip the gradient norm to this (0: off).")] = 1.0,
+    lock_image: Annotated[bool, typer.Option("--lock-image", metavar="", help="Freeze the image tower (LiT): train the text side only.")] = False,
+    lock_text: Annotated[bool, typer.Option("--lock-text", metavar="", help="Freeze the text tower: train the image side only.")] = False,
+    augment: Annotated[bool, typer.Option("--augment", metavar="", help="Random resized crops of training images (off by default).")] = False,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", metavar="FRACTION", min=0.0, max=0.9, help="Images held out for validation when the dataset has no val split \\[default: 0, train on every image].")] = 0.0,
+    keep: Annotated[str, typer.Option("--keep", metavar="last|best", help="Weights written to checkpoint.pt: 'last' epoch, or 'best' validation recall (needs a val split or --val-fraction).")] = "last",
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", metavar="", help="Mixed precision \\[default: on with CUDA].", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", metavar="N")] = 0,
     device: DeviceOpt = None,
     image_root: ImageRootOpt = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run saved in --out (its options are kept).")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous run in --out.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", metavar="", help="Continue the interrupted run saved in --out (its options are kept).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace a previous run in --out.")] = False,
     as_json: JsonOpt = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
 ) -> None:
     """Fine-tune (or train from scratch) the dual encoder on captioned images; index with --model OUT afterwards."""
     from ..training.train import TrainOptions, train
