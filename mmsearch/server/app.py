@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from .clip_back import router as clip_back_router
 from .docs import add_docs
 from .responses import add_error_handlers
 from .routes import PAGE_HEADERS, ServerState, router
@@ -90,6 +91,7 @@ def create_app(
     app.state.docs = add_docs(app, title, PAGE_HEADERS)
     add_error_handlers(app)
     app.include_router(router)
+    app.include_router(clip_back_router)  # clip-retrieval's back-end API (/knn-service, ...)
     app.mount("/static", StaticFiles(directory=static_dir), name="static")
     if token:
         _document_bearer(app)
