@@ -217,3 +217,24 @@ def test_metadata_refuses_bad_ids_and_unknown_ids_get_empty_metadata(served):
     assert bad.status_code == 422 and "ids must be a list of integer item ids" in bad.json()["detail"]
     unknown = httpx.post(f"{url}/metadata", content=b'{"ids":[999999],"indice_name":"photos-index"}')
     assert unknown.content == b'[{"id": 999999, "metadata": {}}]\n'
+
+
+def test_cors_only_for_origins_named(served, cli):
+    """clip-retrieval's front end served from another origin needs CORS to read the answers:
+    given only for origins named with --cors-origin (any page could read the library otherwise)."""
+    from mmsearch.server import ServerThread, create_app
+
+    _, index, _ = served
+    body = b'{"text":"a cat","modality":"image","num_images":1,"indice_name":"photos-index"}'
+    front = "https://rom1504.github.io"
+    with Engine(index) as engine:
+        with ServerThread(create_app(engine, preload=False)) as plain:
+            answer = httpx.post(f"{plain.url}/knn-service", content=body, headers={"Origin": front})
+            assert answer.status_code == 200 and "access-control-allow-origin" not in answer.headers
+        with ServerThread(create_app(engine, preload=False, cors_origins=[front + "/"])) as server:
+            answer = httpx.post(f"{server.url}/knn-service", content=body, headers={"Origin": front})
+            assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == front
+            other = httpx.post(f"{server.url}/knn-service", content=body, headers={"Origin": "https://evil.example"})
+            assert "access-control-allow-origin" not in other.headers
+    refused = cli("serve", "--cors-origin", "rom1504.github.io/clip", ok=False)
+    assert refused.exit_code == 2 and "--cors-origin 'rom1504.github.io/clip': give an origin" in refused.stderr
