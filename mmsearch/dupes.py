@@ -237,14 +237,17 @@ def scan(reader: Any, dim: int, modalities: Sequence[str], threshold: float, pro
     from .storage.store import vectors_from_blobs
 
     found: list[DuplicateGroup] = []
+    counts = reader.modality_counts()
     for modality in modalities:
         ids: list[int] = []
         blobs: list[bytes] = []
+        progress.start("reading", counts.get(modality, 0))
         for rows in reader.embedding_chunks(modality=modality):
             for item_id, blob in rows:
                 if len(blob) == dim * 4:
                     ids.append(item_id)
                     blobs.append(blob)
+            progress.advance(len(rows))
         vectors = vectors_from_blobs(blobs, dim)
         del blobs
         state = {"started": False, "done": 0}
