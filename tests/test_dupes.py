@@ -140,3 +140,23 @@ def test_query_dedup_collapses_copies_and_still_returns_k_hits(photos, cli):
     doc = json.loads(cli("query", query, "-i", index, "-k", 2, "--type", "image", "--include-self", "--dedup",
                          "--json").stdout)
     assert 1 <= len(doc["hits"]) <= 2 and "duplicates" in doc["hits"][0]
+
+
+def test_dupes_json_is_utf8_with_exact_names_for_odd_bytes(tmp_path, tiny_model):
+    """A file name that is not UTF-8 comes out readable in `path` and exact in `path_bytes`."""
+    import base64
+
+    from conftest import make_image
+
+    root = tmp_path / "odd"
+    make_image(root / "plain.png", seed=3)
+    odd = os.fsencode(str(root)) + b"/caf\xe9.png"
+    shutil.copyfile(root / "plain.png", os.fsdecode(odd))
+    index = tmp_path / "idx"
+    assert run("index", root, "-i", index, *tiny_model.args, "-q").returncode == 0
+    done = run("dupes", "-i", index, "--threshold", 0.999, "--json")
+    assert done.returncode == 0, done.stderr
+    group = json.loads(done.stdout.decode("utf-8"))["groups"][0]
+    names = {base64.b64decode(m["path_bytes"]) if "path_bytes" in m else os.fsencode(m["path"])
+             for m in [group["keeper"], *group["others"]]}
+    assert names == {odd, os.fsencode(str(root / "plain.png"))}
