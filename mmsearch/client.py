@@ -11,7 +11,7 @@
         client.get(hits[0].id)                             # one item's metadata
 
 It has the Engine's method names and filters (``search``, ``similar``, ``get``, ``info``, with
-``k``, ``type``, ``min_score``, ``under``) and returns the same ``Hit``/``Item`` types, with the
+``k``, ``type``, ``min_score``, ``under``, ``dedup``) and returns the same ``Hit``/``Item`` types, with the
 server's URLs filled in (``thumbnail_url``, ``file_url``, ``similar_url``).
 
 Errors the server reports become ``ServerError`` (with ``status`` and the server's message).
@@ -88,12 +88,17 @@ class Client:
         return Hits([_item(h, Hit) for h in answer["hits"]], why_empty=answer.get("why_empty"))
 
     @staticmethod
-    def _options(k: int, type: str, min_score: float | None, under: str | os.PathLike | None) -> dict[str, Any]:
+    def _options(k: int, type: str, min_score: float | None, under: str | os.PathLike | None,
+                 dedup: bool | float = False) -> dict[str, Any]:
         params: dict[str, Any] = {"k": k, "type": type}
         if min_score is not None:
             params["min_score"] = min_score
         if under is not None:
             params["under"] = os.fspath(under)
+        if dedup is True:
+            params["dedup"] = "true"
+        elif dedup is not False and dedup is not None:
+            params["dedup_threshold"] = dedup
         return params
 
     # -- status ------------------------------------------------------------------------------
@@ -114,6 +119,7 @@ class Client:
         min_score: float | None = None,
         under: str | os.PathLike | None = None,
         include_query: bool = False,
+        dedup: bool | float = False,
     ) -> Hits:
         """Search with a text, CLI-style terms (``"2:beach + ./dog.jpg"``) or ``QueryTerm`` objects.
 
@@ -123,7 +129,7 @@ class Client:
         """
         terms = self._terms(query)
         if len(terms) == 1 and terms[0].kind == TEXT and terms[0].weight > 0:
-            params = {"q": terms[0].value, **self._options(k, type, min_score, under)}
+            params = {"q": terms[0].value, **self._options(k, type, min_score, under, dedup)}
             return self._hits(self._request("GET", "/api/search", params=params))
         spec: list[dict[str, Any]] = []
         uploads: list[tuple[str, tuple[str, bytes, str]]] = []
@@ -134,28 +140,31 @@ class Client:
                 uploads.append(("images", (name, data, "application/octet-stream")))
             else:
                 spec.append({"kind": term.kind, "value": term.value, "weight": term.weight})
-        return self._post_search(spec, uploads, k, type, min_score, under, include_query)
+        return self._post_search(spec, uploads, k, type, min_score, under, include_query, dedup)
 
     def search_image(
         self, image: str | os.PathLike | bytes, *, k: int = 10, type: str = "all",
         min_score: float | None = None, under: str | os.PathLike | None = None, include_query: bool = False,
-        filename: str = "upload",
+        filename: str = "upload", dedup: bool | float = False,
     ) -> Hits:
         """Search by an image: a local file path or the encoded image bytes."""
         name, data = _image_bytes(image, filename)
         return self._post_search([{"kind": IMAGE, "upload": 0, "weight": 1.0}],
                                  [("images", (name, data, "application/octet-stream"))],
-                                 k, type, min_score, under, include_query)
+                                 k, type, min_score, under, include_query, dedup)
 
     def similar(self, item_id: int, *, k: int = 10, type: str = "all", min_score: float | None = None,
-                under: str | os.PathLike | None = None, include_self: bool = False) -> Hits:
+                under: str | os.PathLike | None = None, include_self: bool = False,
+                dedup: bool | float = False) -> Hits:
         """'More like this': the items nearest to indexed item ``item_id``."""
-        params = {**self._options(k, type, min_score, under), "include_self": include_self}
+        params = {**self._options(k, type, min_score, under, dedup), "include_self": include_self}
         return self._hits(self._request("GET", f"/api/items/{int(item_id)}/similar", params=params))
 
     def _post_search(self, spec: list[dict[str, Any]], uploads: list, k: int, type: str,
-                     min_score: float | None, under: str | os.PathLike | None, include_query: bool) -> Hits:
-        data = {"terms": json.dumps(spec), **self._options(k, type, min_score, under), "include_query": include_query}
+                     min_score: float | None, under: str | os.PathLike | None, include_query: bool,
+                     dedup: bool | float = False) -> Hits:
+        data = {"terms": json.dumps(spec), **self._options(k, type, min_score, under, dedup),
+                "include_query": include_query}
         data = {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in data.items()}
         return self._hits(self._request("POST", "/api/search", data=data, files=uploads or None))
 

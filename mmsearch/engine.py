@@ -15,6 +15,7 @@ writer lock. ``mmsearch.client.Client`` offers the same methods over HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import dupes
 from .encoders import ModelSpec, TorchEncoder, random_weights_note
 from .encoders import onnx_text
 from .errors import ModelMismatchError, OnnxTextUnavailable, PathNotFoundError, QueryError
@@ -35,6 +37,7 @@ from .media import BadInput
 from .query import IMAGE, ITEM, TEXT, TYPES, Hit, Hits, Item, QueryTerm, combine, parse_query, query_image_paths
 from .settings import Settings
 from .storage import CHOICES, IndexStore, ItemRow, VectorSettings, writer_lock
+from .storage.store import vectors_from_blobs
 from .errors import IndexTypeError
 
 QueryInput = str | Path | QueryTerm | Sequence[str | Path | QueryTerm]
@@ -381,6 +384,7 @@ class Engine:
         under: str | Path | None = None,
         include_query: bool = False,
         force: str | None = None,
+        dedup: bool | float = False,
     ) -> Hits:
         """Ranked hits for ``query``: a text, an image path, a ``QueryTerm`` (texts, images as
         paths, bytes or PIL images, item ids), or a list of them.
@@ -388,8 +392,12 @@ class Engine:
         Strings are parsed like the CLI (``"2:beach + ./dog.jpg - people"``). ``type``
         restricts hits to 'image' or 'text'; ``min_score`` drops weaker hits; ``under`` keeps
         hits below a folder. Images and items used as the query are left out of its results
-        unless ``include_query``.
+        unless ``include_query``. ``dedup`` collapses near-duplicate hits (True: at
+        ``dupes.DEFAULT_THRESHOLD``; a number: at that cosine similarity): the best-ranked of each
+        group stays and lists the others' ids in ``duplicates``; k hits are still returned while
+        the index holds enough.
         """
+        dupes.dedup_threshold(dedup)  # a bad value fails before the model loads
         _check_search_options(type, k, min_score)
         self.store.raise_if_never_indexed()  # before the model is loaded
         self._refresh()
@@ -401,13 +409,14 @@ class Engine:
         if not include_query:
             exclude = set(query_image_paths(terms))
             exclude.update(int(term.value) for term in terms if term.kind == ITEM)
-        return self.search_vector(vector, k=k, type=type, min_score=min_score, under=under, exclude=exclude)
+        return self.search_vector(vector, k=k, type=type, min_score=min_score, under=under, exclude=exclude,
+                                  dedup=dedup)
 
     def similar(self, item_id: int, *, k: int = 10, type: str = "all", min_score: float | None = None,
-                under: str | Path | None = None, include_self: bool = False) -> Hits:
+                under: str | Path | None = None, include_self: bool = False, dedup: bool | float = False) -> Hits:
         """'More like this': the items nearest to indexed item ``item_id``."""
         return self.search(QueryTerm(ITEM, str(int(item_id))), k=k, type=type, min_score=min_score, under=under,
-                           include_query=include_self)
+                           include_query=include_self, dedup=dedup)
 
     def search_vector(
         self,
@@ -418,14 +427,19 @@ class Engine:
         min_score: float | None = None,
         under: str | Path | None = None,
         exclude: set[Any] = frozenset(),
+        dedup: bool | float = False,
     ) -> Hits:
         """Ranked hits for a query vector already in this index's space.
 
         ``under`` keeps hits inside a folder, named as the user sees it: through a symlink, or
         by the real path of a root that was indexed through one. When nothing is found,
-        ``why_empty`` of the result says why.
+        ``why_empty`` of the result says why. ``dedup``: see ``search``.
         """
         _check_search_options(type, k, min_score)
+        threshold = dupes.dedup_threshold(dedup)
+        if threshold is not None:
+            return self._deduplicated(vector, k, threshold, type=type, min_score=min_score, under=under,
+                                      exclude=exclude)
         self._refresh()
         vector = np.asarray(vector, np.float32).reshape(-1)
         store = self.store
@@ -467,6 +481,42 @@ class Engine:
                         hits.why_empty = _why_empty(snap.reader, total, type, under, prefixes, min_score, below)
                     return hits
                 fetch = min(total, fetch * 4)
+
+    def _deduplicated(self, vector: np.ndarray, k: int, threshold: float, **options: Any) -> Hits:
+        """The best ``k`` hits after collapsing near-duplicates: fetch more until ``k`` groups
+        are found or nothing is left."""
+        fetch = k * 2
+        while True:
+            hits = self.search_vector(vector, k=fetch, **options)
+            with self.store.read() as r:
+                blobs = dict(r.embeddings([h.id for h in hits]))
+            present = [h for h in hits if len(blobs.get(h.id, b"")) == self.store.dim * 4]
+            vectors = vectors_from_blobs([blobs[h.id] for h in present], self.store.dim)
+            groups = dupes.collapse(vectors, threshold)
+            if len(groups) >= k or len(hits) < fetch:
+                kept = Hits(why_empty=hits.why_empty)
+                for group in groups[:k]:
+                    first = present[group[0]]
+                    kept.append(dataclasses.replace(first, rank=len(kept) + 1,
+                                                    duplicates=[present[i].id for i in group[1:]]))
+                return kept
+            fetch *= 4
+
+    def duplicates(self, *, threshold: float | None = None, type: str = "all",
+                   progress: Progress | None = None) -> list[dupes.DuplicateGroup]:
+        """Groups of near-duplicate items (cosine similarity at least ``threshold``, default
+        ``dupes.DEFAULT_THRESHOLD``; chains join: a~b and b~c make one group), of one modality
+        each (``type``: 'image', 'text' or 'all'). Each group's ``keeper`` is the item with the
+        largest resolution, then the oldest file, then the lowest id; ``others`` carry their
+        similarity to it. Largest groups first. ``progress`` receives the scan's progress."""
+        threshold = dupes.DEFAULT_THRESHOLD if threshold is None else dupes.check_threshold(threshold)
+        _check_search_options(type, 1, None)
+        self.store.raise_if_never_indexed()
+        self._refresh()
+        with self.store.read() as r:
+            modalities = sorted(r.modality_counts()) if type == "all" else [type]
+            groups = dupes.scan(r, self.store.dim, modalities, threshold, progress or NullProgress())
+        return [dupes.DuplicateGroup(_item(g.keeper), [_item(o) for o in g.others], g.similarity) for g in groups]
 
     def _under_prefixes(self, under: str | Path) -> list[str]:
         """Stored-path prefixes for the folder ``under``: as given, and as found under each root

@@ -93,10 +93,14 @@ class Hit(Item):
 
     rank: int
     score: float
+    # With ``dedup``: ids of the near-duplicates of this hit that were left out of the results.
+    duplicates: list[int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = {"rank": self.rank, "score": round(float(self.score), 6)}
-        data.update({k: v for k, v in super().as_dict().items() if k not in ("rank", "score")})
+        data.update({k: v for k, v in super().as_dict().items() if k not in ("rank", "score", "duplicates")})
+        if self.duplicates is not None:
+            data["duplicates"] = list(self.duplicates)
         return data
 
 

@@ -74,6 +74,23 @@ def test_both_ways_give_the_same_answers(indexed):
             assert [h.score for h in theirs] == pytest.approx([h.score for h in mine], abs=1e-6), query
 
 
+def test_dedup_gives_the_same_answers_both_ways(indexed):
+    """--dedup through the Engine and through the HTTP API (GET text search, POST image search,
+    similar): the same kept hits, ranks and collapsed ids."""
+    index, root = indexed
+    with Engine(index) as engine, ServerThread(create_app(engine, preload=False)) as server, Client(server.url) as client:
+        item = engine.search("a dog", k=1)[0].id
+        for call, args, options in (("search", ("a dog",), {"k": 3, "dedup": True}),
+                                    ("search", ("a dog",), {"k": 3, "type": "image", "dedup": 0.5}),
+                                    ("search", (str(root / "a.jpg"),), {"k": 2, "dedup": 0.8, "include_query": True}),
+                                    ("similar", (item,), {"k": 2, "dedup": 0.6})):
+            mine, theirs = getattr(engine, call)(*args, **options), getattr(client, call)(*args, **options)
+            assert [(h.id, h.rank, h.duplicates) for h in mine] == [(h.id, h.rank, h.duplicates) for h in theirs], options
+            assert all(isinstance(h.duplicates, list) for h in theirs)
+        bad = client._http.get("/api/search", params={"q": "a dog", "dedup_threshold": 1.5})
+        assert bad.status_code == 422 and "dedup_threshold" in bad.json()["detail"]
+
+
 def test_searches_run_in_parallel(indexed):
     """A search holding its snapshot does not stop another from searching (the old engine held
     one lock across the vector search and the row fetch, so searches ran one at a time)."""

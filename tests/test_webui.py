@@ -249,6 +249,31 @@ def test_the_search_lives_in_the_address(server, browser):
         page.close()
 
 
+def test_hide_near_duplicates_checkbox(server, browser):
+    """The checkbox asks the API for dedup, lives in the address, and hidden copies show as +N."""
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    try:
+        page.goto(url + "/")
+        page.fill("#q", CAPTIONS[0])
+        page.keyboard.press("Enter")
+        status_has(page, f"results for “{CAPTIONS[0]}”")
+        plain = result_ids(page)
+        with page.expect_response(lambda r: "/api/search" in r.url and "dedup=true" in r.url) as answer:
+            page.check("#dedup")
+        hits = answer.value.json()["hits"]
+        assert parse_qs(urlsplit(page.url).query)["dedup"] == ["true"]
+        page.wait_for_function("n => document.querySelectorAll('#results li').length === n", arg=len(hits))
+        assert result_ids(page) == [str(h["id"]) for h in hits] and set(result_ids(page)) <= set(plain) | {
+            str(d) for h in hits for d in h["duplicates"]}
+        assert page.locator("#results .dupes").count() == sum(1 for h in hits if h["duplicates"])
+        page.goto(f"{url}/?q={quote(CAPTIONS[0])}&dedup=true")
+        status_has(page, f"results for “{CAPTIONS[0]}”")
+        assert page.locator("#dedup").is_checked()
+    finally:
+        page.close()
+
+
 def test_file_names_that_are_not_utf8_show_readably(server, browser):
     url, root = server
     page = browser.new_page(viewport={"width": 1200, "height": 900})

@@ -66,6 +66,7 @@ def query_cmd(
     image: Annotated[bool, typer.Option("--image", metavar="", help="Treat every term as an image path.")] = False,
     text: Annotated[bool, typer.Option("--text", metavar="", help="Treat every term as text, even if it names a file.")] = False,
     include_self: Annotated[bool, typer.Option("--include-self", metavar="", help="Let a query image appear in its own results.")] = False,
+    dedup: Annotated[bool, typer.Option("--dedup", metavar="", help="Collapse near-duplicate results (see `mmsearch dupes`): the best-ranked of each group stays.")] = False,
     as_json: JsonOpt = False,
     paths: Annotated[bool, typer.Option("--paths", metavar="", help="Print matching paths only, one per line (control characters and undecodable bytes escaped; use -0 for exact names).")] = False,
     print0: Annotated[bool, typer.Option("--print0", "-0", metavar="", help="Print matching paths exactly as they are on disk, each followed by a NUL byte (for xargs -0).")] = False,
@@ -96,7 +97,7 @@ def query_cmd(
     with _engine(index, model, pretrained, device, text_encoder=preloaded) as engine:
         hits = engine.search(
             terms, k=top, type=type, min_score=min_score, under=under,
-            include_query=include_self, force="image" if image else "text" if text else None,
+            include_query=include_self, force="image" if image else "text" if text else None, dedup=dedup,
         )
     if as_json:
         doc = {"query": [printable_path(t) for t in terms], "hits": [h.as_dict() for h in hits]}
@@ -134,8 +135,52 @@ def _print_hits(hits) -> None:
     table.add_column("text", overflow="fold")
     for hit in hits:
         where = display_path(hit.path) + (f":{hit.locator}" if hit.locator else "")
+        if hit.duplicates:
+            where += f"  (+{len(hit.duplicates)} near-duplicate{'s' if len(hit.duplicates) > 1 else ''})"
         table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.modality, Text(where), Text(terminal_safe(_snippet(hit.text))))
     out.print(table)
+
+
+@command("dupes")
+def dupes_cmd(
+    index: IndexOpt = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", metavar="SIMILARITY", show_default=False, help="Cosine similarity at or above which two items are near-duplicates, in (0, 1] \\[default: 0.97].")] = None,
+    type: Annotated[str, typer.Option("--type", "-t", metavar="TYPE", help="Items compared: image, text or all (never across types).")] = "all",
+    as_json: JsonOpt = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
+) -> None:
+    """List groups of near-duplicate items (re-encoded, resized, slightly cropped copies), each with the one to keep."""
+    from ..dupes import check_threshold
+
+    if threshold is not None:
+        check_threshold(threshold, "--threshold")
+    if type not in TYPE_CHOICES:
+        raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPE_CHOICES)}")
+    with _engine(index) as engine:
+        progress = _QuietProgress(err) if quiet or as_json else RichProgress(err)
+        with progress:
+            groups = engine.duplicates(threshold=threshold, type=type, progress=progress)
+    if as_json:
+        from ..dupes import DEFAULT_THRESHOLD
+
+        write_json({"threshold": threshold if threshold is not None else DEFAULT_THRESHOLD,
+                    "groups": [g.as_dict() for g in groups],
+                    "duplicates": sum(len(g.others) for g in groups)})
+        return
+    if not groups:
+        err.print(Text("no near-duplicates found"))
+        return
+    table = Table(show_edge=False, header_style="bold")
+    for name, justify in (("group", "right"), ("", "left"), ("similarity", "right"), ("size", "right"), ("path", "left")):
+        table.add_column(name, justify=justify, overflow="fold" if name == "path" else None)
+    for number, group in enumerate(groups, 1):
+        for n, (item, sim) in enumerate(zip(group.items, [None, *group.similarity])):
+            where = display_path(item.path) + (f":{item.locator}" if item.locator else "")
+            size = f"{item.width}x{item.height}" if item.width and item.height else ""
+            table.add_row(str(number) if n == 0 else "", "keep" if n == 0 else "dupe",
+                          "" if sim is None else f"{sim:.4f}", size, Text(where))
+    out.print(table)
+    out.print(Text(f"{len(groups)} group(s), {sum(len(g.others) for g in groups)} near-duplicate(s) besides the keepers"))
 
 
 @command("info")

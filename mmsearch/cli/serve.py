@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Optional
 
 import typer
@@ -19,6 +20,7 @@ def serve_cmd(
     log_level: Annotated[str, typer.Option("--log-level", metavar="LEVEL", help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
     token: Annotated[Optional[str], typer.Option("--token", metavar="TOKEN", show_default=False, help="Require this bearer token on API requests ('Authorization: Bearer ...'; the page takes it once from /#token=...) \\[default: $MMSEARCH_TOKEN]. Binding beyond loopback without one generates one.")] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", metavar="", help="Serve beyond loopback without a token: anyone who reaches the port can read every indexed file.")] = False,
+    cors_origin: Annotated[Optional[list[str]], typer.Option("--cors-origin", metavar="ORIGIN", show_default=False, help="Let pages from this web origin (e.g. https://rom1504.github.io for clip-retrieval's front end) read the answers (repeatable); any page of it can then search the library.")] = None,
     allow_host: Annotated[Optional[list[str]], typer.Option("--allow-host", metavar="NAME", show_default=False, help="Also answer requests for this host name (repeatable; '*' answers any); added to the comma-separated names in $MMSEARCH_ALLOWED_HOSTS. The server's own address, and localhost on loopback, always work.")] = None,
 ) -> None:
     """Serve the HTTP API and the web page (http://HOST:PORT/) with the model kept loaded."""
@@ -45,6 +47,9 @@ def serve_cmd(
         hosts = sorted(normalise_hosts([*(allow_host or ()), ",".join(settings.allowed_hosts)]))
     except ValueError as exc:
         usage(f"--allow-host or MMSEARCH_ALLOWED_HOSTS: {exc}")
+    for origin in cors_origin or ():
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+/?", origin):
+            usage(f"--cors-origin {origin!r}: give an origin such as https://example.org (scheme and host, no path)")
     loopback = is_loopback_host(host)
     generated = not loopback and not token and not no_auth
     if generated:
@@ -67,4 +72,4 @@ def serve_cmd(
 
     serve(index, host=host, port=port, device=device, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
           log_level=log_level, token=token, allowed_hosts=hosts, require_auth=not no_auth, on_ready=ready,
-          settings=settings)
+          settings=settings, cors_origins=cors_origin or ())

@@ -24,6 +24,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from .clip_back import router as clip_back_router
 from .docs import add_docs
 from .responses import add_error_handlers
 from .routes import PAGE_HEADERS, ServerState, router
@@ -45,6 +46,7 @@ def create_app(
     allowed_hosts: Iterable[str] = (),
     upload_limits: UploadLimits | None = None,
     thumbnail_cache_bytes: int = DEFAULT_CACHE_BYTES,
+    cors_origins: Iterable[str] = (),
 ) -> FastAPI:
     """A FastAPI app serving ``engine`` (an ``mmsearch.Engine``); the caller keeps ownership of it.
 
@@ -54,7 +56,9 @@ def create_app(
     session cookie). ``allowed_hosts``: host names accepted in the Host header besides the
     server's own address and, on loopback, ``localhost`` (``"*"`` accepts any); e.g.
     ``["testserver"]`` for Starlette's TestClient. ``thumbnail_cache_bytes`` bounds the
-    thumbnail cache in ``<index>/.thumbs``.
+    thumbnail cache in ``<index>/.thumbs``. ``cors_origins``: web origins (``https://host``) whose
+    pages may read the answers (CORS), e.g. clip-retrieval's front end served elsewhere; none by
+    default, as any web page could otherwise read the library through a visitor's browser.
     """
     limits = upload_limits or UploadLimits(max_bytes=max_upload_bytes)
     slots = threading.BoundedSemaphore(DECODE_SLOTS)
@@ -86,10 +90,17 @@ def create_app(
     if token:
         app.add_middleware(TokenGuard, token=token)
     app.add_middleware(HostGuard, allowed=normalise_hosts(allowed_hosts))
+    origins = [o.rstrip("/") for o in cors_origins]
+    if origins:  # outermost: browsers' preflights carry no token, and refusals need the header too
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
     app.state.auth_required = bool(token)
     app.state.docs = add_docs(app, title, PAGE_HEADERS)
     add_error_handlers(app)
     app.include_router(router)
+    app.include_router(clip_back_router)  # clip-retrieval's back-end API (/knn-service, ...)
     app.mount("/static", StaticFiles(directory=static_dir), name="static")
     if token:
         _document_bearer(app)

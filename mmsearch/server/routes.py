@@ -22,7 +22,7 @@ from .files import MAX_THUMBNAIL_SOURCE_BYTES, file_response, open_item_file
 from .responses import json_safe, text_safe
 from .schemas import MAX_K, MAX_TEXT_CHARS, MAX_UPLOADS, HealthOut, ItemOut, Modality, SearchOut, search_body_openapi
 from .thumbs import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, SourceKey, ThumbnailCache, fit_size
-from .uploads import SearchRequest, UploadDecoder, UploadLimits, from_form, from_json
+from .uploads import SearchRequest, UploadDecoder, UploadLimits, dedup_option, from_form, from_json
 
 PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -33,6 +33,8 @@ PAGE_HEADERS = {
 }
 
 UNDER = Query(None, max_length=4096, description="Only hits inside this folder (a path on the server)")
+DEDUP = Query(False, description="Collapse near-duplicate hits (the best-ranked of each group stays)")
+DEDUP_THRESHOLD = Query(None, gt=0, le=1, description="Cosine similarity for dedup (implies dedup) [default: 0.97]")
 
 
 @dataclass
@@ -135,12 +137,15 @@ def search_text(
     type: Modality = Query("all", description="Result type"),
     min_score: float | None = Query(None, ge=-1.0, le=1.0, description="Leave out hits scoring below this cosine similarity"),
     under: str | None = UNDER,
+    dedup: bool = DEDUP,
+    dedup_threshold: float | None = DEDUP_THRESHOLD,
 ) -> dict[str, Any]:
     """Search by text. The text is never read as a file path."""
     started = time.perf_counter()
     if not q.strip():
         raise HTTPException(422, "q: empty text")
-    hits = server(request).engine.search(QueryTerm(TEXT, q), k=k, type=type, min_score=min_score, under=under or None)
+    hits = server(request).engine.search(QueryTerm(TEXT, q), k=k, type=type, min_score=min_score, under=under or None,
+                                         dedup=dedup_option(dedup, dedup_threshold))
     return respond(request, started, [{"kind": TEXT, "value": q, "weight": 1.0}], hits, k, type, min_score)
 
 
@@ -154,12 +159,14 @@ def similar(
     min_score: float | None = Query(None, ge=-1.0, le=1.0),
     include_self: bool = Query(False, description="Let the item appear in its own results"),
     under: str | None = UNDER,
+    dedup: bool = DEDUP,
+    dedup_threshold: float | None = DEDUP_THRESHOLD,
 ) -> dict[str, Any]:
     """'More like this': items nearest to an indexed item."""
     started = time.perf_counter()
     number = find(request, item_id).id
     hits = server(request).engine.similar(number, k=k, type=type, min_score=min_score, include_self=include_self,
-                                          under=under or None)
+                                          under=under or None, dedup=dedup_option(dedup, dedup_threshold))
     return respond(request, started, [{"kind": ITEM, "value": number, "weight": 1.0}], hits, k, type, min_score)
 
 
@@ -208,7 +215,7 @@ def run_search(request: Request, started: float, parsed: SearchRequest) -> dict[
             described.append({"kind": IMAGE, "upload": term.upload, "filename": parsed.uploads[term.upload].name,
                               "weight": term.weight})
     hits = state.engine.search(terms, k=parsed.k, type=parsed.type, min_score=parsed.min_score,
-                               include_query=parsed.include_query, under=parsed.under or None)
+                               include_query=parsed.include_query, under=parsed.under or None, dedup=parsed.dedup)
     return respond(request, started, described, hits, parsed.k, parsed.type, parsed.min_score)
 
 

@@ -61,6 +61,7 @@ def serve(
     require_auth: bool = True,
     on_ready: Callable[[str], None] | None = None,
     settings: Any = None,
+    cors_origins: Iterable[str] = (),
 ) -> None:
     """Open the index, load its model and serve the API and web page until interrupted.
 
@@ -84,7 +85,8 @@ def serve(
         hosts.append(host)  # a name or address given to bind to is how clients reach the server
     with Engine(index, device=device, settings=settings) as engine:
         engine.info()  # fail now, with a one-line error, when the index does not exist
-        app = create_app(engine, max_upload_bytes=max_upload_bytes, token=token, allowed_hosts=hosts)
+        app = create_app(engine, max_upload_bytes=max_upload_bytes, token=token, allowed_hosts=hosts,
+                         cors_origins=cors_origins)
         sock = listening_socket(host, port)
         try:
             if on_ready is not None:

@@ -37,6 +37,7 @@ class HitOut(ItemOut):
 
     rank: int
     score: float
+    duplicates: list[int] | None = Field(None, description="With dedup: ids of this hit's near-duplicates left out")
 
 
 class SearchOut(BaseModel):
@@ -88,6 +89,9 @@ class SearchIn(BaseModel):
     min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Leave out hits scoring below this cosine similarity")
     include_query: bool = Field(False, description="Let query items appear in the results")
     under: str | None = Field(None, max_length=4096, description="Only hits inside this folder (a path on the server)")
+    dedup: bool = Field(False, description="Collapse near-duplicate hits (the best-ranked of each group stays)")
+    dedup_threshold: float | None = Field(None, gt=0, le=1, description="Cosine similarity for dedup (implies dedup) "
+                                                                        "[default: 0.97]")
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
@@ -121,6 +125,8 @@ def search_body_openapi() -> dict[str, Any]:
         "type": {"type": "string", "enum": ["all", "image", "text"], "default": "all"},
         "min_score": {"type": "number", "minimum": -1, "maximum": 1},
         "include_query": {"type": "boolean", "default": False},
+        "dedup": {"type": "boolean", "default": False},
+        "dedup_threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
     }
     return {
         "requestBody": {

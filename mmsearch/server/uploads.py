@@ -105,6 +105,7 @@ class SearchRequest:
     min_score: float | None
     include_query: bool
     under: str | None = None
+    dedup: bool | float = False  # as Engine.search's
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def from_form(form: FormData, max_bytes: int) -> SearchRequest:
     """A multipart (or url-encoded) form: fields as in ``SearchIn``, ``terms`` as a JSON string,
     files in ``images``."""
     fields: dict[str, Any] = {}
-    for key in ("q", "item", "k", "type", "min_score", "include_query", "under"):
+    for key in ("q", "item", "k", "type", "min_score", "include_query", "under", "dedup", "dedup_threshold"):
         value = form.get(key)
         if isinstance(value, UploadFile):
             raise HTTPException(422, f"{key}: a form field, not a file")
@@ -228,7 +229,12 @@ def _checked(options: SearchIn, terms: list[TermIn] | None, uploads: list[Upload
     if not any(t.weight > 0 for t in checked):
         raise HTTPException(422, "query needs at least one term with a positive weight")
     return SearchRequest(checked, uploads, options.k, options.type, options.min_score, options.include_query,
-                         options.under)
+                         options.under, dedup_option(options.dedup, options.dedup_threshold))
+
+
+def dedup_option(dedup: bool, threshold: float | None) -> bool | float:
+    """Engine.search's ``dedup`` from the API's two fields (a threshold implies dedup)."""
+    return threshold if threshold is not None else dedup
 
 
 class UploadDecoder:

@@ -17,6 +17,7 @@ function options() {
   params.set("type", form.querySelector("input[name=type]:checked").value);
   const minScore = $("min-score").value.trim();
   if (minScore !== "") params.set("min_score", minScore);
+  if ($("dedup").checked) params.set("dedup", "true");
   return params;
 }
 
@@ -67,6 +68,7 @@ function fromAddress() {
   const k = params.get("k");
   if (k && [...$("k").options].some((o) => o.value === k)) $("k").value = k;
   $("min-score").value = params.get("min_score") || "";
+  $("dedup").checked = params.get("dedup") === "true";
   const item = params.get("item"), text = params.get("q");
   clearImage();
   if (item && /^\d{1,18}$/.test(item)) {
@@ -185,6 +187,13 @@ function render(hits) {
     open.textContent = "Open";
     open.setAttribute("aria-label", `Open ${basename(hit.path)}`);
     meta.append(score, kind, open);
+    if (hit.duplicates && hit.duplicates.length) {
+      const more = document.createElement("span");
+      more.className = "dupes";
+      more.textContent = `+${hit.duplicates.length}`;
+      more.title = `${hit.duplicates.length} near-duplicate(s) hidden`;
+      meta.append(more);
+    }
 
     const name = document.createElement("div");
     name.className = "name";
@@ -255,7 +264,7 @@ form.addEventListener("submit", (event) => {
   if (!text && !state.image) { setStatus("Type something or add an image."); return; }
   run({ kind: "search", text, image: state.image });
 });
-for (const control of form.querySelectorAll("input[name=type], #k, #min-score")) {
+for (const control of form.querySelectorAll("input[name=type], #k, #min-score, #dedup")) {
   control.addEventListener("change", () => { if (state.last) run(state.last, "replace"); });
 }
 window.addEventListener("popstate", fromAddress);

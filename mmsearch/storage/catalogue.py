@@ -208,13 +208,15 @@ class Reader:
                 select(Embedding.item_id, Embedding.vector).where(Embedding.item_id.in_(ids[start:start + IN_CHUNK]))))
         return found
 
-    def embedding_chunks(self, size: int = EMBEDDING_CHUNK) -> Iterator[list[tuple[int, bytes]]]:
-        """Every (item id, vector blob) of the snapshot, in id order, ``size`` rows at a time."""
+    def embedding_chunks(self, size: int = EMBEDDING_CHUNK, modality: str | None = None) -> Iterator[list[tuple[int, bytes]]]:
+        """Every (item id, vector blob) of the snapshot (of items of ``modality`` only, when
+        given), in id order, ``size`` rows at a time."""
         last = 0
         while True:
-            rows = [tuple(row) for row in self.session.execute(
-                select(Embedding.item_id, Embedding.vector)
-                .where(Embedding.item_id > last).order_by(Embedding.item_id).limit(size))]
+            query = select(Embedding.item_id, Embedding.vector).where(Embedding.item_id > last)
+            if modality is not None:
+                query = query.join(Item, Item.id == Embedding.item_id).where(Item.modality == modality)
+            rows = [tuple(row) for row in self.session.execute(query.order_by(Embedding.item_id).limit(size))]
             if not rows:
                 return
             yield rows
