@@ -52,7 +52,7 @@ def index_cmd(
 
 
 
-TYPE_CHOICES = ("all", "image", "text")
+TYPE_CHOICES = ("all", "image", "text", "video")
 
 
 @command("query")
@@ -60,7 +60,7 @@ def query_cmd(
     terms: Annotated[list[str], typer.Argument(metavar="TERMS", help="Texts and image paths, e.g. \"2:beach\" + ./dog.jpg - people", show_default=False)],
     index: IndexOpt = None,
     top: Annotated[int, typer.Option("--top", "-k", min=1, metavar="N", help="Number of results.")] = 10,
-    type: Annotated[str, typer.Option("--type", "-t", metavar="TYPE", help="Result type: image, text or all.")] = "all",
+    type: Annotated[str, typer.Option("--type", "-t", metavar="TYPE", help="Result type: image, text, video or all.")] = "all",
     min_score: Annotated[Optional[float], typer.Option("--min-score", metavar="SCORE", help="Leave out results scoring below this cosine similarity.")] = None,
     under: Annotated[Optional[Path], typer.Option("--under", metavar="DIR", help="Only results inside this folder.")] = None,
     image: Annotated[bool, typer.Option("--image", metavar="", help="Treat every term as an image path.")] = False,
@@ -133,9 +133,21 @@ def _print_hits(hits) -> None:
     table.add_column("path", overflow="fold")
     table.add_column("text", overflow="fold")
     for hit in hits:
-        where = display_path(hit.path) + (f":{hit.locator}" if hit.locator else "")
+        if hit.t is not None:  # a video: the moment, and the segment that matches
+            where = f"{display_path(hit.path)} @ {clock(hit.t)}"
+            if hit.start is not None and hit.end is not None:
+                where += f" ({clock(hit.start)}-{clock(hit.end)})"
+        else:
+            where = display_path(hit.path) + (f":{hit.locator}" if hit.locator else "")
         table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.modality, Text(where), Text(terminal_safe(_snippet(hit.text))))
     out.print(table)
+
+
+def clock(seconds: float) -> str:
+    """``mm:ss`` (``h:mm:ss`` from an hour), seconds rounded down."""
+    whole = int(max(0.0, seconds))
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
 
 
 @command("info")
