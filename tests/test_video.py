@@ -269,3 +269,45 @@ def test_a_video_under_an_image_name_is_read_as_a_video(tmp_path, tiny_model):
     with Engine(tmp_path / "idx", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
         report = engine.add([lib])
         assert (report.videos, report.frames, report.skipped) == (1, 2, [])
+
+
+# -- the server ------------------------------------------------------------------------------------
+def test_api_thumbnail_at_the_moment_and_range_requests(videos, tmp_path):
+    import httpx
+
+    from mmsearch.client import Client
+    from mmsearch.server import ServerThread, create_app
+
+    index, lib, _ = videos
+    size = (lib / "holiday.mp4").stat().st_size
+    with Engine(index) as engine, ServerThread(create_app(engine)) as server, \
+            httpx.Client(base_url=server.url, timeout=30) as http:
+        answer = http.get("/api/search", params={"q": "blue", "type": "video"}).json()
+        hit = next(h for h in answer["hits"] if h["path"].endswith("holiday.mp4"))
+        assert {"t", "start", "end"} <= set(hit) and hit["start"] <= hit["t"] < hit["end"]
+        for scene in (1, 3):  # the thumbnail of a frame is that frame: the scene's colour
+            frame = engine.search(still(tmp_path / "s.png", scene), type="video")[0]
+            thumb = http.get(f"/api/items/{frame.id}/thumbnail", params={"size": 64})
+            assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+            import io
+
+            pixels = np.asarray(Image.open(io.BytesIO(thumb.content)).convert("RGB"), np.int16)
+            corner = pixels[-5, 5]  # the bottom-left quadrant is never darkened by scenes 1 and 3
+            assert np.abs(corner - np.array(COLOURS[scene])).max() < 40, (scene, corner)
+        url = f"/api/items/{hit['id']}/file"
+        whole = http.get(url)
+        assert whole.status_code == 200 and whole.headers["accept-ranges"] == "bytes"
+        assert whole.headers["content-type"] == "video/mp4" and len(whole.content) == size
+        part = http.get(url, headers={"Range": "bytes=100-199"})
+        assert part.status_code == 206 and part.content == whole.content[100:200]
+        assert part.headers["content-range"] == f"bytes 100-199/{size}"
+        tail = http.get(url, headers={"Range": "bytes=-10"})
+        assert tail.status_code == 206 and tail.content == whole.content[-10:]
+        open_ended = http.get(url, headers={"Range": f"bytes={size - 5}-"})
+        assert open_ended.content == whole.content[-5:]
+        beyond = http.get(url, headers={"Range": f"bytes={size}-"})
+        assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{size}"
+        several = http.get(url, headers={"Range": "bytes=0-1,5-6"})
+        assert several.status_code == 200 and len(several.content) == size
+        hits = Client(server.url).search("blue", type="video")
+        assert hits[0].t is not None and hits[0].start <= hits[0].t < hits[0].end
