@@ -311,3 +311,36 @@ def test_api_thumbnail_at_the_moment_and_range_requests(videos, tmp_path):
         assert several.status_code == 200 and len(several.content) == size
         hits = Client(server.url).search("blue", type="video")
         assert hits[0].t is not None and hits[0].start <= hits[0].t < hits[0].end
+
+
+# -- large and long videos (slow) ------------------------------------------------------------------
+@pytest.mark.slow
+def test_an_8k_video_indexes_with_bounded_work(tmp_path, tiny_model):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    make_video(lib / "8k.mp4", [1.0, 1.0], width=7680, height=4320, fps=2, gop=1, preset="ultrafast")
+    with Engine(tmp_path / "idx", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+        report = engine.add([lib])
+        assert (report.videos, report.frames, report.skipped) == (1, 2, [])
+        hit = engine.search(still(tmp_path / "s.png", 1), type="video")[0]
+        assert (hit.width, hit.height) == (7680, 4320) and hit.t == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.slow
+def test_a_two_hour_video_is_sampled_over_its_whole_length_within_the_cap(tmp_path, tiny_model):
+    from mmsearch.settings import Settings
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    # two hours of 1 fps moving scenes, a new scene every 10 minutes
+    make_video(lib / "long.mp4", [600.0] * 12, motion=True, fps=1, gop=10, width=64, height=48, preset="ultrafast")
+    with Engine(tmp_path / "idx", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint),
+                settings=Settings(video_max_frames=100)) as engine:
+        report = engine.add([lib])
+        assert report.videos == 1 and report.frames <= 100 and not report.skipped
+        times = sorted(engine.get(i).t for i in range(1, 200) if engine.get(i))
+        # every ten-minute scene is there (the tiny model sees the noise inside a scene as repeats)
+        assert all(any(abs(t - 600 * k) <= 72 for t in times) for k in range(12))
+    sampled = sample_frames(str(lib / "long.mp4"), 32, None, Sampling(max_frames=100))
+    assert len(sampled.times) <= 100 and sampled.times[-1] > 7000  # spread to the end
+    assert np.diff(sampled.times).max() <= 72 * 1.5 + 1  # the interval widened to 2 h / 100 frames = 72 s
