@@ -30,13 +30,13 @@ def index_cmd(
     follow_links: Annotated[bool, typer.Option("--follow-links", metavar="", help="Follow symlinks that lead outside PATHS (loops are detected); remembered for PATHS. Without it such links are skipped with a message.")] = False,
     reembed: Annotated[bool, typer.Option("--reembed", metavar="", help="Allow a different model than the index's: embed everything again.")] = False,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, metavar="N", help="Items per encoder batch \\[default: 32 on CPU, 256 on GPU].")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, metavar="N", help="Worker processes decoding images \\[default: CPU count, at most 8].")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, metavar="N", help="Worker processes decoding images and videos \\[default: CPU count, at most 8].")] = None,
     wait: Annotated[float, typer.Option("--wait", metavar="SECONDS", help="Seconds to wait for another indexing run on the same index (-1: forever).")] = 0.0,
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
     index_type: Annotated[Optional[str], typer.Option("--index-type", metavar="TYPE", help="Expert: vector index auto, flat (exact), ivf-sq8 or ivf-pq (approximate, re-ranked exactly); remembered, and the vectors are rebuilt from stored embeddings when it changes \\[default: the index's choice, auto].", show_default=False)] = None,
 ) -> None:
-    """Embed new and changed images and texts under PATHS; remove what was deleted."""
+    """Embed new and changed images, texts and videos under PATHS; remove what was deleted."""
     with _engine(index, model, pretrained, device, batch_size=batch_size, workers=workers) as engine:
         progress = _QuietProgress(err) if quiet or as_json else RichProgress(err)
         with progress:
@@ -163,7 +163,8 @@ def info_cmd(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
     model = info["model"]
     rows = [
         ("index", info["index"]),
-        ("items", f"{info['items']} ({info['images']} images, {info['texts']} texts)"),
+        ("items", f"{info['items']} ({info['images']} images, {info['texts']} texts"
+                  + (f", {info['video_frames']} frames of {info['videos']} videos" if info.get("videos") else "") + ")"),
         ("model", f"{model['name']} [{model.get('pretrained') or 'random init'}]"),
         ("dimension", str(info["dim"])),
         ("vector index", _describe_vector_index(info["vector_index"]) + ("" if info["vectors_up_to_date"] else " (file behind database; synced on open)")),

@@ -29,7 +29,7 @@ def scene_frame(colour: Sequence[int], width: int, height: int, i: int, motion: 
         left = (i * max(1, width // 120)) % max(1, width - bar)
         frame[:, left:left + bar] = 255
         rng = np.random.default_rng(i)
-        noise = rng.integers(0, 24, size=(height // 8, width // 8, 1), dtype=np.uint8)
+        noise = rng.integers(0, 24, size=(-(-height // 8), -(-width // 8), 1), dtype=np.uint8)
         frame = np.clip(frame.astype(np.int16) + np.kron(noise, np.ones((8, 8, 1), np.uint8))[:height, :width] - 12,
                         0, 255).astype(np.uint8)
     return frame

@@ -315,6 +315,11 @@ class Reader:
         return {modality: count for modality, count in
                 self.session.execute(select(Item.modality, func.count()).group_by(Item.modality))}
 
+    def file_count(self, modality: str) -> int:
+        """How many files hold items of ``modality`` (videos: one file, many frames)."""
+        return self.session.scalar(
+            select(func.count(func.distinct(Item.path))).where(Item.modality == modality)) or 0
+
     def any_item_under(self, prefixes: Sequence[str]) -> bool:
         return self.session.scalar(select(Item.id).where(_under(Item.path, prefixes)).limit(1)) is not None
 
