@@ -344,3 +344,12 @@ def test_a_two_hour_video_is_sampled_over_its_whole_length_within_the_cap(tmp_pa
     sampled = sample_frames(str(lib / "long.mp4"), 32, None, Sampling(max_frames=100))
     assert len(sampled.times) <= 100 and sampled.times[-1] > 7000  # spread to the end
     assert np.diff(sampled.times).max() <= 72 * 1.5 + 1  # the interval widened to 2 h / 100 frames = 72 s
+
+
+def test_a_cut_every_frame_keeps_memory_bounded_by_the_cap(tmp_path):
+    # Every frame a new colour: every frame is a scene cut, yet no more than twice the cap is
+    # ever held, and the cap is what comes back.
+    video = make_video(tmp_path / "flicker.mp4", [0.1] * 60, gop=1, width=64, height=48)
+    sampled = sample_frames(str(video), 32, None, Sampling(interval=2.0, max_frames=8))
+    assert len(sampled.times) == 8
+    assert sampled.times[-1] >= 4.0

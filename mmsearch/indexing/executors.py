@@ -150,7 +150,7 @@ class LocalExecutor:
             if isinstance(info, Skip):
                 return info
             deadline = info.deadline(self.timeout)
-            future = pool.schedule(video_worker, args=(path, target, pixels, sampling, limit), timeout=deadline)
+            future = pool.schedule(video_worker, args=(path, target, pixels, sampling, limit, info), timeout=deadline)
             return lambda: outcome(path, future, deadline)
 
         pending: deque = deque()

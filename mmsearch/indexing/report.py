@@ -53,6 +53,7 @@ class IndexReport:
     unchanged: int = 0
     videos: int = 0  # videos sampled and written (their frames are not counted as added)
     frames: int = 0  # frames of those videos written, one vector each
+    sampled: int = 0  # frames sampled and encoded (before repeats were dropped by cosine)
     skipped: list[Skip] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
@@ -87,6 +88,7 @@ class IndexReport:
         return {
             "added": self.added, "updated": self.updated, "reembedded": self.reembedded, "reused": self.reused,
             "removed": self.removed, "unchanged": self.unchanged, "videos": self.videos, "frames": self.frames,
+            "frames_sampled": self.sampled,
             "skipped": len(self.skipped),
             "skipped_files": [{**path_fields(s.path), "reason": s.reason} for s in self.skipped],
             "seconds": round(self.seconds, 3), "interrupted": self.interrupted,

@@ -227,6 +227,7 @@ class Indexer:
                     self.progress.advance()
                     self.sink.checkpoint()
                     continue
+                self.report.sampled += len(result.times)
                 vectors = self._encode_frames(encoder, result)
                 keep = drop_repeats(vectors, self.sampling.dedup_cosine)
                 for member in members:

@@ -29,7 +29,7 @@ import hashlib
 import math
 import os
 import stat as stat_mod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -97,6 +97,7 @@ class VideoInfo:
     height: int
     codec: str
     rotation: int = 0  # degrees the frames are turned to be upright
+    stream: int = 0  # index of the video stream in the container
 
     def meta(self, t: float) -> dict[str, Any]:
         return {"t": round(t, 3), "duration": round(self.duration, 3),
@@ -134,7 +135,7 @@ def hash_range(video_hash: str) -> tuple[str, str]:
     return f"{video_hash}:", f"{video_hash};"
 
 
-def video_hash(path: str, size_hint: int | None = None) -> tuple[str, int]:
+def video_hash(path: str) -> tuple[str, int]:
     """(content hash, size) of a regular file, read in chunks (a video is never held whole).
 
     Raises BadInput like ``records.read_regular_file``.
@@ -268,7 +269,8 @@ def probe(path: str, max_pixels: int | None = None) -> VideoInfo:
                 width, height = height, width
             rate = stream.average_rate or stream.guessed_rate
             return VideoInfo(duration=_duration(container, stream), fps=float(rate) if rate else None,
-                             width=width, height=height, codec=stream.codec_context.name, rotation=rotation)
+                             width=width, height=height, codec=stream.codec_context.name, rotation=rotation,
+                             stream=stream.index)
     except BadInput:
         raise
     except (av.error.FFmpegError, OSError, ValueError, StopIteration) as exc:
@@ -334,24 +336,23 @@ def _model_pixels(frame, rotation: int, target: int | None, pixels: Any) -> np.n
 
 
 def sample_frames(path: str, target: int | None, pixels: Any, sampling: Sampling = Sampling(),
-                  max_pixels: int | None = None) -> SampledFrames:
+                  max_pixels: int | None = None, info: VideoInfo | None = None) -> SampledFrames:
     """The frames of the video at ``path`` that represent it (see the module's docstring), as
-    uint8 arrays ready for the model. BadInput when nothing can be decoded."""
+    uint8 arrays ready for the model. ``info``: its ``probe`` when already made. BadInput when
+    nothing can be decoded."""
     import av
 
-    info = probe(path, max_pixels)
+    info = info or probe(path, max_pixels)
+    index = info.stream
     result: SampledFrames | None = None
     try:
-        with _open(path) as container:
-            stream = _video_stream(container)
-            index = stream.index
         keys, end = _keyframe_times(path, index)
         duration = info.duration if info.duration > 0 else end
         interval = sampling.interval_for(duration)
         longest_gap = max((b - a for a, b in zip(keys, keys[1:] + [max(duration, keys[-1] if keys else 0)])),
                           default=math.inf)
         keyframes_only = bool(keys) and keys[0] <= interval and longest_gap <= interval * 1.01
-        result = SampledFrames(replace_duration(info, duration))
+        result = SampledFrames(replace(info, duration=duration))
         with _open(path) as container:
             stream = container.streams[index]
             stream.thread_type = "AUTO"
@@ -374,12 +375,6 @@ def sample_frames(path: str, target: int | None, pixels: Any, sampling: Sampling
         result.times = [result.times[i] for i in keep]
         result.arrays = [result.arrays[i] for i in keep]
     return result
-
-
-def replace_duration(info: VideoInfo, duration: float) -> VideoInfo:
-    from dataclasses import replace
-
-    return replace(info, duration=duration)
 
 
 def _select(container, stream, result: SampledFrames, interval: float, sampling: Sampling,
@@ -416,13 +411,19 @@ def _select(container, stream, result: SampledFrames, interval: float, sampling:
         result.times.append(round(t, 3))
         result.arrays.append(_model_pixels(frame, rotation, target, pixels))
         last_sig, last_t = sig, t
+        if len(result.times) >= 2 * sampling.max_frames:
+            # Cut after cut (a flickering or hostile video): memory stays bounded by halving
+            # what is kept so far and the cadence from here on.
+            result.times, result.arrays = result.times[::2], result.arrays[::2]
+            interval *= 2
         next_sample = t + interval
 
 
-def video_worker(path: str, target: int | None, pixels: Any, sampling: Sampling, max_pixels: int | None):
+def video_worker(path: str, target: int | None, pixels: Any, sampling: Sampling, max_pixels: int | None,
+                 info: VideoInfo | None = None):
     """``sample_frames`` for a worker: BadInput becomes a Skip."""
     try:
-        return sample_frames(path, target, pixels, sampling, max_pixels)
+        return sample_frames(path, target, pixels, sampling, max_pixels, info)
     except BadInput as exc:
         return exc.skip(path)
 
@@ -509,7 +510,7 @@ class VideoHandler:
             return frame_at(fh, t, size)
 
     def records(self, entry: FileEntry, data: bytes | None = None, max_pixels: int | None = None) -> tuple[list[Record], list[Skip]]:
-        digest, size = video_hash(entry.path)
+        digest, _ = video_hash(entry.path)
         return [Record(entry.path, "", VIDEO, entry.size, entry.mtime_ns, digest)], []
 
 
