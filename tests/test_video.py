@@ -251,10 +251,11 @@ def test_a_video_past_its_deadline_is_abandoned(tmp_path, tiny_model, monkeypatc
     from mmsearch.settings import Settings
 
     monkeypatch.setattr(video, "SECONDS_PER_SECOND_1080P", 0.0)  # the deadline: the base alone
-
     lib = tmp_path / "lib"
     lib.mkdir()
-    make_video(lib / "a.mp4", SCENES, gop=5)
+    # 900 one-frame scenes, all keyframes: every frame is sampled, so sampling takes about a
+    # second, far past the millisecond deadline and the pool's check of it (every 0.1 s)
+    make_video(lib / "a.mp4", [1 / 30] * 900, fps=30, gop=1)
     with Engine(tmp_path / "idx", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint),
                 settings=Settings(decode_timeout=0.001)) as engine:
         report = engine.add([lib])
