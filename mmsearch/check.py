@@ -38,6 +38,7 @@ from .indexing import UNSEALED, Indexer
 from .library import LibraryRoot, under_any
 from .settings import Settings
 from .media import FileEntry, Record, media_registry
+from .media.video import is_placeholder
 from .storage import MANIFEST, SCHEMA_VERSION, IndexStore, VectorIndex, read_manifest, saved_generations, writer_lock
 from .storage.sqlite import DB_FILE
 from .storage.store import vectors_from_blobs
@@ -317,6 +318,7 @@ def _reembed(store: IndexStore, ids: list[int], encoder_factory, report: CheckRe
         for item_id, path, locator in r.places(ids):
             by_path.setdefault(path, {})[locator] = item_id
     items: list[tuple[int, Record]] = []
+    videos: list[tuple[Record, dict[str, int]]] = []
     drop: list[tuple[int, str, str]] = []
     kept: list[str] = []
     for path, locators in by_path.items():
@@ -336,6 +338,12 @@ def _reembed(store: IndexStore, ids: list[int], encoder_factory, report: CheckRe
         if not records and skips and any(s.protects for s in skips):
             kept.append(f"{path}: {skips[0].reason}")
             continue
+        if len(records) == 1 and is_placeholder(records[0]):
+            # A video is sampled again as a whole, its frames written over all its rows.
+            with store.read() as r:
+                rows = {o.locator: o.id for o in r.existing_under([path]).get(path, [])}
+            videos.append((records[0], rows))
+            continue
         found = {r.locator: r for r in records}
         if getattr(kinds.handler(kind), "multi_record", False) and set(found) - set(locators):
             # Lines not in the index yet: leave the file marked unfinished so `index` adds them.
@@ -353,9 +361,9 @@ def _reembed(store: IndexStore, ids: list[int], encoder_factory, report: CheckRe
                  [f"{p}: {why}" for _, p, why in drop], count=len(drop)).repaired = True
     for line in kept:
         report.notes.append(f"kept as indexed (cannot be read now): {line}")
-    if not items:
+    if not items and not videos:
         return
-    done = Indexer(store, lambda: encoder_factory(store)).reembed(items)
+    done = Indexer(store, lambda: encoder_factory(store)).reembed(items, videos)
     if done.skipped:
         _problem(report, "unusable_file", f"{len(done.skipped)} file(s) could not be decoded again; their items were removed",
                  [f"{s.path}: {s.reason}" for s in done.skipped], count=len(done.skipped)).repaired = True

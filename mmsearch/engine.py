@@ -34,6 +34,7 @@ from .fsutil import display_path
 from .indexing import Indexer, IndexReport, NullProgress, Progress
 from .library import LibraryRoot, under_any, within
 from .media import BadInput
+from .media.video import VIDEO
 from .query import IMAGE, ITEM, TEXT, TYPES, Hit, Hits, Item, QueryTerm, combine, parse_query, query_image_paths
 from .settings import Settings
 from .storage import CHOICES, IndexStore, ItemRow, VectorSettings, writer_lock
@@ -44,6 +45,10 @@ QueryInput = str | Path | QueryTerm | Sequence[str | Path | QueryTerm]
 
 log = logging.getLogger(__name__)
 
+# A video hit's segment: its neighbouring frames scoring at least best - SEGMENT_FRACTION x
+# (best - the video's worst frame). Relative to the video's own spread, so it adapts to models
+# whose cosines all lie close together.
+SEGMENT_FRACTION = 0.25
 DEFAULT_BATCH_CPU = 32  # larger batches stop paying off on CPU beyond ~32
 DEFAULT_BATCH_GPU = 256  # GPUs want a few hundred to stay busy
 
@@ -409,8 +414,17 @@ class Engine:
         if not include_query:
             exclude = set(query_image_paths(terms))
             exclude.update(int(term.value) for term in terms if term.kind == ITEM)
+            exclude.update(self._videos_of(terms))  # "more like this" on a video: other videos
         return self.search_vector(vector, k=k, type=type, min_score=min_score, under=under, exclude=exclude,
                                   dedup=dedup)
+
+    def _videos_of(self, terms: Sequence[QueryTerm]) -> set[str]:
+        """Paths of the videos whose frames are item terms of the query."""
+        ids = [int(term.value) for term in terms if term.kind == ITEM]
+        if not ids:
+            return set()
+        with self.store.read() as r:
+            return {row.path for row in r.items(ids).values() if row.modality == VIDEO}
 
     def similar(self, item_id: int, *, k: int = 10, type: str = "all", min_score: float | None = None,
                 under: str | Path | None = None, include_self: bool = False, dedup: bool | float = False) -> Hits:
@@ -466,14 +480,22 @@ class Engine:
                 rows = snap.reader.items(ids.tolist())
                 hits = Hits()
                 below: float | None = None  # best score of a candidate cut by min_score
+                videos: set[str] = set()  # a video's best frame stands for the video
                 for score, item_id in zip(scores.tolist(), ids.tolist()):
                     item = rows.get(item_id)
                     if item is None or not keep(item):
                         continue
+                    if item.modality == VIDEO:
+                        if item.path in videos:
+                            continue
+                        videos.add(item.path)
                     if min_score is not None and score < min_score:
                         below = score
                         break
-                    hits.append(_hit(len(hits) + 1, score, item))
+                    hit = _hit(len(hits) + 1, score, item)
+                    if item.modality == VIDEO:
+                        _moment(hit, snap.reader.rows_with_vectors_of(item.path, VIDEO), vector)
+                    hits.append(hit)
                     if len(hits) == k:
                         break
                 if len(hits) >= k or fetch >= total or below is not None:
@@ -603,8 +625,31 @@ def _as_terms(query: QueryInput, force: str | None) -> list[QueryTerm]:
 
 
 def _fields(row: ItemRow) -> dict[str, Any]:
+    moment = (row.meta or {}).get("t") if row.modality == VIDEO else None
     return dict(id=row.id, modality=row.modality, path=row.path, locator=row.locator, text=row.text,
-                width=row.width, height=row.height, meta=row.meta)
+                width=row.width, height=row.height, meta=row.meta, t=moment)
+
+
+def _moment(hit: Hit, frames: list[tuple[ItemRow, bytes]], vector: np.ndarray) -> None:
+    """Give a video hit its segment: the run of frames around its best one (``hit.id``) scoring
+    close to it (see SEGMENT_FRACTION); a frame stands for the time until the next kept one."""
+    frames = sorted(frames, key=lambda f: (f[0].meta or {}).get("t", 0.0))
+    times = [float((row.meta or {}).get("t", 0.0)) for row, _ in frames]
+    ids = [row.id for row, _ in frames]
+    if hit.id not in ids:
+        hit.start, hit.end = hit.t, hit.t
+        return
+    scores = np.stack([np.frombuffer(blob, np.float32) for _, blob in frames]) @ vector
+    best = ids.index(hit.id)
+    floor = scores[best] - SEGMENT_FRACTION * (scores[best] - scores.min())
+    first = last = best
+    while first > 0 and scores[first - 1] >= floor:
+        first -= 1
+    while last + 1 < len(frames) and scores[last + 1] >= floor:
+        last += 1
+    duration = (hit.meta or {}).get("duration")
+    hit.start = times[first]
+    hit.end = times[last + 1] if last + 1 < len(times) else float(duration if duration else times[last])
 
 
 def _item(row: ItemRow) -> Item:

@@ -21,7 +21,7 @@ from .errors import QueryError
 from .fsutil import path_fields
 
 TEXT, IMAGE, ITEM = "text", "image", "item"
-TYPES = ("all", "image", "text")
+TYPES = ("all", "image", "text", "video")
 
 _WEIGHT_RE = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)):(.*)$", re.S)
 _INLINE_OP_RE = re.compile(r"\s+([+-])\s+")
@@ -71,6 +71,11 @@ class Item:
     width: int | None = None
     height: int | None = None
     meta: dict[str, Any] | None = None
+    # Videos: the moment (seconds from the start) this item or hit stands for, and for a hit
+    # the segment of neighbouring frames that match almost as well (None for other items).
+    t: float | None = None
+    start: float | None = None
+    end: float | None = None
     thumbnail_url: str | None = None
     file_url: str | None = None
     similar_url: str | None = None
@@ -78,13 +83,15 @@ class Item:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields. ``path`` is valid UTF-8 (readable form); a name that is not valid
         UTF-8 also gets ``path_bytes``, the exact name in base64 (see ``fsutil.path_fields``)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _URLS}
+        data = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in _URLS and not (f.name in _MOMENT and getattr(self, f.name) is None)}
         data.update(path_fields(self.path))
         data.update({name: getattr(self, name) for name in _URLS if getattr(self, name) is not None})
         return data
 
 
 _URLS = ("thumbnail_url", "file_url", "similar_url")
+_MOMENT = ("t", "start", "end")
 
 
 @dataclass(kw_only=True)

@@ -96,6 +96,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MMSEARCH_RERANK", "rerank", _positive_int, "candidates re-ranked exactly for a top-10 query on an IVF (50 or 400)"),
     Variable("MMSEARCH_MAX_PIXELS", "max_pixels", _positive_int, "largest image decoded, in pixels after reduced JPEG decoding (64000000)"),
     Variable("MMSEARCH_DECODE_TIMEOUT", "decode_timeout", _seconds, "seconds one file may take to decode before it is abandoned (60)"),
+    Variable("MMSEARCH_VIDEO_INTERVAL", "video_interval", _seconds, "seconds between the frames sampled from videos (2; scene cuts are added)"),
+    Variable("MMSEARCH_VIDEO_MAX_FRAMES", "video_max_frames", _positive_int, "most frames kept per video, spread over its length (600)"),
     Variable("MMSEARCH_CHECKPOINT_SECONDS", "checkpoint_seconds", _seconds, "seconds between saves of the vector index during a long run (120)"),
     Variable("MMSEARCH_TOKEN", "token", _text, "bearer token the server requires and the client sends"),
     Variable("MMSEARCH_ALLOWED_HOSTS", "allowed_hosts", _words, "comma-separated host names the server accepts besides its own addresses"),
@@ -120,6 +122,8 @@ class Settings:
     rerank: int | None = None
     max_pixels: int = 64_000_000
     decode_timeout: float = 60.0
+    video_interval: float = 2.0
+    video_max_frames: int = 600
     checkpoint_seconds: float = 120.0
     token: str | None = None
     allowed_hosts: tuple[str, ...] = field(default=())

@@ -320,7 +320,7 @@ def test_bad_query_input_one_line_error(small_index, cli, case, message, code):
         "empty": ["query", "", "-i", idx],
         "missing-image": ["query", small_index / "nope.jpg", "-i", idx],
         "bad-image": ["query", small_index / "junk.jpg", "-i", idx],
-        "bad-type": ["query", "cat", "--type", "video", "-i", idx],
+        "bad-type": ["query", "cat", "--type", "audio", "-i", idx],
         "no-index": ["query", "cat", "-i", small_index / "absent"],
         "not-index": ["query", "cat", "-i", _not_index(small_index)],
         "newer": ["query", "cat", "-i", _newer_schema(small_index)],

@@ -72,7 +72,7 @@ def test_model_mismatch_cli(tmp_path, tiny_model, other_tiny_model, corpus, cli)
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["query", "cat", "--type", "video"], "unknown type"),
+        (["query", "cat", "--type", "audio"], "unknown type"),
         (["query", "./missing.jpg"], "image not found"),
         (["query", "+"], "operator"),
         (["query", "-", "cat"], "positive weight"),

@@ -248,7 +248,7 @@ def test_thumbnail_is_upright_sized_and_cached(served):
     [
         ("GET", "/api/search", {"params": {"q": "x", "k": 0}}, 422, "k"),
         ("GET", "/api/search", {"params": {"q": "x", "k": "ten"}}, 422, "k"),
-        ("GET", "/api/search", {"params": {"q": "x", "type": "video"}}, 422, "type"),
+        ("GET", "/api/search", {"params": {"q": "x", "type": "audio"}}, 422, "type"),
         ("GET", "/api/search", {"params": {"q": "x", "min_score": "high"}}, 422, "min_score"),
         ("GET", "/api/search", {"params": {"k": 3}}, 422, "q"),
         ("GET", "/api/search", {"params": {"q": "   "}}, 422, "empty"),

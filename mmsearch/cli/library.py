@@ -30,13 +30,13 @@ def index_cmd(
     follow_links: Annotated[bool, typer.Option("--follow-links", metavar="", help="Follow symlinks that lead outside PATHS (loops are detected); remembered for PATHS. Without it such links are skipped with a message.")] = False,
     reembed: Annotated[bool, typer.Option("--reembed", metavar="", help="Allow a different model than the index's: embed everything again.")] = False,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, metavar="N", help="Items per encoder batch \\[default: 32 on CPU, 256 on GPU].")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, metavar="N", help="Worker processes decoding images \\[default: CPU count, at most 8].")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, metavar="N", help="Worker processes decoding images and videos \\[default: CPU count, at most 8].")] = None,
     wait: Annotated[float, typer.Option("--wait", metavar="SECONDS", help="Seconds to wait for another indexing run on the same index (-1: forever).")] = 0.0,
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
     index_type: Annotated[Optional[str], typer.Option("--index-type", metavar="TYPE", help="Expert: vector index auto, flat (exact), ivf-sq8 or ivf-pq (approximate, re-ranked exactly); remembered, and the vectors are rebuilt from stored embeddings when it changes \\[default: the index's choice, auto].", show_default=False)] = None,
 ) -> None:
-    """Embed new and changed images and texts under PATHS; remove what was deleted."""
+    """Embed new and changed images, texts and videos under PATHS; remove what was deleted."""
     with _engine(index, model, pretrained, device, batch_size=batch_size, workers=workers) as engine:
         progress = _QuietProgress(err) if quiet or as_json else RichProgress(err)
         with progress:
@@ -52,7 +52,7 @@ def index_cmd(
 
 
 
-TYPE_CHOICES = ("all", "image", "text")
+TYPE_CHOICES = ("all", "image", "text", "video")
 
 
 @command("query")
@@ -60,7 +60,7 @@ def query_cmd(
     terms: Annotated[list[str], typer.Argument(metavar="TERMS", help="Texts and image paths, e.g. \"2:beach\" + ./dog.jpg - people", show_default=False)],
     index: IndexOpt = None,
     top: Annotated[int, typer.Option("--top", "-k", min=1, metavar="N", help="Number of results.")] = 10,
-    type: Annotated[str, typer.Option("--type", "-t", metavar="TYPE", help="Result type: image, text or all.")] = "all",
+    type: Annotated[str, typer.Option("--type", "-t", metavar="TYPE", help="Result type: image, text, video or all.")] = "all",
     min_score: Annotated[Optional[float], typer.Option("--min-score", metavar="SCORE", help="Leave out results scoring below this cosine similarity.")] = None,
     under: Annotated[Optional[Path], typer.Option("--under", metavar="DIR", help="Only results inside this folder.")] = None,
     image: Annotated[bool, typer.Option("--image", metavar="", help="Treat every term as an image path.")] = False,
@@ -134,11 +134,23 @@ def _print_hits(hits) -> None:
     table.add_column("path", overflow="fold")
     table.add_column("text", overflow="fold")
     for hit in hits:
-        where = display_path(hit.path) + (f":{hit.locator}" if hit.locator else "")
+        if hit.t is not None:  # a video: the moment, and the segment that matches
+            where = f"{display_path(hit.path)} @ {clock(hit.t)}"
+            if hit.start is not None and hit.end is not None:
+                where += f" ({clock(hit.start)}-{clock(hit.end)})"
+        else:
+            where = display_path(hit.path) + (f":{hit.locator}" if hit.locator else "")
         if hit.duplicates:
             where += f"  (+{len(hit.duplicates)} near-duplicate{'s' if len(hit.duplicates) > 1 else ''})"
         table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.modality, Text(where), Text(terminal_safe(_snippet(hit.text))))
     out.print(table)
+
+
+def clock(seconds: float) -> str:
+    """``mm:ss`` (``h:mm:ss`` from an hour), seconds rounded down."""
+    whole = int(max(0.0, seconds))
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
 
 
 @command("dupes")
@@ -196,7 +208,8 @@ def info_cmd(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
     model = info["model"]
     rows = [
         ("index", info["index"]),
-        ("items", f"{info['items']} ({info['images']} images, {info['texts']} texts)"),
+        ("items", f"{info['items']} ({info['images']} images, {info['texts']} texts"
+                  + (f", {info['video_frames']} frames of {info['videos']} videos" if info.get("videos") else "") + ")"),
         ("model", f"{model['name']} [{model.get('pretrained') or 'random init'}]"),
         ("dimension", str(info["dim"])),
         ("vector index", _describe_vector_index(info["vector_index"]) + ("" if info["vectors_up_to_date"] else " (file behind database; synced on open)")),

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from ..errors import DecodeWorkersError
 from ..media import Skip
 from ..media.image import PixelTransform, decode_for_model, decode_worker_init
+from ..media.video import Sampling, SampledFrames, probe_worker, video_worker
 from .plan import Job
 
 # A file whose decoding takes longer than this (seconds) is abandoned and its worker process
@@ -70,7 +71,7 @@ class LocalExecutor:
             from ..procs import worker_context
 
             pool = ProcessPool(max_workers=self.workers, initializer=decode_worker_init,
-                               context=worker_context(["mmsearch.media.image"]))
+                               context=worker_context(["mmsearch.media.image", "mmsearch.media.video"]))
             _check_pool(pool)
             self._pool = pool
         return self._pool
@@ -114,6 +115,53 @@ class LocalExecutor:
                     batch.jobs.append(job)
                     batch.arrays.append(result)
             yield batch
+
+
+    def sample_videos(self, jobs: Sequence[Job], target: int, pixels: PixelTransform | None,
+                      sampling: Sampling) -> Iterator[tuple[Job, SampledFrames | Skip]]:
+        """Each video's sampled frames (or why not), in the order of ``jobs``; as many videos
+        at once as there are workers (each holds at most ``sampling.max_frames`` small frames).
+
+        A video is probed first (a short task under the base timeout), then sampled under a
+        deadline that grows with its duration and pixel count (``VideoInfo.deadline``).
+        """
+        from collections import deque
+
+        if not jobs:
+            return
+        pool = self._started()
+        limit = self.max_pixels
+
+        def outcome(path: str, future: Future, seconds: float) -> Any:
+            from pebble import ProcessExpired
+
+            try:
+                return future.result()
+            except FutureTimeout:
+                return Skip(path, f"decoding took longer than {seconds:g}s; abandoned", protects=False)
+            except ProcessExpired as exc:
+                return Skip(path, f"the decoder crashed on this file (exit code {exc.exitcode})", protects=False)
+            except Exception as exc:  # noqa: BLE001 - an exception the decoder did not anticipate
+                return Skip(path, f"cannot decode video: {exc}", protects=False)
+
+        def start(job: Job) -> Any:
+            path = job.record.path
+            info = outcome(path, pool.schedule(probe_worker, args=(path, limit), timeout=self.timeout), self.timeout)
+            if isinstance(info, Skip):
+                return info
+            deadline = info.deadline(self.timeout)
+            future = pool.schedule(video_worker, args=(path, target, pixels, sampling, limit, info), timeout=deadline)
+            return lambda: outcome(path, future, deadline)
+
+        pending: deque = deque()
+        for job in jobs:
+            pending.append((job, start(job)))
+            if len(pending) >= max(1, self.workers):
+                done, result = pending.popleft()
+                yield done, result() if callable(result) else result
+        while pending:
+            done, result = pending.popleft()
+            yield done, result() if callable(result) else result
 
 
 def _check_pool(pool) -> None:

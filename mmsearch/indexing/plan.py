@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..library import under_any
 from ..media import FileEntry, Record, Skip
+from ..media.video import is_placeholder
 from ..storage import ExistingItem
 
 UNSEALED = -1  # mtime_ns of rows whose multi-record file is not completely written yet
@@ -28,6 +29,9 @@ class Job:
     item_id: int | None  # existing row to update, or None for a new row
     source: int | None = None
     reembed: bool = False  # the row's content is unchanged; only its vector is missing
+    # A video to sample: its file's existing rows by locator (frames at the same time are
+    # updated in place, the others removed once the new frames are written).
+    replaces: dict[str, int] | None = None
 
     @property
     def content(self) -> tuple[str, str]:
@@ -41,6 +45,7 @@ class Plan:
     remove: list[int] = field(default_factory=list)
     # Multi-record files (JSONL) being (re)written: (path, size, mtime_ns), sealed at the end.
     seal: list[tuple[str, int, int]] = field(default_factory=list)
+    videos: list[Job] = field(default_factory=list)  # videos whose frames must be sampled
     unchanged: int = 0
 
     @property
@@ -92,6 +97,11 @@ def plan_records(dirty: Sequence[FileEntry], records: dict[str, list[Record]], u
                 plan.remove.extend(o.id for o in existing.get(entry.path, []))
             continue
         olds = {o.locator: o for o in existing.get(entry.path, [])}
+        if len(found) == 1 and is_placeholder(found[0]):
+            # A video whose content is not indexed anywhere: sampled, written and sealed by
+            # the runner, frame by frame over its old rows.
+            plan.videos.append(Job(found[0], None, replaces={loc: o.id for loc, o in olds.items()}))
+            continue
         if entry.kind in multi:
             # A file's lines are written over several transactions. Until the last one is in,
             # its rows carry an mtime no file has, so a run killed half-way leaves the file
@@ -109,6 +119,19 @@ def plan_records(dirty: Sequence[FileEntry], records: dict[str, list[Record]], u
             plan.jobs.append(Job(record, old.id if old else None, reembed=same))
         plan.remove.extend(o.id for o in olds.values())
     return plan
+
+
+def known_video_frames(records: dict[str, list[Record]], known: dict[str, list[Record]]) -> None:
+    """Replace each video read but not sampled by the frames its content already has in the
+    index (``known``: video content hash -> frame records at any path), so that an unchanged,
+    touched, renamed or copied video is planned frame by frame (touch or copy, no decoding)."""
+    for path, found in records.items():
+        if len(found) == 1 and is_placeholder(found[0]):
+            video = found[0]
+            frames = known.get(video.content_hash)
+            if frames:
+                records[path] = [Record(path, f.locator, f.modality, video.size, video.mtime_ns, f.content_hash,
+                                        width=f.width, height=f.height, meta=f.meta) for f in frames]
 
 
 def assign_sources(jobs: Iterable[Job], sources: dict[tuple[str, str], int]) -> None:

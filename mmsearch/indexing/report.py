@@ -51,6 +51,9 @@ class IndexReport:
     reused: int = 0  # new or changed items whose vector was copied (renamed or duplicate content)
     removed: int = 0  # items whose files are gone
     unchanged: int = 0
+    videos: int = 0  # videos sampled and written (their frames are not counted as added)
+    frames: int = 0  # frames of those videos written, one vector each
+    sampled: int = 0  # frames sampled and encoded (before repeats were dropped by cosine)
     skipped: list[Skip] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
@@ -61,7 +64,7 @@ class IndexReport:
     @property
     def changed(self) -> bool:
         """True when the run changed what the index holds."""
-        return bool(self.added or self.updated or self.reembedded or self.reused or self.removed)
+        return bool(self.added or self.updated or self.reembedded or self.reused or self.removed or self.videos)
 
     @contextmanager
     def timing(self, stage: str) -> Iterator[None]:
@@ -74,6 +77,7 @@ class IndexReport:
     def summary(self) -> str:
         text = (
             (f"{self.reembedded} re-embedded, " if self.reembedded else "")
+            + (f"{self.videos} video(s) sampled ({self.frames} frames), " if self.videos else "")
             + f"{self.added} added, {self.updated} updated, {self.reused} reused, "
             f"{self.removed} removed, {len(self.skipped)} skipped, {self.unchanged} unchanged "
             f"in {self.seconds:.1f}s"
@@ -83,7 +87,9 @@ class IndexReport:
     def as_dict(self) -> dict[str, Any]:
         return {
             "added": self.added, "updated": self.updated, "reembedded": self.reembedded, "reused": self.reused,
-            "removed": self.removed, "unchanged": self.unchanged, "skipped": len(self.skipped),
+            "removed": self.removed, "unchanged": self.unchanged, "videos": self.videos, "frames": self.frames,
+            "frames_sampled": self.sampled,
+            "skipped": len(self.skipped),
             "skipped_files": [{**path_fields(s.path), "reason": s.reason} for s in self.skipped],
             "seconds": round(self.seconds, 3), "interrupted": self.interrupted,
             "stages": {stage: round(self.stages[stage], 3) for stage in STAGES if stage in self.stages},

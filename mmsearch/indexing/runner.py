@@ -24,10 +24,11 @@ from ..encoders import ImageEncoder
 from ..errors import IndexingInterrupted, IndexWriteError
 from ..library import LibraryRoot
 from ..media import FileEntry, Record, Registry, Skip, media_registry, scan
+from ..media.video import VIDEO, Sampling, SampledFrames, drop_repeats, frame_record, hash_range, is_placeholder
 from ..settings import Settings
 from ..storage import DATABASE_ERRORS, IndexStore
 from .executors import DecodeExecutor, LocalExecutor
-from .plan import Job, assign_sources, find_changes, group_by_content, plan_records
+from .plan import UNSEALED, Job, assign_sources, find_changes, group_by_content, known_video_frames, plan_records
 from .report import IndexReport, NullProgress, Progress
 from .sink import WriteSink
 
@@ -63,6 +64,7 @@ class Indexer:
         self.report = IndexReport()
         self._stop_requested = False
         self._stale: list[int] = []  # existing items whose changed file can no longer be decoded
+        self.sampling = Sampling(self.settings.video_interval, self.settings.video_max_frames)
         self.sink = WriteSink(store, self.report, self.progress, self._check_stop, self.settings.checkpoint_seconds)
 
     # -- public ------------------------------------------------------------------------------
@@ -70,13 +72,16 @@ class Indexer:
         """Bring the index up to date with ``roots`` (each scanned with its own options)."""
         return self._guarded(lambda: self._run(list(roots)))
 
-    def reembed(self, items: list[tuple[int, Record]]) -> IndexReport:
+    def reembed(self, items: list[tuple[int, Record]],
+                videos: Sequence[tuple[Record, dict[str, int]]] = ()) -> IndexReport:
         """Embed the records of existing items again (``mmsearch check --repair``): each
         ``(item id, record read from its file now)`` gets a new vector; items whose file can no
-        longer be decoded are removed, as an indexing run would."""
+        longer be decoded are removed, as an indexing run would. ``videos``: (the video read
+        now, its rows by locator): sampled again, its frames written over those rows."""
         def work() -> None:
             self.store.vectors()
             self._encode_all([Job(record, item_id) for item_id, record in items])
+            self._index_videos([Job(record, None, replaces=dict(rows)) for record, rows in videos])
             self.sink.remove(self._stale)
         return self._guarded(work)
 
@@ -120,6 +125,7 @@ class Indexer:
         report.unchanged += unchanged
         records, undecodable = self._read_all(dirty)
         with report.timing("plan"):
+            self._known_videos(records)
             multi = [h.kind for h in self.kinds.handlers.values() if getattr(h, "multi_record", False)]
             plan = plan_records(dirty, records, undecodable, existing, multi)
             with self.store.read() as r:
@@ -128,6 +134,7 @@ class Indexer:
         sink.touch(plan.touch)
         sink.copies(plan.to_copy)
         self._encode_all(plan.to_encode)
+        self._index_videos(plan.videos)
         sink.seal(plan.seal)
         sink.remove(vanished + plan.remove + self._stale)
         sink.roots(roots, done=True)
@@ -168,7 +175,8 @@ class Indexer:
             with self.report.timing("encode"):
                 vectors = encoder.encode_texts([job.record.text or "" for job in batch])
             self.sink.encoded(batch, vectors, groups)
-        images = [job for job in leaders if job.record.modality in workers]
+        # (video frames are never decoded one by one: a video's frames are sampled together)
+        images = [job for job in leaders if job.record.modality in workers and job.record.modality != VIDEO]
         if images:
             with self.executor:
                 for decoded in self._timed(self.executor.decode(images, encoder.image_size, encoder.pixel_transform,
@@ -184,6 +192,69 @@ class Indexer:
                         self.sink.encoded(decoded.jobs, vectors, groups)
                     else:
                         self.sink.checkpoint()
+
+    # -- videos --------------------------------------------------------------------------------
+    def _known_videos(self, records: dict[str, list[Record]]) -> None:
+        """Videos read now whose content the index already holds become their stored frames."""
+        hashes = {found[0].content_hash for found in records.values() if len(found) == 1 and is_placeholder(found[0])}
+        if not hashes:
+            return
+        with self.store.read() as r:
+            rows = r.rows_in_hash_ranges(VIDEO, [hash_range(h) for h in hashes], skip_mtime=UNSEALED)
+        known = {low[:-1]: frames for (low, _), frames in rows.items()}
+        known_video_frames(records, known)
+
+    def _index_videos(self, jobs: list[Job]) -> None:
+        """Sample each video in the decode workers, encode its frames, drop consecutive repeats
+        by cosine, and write its rows (over its old ones), then seal the file: a run killed
+        half-way leaves the file unsealed, so the next run samples it again."""
+        if not jobs:
+            return
+        groups: dict[str, list[Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.record.content_hash, []).append(job)
+        leaders = [members[0] for members in groups.values()]
+        encoder = self._encoder_factory()
+        self.progress.start("videos", len(leaders))
+        with self.executor:
+            sampled = self.executor.sample_videos(leaders, encoder.image_size, encoder.pixel_transform, self.sampling)
+            for leader, result in self._timed(sampled, "decode"):
+                members = groups[leader.record.content_hash]
+                if isinstance(result, Skip):
+                    self._skip(result)
+                    if not result.protects:
+                        self._stale.extend(i for m in members for i in (m.replaces or {}).values())
+                    self.progress.advance()
+                    self.sink.checkpoint()
+                    continue
+                self.report.sampled += len(result.times)
+                vectors = self._encode_frames(encoder, result)
+                keep = drop_repeats(vectors, self.sampling.dedup_cosine)
+                for member in members:
+                    self._write_video(member, result, [result.times[i] for i in keep], vectors[keep])
+                self.report.videos += len(members)
+                self.progress.advance()
+
+    def _encode_frames(self, encoder: Any, sampled: SampledFrames) -> np.ndarray:
+        parts = []
+        for start in range(0, len(sampled.arrays), self.batch_size):
+            with self.report.timing("encode"):
+                parts.append(encode_arrays(encoder, sampled.arrays[start:start + self.batch_size]))
+        sampled.arrays = []  # the pixels are no longer needed
+        return np.concatenate(parts)
+
+    def _write_video(self, job: Job, sampled: SampledFrames, times: list[float], vectors: np.ndarray) -> None:
+        video = job.record
+        replaces = dict(job.replaces or {})
+        sealed = (video.path, video.size, video.mtime_ns)
+        unsealed = Record(video.path, "", VIDEO, video.size, UNSEALED, video.content_hash)
+        jobs = []
+        for t in times:
+            record = frame_record(unsealed, t, sampled.info)
+            jobs.append(Job(record, replaces.pop(record.locator, None)))
+        self.sink.frames(jobs, vectors)
+        self.sink.seal([sealed])
+        self.sink.remove(list(replaces.values()))
 
     def _timed(self, batches: Iterator[Any], stage: str) -> Iterator[Any]:
         """``batches``, with the time spent waiting for each counted in ``stage``."""

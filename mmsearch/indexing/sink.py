@@ -54,6 +54,14 @@ class WriteSink:
         self._write(jobs, vectors[rows], encoded={id(job) for job in leaders})
         self.checkpoint()
 
+    def frames(self, jobs: Sequence[Job], vectors: np.ndarray) -> None:
+        """Write a video's frames (one row and vector each), in transactions of a batch or so."""
+        for start in range(0, len(jobs), WRITE_CHUNK):
+            self._write(jobs[start:start + WRITE_CHUNK], vectors[start:start + WRITE_CHUNK])
+            self.report.frames += len(jobs[start:start + WRITE_CHUNK])
+            self.check_stop()
+        self.checkpoint()
+
     def copies(self, jobs: Sequence[Job]) -> None:
         """Write jobs whose vector is copied from an item that holds the same content."""
         for start in range(0, len(jobs), WRITE_CHUNK):

@@ -9,6 +9,7 @@ from importlib import import_module
 _WHERE = {
     "IMAGE": "image", "decode_image": "image", "load_image": "image", "open_image": "image",
     "TEXT": "text",
+    "VIDEO": "video",
     "BadInput": "records", "FileEntry": "records", "Record": "records", "Skip": "records",
     "MediaHandler": "registry", "Registry": "registry", "default_registry": "registry", "media_registry": "registry",
     "ScanOptions": "scan", "ScanResult": "scan", "scan": "scan",

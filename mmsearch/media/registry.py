@@ -16,6 +16,7 @@ from typing import Protocol
 from .image import ImageHandler
 from .records import BadInput, FileEntry, Record, Skip, read_regular_file
 from .text import JsonlHandler, TextHandler
+from .video import VIDEO, VideoHandler, container_of
 
 
 class MediaHandler(Protocol):
@@ -58,6 +59,14 @@ class Registry:
                 return handler.thumbnail
         return None
 
+    def moment_thumbnailer(self, modality: str) -> Callable[[int, int, float], bytes] | None:
+        """How items of ``modality`` that stand for a moment of a file become a thumbnail (open
+        file descriptor, size, seconds -> JPEG bytes), or None."""
+        for handler in self.handlers.values():
+            if handler.modality == modality and hasattr(handler, "thumbnail_at"):
+                return handler.thumbnail_at
+        return None
+
     def media_type(self, path: str) -> str:
         """The media type a file is served with."""
         kind = self.kind_of(path)
@@ -67,17 +76,25 @@ class Registry:
         """The records in one file plus the parts of it that had to be skipped."""
         handler = self.handlers[entry.kind]
         try:
+            if not getattr(handler, "reads_bytes", True):  # videos: the handler streams the file itself
+                return handler.records(entry)
             data = read_regular_file(entry.path)
-            if max_pixels is None:
-                return handler.records(entry, data)
-            return handler.records(entry, data, max_pixels)
+            try:
+                if max_pixels is None:
+                    return handler.records(entry, data)
+                return handler.records(entry, data, max_pixels)
+            except BadInput:
+                # Content decides: a video under another media extension is read as a video.
+                if entry.kind != VIDEO and not getattr(handler, "multi_record", False) and container_of(data[:256]):
+                    return self.handlers[VIDEO].records(entry)
+                raise
         except BadInput as exc:
             return [], [exc.skip(entry.path)]
 
 
 def default_registry() -> Registry:
-    """Images, plain texts and JSON Lines."""
-    return Registry([ImageHandler(), TextHandler(), JsonlHandler()])
+    """Images, plain texts, JSON Lines and videos."""
+    return Registry([ImageHandler(), TextHandler(), JsonlHandler(), VideoHandler()])
 
 
 _DEFAULT: Registry | None = None

@@ -90,10 +90,26 @@ def open_item_file(item_id: int, path: str, roots: Sequence[LibraryRoot]) -> Ope
     return OpenedFile(fd, st, real)
 
 
-def file_response(opened: OpenedFile, media_type: str, filename: str) -> Response:
-    """The file's bytes from its descriptor, which the response closes."""
-    headers = {**FILE_HEADERS, "Content-Disposition": content_disposition("inline", filename)}
+def file_response(opened: OpenedFile, media_type: str, filename: str, range_header: str | None = None) -> Response:
+    """The file's bytes from its descriptor, which the response closes.
+
+    A ``Range: bytes=...`` request (one range: ``a-b``, ``a-`` or ``-n``) gets 206 and that part
+    (what a video player needs to seek); an unsatisfiable one 416; several ranges, or a header
+    that is not a byte range, the whole file, as RFC 9110 allows.
+    """
+    headers = {**FILE_HEADERS, "Content-Disposition": content_disposition("inline", filename),
+               "Accept-Ranges": "bytes"}
     size = opened.stat.st_size
+    wanted = parse_range(range_header, size) if range_header else None
+    if wanted == "unsatisfiable":
+        opened.close()
+        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+    if isinstance(wanted, tuple):
+        first, last = wanted
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        headers["Content-Length"] = str(last - first + 1)
+        return StreamingResponse(_stream(opened, last + 1, first), status_code=206, media_type=media_type,
+                                 headers=headers)
     if size <= READ_WHOLE_BYTES:
         try:
             with opened:
@@ -105,9 +121,37 @@ def file_response(opened: OpenedFile, media_type: str, filename: str) -> Respons
     return StreamingResponse(_stream(opened, size), media_type=media_type, headers=headers)
 
 
-def _stream(opened: OpenedFile, size: int) -> Iterator[bytes]:
+def parse_range(header: str, size: int) -> tuple[int, int] | str | None:
+    """(first, last) byte of a single ``bytes=`` range within ``size``; "unsatisfiable"; or None
+    for a header to ignore (not bytes, several ranges, malformed)."""
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first_text, dash, last_text = spec.strip().partition("-")
+    if not dash:
+        return None
+    first_text, last_text = first_text.strip(), last_text.strip()
+    if not (first_text.isdigit() or first_text == "") or not (last_text.isdigit() or last_text == ""):
+        return None
+    if first_text == "":
+        if last_text == "":
+            return None
+        length = int(last_text)
+        if length == 0 or size == 0:
+            return "unsatisfiable"
+        return max(0, size - length), size - 1
+    first = int(first_text)
+    last = int(last_text) if last_text else size - 1
+    if first >= size:
+        return "unsatisfiable"
+    if last < first:
+        return None
+    return first, min(last, size - 1)
+
+
+def _stream(opened: OpenedFile, size: int, offset: int = 0) -> Iterator[bytes]:
+    """Bytes ``offset`` up to ``size`` (exclusive) of the open file."""
     try:
-        offset = 0
         while offset < size:
             chunk = os.pread(opened.fd, min(CHUNK_BYTES, size - offset), offset)
             if not chunk:  # the file shrank in place since it was opened: nothing honest to send

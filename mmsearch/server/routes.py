@@ -64,7 +64,9 @@ def item_out(request: Request, item: Item) -> dict[str, Any]:
     data["text"] = text_safe(data["text"]) if data["text"] is not None else None
     data["locator"] = text_safe(data["locator"])
     data["meta"] = json_safe(data["meta"])
-    data["thumbnail_url"] = f"{base}/thumbnail" if media_registry().thumbnailer(item.modality) else None
+    kinds = media_registry()
+    has_thumbnail = kinds.thumbnailer(item.modality) or kinds.moment_thumbnailer(item.modality)
+    data["thumbnail_url"] = f"{base}/thumbnail" if has_thumbnail else None
     data["file_url"] = f"{base}/file"
     data["similar_url"] = f"{base}/similar"
     return data
@@ -235,7 +237,8 @@ def thumbnail(request: Request, item_id: str,
     state = server(request)
     item = find(request, item_id)
     maker = media_registry().thumbnailer(item.modality)
-    if maker is None:
+    at_moment = media_registry().moment_thumbnailer(item.modality)
+    if maker is None and at_moment is None:
         raise HTTPException(404, f"item {item.id} is a {item.modality}, it has no thumbnail")
     made = fit_size(size)
     with open_item_file(item.id, item.path, state.engine.roots()) as opened:
@@ -243,6 +246,8 @@ def thumbnail(request: Request, item_id: str,
 
         def make() -> bytes:
             with state.decode_slots:  # one of the few decodes at a time
+                if at_moment is not None:  # a video: the frame at the item's moment, read from the descriptor
+                    return at_moment(opened.fd, made, float((item.meta or {}).get("t", 0.0)))
                 return maker(opened.read_all(MAX_THUMBNAIL_SOURCE_BYTES), made)
 
         try:
@@ -260,4 +265,5 @@ def original(request: Request, item_id: str) -> Response:
     """The original file of an item (for a JSONL line: the whole JSONL file)."""
     item = find(request, item_id)
     opened = open_item_file(item.id, item.path, server(request).engine.roots())
-    return file_response(opened, media_registry().media_type(opened.real_path), os.path.basename(item.path))
+    return file_response(opened, media_registry().media_type(opened.real_path), os.path.basename(item.path),
+                         request.headers.get("range"))

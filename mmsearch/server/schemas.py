@@ -11,7 +11,7 @@ MAX_TERMS = 16
 MAX_K = 1000
 MAX_TEXT_CHARS = 2000  # the tokenizer truncates long texts anyway; this only bounds the request
 
-Modality = Literal["all", "image", "text"]
+Modality = Literal["all", "image", "text", "video"]
 
 
 class ItemOut(BaseModel):
@@ -27,7 +27,10 @@ class ItemOut(BaseModel):
     width: int | None = None
     height: int | None = None
     meta: dict[str, Any] | None = None
-    thumbnail_url: str | None = Field(None, description="JPEG thumbnail (images only)")
+    t: float | None = Field(None, description="Videos: the moment (seconds from the start) of this frame or hit")
+    start: float | None = Field(None, description="Video hits: start of the matching segment (seconds)")
+    end: float | None = Field(None, description="Video hits: end of the matching segment (seconds)")
+    thumbnail_url: str | None = Field(None, description="JPEG thumbnail (images; videos: the frame at t)")
     file_url: str = Field(description="The original file")
     similar_url: str = Field(description="'More like this' search")
 
@@ -122,7 +125,7 @@ def search_body_openapi() -> dict[str, Any]:
                   '"weight":2},{"kind":"item","value":12,"weight":-0.5},{"kind":"image","upload":0}]. '
                   "When given, q/item/images are only used through it."},
         "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
-        "type": {"type": "string", "enum": ["all", "image", "text"], "default": "all"},
+        "type": {"type": "string", "enum": ["all", "image", "text", "video"], "default": "all"},
         "min_score": {"type": "number", "minimum": -1, "maximum": 1},
         "include_query": {"type": "boolean", "default": False},
         "dedup": {"type": "boolean", "default": False},

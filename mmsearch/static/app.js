@@ -142,6 +142,32 @@ function basename(path) {
   return path.includes("/") ? path.split("/").pop() : path.split("\\").pop();
 }
 
+function clock(seconds) {
+  const whole = Math.max(0, Math.floor(seconds));
+  const h = Math.floor(whole / 3600), m = Math.floor((whole % 3600) / 60), s = whole % 60;
+  const two = (n) => String(n).padStart(2, "0");
+  return h ? `${h}:${two(m)}:${two(s)}` : `${two(m)}:${two(s)}`;
+}
+
+// Replace a video hit's thumbnail by the video itself, playing from the hit's moment (the
+// server answers range requests, so the browser seeks without loading the whole file).
+function play(button, hit) {
+  const video = document.createElement("video");
+  video.className = "player";
+  video.controls = true;
+  video.muted = true;
+  video.playsInline = true;
+  video.preload = "auto";
+  video.dataset.t = String(hit.t);
+  video.addEventListener("loadedmetadata", () => {
+    video.currentTime = hit.t;
+    video.play().catch(() => {});
+  }, { once: true });
+  video.src = hit.file_url;
+  button.replaceWith(video);
+  video.focus();
+}
+
 function render(hits) {
   const cards = hits.map((hit) => {
     const li = document.createElement("li");
@@ -166,10 +192,19 @@ function render(hits) {
       text.textContent = hit.text || "";
       similar.append(text);
     }
-    similar.addEventListener("click", () => {
-      clearImage();
-      run({ kind: "similar", id: hit.id, name: basename(hit.path) + (hit.locator ? `:${hit.locator}` : "") });
-    });
+    const moment = hit.t !== undefined && hit.t !== null;
+    if (moment) {
+      // A video: the thumbnail is the frame at the moment; a click plays the video from there.
+      similar.className = "similar play";
+      similar.title = `Play from ${clock(hit.t)}`;
+      similar.setAttribute("aria-label", `Play ${basename(hit.path)} from ${clock(hit.t)}`);
+      similar.addEventListener("click", () => play(similar, hit));
+    } else {
+      similar.addEventListener("click", () => {
+        clearImage();
+        run({ kind: "similar", id: hit.id, name: basename(hit.path) + (hit.locator ? `:${hit.locator}` : "") });
+      });
+    }
 
     const meta = document.createElement("div");
     meta.className = "meta";
@@ -187,18 +222,32 @@ function render(hits) {
     open.textContent = "Open";
     open.setAttribute("aria-label", `Open ${basename(hit.path)}`);
     meta.append(score, kind, open);
-    if (hit.duplicates && hit.duplicates.length) {
-      const more = document.createElement("span");
-      more.className = "dupes";
-      more.textContent = `+${hit.duplicates.length}`;
-      more.title = `${hit.duplicates.length} near-duplicate(s) hidden`;
+    if (moment) {
+      const more = document.createElement("button");
+      more.type = "button";
+      more.className = "more";
+      more.textContent = "Similar";
+      more.setAttribute("aria-label", `More like ${basename(hit.path)} at ${clock(hit.t)}`);
+      more.addEventListener("click", () => {
+        clearImage();
+        run({ kind: "similar", id: hit.id, name: `${basename(hit.path)} @ ${clock(hit.t)}` });
+      });
       meta.append(more);
+    }
+    if (hit.duplicates && hit.duplicates.length) {
+      const dupes = document.createElement("span");
+      dupes.className = "dupes";
+      dupes.textContent = `+${hit.duplicates.length}`;
+      dupes.title = `${hit.duplicates.length} near-duplicate(s) hidden`;
+      meta.append(dupes);
     }
 
     const name = document.createElement("div");
     name.className = "name";
-    name.textContent = basename(hit.path) + (hit.locator ? `:${hit.locator}` : "");
-    name.title = hit.path + (hit.locator ? `:${hit.locator}` : "");
+    const where = moment ? ` @ ${clock(hit.t)}` + (hit.start !== undefined && hit.end !== undefined
+      ? ` (${clock(hit.start)}-${clock(hit.end)})` : "") : (hit.locator ? `:${hit.locator}` : "");
+    name.textContent = basename(hit.path) + where;
+    name.title = hit.path + where;
 
     li.append(similar, meta, name);
     return li;

@@ -270,6 +270,30 @@ class Reader:
                     found[(modality, content_hash)] = item_id
         return found
 
+    def rows_in_hash_ranges(self, modality: str, ranges: Iterable[tuple[str, str]],
+                            skip_mtime: int | None = None) -> dict[tuple[str, str], list[ItemRow]]:
+        """Items of ``modality`` holding a vector whose content hash lies in each ``(low, high)``
+        range (``low <= hash < high``: the frames of a video), leaving out rows whose mtime is
+        ``skip_mtime`` (a file not completely written), each range's rows of one path only."""
+        found: dict[tuple[str, str], list[ItemRow]] = {}
+        for low, high in ranges:
+            query = (select(Item).join(Embedding, Embedding.item_id == Item.id)
+                     .where(Item.modality == modality, Item.content_hash >= low, Item.content_hash < high)
+                     .order_by(Item.path, Item.id))
+            if skip_mtime is not None:
+                query = query.where(Item.mtime_ns != skip_mtime)
+            rows = [_row(item) for item in self.session.scalars(query)]
+            if rows:
+                first = rows[0].path
+                found[(low, high)] = [row for row in rows if row.path == first]
+        return found
+
+    def rows_with_vectors_of(self, path: str, modality: str) -> list[tuple[ItemRow, bytes]]:
+        """Every item of ``modality`` in the file ``path`` with its vector blob (a video's frames)."""
+        return [(_row(item), blob) for item, blob in self.session.execute(
+            select(Item, Embedding.vector).join(Embedding, Embedding.item_id == Item.id)
+            .where(Item.path == path, Item.modality == modality))]
+
     # -- items -------------------------------------------------------------------------------------
     def item(self, item_id: int) -> ItemRow | None:
         item = self.session.get(Item, item_id)
@@ -292,6 +316,11 @@ class Reader:
     def modality_counts(self) -> dict[str, int]:
         return {modality: count for modality, count in
                 self.session.execute(select(Item.modality, func.count()).group_by(Item.modality))}
+
+    def file_count(self, modality: str) -> int:
+        """How many files hold items of ``modality`` (videos: one file, many frames)."""
+        return self.session.scalar(
+            select(func.count(func.distinct(Item.path))).where(Item.modality == modality)) or 0
 
     def any_item_under(self, prefixes: Sequence[str]) -> bool:
         return self.session.scalar(select(Item.id).where(_under(Item.path, prefixes)).limit(1)) is not None

@@ -535,6 +535,7 @@ class IndexStore:
     def stats(self) -> dict[str, Any]:
         with self.read() as r:
             counts = r.modality_counts()
+            videos = r.file_count("video")
             roots = [row.path for row in r.roots()]
             generation = r.generation()
         files = saved_generations(self.folder)
@@ -548,6 +549,8 @@ class IndexStore:
             "items": sum(counts.values()),
             "images": counts.get("image", 0),
             "texts": counts.get("text", 0),
+            "videos": videos,  # files; their frames are counted in "items" and "video_frames"
+            "video_frames": counts.get("video", 0),
             "roots": roots,
             "generation": generation,
             "vectors_saved_generation": files[0][0] if files else None,

@@ -1,0 +1,524 @@
+"""Videos: which files, their records, how frames are sampled for the model, and thumbnails.
+
+A video is indexed as its sampled frames: one vector per kept frame, each a catalogue row whose
+locator is its timestamp (``t=12.345``), all sharing the video's path and its facts (duration,
+frame rate, upright size, codec). Reading a video for the plan only hashes its bytes (streamed,
+never held whole); everything FFmpeg touches runs in the decode workers, which the executor
+kills past a deadline that grows with the video's duration.
+
+Sampling (``sample_frames``) decodes only what it needs:
+
+* the container is demuxed once without decoding, which gives every keyframe's time;
+* when keyframes are at most one interval apart (phone cameras write one or two a second),
+  only keyframes are decoded (``skip_frame = NONKEY``): each interval's sample is its first
+  keyframe, and encoders put keyframes at scene cuts, so short scenes are caught too;
+* otherwise (long GOPs) every reference frame is decoded (``NONREF`` skips B-frames nobody
+  refers to) and a tiny signature of a frame every fraction of an interval finds scene cuts;
+* a candidate whose tiny signature is nearly the previous kept frame's is dropped before
+  encoding; after encoding, the runner drops consecutive frames above a cosine (``dedup``);
+* at most ``max_frames`` frames per video: the interval widens for long videos so that samples
+  spread over the whole length.
+
+Frames are scaled by FFmpeg (area filter) to twice the model's input on the short side, turned
+upright (display-matrix rotation of phone videos), then cropped by the model's pixel transform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import stat as stat_mod
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .records import BadInput, FileEntry, Record, Skip, one_line
+
+VIDEO = "video"
+# Containers by extension; the content decides in the end (FFmpeg probes it), so a file named
+# .mp4 that holds only audio, or garbage, is skipped with the reason.
+EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".3gp", ".wmv",
+                        ".flv", ".ts", ".mts", ".m2ts", ".ogv", ".qt"})
+MEDIA_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".qt": "video/quicktime",
+               ".mkv": "video/x-matroska", ".webm": "video/webm", ".avi": "video/x-msvideo", ".mpg": "video/mpeg",
+               ".mpeg": "video/mpeg", ".3gp": "video/3gpp", ".wmv": "video/x-ms-wmv", ".flv": "video/x-flv",
+               ".ts": "video/mp2t", ".mts": "video/mp2t", ".m2ts": "video/mp2t", ".ogv": "video/ogg"}
+
+# One sample every 2 s: a scene has to last about 2 s to be sure to be sampled even without a
+# cut detected, and a 10-minute video costs 300 encodes (about 20 s of ViT-B-32 on 2 CPU
+# cores). MMSEARCH_VIDEO_INTERVAL changes it.
+DEFAULT_INTERVAL = 2.0
+# At most 600 frames per video (1.2 MB of vectors at 512-d): past 20 minutes the interval
+# widens so samples cover the whole length. MMSEARCH_VIDEO_MAX_FRAMES changes it.
+DEFAULT_MAX_FRAMES = 600
+# Mean absolute difference (0..1) of 32x18 RGB signatures: below SAME, a frame is the previous
+# kept one again (a still scene); above CUT, a new scene began.
+SAME_DIFFERENCE = 0.02
+CUT_DIFFERENCE = 0.12
+# Consecutive kept frames whose vectors are closer than this cosine are one frame for search.
+DEDUP_COSINE = 0.985
+# FFmpeg decoding threads per video (frame and slice threads): more buys little on a few
+# cores and costs a decoded frame of memory each (50 MB at 8K).
+DECODE_THREADS = 4
+# Deadline of one video's sampling: the executor's base timeout plus this many seconds per
+# second of video at 1080p (scaled by the pixel count): about 4x the slowest decode seen here.
+SECONDS_PER_SECOND_1080P = 0.5
+_1080P = 1920 * 1080
+SIG_SIZE = (32, 18)
+HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How frames are chosen (see the module's docstring)."""
+
+    interval: float = DEFAULT_INTERVAL
+    max_frames: int = DEFAULT_MAX_FRAMES
+    same: float = SAME_DIFFERENCE
+    cut: float = CUT_DIFFERENCE
+    dedup_cosine: float = DEDUP_COSINE
+
+    def interval_for(self, duration: float) -> float:
+        """The interval used for a video of ``duration`` seconds (widened to respect the cap)."""
+        if duration > 0 and duration / self.interval > self.max_frames:
+            return duration / self.max_frames
+        return self.interval
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video is, as stored with each of its frames."""
+
+    duration: float
+    fps: float | None
+    width: int  # upright
+    height: int
+    codec: str
+    rotation: int = 0  # degrees the frames are turned to be upright
+    stream: int = 0  # index of the video stream in the container
+
+    def meta(self, t: float) -> dict[str, Any]:
+        return {"t": round(t, 3), "duration": round(self.duration, 3),
+                "fps": round(self.fps, 3) if self.fps else None, "codec": self.codec}
+
+    def deadline(self, base: float) -> float:
+        """Seconds the sampling of this video may take before its worker is killed."""
+        scale = max(1.0, self.width * self.height / _1080P)
+        return base + SECONDS_PER_SECOND_1080P * scale * max(self.duration, 1.0)
+
+
+@dataclass
+class SampledFrames:
+    """What a worker returns for one video: its facts and the kept frames (uint8, model-ready)."""
+
+    info: VideoInfo
+    times: list[float] = field(default_factory=list)
+    arrays: list[Any] = field(default_factory=list)
+    decoded: int = 0  # frames FFmpeg decoded (for benchmarks)
+    mode: str = ""  # "keyframes" | "reference frames"
+
+
+def locator(t: float) -> str:
+    return f"t={t:.3f}"
+
+
+def frame_hash(video_hash: str, t: float) -> str:
+    """A frame's content identity: the video's plus its timestamp (so a renamed or copied video
+    reuses every frame vector)."""
+    return f"{video_hash}:{int(round(t * 1000))}"
+
+
+def hash_range(video_hash: str) -> tuple[str, str]:
+    """Bounds of the frame hashes of a video (for a range query: ``low <= hash < high``)."""
+    return f"{video_hash}:", f"{video_hash};"
+
+
+def video_hash(path: str) -> tuple[str, int]:
+    """(content hash, size) of a regular file, read in chunks (a video is never held whole).
+
+    Raises BadInput like ``records.read_regular_file``.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as exc:
+        raise BadInput("broken symlink" if os.path.islink(path) else "file disappeared after it was listed") from exc
+    except PermissionError as exc:
+        raise BadInput("permission denied", transient=True) from exc
+    except OSError as exc:
+        raise BadInput(exc.strerror or str(exc), transient=True) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise BadInput("not a regular file")
+        if st.st_size == 0:
+            raise BadInput("empty file")
+        digest = hashlib.blake2b(digest_size=16)
+        size = 0
+        with os.fdopen(fd, "rb", closefd=True) as fh:
+            fd = -1
+            while chunk := fh.read(HASH_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        return digest.hexdigest(), size
+    except OSError as exc:
+        raise BadInput(f"read error: {exc.strerror or exc}", transient=True) from exc
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def container_of(head: bytes) -> str | None:
+    """The video container the first bytes of a file announce (by content, not name), or None."""
+    if len(head) >= 12 and head[4:8] == b"ftyp":
+        return "MP4/QuickTime"
+    if head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"skip"):
+        return "QuickTime"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "Matroska/WebM"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "AVI"
+    if head.startswith(b"OggS"):
+        return "Ogg"
+    if head.startswith(b"FLV"):
+        return "FLV"
+    if head.startswith(b"\x00\x00\x01\xba"):
+        return "MPEG-PS"
+    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
+        return "ASF/WMV"
+    if len(head) >= 189 and head[0] == 0x47 and head[188] == 0x47:
+        return "MPEG-TS"
+    return None
+
+
+def _head(path: Any) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(256)
+    except (OSError, TypeError):
+        return b""
+
+
+# -- FFmpeg, in the decode workers -----------------------------------------------------------------
+def _open(source: Any):
+    import av
+
+    try:
+        return av.open(source, metadata_errors="ignore")
+    except av.error.InvalidDataError as exc:
+        container = container_of(_head(source)) if isinstance(source, (str, os.PathLike)) else None
+        if container:
+            raise BadInput(f"damaged or truncated {container} file (FFmpeg cannot read its header)") from exc
+        raise BadInput("not a video (FFmpeg does not recognise the data)") from exc
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise BadInput(f"cannot open video: {one_line(exc)}") from exc
+
+
+def _video_stream(container):
+    streams = container.streams.video
+    if not streams:
+        kinds = sorted({s.type for s in container.streams})
+        raise BadInput(f"no video stream ({', '.join(kinds)} only)" if kinds else "no video stream")
+    stream = streams[0]
+    if stream.codec_context is None:
+        raise BadInput("no decoder for the video stream")
+    return stream
+
+
+def _start(stream) -> float:
+    return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+
+
+def _rotation(frame) -> int:
+    """Degrees counter-clockwise to turn ``frame`` upright (a multiple of 90)."""
+    try:
+        value = frame.rotation
+    except Exception:  # noqa: BLE001 - older PyAV or no display matrix
+        return 0
+    return int(round((value or 0) / 90.0)) % 4 * 90
+
+
+def _duration(container, stream) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000
+    return 0.0
+
+
+def probe(path: str, max_pixels: int | None = None) -> VideoInfo:
+    """The facts of the video at ``path``; its first frame is decoded (the rotation lives there,
+    and a file none of whose frames decodes is not a video). BadInput says why not."""
+    import av
+
+    try:
+        with _open(path) as container:
+            stream = _video_stream(container)
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if max_pixels is not None and width * height > max_pixels:
+                raise BadInput(f"video too large: {width}x{height} pixels, over the {max_pixels}-pixel decode cap "
+                               f"(set MMSEARCH_MAX_PIXELS to raise it)")
+            stream.thread_type = "AUTO"
+            frame = next(iter(_frames(container, stream)), None)
+            if frame is None:
+                raise BadInput("no decodable video frame")
+            rotation = _rotation(frame)
+            width, height = frame.width, frame.height
+            if rotation in (90, 270):
+                width, height = height, width
+            rate = stream.average_rate or stream.guessed_rate
+            return VideoInfo(duration=_duration(container, stream), fps=float(rate) if rate else None,
+                             width=width, height=height, codec=stream.codec_context.name, rotation=rotation,
+                             stream=stream.index)
+    except BadInput:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError, StopIteration) as exc:
+        raise BadInput(f"cannot decode video: {one_line(exc)}") from exc
+
+
+def _frames(container, stream):
+    """Decoded frames of ``stream``; packets FFmpeg cannot decode are skipped (a damaged stretch
+    costs its frames, not the video)."""
+    import av
+
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.error.InvalidDataError:
+            continue
+        except av.error.FFmpegError as exc:
+            if "Invalid data" in str(exc):
+                continue
+            raise
+
+
+def _keyframe_times(path: str, stream_index: int) -> tuple[list[float], float]:
+    """(keyframe times, end time) from the packets alone: nothing is decoded."""
+    with _open(path) as container:
+        stream = container.streams[stream_index]
+        start = _start(stream)
+        keys: list[float] = []
+        end = 0.0
+        for packet in container.demux(stream):
+            if packet.pts is None or packet.time_base is None:
+                continue
+            t = float(packet.pts * packet.time_base) - start
+            end = max(end, t + float((packet.duration or 0) * packet.time_base))
+            if packet.is_keyframe:
+                keys.append(t)
+    return sorted(keys), end
+
+
+def _signature(frame) -> np.ndarray:
+    small = frame.reformat(width=SIG_SIZE[0], height=SIG_SIZE[1], format="rgb24", interpolation="AREA")
+    return small.to_ndarray().astype(np.float32) / 255.0
+
+
+def _difference(a: np.ndarray | None, b: np.ndarray) -> float:
+    return 1.0 if a is None else float(np.abs(a - b).mean())
+
+
+def _model_pixels(frame, rotation: int, target: int | None, pixels: Any) -> np.ndarray:
+    """The frame upright, as the model's uint8 input (or whole, as RGB, without a transform)."""
+    from PIL import Image
+
+    width, height = frame.width, frame.height
+    if target:
+        scale = min(1.0, 2 * target / max(1, min(width, height)))
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
+    if rotation:
+        rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
+    if pixels is None:
+        return rgb
+    return pixels.apply(Image.fromarray(rgb, "RGB"))
+
+
+def sample_frames(path: str, target: int | None, pixels: Any, sampling: Sampling = Sampling(),
+                  max_pixels: int | None = None, info: VideoInfo | None = None) -> SampledFrames:
+    """The frames of the video at ``path`` that represent it (see the module's docstring), as
+    uint8 arrays ready for the model. ``info``: its ``probe`` when already made. BadInput when
+    nothing can be decoded."""
+    import av
+
+    info = info or probe(path, max_pixels)
+    index = info.stream
+    result: SampledFrames | None = None
+    try:
+        keys, end = _keyframe_times(path, index)
+        duration = info.duration if info.duration > 0 else end
+        interval = sampling.interval_for(duration)
+        longest_gap = max((b - a for a, b in zip(keys, keys[1:] + [max(duration, keys[-1] if keys else 0)])),
+                          default=math.inf)
+        keyframes_only = bool(keys) and keys[0] <= interval and longest_gap <= interval * 1.01
+        result = SampledFrames(replace(info, duration=duration))
+        with _open(path) as container:
+            stream = container.streams[index]
+            stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = DECODE_THREADS
+            stream.codec_context.skip_frame = "NONKEY" if keyframes_only else "NONREF"
+            result.mode = "keyframes" if keyframes_only else "reference frames"
+            _select(container, stream, result, interval, sampling, target, pixels, keyframes_only)
+    except BadInput:
+        raise
+    except MemoryError as exc:
+        raise BadInput("out of memory decoding video") from exc
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        if result is None or not result.times:
+            raise BadInput(f"cannot decode video: {one_line(exc)}") from exc
+        # a damaged tail: keep what decoded before it
+    if result is None or not result.times:
+        raise BadInput("no decodable video frame")
+    if len(result.times) > sampling.max_frames:  # scene cuts beyond the cap: thin evenly
+        keep = np.linspace(0, len(result.times) - 1, sampling.max_frames).round().astype(int)
+        result.times = [result.times[i] for i in keep]
+        result.arrays = [result.arrays[i] for i in keep]
+    return result
+
+
+def _select(container, stream, result: SampledFrames, interval: float, sampling: Sampling,
+            target: int | None, pixels: Any, keyframes_only: bool) -> None:
+    """Walk the decoded frames once, keeping interval samples, scene cuts, not still repeats."""
+    start = _start(stream)
+    rotation = result.info.rotation
+    next_sample = 0.0  # time of the next interval sample
+    next_look = 0.0  # time of the next scene-cut check (long-GOP decoding)
+    look_every = min(0.5, interval / 4)
+    last_sig: np.ndarray | None = None
+    last_t = -math.inf
+    for frame in _frames(container, stream):
+        result.decoded += 1
+        if frame.pts is None:
+            continue
+        t = max(0.0, float(frame.time) - start)
+        due = t >= next_sample - 1e-6
+        look = keyframes_only or t >= next_look - 1e-6
+        if not (due or look):
+            continue
+        if look:
+            next_look = t + look_every
+        sig = _signature(frame)
+        difference = _difference(last_sig, sig)
+        cut = difference >= sampling.cut
+        if due and not cut and difference < sampling.same:
+            next_sample = t + interval  # a still scene: the kept frame stands for this one too
+            continue
+        if not (due or cut):
+            continue
+        if t - last_t < 1e-3:
+            continue
+        result.times.append(round(t, 3))
+        result.arrays.append(_model_pixels(frame, rotation, target, pixels))
+        last_sig, last_t = sig, t
+        if len(result.times) >= 2 * sampling.max_frames:
+            # Cut after cut (a flickering or hostile video): memory stays bounded by halving
+            # what is kept so far and the cadence from here on.
+            result.times, result.arrays = result.times[::2], result.arrays[::2]
+            interval *= 2
+        next_sample = t + interval
+
+
+def video_worker(path: str, target: int | None, pixels: Any, sampling: Sampling, max_pixels: int | None,
+                 info: VideoInfo | None = None):
+    """``sample_frames`` for a worker: BadInput becomes a Skip."""
+    try:
+        return sample_frames(path, target, pixels, sampling, max_pixels, info)
+    except BadInput as exc:
+        return exc.skip(path)
+
+
+def probe_worker(path: str, max_pixels: int | None):
+    try:
+        return probe(path, max_pixels)
+    except BadInput as exc:
+        return exc.skip(path)
+
+
+def drop_repeats(vectors: np.ndarray, threshold: float) -> list[int]:
+    """Indices of the frames to keep: each frame whose cosine with the previous kept one is
+    below ``threshold`` (vectors are L2-normalised)."""
+    keep: list[int] = []
+    for i in range(len(vectors)):
+        if not keep or float(vectors[i] @ vectors[keep[-1]]) < threshold:
+            keep.append(i)
+    return keep
+
+
+# -- thumbnails ------------------------------------------------------------------------------------
+def frame_at(source: Any, t: float, size: int) -> bytes:
+    """JPEG bytes of the frame at ``t`` seconds (upright), fitting ``size``x``size``."""
+    import io
+
+    import av
+    from PIL import Image
+
+    from .image import THUMB_QUALITY
+
+    try:
+        with _open(source) as container:
+            stream = _video_stream(container)
+            stream.thread_type = "AUTO"
+            start = _start(stream)
+            if t > 0 and stream.time_base is not None:
+                container.seek(int((t + start) / stream.time_base), stream=stream, backward=True, any_frame=False)
+            chosen = None
+            for frame in _frames(container, stream):
+                if frame.pts is None:
+                    continue
+                chosen = frame
+                if float(frame.time) - start >= t - 1e-3:
+                    break
+            if chosen is None:
+                raise BadInput("no decodable video frame")
+            img = Image.fromarray(_model_pixels(chosen, _rotation(chosen), size, None), "RGB")
+    except BadInput:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise BadInput(f"cannot decode video: {one_line(exc)}") from exc
+    img.thumbnail((size, size), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=THUMB_QUALITY, optimize=True)
+    return out.getvalue()
+
+
+# -- the handler -----------------------------------------------------------------------------------
+class VideoHandler:
+    """Video files: read as one placeholder record (the file's hash); the runner samples frames
+    in the decode workers and writes one row per kept frame."""
+
+    kind = VIDEO
+    modality = VIDEO
+    decoded_in_workers = True
+    multi_record = True  # several rows per file, sealed once all are written
+    reads_bytes = False  # the registry must not read the file whole
+
+    @property
+    def extensions(self) -> frozenset[str]:
+        return EXTENSIONS
+
+    @staticmethod
+    def media_type(path: str) -> str:
+        return MEDIA_TYPES.get(os.path.splitext(path)[1].lower(), "application/octet-stream")
+
+    @staticmethod
+    def thumbnail_at(fd: int, size: int, t: float) -> bytes:
+        """JPEG bytes of the frame at ``t`` of the video open as ``fd`` (read through a duplicate
+        descriptor, so the caller's stays as it is)."""
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            fh.seek(0)
+            return frame_at(fh, t, size)
+
+    def records(self, entry: FileEntry, data: bytes | None = None, max_pixels: int | None = None) -> tuple[list[Record], list[Skip]]:
+        digest, _ = video_hash(entry.path)
+        return [Record(entry.path, "", VIDEO, entry.size, entry.mtime_ns, digest)], []
+
+
+def is_placeholder(record: Record) -> bool:
+    """True for a video read but not yet sampled (its frames are not known)."""
+    return record.modality == VIDEO and record.locator == ""
+
+
+def frame_record(video: Record, t: float, info: VideoInfo) -> Record:
+    return Record(video.path, locator(t), VIDEO, video.size, video.mtime_ns, frame_hash(video.content_hash, t),
+                  width=info.width, height=info.height, meta=info.meta(t))

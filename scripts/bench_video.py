@@ -1,0 +1,203 @@
+"""Video indexing speed: mmsearch against a naive baseline, as a multiple of real time.
+
+Generated H.264 videos (a panning textured shot with a scene cut every 5 to 13 seconds, 30 fps,
+keyframes every second as phones write them) are indexed with ViT-B-32 (random weights: speed
+does not depend on them):
+
+  mmsearch   Engine.add on a folder holding the video (model loaded beforehand, as in
+             scripts/bench.py): sampling in the decode workers, encoding, writing.
+  naive      one process: PyAV decodes every frame, keeps the first frame of each 2-second
+             interval, open_clip's own preprocess on the full frame, batched float32 encode.
+
+Each figure is the median of --repeats runs; videos are generated once into --workdir and reused.
+
+    python scripts/bench_video.py --quick                 # 1-minute 1080p only
+    python scripts/bench_video.py                         # 10-minute 1080p and 1-minute 4K
+    python scripts/bench_video.py --seconds-4k 600        # the full 10-minute 4K (slow to generate)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchutil import machine, median  # noqa: E402
+
+ARCH = "ViT-B-32"
+INTERVAL = 2.0
+SCENE_SECONDS = (5, 9, 13, 7, 11)
+COLOURS = ((150, 40, 40), (40, 140, 60), (40, 60, 160), (170, 150, 40), (140, 50, 150), (40, 150, 160))
+
+
+# -- generated videos ----------------------------------------------------------------------------
+def generate(path: Path, width: int, height: int, seconds: int, fps: int = 30, gop: int = 30) -> Path:
+    """A textured shot panning sideways, a new colour and texture every 5-13 s (made once)."""
+    import av
+
+    done = path.with_name(path.name + ".complete")
+    if done.exists():
+        return path
+    rng = np.random.default_rng(0)
+    bases = []
+    block = height // 9  # coarse shapes (visible at any scale) over fine 8-pixel detail
+    for colour in COLOURS:
+        coarse = rng.integers(0, 160, (-(-height // block), -(-width // block), 3)).repeat(block, 0).repeat(block, 1)
+        fine = rng.integers(0, 48, (height // 8, width // 8, 3)).repeat(8, 0).repeat(8, 1)
+        texture = coarse[:height, :width] // 2 + fine + np.array(colour) // 2
+        bases.append(np.clip(texture, 0, 255).astype(np.uint8))
+    cuts, t, k = [], 0, 0
+    while t < seconds:
+        cuts.append(t)
+        t += SCENE_SECONDS[k % len(SCENE_SECONDS)]
+        k += 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast", "g": str(gop), "crf": "23"}
+        for i in range(seconds * fps):
+            scene = sum(1 for c in cuts if c <= i / fps) - 1
+            shift = (i * max(2, width // 320)) % width
+            frame = av.VideoFrame.from_ndarray(np.roll(bases[scene % len(bases)], shift, axis=1), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    done.write_text("ok")
+    return path
+
+
+# -- contenders ------------------------------------------------------------------------------------
+def mmsearch_seconds(video: Path, workdir: Path) -> tuple[float, dict]:
+    """Seconds for Engine.add over a folder holding ``video`` (a fresh index; model warm)."""
+    from PIL import Image
+
+    from mmsearch import Engine
+
+    folder = workdir / "mm-lib"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        os.link(video, folder / video.name)
+    except OSError:
+        shutil.copy2(video, folder / video.name)
+    warm = workdir / "mm-warm"
+    shutil.rmtree(warm, ignore_errors=True)
+    warm.mkdir()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(warm / "warm.jpg")
+    index = workdir / "mm-index"
+    shutil.rmtree(index, ignore_errors=True)
+    with Engine(index, model=ARCH, pretrained="none") as engine:
+        engine.add([warm])
+        start = time.perf_counter()
+        report = engine.add([folder])
+        seconds = time.perf_counter() - start
+    if report.videos != 1:
+        raise RuntimeError(f"mmsearch did not index {video}: {report.summary()}")
+    return seconds, {"frames_encoded": report.sampled, "frames_kept": report.frames, "stages": {k: round(v, 2) for k, v in report.stages.items()}}
+
+
+class Naive:
+    """Decode every frame with PyAV, keep one per interval, open_clip preprocess + encode."""
+
+    def __init__(self, batch: int = 32):
+        import open_clip
+        import torch
+
+        torch.manual_seed(0)
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(ARCH, pretrained=None)
+        self.model.eval()
+        self.batch = batch
+
+    def seconds(self, video: Path) -> tuple[float, dict]:
+        import av
+        import torch
+
+        start = time.perf_counter()
+        tensors, vectors, decoded, next_t = [], [], 0, 0.0
+        with av.open(str(video)) as container:
+            for frame in container.decode(video=0):
+                decoded += 1
+                if frame.time is None or frame.time < next_t:
+                    continue
+                next_t = frame.time + INTERVAL
+                tensors.append(self.preprocess(frame.to_image()))
+                if len(tensors) == self.batch:
+                    vectors.append(self._encode(tensors, torch))
+                    tensors = []
+        if tensors:
+            vectors.append(self._encode(tensors, torch))
+        seconds = time.perf_counter() - start
+        return seconds, {"frames_decoded": decoded, "frames_encoded": int(sum(len(v) for v in vectors))}
+
+    def _encode(self, tensors, torch) -> np.ndarray:
+        with torch.no_grad():
+            features = self.model.encode_image(torch.stack(tensors))
+        return torch.nn.functional.normalize(features, dim=-1).numpy()
+
+
+def duration_of(video: Path) -> float:
+    import av
+
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        return float(stream.duration * stream.time_base)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/mmsearch-bench-video"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seconds-1080p", type=int, default=600)
+    parser.add_argument("--seconds-4k", type=int, default=60)
+    parser.add_argument("--quick", action="store_true", help="a 1-minute 1080p video only, one repeat")
+    parser.add_argument("--generate-only", action="store_true")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds_1080p, args.seconds_4k, args.repeats = 60, 0, 1
+    videos = []
+    if args.seconds_1080p:
+        videos.append(("1080p", generate(args.workdir / f"pan-1080p-{args.seconds_1080p}s.mp4", 1920, 1080,
+                                         args.seconds_1080p)))
+    if args.seconds_4k:
+        videos.append(("4K", generate(args.workdir / f"pan-4k-{args.seconds_4k}s.mp4", 3840, 2160, args.seconds_4k)))
+    if args.generate_only:
+        return
+    naive = Naive()
+    results = {"machine": machine(), "model": f"{ARCH} (random weights)", "interval_s": INTERVAL,
+               "repeats": args.repeats, "videos": []}
+    for label, video in videos:
+        length = duration_of(video)
+        ours, theirs, our_info, their_info = [], [], {}, {}
+        for _ in range(args.repeats):  # alternate, so load from other work hits both alike
+            seconds, our_info = mmsearch_seconds(video, args.workdir)
+            ours.append(seconds)
+            seconds, their_info = naive.seconds(video)
+            theirs.append(seconds)
+        row = {"video": label, "file": video.name, "duration_s": round(length, 1),
+               "mmsearch_s": round(median(ours), 2), "naive_s": round(median(theirs), 2),
+               "mmsearch_x_realtime": round(length / median(ours), 1),
+               "naive_x_realtime": round(length / median(theirs), 1),
+               "speedup": round(median(theirs) / median(ours), 2),
+               "mmsearch_runs_s": [round(s, 2) for s in ours], "naive_runs_s": [round(s, 2) for s in theirs],
+               "mmsearch": our_info, "naive": their_info}
+        results["videos"].append(row)
+        print(f"{label:6} {length:6.0f}s video  mmsearch {row['mmsearch_s']:7.1f}s ({row['mmsearch_x_realtime']:5.1f}x "
+              f"real time, {our_info['frames_encoded']} frames encoded)  naive {row['naive_s']:7.1f}s "
+              f"({row['naive_x_realtime']:5.1f}x, {their_info['frames_encoded']} encoded)  speed-up {row['speedup']:.2f}x", flush=True)
+    print(json.dumps(results))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
