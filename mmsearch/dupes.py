@@ -186,6 +186,27 @@ def groups_of(n: int, pairs: np.ndarray) -> list[list[int]]:
     return sets.groups()
 
 
+def video_components(vectors: np.ndarray, pairs: np.ndarray, rows: dict[int, Any], ids: Sequence[int]) -> list[list[int]]:
+    """Groups of videos from pairs of their frames (positions into ``ids``): pairs within one
+    video are dropped (a scene that returns), videos joined by any cross pair form a group, and
+    each video is represented by its frame in the most similar cross pair it takes part in, so a
+    copy of a video is one group of two whose similarity is that of its best-matching moment."""
+    path_of = [rows[item_id].path for item_id in ids]
+    names = sorted(set(path_of))
+    node = {name: n for n, name in enumerate(names)}
+    sets = UnionFind(len(names))
+    best: dict[str, tuple[float, int]] = {}
+    for a, b in pairs.tolist():
+        if path_of[a] == path_of[b]:
+            continue
+        sets.union(node[path_of[a]], node[path_of[b]])
+        sim = float(np.dot(vectors[a], vectors[b]))
+        for own in (a, b):
+            if sim > best.get(path_of[own], (-2.0, -1))[0]:
+                best[path_of[own]] = (sim, own)
+    return [[best[names[n]][1] for n in group] for group in sets.groups()]
+
+
 # -- groups of items ---------------------------------------------------------------------------------
 def keeper_key(item: Any) -> tuple:
     """Sort key choosing a group's keeper (smallest first): the largest resolution (pixels;
@@ -259,7 +280,11 @@ def scan(reader: Any, dim: int, modalities: Sequence[str], threshold: float, pro
             progress.advance(done - state["done"])
             state["done"] = done
 
-        components = groups_of(len(ids), similar_pairs(vectors, threshold, progress=tick))
+        pairs = similar_pairs(vectors, threshold, progress=tick)
+        if modality == "video":  # frames: videos are the duplicates, not moments of one video
+            components = video_components(vectors, pairs, reader.items(ids), ids)
+        else:
+            components = groups_of(len(ids), pairs)
         wanted = [ids[p] for comp in components for p in comp]
         rows_by_id = reader.items(wanted)
         position = {ids[p]: p for comp in components for p in comp}

@@ -528,7 +528,7 @@ class Engine:
                    progress: Progress | None = None) -> list[dupes.DuplicateGroup]:
         """Groups of near-duplicate items (cosine similarity at least ``threshold``, default
         ``dupes.DEFAULT_THRESHOLD``; chains join: a~b and b~c make one group), of one modality
-        each (``type``: 'image', 'text' or 'all'). Each group's ``keeper`` is the item with the
+        each (``type``: 'image', 'text', 'video' or 'all'; videos group as whole files, each shown by its best-matching frame). Each group's ``keeper`` is the item with the
         largest resolution, then the oldest file, then the lowest id; ``others`` carry their
         similarity to it. Largest groups first. ``progress`` receives the scan's progress."""
         threshold = dupes.DEFAULT_THRESHOLD if threshold is None else dupes.check_threshold(threshold)

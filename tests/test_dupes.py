@@ -118,8 +118,31 @@ def test_dupes_command_refuses_bad_input_in_one_line(photos):
     for value in ("1.5", "0", "nan"):
         done = run("dupes", "-i", index, "--threshold", value)
         assert done.returncode == 2 and "--threshold must be" in one_line(done.stderr), done.stderr
-    done = run("dupes", "-i", index, "--type", "video")
-    assert done.returncode == 2 and "unknown type 'video'" in one_line(done.stderr)
+    done = run("dupes", "-i", index, "--type", "audio")
+    assert done.returncode == 2 and "unknown type 'audio'" in one_line(done.stderr)
+
+
+def test_videos_group_as_whole_files_and_a_returning_scene_is_not_a_duplicate(tmp_path, tiny_model):
+    """Frames are the vectors of a video, but the duplicates are videos: a re-encoded, smaller copy
+    joins its original (shown by the best-matching moment, the larger one kept); a scene that
+    returns within one video, and another video, do not make groups."""
+    from mmsearch.media.videogen import COLOURS, make_video
+
+    root = tmp_path / "videos"
+    root.mkdir()
+    a, b, other = COLOURS[0], COLOURS[1], COLOURS[3]
+    make_video(root / "trip.mp4", [2.0, 2.0, 2.0], colours=[a, b, a], gop=5)
+    make_video(root / "trip-copy.webm", [2.0, 2.0, 2.0], colours=[a, b, a], codec="libvpx-vp9", width=128, height=80)
+    make_video(root / "other.mp4", [3.0], colours=[other], gop=5)
+    with Engine(tmp_path / "idx", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+        engine.add([root])
+        groups = engine.duplicates(threshold=COPIES, type="video")
+        assert len(groups) == 1
+        group = groups[0]
+        assert Path(group.keeper.path).name == "trip.mp4"  # 160x96 beats the 128x80 copy
+        assert [Path(o.path).name for o in group.others] == ["trip-copy.webm"]
+        assert group.similarity[0] >= COPIES
+        assert engine.duplicates(threshold=COPIES) == groups  # 'all' includes videos, the same way
 
 
 def test_query_dedup_collapses_copies_and_still_returns_k_hits(photos, cli):
