@@ -197,6 +197,7 @@ def _check(store: IndexStore, report: CheckReport, *, repair: bool, encoder_fact
         _reembed(store, reembed, encoder_factory, report)
     _check_vectors(store, report, repair)
     _check_onnx_text(store, report, repair, encoder_factory, settings)
+    _check_onnx_image(store, report, repair, encoder_factory, settings)
     if repair:
         report.items = _count(store)
 
@@ -440,6 +441,27 @@ def _check_onnx_text(store: IndexStore, report: CheckReport, repair: bool, encod
         store.update_manifest(**{onnx_text.MANIFEST_KEY: None})
         if encoder_factory is not None:
             onnx_text.ensure_exported(store, encoder_factory(store), settings.cache)
+        problem.repaired = True
+
+
+def _check_onnx_image(store: IndexStore, report: CheckReport, repair: bool, encoder_factory,
+                      settings: Settings) -> None:
+    """The ONNX image encoders are the ones the manifest records (whole-file checksums)."""
+    from .encoders import onnx_image
+
+    record = onnx_image.usable_record(store.manifest)
+    if record is None:
+        return
+    problem_text = onnx_image.export_mismatch(store.folder, record, full=True)
+    if problem_text is None:
+        return
+    problem = _problem(report, "onnx_image", f"the ONNX image encoder is not the one the manifest records: {problem_text}")
+    if repair:
+        for path in onnx_image.export_files(store.folder, record).values():
+            path.unlink(missing_ok=True)
+        store.update_manifest(**{onnx_image.MANIFEST_KEY: None})
+        if encoder_factory is not None:
+            onnx_image.ensure_exported(store, encoder_factory(store), settings.cache)
         problem.repaired = True
 
 

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from .encoders import ModelSpec, TorchEncoder, random_weights_note
-from .encoders import onnx_text
-from .errors import ModelMismatchError, OnnxTextUnavailable, PathNotFoundError, QueryError
+from .encoders import onnx_image, onnx_text
+from .errors import ModelMismatchError, OnnxImageUnavailable, OnnxTextUnavailable, PathNotFoundError, QueryError
 from .fsutil import display_path
 from .indexing import Indexer, IndexReport, NullProgress, Progress
 from .library import LibraryRoot, under_any, within
@@ -84,6 +84,9 @@ class Engine:
         self._onnx: onnx_text.OnnxTextEncoder | None = None  # the index's torch-free text encoder
         self._onnx_key: tuple | None = None  # the export record _onnx was loaded for
         self._preloaded = text_encoder
+        self._onnx_image_encoder: onnx_image.OnnxImageEncoder | None = None  # the torch-free image encoder
+        self._onnx_image_key: tuple | None = None
+        self.warmed = False  # `warm()` loaded what queries need
         self._lock = threading.RLock()  # guards loading the encoders and switching models
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -98,6 +101,7 @@ class Engine:
             self._store.close()
         self._encoder = None
         self._onnx = self._onnx_key = None
+        self._onnx_image_encoder = self._onnx_image_key = None
 
     # -- model -------------------------------------------------------------------------------
     @property
@@ -135,6 +139,19 @@ class Engine:
         has a valid one (``kind`` "onnx", no torch), else the torch encoder (``kind`` "torch")."""
         return self._onnx_text() or self.encoder
 
+    @property
+    def image_encoder(self) -> Any:
+        """The image encoder image queries use (an ``ImageEncoder``): the index's ONNX export
+        when it has a valid one (``kind`` "onnx" or "onnx-int8", no torch), else the torch encoder."""
+        return self._onnx_image() or self.encoder
+
+    def warm(self) -> None:
+        """Load the encoders queries use (ONNX where the index has exports, else torch), so the
+        first query is as fast as the next (the server calls this at start)."""
+        if self._store is None or self.text_encoder.kind == "torch" or self.image_encoder.kind == "torch":
+            self.encoder  # noqa: B018 - no index yet, or an encoder without export: the torch model
+        self.warmed = True
+
     def _refresh(self) -> None:
         """Follow another process's change of the index's model (``--reembed``).
 
@@ -152,6 +169,7 @@ class Engine:
                 log.info("the index's model changed to %s: reloading", store.manifest["model"].get("name"))
                 self._encoder = None
                 self._onnx = self._onnx_key = None
+                self._onnx_image_encoder = self._onnx_image_key = None
 
     def _check_model(self) -> bool:
         """True when the requested model is the index's; False when it differs."""
@@ -241,6 +259,8 @@ class Engine:
         if onnx_text.export_needed(store.manifest, self.settings.onnx):
             # Before indexing, so queries during a long first run already start fast.
             onnx_text.ensure_exported(store, self.encoder, self.settings.cache, self.settings.onnx)
+        if onnx_image.export_needed(store.manifest, self.settings.onnx):
+            onnx_image.ensure_exported(store, self.encoder, self.settings.cache, self.settings.onnx)
         report = self.indexer(progress).run(roots)
         store.fit_vectors(index_type)
         if report.changed:
@@ -250,10 +270,26 @@ class Engine:
     def indexer(self, progress: Progress | None = None) -> Indexer:
         """An indexer over this engine's store and encoder (the caller holds the writer lock)."""
         return Indexer(
-            self.store, lambda: self.encoder, progress=progress, settings=self.settings,
+            self.store, self._indexing_encoder, progress=progress, settings=self.settings,
             batch_size=self._batch_size or self._default_batch(), workers=self._workers,
             never=[str(self.folder)],  # the index folder itself, even inside an indexed root
         )
+
+    def _indexing_encoder(self) -> Any:
+        """The encoder an indexing run uses: ONNX for images where that is the choice (measured
+        or set, ``onnx_image.indexing_choice``), else the torch encoder."""
+        store = self._store
+        if store is None or self._device not in (None, "cpu") or not self._check_model():
+            return self.encoder
+        choice = onnx_image.indexing_choice(store.manifest, self.settings.image_encoder, self.settings.onnx)
+        if choice == "torch":
+            return self.encoder
+        try:
+            image = onnx_image.OnnxImageEncoder(store.folder, onnx_image.usable_record(store.manifest), choice)
+        except OnnxImageUnavailable as exc:
+            log.warning("images are encoded by the torch model: %s", exc)
+            return self.encoder
+        return onnx_image.IndexingEncoder(image, lambda: self.text_encoder)
 
     def _remove_failed_first_run(self, existed: bool) -> None:
         """Undo a first run that failed before any item was saved: no half-made index is left."""
@@ -292,6 +328,7 @@ class Engine:
         store.update_manifest(model=identity, dim=encoder.dim, vectors_files={})
         store.forget_vectors()
         self._onnx = self._onnx_key = None
+        self._onnx_image_encoder = self._onnx_image_key = None
         self._requested = None
 
     def _default_batch(self) -> int:
@@ -306,7 +343,7 @@ class Engine:
             if term.kind == TEXT:
                 vectors.append(self.encode_texts([term.value])[0])
             elif term.kind == IMAGE:
-                vectors.append(self.encoder.encode_images([self._query_image(term)])[0])
+                vectors.append(self.encode_images([self._query_image(term)])[0])
             else:
                 vectors.append(self._item_vector(term.value))
         return combine(np.stack(vectors), [t.weight for t in terms])
@@ -318,7 +355,7 @@ class Engine:
 
         from .media.image import decode_image, load_image, to_rgb
 
-        value, size, limit = term.value, self.encoder.image_size, self.settings.max_pixels
+        value, size, limit = term.value, self.image_encoder.image_size, self.settings.max_pixels
         try:
             if isinstance(value, Image.Image):
                 return to_rgb(value)
@@ -343,6 +380,37 @@ class Engine:
                 with self._lock:
                     self._onnx = None
         return self.encoder.encode_texts(texts)
+
+    def encode_images(self, images: list[Any]) -> np.ndarray:
+        """Image vectors in the index's space: by its ONNX image encoder when it has a valid one
+        (no torch import), else by the torch model."""
+        onnx = self._onnx_image()
+        if onnx is not None:
+            try:
+                return onnx.encode_images(images)
+            except OnnxImageUnavailable as exc:
+                log.warning("image queries use the torch model: %s", exc)
+                with self._lock:
+                    self._onnx_image_encoder = None
+        return self.encoder.encode_images(images)
+
+    def _onnx_image(self) -> onnx_image.OnnxImageEncoder | None:
+        store = self._store
+        if store is None or (self._requested is not None and not self._check_model()):
+            return None
+        variant = onnx_image.query_variant(store.manifest, self.settings.image_encoder, self.settings.onnx)
+        if variant is None:
+            return None
+        record = store.manifest[onnx_image.MANIFEST_KEY]
+        key = (str(store.folder), record["file"], record.get("exported_at"), variant)
+        with self._lock:
+            if self._onnx_image_key != key:  # first use, or the index was re-exported
+                self._onnx_image_key, self._onnx_image_encoder = key, None
+                try:
+                    self._onnx_image_encoder = onnx_image.OnnxImageEncoder(store.folder, record, variant)
+                except OnnxImageUnavailable as exc:
+                    log.warning("image queries use the torch model: %s", exc)
+            return self._onnx_image_encoder
 
     def _onnx_text(self) -> onnx_text.OnnxTextEncoder | None:
         store = self._store
@@ -508,7 +576,13 @@ class Engine:
         """What is in the index: counts, roots, model, vector index, sizes."""
         self.store.raise_if_never_indexed()
         self._refresh()
-        return self.store.stats()
+        stats = self.store.stats()
+        manifest = self.store.manifest
+        stats["encoders"] = {
+            "text": "onnx" if onnx_text.usable_record(manifest, self.settings.onnx) else "torch",
+            "image": onnx_image.describe(manifest, self.settings.image_encoder, self.settings.onnx),
+        }
+        return stats
 
 
 def _check_search_options(type: str, k: int, min_score: float | None) -> None:

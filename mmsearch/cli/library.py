@@ -155,6 +155,7 @@ def info_cmd(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
         ("model", f"{model['name']} [{model.get('pretrained') or 'random init'}]"),
         ("dimension", str(info["dim"])),
         ("vector index", _describe_vector_index(info["vector_index"]) + ("" if info["vectors_up_to_date"] else " (file behind database; synced on open)")),
+        ("encoders", _describe_encoders(info.get("encoders") or {})),
         ("roots", "\n".join(terminal_safe(r) for r in info["roots"]) or "-"),
         ("disk", _human_bytes(info["disk_bytes"])),
         ("schema", str(info["schema_version"])),
@@ -166,6 +167,23 @@ def info_cmd(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
     for key, value in rows:
         table.add_row(key, Text(value))
     out.print(table)
+
+
+def _describe_encoders(entry: dict) -> str:
+    """Which encoders answer queries and index images, and why (``MMSEARCH_IMAGE_ENCODER``)."""
+    image = entry.get("image") or {}
+    text = f"text {entry.get('text', 'torch')}; images: indexing {image.get('indexing', 'torch')}, queries {image.get('queries', 'torch')}"
+    measured = image.get("measured") or {}
+    if image.get("setting", "auto") != "auto":
+        text += f" (set by MMSEARCH_IMAGE_ENCODER={image['setting']})"
+    elif measured.get("ms_per_image"):
+        timings = ", ".join(f"{name} {ms:g}" for name, ms in sorted(measured["ms_per_image"].items(), key=lambda kv: kv[1]))
+        text += f" (measured ms/image on {measured.get('cpu')}: {timings})"
+    if image.get("status") == "ok" and not str(image.get("int8", "")).startswith("accepted"):
+        text += f"; int8 {image.get('int8')}"
+    elif image.get("status") not in ("ok", None, "none"):
+        text += f"; no ONNX image encoder: {image.get('reason')}"
+    return text
 
 
 def _describe_vector_index(entry: dict) -> str:

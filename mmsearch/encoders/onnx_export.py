@@ -69,13 +69,14 @@ def session(path: Path, threads: int) -> Any:
 
 # -- exporting -------------------------------------------------------------------------------------
 def export_module(wrapper: Any, example: Any, path: Path, input_name: str, torch: Any,
-                  unavailable: type[Exception]) -> str:
+                  unavailable: type[Exception], grad: bool = False) -> str:
     """Export ``wrapper`` (one input, one output ``embeddings``, dynamic batch) to ``path`` with
     the TorchScript-based exporter (no onnxscript needed), else torch.export's. Raises
-    ``unavailable`` naming both failures."""
+    ``unavailable`` naming both failures. ``grad``: trace with gradients on, which keeps torch's
+    attention off its inference fast path (``_native_multi_head_attention`` has no ONNX form)."""
     names = {"input_names": [input_name], "output_names": ["embeddings"]}
     errors: list[str] = []
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+    with torch.inference_mode(False), torch.set_grad_enabled(grad), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation and tracer notices are not the user's business
         try:
             torch.onnx.export(
