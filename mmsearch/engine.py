@@ -281,15 +281,7 @@ class Engine:
         store = self._store
         if store is None or self._device not in (None, "cpu") or not self._check_model():
             return self.encoder
-        choice = onnx_image.indexing_choice(store.manifest, self.settings.image_encoder, self.settings.onnx)
-        if choice == "torch":
-            return self.encoder
-        try:
-            image = onnx_image.OnnxImageEncoder(store.folder, onnx_image.usable_record(store.manifest), choice)
-        except OnnxImageUnavailable as exc:
-            log.warning("images are encoded by the torch model: %s", exc)
-            return self.encoder
-        return onnx_image.IndexingEncoder(image, lambda: self.text_encoder)
+        return onnx_image.indexing_encoder(store, self.settings, lambda: self.encoder, lambda: self.text_encoder)
 
     def _remove_failed_first_run(self, existed: bool) -> None:
         """Undo a first run that failed before any item was saved: no half-made index is left."""

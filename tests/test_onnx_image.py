@@ -148,8 +148,9 @@ def test_image_encoder_setting_is_parsed():
         Settings.from_env({"MMSEARCH_IMAGE_ENCODER": "fast"})
 
 
-def test_info_shows_the_choice(indexed, cli):
+def test_info_shows_the_choice(indexed, cli, monkeypatch):
     index, _ = indexed
+    monkeypatch.setenv("MMSEARCH_IMAGE_ENCODER", "auto")
     shown = cli("info", "-i", index, "--json").stdout
     encoders = json.loads(shown)["encoders"]
     assert encoders["text"] == "onnx" and encoders["image"]["status"] == "ok"
@@ -191,7 +192,7 @@ def test_cli_image_query_imports_no_torch_and_equals_the_torch_path(indexed):
     assert slow["torch"] is True  # the setting really selects the other path
     assert [h["id"] for h in fast["hits"]] == [h["id"] for h in slow["hits"]] and len(fast["hits"]) == 8
     assert np.allclose([h["score"] for h in fast["hits"]], [h["score"] for h in slow["hits"]], atol=1e-4)
-    default = _cli_query(index, query)  # the measured choice, int8 where it won: still no torch
+    default = _cli_query(index, query, {"MMSEARCH_IMAGE_ENCODER": "auto"})  # int8 where it won: still no torch
     assert default["torch"] is False and default["hits"][0]["id"] == fast["hits"][0]["id"]
 
 
