@@ -53,7 +53,8 @@ class Engine:
     omitted, an existing index uses the model recorded in its manifest. ``device``: 'cuda',
     'mps', 'cpu' or None for automatic. ``settings``: the environment's (``Settings.from_env()``)
     unless given. ``text_encoder``: an ONNX text encoder already loading
-    (``onnx_text.preload``), used when it is this index's.
+    (``onnx_text.preload``), used when it is this index's; ``image_encoder`` likewise
+    (``onnx_image.preload``).
     """
 
     def __init__(
@@ -67,6 +68,7 @@ class Engine:
         workers: int | None = None,
         settings: Settings | None = None,
         text_encoder: onnx_text.Preload | None = None,
+        image_encoder: onnx_image.Preload | None = None,
     ):
         self.settings = settings or Settings.from_env()
         self.folder = Path(index if index is not None else self.settings.default_index()).expanduser().absolute()
@@ -86,6 +88,7 @@ class Engine:
         self._preloaded = text_encoder
         self._onnx_image_encoder: onnx_image.OnnxImageEncoder | None = None  # the torch-free image encoder
         self._onnx_image_key: tuple | None = None
+        self._preloaded_image = image_encoder
         self.warmed = False  # `warm()` loaded what queries need
         self._lock = threading.RLock()  # guards loading the encoders and switching models
 
@@ -335,7 +338,8 @@ class Engine:
             if term.kind == TEXT:
                 vectors.append(self.encode_texts([term.value])[0])
             elif term.kind == IMAGE:
-                vectors.append(self.encode_images([self._query_image(term)])[0])
+                ahead = self._image_encoded_ahead(term)
+                vectors.append(ahead if ahead is not None else self.encode_images([self._query_image(term)])[0])
             else:
                 vectors.append(self._item_vector(term.value))
         return combine(np.stack(vectors), [t.weight for t in terms])
@@ -373,6 +377,13 @@ class Engine:
                     self._onnx = None
         return self.encoder.encode_texts(texts)
 
+    def _image_encoded_ahead(self, term: QueryTerm) -> np.ndarray | None:
+        """The vector the preload encoded for this image path, when its encoder is the one in use."""
+        preloaded = self._preloaded_image
+        if preloaded is None or not isinstance(term.value, str) or self._onnx_image() is not preloaded._encoder:
+            return None
+        return preloaded.take(os.path.expanduser(term.value))
+
     def encode_images(self, images: list[Any]) -> np.ndarray:
         """Image vectors in the index's space: by its ONNX image encoder when it has a valid one
         (no torch import), else by the torch model."""
@@ -399,7 +410,11 @@ class Engine:
             if self._onnx_image_key != key:  # first use, or the index was re-exported
                 self._onnx_image_key, self._onnx_image_encoder = key, None
                 try:
-                    self._onnx_image_encoder = onnx_image.OnnxImageEncoder(store.folder, record, variant)
+                    preloaded = self._preloaded_image
+                    if preloaded is not None and preloaded.matches(store.folder, record, variant):
+                        self._onnx_image_encoder = preloaded.result()
+                    else:
+                        self._onnx_image_encoder = onnx_image.OnnxImageEncoder(store.folder, record, variant)
                 except OnnxImageUnavailable as exc:
                     log.warning("image queries use the torch model: %s", exc)
             return self._onnx_image_encoder

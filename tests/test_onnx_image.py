@@ -356,3 +356,20 @@ def test_vit_b_32_image_export_parity(tmp_path):
         assert (engine.encode_images(_images()) * torch_vectors).sum(axis=1).min() >= 0.9999
         assert not engine.model_loaded
 
+
+
+def test_preload_loads_in_the_background_and_encodes_the_query_image_ahead(indexed, tmp_path):
+    index, root = indexed
+    settings = _settings(image_encoder="onnx")
+    assert onnx_image.preload(tmp_path / "not-an-index", [str(root / "photo0.jpg")], settings) is None
+    assert onnx_image.preload(index, [str(root / "photo0.jpg")], settings.but(image_encoder="torch")) is None
+    query = str(root / "photo0.jpg")
+    with Engine(index, settings=settings) as engine:
+        expected = [(h.id, round(h.score, 5)) for h in engine.search(query, k=5)]
+    ahead = onnx_image.preload(index, [query, str(root / "missing.jpg")], settings)
+    with Engine(index, settings=settings, image_encoder=ahead) as engine:
+        got = [(h.id, round(h.score, 5)) for h in engine.search(query, k=5)]
+        assert engine._onnx_image_encoder is ahead.result() and ahead.take(query) is None  # used, once
+        again = [(h.id, round(h.score, 5)) for h in engine.search(query, k=5)]  # encoded now
+        assert not engine.model_loaded
+    assert got == expected == again

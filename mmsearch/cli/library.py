@@ -81,19 +81,26 @@ def query_cmd(
         raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPE_CHOICES)}")
     if min_score is not None and not math.isfinite(min_score):
         raise QueryError(f"--min-score must be a finite number, not {min_score}")
-    preloaded = None
+    preloaded = preloaded_images = None
     if model is None and pretrained is None:
         from ..encoders import onnx_text
-        from ..query import TEXT, parse_query
+        from ..query import IMAGE, TEXT, parse_query
 
         settings = _settings()
         try:
-            texts = [t.value for t in parse_query(terms, "image" if image else "text" if text else None) if t.kind == TEXT]
+            parsed = parse_query(terms, "image" if image else "text" if text else None)
         except MMSearchError:
-            texts = []  # the search below reports it
+            parsed = []  # the search below reports it
+        texts = [t.value for t in parsed if t.kind == TEXT]
+        images = [t.value for t in parsed if t.kind == IMAGE and isinstance(t.value, str)]
         # Load the text encoder and encode the texts while the engine's libraries import.
         preloaded = onnx_text.preload(index if index is not None else settings.default_index(), texts, settings.onnx)
-    with _engine(index, model, pretrained, device, text_encoder=preloaded) as engine:
+        if images:
+            from ..encoders import onnx_image
+
+            # Likewise the image encoder, decoding and encoding the query images.
+            preloaded_images = onnx_image.preload(index if index is not None else settings.default_index(), images, settings)
+    with _engine(index, model, pretrained, device, text_encoder=preloaded, image_encoder=preloaded_images) as engine:
         hits = engine.search(
             terms, k=top, type=type, min_score=min_score, under=under,
             include_query=include_self, force="image" if image else "text" if text else None,

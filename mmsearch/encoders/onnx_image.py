@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -473,6 +474,75 @@ class OnnxImageEncoder:
 
     def encode_image_tensors(self, batch: Any) -> np.ndarray:
         raise OnnxImageUnavailable("the ONNX image encoder takes pixels, not tensors")
+
+
+class Preload:
+    """The ONNX image encoder loading in a background thread, encoding the query images ahead
+    (see ``preload``). onnxruntime builds its session and runs the model, and Pillow decodes,
+    without holding the GIL, so a one-shot image query overlaps both with importing the
+    database and FAISS layers."""
+
+    def __init__(self, folder: Path, record: dict[str, Any], variant: str, paths: list[str], max_pixels: int):
+        self.folder, self.record, self.variant = folder, record, variant
+        self._done = threading.Event()
+        self._encoder: OnnxImageEncoder | None = None
+        self._error: BaseException | None = None
+        self._vectors: dict[str, np.ndarray] = {}
+        # Not a daemon: onnxruntime aborts a process whose interpreter exits under a session
+        # still being built (see onnx_text.Preload).
+        threading.Thread(target=self._work, args=(paths, max_pixels), name="mmsearch-onnx-image-preload",
+                         daemon=False).start()
+
+    def _work(self, paths: list[str], max_pixels: int) -> None:
+        try:
+            encoder = OnnxImageEncoder(self.folder, self.record, self.variant)
+            self._encoder = encoder
+            from ..media.image import load_image
+
+            for path in paths:
+                try:
+                    image = load_image(path, encoder.image_size, max_pixels)
+                except Exception:  # noqa: BLE001 - the query itself reports an unusable image
+                    continue
+                self._vectors[path] = encoder.encode_images([image])[0]
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever collects it
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def matches(self, folder: Path, record: dict[str, Any], variant: str) -> bool:
+        return Path(folder).absolute() == self.folder and variant == self.variant \
+            and record.get("file") == self.record.get("file") and record.get("exported_at") == self.record.get("exported_at")
+
+    def result(self) -> OnnxImageEncoder:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._encoder
+
+    def take(self, path: str) -> np.ndarray | None:
+        """The vector encoded ahead for ``path`` (once), or None."""
+        self._done.wait()
+        return self._vectors.pop(path, None)
+
+
+def preload(folder: str | Path, paths: list[str], settings: Any) -> Preload | None:
+    """Start loading ``folder``'s ONNX image encoder in a background thread, if image queries
+    will use it, and encode the images at ``paths`` (as the query will decode them); hand the
+    result to the Engine (``Engine(image_encoder=...)``)."""
+    import json
+    import os
+
+    folder = Path(folder).expanduser().absolute()
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        variant = query_variant(manifest, settings.image_encoder, settings.onnx) if isinstance(manifest, dict) else None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None  # not an index (yet): the normal path reports that
+    if variant is None:
+        return None
+    wanted = [os.path.expanduser(p) for p in paths]
+    return Preload(folder, manifest[MANIFEST_KEY], variant, [p for p in wanted if os.path.isfile(p)], settings.max_pixels)
 
 
 class IndexingEncoder:
