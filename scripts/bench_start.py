@@ -3,6 +3,7 @@
 
     python scripts/bench_start.py --repeats 5 --json-out start.json          # ~6 min on 2 cores
     python scripts/bench_start.py --repeats 3 --photos-12mp 60               # + 60 x 12 MP index runs
+    python scripts/bench_start.py --sections 12mp --photos-12mp 60 --repeats 3  # those alone
 
 Model: ViT-B-32 with seeded random weights (speed does not depend on the weights; none can be
 downloaded here). "before" sets MMSEARCH_IMAGE_ENCODER=torch, which is the base behaviour of the
@@ -13,7 +14,8 @@ default (auto). Sections:
   cache, so it pays for both exports, the int8 check and the measurement (once per model);
 - cold image query: `mmsearch query PHOTO.jpg --json`, wall time and peak RSS (GNU time);
 - serve: `mmsearch serve` until /api/health answers (the encoders are loaded by then);
-- incremental index: `mmsearch index NEW_FOLDER` of new 640 px photos into an existing index;
+- incremental index: `mmsearch index NEW_FOLDER` of new 640 px photos into an existing index
+  (with --photos-12mp, also 12 MP photos, against the naive open_clip script as a new process);
 - encoder: images/s of the image tower alone on 224 px pixels cut from 640 px photos, batch 16:
   torch float32, ONNX float32 and ONNX int8, with cosines and top-10 overlap against torch float32.
 """
@@ -123,11 +125,26 @@ def serve_ready(index: Path, cache: Path, repeats: int) -> dict:
     return result
 
 
-def incremental_index(index: Path, new: Path, cache: Path, workdir: Path, repeats: int) -> dict:
-    """`mmsearch index NEW` into a copy of ``index`` (which already has its exports)."""
-    times: dict[str, list[float]] = {"before": [], "after": []}
+NAIVE = (
+    "import sys, time\n"
+    "sys.path.insert(0, {scripts!r})\n"
+    "from pathlib import Path\n"
+    "from bench import NaiveIndexer, image_files\n"
+    "files = image_files(Path({folder!r}))\n"
+    "vectors = NaiveIndexer({arch!r}).run(files)\n"
+    "assert len(vectors) == len(files)\n"
+)
+
+
+def incremental_index(index: Path, new: Path, cache: Path, workdir: Path, repeats: int, naive: bool = False) -> dict:
+    """`mmsearch index NEW` into a copy of ``index`` (which already has its exports); with
+    ``naive``, also the naive open_clip script (bench.NaiveIndexer) as a new process."""
+    times: dict[str, list[float]] = {"before": [], "after": [], **({"naive": []} if naive else {})}
     count = 0
     for _ in range(repeats):
+        if naive:
+            code = NAIVE.format(scripts=str(REPO / "scripts"), folder=str(new), arch=ARCH)
+            times["naive"].append(run_process([sys.executable, "-c", code], env_for("before", cache), replace_env=True).seconds)
         for mode in ("before", "after"):
             target = workdir / f"inc-{mode}"
             shutil.rmtree(target, ignore_errors=True)
@@ -138,6 +155,9 @@ def incremental_index(index: Path, new: Path, cache: Path, workdir: Path, repeat
     result = {m: {"median_s": round(median(v), 2), "images_per_s": round(count / median(v), 2)} for m, v in times.items()}
     result["images"] = count
     result["speedup"] = round(result["before"]["median_s"] / result["after"]["median_s"], 2)
+    if naive:
+        result["after_vs_naive"] = round(result["naive"]["median_s"] / result["after"]["median_s"], 2)
+        result["before_vs_naive"] = round(result["naive"]["median_s"] / result["before"]["median_s"], 2)
     return result
 
 
@@ -211,9 +231,9 @@ def main() -> None:
     if "incremental" in sections:
         new = corpus(args.workdir, "new640", args.photos_640, (640, 480), seed=2)
         show("index_new_640", incremental_index(index, new, cache, args.workdir, args.repeats))
-        if args.photos_12mp:
-            big = corpus(args.workdir, "new12mp", args.photos_12mp, (4000, 3000), seed=3)
-            show("index_new_12mp", incremental_index(index, big, cache, args.workdir, args.repeats))
+    if args.photos_12mp and ("incremental" in sections or "12mp" in sections):
+        big = corpus(args.workdir, "new12mp", args.photos_12mp, (4000, 3000), seed=3)
+        show("index_new_12mp", incremental_index(index, big, cache, args.workdir, args.repeats, naive=True))
     if "encoder" in sections:
         show("encoder_640", encoder_throughput(index, base, max(args.repeats, 5)))
     if args.json_out:
