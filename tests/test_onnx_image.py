@@ -373,3 +373,28 @@ def test_preload_loads_in_the_background_and_encodes_the_query_image_ahead(index
         again = [(h.id, round(h.score, 5)) for h in engine.search(query, k=5)]  # encoded now
         assert not engine.model_loaded
     assert got == expected == again
+
+
+def test_mmsearch_serve_loads_onnx_encoders_ahead_without_torch(indexed):
+    """`serve` itself (what `mmsearch serve` runs): encoders preloaded, no torch at any point."""
+    index, root = indexed
+    code = (
+        "import json, socket, sys, threading, time, urllib.request\n"
+        "from mmsearch.server import serve\n"
+        "with socket.socket() as s:\n    s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]\n"
+        f"threading.Thread(target=serve, args=({str(index)!r},), kwargs={{'port': port, 'log_level': 'error'}},\n"
+        "                 daemon=True).start()\n"
+        "deadline = time.monotonic() + 120\n"
+        "while True:\n"
+        "    try:\n"
+        "        health = json.loads(urllib.request.urlopen(f'http://127.0.0.1:{port}/api/health', timeout=5).read())\n"
+        "        break\n"
+        "    except OSError:\n"
+        "        assert time.monotonic() < deadline\n"
+        "        time.sleep(0.05)\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'health': health}))\n"
+    )
+    result = _python(code, {"MMSEARCH_IMAGE_ENCODER": "auto"})
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["torch"] is False and seen["health"]["model_loaded"] is True
