@@ -111,7 +111,8 @@ def check_folder(
     """Check the index in ``folder``; ``repair`` fixes what can be fixed.
 
     ``encoder_factory(store)`` returns the model used to re-embed items (only called when a
-    repair needs it; by default the index's own model, loaded with torch). Missing folders raise
+    repair needs it; by default the index's own model, loaded with torch); images are re-embedded
+    by the index's ONNX image encoder where indexing uses it, so repaired vectors are indexing's. Missing folders raise
     ``IndexNotFoundError``; every other kind of damage is reported in the returned ``CheckReport``.
     """
     settings = settings or Settings.from_env()
@@ -195,9 +196,10 @@ def _check(store: IndexStore, report: CheckReport, *, repair: bool, encoder_fact
     reembed = _check_rows(store, report, repair)
     reembed += _check_files(store, report, repair)
     if repair and reembed:
-        _reembed(store, reembed, encoder_factory, report)
+        _reembed(store, reembed, encoder_factory, report, settings)
     _check_vectors(store, report, repair)
     _check_onnx_text(store, report, repair, encoder_factory, settings)
+    _check_onnx_image(store, report, repair, encoder_factory, settings)
     if repair:
         report.items = _count(store)
 
@@ -308,7 +310,8 @@ def _drop(store: IndexStore, ids: list[int]) -> None:
             w.remove(ids[start:start + _CHUNK])
 
 
-def _reembed(store: IndexStore, ids: list[int], encoder_factory, report: CheckReport) -> None:
+def _reembed(store: IndexStore, ids: list[int], encoder_factory, report: CheckReport,
+             settings: Settings | None = None) -> None:
     """Read the files of ``ids`` again and embed them, under the indexing run's policy: a file
     that is gone, or whose content can no longer be decoded, loses its items; one that cannot be
     read now (permissions, I/O) keeps them as they are. Both outcomes are reported."""
@@ -363,7 +366,12 @@ def _reembed(store: IndexStore, ids: list[int], encoder_factory, report: CheckRe
         report.notes.append(f"kept as indexed (cannot be read now): {line}")
     if not items and not videos:
         return
-    done = Indexer(store, lambda: encoder_factory(store)).reembed(items, videos)
+    from .encoders import onnx_image
+
+    settings = settings or Settings.from_env()
+    # The encoder indexing uses (ONNX where that is the index's choice), so repaired vectors are
+    # the ones an indexing run gives.
+    done = Indexer(store, lambda: onnx_image.indexing_encoder(store, settings, lambda: encoder_factory(store))).reembed(items, videos)
     if done.skipped:
         _problem(report, "unusable_file", f"{len(done.skipped)} file(s) could not be decoded again; their items were removed",
                  [f"{s.path}: {s.reason}" for s in done.skipped], count=len(done.skipped)).repaired = True
@@ -448,6 +456,27 @@ def _check_onnx_text(store: IndexStore, report: CheckReport, repair: bool, encod
         store.update_manifest(**{onnx_text.MANIFEST_KEY: None})
         if encoder_factory is not None:
             onnx_text.ensure_exported(store, encoder_factory(store), settings.cache)
+        problem.repaired = True
+
+
+def _check_onnx_image(store: IndexStore, report: CheckReport, repair: bool, encoder_factory,
+                      settings: Settings) -> None:
+    """The ONNX image encoders are the ones the manifest records (whole-file checksums)."""
+    from .encoders import onnx_image
+
+    record = onnx_image.usable_record(store.manifest)
+    if record is None:
+        return
+    problem_text = onnx_image.export_mismatch(store.folder, record, full=True)
+    if problem_text is None:
+        return
+    problem = _problem(report, "onnx_image", f"the ONNX image encoder is not the one the manifest records: {problem_text}")
+    if repair:
+        for path in onnx_image.export_files(store.folder, record).values():
+            path.unlink(missing_ok=True)
+        store.update_manifest(**{onnx_image.MANIFEST_KEY: None})
+        if encoder_factory is not None:
+            onnx_image.ensure_exported(store, encoder_factory(store), settings.cache)
         problem.repaired = True
 
 

@@ -28,8 +28,8 @@ import numpy as np
 
 from . import dupes
 from .encoders import ModelSpec, TorchEncoder, random_weights_note
-from .encoders import onnx_text
-from .errors import ModelMismatchError, OnnxTextUnavailable, PathNotFoundError, QueryError
+from .encoders import onnx_image, onnx_text
+from .errors import ModelMismatchError, OnnxImageUnavailable, OnnxTextUnavailable, PathNotFoundError, QueryError
 from .fsutil import display_path
 from .indexing import Indexer, IndexReport, NullProgress, Progress
 from .library import LibraryRoot, under_any, within
@@ -61,7 +61,8 @@ class Engine:
     omitted, an existing index uses the model recorded in its manifest. ``device``: 'cuda',
     'mps', 'cpu' or None for automatic. ``settings``: the environment's (``Settings.from_env()``)
     unless given. ``text_encoder``: an ONNX text encoder already loading
-    (``onnx_text.preload``), used when it is this index's.
+    (``onnx_text.preload``), used when it is this index's; ``image_encoder`` likewise
+    (``onnx_image.preload``).
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class Engine:
         workers: int | None = None,
         settings: Settings | None = None,
         text_encoder: onnx_text.Preload | None = None,
+        image_encoder: onnx_image.Preload | None = None,
     ):
         self.settings = settings or Settings.from_env()
         self.folder = Path(index if index is not None else self.settings.default_index()).expanduser().absolute()
@@ -92,6 +94,10 @@ class Engine:
         self._onnx: onnx_text.OnnxTextEncoder | None = None  # the index's torch-free text encoder
         self._onnx_key: tuple | None = None  # the export record _onnx was loaded for
         self._preloaded = text_encoder
+        self._onnx_image_encoder: onnx_image.OnnxImageEncoder | None = None  # the torch-free image encoder
+        self._onnx_image_key: tuple | None = None
+        self._preloaded_image = image_encoder
+        self.warmed = False  # `warm()` loaded what queries need
         self._lock = threading.RLock()  # guards loading the encoders and switching models
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -106,6 +112,7 @@ class Engine:
             self._store.close()
         self._encoder = None
         self._onnx = self._onnx_key = None
+        self._onnx_image_encoder = self._onnx_image_key = None
 
     # -- model -------------------------------------------------------------------------------
     @property
@@ -143,6 +150,19 @@ class Engine:
         has a valid one (``kind`` "onnx", no torch), else the torch encoder (``kind`` "torch")."""
         return self._onnx_text() or self.encoder
 
+    @property
+    def image_encoder(self) -> Any:
+        """The image encoder image queries use (an ``ImageEncoder``): the index's ONNX export
+        when it has a valid one (``kind`` "onnx" or "onnx-int8", no torch), else the torch encoder."""
+        return self._onnx_image() or self.encoder
+
+    def warm(self) -> None:
+        """Load the encoders queries use (ONNX where the index has exports, else torch), so the
+        first query is as fast as the next (the server calls this at start)."""
+        if self._store is None or self.text_encoder.kind == "torch" or self.image_encoder.kind == "torch":
+            self.encoder  # noqa: B018 - no index yet, or an encoder without export: the torch model
+        self.warmed = True
+
     def _refresh(self) -> None:
         """Follow another process's change of the index's model (``--reembed``).
 
@@ -160,6 +180,7 @@ class Engine:
                 log.info("the index's model changed to %s: reloading", store.manifest["model"].get("name"))
                 self._encoder = None
                 self._onnx = self._onnx_key = None
+                self._onnx_image_encoder = self._onnx_image_key = None
 
     def _check_model(self) -> bool:
         """True when the requested model is the index's; False when it differs."""
@@ -249,6 +270,8 @@ class Engine:
         if onnx_text.export_needed(store.manifest, self.settings.onnx):
             # Before indexing, so queries during a long first run already start fast.
             onnx_text.ensure_exported(store, self.encoder, self.settings.cache, self.settings.onnx)
+        if onnx_image.export_needed(store.manifest, self.settings.onnx):
+            onnx_image.ensure_exported(store, self.encoder, self.settings.cache, self.settings.onnx)
         report = self.indexer(progress).run(roots)
         store.fit_vectors(index_type)
         if report.changed:
@@ -258,10 +281,18 @@ class Engine:
     def indexer(self, progress: Progress | None = None) -> Indexer:
         """An indexer over this engine's store and encoder (the caller holds the writer lock)."""
         return Indexer(
-            self.store, lambda: self.encoder, progress=progress, settings=self.settings,
+            self.store, self._indexing_encoder, progress=progress, settings=self.settings,
             batch_size=self._batch_size or self._default_batch(), workers=self._workers,
             never=[str(self.folder)],  # the index folder itself, even inside an indexed root
         )
+
+    def _indexing_encoder(self) -> Any:
+        """The encoder an indexing run uses: ONNX for images where that is the choice (measured
+        or set, ``onnx_image.indexing_choice``), else the torch encoder."""
+        store = self._store
+        if store is None or self._device not in (None, "cpu") or not self._check_model():
+            return self.encoder
+        return onnx_image.indexing_encoder(store, self.settings, lambda: self.encoder, lambda: self.text_encoder)
 
     def _remove_failed_first_run(self, existed: bool) -> None:
         """Undo a first run that failed before any item was saved: no half-made index is left."""
@@ -300,6 +331,7 @@ class Engine:
         store.update_manifest(model=identity, dim=encoder.dim, vectors_files={})
         store.forget_vectors()
         self._onnx = self._onnx_key = None
+        self._onnx_image_encoder = self._onnx_image_key = None
         self._requested = None
 
     def _default_batch(self) -> int:
@@ -314,7 +346,8 @@ class Engine:
             if term.kind == TEXT:
                 vectors.append(self.encode_texts([term.value])[0])
             elif term.kind == IMAGE:
-                vectors.append(self.encoder.encode_images([self._query_image(term)])[0])
+                ahead = self._image_encoded_ahead(term)
+                vectors.append(ahead if ahead is not None else self.encode_images([self._query_image(term)])[0])
             else:
                 vectors.append(self._item_vector(term.value))
         return combine(np.stack(vectors), [t.weight for t in terms])
@@ -326,7 +359,7 @@ class Engine:
 
         from .media.image import decode_image, load_image, to_rgb
 
-        value, size, limit = term.value, self.encoder.image_size, self.settings.max_pixels
+        value, size, limit = term.value, self.image_encoder.image_size, self.settings.max_pixels
         try:
             if isinstance(value, Image.Image):
                 return to_rgb(value)
@@ -351,6 +384,48 @@ class Engine:
                 with self._lock:
                     self._onnx = None
         return self.encoder.encode_texts(texts)
+
+    def _image_encoded_ahead(self, term: QueryTerm) -> np.ndarray | None:
+        """The vector the preload encoded for this image path, when its encoder is the one in use."""
+        preloaded = self._preloaded_image
+        if preloaded is None or not isinstance(term.value, str) or self._onnx_image() is not preloaded._encoder:
+            return None
+        return preloaded.take(os.path.expanduser(term.value))
+
+    def encode_images(self, images: list[Any]) -> np.ndarray:
+        """Image vectors in the index's space: by its ONNX image encoder when it has a valid one
+        (no torch import), else by the torch model."""
+        onnx = self._onnx_image()
+        if onnx is not None:
+            try:
+                return onnx.encode_images(images)
+            except OnnxImageUnavailable as exc:
+                log.warning("image queries use the torch model: %s", exc)
+                with self._lock:
+                    self._onnx_image_encoder = None
+        return self.encoder.encode_images(images)
+
+    def _onnx_image(self) -> onnx_image.OnnxImageEncoder | None:
+        store = self._store
+        if store is None or (self._requested is not None and not self._check_model()):
+            return None
+        variant = onnx_image.query_variant(store.manifest, self.settings.image_encoder, self.settings.onnx)
+        if variant is None:
+            return None
+        record = store.manifest[onnx_image.MANIFEST_KEY]
+        key = (str(store.folder), record["file"], record.get("exported_at"), variant)
+        with self._lock:
+            if self._onnx_image_key != key:  # first use, or the index was re-exported
+                self._onnx_image_key, self._onnx_image_encoder = key, None
+                try:
+                    preloaded = self._preloaded_image
+                    if preloaded is not None and preloaded.matches(store.folder, record, variant):
+                        self._onnx_image_encoder = preloaded.result()
+                    else:
+                        self._onnx_image_encoder = onnx_image.OnnxImageEncoder(store.folder, record, variant)
+                except OnnxImageUnavailable as exc:
+                    log.warning("image queries use the torch model: %s", exc)
+            return self._onnx_image_encoder
 
     def _onnx_text(self) -> onnx_text.OnnxTextEncoder | None:
         store = self._store
@@ -580,7 +655,13 @@ class Engine:
         """What is in the index: counts, roots, model, vector index, sizes."""
         self.store.raise_if_never_indexed()
         self._refresh()
-        return self.store.stats()
+        stats = self.store.stats()
+        manifest = self.store.manifest
+        stats["encoders"] = {
+            "text": "onnx" if onnx_text.usable_record(manifest, self.settings.onnx) else "torch",
+            "image": onnx_image.describe(manifest, self.settings.image_encoder, self.settings.onnx),
+        }
+        return stats
 
 
 def _check_search_options(type: str, k: int, min_score: float | None) -> None:

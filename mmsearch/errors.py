@@ -83,6 +83,10 @@ class OnnxTextUnavailable(MMSearchError):
     """The ONNX text encoder cannot be exported or loaded; text queries then use the torch model."""
 
 
+class OnnxImageUnavailable(MMSearchError):
+    """The ONNX image encoder cannot be exported or loaded; images are then encoded by the torch model."""
+
+
 class IndexTypeError(MMSearchError):
     """An unknown vector index type, or unusable vector index parameters, were asked for."""
 

@@ -39,6 +39,16 @@ def _auto_flag(text: str) -> str:
     return "on" if _flag(value) else "off"
 
 
+IMAGE_ENCODERS = ("auto", "torch", "onnx", "onnx-int8")
+
+
+def _image_encoder(text: str) -> str:
+    value = text.strip().lower()
+    if value not in IMAGE_ENCODERS:
+        raise ValueError(f"expected one of {', '.join(IMAGE_ENCODERS)}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text.strip())
@@ -87,8 +97,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MMSEARCH_MODEL", "model", _text, "model of new indexes (an open_clip name, config, hf-hub:, local-dir: or training folder)"),
     Variable("MMSEARCH_PRETRAINED", "pretrained", _text, "weights of new indexes (a tag, a checkpoint file, or none)"),
     Variable("MMSEARCH_CACHE", "cache", _path, "where ONNX exports are cached for reuse (default: the user cache folder)"),
-    Variable("MMSEARCH_ONNX", "onnx", _flag, "0 turns off the ONNX text encoder (export and use): text queries load torch"),
-    Variable("MMSEARCH_CPU_BF16", "cpu_bf16", _auto_flag, "image tower in bfloat16 on the CPU: auto (where AMX units exist), 1 or 0"),
+    Variable("MMSEARCH_ONNX", "onnx", _flag, "0 turns off the ONNX text and image encoders (export and use): queries load torch"),
+    Variable("MMSEARCH_IMAGE_ENCODER", "image_encoder", _image_encoder, "what encodes images: auto (measured fastest for indexing, ONNX for queries), torch, onnx or onnx-int8"),
+    Variable("MMSEARCH_CPU_BF16", "cpu_bf16", _auto_flag, "torch image tower in bfloat16 on the CPU: auto (where AMX units exist), 1 or 0"),
     Variable("MMSEARCH_FAISS_GPU", "faiss_gpu", _flag, "0 keeps vector search on the CPU even where FAISS sees a GPU"),
     Variable("MMSEARCH_FLAT_MAX", "flat_max", _positive_int, "item count from which the automatic vector index is an IVF (50000)"),
     Variable("MMSEARCH_NLIST", "nlist", _positive_int, "IVF cells of indexes built from now on (default about sqrt(items))"),
@@ -114,6 +125,7 @@ class Settings:
     pretrained: str | None = None
     cache: Path | None = None
     onnx: bool = True
+    image_encoder: str = "auto"  # auto | torch | onnx | onnx-int8
     cpu_bf16: str = "auto"  # auto | on | off
     faiss_gpu: bool = True
     flat_max: int = 50_000

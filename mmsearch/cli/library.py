@@ -82,19 +82,26 @@ def query_cmd(
         raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPE_CHOICES)}")
     if min_score is not None and not math.isfinite(min_score):
         raise QueryError(f"--min-score must be a finite number, not {min_score}")
-    preloaded = None
+    preloaded = preloaded_images = None
     if model is None and pretrained is None:
         from ..encoders import onnx_text
-        from ..query import TEXT, parse_query
+        from ..query import IMAGE, TEXT, parse_query
 
         settings = _settings()
         try:
-            texts = [t.value for t in parse_query(terms, "image" if image else "text" if text else None) if t.kind == TEXT]
+            parsed = parse_query(terms, "image" if image else "text" if text else None)
         except MMSearchError:
-            texts = []  # the search below reports it
+            parsed = []  # the search below reports it
+        texts = [t.value for t in parsed if t.kind == TEXT]
+        images = [t.value for t in parsed if t.kind == IMAGE and isinstance(t.value, str)]
         # Load the text encoder and encode the texts while the engine's libraries import.
         preloaded = onnx_text.preload(index if index is not None else settings.default_index(), texts, settings.onnx)
-    with _engine(index, model, pretrained, device, text_encoder=preloaded) as engine:
+        if images:
+            from ..encoders import onnx_image
+
+            # Likewise the image encoder, decoding and encoding the query images.
+            preloaded_images = onnx_image.preload(index if index is not None else settings.default_index(), images, settings)
+    with _engine(index, model, pretrained, device, text_encoder=preloaded, image_encoder=preloaded_images) as engine:
         hits = engine.search(
             terms, k=top, type=type, min_score=min_score, under=under,
             include_query=include_self, force="image" if image else "text" if text else None, dedup=dedup,
@@ -213,6 +220,7 @@ def info_cmd(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
         ("model", f"{model['name']} [{model.get('pretrained') or 'random init'}]"),
         ("dimension", str(info["dim"])),
         ("vector index", _describe_vector_index(info["vector_index"]) + ("" if info["vectors_up_to_date"] else " (file behind database; synced on open)")),
+        ("encoders", _describe_encoders(info.get("encoders") or {})),
         ("roots", "\n".join(terminal_safe(r) for r in info["roots"]) or "-"),
         ("disk", _human_bytes(info["disk_bytes"])),
         ("schema", str(info["schema_version"])),
@@ -224,6 +232,23 @@ def info_cmd(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
     for key, value in rows:
         table.add_row(key, Text(value))
     out.print(table)
+
+
+def _describe_encoders(entry: dict) -> str:
+    """Which encoders answer queries and index images, and why (``MMSEARCH_IMAGE_ENCODER``)."""
+    image = entry.get("image") or {}
+    text = f"text {entry.get('text', 'torch')}; images: indexing {image.get('indexing', 'torch')}, queries {image.get('queries', 'torch')}"
+    measured = image.get("measured") or {}
+    if image.get("setting", "auto") != "auto":
+        text += f" (set by MMSEARCH_IMAGE_ENCODER={image['setting']})"
+    elif measured.get("ms_per_image"):
+        timings = ", ".join(f"{name} {ms:g}" for name, ms in sorted(measured["ms_per_image"].items(), key=lambda kv: kv[1]))
+        text += f" (measured ms/image on {measured.get('cpu')}: {timings})"
+    if image.get("status") == "ok" and not str(image.get("int8", "")).startswith("accepted"):
+        text += f"; int8 {image.get('int8')}"
+    elif image.get("status") not in ("ok", None, "none"):
+        text += f"; no ONNX image encoder: {image.get('reason')}"
+    return text
 
 
 def _describe_vector_index(entry: dict) -> str:

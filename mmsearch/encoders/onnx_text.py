@@ -27,16 +27,19 @@ import shutil
 import tempfile
 import threading
 import time
-import warnings
 from concurrent.futures import Future
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import OnnxTextUnavailable
-from ..fsutil import digest_mismatch, file_digest, fsync_dir
+from ..fsutil import file_digest, fsync_dir
+from . import onnx_export
+from .onnx_export import CACHE_RECORD, OPSET, cache_dir  # noqa: F401 - part of this module's interface
+from .onnx_export import first_line as _first_line
+from .onnx_export import l2 as _l2
+from .onnx_export import now as _now
 from .tokenizer import ClipTokenizer, bundled_vocab
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,14 +48,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-CACHE_RECORD = "record.json"
 MANIFEST_KEY = "text_onnx"
 TOKENIZER_KIND = "clip_bpe"
 VOCAB_COPY = "clip_bpe_vocab.txt.gz"
 FILE_PREFIX = "text_encoder."
 _TEMP_PREFIX, _TEMP_SUFFIX = ".text_onnx.", ".tmp"
-# Opset 17 has LayerNormalization as one operator, which onnxruntime runs fused.
-OPSET = 17
 # Texts per session run: CLIP's 77 tokens make one text cheap, a batch bounds the memory.
 BATCH = 64
 # Embeddings of the exported model must match torch's this closely before it is published.
@@ -67,17 +67,9 @@ PROBE_TEXTS = [
 ]
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def _threads() -> int:
-    try:
-        available = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        available = os.cpu_count() or 1
     # A 77-token text tower stops scaling beyond a handful of cores.
-    return max(1, min(available, 8))
+    return max(1, min(onnx_export.available_cpus(), 8))
 
 
 # -- the writer side -------------------------------------------------------------------------------
@@ -136,87 +128,30 @@ def ensure_exported(store: IndexStore, encoder: Encoder, cache: Path | None = No
     return record
 
 
-def cache_dir(base: Path | None = None) -> Path:
-    """Where exports are kept for reuse by every index of the same model: ``base/onnx``
-    (``MMSEARCH_CACHE``), else the user cache folder (``~/.cache/mmsearch/onnx`` on Linux)."""
-    if base is None:
-        from platformdirs import user_cache_dir
-
-        base = Path(user_cache_dir("mmsearch"))
-    return Path(base) / "onnx"
+def _parts(record: dict[str, Any]) -> dict[str, str]:
+    return {"data": record["data"], "graph": record["file"]}  # the graph last: it names the weights
 
 
 def _from_cache(folder: Path, fingerprint: str, cache: Path) -> dict[str, Any] | None:
-    """The cached export of this model linked (or copied) into ``folder``, or None.
-
-    Exporting takes seconds and a torch model in memory; a model exported once on this machine
-    is reused by every new index of it, as peers reuse their downloaded ONNX files.
-    """
-    import json
-
-    entry = cache / fingerprint
-    try:
-        record = json.loads((entry / CACHE_RECORD).read_text(encoding="utf-8"))
-        parts = [entry / record["data"], entry / record["file"]]  # the graph last: it names the weights
-        if record.get("fingerprint") != fingerprint or not all(p.is_file() for p in parts):
-            return None
-        if [p.stat().st_size for p in parts] != [record.get("data_bytes"), record.get("graph_bytes")]:
-            return None
-        digests = record.get("digests") or {}
-        if not digests or any(digest_mismatch(p, digests.get(k) or {}, full=True)
-                              for k, p in (("data", parts[0]), ("graph", parts[1]))):
-            return None  # an entry from before digests were kept, or a damaged one: export again
-    except (OSError, ValueError, KeyError, TypeError):
+    """The cached export of this model linked (or copied) into ``folder``, or None."""
+    record = onnx_export.from_cache(folder, cache / fingerprint, fingerprint, _parts, (_TEMP_PREFIX, _TEMP_SUFFIX))
+    if record is None:
         return None
-    tmp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=folder))
-    try:
-        for part in parts:
-            try:
-                os.link(part, tmp / part.name)  # same file system: no copy, no extra disk
-            except OSError:
-                shutil.copyfile(part, tmp / part.name)
-                with open(tmp / part.name, "rb") as fh:
-                    os.fsync(fh.fileno())
-            os.replace(tmp / part.name, folder / part.name)
-        _copy_vocab(folder)
-        fsync_dir(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    digests = dict(record["digests"], vocab=file_digest(folder / VOCAB_COPY))
-    return dict(record, digests=digests, exported_at=_now(), from_cache=str(entry))
+    _copy_vocab(folder)
+    fsync_dir(folder)
+    return dict(record, digests=dict(record["digests"], vocab=file_digest(folder / VOCAB_COPY)))
 
 
 def _to_cache(folder: Path, record: dict[str, Any], cache: Path) -> None:
     """Keep a fresh export for later indexes of the same model (best effort: never fails indexing)."""
-    import json
-
-    if record.get("status") != "ok":
-        return
-    entry = cache / record["fingerprint"]
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=entry.parent))
-        try:
-            for name in (record["data"], record["file"]):
-                try:
-                    os.link(folder / name, tmp / name)
-                except OSError:
-                    shutil.copyfile(folder / name, tmp / name)
-            saved = dict(record, data_bytes=(folder / record["data"]).stat().st_size,
-                         graph_bytes=(folder / record["file"]).stat().st_size)
-            (tmp / CACHE_RECORD).write_text(json.dumps(saved, indent=1), encoding="utf-8")
-            shutil.rmtree(entry, ignore_errors=True)
-            os.replace(tmp, entry)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    except OSError as exc:
-        log.info("could not keep the ONNX text encoder in the cache %s: %s", entry, exc)
+    if record.get("status") == "ok":
+        onnx_export.to_cache(folder, record, cache / record["fingerprint"], list(_parts(record).values()),
+                             (_TEMP_PREFIX, _TEMP_SUFFIX), log)
 
 
 def _remove_stray_temps(folder: Path) -> None:
     """Temporary export folders a killed writer left behind."""
-    for path in folder.glob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):
-        shutil.rmtree(path, ignore_errors=True)
+    onnx_export.remove_stray_temps(folder, _TEMP_PREFIX, _TEMP_SUFFIX)
 
 
 def export_text_encoder(encoder: Encoder, folder: Path, fingerprint: str) -> dict[str, Any]:
@@ -226,7 +161,7 @@ def export_text_encoder(encoder: Encoder, folder: Path, fingerprint: str) -> dic
     """
     started = time.perf_counter()
     try:
-        import onnx
+        import onnx  # noqa: F401 - needed by the export
         import onnxruntime
         import torch
     except ImportError as exc:
@@ -239,21 +174,11 @@ def export_text_encoder(encoder: Encoder, folder: Path, fingerprint: str) -> dic
     try:
         raw = tmp / "raw.onnx"
         example = torch.from_numpy(tokenizer(PROBE_TEXTS[:2]))
-        exporter = _export(wrapper, example, raw, torch)
-        # Weights go to a separate file: onnxruntime maps it instead of parsing a protobuf.
-        graph = onnx.load(str(raw))
-        onnx.save_model(
-            graph, str(tmp / name), save_as_external_data=True, all_tensors_to_one_file=True,
-            location=f"{name}.data", size_threshold=1024,
-        )
-        del graph
+        exporter = onnx_export.export_module(wrapper, example, raw, "tokens", torch, OnnxTextUnavailable)
+        onnx_export.save_external(raw, tmp / name)
         diff = _verify(wrapper, tokenizer, tmp / name, torch)
         digests = {"graph": file_digest(tmp / name), "data": file_digest(tmp / f"{name}.data")}
-        for part in (f"{name}.data", name):  # the graph last: it names the weights file
-            (tmp / part).chmod(0o644 & ~_umask())
-            with open(tmp / part, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp / part, folder / part)
+        onnx_export.publish(tmp, folder, [f"{name}.data", name])  # the graph last: it names the weights file
         _copy_vocab(folder)
         fsync_dir(folder)
     finally:
@@ -277,12 +202,6 @@ def export_text_encoder(encoder: Encoder, folder: Path, fingerprint: str) -> dic
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _check_tokenizer(encoder: Encoder) -> ClipTokenizer:
@@ -332,37 +251,6 @@ def _text_tower(model: Any, torch: Any) -> Any:
     return TextTower()
 
 
-def _export(wrapper: Any, example: Any, path: Path, torch: Any) -> str:
-    """Export with the TorchScript-based exporter (no onnxscript needed), else torch.export's."""
-    names = {"input_names": ["tokens"], "output_names": ["embeddings"]}
-    errors: list[str] = []
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # deprecation and tracer notices are not the user's business
-        try:
-            torch.onnx.export(
-                wrapper, (example,), str(path), dynamo=False, opset_version=OPSET, do_constant_folding=True,
-                dynamic_axes={"tokens": {0: "batch"}, "embeddings": {0: "batch"}}, **names,
-            )
-            return "torchscript"
-        except Exception as exc:  # noqa: BLE001 - any exporter failure means "not exportable"
-            errors.append(f"{type(exc).__name__}: {_first_line(exc)}")
-        try:
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            program = torch.onnx.export(
-                wrapper, (example,), dynamo=True, opset_version=OPSET, dynamic_shapes=({0: batch},), **names,
-            )
-            program.save(str(path), external_data=False)
-            return "dynamo"
-        except Exception as exc:  # noqa: BLE001
-            errors.append(f"{type(exc).__name__}: {_first_line(exc)}")
-    raise OnnxTextUnavailable("the ONNX exporter failed: " + "; ".join(errors))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""
-
-
 def _verify(wrapper: Any, tokenizer: ClipTokenizer, path: Path, torch: Any) -> float:
     """Max abs difference between ONNX and torch on the probe texts; raises if too far apart."""
     try:
@@ -398,20 +286,8 @@ def _copy_vocab(folder: Path) -> None:
 
 
 # -- the query side ----------------------------------------------------------------------------------
-def _l2(array: np.ndarray) -> np.ndarray:
-    array = np.asarray(array, np.float32)
-    return array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12)
-
-
 def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = _threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnx_export.session(path, _threads())
 
 
 def usable_record(manifest: dict[str, Any], enabled: bool = True) -> dict[str, Any] | None:
@@ -435,14 +311,7 @@ def export_files(folder: Path, record: dict[str, Any]) -> dict[str, Path]:
 def export_mismatch(folder: Path, record: dict[str, Any], full: bool = False) -> str | None:
     """Why the export files in ``folder`` are not the ones ``record`` describes (None: they
     are, or the record predates digests). Cheap unless ``full``."""
-    digests = record.get("digests")
-    if not isinstance(digests, dict):
-        return None
-    for key, path in export_files(folder, record).items():
-        problem = digest_mismatch(path, digests.get(key) or {}, full=full)
-        if problem:
-            return problem
-    return None
+    return onnx_export.mismatch(export_files(folder, record), record.get("digests"), full)
 
 
 class Preload:

@@ -67,7 +67,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if preload:
-            engine.encoder  # noqa: B018 - load the model once, before the first request
+            engine.warm()  # the encoders queries use (ONNX where exported, no torch), before the first request
         yield
 
     app = FastAPI(

@@ -110,7 +110,7 @@ def index_page(request: Request) -> FileResponse:
 def health(request: Request) -> dict[str, Any]:
     """Liveness: the server answers and can read its index."""
     engine = server(request).engine
-    return {"status": "ok", "version": __version__, "model_loaded": engine.model_loaded, "items": engine.count()}
+    return {"status": "ok", "version": __version__, "model_loaded": engine.model_loaded or engine.warmed, "items": engine.count()}
 
 
 @router.get("/api/info", tags=["status"])
@@ -201,7 +201,7 @@ async def search_combined(request: Request) -> dict[str, Any]:
 def run_search(request: Request, started: float, parsed: SearchRequest) -> dict[str, Any]:
     state = server(request)
     wanted = {t.upload for t in parsed.terms if t.kind == IMAGE}
-    pictures = state.decoder.decode_all(parsed.uploads, wanted, state.engine.encoder.image_size) if wanted else {}
+    pictures = state.decoder.decode_all(parsed.uploads, wanted, state.engine.image_encoder.image_size) if wanted else {}
     terms: list[QueryTerm] = []
     described: list[dict[str, Any]] = []
     for term in parsed.terms:

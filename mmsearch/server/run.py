@@ -70,6 +70,15 @@ def serve(
     ``on_ready(url)`` is called once the port is bound (with the real port when ``port`` is 0).
     ``settings``: the engine's (``mmsearch.settings.Settings``; default: the environment's).
     """
+    from ..encoders import onnx_image, onnx_text
+    from ..settings import Settings
+
+    # The ONNX encoders load in background threads while uvicorn and the engine import.
+    settings = settings or Settings.from_env()
+    folder = index if index is not None else settings.default_index()
+    ahead = {"text_encoder": onnx_text.preload(folder, [], settings.onnx),
+             "image_encoder": onnx_image.preload(folder, [], settings)}
+
     import uvicorn
 
     from ..engine import Engine
@@ -83,7 +92,7 @@ def serve(
         hosts.append(socket.gethostname())
     elif not loopback:
         hosts.append(host)  # a name or address given to bind to is how clients reach the server
-    with Engine(index, device=device, settings=settings) as engine:
+    with Engine(index, device=device, settings=settings, **ahead) as engine:
         engine.info()  # fail now, with a one-line error, when the index does not exist
         app = create_app(engine, max_upload_bytes=max_upload_bytes, token=token, allowed_hosts=hosts,
                          cors_origins=cors_origins)

@@ -53,7 +53,8 @@ LOCK_FILE = ".lock"
 KEEP_VECTOR_RECORDS = 4
 _OWN_FILES = (*DB_FILES, LOCK_FILE)
 # What a created index holds besides the database (removed with a failed first run).
-_DERIVED_PREFIXES = ("vectors.g", "text_encoder.", "image_encoder.", ".vectors.g", ".text_onnx.", f".{MANIFEST}.")
+_DERIVED_PREFIXES = ("vectors.g", "text_encoder.", "image_encoder.", ".vectors.g", ".text_onnx.", ".image_onnx.",
+                     f".{MANIFEST}.")
 _DERIVED_FILES = (MANIFEST, "clip_bpe_vocab.txt.gz")
 
 
