@@ -120,7 +120,12 @@ def test_json_output_is_valid_utf8_and_gives_back_exact_names(tmp_path, tiny_mod
 
 
 # -- names that would rewrite the terminal ----------------------------------------------------
-def test_control_characters_escaped_in_human_output(tmp_path, tiny_model, cli):
+def test_control_characters_escaped_in_human_output(tmp_path, tiny_model, cli, monkeypatch):
+    from mmsearch.cli.base import out as console
+
+    # The table must not fold the long name (the test reads it whole): a wide console, whatever
+    # width the test process was started with (pytest-xdist workers start with 80 columns).
+    monkeypatch.setattr(console, "_width", 500)
     root = tmp_path / "lib"
     nasty = "evil\n\x1b[2J\x1b[31mred.jpg"
     make_image(root / nasty, seed=3)
