@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .media.extensions import EXTENSIONS, HEIF_EXTENSIONS
+from .media.extensions import EXTENSIONS, HEIF_EXTENSIONS, VIDEO_EXTENSIONS
 from .errors import QueryError
 from .fsutil import path_fields
 
@@ -139,6 +139,10 @@ def classify(value: str, force: str | None = None) -> str:
         if not os.path.isfile(expanded):
             raise QueryError(f"image not found: {value}")
         return IMAGE
+    if (os.path.splitext(value)[1].lower() in VIDEO_EXTENSIONS
+            and (os.path.isfile(expanded) or _looks_like_path(value))):
+        raise QueryError(f"{value} is a video: query with a still from it (an image file) or with words; "
+                         "'more like this' on a video hit (the page's Similar, Engine.similar) finds related items")
     if _looks_like_image(value) and (os.path.isfile(expanded) or _looks_like_path(value)):
         if not os.path.isfile(expanded):
             raise QueryError(f"image not found: {value}")

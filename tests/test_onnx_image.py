@@ -20,7 +20,7 @@ from mmsearch import Engine
 from mmsearch.encoders import onnx_image
 from mmsearch.settings import Settings
 
-from conftest import ENV, make_image
+from conftest import ENV, make_image, run
 
 PHOTOS = sorted((Path(__file__).parent / "data" / "photos").glob("*.jpg"))
 
@@ -398,3 +398,17 @@ def test_mmsearch_serve_loads_onnx_encoders_ahead_without_torch(indexed):
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     assert seen["torch"] is False and seen["health"]["model_loaded"] is True
+
+
+def test_first_run_shows_the_export_as_a_phase_and_no_quantiser_noise(tmp_path, tiny_model):
+    """onnxruntime's quantiser logs advice and a protobuf dump per input through the root logger;
+    a user sees one progress phase for the exports instead."""
+    root = tmp_path / "corpus"
+    make_image(root / "a.jpg", seed=1)
+    env = dict(ENV, MMSEARCH_CACHE=str(tmp_path / "cache"))  # nothing cached: both towers export
+    done = run("index", root, "-i", tmp_path / "index", *tiny_model.args, env=env)
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    assert "exporting" in err
+    assert "WARNING:root" not in err and "dim_value" not in err and "quantization" not in err
+    assert json.loads((tmp_path / "index" / "manifest.json").read_text())[onnx_image.MANIFEST_KEY]["int8"]

@@ -354,3 +354,21 @@ def test_a_cut_every_frame_keeps_memory_bounded_by_the_cap(tmp_path):
     sampled = sample_frames(str(video), 32, None, Sampling(interval=2.0, max_frames=8))
     assert len(sampled.times) == 8
     assert sampled.times[-1] >= 4.0
+
+
+def test_a_video_file_as_a_query_term_is_refused_with_the_ways_forward(tmp_path, cli, tiny_model):
+    """A video path is not read as the words of a text query: one line says what works instead."""
+    from mmsearch import QueryError
+    from mmsearch.query import parse_query
+
+    video = make_video(tmp_path / "clip.mp4", [1.0])
+    with pytest.raises(QueryError, match="is a video: query with a still from it"):
+        parse_query([str(video)])
+    with pytest.raises(QueryError, match="is a video"):
+        parse_query(["./missing.webm"])
+    assert [t.kind for t in parse_query(["clip.mp4"])] == ["text"]  # a bare word that is no file stays text
+    (tmp_path / "lib").mkdir()
+    make_video(tmp_path / "lib" / "a.mp4", [1.0])
+    cli("index", tmp_path / "lib", "-i", tmp_path / "idx", *tiny_model.args, "-q")
+    result = cli("query", str(video), "-i", tmp_path / "idx", ok=False)
+    assert result.exit_code == 2 and "is a video" in result.stderr

@@ -194,7 +194,8 @@ def dupes_cmd(
         table.add_column(name, justify=justify, overflow="fold" if name == "path" else None)
     for number, group in enumerate(groups, 1):
         for n, (item, sim) in enumerate(zip(group.items, [None, *group.similarity])):
-            where = display_path(item.path) + (f":{item.locator}" if item.locator else "")
+            where = (f"{display_path(item.path)} @ {clock(item.t)}" if item.t is not None
+                     else display_path(item.path) + (f":{item.locator}" if item.locator else ""))
             size = f"{item.width}x{item.height}" if item.width and item.height else ""
             table.add_row(str(number) if n == 0 else "", "keep" if n == 0 else "dupe",
                           "" if sim is None else f"{sim:.4f}", size, Text(where))

@@ -26,6 +26,8 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -270,13 +272,34 @@ def _run_checked(path: Path, pixels: np.ndarray, what: str) -> np.ndarray:
         raise OnnxImageUnavailable(f"the {what} does not run in onnxruntime: {first_line(exc)}") from exc
 
 
+@contextmanager
+def _root_logger_silenced() -> Iterator[None]:
+    """onnxruntime's quantiser logs advice and a protobuf dump per input through the root
+    logger (``logging.warning``), which would also install a handler on it: drop its records
+    while it runs (named loggers, ours among them, are untouched)."""
+    root = logging.getLogger()
+    guard = logging.NullHandler()  # so logging.warning() does not call basicConfig()
+
+    def drop(record: logging.LogRecord) -> bool:
+        return False
+
+    root.addHandler(guard)
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        root.removeHandler(guard)
+
+
 def _quantise(source: Path, target: Path, reference: np.ndarray, probe: np.ndarray) -> dict[str, Any]:
     """Dynamic int8 quantisation of ``source`` into ``target``, kept only if it agrees with the
     float32 vectors ``reference`` of ``probe``; the record says what was measured either way."""
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        with _root_logger_silenced():
+            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
         trial = _run_checked(target, probe, "int8 model")
     except Exception as exc:  # noqa: BLE001 - quantiser failures of any kind
         target.unlink(missing_ok=True)

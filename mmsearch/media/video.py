@@ -34,13 +34,14 @@ from typing import Any
 
 import numpy as np
 
+from .extensions import VIDEO_EXTENSIONS
+
 from .records import BadInput, FileEntry, Record, Skip, one_line
 
 VIDEO = "video"
 # Containers by extension; the content decides in the end (FFmpeg probes it), so a file named
 # .mp4 that holds only audio, or garbage, is skipped with the reason.
-EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".3gp", ".wmv",
-                        ".flv", ".ts", ".mts", ".m2ts", ".ogv", ".qt"})
+EXTENSIONS = VIDEO_EXTENSIONS
 MEDIA_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".qt": "video/quicktime",
                ".mkv": "video/x-matroska", ".webm": "video/webm", ".avi": "video/x-msvideo", ".mpg": "video/mpeg",
                ".mpeg": "video/mpeg", ".3gp": "video/3gpp", ".wmv": "video/x-ms-wmv", ".flv": "video/x-flv",
