@@ -374,7 +374,9 @@ $("auth-form").addEventListener("submit", async (event) => {
 async function start() {
   try {
     const info = await call("api/info");
-    $("stats").textContent = `${info.items} items (${info.images} images, ${info.texts} texts) · model ${basename(info.model.name)}`;
+    const parts = [`${info.images} images`, `${info.texts} texts`];
+    if (info.videos) parts.push(`${info.videos} videos`);
+    $("stats").textContent = `${info.items} items (${parts.join(", ")}) · model ${basename(info.model.name)}`;
   } catch (error) {
     $("stats").textContent = "";
     if (error instanceof AuthRequired) { setStatus("Enter the access token to search."); return; }
