@@ -10,6 +10,7 @@ never need to know which tower they handle.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -215,3 +216,39 @@ def to_cache(folder: Path, record: dict[str, Any], entry: Path, names: list[str]
 
 def digests_of(folder: Path, names: dict[str, str]) -> dict[str, Any]:
     return {key: file_digest(folder / name) for key, name in names.items()}
+
+
+def record_export(store: Any, tower: str, manifest_key: str, file_prefix: str, unavailable: type[Exception],
+                  produce: Callable[[], dict[str, Any]], parts_of: Callable[[dict], dict[str, str]],
+                  log: Any) -> dict[str, Any] | None:
+    """Run ``produce`` (export, or take from the cache) for the ``tower`` ('text'/'image') of
+    ``store``'s model and record the outcome in the manifest under ``manifest_key``; files
+    starting with ``file_prefix`` that the record does not name (earlier models' exports) go.
+
+    One policy for both towers: a disk error is logged and tried again on the next run (None,
+    nothing recorded); ``unavailable`` (this model or installation cannot be exported) is
+    recorded as skipped with its reason; anything else is a bug: logged as an error, recorded as
+    failed and tried again, never allowed to fail indexing."""
+    fingerprint = store.manifest["model"]["fingerprint"]
+    try:
+        record = produce()
+    except OSError as exc:  # disk full, read-only folder: try again on the next run
+        log.warning("%s queries on %s will load torch: cannot write the ONNX %s encoder (%s)",
+                    tower, store.folder, tower, exc)
+        return None
+    except unavailable as exc:  # this model (or this installation) cannot be exported
+        retry = isinstance(exc.__cause__, ImportError)
+        log.warning("%s queries on %s will load torch: no ONNX %s encoder (%s)", tower, store.folder, tower, exc)
+        record = {"status": "skipped", "fingerprint": fingerprint, "reason": str(exc), "retry": retry, "at": now()}
+    except Exception as exc:  # noqa: BLE001 - a bug: never fail indexing for it, never hide it either
+        log.error("exporting the ONNX %s encoder of %s failed unexpectedly (%s: %s); %s queries load torch "
+                  "until the next indexing run tries again", tower, store.folder, type(exc).__name__,
+                  first_line(exc), tower, exc_info=log.isEnabledFor(logging.DEBUG))
+        record = {"status": "failed", "fingerprint": fingerprint, "reason": f"{type(exc).__name__}: {first_line(exc)}",
+                  "retry": True, "at": now()}
+    store.update_manifest(**{manifest_key: record})
+    keep = set(parts_of(record).values()) if record["status"] == "ok" else set()
+    for path in store.folder.glob(f"{file_prefix}*"):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
+    return record

@@ -126,7 +126,8 @@ def ensure_exported(store: IndexStore, encoder: TorchEncoder, cache: Path | None
     onnx_export.remove_stray_temps(store.folder, *_TEMP)
     entry = onnx_export.cache_dir(cache) / f"{fingerprint}{CACHE_SUFFIX}"
     old = store.manifest.get(MANIFEST_KEY)
-    try:
+
+    def produce() -> dict[str, Any]:
         if isinstance(old, dict) and old.get("status") == "ok" and old.get("fingerprint") == fingerprint \
                 and not export_mismatch(store.folder, old):
             record = dict(old)  # the export is there; only the measurement is for another machine
@@ -137,25 +138,10 @@ def ensure_exported(store: IndexStore, encoder: TorchEncoder, cache: Path | None
                 onnx_export.to_cache(store.folder, record, entry, list(_parts(record).values()), _TEMP, log)
         if (record.get("measured") or {}).get("cpu") != cpu_name():
             record["measured"] = measure(encoder, store.folder, record)
-    except OSError as exc:  # disk full, read-only folder: try again on the next run
-        log.warning("image queries on %s will load torch: cannot write the ONNX image encoder (%s)", store.folder, exc)
-        return None
-    except OnnxImageUnavailable as exc:  # this model (or this installation) cannot be exported
-        retry = isinstance(exc.__cause__, ImportError)
-        log.warning("image queries on %s will load torch: no ONNX image encoder (%s)", store.folder, exc)
-        record = {"status": "skipped", "fingerprint": fingerprint, "reason": str(exc), "retry": retry, "at": now()}
-    except Exception as exc:  # noqa: BLE001 - a bug: never fail indexing for it, never hide it either
-        log.error("exporting the ONNX image encoder of %s failed unexpectedly (%s: %s); image queries load torch "
-                  "until the next indexing run tries again", store.folder, type(exc).__name__, first_line(exc),
-                  exc_info=log.isEnabledFor(logging.DEBUG))
-        record = {"status": "failed", "fingerprint": fingerprint, "reason": f"{type(exc).__name__}: {first_line(exc)}",
-                  "retry": True, "at": now()}
-    store.update_manifest(**{MANIFEST_KEY: record})
-    keep = set(_parts(record).values()) if record["status"] == "ok" else set()
-    for path in store.folder.glob(f"{FILE_PREFIX}*"):
-        if path.name not in keep:
-            path.unlink(missing_ok=True)
-    return record
+        return record
+
+    return onnx_export.record_export(store, "image", MANIFEST_KEY, FILE_PREFIX, OnnxImageUnavailable, produce,
+                                     _parts, log)
 
 
 def _parts(record: dict[str, Any]) -> dict[str, str]:

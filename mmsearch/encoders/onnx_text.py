@@ -101,31 +101,17 @@ def ensure_exported(store: IndexStore, encoder: Encoder, cache: Path | None = No
         return None  # not the index's model (the caller switches models first)
     _remove_stray_temps(store.folder)
     entry_dir = cache_dir(cache)
-    try:
+
+    def produce() -> dict[str, Any]:
         record = _from_cache(store.folder, fingerprint, entry_dir)
         if record is None:
             record = export_text_encoder(encoder, store.folder, fingerprint)
             _to_cache(store.folder, record, entry_dir)
-    except OSError as exc:  # disk full, read-only folder: try again on the next run
-        log.warning("text queries on %s will load torch: cannot write the ONNX text encoder (%s)", store.folder, exc)
-        return None
-    except OnnxTextUnavailable as exc:  # this model (or this installation) cannot be exported
-        retry = isinstance(exc.__cause__, ImportError)
-        log.warning("text queries on %s will load torch: no ONNX text encoder (%s)", store.folder, exc)
-        record = {"status": "skipped", "fingerprint": fingerprint, "reason": str(exc), "retry": retry, "at": _now()}
-    except Exception as exc:  # noqa: BLE001 - a bug: never fail indexing for it, never hide it either
-        log.error("exporting the ONNX text encoder of %s failed unexpectedly (%s: %s); text queries load torch "
-                  "until the next indexing run tries again", store.folder, type(exc).__name__, _first_line(exc),
-                  exc_info=log.isEnabledFor(logging.DEBUG))
-        record = {"status": "failed", "fingerprint": fingerprint, "reason": f"{type(exc).__name__}: {_first_line(exc)}",
-                  "retry": True, "at": _now()}
-    store.update_manifest(**{MANIFEST_KEY: record})
+        return record
+
     # Exports of earlier models (or of this one, when it could not be exported now) go.
-    keep = {record["file"], record["data"]} if record["status"] == "ok" else set()
-    for path in store.folder.glob(f"{FILE_PREFIX}*"):
-        if path.name not in keep:
-            path.unlink(missing_ok=True)
-    return record
+    return onnx_export.record_export(store, "text", MANIFEST_KEY, FILE_PREFIX, OnnxTextUnavailable, produce,
+                                     _parts, log)
 
 
 def _parts(record: dict[str, Any]) -> dict[str, str]:
