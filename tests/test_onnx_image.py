@@ -315,13 +315,19 @@ def test_second_index_reuses_the_cached_export(indexed, tmp_path, tiny_model, mo
     def no_export(*args, **kwargs):
         raise AssertionError("exported again although the cache holds this model")
 
+    def no_measure(*args, **kwargs):
+        raise AssertionError("measured again although the cache holds this machine's measurement")
+
     monkeypatch.setattr(onnx_image, "export_image_encoder", no_export)
+    monkeypatch.setattr(onnx_image, "measure", no_measure)  # timing the encoders loads torch: once per machine
     other = tmp_path / "second"
     with Engine(other, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
         engine.add([root])
         record = engine.store.manifest[onnx_image.MANIFEST_KEY]
         assert record["status"] == "ok" and record["from_cache"].endswith(first["fingerprint"] + onnx_image.CACHE_SUFFIX)
         assert (other / record["data"]).read_bytes() == (index / first["data"]).read_bytes()
+        assert record["measured"]["cpu"] == onnx_image.cpu_name()
+        assert record["measured"]["choice"] == first["measured"]["choice"]
 
 
 def test_reembed_with_another_model_exports_again(index_copy, other_tiny_model):

@@ -214,6 +214,19 @@ def to_cache(folder: Path, record: dict[str, Any], entry: Path, names: list[str]
         log.info("could not keep the ONNX export in the cache %s: %s", entry, exc)
 
 
+def update_cached_record(entry: Path, changes: dict[str, Any], log: Any) -> None:
+    """Add ``changes`` to the record of the cache entry ``entry`` (best effort, atomic), e.g. the
+    encoder measurement made for this machine, so the next new index of the model reuses it."""
+    path = entry / CACHE_RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(dict(record, **changes), indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except (OSError, ValueError) as exc:
+        log.info("could not update the ONNX export record in the cache %s: %s", entry, exc)
+
+
 def digests_of(folder: Path, names: dict[str, str]) -> dict[str, Any]:
     return {key: file_digest(folder / name) for key, name in names.items()}
 

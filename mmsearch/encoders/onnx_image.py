@@ -138,6 +138,9 @@ def ensure_exported(store: IndexStore, encoder: TorchEncoder, cache: Path | None
                 onnx_export.to_cache(store.folder, record, entry, list(_parts(record).values()), _TEMP, log)
         if (record.get("measured") or {}).get("cpu") != cpu_name():
             record["measured"] = measure(encoder, store.folder, record)
+            # The next new index of this model on this machine takes the choice from the cache
+            # instead of loading torch to time the encoders again.
+            onnx_export.update_cached_record(entry, {"measured": record["measured"]}, log)
         return record
 
     return onnx_export.record_export(store, "image", MANIFEST_KEY, FILE_PREFIX, OnnxImageUnavailable, produce,
