@@ -39,7 +39,7 @@ class _Group(TyperGroup):
 app = typer.Typer(
     cls=_Group,
     name="mmsearch",
-    help="Cross-modal search over your images and texts: index a folder, then query it with words, pictures, or both.",
+    help="Cross-modal search over your images, texts and videos: index a folder, then query it with words, pictures, or both.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -64,7 +64,7 @@ def _main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, metavar="",
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    """Cross-modal search over your images and texts: index a folder, then query it with words, pictures, or both."""
+    """Cross-modal search over your images, texts and videos: index a folder, then query it with words, pictures, or both."""
     from ..settings import Settings
 
     try:  # every MMSEARCH_* variable, read once; a bad value stops here, before any work
