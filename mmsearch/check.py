@@ -198,8 +198,7 @@ def _check(store: IndexStore, report: CheckReport, *, repair: bool, encoder_fact
     if repair and reembed:
         _reembed(store, reembed, encoder_factory, report, settings)
     _check_vectors(store, report, repair)
-    _check_onnx_text(store, report, repair, encoder_factory, settings)
-    _check_onnx_image(store, report, repair, encoder_factory, settings)
+    _check_onnx_exports(store, report, repair, encoder_factory, settings)
     if repair:
         report.items = _count(store)
 
@@ -438,46 +437,28 @@ def _check_vectors(store: IndexStore, report: CheckReport, repair: bool) -> None
         store.update_manifest()
 
 
-def _check_onnx_text(store: IndexStore, report: CheckReport, repair: bool, encoder_factory,
-                     settings: Settings) -> None:
-    """The ONNX text encoder is the one the manifest records (whole-file checksums)."""
-    from .encoders import onnx_text
+def _check_onnx_exports(store: IndexStore, report: CheckReport, repair: bool, encoder_factory,
+                        settings: Settings) -> None:
+    """The ONNX text and image encoders are the ones the manifest records (whole-file checksums);
+    with ``repair``, a damaged export is removed and made again from the model."""
+    from .encoders import onnx_image, onnx_text
 
-    record = onnx_text.usable_record(store.manifest)
-    if record is None:
-        return
-    problem_text = onnx_text.export_mismatch(store.folder, record, full=True)
-    if problem_text is None:
-        return
-    problem = _problem(report, "onnx_text", f"the ONNX text encoder is not the one the manifest records: {problem_text}")
-    if repair:
-        for path in onnx_text.export_files(store.folder, record).values():
-            path.unlink(missing_ok=True)
-        store.update_manifest(**{onnx_text.MANIFEST_KEY: None})
-        if encoder_factory is not None:
-            onnx_text.ensure_exported(store, encoder_factory(store), settings.cache)
-        problem.repaired = True
-
-
-def _check_onnx_image(store: IndexStore, report: CheckReport, repair: bool, encoder_factory,
-                      settings: Settings) -> None:
-    """The ONNX image encoders are the ones the manifest records (whole-file checksums)."""
-    from .encoders import onnx_image
-
-    record = onnx_image.usable_record(store.manifest)
-    if record is None:
-        return
-    problem_text = onnx_image.export_mismatch(store.folder, record, full=True)
-    if problem_text is None:
-        return
-    problem = _problem(report, "onnx_image", f"the ONNX image encoder is not the one the manifest records: {problem_text}")
-    if repair:
-        for path in onnx_image.export_files(store.folder, record).values():
-            path.unlink(missing_ok=True)
-        store.update_manifest(**{onnx_image.MANIFEST_KEY: None})
-        if encoder_factory is not None:
-            onnx_image.ensure_exported(store, encoder_factory(store), settings.cache)
-        problem.repaired = True
+    for tower, module in (("text", onnx_text), ("image", onnx_image)):
+        record = module.usable_record(store.manifest)
+        if record is None:
+            continue
+        problem_text = module.export_mismatch(store.folder, record, full=True)
+        if problem_text is None:
+            continue
+        problem = _problem(report, f"onnx_{tower}",
+                           f"the ONNX {tower} encoder is not the one the manifest records: {problem_text}")
+        if repair:
+            for path in module.export_files(store.folder, record).values():
+                path.unlink(missing_ok=True)
+            store.update_manifest(**{module.MANIFEST_KEY: None})
+            if encoder_factory is not None:
+                module.ensure_exported(store, encoder_factory(store), settings.cache)
+            problem.repaired = True
 
 
 def _compare(store: IndexStore, reader, vectors: VectorIndex) -> str | None:
