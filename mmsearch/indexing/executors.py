@@ -39,6 +39,21 @@ class DecodeExecutor(Protocol):
         """Batches of decoded images, in the order of ``jobs``."""
 
 
+def _outcome(path: str, future: Future, seconds: float, what: str) -> Any:
+    """A worker's result, or the ``Skip`` that says why there is none: past its deadline, the
+    worker process died, or an exception the decoder did not anticipate."""
+    from pebble import ProcessExpired
+
+    try:
+        return future.result()
+    except FutureTimeout:
+        return Skip(path, f"decoding took longer than {seconds:g}s; abandoned", protects=False)
+    except ProcessExpired as exc:
+        return Skip(path, f"the decoder crashed on this file (exit code {exc.exitcode})", protects=False)
+    except Exception as exc:  # noqa: BLE001 - an exception the decoder did not anticipate
+        return Skip(path, f"cannot decode {what}: {exc}", protects=False)
+
+
 class LocalExecutor:
     """Worker processes (pebble) decoding ahead of the encoder, in order; a hung or crashed
     decode costs one worker, not the run.
@@ -78,23 +93,13 @@ class LocalExecutor:
 
     def decode(self, jobs: Sequence[Job], target: int, pixels: PixelTransform | None,
                batch_size: int) -> Iterator[Decoded]:
-        from pebble import ProcessExpired
-
         if not jobs:
             return
         pool = self._started()
         limit = self.max_pixels
 
         def result_of(job: Job, future: Future) -> Any:
-            path = job.record.path
-            try:
-                return future.result()
-            except FutureTimeout:
-                return Skip(path, f"decoding took longer than {self.timeout:g}s; abandoned", protects=False)
-            except ProcessExpired as exc:
-                return Skip(path, f"the decoder crashed on this file (exit code {exc.exitcode})", protects=False)
-            except Exception as exc:  # noqa: BLE001 - an exception the decoder did not anticipate
-                return Skip(path, f"cannot decode image: {exc}", protects=False)
+            return _outcome(job.record.path, future, self.timeout, "image")
 
         pending: list[tuple[Job, Future]] = []
         cursor = 0
@@ -133,16 +138,7 @@ class LocalExecutor:
         limit = self.max_pixels
 
         def outcome(path: str, future: Future, seconds: float) -> Any:
-            from pebble import ProcessExpired
-
-            try:
-                return future.result()
-            except FutureTimeout:
-                return Skip(path, f"decoding took longer than {seconds:g}s; abandoned", protects=False)
-            except ProcessExpired as exc:
-                return Skip(path, f"the decoder crashed on this file (exit code {exc.exitcode})", protects=False)
-            except Exception as exc:  # noqa: BLE001 - an exception the decoder did not anticipate
-                return Skip(path, f"cannot decode video: {exc}", protects=False)
+            return _outcome(path, future, seconds, "video")
 
         def start(job: Job) -> Any:
             path = job.record.path
