@@ -272,6 +272,18 @@ def test_a_video_under_an_image_name_is_read_as_a_video(tmp_path, tiny_model):
         assert (report.videos, report.frames, report.skipped) == (1, 2, [])
 
 
+def test_an_image_under_a_video_name_is_read_as_an_image(tmp_path, tiny_model):
+    """The other way round: a JPEG named .webm is an image, not a one-frame video."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(lib / "photo.webm", format="JPEG")
+    with Engine(tmp_path / "idx", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+        report = engine.add([lib])
+        assert (report.added, report.videos, report.skipped) == (1, 0, [])
+        hit = engine.search("red", k=1)[0]
+        assert (hit.modality, hit.t, hit.width, hit.height) == ("image", None, 64, 48)
+
+
 # -- the server ------------------------------------------------------------------------------------
 def test_api_thumbnail_at_the_moment_and_range_requests(videos, tmp_path):
     import httpx

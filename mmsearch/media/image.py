@@ -51,6 +51,15 @@ def image_formats() -> tuple[str, ...]:
     return FORMATS + (("HEIF",) if heif_available() else ())
 
 
+def is_image_file(path: str | Path) -> bool:
+    """Whether the file holds an image in an accepted format (only its header is read)."""
+    try:
+        with open(path, "rb") as fh, Image.open(fh, formats=image_formats()):
+            return True
+    except Exception:  # noqa: BLE001 - Pillow raises many types for data that is not an image
+        return False
+
+
 # -- opening and decoding: the one routine ----------------------------------------------------------
 def open_image(data: bytes) -> Image.Image:
     """``data`` opened (not decoded) by Pillow, restricted to ``image_formats()``.

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
-from .image import ImageHandler
+from .image import IMAGE, ImageHandler, is_image_file
 from .records import BadInput, FileEntry, Record, Skip, read_regular_file
 from .text import JsonlHandler, TextHandler
 from .video import VIDEO, VideoHandler, container_of
@@ -77,7 +77,12 @@ class Registry:
         handler = self.handlers[entry.kind]
         try:
             if not getattr(handler, "reads_bytes", True):  # videos: the handler streams the file itself
-                return handler.records(entry)
+                if IMAGE in self.handlers and is_image_file(entry.path):
+                    # Content decides: an image under a video name is read as an image (FFmpeg
+                    # would take it for a one-frame video).
+                    handler = self.handlers[IMAGE]
+                else:
+                    return handler.records(entry)
             data = read_regular_file(entry.path)
             try:
                 if max_pixels is None:
