@@ -457,7 +457,8 @@ def _check_onnx_exports(store: IndexStore, report: CheckReport, repair: bool, en
                 path.unlink(missing_ok=True)
             store.update_manifest(**{module.MANIFEST_KEY: None})
             if encoder_factory is not None:
-                module.ensure_exported(store, encoder_factory(store), settings.cache)
+                module.ensure_exported(store, ModelSpec.from_manifest(store.manifest["model"]),
+                                       lambda: encoder_factory(store), settings.cache)
             problem.repaired = True
 
 

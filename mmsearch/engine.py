@@ -85,7 +85,8 @@ class Engine:
         self._store: IndexStore | None = (IndexStore.open(self.folder, self._vector_settings)
                                           if IndexStore.is_index(self.folder) else None)
         known = self._store.manifest.get("model") if self._store is not None else None
-        self._requested = (ModelSpec.resolve(model, pretrained, known, defaults=(s.model, s.pretrained))
+        self._requested = (ModelSpec.resolve(model, pretrained, known, defaults=(s.model, s.pretrained),
+                                             exported=self._exported)
                            if (model or pretrained) else None)
         self._device = device
         self._batch_size = batch_size
@@ -239,7 +240,8 @@ class Engine:
                 IndexStore.check_creatable(self.folder)
                 if not explicit:
                     raise QueryError("nothing to index: name a folder or file (the index has no known roots yet)")
-                self.encoder  # noqa: B018 - load (and so check) the model before creating anything
+                if self._cached_dim() is None:
+                    self.encoder  # noqa: B018 - load (and so check) the model before creating anything
             existed = self.folder.exists()
             try:
                 with writer_lock(self.folder, wait):
@@ -261,9 +263,11 @@ class Engine:
         if not roots:
             raise QueryError("nothing to index: name a folder or file (the index has no known roots yet)")
         if self._store is None:
-            encoder = self.encoder
-            self._store = IndexStore.create(self.folder, encoder.spec.identity(), encoder.dim, self._vector_settings)
-            note = random_weights_note(encoder.spec)  # said once, here, not at every load
+            spec, dim = self.spec, self._cached_dim()
+            if dim is None:
+                dim = self.encoder.dim
+            self._store = IndexStore.create(self.folder, spec.identity(), dim, self._vector_settings)
+            note = random_weights_note(spec)  # said once, here, not at every load
             if note:
                 progress.note(note)
         store = self._store
@@ -273,7 +277,7 @@ class Engine:
         if exports:
             progress.start("exporting", len(exports))
             for module in exports:
-                module.ensure_exported(store, self.encoder, self.settings.cache, self.settings.onnx)
+                module.ensure_exported(store, self.spec, lambda: self.encoder, self.settings.cache, self.settings.onnx)
                 progress.advance(1)
         report = self.indexer(progress).run(roots)
         store.fit_vectors(index_type)
@@ -288,6 +292,17 @@ class Engine:
             batch_size=self._batch_size or self._default_batch(), workers=self._workers,
             never=[str(self.folder)],  # the index folder itself, even inside an indexed root
         )
+
+    def _exported(self, spec: ModelSpec) -> bool:
+        return onnx_image.cached_dim(spec.identity()["fingerprint"], self.settings.cache, self.settings.onnx) is not None
+
+    def _cached_dim(self) -> int | None:
+        """The model's vector dimension when a new index of it needs no torch (its ONNX exports
+        and this CPU's encoder timing are in the cache, ``onnx_image.cached_dim``), else None.
+        A GPU run or ``--no-onnx`` loads the model as before."""
+        if self._encoder is not None or self._device not in (None, "cpu") or self.settings.image_encoder == "torch":
+            return None
+        return onnx_image.cached_dim(self.spec.identity()["fingerprint"], self.settings.cache, self.settings.onnx)
 
     def _indexing_encoder(self) -> Any:
         """The encoder an indexing run uses: ONNX for images where that is the choice (measured

@@ -245,6 +245,54 @@ def test_small_index_run_of_new_files_imports_no_torch(index_copy, tmp_path):
     assert (stored * expected).sum() >= 0.9999
 
 
+def test_new_index_of_a_model_exported_on_this_machine_imports_no_torch(indexed, tmp_path, tiny_model):
+    """A second index of the same model takes the dimension, both exports and the encoder timing
+    from the cache: the new process never loads torch, and its vectors are the first index's."""
+    index, root = indexed
+    fresh = tmp_path / "fresh"
+    code = (
+        "import json, sys\n"
+        "from mmsearch.cli import main\n"
+        f"sys.argv = ['mmsearch', 'index', {str(root)!r}, '--index', {str(fresh)!r}, '--json',"
+        f" '--model', {str(tiny_model.config)!r}, '--pretrained', {str(tiny_model.checkpoint)!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules}))\n"
+    )
+    result = _python(code, {"MMSEARCH_IMAGE_ENCODER": "onnx"})
+    assert result.returncode == 0, result.stderr
+    report_line, modules_line = result.stdout.strip().splitlines()[-2:]
+    assert json.loads(modules_line)["torch"] is False
+    assert json.loads(report_line)["added"] == len(list(root.iterdir()))
+    with Engine(index) as old, Engine(fresh) as new:
+        assert new.store.manifest["model"] == old.store.manifest["model"] and new.store.dim == old.store.dim
+        with old.store.read() as a, new.store.read() as b:
+            for row in b.items(list(b.item_ids())).values():
+                twin = [r for r in a.items(list(a.item_ids())).values() if r.path == row.path]
+                mine = np.frombuffer(b.vector_of(row.id), np.float32)
+                theirs = np.frombuffer(a.vector_of(twin[0].id), np.float32)
+                assert float(mine @ theirs) >= 0.9999, row.path
+
+
+def test_a_model_exported_here_is_not_validated_again_through_open_clip(tmp_path):
+    """Resolving an architecture name imports open_clip (and torch) to validate it, unless this
+    machine already exported exactly that model (which validated the name then)."""
+    code = (
+        "import json, sys\n"
+        "from mmsearch.encoders import ModelSpec\n"
+        "seen = []\n"
+        "spec = ModelSpec.resolve('ViT-B-32', 'none', exported=lambda s: seen.append(s) or True)\n"
+        "print(json.dumps({'name': spec.name, 'pretrained': spec.pretrained, 'asked': len(seen),"
+        " 'open_clip': 'open_clip' in sys.modules}))\n"
+        "ModelSpec.resolve('ViT-B-32', 'none', exported=lambda s: False)\n"
+        "print(json.dumps({'open_clip': 'open_clip' in sys.modules}))\n"
+    )
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    first, second = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
+    assert first == {"name": "ViT-B-32", "pretrained": None, "asked": 1, "open_clip": False}
+    assert second == {"open_clip": True}
+
+
 # -- failures fall back to torch -------------------------------------------------------------------
 @pytest.mark.parametrize("damage", ["corrupt_graph", "missing_weights"])
 def test_broken_export_falls_back_to_torch_and_check_finds_it(index_copy, damage, caplog, cli):

@@ -5,7 +5,6 @@ requests so the browser can seek)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from PIL import Image

@@ -151,6 +151,23 @@ def cache_dir(base: Path | None = None) -> Path:
     return Path(base) / "onnx"
 
 
+def cached_record(entry: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The record of a complete, successful cached export of ``fingerprint`` in ``entry`` (its
+    files present at their recorded sizes; digests are checked when the files are linked), or
+    None. Reading it costs a stat per file: no torch, no ONNX Runtime."""
+    try:
+        record = json.loads((entry / CACHE_RECORD).read_text(encoding="utf-8"))
+        if record.get("status") != "ok" or record.get("fingerprint") != fingerprint:
+            return None
+        sizes = record.get("sizes") or {}
+        if not sizes or any(not (entry / name).is_file() or (entry / name).stat().st_size != size
+                            for name, size in sizes.items()):
+            return None
+        return record
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 def from_cache(folder: Path, entry: Path, fingerprint: str, parts_of: Callable[[dict], dict[str, str]],
                temp: tuple[str, str]) -> dict[str, Any] | None:
     """The cached export in ``entry`` linked (or copied) into ``folder``: its record, or None

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..media.image import PixelTransform
     from ..storage.store import IndexStore
+    from .spec import ModelSpec
     from .torch_encoder import TorchEncoder
 
 log = logging.getLogger(__name__)
@@ -113,15 +114,17 @@ def export_needed(manifest: dict[str, Any], enabled: bool = True) -> bool:
     return (record.get("measured") or {}).get("cpu") != cpu_name()  # moved to another machine: measure again
 
 
-def ensure_exported(store: IndexStore, encoder: TorchEncoder, cache: Path | None = None,
+def ensure_exported(store: IndexStore, spec: ModelSpec, load: Callable[[], TorchEncoder], cache: Path | None = None,
                     enabled: bool = True) -> dict[str, Any] | None:
-    """Export (or take from the cache) the image tower of ``encoder`` into ``store`` and measure
-    which encoder indexes fastest here (writer, under the lock). Returns the manifest record
-    written, or None when nothing was needed. Never raises for a model that cannot be exported."""
+    """Export (or take from the cache) the image tower of the model ``spec`` names into ``store``
+    and measure which encoder indexes fastest here (writer, under the lock); ``load()`` gives its
+    torch encoder, called only when neither the export nor this CPU's measurement is cached.
+    Returns the manifest record written, or None when nothing was needed. Never raises for a
+    model that cannot be exported."""
     if not export_needed(store.manifest, enabled):
         return None
     fingerprint = store.manifest["model"]["fingerprint"]
-    if encoder.spec.identity(known=store.manifest["model"])["fingerprint"] != fingerprint:
+    if spec.identity(known=store.manifest["model"])["fingerprint"] != fingerprint:
         return None  # not the index's model (the caller switches models first)
     onnx_export.remove_stray_temps(store.folder, *_TEMP)
     entry = onnx_export.cache_dir(cache) / f"{fingerprint}{CACHE_SUFFIX}"
@@ -134,10 +137,10 @@ def ensure_exported(store: IndexStore, encoder: TorchEncoder, cache: Path | None
         else:
             record = onnx_export.from_cache(store.folder, entry, fingerprint, _parts, _TEMP)
             if record is None:
-                record = export_image_encoder(encoder, store.folder, fingerprint)
+                record = export_image_encoder(load(), store.folder, fingerprint)
                 onnx_export.to_cache(store.folder, record, entry, list(_parts(record).values()), _TEMP, log)
         if (record.get("measured") or {}).get("cpu") != cpu_name():
-            record["measured"] = measure(encoder, store.folder, record)
+            record["measured"] = measure(load(), store.folder, record)
             # The next new index of this model on this machine takes the choice from the cache
             # instead of loading torch to time the encoders again.
             onnx_export.update_cached_record(entry, {"measured": record["measured"]}, log)
@@ -145,6 +148,25 @@ def ensure_exported(store: IndexStore, encoder: TorchEncoder, cache: Path | None
 
     return onnx_export.record_export(store, "image", MANIFEST_KEY, FILE_PREFIX, OnnxImageUnavailable, produce,
                                      _parts, log)
+
+
+def cached_dim(fingerprint: str, cache: Path | None = None, enabled: bool = True) -> int | None:
+    """The vector dimension of the model ``fingerprint`` when this machine's cache holds all a
+    new index of it needs without torch: both towers' exports and the image encoders' timing on
+    this CPU. None otherwise (the model must be loaded to export or measure).
+
+    A cached export was checked against the loaded model when it was made, so a new index of the
+    same fingerprint (architecture and weights hashed) can skip loading the model at all: a new
+    process then pays ONNX Runtime's start, not torch's."""
+    if not enabled:
+        return None
+    base = onnx_export.cache_dir(cache)
+    text = onnx_export.cached_record(base / fingerprint, fingerprint)
+    image = onnx_export.cached_record(base / f"{fingerprint}{CACHE_SUFFIX}", fingerprint)
+    if text is None or image is None or (image.get("measured") or {}).get("cpu") != cpu_name():
+        return None
+    dims = {text.get("dim"), image.get("dim")}
+    return int(dims.pop()) if len(dims) == 1 and isinstance(text.get("dim"), int) else None
 
 
 def _parts(record: dict[str, Any]) -> dict[str, str]:

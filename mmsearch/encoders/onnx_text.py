@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ from .tokenizer import ClipTokenizer, bundled_vocab
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..storage.store import IndexStore
+    from .spec import ModelSpec
     from .torch_encoder import TorchEncoder as Encoder
 
 log = logging.getLogger(__name__)
@@ -86,9 +88,10 @@ def export_needed(manifest: dict[str, Any], enabled: bool = True) -> bool:
     return False
 
 
-def ensure_exported(store: IndexStore, encoder: Encoder, cache: Path | None = None,
+def ensure_exported(store: IndexStore, spec: ModelSpec, load: Callable[[], Encoder], cache: Path | None = None,
                     enabled: bool = True) -> dict[str, Any] | None:
-    """Export the text tower of ``encoder`` into ``store`` if needed (writer, under the lock).
+    """Export the text tower of the model ``spec`` names into ``store`` if needed (writer, under
+    the lock); ``load()`` gives its torch encoder, called only when the cache has no export.
 
     Returns the manifest record written (``status`` 'ok' or 'skipped'), or None when nothing
     was needed. Never raises for a model that cannot be exported: the reason is logged and kept.
@@ -97,7 +100,7 @@ def ensure_exported(store: IndexStore, encoder: Encoder, cache: Path | None = No
     if not export_needed(store.manifest, enabled):
         return None
     fingerprint = store.manifest["model"]["fingerprint"]
-    if encoder.spec.identity(known=store.manifest["model"])["fingerprint"] != fingerprint:
+    if spec.identity(known=store.manifest["model"])["fingerprint"] != fingerprint:
         return None  # not the index's model (the caller switches models first)
     _remove_stray_temps(store.folder)
     entry_dir = cache_dir(cache)
@@ -105,7 +108,7 @@ def ensure_exported(store: IndexStore, encoder: Encoder, cache: Path | None = No
     def produce() -> dict[str, Any]:
         record = _from_cache(store.folder, fingerprint, entry_dir)
         if record is None:
-            record = export_text_encoder(encoder, store.folder, fingerprint)
+            record = export_text_encoder(load(), store.folder, fingerprint)
             _to_cache(store.folder, record, entry_dir)
         return record
 

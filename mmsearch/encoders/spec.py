@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,14 +68,17 @@ class ModelSpec:
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def resolve(cls, name: str | None = None, pretrained: str | None = None, known: dict | None = None,
-                defaults: tuple[str | None, str | None] = (None, None)) -> ModelSpec:
+                defaults: tuple[str | None, str | None] = (None, None),
+                exported: Callable[[ModelSpec], bool] | None = None) -> ModelSpec:
         """Validate and normalise a user's ``--model``/``--pretrained`` without loading anything.
 
         With no name, ``defaults`` (``MMSEARCH_MODEL``/``MMSEARCH_PRETRAINED``, see
         ``Settings``; either may stand alone) or the default model apply.
         ``known``: the model an existing index records; an open_clip name and weights naming
         exactly that were checked when the index was made, so open_clip is not imported again
-        (2-4 s) to check them.
+        (2-4 s) to check them. ``exported(spec)``: True when this machine already exported that
+        exact model (architecture name and weights tag), which validated the name then: open_clip
+        (and so torch) is not imported to validate it again.
         """
         if (known and name and pretrained is not None and name == known.get("name")
                 and _weights(pretrained) == known.get("pretrained") and not name.endswith(".json")
@@ -108,6 +112,10 @@ class ModelSpec:
                 raise ModelLoadError(f"model config file not found: {path}")
             _read_config(path)  # fail early on a malformed config
             return cls(str(path.resolve()), _weights(pretrained))
+        if exported is not None and ":" not in name and (pretrained is not None or name == DEFAULT_MODEL):
+            candidate = cls(name, DEFAULT_PRETRAINED if pretrained is None else _weights(pretrained))
+            if exported(candidate):
+                return candidate
         import open_clip
         from open_clip.factory import parse_model_name
 
