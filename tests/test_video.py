@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from mmsearch import Engine
-from mmsearch.media.video import Sampling, sample_frames
+from mmsearch.media import video as video_mod
+from mmsearch.media.video import Sampling, merge_samples, sample_frames, spans
 from mmsearch.media.videogen import COLOURS, make_audio_only, make_video, rotate_mp4, scene_frame
 
 SCENES = [3.0, 5.0, 2.5, 6.0]  # seconds: starts at 0, 3, 8, 10.5; ends at 16.5
@@ -86,6 +87,59 @@ def test_the_cap_spreads_samples_over_the_whole_video(tmp_path):
 
 
 # -- indexing and searching ------------------------------------------------------------------------
+def test_spans_split_only_videos_long_enough_to_pay_for_it():
+    assert spans(119.0, 8) == [(0.0, float("inf"))]  # a range is at least SPLIT_SECONDS long
+    assert spans(600.0, 1) == [(0.0, float("inf"))]
+    assert spans(600.0, 2) == [(0.0, 300.0), (300.0, float("inf"))]
+    assert spans(180.0, 8) == [(0.0, 60.0), (60.0, 120.0), (120.0, float("inf"))]
+
+
+@pytest.mark.parametrize("gop, interval", [(5, 2.0), (300, 4.0)], ids=["keyframes", "reference-frames"])
+def test_ranges_sampled_apart_give_the_whole_videos_frames(tmp_path, gop, interval):
+    # Split at 9 s, inside the third scene: each scene start is found once, as by one worker; the
+    # second range may add its first frame (a boundary costs at most one frame, dropped later
+    # by the cosine dedup). Keyframes: the same frames, equal pixels. Long GOPs: the scene-cut
+    # checks run every half second from each range's start, so a cut is found within that.
+    video = str(make_video(tmp_path / "a.mp4", SCENES, gop=gop))
+    sampling = Sampling(interval=interval)
+    whole = sample_frames(video, 32, None, sampling)
+    keys = video_mod._keyframe_times(video, whole.info.stream)
+    parts = [sample_frames(video, 32, None, sampling, span=span, keyframes=keys)
+             for span in [(0.0, 9.0), (9.0, float("inf"))]]
+    assert all(t < 9.0 for t in parts[0].times) and all(t >= 9.0 for t in parts[1].times)
+    merged = merge_samples(parts, sampling)
+    assert merged.times == sorted(merged.times) and len(whole.times) <= len(merged.times) <= len(whole.times) + 1
+    if gop == 5:
+        extra = [t for t in merged.times if t not in whole.times]
+        assert set(whole.times) <= set(merged.times) and all(t >= 9.0 for t in extra)
+        for t, array in zip(whole.times, whole.arrays):
+            assert np.array_equal(array, merged.arrays[merged.times.index(t)])
+    for start in STARTS:
+        assert any(0 <= t - start <= 0.6 for t in merged.times), start
+
+
+def test_a_long_video_is_sampled_by_several_workers_and_indexed_once(tmp_path, tiny_model, monkeypatch):
+    # SPLIT_SECONDS lowered so a 16.5 s video splits among 2 workers (the ranges are chosen in
+    # this process; the workers sample what they are given): the same frames are indexed,
+    # once each, and a still from each scene finds its moment.
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    make_video(lib / "a.mp4", SCENES, gop=5)
+    monkeypatch.setattr(video_mod, "SPLIT_SECONDS", 5.0)
+    assert len(spans(16.5, 2)) == 2
+    with Engine(tmp_path / "idx", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint),
+                workers=2) as engine:
+        report = engine.add([lib])
+        assert report.videos == 1 and not report.skipped
+        with engine.store.read() as reader:
+            rows = reader.items(list(reader.item_ids())).values()
+            times = sorted(row.meta["t"] for row in rows)
+        assert len(times) == len(set(times)) and set(STARTS) <= set(times)
+        for scene, start in enumerate(STARTS):
+            hit = engine.search(still(tmp_path / f"s{scene}.png", scene), type="video")[0]
+            assert hit.t == pytest.approx(start, abs=0.05)
+
+
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory, tiny_model):
     """A folder with two videos and a photo, indexed with the tiny model."""

@@ -3,17 +3,26 @@ on this machine; a distributed one (Ray) is a second implementation of the same 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ..errors import DecodeWorkersError
 from ..media import Skip
 from ..media.image import PixelTransform, decode_for_model, decode_worker_init
-from ..media.video import Sampling, SampledFrames, probe_worker, video_worker
+from ..media.video import (
+    Sampling,
+    SampledFrames,
+    keyframes_worker,
+    merge_samples,
+    probe_worker,
+    spans,
+    video_worker,
+)
 from .plan import Job
 
 # A file whose decoding takes longer than this (seconds) is abandoned and its worker process
@@ -128,7 +137,9 @@ class LocalExecutor:
         at once as there are workers (each holds at most ``sampling.max_frames`` small frames).
 
         A video is probed first (a short task under the base timeout), then sampled under a
-        deadline that grows with its duration and pixel count (``VideoInfo.deadline``).
+        deadline that grows with its duration and pixel count (``VideoInfo.deadline``). A long
+        video is split into time ranges sampled by several workers at once (``video.spans``):
+        one video's decoding is otherwise one worker's, and the encoder waits for it.
         """
         from collections import deque
 
@@ -145,9 +156,21 @@ class LocalExecutor:
             info = outcome(path, pool.schedule(probe_worker, args=(path, limit), timeout=self.timeout), self.timeout)
             if isinstance(info, Skip):
                 return info
-            deadline = info.deadline(self.timeout)
-            future = pool.schedule(video_worker, args=(path, target, pixels, sampling, limit, info), timeout=deadline)
-            return lambda: outcome(path, future, deadline)
+            ranges, keys = spans(info.duration, self.workers), None
+            if len(ranges) > 1:
+                keys = outcome(path, pool.schedule(keyframes_worker, args=(path, info.stream), timeout=self.timeout),
+                               self.timeout)
+                if isinstance(keys, Skip):
+                    ranges, keys = [(0.0, math.inf)], None
+            if len(ranges) == 1:
+                deadline = info.deadline(self.timeout)
+                future = pool.schedule(video_worker, args=(path, target, pixels, sampling, limit, info), timeout=deadline)
+                return lambda: outcome(path, future, deadline)
+            # Each range's deadline as for a video of its length (the last one runs to the end).
+            deadlines = [replace(info, duration=min(b, info.duration) - a).deadline(self.timeout) for a, b in ranges]
+            futures = [pool.schedule(video_worker, args=(path, target, pixels, sampling, limit, info, span, keys),
+                                     timeout=deadline) for span, deadline in zip(ranges, deadlines)]
+            return lambda: _joined([outcome(path, f, d) for f, d in zip(futures, deadlines)], sampling)
 
         pending: deque = deque()
         for job in jobs:
@@ -158,6 +181,13 @@ class LocalExecutor:
         while pending:
             done, result = pending.popleft()
             yield done, result() if callable(result) else result
+
+
+def _joined(parts: list[SampledFrames | Skip], sampling: Sampling) -> SampledFrames | Skip:
+    """One video's samples from its ranges: what decoded, as a damaged stretch of a whole-video
+    sampling keeps what decoded around it; the first range's reason when none did."""
+    sampled = [part for part in parts if not isinstance(part, Skip)]
+    return merge_samples(sampled, sampling) if sampled else parts[0]
 
 
 def _check_pool(pool) -> None:

@@ -67,6 +67,9 @@ DECODE_THREADS = 4
 # second of video at 1080p (scaled by the pixel count): about 4x the slowest decode seen here.
 SECONDS_PER_SECOND_1080P = 0.5
 _1080P = 1920 * 1080
+# A long video is sampled by several workers at once, each over a time range of at least this
+# many seconds (a range costs a seek and a demux of the file; shorter ones would not pay it back).
+SPLIT_SECONDS = 60.0
 SIG_SIZE = (32, 18)
 HASH_CHUNK = 1 << 20
 
@@ -336,10 +339,55 @@ def _model_pixels(frame, rotation: int, target: int | None, pixels: Any) -> np.n
     return pixels.apply(Image.fromarray(rgb, "RGB"))
 
 
+def spans(duration: float, workers: int) -> list[tuple[float, float]]:
+    """Time ranges that split a video of ``duration`` seconds among up to ``workers`` workers,
+    each at least ``SPLIT_SECONDS`` long; one range (the whole video) when splitting cannot pay."""
+    count = max(1, min(workers, int(duration // SPLIT_SECONDS)))
+    if count == 1:
+        return [(0.0, math.inf)]
+    edges = [duration * i / count for i in range(count)] + [math.inf]
+    return list(zip(edges, edges[1:]))
+
+
+def keyframes_worker(path: str, stream: int):
+    """``(keyframe times, end time)`` for the workers that sample ranges of one video (the
+    demux is made once, not once per range)."""
+    try:
+        return _keyframe_times(path, stream)
+    except BadInput as exc:
+        return exc.skip(path)
+    except Exception as exc:  # noqa: BLE001 - FFmpeg's errors: the ranges demux for themselves
+        return Skip(path, f"cannot demux video: {one_line(exc)}", protects=False)
+
+
+def merge_samples(parts: list[SampledFrames], sampling: Sampling) -> SampledFrames:
+    """One video's samples from its ranges, in time order, under the per-video cap."""
+    merged = SampledFrames(parts[0].info, mode=parts[0].mode)
+    for part in parts:
+        merged.times.extend(part.times)
+        merged.arrays.extend(part.arrays)
+        merged.decoded += part.decoded
+    _cap(merged, sampling.max_frames)
+    return merged
+
+
+def _cap(result: SampledFrames, max_frames: int) -> None:
+    if len(result.times) > max_frames:  # scene cuts beyond the cap: thin evenly
+        keep = np.linspace(0, len(result.times) - 1, max_frames).round().astype(int)
+        result.times = [result.times[i] for i in keep]
+        result.arrays = [result.arrays[i] for i in keep]
+
+
 def sample_frames(path: str, target: int | None, pixels: Any, sampling: Sampling = Sampling(),
-                  max_pixels: int | None = None, info: VideoInfo | None = None) -> SampledFrames:
+                  max_pixels: int | None = None, info: VideoInfo | None = None,
+                  span: tuple[float, float] | None = None,
+                  keyframes: tuple[list[float], float] | None = None) -> SampledFrames:
     """The frames of the video at ``path`` that represent it (see the module's docstring), as
-    uint8 arrays ready for the model. ``info``: its ``probe`` when already made. BadInput when
+    uint8 arrays ready for the model. ``info``: its ``probe`` when already made. ``span``:
+    only the frames from ``start`` (inclusive) to ``end`` seconds, for a worker sampling one
+    range of a long video (``spans``; the ranges' results joined by ``merge_samples`` are the
+    whole video's, with at most one extra frame per boundary, which the cosine dedup drops);
+    ``keyframes``: the file's ``(keyframe times, end)`` when already demuxed. BadInput when
     nothing can be decoded."""
     import av
 
@@ -347,7 +395,7 @@ def sample_frames(path: str, target: int | None, pixels: Any, sampling: Sampling
     index = info.stream
     result: SampledFrames | None = None
     try:
-        keys, end = _keyframe_times(path, index)
+        keys, end = keyframes if keyframes is not None else _keyframe_times(path, index)
         duration = info.duration if info.duration > 0 else end
         interval = sampling.interval_for(duration)
         longest_gap = max((b - a for a, b in zip(keys, keys[1:] + [max(duration, keys[-1] if keys else 0)])),
@@ -360,7 +408,12 @@ def sample_frames(path: str, target: int | None, pixels: Any, sampling: Sampling
             stream.codec_context.thread_count = DECODE_THREADS
             stream.codec_context.skip_frame = "NONKEY" if keyframes_only else "NONREF"
             result.mode = "keyframes" if keyframes_only else "reference frames"
-            _select(container, stream, result, interval, sampling, target, pixels, keyframes_only)
+            first, last = span or (0.0, math.inf)
+            if first > 0 and stream.time_base is not None:
+                # to the keyframe at or before the range's start: frames before it are skipped
+                container.seek(int((first + _start(stream)) / stream.time_base), stream=stream, backward=True,
+                               any_frame=False)
+            _select(container, stream, result, interval, sampling, target, pixels, keyframes_only, (first, last))
     except BadInput:
         raise
     except MemoryError as exc:
@@ -371,20 +424,20 @@ def sample_frames(path: str, target: int | None, pixels: Any, sampling: Sampling
         # a damaged tail: keep what decoded before it
     if result is None or not result.times:
         raise BadInput("no decodable video frame")
-    if len(result.times) > sampling.max_frames:  # scene cuts beyond the cap: thin evenly
-        keep = np.linspace(0, len(result.times) - 1, sampling.max_frames).round().astype(int)
-        result.times = [result.times[i] for i in keep]
-        result.arrays = [result.arrays[i] for i in keep]
+    _cap(result, sampling.max_frames)
     return result
 
 
 def _select(container, stream, result: SampledFrames, interval: float, sampling: Sampling,
-            target: int | None, pixels: Any, keyframes_only: bool) -> None:
-    """Walk the decoded frames once, keeping interval samples, scene cuts, not still repeats."""
+            target: int | None, pixels: Any, keyframes_only: bool,
+            span: tuple[float, float] = (0.0, math.inf)) -> None:
+    """Walk the decoded frames of ``span`` once, keeping interval samples, scene cuts, not
+    still repeats."""
     start = _start(stream)
     rotation = result.info.rotation
-    next_sample = 0.0  # time of the next interval sample
-    next_look = 0.0  # time of the next scene-cut check (long-GOP decoding)
+    first, last = span
+    next_sample = first  # time of the next interval sample
+    next_look = first  # time of the next scene-cut check (long-GOP decoding)
     look_every = min(0.5, interval / 4)
     last_sig: np.ndarray | None = None
     last_t = -math.inf
@@ -393,6 +446,10 @@ def _select(container, stream, result: SampledFrames, interval: float, sampling:
         if frame.pts is None:
             continue
         t = max(0.0, float(frame.time) - start)
+        if t >= last:
+            break  # the next range's worker takes it from here
+        if t < first - 1e-6:
+            continue  # decoded from the keyframe before the range: the previous range's
         due = t >= next_sample - 1e-6
         look = keyframes_only or t >= next_look - 1e-6
         if not (due or look):
@@ -421,10 +478,11 @@ def _select(container, stream, result: SampledFrames, interval: float, sampling:
 
 
 def video_worker(path: str, target: int | None, pixels: Any, sampling: Sampling, max_pixels: int | None,
-                 info: VideoInfo | None = None):
+                 info: VideoInfo | None = None, span: tuple[float, float] | None = None,
+                 keyframes: tuple[list[float], float] | None = None):
     """``sample_frames`` for a worker: BadInput becomes a Skip."""
     try:
-        return sample_frames(path, target, pixels, sampling, max_pixels, info)
+        return sample_frames(path, target, pixels, sampling, max_pixels, info, span, keyframes)
     except BadInput as exc:
         return exc.skip(path)
 
