@@ -9,8 +9,10 @@
         client.similar(hits[0].id)                         # "more like this"
         client.search_image("photo.jpg")
         client.get(hits[0].id)                             # one item's metadata
+        client.duplicates()                                # near-duplicate groups
 
-It has the Engine's method names and filters (``search``, ``similar``, ``get``, ``info``, with
+It has the Engine's method names and filters (``search``, ``similar``, ``get``, ``info``,
+``duplicates``, with
 ``k``, ``type``, ``min_score``, ``under``, ``dedup``) and returns the same ``Hit``/``Item`` types, with the
 server's URLs filled in (``thumbnail_url``, ``file_url``, ``similar_url``).
 
@@ -31,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from .dupes import DuplicateGroup
 from .errors import ServerError
 from .fsutil import path_from_fields
 from .query import IMAGE, TEXT, Hit, Hits, Item, QueryTerm, parse_query
@@ -183,6 +186,17 @@ class Client:
     def get(self, item_id: int) -> Item:
         """Stored metadata of one item (as ``Engine.get``)."""
         return _item(self._request("GET", f"/api/items/{int(item_id)}").json())
+
+    def duplicates(self, *, threshold: float | None = None, type: str = "all",
+                   limit: int = 100) -> list[DuplicateGroup]:
+        """Groups of near-duplicate items (as ``Engine.duplicates``; the server returns at most
+        ``limit`` groups, largest first)."""
+        params: dict[str, Any] = {"type": type, "limit": limit}
+        if threshold is not None:
+            params["threshold"] = threshold
+        answer = self._request("GET", "/api/duplicates", params=params).json()
+        return [DuplicateGroup(_item(g["keeper"]), [_item(o) for o in g["others"]],
+                               [float(o["similarity"]) for o in g["others"]]) for g in answer["groups"]]
 
     def thumbnail(self, item_id: int, size: int = 256) -> bytes:
         """JPEG bytes of an image item's thumbnail."""

@@ -101,6 +101,33 @@ def test_engine_groups_copies_and_keeps_the_oldest_of_the_largest(photos):
         assert engine.duplicates(threshold=COPIES, type="text") == []
 
 
+def test_http_api_and_client_list_the_same_groups_as_the_engine(photos):
+    from mmsearch.client import Client
+    from mmsearch.errors import ServerError
+    from mmsearch.server import ServerThread, create_app
+
+    index, _ = photos
+    with Engine(index) as engine:
+        expected = engine.duplicates(threshold=COPIES)
+        server = ServerThread(create_app(engine)).start()
+        try:
+            with Client(server.url) as client:
+                groups = client.duplicates(threshold=COPIES)
+                assert [(g.keeper.id, [o.id for o in g.others]) for g in groups] == \
+                       [(g.keeper.id, [o.id for o in g.others]) for g in expected]
+                assert groups[0].similarity == pytest.approx(expected[0].similarity, abs=1e-5)
+                assert groups[0].keeper.path == expected[0].keeper.path
+                assert client.duplicates(threshold=COPIES, type="text") == []
+                raw = client._request("GET", "/api/duplicates", params={"threshold": COPIES, "limit": 1}).json()
+                assert raw["groups_total"] == 1 and raw["duplicates_total"] == 3
+                assert raw["groups"][0]["keeper"]["thumbnail_url"].endswith("/thumbnail")
+                with pytest.raises(ServerError) as bad:
+                    client.duplicates(threshold=1.5)
+                assert bad.value.status == 422 and "threshold" in str(bad.value)
+        finally:
+            server.stop()
+
+
 def test_dupes_command_json_and_table(photos, cli):
     index, root = photos
     doc = json.loads(cli("dupes", "-i", index, "--threshold", COPIES, "--json").stdout)
