@@ -27,13 +27,21 @@ _EXTRA_CORPUS = [
 BASE_TEXT = {"vocab_size": 250002, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
              "intermediate_size": 3072}
 TINY_TEXT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+# nllb-clip-base's kind of text tower: the encoder of an M2M100 (NLLB) translation model, pooled
+# on its first token, with NLLB's tokenizer (a language code first: eng_Latn). 1000 ids: the
+# tokenizer's 400 plus NLLB's 200-odd language codes.
+TINY_NLLB_TEXT = {"model_type": "m2m_100", "vocab_size": 1000, "d_model": 32, "encoder_layers": 2,
+                  "decoder_layers": 1, "encoder_attention_heads": 2, "decoder_attention_heads": 2,
+                  "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "max_position_embeddings": 1024,
+                  "decoder_start_token_id": 2, "scale_embedding": True}
 
 
 def write_xlmr_model(folder: Path, seed: int = 0, name: str = "mmxlmr", proj: str = "linear",
-                     text: dict | None = None, embed_dim: int = 32) -> tuple[Path, Path]:
+                     text: dict | None = None, embed_dim: int = 32, nllb: bool = False) -> tuple[Path, Path]:
     """(open_clip config, checkpoint) of an XLM-RoBERTa CLIP written into ``folder``, its
     tokenizer and Hugging Face config in ``folder/hf``. ``text``: the text tower's size
-    (``TINY_TEXT`` by default, ``BASE_TEXT`` for xlm-roberta-base's)."""
+    (``TINY_TEXT`` by default, ``BASE_TEXT`` for xlm-roberta-base's). ``nllb``: an NLLB-CLIP
+    instead (M2M100 encoder, CLS pooling, NLLB's tokenizer class)."""
     import open_clip
     import torch
     from tokenizers import SentencePieceUnigramTokenizer, processors
@@ -52,19 +60,20 @@ def write_xlmr_model(folder: Path, seed: int = 0, name: str = "mmxlmr", proj: st
     specials = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>",
                 "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>"}
     (hf / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "XLMRobertaTokenizer", "model_max_length": 512, **specials}))
+        {"tokenizer_class": "NllbTokenizer" if nllb else "XLMRobertaTokenizer", "model_max_length": 512, **specials}))
     (hf / "special_tokens_map.json").write_text(json.dumps(specials))
-    (hf / "config.json").write_text(json.dumps({
+    ids = {"pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
+    (hf / "config.json").write_text(json.dumps({**ids, **TINY_NLLB_TEXT} if nllb else {
         "model_type": "xlm-roberta", "architectures": ["XLMRobertaModel"], "vocab_size": tokenizer.get_vocab_size(),
-        "max_position_embeddings": 514, "type_vocab_size": 1, "pad_token_id": 1, "bos_token_id": 0,
-        "eos_token_id": 2, "layer_norm_eps": 1e-5, **(text or TINY_TEXT),
+        "max_position_embeddings": 514, "type_vocab_size": 1, "layer_norm_eps": 1e-5, **ids, **(text or TINY_TEXT),
     }))
     config = folder / f"{name}.json"
     config.write_text(json.dumps({
         "embed_dim": embed_dim,
         "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16},
         # As xlm-roberta-base-ViT-B-32.json, with a local folder for the hub repository.
-        "text_cfg": {"hf_model_name": str(hf), "hf_tokenizer_name": str(hf), "hf_pooler_type": "mean_pooler",
+        "text_cfg": {"hf_model_name": str(hf), "hf_tokenizer_name": str(hf),
+                     "hf_pooler_type": "cls_pooler" if nllb else "mean_pooler",
                      "hf_proj_type": proj, "hf_model_pretrained": False},
     }))
     open_clip.add_model_config(config)

@@ -167,6 +167,31 @@ def test_cli_query_equals_the_torch_path(xlmr_index):
     assert np.allclose([h["score"] for h in fast["hits"]], [h["score"] for h in slow["hits"]], atol=1e-4)
 
 
+@pytest.mark.slow
+def test_nllb_style_model_exports_and_matches_torch(tmp_path):
+    """nllb-clip-base's kind: an M2M100 encoder pooled on its first token, NLLB's tokenizer
+    putting a language code first."""
+    config, checkpoint = write_xlmr_model(tmp_path / "model", name="mmnllb", nllb=True)
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for i, text in enumerate(CAPTIONS[:6]):
+        (root / f"t{i}.txt").write_text(text, encoding="utf-8")
+    with Engine(tmp_path / "index", model=str(config), pretrained=str(checkpoint)) as engine:
+        engine.add([root])
+        record = engine.store.manifest[onnx_text.MANIFEST_KEY]
+        assert type(engine.encoder.tokenizer.tokenizer).__name__ == "NllbTokenizer"
+    assert record["status"] == "ok" and record["tokenizer"]["kind"] == KIND, record
+    texts = TEXTS + MORE_TEXTS
+    with Engine(tmp_path / "index") as engine:
+        fast = engine.encode_texts(texts)
+        assert not engine.model_loaded
+        slow = engine.encoder.encode_texts(texts)
+        ids = engine.encoder.tokenizer(["a dog"])[0]
+        assert ids[0] == engine.encoder.tokenizer.tokenizer.convert_tokens_to_ids("eng_Latn")  # the language code
+        assert np.array_equal(engine.text_encoder.tokenizer(["a dog"])[0], ids.numpy())
+    assert (fast * slow).sum(axis=1).min() >= 0.9999
+
+
 def test_check_verifies_and_repairs_the_tokenizer_file(xlmr_model, tmp_path):
     from mmsearch.encoders import ModelSpec, TorchEncoder
 
