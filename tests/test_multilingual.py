@@ -218,3 +218,18 @@ def test_check_verifies_and_repairs_the_tokenizer_file(xlmr_model, tmp_path):
     assert check_folder(index).problems == [] and path.read_text(encoding="utf-8") == document
     with Engine(index) as engine:
         assert engine.search(CAPTIONS[7], k=1)[0].path.endswith("b.txt") and not engine.model_loaded
+
+
+def test_cli_index_and_query_with_random_weights(xlmr_model, tmp_path, cli):
+    """`--pretrained none` makes the Hugging Face text tower random too (as the fingerprint
+    says), never fetched from the hub; the CLI indexes and answers as with any model."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for i, text in enumerate(CAPTIONS[:5]):
+        (root / f"t{i}.txt").write_text(text, encoding="utf-8")
+    index = tmp_path / "index"
+    cli("index", root, "--index", index, "--model", xlmr_model.config, "--pretrained", "none")
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert manifest["text_onnx"]["status"] == "ok" and manifest["text_onnx"]["tokenizer"]["kind"] == KIND
+    hits = json.loads(cli("query", CAPTIONS[3], "--index", index, "--json").stdout)["hits"]
+    assert hits[0]["path"] == str(root / "t3.txt") and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)

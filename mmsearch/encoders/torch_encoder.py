@@ -52,8 +52,12 @@ def load_open_clip(spec: ModelSpec, device: str, precision: str = "fp32", seed: 
     try:
         with torch.random.fork_rng(devices=[]), _quiet_random_init():
             torch.manual_seed(seed)
+            # Without weights (--pretrained none) a Hugging Face text tower (the multilingual
+            # models) is random too, as the fingerprint says, not fetched from the hub.
+            random_init = spec.pretrained is None and not spec.name.startswith(("hf-hub:", "local-dir:"))
             model, preprocess_train, preprocess = open_clip.create_model_and_transforms(
-                spec.arch, pretrained=spec.pretrained, precision=precision, device=device
+                spec.arch, pretrained=spec.pretrained, precision=precision, device=device,
+                pretrained_text=not random_init,
             )
         tokenizer = open_clip.get_tokenizer(spec.arch)
     except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError/HF errors
