@@ -8,8 +8,8 @@ No multilingual weights can be downloaded here, so the model is made offline
 32 wide) or ``base`` (xlm-roberta-base's size: 12 layers, 768 wide, 250002-token embedding, 278M
 parameters), a tiny image tower, and a tokenizer trained on a few captions. Random weights cost
 what trained ones cost to load and run, so the timings stand for the published model's text
-side (its ViT-B-32 image tower is not loaded by a text query on either path... except that the
-torch path builds the whole model: a real ViT-B-32 adds its 88M parameters there).
+side; the torch path also builds the image tower, to which the real model's ViT-B-32 would add
+88M parameters (the ONNX path never loads it for a text query).
 
 An index of a few multilingual captions is built (which exports the ONNX text encoder), then
 ``mmsearch query TEXT --json`` runs in new processes, ``--runs`` times per path after one

@@ -192,7 +192,9 @@ def test_nllb_style_model_exports_and_matches_torch(tmp_path):
     assert (fast * slow).sum(axis=1).min() >= 0.9999
 
 
-def test_check_verifies_and_repairs_the_tokenizer_file(xlmr_model, tmp_path):
+def test_check_verifies_and_repairs_the_tokenizer_file(xlmr_model, xlmr_index, tmp_path):
+    """A second index of the model takes the cached export, tokenizer included; `check` finds a
+    tokenizer file that is not the recorded one, and `--repair` makes the export again."""
     from mmsearch.encoders import ModelSpec, TorchEncoder
 
     root = tmp_path / "corpus"
@@ -203,6 +205,7 @@ def test_check_verifies_and_repairs_the_tokenizer_file(xlmr_model, tmp_path):
     with Engine(index, model=str(xlmr_model.config), pretrained=str(xlmr_model.checkpoint)) as engine:
         engine.add([root])
         record = engine.store.manifest[onnx_text.MANIFEST_KEY]
+    assert record["status"] == "ok" and record.get("from_cache")  # xlmr_index exported the model first
     assert check_folder(index).problems == []
     path = index / record["tokenizer"]["vocab"]
     # Another tokenizer of the same size: ids that no longer fit the model's embeddings.
