@@ -28,6 +28,7 @@ import copy
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -252,7 +253,9 @@ def _check_hf_tokenizer(theirs: Any, tmp: Path, file: str) -> tuple[HFTextTokeni
         raise OnnxTextUnavailable(f"the model's Hugging Face tokenizer cannot run without transformers: {exc}") from exc
     if not np.array_equal(ours(PROBE_TEXTS), theirs(PROBE_TEXTS).numpy()):
         raise OnnxTextUnavailable("the tokenizers library gives other token ids than the model's Hugging Face tokenizer")
-    return ours, {"kind": HF_TOKENIZER_KIND, "vocab": file, **{k: v for k, v in settings.items() if k != "context_length"}}
+    made_by = getattr(sys.modules.get("transformers"), "__version__", None)  # for diagnosis only
+    return ours, {"kind": HF_TOKENIZER_KIND, "vocab": file, "transformers": made_by,
+                  **{k: v for k, v in settings.items() if k != "context_length"}}
 
 
 def _cpu_fp32(model: Any, torch: Any) -> Any:
