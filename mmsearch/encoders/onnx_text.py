@@ -79,6 +79,16 @@ PROBE_TEXTS = [
 ]
 
 
+# What a Hugging Face tokenizer's normaliser and pre-tokeniser may treat apart (Unicode forms,
+# widths, ligatures, invisible and control characters, scripts without spaces, right to left),
+# checked against transformers before its pipeline stands in for it.
+HF_PROBE_TEXTS = [
+    "e\u0301 é Å Å ﬁ ｆｕｌｌｗｉｄｔｈ ① ½ ㈱", "zero\u200bwidth\u200djoin no\u00a0break\u2028line\u3000ideo",
+    "a\x0bb\x07c\x1b[31m d\x00e", "ภาษาไทย हिन्दी भाषा עברית ελληνικά 中文字符 가", "İstanbul ǅ ß ẞ ΣΊΣΥΦΟΣ",
+    "&amp;lt;b&amp;gt; &quot;hi&quot; &#39;x&#39;", "👨‍👩‍👧 👍🏽 🇫🇷 ☕️", "東京" * 60, "mid</s>dle<s>x<pad>y",
+]
+
+
 def _threads() -> int:
     # A 77-token text tower stops scaling beyond a handful of cores.
     return max(1, min(onnx_export.available_cpus(), 8))
@@ -251,7 +261,8 @@ def _check_hf_tokenizer(theirs: Any, tmp: Path, file: str) -> tuple[HFTextTokeni
         raise OnnxTextUnavailable(f"{exc.name or exc} is not installed") from exc
     except ValueError as exc:  # no torch-free twin (a Python tokenizer, other cleaning) or a bad file
         raise OnnxTextUnavailable(f"the model's Hugging Face tokenizer cannot run without transformers: {exc}") from exc
-    if not np.array_equal(ours(PROBE_TEXTS), theirs(PROBE_TEXTS).numpy()):
+    probes = PROBE_TEXTS + HF_PROBE_TEXTS
+    if not np.array_equal(ours(probes), theirs(probes).numpy()):
         raise OnnxTextUnavailable("the tokenizers library gives other token ids than the model's Hugging Face tokenizer")
     made_by = getattr(sys.modules.get("transformers"), "__version__", None)  # for diagnosis only
     return ours, {"kind": HF_TOKENIZER_KIND, "vocab": file, "transformers": made_by,
