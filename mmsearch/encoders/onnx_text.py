@@ -42,7 +42,7 @@ from ..errors import OnnxTextUnavailable
 from ..fsutil import file_digest, fsync_dir
 from . import onnx_export
 from .hf_tokenizer import KIND as HF_TOKENIZER_KIND
-from .hf_tokenizer import HFTextTokenizer
+from .hf_tokenizer import HFTextTokenizer, describe
 from .onnx_export import CACHE_RECORD, OPSET, cache_dir  # noqa: F401 - part of this module's interface
 from .onnx_export import first_line as _first_line
 from .onnx_export import l2 as _l2
@@ -251,10 +251,8 @@ def _check_tokenizer(encoder: Encoder, tmp: Path, hf_file: str) -> tuple[ClipTok
 def _check_hf_tokenizer(theirs: Any, tmp: Path, file: str) -> tuple[HFTextTokenizer, dict]:
     """The torch-free twin of open_clip's ``HFTokenizer`` (multilingual models), its pipeline
     saved as ``tmp / file``, after checking that it gives the same ids on the probe texts."""
-    from . import hf_tokenizer
-
     try:
-        document, settings = hf_tokenizer.describe(theirs)
+        document, settings = describe(theirs)
         (tmp / file).write_text(document, encoding="utf-8")
         ours = HFTextTokenizer(tmp / file, **settings)
     except ImportError as exc:
