@@ -6,12 +6,16 @@ normalisation to ``text_encoder.<fingerprint>.onnx`` (graph) plus ``.onnx.data``
 onnxruntime maps into memory instead of parsing them), copies the BPE vocabulary beside it and
 records both in the manifest under ``text_onnx``. A query process then runs
 ``mmsearch.tokenizer.ClipTokenizer`` and an onnxruntime session: about a tenth of a second
-instead of several.
+instead of several. The multilingual models (XLM-RoBERTa, NLLB text towers) tokenize with
+Hugging Face tokenizers: their pipeline is saved as ``text_encoder.<fingerprint>.tokenizer.json``
+and run by ``hf_tokenizer.HFTextTokenizer`` (the ``tokenizers`` library, no transformers); the
+Hugging Face text encoder makes its attention mask from the padding id, so the graph still takes
+token ids alone.
 
 The export is checked against the torch model before it is published, and skipped (with a
 logged warning, never an indexing failure) when the model cannot be exported: onnx or
-onnxruntime missing, a tokenizer other than CLIP's BPE (SigLIP, Hugging Face tokenizers), an
-operator the exporter does not support. Queries then use the torch model as before.
+onnxruntime missing, a tokenizer with no torch-free twin (SigLIP's, a Python-only Hugging Face
+tokenizer), an operator the exporter does not support. Queries then use the torch model as before.
 ``MMSEARCH_ONNX=0`` turns the export and its use off (``Settings.onnx``, passed in as
 ``enabled``). An unexpected error during an export (a bug, not a model that cannot be
 exported) is logged as an error and the export is tried again by the next run: it never marks
@@ -24,6 +28,7 @@ import copy
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -37,6 +42,8 @@ import numpy as np
 from ..errors import OnnxTextUnavailable
 from ..fsutil import file_digest, fsync_dir
 from . import onnx_export
+from .hf_tokenizer import KIND as HF_TOKENIZER_KIND
+from .hf_tokenizer import HFTextTokenizer, describe
 from .onnx_export import CACHE_RECORD, OPSET, cache_dir  # noqa: F401 - part of this module's interface
 from .onnx_export import first_line as _first_line
 from .onnx_export import l2 as _l2
@@ -52,6 +59,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST_KEY = "text_onnx"
 TOKENIZER_KIND = "clip_bpe"
+# CLIP's BPE (``tokenizer.ClipTokenizer``) and the multilingual models' Hugging Face tokenizers
+# (``hf_tokenizer.HFTextTokenizer``, whose pipeline is saved beside the graph).
+TOKENIZER_KINDS = (TOKENIZER_KIND, HF_TOKENIZER_KIND)
 VOCAB_COPY = "clip_bpe_vocab.txt.gz"
 FILE_PREFIX = "text_encoder."
 _TEMP_PREFIX, _TEMP_SUFFIX = ".text_onnx.", ".tmp"
@@ -66,6 +76,18 @@ PROBE_TEXTS = [
     "Crème brûlée &amp; café au lait, 2 cups ☕",
     "東京の夜景 🌃 night skyline",
     "it's a LONG text: " + "many words repeated again and again " * 12,
+    # For the multilingual models' tokenizers: case, scripts, special-token look-alikes, spacing.
+    "Ein Hund läuft über die Wiese", "Привет, мир! مرحبا بالعالم", "<s> </s> <pad> <mask> <unk>", "  tab\tand  spaces  ",
+]
+
+
+# What a Hugging Face tokenizer's normaliser and pre-tokeniser may treat apart (Unicode forms,
+# widths, ligatures, invisible and control characters, scripts without spaces, right to left),
+# checked against transformers before its pipeline stands in for it.
+HF_PROBE_TEXTS = [
+    "e\u0301 é Å Å ﬁ ｆｕｌｌｗｉｄｔｈ ① ½ ㈱", "zero\u200bwidth\u200djoin no\u00a0break\u2028line\u3000ideo",
+    "a\x0bb\x07c\x1b[31m d\x00e", "ภาษาไทย हिन्दी भाषा עברית ελληνικά 中文字符 가", "İstanbul ǅ ß ẞ ΣΊΣΥΦΟΣ",
+    "&amp;lt;b&amp;gt; &quot;hi&quot; &#39;x&#39;", "👨‍👩‍👧 👍🏽 🇫🇷 ☕️", "東京" * 60, "mid</s>dle<s>x<pad>y",
 ]
 
 
@@ -118,7 +140,12 @@ def ensure_exported(store: IndexStore, spec: ModelSpec, load: Callable[[], Encod
 
 
 def _parts(record: dict[str, Any]) -> dict[str, str]:
-    return {"data": record["data"], "graph": record["file"]}  # the graph last: it names the weights
+    """The files of an export by digest key, the graph last (it names the weights). A Hugging
+    Face tokenizer's pipeline belongs to its export (CLIP's vocabulary is one shared file)."""
+    tokenizer = record.get("tokenizer") or {}
+    if tokenizer.get("kind") == HF_TOKENIZER_KIND:
+        return {"data": record["data"], "vocab": tokenizer["vocab"], "graph": record["file"]}
+    return {"data": record["data"], "graph": record["file"]}
 
 
 def _from_cache(folder: Path, fingerprint: str, cache: Path) -> dict[str, Any] | None:
@@ -126,6 +153,8 @@ def _from_cache(folder: Path, fingerprint: str, cache: Path) -> dict[str, Any] |
     record = onnx_export.from_cache(folder, cache / fingerprint, fingerprint, _parts, (_TEMP_PREFIX, _TEMP_SUFFIX))
     if record is None:
         return None
+    if "vocab" in _parts(record):
+        return record  # the tokenizer came with the export, digest-checked
     _copy_vocab(folder)
     fsync_dir(folder)
     return dict(record, digests=dict(record["digests"], vocab=file_digest(folder / VOCAB_COPY)))
@@ -155,20 +184,26 @@ def export_text_encoder(encoder: Encoder, folder: Path, fingerprint: str) -> dic
         import torch
     except ImportError as exc:
         raise OnnxTextUnavailable(f"{exc.name or exc} is not installed") from exc
-    tokenizer = _check_tokenizer(encoder)
-    model = _cpu_fp32(encoder.model, torch)
-    wrapper = _text_tower(model, torch).eval()
     name = f"{FILE_PREFIX}{fingerprint[:16]}.onnx"
     tmp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=folder))
     try:
+        tokenizer, tokenizer_record = _check_tokenizer(encoder, tmp, f"{FILE_PREFIX}{fingerprint[:16]}.tokenizer.json")
+        model = _cpu_fp32(encoder.model, torch)
+        wrapper = _text_tower(model, torch).eval()
         raw = tmp / "raw.onnx"
         example = torch.from_numpy(tokenizer(PROBE_TEXTS[:2]))
         exporter = onnx_export.export_module(wrapper, example, raw, "tokens", torch, OnnxTextUnavailable)
         onnx_export.save_external(raw, tmp / name)
         diff = _verify(wrapper, tokenizer, tmp / name, torch)
         digests = {"graph": file_digest(tmp / name), "data": file_digest(tmp / f"{name}.data")}
-        onnx_export.publish(tmp, folder, [f"{name}.data", name])  # the graph last: it names the weights file
-        _copy_vocab(folder)
+        own_vocab = tokenizer_record["kind"] == HF_TOKENIZER_KIND  # saved with the export, not shared
+        if own_vocab:
+            digests["vocab"] = file_digest(tmp / tokenizer_record["vocab"])
+        # The graph last: it names the weights file.
+        onnx_export.publish(tmp, folder, [f"{name}.data", *([tokenizer_record["vocab"]] if own_vocab else []), name])
+        if not own_vocab:
+            _copy_vocab(folder)
+            digests["vocab"] = file_digest(folder / VOCAB_COPY)
         fsync_dir(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -179,26 +214,29 @@ def export_text_encoder(encoder: Encoder, folder: Path, fingerprint: str) -> dic
         "fingerprint": fingerprint,
         "dim": int(encoder.dim),
         "context_length": int(tokenizer.context_length),
-        "tokenizer": {"kind": TOKENIZER_KIND, "clean": "lower", "vocab": VOCAB_COPY},
+        "tokenizer": tokenizer_record,
         "opset": OPSET,
         "exporter": exporter,
         "max_abs_diff": diff,
         "exported_at": _now(),
         # Checked cheaply whenever the encoder is loaded, fully by `mmsearch check`: a file
         # swapped for another model's export of the same size must never answer queries.
-        "digests": {**digests, "vocab": file_digest(folder / VOCAB_COPY)},
+        "digests": digests,
         "export_seconds": round(time.perf_counter() - started, 2),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
 
 
-def _check_tokenizer(encoder: Encoder) -> ClipTokenizer:
-    """Our tokenizer for the encoder's, or the reason it cannot stand in for it."""
+def _check_tokenizer(encoder: Encoder, tmp: Path, hf_file: str) -> tuple[ClipTokenizer | HFTextTokenizer, dict]:
+    """Our tokenizer for the encoder's and its manifest record, or the reason it cannot stand in
+    for it. A Hugging Face tokenizer's pipeline is written to ``tmp / hf_file``."""
     theirs = encoder.tokenizer
     kind = type(theirs).__name__
+    if kind == "HFTokenizer":
+        return _check_hf_tokenizer(theirs, tmp, hf_file)
     if kind != "SimpleTokenizer":
-        raise OnnxTextUnavailable(f"the model uses {kind}, not CLIP's BPE tokenizer")
+        raise OnnxTextUnavailable(f"the model uses {kind}, not CLIP's BPE tokenizer nor a Hugging Face one")
     clean = getattr(getattr(theirs, "clean_fn", None), "__name__", "")
     if getattr(theirs, "reduction_fn", None) is not None or clean != "_clean_lower":
         raise OnnxTextUnavailable("the model's tokenizer has non-default cleaning or token reduction")
@@ -210,7 +248,26 @@ def _check_tokenizer(encoder: Encoder) -> ClipTokenizer:
         raise OnnxTextUnavailable("the model's tokenizer has extra special tokens")
     if not np.array_equal(ours(PROBE_TEXTS), theirs(PROBE_TEXTS).numpy()):
         raise OnnxTextUnavailable("the model's tokenizer gives other token ids than CLIP's BPE")
-    return ours
+    return ours, {"kind": TOKENIZER_KIND, "clean": "lower", "vocab": VOCAB_COPY}
+
+
+def _check_hf_tokenizer(theirs: Any, tmp: Path, file: str) -> tuple[HFTextTokenizer, dict]:
+    """The torch-free twin of open_clip's ``HFTokenizer`` (multilingual models), its pipeline
+    saved as ``tmp / file``, after checking that it gives the same ids on the probe texts."""
+    try:
+        document, settings = describe(theirs)
+        (tmp / file).write_text(document, encoding="utf-8")
+        ours = HFTextTokenizer(tmp / file, **settings)
+    except ImportError as exc:
+        raise OnnxTextUnavailable(f"{exc.name or exc} is not installed") from exc
+    except ValueError as exc:  # no torch-free twin (a Python tokenizer, other cleaning) or a bad file
+        raise OnnxTextUnavailable(f"the model's Hugging Face tokenizer cannot run without transformers: {exc}") from exc
+    probes = PROBE_TEXTS + HF_PROBE_TEXTS
+    if not np.array_equal(ours(probes), theirs(probes).numpy()):
+        raise OnnxTextUnavailable("the tokenizers library gives other token ids than the model's Hugging Face tokenizer")
+    made_by = getattr(sys.modules.get("transformers"), "__version__", None)  # for diagnosis only
+    return ours, {"kind": HF_TOKENIZER_KIND, "vocab": file, "transformers": made_by,
+                  **{k: v for k, v in settings.items() if k != "context_length"}}
 
 
 def _cpu_fp32(model: Any, torch: Any) -> Any:
@@ -286,7 +343,7 @@ def usable_record(manifest: dict[str, Any], enabled: bool = True) -> dict[str, A
         return None
     if record.get("fingerprint") != manifest.get("model", {}).get("fingerprint"):
         return None
-    if record.get("tokenizer", {}).get("kind") != TOKENIZER_KIND or record.get("dim") != manifest.get("dim"):
+    if record.get("tokenizer", {}).get("kind") not in TOKENIZER_KINDS or record.get("dim") != manifest.get("dim"):
         return None
     return record
 
@@ -372,7 +429,10 @@ class OnnxTextEncoder:
         if problem:
             raise OnnxTextUnavailable(problem)
         try:
-            self.tokenizer = ClipTokenizer(vocab if vocab.is_file() else None, int(record["context_length"]))
+            if record["tokenizer"]["kind"] == HF_TOKENIZER_KIND:
+                self.tokenizer = HFTextTokenizer.from_record(vocab, record)
+            else:
+                self.tokenizer = ClipTokenizer(vocab if vocab.is_file() else None, int(record["context_length"]))
             self.session = _session(graph)
         except Exception as exc:  # noqa: BLE001 - a corrupt file, onnxruntime's own errors, no onnxruntime
             raise OnnxTextUnavailable(f"cannot load {graph.name}: {type(exc).__name__}: {_first_line(exc)}") from exc

@@ -76,6 +76,18 @@ def _read_merges(path: Path) -> list[str]:
 _PLAIN = frozenset(chr(c) for c in range(0x20, 0x7F)) - {"&"} | {"\t", "\n", "\r"}
 
 
+def clean_whitespace(text: str) -> str:
+    """open_clip's ``clean='whitespace'`` (``_clean_whitespace``): ftfy repair, HTML unescaping
+    twice, whitespace collapsed; case kept. The Hugging Face tokenizers' cleaning, and CLIP's
+    before lower-casing."""
+    if not _PLAIN.issuperset(text):
+        import ftfy  # 40 ms to import: plain ASCII queries skip it (it would change nothing)
+
+        text = ftfy.fix_text(text)
+    text = html.unescape(html.unescape(text)).strip()
+    return " ".join(text.split())
+
+
 class ClipTokenizer:
     """open_clip's default CLIP tokenizer (``SimpleTokenizer`` with ``clean='lower'``), torch-free."""
 
@@ -111,12 +123,7 @@ class ClipTokenizer:
     @staticmethod
     def clean(text: str) -> str:
         """ftfy repair, HTML unescaping twice, whitespace collapsed, lower case."""
-        if not _PLAIN.issuperset(text):
-            import ftfy  # 40 ms to import: plain ASCII queries skip it (it would change nothing)
-
-            text = ftfy.fix_text(text)
-        text = html.unescape(html.unescape(text)).strip()
-        return " ".join(text.split()).lower()
+        return clean_whitespace(text).lower()
 
     # -- BPE ---------------------------------------------------------------------------------
     def _word_ids(self, word: str) -> list[int]:

@@ -48,17 +48,34 @@ def load_open_clip(spec: ModelSpec, device: str, precision: str = "fp32", seed: 
 
     if spec.config_path:
         register_config(spec.config_path)
+    _check_text_tower_installable(spec, open_clip)
     check_weights_reachable(spec)
     try:
         with torch.random.fork_rng(devices=[]), _quiet_random_init():
             torch.manual_seed(seed)
+            # Without weights (--pretrained none) a Hugging Face text tower (the multilingual
+            # models) is random too, as the fingerprint says, not fetched from the hub.
+            random_init = spec.pretrained is None and not spec.name.startswith(("hf-hub:", "local-dir:"))
             model, preprocess_train, preprocess = open_clip.create_model_and_transforms(
-                spec.arch, pretrained=spec.pretrained, precision=precision, device=device
+                spec.arch, pretrained=spec.pretrained, precision=precision, device=device,
+                pretrained_text=not random_init,
             )
         tokenizer = open_clip.get_tokenizer(spec.arch)
     except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError/HF errors
         raise ModelLoadError(_explain_load_failure(spec, exc)) from exc
     return model, preprocess_train, preprocess, tokenizer
+
+
+def _check_text_tower_installable(spec: ModelSpec, open_clip: Any) -> None:
+    """A multilingual model (a Hugging Face text tower) without transformers installed: say how
+    to get it, not open_clip's generic message dressed as a weights problem."""
+    import importlib.util
+
+    config = open_clip.get_model_config(spec.arch) if not spec.name.startswith(("hf-hub:", "local-dir:")) else None
+    text_cfg = (config or {}).get("text_cfg", {})
+    if (text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name")) and importlib.util.find_spec("transformers") is None:
+        raise ModelLoadError(f"{spec.display} has a Hugging Face text tower, which needs transformers: "
+                             f"pip install 'mmsearch[multilingual]'")
 
 
 class TorchEncoder:
