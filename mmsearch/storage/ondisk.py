@@ -383,6 +383,7 @@ class OnDiskVectorIndex:
         self.delta = VectorIndex(self.dim, settings=settings)
         self.removed: set[int] = set()
         self._base_ids: np.ndarray | None = None  # sorted; read from the lists on first need
+        self._where: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # ids, lists, offsets (checks)
         self._selector = None
 
     @classmethod
@@ -444,19 +445,37 @@ class OnDiskVectorIndex:
                 "pending": self.pending, "data_file": self.data_file().name}
 
     # -- contents ----------------------------------------------------------------------------
+    def _list_ids(self) -> Iterator[tuple[int, np.ndarray]]:
+        lists = self.index.invlists
+        for list_no in range(self.nlist):
+            size = lists.list_size(list_no)
+            if size:
+                pointer = lists.get_ids(list_no)
+                yield list_no, faiss.rev_swig_ptr(pointer, size).copy()
+                lists.release_ids(list_no, pointer)
+
     def base_ids(self) -> np.ndarray:
         """Every id in the base, sorted (read from the lists once: 8 bytes an item)."""
         if self._base_ids is None:
-            lists = self.index.invlists
-            parts = []
-            for list_no in range(self.nlist):
-                size = lists.list_size(list_no)
-                if size:
-                    pointer = lists.get_ids(list_no)
-                    parts.append(faiss.rev_swig_ptr(pointer, size).copy())
-                    lists.release_ids(list_no, pointer)
+            parts = [ids for _, ids in self._list_ids()]
             self._base_ids = np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.empty(0, np.int64)
         return self._base_ids
+
+    def _locations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sorted ids, their list, their offset in it): where each base vector's code is
+        (16 bytes an item, built on the first check)."""
+        if self._where is None:
+            found = list(self._list_ids())
+            if not found:
+                empty = np.empty(0, np.int64)
+                self._where = (empty, empty, empty)
+            else:
+                ids = np.concatenate([i for _, i in found]).astype(np.int64)
+                list_nos = np.concatenate([np.full(len(i), n, np.int64) for n, i in found])
+                offsets = np.concatenate([np.arange(len(i), dtype=np.int64) for _, i in found])
+                order = np.argsort(ids, kind="stable")
+                self._where = (ids[order], list_nos[order], offsets[order])
+        return self._where
 
     def _in_base(self, ids: np.ndarray) -> np.ndarray:
         base = self.base_ids()
@@ -497,23 +516,19 @@ class OnDiskVectorIndex:
         ids, vectors = ids[~in_delta], vectors[~in_delta]
         if len(ids) == 0:
             return differ
-        wanted = {int(i): row for row, i in enumerate(ids)}
         expected = self.index.sa_decode(self.index.sa_encode(vectors))
-        lists, found = self.index.invlists, 0
-        for list_no in range(self.nlist):  # a full scan of the ids: a check, not a query
-            size = lists.list_size(list_no)
-            if not size:
-                continue
-            pointer = lists.get_ids(list_no)
-            list_ids = faiss.rev_swig_ptr(pointer, size).copy()
-            lists.release_ids(list_no, pointer)
-            for offset in np.flatnonzero(np.isin(list_ids, ids)):
-                row = wanted[int(list_ids[offset])]
-                code = faiss.rev_swig_ptr(lists.get_single_code(list_no, int(offset)), self.index.code_size).copy()
-                stored = self.index.sa_decode(np.concatenate([_list_number(list_no, self.index), code])[None, :])
-                differ += int(np.abs(stored[0] - expected[row]).max() > 1e-5)
-                found += 1
-        return differ + (len(ids) - found)
+        where_ids, list_nos, offsets = self._locations()
+        if len(where_ids) == 0:
+            return differ + len(ids)
+        pos = np.minimum(np.searchsorted(where_ids, ids), len(where_ids) - 1)
+        held = (where_ids[pos] == ids) & ~np.isin(ids, np.fromiter(self.removed, np.int64, len(self.removed)))
+        lists, code_size = self.index.invlists, int(self.index.code_size)
+        for row in np.flatnonzero(held):
+            list_no, offset = int(list_nos[pos[row]]), int(offsets[pos[row]])
+            code = faiss.rev_swig_ptr(lists.get_single_code(list_no, offset), code_size).copy()
+            stored = self.index.sa_decode(np.concatenate([_list_number(list_no, self.index), code])[None, :])
+            differ += int(np.abs(stored[0] - expected[row]).max() > 1e-5)
+        return differ + int((~held).sum())
 
     def save(self, folder: Path, gen: int, before_replace=None) -> Path | None:
         """Nothing to write: the base files are immutable, and the changes since are the
@@ -521,15 +536,19 @@ class OnDiskVectorIndex:
         return None
 
     # -- searching ---------------------------------------------------------------------------
-    def _params(self, nprobe: int) -> faiss.SearchParametersIVF:
+    def _params(self, nprobe: int) -> tuple[faiss.SearchParametersIVF, tuple | None]:
+        """Search parameters, and the selector objects they point to (hold them while searching:
+        concurrent searches may replace ``_selector``)."""
         params = faiss.SearchParametersIVF()
         params.nprobe = nprobe
+        selector = None
         if self.removed:
-            if self._selector is None:
+            selector = self._selector
+            if selector is None:
                 batch = faiss.IDSelectorBatch(np.fromiter(self.removed, np.int64, len(self.removed)))
-                self._selector = (batch, faiss.IDSelectorNot(batch))  # keep both alive
-            params.sel = self._selector[1]
-        return params
+                selector = self._selector = (batch, faiss.IDSelectorNot(batch))
+            params.sel = selector[1]
+        return params, selector
 
     def search(self, query: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` candidates (approximate scores, ids), best first: the base's (probing more
@@ -545,7 +564,8 @@ class OnDiskVectorIndex:
         faiss.omp_set_num_threads(1)  # one query is memory-bound (see VectorIndex._search)
         try:
             while base_k > 0:
-                scores, ids = self.index.search(q, base_k, params=self._params(probe))
+                params, _selector = self._params(probe)
+                scores, ids = self.index.search(q, base_k, params=params)
                 if probe >= self.nlist or int((ids[0] >= 0).sum()) >= base_k:
                     break
                 probe = min(self.nlist, probe * 4)
