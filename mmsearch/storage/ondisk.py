@@ -46,7 +46,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ..errors import IndexTypeError
+from ..errors import IndexTypeError, IndexWriteError
 from ..fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -291,8 +291,13 @@ def build_index(folder: Path, gen: int, plan, sample: np.ndarray, chunks: Iterab
     file in ``folder``; ``record(index_tmp)`` before it is visible (the manifest's checksum)."""
     trained = train(int(sample.shape[1]), sample, plan.nlist, plan.nprobe, plan.pq_m or None, plan.pq_bits or 8)
     header = folder / f"vectors.g{gen:010d}.faiss"
-    build(header, trained, chunks, mapper=ray_shard_mapper(),
-          before_replace=None if record is None else lambda tmp, _data: record(tmp))
+    try:
+        build(header, trained, chunks, mapper=ray_shard_mapper(),
+              before_replace=None if record is None else lambda tmp, _data: record(tmp))
+    except (OSError, RuntimeError) as exc:  # disk full, unwritable folder (faiss says RuntimeError)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1]
+        raise IndexWriteError(f"cannot build the on-disk vector index in {folder}: {reason} (the previous vectors "
+                              f"file is kept; the database is complete)") from exc
     return OnDiskVectorIndex.open(header, gen, settings)
 
 
