@@ -363,8 +363,11 @@ def data_files(folder: Path) -> list[tuple[int, Path]]:
 
 def unreferenced_data(folder: Path, headers: Iterable[Path]) -> list[Path]:
     """Data files no index file in ``headers`` names (left by a crash or an older build)."""
+    found = data_files(folder)
+    if not found:
+        return []
     keep = {referenced(h) for h in headers}
-    return [path for _, path in data_files(folder) if path not in keep]
+    return [path for _, path in found if path not in keep]
 
 
 # -- the index a store serves -----------------------------------------------------------------------

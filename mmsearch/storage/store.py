@@ -457,7 +457,8 @@ class IndexStore:
 
     def _build_ondisk(self, reader: Reader, plan: IndexPlan) -> ondisk.OnDiskVectorIndex:
         """Write an on-disk IVF of the snapshot as its generation's vectors file (writer only;
-        see ``ondisk.build_index``), then drop older files and the tombstones it covers."""
+        see ``ondisk.build_index``) and drop older files (``save_vectors`` then forgets the
+        tombstones it covers)."""
         gen = reader.generation()
         blobs = reader.embedding_sample(plan.nlist * ondisk.TRAIN_PER_LIST, plan.nlist)
         sample = vectors_from_blobs([b for b in blobs if len(b) == self.dim * 4], self.dim)
@@ -466,8 +467,6 @@ class IndexStore:
         vectors = ondisk.build_index(self.folder, gen, plan, sample, chunks, self.settings,
                                      record=lambda tmp: self._record_vectors_file(tmp, gen))
         remove_older(self.folder, gen)
-        with self.catalogue.write() as w:
-            w.purge_tombstones(gen)
         return vectors
 
     def _record_vectors_file(self, tmp: Path, gen: int) -> None:

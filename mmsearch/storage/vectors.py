@@ -92,8 +92,9 @@ def remove_older(folder: Path, gen: int) -> None:
     for old_gen, path in saved_generations(folder):
         if old_gen < gen:
             path.unlink(missing_ok=True)
-    for path in ondisk.unreferenced_data(folder, [p for _, p in saved_generations(folder)]):
-        path.unlink(missing_ok=True)
+    if ondisk.data_files(folder):  # (reading the index files only when there is something to match)
+        for path in ondisk.unreferenced_data(folder, [p for _, p in saved_generations(folder)]):
+            path.unlink(missing_ok=True)
     fsync_dir(folder)
 
 
