@@ -42,6 +42,7 @@ from .media.video import is_placeholder
 from .storage import MANIFEST, SCHEMA_VERSION, IndexStore, VectorIndex, read_manifest, saved_generations, writer_lock
 from .storage.sqlite import DB_FILE
 from .storage.store import vectors_from_blobs
+from .storage.ondisk import read_index_file, unreferenced_data
 
 _TEMP_RE = re.compile(r"^\.(vectors\.g\d+\.faiss|manifest\.json)\..*\.tmp$")
 # Rows read per query while comparing the database with the FAISS index.
@@ -394,9 +395,8 @@ def _under_unavailable_roots(store: IndexStore, ids: list[int]) -> set[int]:
 
 
 def _check_vectors(store: IndexStore, report: CheckReport, repair: bool) -> None:
-    """FAISS files readable, not ahead of the database, and equal to it once caught up."""
-    import faiss
-
+    """FAISS files readable (an on-disk IVF with its lists' file), not ahead of the database, and
+    equal to it once caught up; on-disk lists no vectors file names are stray."""
     with store.read() as r:
         db_gen = r.generation()
     damaged: list[Path] = []
@@ -407,7 +407,7 @@ def _check_vectors(store: IndexStore, report: CheckReport, repair: bool) -> None
                 raise RuntimeError(f"{path.name} is not a file")
             if not store.file_matches_record(path, gen):  # every file this index wrote has its checksum recorded
                 raise RuntimeError(f"{path.name} is not the file the manifest records")
-            index = faiss.read_index(str(path))
+            index = read_index_file(path)  # an on-disk IVF: its lists' file too
         except RuntimeError:
             damaged.append(path)
             continue
@@ -415,8 +415,10 @@ def _check_vectors(store: IndexStore, report: CheckReport, repair: bool) -> None
             ahead.append(path)
         elif index.d != store.dim:
             damaged.append(path)
+    damaged += unreferenced_data(store.folder, [p for _, p in saved_generations(store.folder) if p not in damaged])
     _removable_files(report, "vectors_file", f"{len(damaged)} vectors file(s) cannot be read, have the wrong "
-                     f"dimension, or differ from the checksum the manifest records", damaged, repair)
+                     f"dimension, differ from the checksum the manifest records, or are on-disk lists no "
+                     f"vectors file names", damaged, repair)
     _removable_files(report, "vectors_file",
                      f"{len(ahead)} vectors file(s) claim a generation newer than the database ({db_gen})", ahead, repair)
 

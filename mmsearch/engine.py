@@ -218,7 +218,7 @@ class Engine:
         ``reembed=True`` allows switching the index to a different model: every item is
         embedded again (items under folders that cannot be read now keep their rows and get
         their new vectors when the folder is back). ``index_type`` (``auto``, ``flat``,
-        ``ivf-sq8``, ``ivf-pq``; None: keep the index's choice) is remembered; the vector index
+        ``ivf-sq8``, ``ivf-pq``, ``ivf-ondisk``; None: keep the index's choice) is remembered; the vector index
         is rebuilt from the stored embeddings when it changes or when growth makes the current
         type a poor fit. A named path that does not exist raises ``PathNotFoundError`` before
         anything is created or changed.

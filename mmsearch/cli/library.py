@@ -34,7 +34,7 @@ def index_cmd(
     wait: Annotated[float, typer.Option("--wait", metavar="SECONDS", help="Seconds to wait for another indexing run on the same index (-1: forever).")] = 0.0,
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
-    index_type: Annotated[Optional[str], typer.Option("--index-type", metavar="TYPE", help="Expert: vector index auto, flat (exact), ivf-sq8 or ivf-pq (approximate, re-ranked exactly); remembered, and the vectors are rebuilt from stored embeddings when it changes \\[default: the index's choice, auto].", show_default=False)] = None,
+    index_type: Annotated[Optional[str], typer.Option("--index-type", metavar="TYPE", help="Expert: vector index auto, flat (exact), ivf-sq8, ivf-pq or ivf-ondisk (approximate, re-ranked exactly; ivf-ondisk: memory-mapped lists on disk, for indexes larger than memory); remembered, and the vectors are rebuilt from stored embeddings when it changes \\[default: the index's choice, auto].", show_default=False)] = None,
 ) -> None:
     """Embed new and changed images, texts and videos under PATHS; remove what was deleted."""
     with _engine(index, model, pretrained, device, batch_size=batch_size, workers=workers) as engine:
@@ -256,6 +256,8 @@ def _describe_vector_index(entry: dict) -> str:
     text = entry.get("type", "flat")
     if entry.get("nlist"):
         text += f" (nlist {entry['nlist']}, nprobe {entry.get('nprobe')}, {entry.get('code', '')} codes, re-rank {entry.get('rerank')}, trained for {entry.get('trained_for')} items)"
+    if entry.get("data_bytes") is not None:
+        text += f", lists on disk ({_human_bytes(entry['data_bytes'])}, memory-mapped)"
     if entry.get("requested", "auto") != "auto":
         text += f", chosen with --index-type {entry['requested']}"
     return text

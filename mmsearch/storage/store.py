@@ -34,18 +34,22 @@ from ..errors import (
 )
 from ..fsutil import digest_mismatch, file_digest
 from . import manifest as mf
+from . import ondisk
 from .catalogue import DATABASE_ERRORS, Catalogue, Reader, Writer
 from .manifest import MANIFEST, VECTORS_FILES
 from .sqlite import DB_FILE, DB_FILES
 from .vectors import (
     AUTO,
     FLAT,
+    IVF_PQ,
+    ONDISK,
     TRAIN_PER_LIST,
     IndexPlan,
     VectorIndex,
     VectorSettings,
     choose,
     needs_rebuild,
+    remove_older,
     saved_generations,
 )
 
@@ -344,9 +348,12 @@ class IndexStore:
         """Delete temporary files a killed writer left behind (call only while holding the writer lock)."""
         removed = []
         for path in self.folder.iterdir():
-            if path.name.startswith((".vectors.g", f".{MANIFEST}.")) and path.name.endswith(".tmp"):
+            if path.name.startswith((".vectors.g", f".{MANIFEST}.")) and path.name.endswith((".tmp", ".tmp.part")):
                 path.unlink(missing_ok=True)
                 removed.append(path)
+        for path in ondisk.unreferenced_data(self.folder, [p for _, p in saved_generations(self.folder)]):
+            path.unlink(missing_ok=True)  # on-disk lists whose index file a killed build never wrote
+            removed.append(path)
         return removed
 
     # -- the vector index -------------------------------------------------------------------------
@@ -431,6 +438,12 @@ class IndexStore:
         gen = reader.generation()
         if plan is None:
             plan = self.plan_for(reader.embedding_count())
+            if plan.type == ONDISK:
+                # Only the writer writes files: a reader that finds no usable on-disk index
+                # (the writer is building it, or it was damaged) serves PQ codes from memory.
+                plan = self.plan_for(reader.embedding_count(), IVF_PQ)
+        elif plan.type == ONDISK:
+            return self._build_ondisk(reader, plan)
         train = None
         if plan.type != FLAT:
             blobs = reader.embedding_sample(plan.nlist * TRAIN_PER_LIST, plan.nlist)
@@ -441,6 +454,28 @@ class IndexStore:
         for rows in reader.embedding_chunks():
             vectors.add(np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], self.dim))
         return vectors
+
+    def _build_ondisk(self, reader: Reader, plan: IndexPlan) -> ondisk.OnDiskVectorIndex:
+        """Write an on-disk IVF of the snapshot as its generation's vectors file (writer only;
+        see ``ondisk.build_index``) and drop older files (``save_vectors`` then forgets the
+        tombstones it covers)."""
+        gen = reader.generation()
+        blobs = reader.embedding_sample(plan.nlist * ondisk.TRAIN_PER_LIST, plan.nlist)
+        sample = vectors_from_blobs([b for b in blobs if len(b) == self.dim * 4], self.dim)
+        chunks = ((np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], self.dim))
+                  for rows in ([r for r in chunk if len(r[1]) == self.dim * 4] for chunk in reader.embedding_chunks()))
+        vectors = ondisk.build_index(self.folder, gen, plan, sample, chunks, self.settings,
+                                     record=lambda tmp: self._record_vectors_file(tmp, gen))
+        remove_older(self.folder, gen)
+        return vectors
+
+    def _record_vectors_file(self, tmp: Path, gen: int) -> None:
+        """Put the checksum of ``tmp``, about to become generation ``gen``'s vectors file, in the
+        manifest (so a file this index wrote always has its record; the newest few are kept)."""
+        records = {k: v for k, v in (self.manifest.get(VECTORS_FILES) or {}).items() if k.isdigit()}
+        records[str(gen)] = file_digest(tmp)
+        keep = sorted(records, key=int)[-KEEP_VECTOR_RECORDS:]
+        self.update_manifest(**{VECTORS_FILES: {k: records[k] for k in keep}})
 
     # -- vector index type ------------------------------------------------------------------------
     @property
@@ -479,12 +514,16 @@ class IndexStore:
             wanted = needs_rebuild(current, vectors.ntotal, self.dim, requested, self.settings)
             if wanted is None and changed and requested != AUTO and requested != current.type:
                 wanted = choose(vectors.ntotal, self.dim, requested, settings=self.settings)
+            if wanted is None and vectors.kind == ONDISK and vectors.needs_fold():
+                wanted = current  # fold the changes since the on-disk base into a new one
         if wanted is not None:
             with self._rw.writing(), self.read() as reader:
                 vectors = self._vectors = self._rebuild(reader, wanted)
             self.save_vectors()  # the file first: it describes itself, the manifest follows
             current = vectors.plan(trained_for=vectors.ntotal)
         entry = current.manifest(requested, vectors.ntotal)
+        if vectors.kind == ONDISK:
+            entry["data_bytes"] = vectors.data_file().stat().st_size
         if entry != self.manifest.get("vector_index"):
             self.update_manifest(vector_index=entry)
         return vectors
@@ -494,18 +533,11 @@ class IndexStore:
         checksum recorded in the manifest before the file is visible; then forget the tombstones
         it covers."""
         vectors = self.vectors()
-
-        def record(tmp: Path) -> None:
-            # The checksum is in the manifest before the file is visible under its name, so a
-            # file this index wrote always has its record; the newest few are kept.
-            records = {k: v for k, v in (self.manifest.get(VECTORS_FILES) or {}).items() if k.isdigit()}
-            records[str(vectors.gen)] = file_digest(tmp)
-            keep = sorted(records, key=int)[-KEEP_VECTOR_RECORDS:]
-            self.update_manifest(**{VECTORS_FILES: {k: records[k] for k in keep}})
-
         try:
             with self._rw.writing():  # saving copies memory-mapped cells into memory first
-                vectors.save(self.folder, vectors.gen, before_replace=record)
+                # (an on-disk IVF writes nothing: its changes since are the catalogue's to replay)
+                vectors.save(self.folder, vectors.gen,
+                             before_replace=lambda tmp: self._record_vectors_file(tmp, vectors.gen))
         except (OSError, RuntimeError) as exc:  # faiss reports failed writes as RuntimeError
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1]
             raise IndexWriteError(
@@ -513,13 +545,13 @@ class IndexStore:
                 f"the database is complete and the next run catches up)"
             ) from exc
         with self.catalogue.write() as w:
-            w.purge_tombstones(vectors.gen)
+            w.purge_tombstones(vectors.durable_gen)
 
     def forget_vectors(self) -> None:
         """Delete every saved vectors file (the model changed: none describes the catalogue)."""
         with self._rw.writing():
             self._vectors = None
-            for _, path in saved_generations(self.folder):
+            for _, path in saved_generations(self.folder) + ondisk.data_files(self.folder):
                 path.unlink(missing_ok=True)
 
     # -- description ------------------------------------------------------------------------------

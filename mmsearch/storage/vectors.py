@@ -12,6 +12,8 @@ Index types (``TYPES``), chosen by ``choose`` from the item count and the memory
   (``IndexStore.search``): returned scores are exact cosines.
 - ``ivf-pq``: the same inverted file with product-quantised codes (``dim/4`` bytes a vector),
   for collections whose 8-bit codes would not fit comfortably in memory; re-ranked deeper.
+- ``ivf-ondisk``: PQ codes in FAISS ``OnDiskInvertedLists``, built shard by shard and memory-mapped
+  read-only, for collections whose codes no longer fit in memory (``mmsearch.storage.ondisk``).
 
 Both IVF types support additions and deletions (``remove_ids``), and every parameter a reader
 needs (type, nlist, nprobe, codes) is inside the FAISS file itself, so a reader never depends on
@@ -43,6 +45,8 @@ import numpy as np
 
 from ..errors import IndexTypeError
 from ..fsutil import atomic_write_via, digest_mismatch, fsync_dir
+from . import ondisk
+from .ondisk import ONDISK
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ FLAT = "flat"
 IVF_SQ8 = "ivf-sq8"
 IVF_PQ = "ivf-pq"
 AUTO = "auto"
-TYPES = (FLAT, IVF_SQ8, IVF_PQ)
+TYPES = (FLAT, IVF_SQ8, IVF_PQ, ONDISK)
 CHOICES = (AUTO, *TYPES)
 
 # Exact search costs about 0.15 us per vector here (18 ms at 100k, 150 ms at 1M on 2 cores):
@@ -63,6 +67,8 @@ FLAT_MAX = 50_000
 REGROW = 4.0
 # The auto choice keeps 8-bit codes while they would take less than this share of free memory.
 SQ8_MEMORY_SHARE = 0.25
+# ... and PQ codes while they would take less than this share (else on-disk lists).
+PQ_MEMORY_SHARE = 0.25
 # Training sample: this many vectors per IVF cell (faiss warns below 39).
 TRAIN_PER_LIST = 48
 
@@ -79,6 +85,17 @@ def saved_generations(folder: Path) -> list[tuple[int, Path]]:
         if match:
             found.append((int(match.group(1)), Path(entry.path)))
     return sorted(found, reverse=True)
+
+
+def remove_older(folder: Path, gen: int) -> None:
+    """Delete the vectors files of generations before ``gen``, and on-disk lists no file names."""
+    for old_gen, path in saved_generations(folder):
+        if old_gen < gen:
+            path.unlink(missing_ok=True)
+    if ondisk.data_files(folder):  # (reading the index files only when there is something to match)
+        for path in ondisk.unreferenced_data(folder, [p for _, p in saved_generations(folder)]):
+            path.unlink(missing_ok=True)
+    fsync_dir(folder)
 
 
 # -- choosing a type --------------------------------------------------------------------------------
@@ -156,6 +173,8 @@ class IndexPlan:
         entry["items"] = items
         if self.type != FLAT:
             entry["code"] = "sq8" if self.type == IVF_SQ8 else f"pq{self.pq_m}x{self.pq_bits}"
+        if self.type == ONDISK:
+            entry["storage"] = "on disk, memory-mapped"
         return entry
 
 
@@ -173,8 +192,9 @@ def choose(
 
     ``auto``: flat below ``settings.flat_max`` items; above, an IVF with ``default_nlist(n)``
     cells and 8-bit codes, or PQ codes when 8-bit codes would take more than a quarter of
-    ``memory`` (default: what the machine has available). An IVF asked for with too few items to
-    train (none) is flat until items arrive.
+    ``memory`` (default: what the machine has available), or PQ codes in memory-mapped on-disk
+    lists (``ivf-ondisk``) when even PQ codes would take more than a quarter. An IVF asked for
+    with too few items to train (none) is flat until items arrive.
     """
     if requested not in CHOICES:
         raise IndexTypeError(f"unknown vector index type {requested!r}: choose one of {', '.join(CHOICES)}")
@@ -185,9 +205,18 @@ def choose(
         else:
             memory = available_memory() if memory is None else memory
             sq8_bytes = n * (dim + 16)
+            pq_bytes = n * (_pq_m(dim) + 16)
             kind = IVF_PQ if memory is not None and sq8_bytes > SQ8_MEMORY_SHARE * memory else IVF_SQ8
+            if memory is not None and pq_bytes > PQ_MEMORY_SHARE * memory:
+                kind = ONDISK
     if kind == FLAT or n < 2:  # nothing to train on yet: exact until items arrive
         return IndexPlan(FLAT)
+    if kind == ONDISK:
+        nlist = max(1, min(int(nlist or settings.nlist or ondisk.ondisk_nlist(n)), n))
+        nprobe = min(int(nprobe or ondisk.ondisk_nprobe(nlist)), nlist)
+        bits = int(max(1, min(8, math.floor(math.log2(n)))))
+        return IndexPlan(ONDISK, nlist, nprobe, rerank=default_rerank(ONDISK, settings), trained_for=n,
+                         pq_m=ondisk.pq_m(dim), pq_bits=bits)
     nlist = int(nlist or settings.nlist or default_nlist(n))
     nlist = max(1, min(nlist, n))
     nprobe = int(nprobe or default_nprobe(nlist))
@@ -202,7 +231,7 @@ def default_rerank(kind: str, settings: VectorSettings = DEFAULT_SETTINGS) -> in
     """Candidates re-ranked exactly for a top-10 query (``settings.rerank`` overrides)."""
     if settings.rerank is not None:
         return settings.rerank
-    return {FLAT: 0, IVF_SQ8: 50, IVF_PQ: 400}[kind]
+    return {FLAT: 0, IVF_SQ8: 50, IVF_PQ: 400, ONDISK: ondisk.DEFAULT_RERANK}[kind]
 
 
 def needs_rebuild(current: IndexPlan, n: int, dim: int, requested: str = AUTO,
@@ -308,7 +337,7 @@ class VectorIndex:
     # -- persistence -------------------------------------------------------------------------
     @classmethod
     def load_latest(cls, folder: Path, records: dict[str, dict] | None = None,
-                    settings: VectorSettings = DEFAULT_SETTINGS) -> VectorIndex | None:
+                    settings: VectorSettings = DEFAULT_SETTINGS) -> VectorIndex | ondisk.OnDiskVectorIndex | None:
         """The newest readable FAISS file in ``folder``, or None if there is none.
 
         ``records``: the manifest's checksums of the files this index wrote, by generation
@@ -328,7 +357,10 @@ class VectorIndex:
                     # IVF cells are memory-mapped: a cold reader touches only the cells it probes
                     # (1M items: 0.5 ms and a few MB instead of 0.25 s and 500 MB). They are copied
                     # into memory before any change or save (``_writable``).
-                    index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+                    # An on-disk IVF maps its data file read-only and is served as it is.
+                    index = ondisk.read_index_file(path)
+                    if ondisk.is_ondisk(index):
+                        return ondisk.OnDiskVectorIndex(index, gen, settings)
                     return cls(index.d, index, gen, settings)
                 except RuntimeError:
                     if path.exists():
@@ -347,11 +379,13 @@ class VectorIndex:
         self._writable()  # a mapped index would be written as a reference to its old file
         atomic_write_via(target, lambda tmp: faiss.write_index(self.index, str(tmp)), before_replace)
         self.gen = gen
-        for old_gen, path in saved_generations(folder):
-            if old_gen < gen:
-                path.unlink(missing_ok=True)
-        fsync_dir(folder)
+        remove_older(folder, gen)
         return target
+
+    @property
+    def durable_gen(self) -> int:
+        """The generation the saved file holds once saved (the store forgets tombstones up to it)."""
+        return self.gen
 
     # -- description -------------------------------------------------------------------------
     @property
