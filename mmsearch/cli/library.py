@@ -67,6 +67,11 @@ def query_cmd(
     text: Annotated[bool, typer.Option("--text", metavar="", help="Treat every term as text, even if it names a file.")] = False,
     include_self: Annotated[bool, typer.Option("--include-self", metavar="", help="Let a query image appear in its own results.")] = False,
     dedup: Annotated[bool, typer.Option("--dedup", metavar="", help="Collapse near-duplicate results (see `mmsearch dupes`): the best-ranked of each group stays.")] = False,
+    after: Annotated[Optional[str], typer.Option("--after", metavar="DATE", help="Only items taken on or after DATE (YYYY-MM-DD, YYYY-MM, YYYY or an ISO date-time): the EXIF or video date, else the file's time.", show_default=False)] = None,
+    before: Annotated[Optional[str], typer.Option("--before", metavar="DATE", help="Only items taken before DATE (exclusive).", show_default=False)] = None,
+    camera: Annotated[Optional[str], typer.Option("--camera", metavar="NAME", help="Only items taken with this camera: model, make or both, e.g. 'Pixel 7', 'Canon' (any ASCII case).", show_default=False)] = None,
+    near: Annotated[Optional[str], typer.Option("--near", metavar="LAT,LON,KM", help="Only items with a GPS position within KM kilometres of LAT,LON (decimal degrees), e.g. 48.8584,2.2945,5.", show_default=False)] = None,
+    sort: Annotated[str, typer.Option("--sort", metavar="ORDER", help="relevance, date (newest first) or date-asc: the order of the results that pass the relevance cut (--top, --min-score).")] = "relevance",
     as_json: JsonOpt = False,
     paths: Annotated[bool, typer.Option("--paths", metavar="", help="Print matching paths only, one per line (control characters and undecodable bytes escaped; use -0 for exact names).")] = False,
     print0: Annotated[bool, typer.Option("--print0", "-0", metavar="", help="Print matching paths exactly as they are on disk, each followed by a NUL byte (for xargs -0).")] = False,
@@ -82,6 +87,10 @@ def query_cmd(
         raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPE_CHOICES)}")
     if min_score is not None and not math.isfinite(min_score):
         raise QueryError(f"--min-score must be a finite number, not {min_score}")
+    from .. import filters
+
+    wanted = filters.parse(after, before, camera, near, prefix="--")
+    filters.check_sort(sort, "--sort")
     preloaded = preloaded_images = None
     if model is None and pretrained is None:
         from ..encoders import onnx_text
@@ -105,6 +114,7 @@ def query_cmd(
         hits = engine.search(
             terms, k=top, type=type, min_score=min_score, under=under,
             include_query=include_self, force="image" if image else "text" if text else None, dedup=dedup,
+            after=wanted.after, before=wanted.before, camera=wanted.camera, near=wanted.near, sort=sort,
         )
     if as_json:
         doc = {"query": [printable_path(t) for t in terms], "hits": [h.as_dict() for h in hits]}
