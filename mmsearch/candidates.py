@@ -24,10 +24,10 @@ from .filters import Filters
 from .storage import Snapshot
 from .storage.filtering import passing_ids
 
-# Filters passing more items than this are applied to over-fetched hits instead (10% at 1M).
-PUSHDOWN_MAX = 100_000
+# Filters passing more items than this are applied to over-fetched hits instead (5% at 1M).
+PUSHDOWN_MAX = 50_000
 # Up to this many passing items are scored exactly from the catalogue's vectors.
-EXACT_MAX = 4_000
+EXACT_MAX = 1_000
 
 OVERFETCH, EXACT, SELECTOR = "over-fetch", "exact", "selector"
 

@@ -33,7 +33,7 @@ from .encoders import ModelSpec, TorchEncoder, random_weights_note
 from .encoders import onnx_image, onnx_text
 from .errors import ModelMismatchError, OnnxImageUnavailable, OnnxTextUnavailable, PathNotFoundError, QueryError
 from .fsutil import display_path
-from .indexing import Indexer, IndexReport, NullProgress, Progress
+from .indexing import Indexer, IndexReport, NullProgress, Progress, metadata
 from .library import LibraryRoot, under_any, within
 from .media import BadInput
 from .media.exif import camera_name
@@ -210,6 +210,7 @@ class Engine:
         wait: float = 0.0,
         progress: Progress | None = None,
         index_type: str | None = None,
+        refresh_metadata: bool = False,
     ) -> IndexReport:
         """Index ``paths`` (folders or files) incrementally; None re-scans every known root.
 
@@ -223,7 +224,9 @@ class Engine:
         ``ivf-sq8``, ``ivf-pq``; None: keep the index's choice) is remembered; the vector index
         is rebuilt from the stored embeddings when it changes or when growth makes the current
         type a poor fit. A named path that does not exist raises ``PathNotFoundError`` before
-        anything is created or changed.
+        anything is created or changed. ``refresh_metadata``: also read the capture metadata
+        (EXIF, video tags) of the image and video items already indexed under the paths, from
+        their headers, without encoding (items indexed before mmsearch read EXIF).
         """
         _check_index_type(index_type)
         if isinstance(paths, (str, Path)):
@@ -246,14 +249,15 @@ class Engine:
             existed = self.folder.exists()
             try:
                 with writer_lock(self.folder, wait):
-                    return self._add_locked(explicit, reembed, progress or NullProgress(), index_type)
+                    return self._add_locked(explicit, reembed, progress or NullProgress(), index_type,
+                                            refresh_metadata)
             except BaseException:
                 if creating:
                     self._remove_failed_first_run(existed)
                 raise
 
     def _add_locked(self, explicit: list[LibraryRoot], reembed: bool, progress: Progress,
-                    index_type: str | None) -> IndexReport:
+                    index_type: str | None, refresh_metadata: bool = False) -> IndexReport:
         if self._store is None and IndexStore.is_index(self.folder):
             self._store = IndexStore.open(self.folder, self._vector_settings)  # created meanwhile by another process
         if self._store is not None and not self._check_model():
@@ -278,7 +282,10 @@ class Engine:
             for module in exports:
                 module.ensure_exported(store, self.encoder, self.settings.cache, self.settings.onnx)
                 progress.advance(1)
-        report = self.indexer(progress).run(roots)
+        indexer = self.indexer(progress)
+        report = indexer.run(roots)
+        if refresh_metadata:
+            report.metadata = metadata.refresh(store, [root.path for root in roots], report, progress, indexer.workers)
         store.fit_vectors(index_type)
         if report.changed:
             store.update_manifest()  # `updated_at`: when the index's contents last changed

