@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -72,6 +73,12 @@ def camera_name(make: str | None, model: str | None) -> str | None:
 
 def from_image(img: Any) -> Captured:
     """The capture metadata of an opened Pillow image (EXIF in JPEG, TIFF, PNG, WebP, HEIC...)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns of each corrupt EXIF entry it skips
+        return _from_image(img)
+
+
+def _from_image(img: Any) -> Captured:
     try:
         exif = img.getexif()
     except Exception:  # noqa: BLE001 - a broken EXIF block: no metadata, never a failed item

@@ -130,6 +130,7 @@ def decode_image(data: bytes, target: int | None = None, limit: int | None = Non
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # corrupt EXIF entries skipped
             if not data:
                 raise BadInput("empty file")
             with open_image(data) as img:
@@ -273,13 +274,14 @@ class ImageHandler:
                 # Pillow's own limit (2x MAX_IMAGE_PIXELS) still refuses absurd headers; below it,
                 # mmsearch's cap on *decoded* pixels decides (JPEGs decode reduced, so may pass).
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # corrupt EXIF entries
                 with open_image(data) as img:
                     width, height = img.size
                     check_decode_size(img, max_pixels)
                     # The header's EXIF, parsed once: orientation and capture metadata (a broken
                     # EXIF block loses the metadata, never the image).
-                    orientation = _orientation(img)
                     captured = exif.from_image(img)
+                    orientation = _orientation(img)  # (Pillow keeps the EXIF parsed just above)
         except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise BadInput(_image_error(exc)) from exc
         except BadInput:
@@ -295,7 +297,9 @@ class ImageHandler:
 
 def _orientation(img: Image.Image) -> int:
     try:
-        value = img.getexif().get(0x0112, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # corrupt EXIF entries: Pillow skips them with a warning
+            value = img.getexif().get(0x0112, 1)
         return value if isinstance(value, int) else 1
     except Exception:  # noqa: BLE001 - unreadable EXIF: the image as stored
         return 1

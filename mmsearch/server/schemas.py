@@ -12,6 +12,7 @@ MAX_K = 1000
 MAX_TEXT_CHARS = 2000  # the tokenizer truncates long texts anyway; this only bounds the request
 
 Modality = Literal["all", "image", "text", "video"]
+Sort = Literal["relevance", "date", "date-asc"]  # mmsearch.filters.SORTS
 
 
 class ItemOut(BaseModel):
@@ -100,6 +101,13 @@ class SearchIn(BaseModel):
     dedup: bool = Field(False, description="Collapse near-duplicate hits (the best-ranked of each group stays)")
     dedup_threshold: float | None = Field(None, gt=0, le=1, description="Cosine similarity for dedup (implies dedup) "
                                                                         "[default: 0.97]")
+    after: str | None = Field(None, max_length=64, description="Only items taken on or after this date (YYYY-MM-DD, "
+                                                               "YYYY-MM, YYYY or ISO date-time)")
+    before: str | None = Field(None, max_length=64, description="Only items taken before this date (exclusive)")
+    camera: str | None = Field(None, max_length=200, description="Only items from this camera: model, make or both")
+    near: str | None = Field(None, max_length=100, description="Only items within KM of a GPS position: 'LAT,LON,KM'")
+    sort: Sort = Field("relevance", description="Order of the hits that pass the relevance cut: relevance, date "
+                                                "(newest first) or date-asc")
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +143,11 @@ def search_body_openapi() -> dict[str, Any]:
         "include_query": {"type": "boolean", "default": False},
         "dedup": {"type": "boolean", "default": False},
         "dedup_threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "after": {"type": "string", "description": "Only items taken on or after this date (YYYY-MM-DD...)"},
+        "before": {"type": "string", "description": "Only items taken before this date (exclusive)"},
+        "camera": {"type": "string", "description": "Only items from this camera: model, make or both"},
+        "near": {"type": "string", "description": "Only items within KM of a GPS position: 'LAT,LON,KM'"},
+        "sort": {"type": "string", "enum": ["relevance", "date", "date-asc"], "default": "relevance"},
     }
     return {
         "requestBody": {
