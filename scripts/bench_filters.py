@@ -15,9 +15,10 @@ vectors (the hard case: the best hits of a query are spread over every date and 
 Then the vector index is built (``IndexStore.fit_vectors``, automatic type: IVF with 8-bit codes
 at 1M) and each filter is timed through ``Engine.search_vector`` (k=10, warm, one thread),
 median of ``--repeats`` rounds of each round's p50 over the same queries, in the same process as
-the unfiltered baseline. Each filter also runs with each strategy forced (``candidates``:
-over-fetch, exact scoring of the passing ids, FAISS ID selector) and its recall@10 is measured
-against exact brute force over the passing items.
+the unfiltered baseline. Each filter also runs with each strategy forced (``candidates``: the
+passing ids from the in-memory columns or from SQLite, over-fetching, exact scoring of the
+passing ids, FAISS ID selector) and its recall@10 is measured against exact brute force over the
+passing items.
 """
 
 from __future__ import annotations
@@ -183,8 +184,15 @@ def main(argv: list[str] | None = None) -> int:
                      "repeats": args.repeats, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "load_before": os.getloadavg(), "rows": []}
     defaults = (candidates.PUSHDOWN_MAX, candidates.EXACT_MAX)
-    strategies = {"auto": defaults, "over-fetch": (0, 0), "exact": (10**9, 10**9), "selector": (10**9, 0)}
+    # (columns, pushdown cap, exact max): "auto" is what ships (in-memory columns, exact below
+    # EXACT_MAX ids, else the FAISS selector); "sql" lists the ids through SQLite instead.
+    strategies = {"auto": (True, *defaults), "sql": (False, *defaults), "over-fetch": (False, 0, 0),
+                  "exact": (True, 10**9, 10**9), "selector": (True, 10**9, 0)}
     with Engine(folder) as engine:
+        started = time.perf_counter()
+        candidates.column_cache(engine.store).load_now()
+        results["columns_load_s"] = round(time.perf_counter() - started, 2)
+        print(f"filter columns loaded in {results['columns_load_s']} s", flush=True)
         base_ms, _ = timed(engine, queries, {}, args.repeats)
         results["unfiltered_p50_ms"] = round(base_ms, 2)
         print(f"unfiltered p50 {base_ms:.2f} ms", flush=True)
@@ -195,16 +203,17 @@ def main(argv: list[str] | None = None) -> int:
             for q in queries:
                 scores = vectors[passing] @ q
                 truth.append(set((passing[np.argsort(-scores)[:10]] + FIRST_ID).tolist()))
-            for strategy, (pushdown, exact) in strategies.items():
+            for strategy, (columns, pushdown, exact) in strategies.items():
                 if strategy == "exact" and len(passing) > 20_000:
                     continue  # scoring 100k stored vectors per query: not a candidate
                 # Over-fetching a selective filter takes seconds a query: a few queries, one round.
                 slow = strategy == "over-fetch" and mask.mean() < 0.05
                 subset = queries[:5] if slow else queries
-                candidates.PUSHDOWN_MAX, candidates.EXACT_MAX = pushdown, exact
+                candidates.USE_COLUMNS, candidates.PUSHDOWN_MAX, candidates.EXACT_MAX = columns, pushdown, exact
                 try:
                     ms, hits = timed(engine, subset, flt, 1 if slow else args.repeats)
                 finally:
+                    candidates.USE_COLUMNS = True
                     candidates.PUSHDOWN_MAX, candidates.EXACT_MAX = defaults
                 recall = float(np.mean([len(t & set(h)) / max(1, min(10, len(t))) for t, h in zip(truth, hits)]))
                 row = {"filter": name, "strategy": strategy, "passing": int(mask.sum()),

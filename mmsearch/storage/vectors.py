@@ -229,6 +229,19 @@ def needs_rebuild(current: IndexPlan, n: int, dim: int, requested: str = AUTO,
 
 
 # -- the index --------------------------------------------------------------------------------------
+def _selector(allowed: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray | None]:
+    """A FAISS ID selector for ``allowed`` ids: a bitmap over the id range (a few ms to build and
+    one bit test a candidate), or a hash set when the ids are too sparse for one."""
+    allowed = np.ascontiguousarray(allowed, dtype=np.int64)
+    top = int(allowed.max()) + 1 if len(allowed) else 1
+    if (len(allowed) and allowed.min() < 0) or top > 64 * len(allowed) + (1 << 24):
+        return faiss.IDSelectorBatch(allowed), None
+    member = np.zeros(top, bool)
+    member[allowed] = True
+    bits = np.packbits(member, bitorder="little")
+    return faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits
+
+
 _GPU_RESOURCES = None
 _GPU_MAX_K = 2048
 
@@ -492,9 +505,7 @@ class VectorIndex:
         if k <= 0:
             return np.empty(0, np.float32), np.empty(0, np.int64)
         q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
-        selector = None
-        if allowed is not None:
-            selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+        selector, _bitmap = _selector(allowed) if allowed is not None else (None, None)  # (keeps the bits alive)
         if self.kind == FLAT:
             scores, ids = self._search(q, k, None, selector)
         else:
