@@ -192,18 +192,43 @@ def test_date_camera_and_place_filters(library):
         assert list(empty) == [] and "camera 'Leica M6'" in empty.why_empty
 
 
+FILTERS = ({"after": "2020"}, {"before": "2020-03-04T05:06:07.5"}, {"camera": "pixel 7"},
+           {"camera": "Google Pixel 7", "type": "image"}, {"near": "0,0,20000"}, {"near": "-33.86,151.21,1"},
+           {"after": "2019", "before": "2023", "near": "40,-74,200"}, {"type": "text", "after": "2020"})
+
+
 def test_every_way_of_applying_a_filter_gives_the_same_hits(library, monkeypatch):
-    """Over-fetching, exact scoring of the passing ids and the FAISS ID selector agree."""
+    """The passing ids from SQLite or from the in-memory columns, over-fetching, exact scoring
+    of the passing ids and the FAISS ID selector all agree."""
     index, _, _ = library
     results = []
-    for pushdown, exact in ((0, 0), (10**6, 10**6), (10**6, 0)):
+    for columns, pushdown, exact in ((False, 0, 0), (False, 10**6, 10**6), (False, 10**6, 0), (True, 10**6, 10**6),
+                                     (True, 10**6, 0)):
+        monkeypatch.setattr(candidates, "USE_COLUMNS", columns)
         monkeypatch.setattr(candidates, "PUSHDOWN_MAX", pushdown)
         monkeypatch.setattr(candidates, "EXACT_MAX", exact)
         with Engine(index) as engine:
+            if columns:
+                assert candidates.column_cache(engine.store).load_now() is not None
             results.append([[(h.id, round(h.score, 5)) for h in engine.search("a photo", k=k, **f)]
-                            for f in ({"after": "2020"}, {"camera": "pixel 7"}, {"near": "0,0,20000"})
-                            for k in (1, 3)])
-    assert results[0] == results[1] == results[2]
+                            for f in FILTERS for k in (1, 3)])
+    assert all(r == results[0] for r in results[1:])
+    assert [len(r) for r in results[0]] == [1, 3, 1, 3, 1, 2, 1, 2, 1, 3, 1, 1, 1, 1, 1, 1]
+
+
+def test_filter_columns_go_stale_on_any_commit(library, tmp_path, tiny_model):
+    """The in-memory columns are used only while nothing was committed since they were read."""
+    _, root, _ = library
+    index = tmp_path / "idx"
+    with Engine(index, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+        engine.add([root / "paris.jpg"])
+        cache = candidates.column_cache(engine.store)
+        first = cache.load_now()
+        assert first is not None and cache.current() is first and len(first.ids) == 1
+        engine.add([root / "sydney.jpg"])
+        assert cache.current() is None  # stale: the search uses SQL while they reload
+        assert paths(engine.search("x", camera="canon")) == {"sydney.jpg"}
+        assert len(cache.load_now().ids) == 2
 
 
 def test_sort_by_date_orders_the_hits_that_pass_the_relevance_cut(library):

@@ -234,7 +234,7 @@ def _selector(allowed: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray | None]
     one bit test a candidate), or a hash set when the ids are too sparse for one."""
     allowed = np.ascontiguousarray(allowed, dtype=np.int64)
     top = int(allowed.max()) + 1 if len(allowed) else 1
-    if (len(allowed) and allowed.min() < 0) or top > 64 * len(allowed) + (1 << 24):
+    if (len(allowed) and allowed.min() < 0) or top > 64 * len(allowed):  # sparse: a hash set is cheaper to build
         return faiss.IDSelectorBatch(allowed), None
     member = np.zeros(top, bool)
     member[allowed] = True
