@@ -5,7 +5,6 @@ the HTTP API, the Client and the CLI; an index created before the columns existe
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sqlite3
