@@ -12,8 +12,8 @@
         client.duplicates()                                # near-duplicate groups
 
 It has the Engine's method names and filters (``search``, ``similar``, ``get``, ``info``,
-``duplicates``, with
-``k``, ``type``, ``min_score``, ``under``, ``dedup``) and returns the same ``Hit``/``Item`` types, with the
+``duplicates``, with ``k``, ``type``, ``min_score``, ``under``, ``dedup``, ``after``, ``before``,
+``camera``, ``near``, ``sort``) and returns the same ``Hit``/``Item`` types, with the
 server's URLs filled in (``thumbnail_url``, ``file_url``, ``similar_url``).
 
 Errors the server reports become ``ServerError`` (with ``status`` and the server's message).
@@ -92,8 +92,9 @@ class Client:
 
     @staticmethod
     def _options(k: int, type: str, min_score: float | None, under: str | os.PathLike | None,
-                 dedup: bool | float = False) -> dict[str, Any]:
+                 dedup: bool | float = False, filters: dict[str, Any] | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {"k": k, "type": type}
+        params.update(_filter_params(filters or {}))
         if min_score is not None:
             params["min_score"] = min_score
         if under is not None:
@@ -123,16 +124,19 @@ class Client:
         under: str | os.PathLike | None = None,
         include_query: bool = False,
         dedup: bool | float = False,
+        **filters: Any,
     ) -> Hits:
         """Search with a text, CLI-style terms (``"2:beach + ./dog.jpg"``) or ``QueryTerm`` objects.
 
         Image terms name files on *this* machine (or hold image bytes); they are uploaded. Item
         terms are ids of indexed items. A lone text is sent as text, never read as a path.
-        ``under`` is a folder as the *server* sees it.
+        ``under`` is a folder as the *server* sees it. ``filters``: Engine.search's ``after``,
+        ``before``, ``camera``, ``near`` and ``sort``.
         """
+        filters = _check_filters(filters)
         terms = self._terms(query)
         if len(terms) == 1 and terms[0].kind == TEXT and terms[0].weight > 0:
-            params = {"q": terms[0].value, **self._options(k, type, min_score, under, dedup)}
+            params = {"q": terms[0].value, **self._options(k, type, min_score, under, dedup, filters)}
             return self._hits(self._request("GET", "/api/search", params=params))
         spec: list[dict[str, Any]] = []
         uploads: list[tuple[str, tuple[str, bytes, str]]] = []
@@ -143,30 +147,32 @@ class Client:
                 uploads.append(("images", (name, data, "application/octet-stream")))
             else:
                 spec.append({"kind": term.kind, "value": term.value, "weight": term.weight})
-        return self._post_search(spec, uploads, k, type, min_score, under, include_query, dedup)
+        return self._post_search(spec, uploads, k, type, min_score, under, include_query, dedup, filters)
 
     def search_image(
         self, image: str | os.PathLike | bytes, *, k: int = 10, type: str = "all",
         min_score: float | None = None, under: str | os.PathLike | None = None, include_query: bool = False,
-        filename: str = "upload", dedup: bool | float = False,
+        filename: str = "upload", dedup: bool | float = False, **filters: Any,
     ) -> Hits:
         """Search by an image: a local file path or the encoded image bytes."""
+        filters = _check_filters(filters)
         name, data = _image_bytes(image, filename)
         return self._post_search([{"kind": IMAGE, "upload": 0, "weight": 1.0}],
                                  [("images", (name, data, "application/octet-stream"))],
-                                 k, type, min_score, under, include_query, dedup)
+                                 k, type, min_score, under, include_query, dedup, filters)
 
     def similar(self, item_id: int, *, k: int = 10, type: str = "all", min_score: float | None = None,
                 under: str | os.PathLike | None = None, include_self: bool = False,
-                dedup: bool | float = False) -> Hits:
+                dedup: bool | float = False, **filters: Any) -> Hits:
         """'More like this': the items nearest to indexed item ``item_id``."""
-        params = {**self._options(k, type, min_score, under, dedup), "include_self": include_self}
+        filters = _check_filters(filters)
+        params = {**self._options(k, type, min_score, under, dedup, filters), "include_self": include_self}
         return self._hits(self._request("GET", f"/api/items/{int(item_id)}/similar", params=params))
 
     def _post_search(self, spec: list[dict[str, Any]], uploads: list, k: int, type: str,
                      min_score: float | None, under: str | os.PathLike | None, include_query: bool,
-                     dedup: bool | float = False) -> Hits:
-        data = {"terms": json.dumps(spec), **self._options(k, type, min_score, under, dedup),
+                     dedup: bool | float = False, filters: dict[str, Any] | None = None) -> Hits:
+        data = {"terms": json.dumps(spec), **self._options(k, type, min_score, under, dedup, filters),
                 "include_query": include_query}
         data = {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in data.items()}
         return self._hits(self._request("POST", "/api/search", data=data, files=uploads or None))
@@ -205,6 +211,35 @@ class Client:
     def file(self, item_id: int) -> bytes:
         """The bytes of an item's original file."""
         return self._request("GET", f"/api/items/{int(item_id)}/file").content
+
+
+_FILTERS = ("after", "before", "camera", "near", "sort")
+
+
+def _check_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(filters) - set(_FILTERS))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+    return filters
+
+
+def _filter_params(filters: dict[str, Any]) -> dict[str, str]:
+    """The capture metadata filters as the server's fields: dates as ISO text, near as
+    "LAT,LON,KM" (checked by the server, which answers a bad value with its one-line reason)."""
+    params: dict[str, str] = {}
+    for name in ("after", "before"):
+        value = filters.get(name)
+        if value is not None:
+            params[name] = value.isoformat() if hasattr(value, "isoformat") else str(value)
+    if filters.get("camera") is not None:
+        params["camera"] = str(filters["camera"])
+    near = filters.get("near")
+    if near is not None:
+        params["near"] = near if isinstance(near, str) else ",".join(
+            str(v) for v in ((near.lat, near.lon, near.km) if hasattr(near, "km") else near))
+    if filters.get("sort") not in (None, "relevance"):
+        params["sort"] = str(filters["sort"])
+    return params
 
 
 def _image_bytes(image: Any, name: str = "upload") -> tuple[str, bytes]:

@@ -27,13 +27,16 @@ from typing import Any
 import numpy as np
 
 from . import dupes
+from . import filters as filters_mod
+from .candidates import Candidates
 from .encoders import ModelSpec, TorchEncoder, random_weights_note
 from .encoders import onnx_image, onnx_text
 from .errors import ModelMismatchError, OnnxImageUnavailable, OnnxTextUnavailable, PathNotFoundError, QueryError
 from .fsutil import display_path
-from .indexing import Indexer, IndexReport, NullProgress, Progress
+from .indexing import Indexer, IndexReport, NullProgress, Progress, metadata
 from .library import LibraryRoot, under_any, within
 from .media import BadInput
+from .media.exif import camera_name
 from .media.video import VIDEO
 from .query import IMAGE, ITEM, TEXT, TYPES, Hit, Hits, Item, QueryTerm, combine, parse_query, query_image_paths
 from .settings import Settings
@@ -208,6 +211,7 @@ class Engine:
         wait: float = 0.0,
         progress: Progress | None = None,
         index_type: str | None = None,
+        refresh_metadata: bool = False,
     ) -> IndexReport:
         """Index ``paths`` (folders or files) incrementally; None re-scans every known root.
 
@@ -221,7 +225,9 @@ class Engine:
         ``ivf-sq8``, ``ivf-pq``, ``ivf-ondisk``; None: keep the index's choice) is remembered; the vector index
         is rebuilt from the stored embeddings when it changes or when growth makes the current
         type a poor fit. A named path that does not exist raises ``PathNotFoundError`` before
-        anything is created or changed.
+        anything is created or changed. ``refresh_metadata``: also read the capture metadata
+        (EXIF, video tags) of the image and video items already indexed under the paths, from
+        their headers, without encoding (items indexed before mmsearch read EXIF).
         """
         _check_index_type(index_type)
         if isinstance(paths, (str, Path)):
@@ -245,14 +251,15 @@ class Engine:
             existed = self.folder.exists()
             try:
                 with writer_lock(self.folder, wait):
-                    return self._add_locked(explicit, reembed, progress or NullProgress(), index_type)
+                    return self._add_locked(explicit, reembed, progress or NullProgress(), index_type,
+                                            refresh_metadata)
             except BaseException:
                 if creating:
                     self._remove_failed_first_run(existed)
                 raise
 
     def _add_locked(self, explicit: list[LibraryRoot], reembed: bool, progress: Progress,
-                    index_type: str | None) -> IndexReport:
+                    index_type: str | None, refresh_metadata: bool = False) -> IndexReport:
         if self._store is None and IndexStore.is_index(self.folder):
             self._store = IndexStore.open(self.folder, self._vector_settings)  # created meanwhile by another process
         if self._store is not None and not self._check_model():
@@ -279,7 +286,10 @@ class Engine:
             for module in exports:
                 module.ensure_exported(store, self.spec, lambda: self.encoder, self.settings.cache, self.settings.onnx)
                 progress.advance(1)
-        report = self.indexer(progress).run(roots)
+        indexer = self.indexer(progress)
+        report = indexer.run(roots)
+        if refresh_metadata:
+            report.metadata = metadata.refresh(store, [root.path for root in roots], report, progress, indexer.workers)
         store.fit_vectors(index_type)
         if report.changed:
             store.update_manifest()  # `updated_at`: when the index's contents last changed
@@ -483,6 +493,11 @@ class Engine:
         include_query: bool = False,
         force: str | None = None,
         dedup: bool | float = False,
+        after: Any = None,
+        before: Any = None,
+        camera: str | None = None,
+        near: Any = None,
+        sort: str = filters_mod.RELEVANCE,
     ) -> Hits:
         """Ranked hits for ``query``: a text, an image path, a ``QueryTerm`` (texts, images as
         paths, bytes or PIL images, item ids), or a list of them.
@@ -494,9 +509,19 @@ class Engine:
         ``dupes.DEFAULT_THRESHOLD``; a number: at that cosine similarity): the best-ranked of each
         group stays and lists the others' ids in ``duplicates``; k hits are still returned while
         the index holds enough.
+
+        Capture metadata filters (see ``mmsearch.filters``): ``after`` (inclusive) and
+        ``before`` (exclusive) take dates (``date``, ``datetime`` or ISO text such as
+        "2024-05-01") and compare with the item's capture date, or its file's time when it has
+        none; ``camera`` names a camera's model, make or both ("Pixel 7", "Canon", "Google
+        Pixel 7", any ASCII case); ``near`` is "LAT,LON,KM" or (lat, lon, km). ``sort``:
+        'relevance', or 'date' (newest first) / 'date-asc' to order the hits that pass the
+        relevance cut (``k``, ``min_score``) by date.
         """
         dupes.dedup_threshold(dedup)  # a bad value fails before the model loads
         _check_search_options(type, k, min_score)
+        wanted = filters_mod.parse(after, before, camera, near)
+        filters_mod.check_sort(sort)
         self.store.raise_if_never_indexed()  # before the model is loaded
         self._refresh()
         if self._requested is not None and not self._check_model():
@@ -509,7 +534,8 @@ class Engine:
             exclude.update(int(term.value) for term in terms if term.kind == ITEM)
             exclude.update(self._videos_of(terms))  # "more like this" on a video: other videos
         return self.search_vector(vector, k=k, type=type, min_score=min_score, under=under, exclude=exclude,
-                                  dedup=dedup)
+                                  dedup=dedup, after=wanted.after, before=wanted.before, camera=wanted.camera,
+                                  near=wanted.near, sort=sort)
 
     def _videos_of(self, terms: Sequence[QueryTerm]) -> set[str]:
         """Paths of the videos whose frames are item terms of the query."""
@@ -520,10 +546,12 @@ class Engine:
             return {row.path for row in r.items(ids).values() if row.modality == VIDEO}
 
     def similar(self, item_id: int, *, k: int = 10, type: str = "all", min_score: float | None = None,
-                under: str | Path | None = None, include_self: bool = False, dedup: bool | float = False) -> Hits:
-        """'More like this': the items nearest to indexed item ``item_id``."""
+                under: str | Path | None = None, include_self: bool = False, dedup: bool | float = False,
+                **filters: Any) -> Hits:
+        """'More like this': the items nearest to indexed item ``item_id`` (``filters``: the
+        ``after``, ``before``, ``camera``, ``near`` and ``sort`` of ``search``)."""
         return self.search(QueryTerm(ITEM, str(int(item_id))), k=k, type=type, min_score=min_score, under=under,
-                           include_query=include_self, dedup=dedup)
+                           include_query=include_self, dedup=dedup, **filters)
 
     def search_vector(
         self,
@@ -535,41 +563,63 @@ class Engine:
         under: str | Path | None = None,
         exclude: set[Any] = frozenset(),
         dedup: bool | float = False,
+        after: Any = None,
+        before: Any = None,
+        camera: str | None = None,
+        near: Any = None,
+        sort: str = filters_mod.RELEVANCE,
     ) -> Hits:
         """Ranked hits for a query vector already in this index's space.
 
         ``under`` keeps hits inside a folder, named as the user sees it: through a symlink, or
         by the real path of a root that was indexed through one. When nothing is found,
-        ``why_empty`` of the result says why. ``dedup``: see ``search``.
+        ``why_empty`` of the result says why. ``dedup``, ``after``, ``before``, ``camera``,
+        ``near``, ``sort``: see ``search``.
         """
         _check_search_options(type, k, min_score)
+        wanted = filters_mod.parse(after, before, camera, near)
+        filters_mod.check_sort(sort)
         threshold = dupes.dedup_threshold(dedup)
         if threshold is not None:
-            return self._deduplicated(vector, k, threshold, type=type, min_score=min_score, under=under,
-                                      exclude=exclude)
+            hits = self._deduplicated(vector, k, threshold, type=type, min_score=min_score, under=under,
+                                      exclude=exclude, after=wanted.after, before=wanted.before,
+                                      camera=wanted.camera, near=wanted.near)
+            filters_mod.sort_by_date(hits, sort)
+            return hits
+        hits = self._ranked(vector, k, type, min_score, under, exclude, wanted)
+        filters_mod.sort_by_date(hits, sort)
+        return hits
+
+    def _ranked(self, vector: np.ndarray, k: int, type: str, min_score: float | None, under: Any,
+                exclude: set[Any], wanted: filters_mod.Filters) -> Hits:
         self._refresh()
         vector = np.asarray(vector, np.float32).reshape(-1)
         store = self.store
         if vector.shape[0] != store.dim:
             raise QueryError(f"query vector has dimension {vector.shape[0]}, index has {store.dim}")
         prefixes = self._under_prefixes(under) if under else None
-        filtered = type != "all" or prefixes is not None or bool(exclude)
-
-        def keep(item: ItemRow) -> bool:
-            if type != "all" and item.modality != type:
-                return False
-            if prefixes is not None and not under_any(item.path, prefixes):
-                return False
-            return item.path not in exclude and item.id not in exclude
 
         # One snapshot: the vector index is synced to it and rows are read from it, so a
         # concurrent index run can never show a half-written state.
         with store.snapshot() as snap:
-            total = snap.total
+            source = Candidates(snap, vector, wanted, type if type != "all" else None, prefixes)
+            check = not source.pushed  # pushed down: every candidate passes type, folder and filters
+            filtered = (check and (type != "all" or prefixes is not None or wanted.active)) or bool(exclude)
+
+            def keep(item: ItemRow) -> bool:
+                if check and type != "all" and item.modality != type:
+                    return False
+                if check and prefixes is not None and not under_any(item.path, prefixes):
+                    return False
+                if check and wanted.active and not wanted.matches(item):
+                    return False
+                return item.path not in exclude and item.id not in exclude
+
+            total = source.total
             # Over-fetch when filters may discard candidates; widen until k hits survive.
             fetch = min(total, k * 4 + len(exclude) if filtered else k)
             while True:
-                scores, ids = snap.search(vector, fetch)  # exact cosines
+                scores, ids = source.fetch(fetch)  # exact cosines
                 rows = snap.reader.items(ids.tolist())
                 hits = Hits()
                 below: float | None = None  # best score of a candidate cut by min_score
@@ -593,7 +643,8 @@ class Engine:
                         break
                 if len(hits) >= k or fetch >= total or below is not None:
                     if not hits:
-                        hits.why_empty = _why_empty(snap.reader, total, type, under, prefixes, min_score, below)
+                        hits.why_empty = _why_empty(snap.reader, snap.total, type, under, prefixes, min_score, below,
+                                                    wanted)
                     return hits
                 fetch = min(total, fetch * 4)
 
@@ -696,7 +747,7 @@ def _check_index_type(index_type: str | None) -> None:
         raise IndexTypeError(f"unknown vector index type {index_type!r}: choose one of {', '.join(CHOICES)}")
 
 
-def _why_empty(reader, total: int, type: str, under, prefixes, min_score, below) -> str:
+def _why_empty(reader, total: int, type: str, under, prefixes, min_score, below, wanted=None) -> str:
     if total == 0:
         return "the index holds no searchable items"
     if below is not None:
@@ -705,6 +756,8 @@ def _why_empty(reader, total: int, type: str, under, prefixes, min_score, below)
         return f"no indexed items under {display_path(str(under))}"
     if type != "all" and not reader.any_item_of(type):
         return f"the index holds no {type} items"
+    if wanted is not None and wanted.active:
+        return f"no item passes the filters ({wanted.describe()})"
     return "no item passes the filters"
 
 
@@ -725,8 +778,10 @@ def _as_terms(query: QueryInput, force: str | None) -> list[QueryTerm]:
 
 def _fields(row: ItemRow) -> dict[str, Any]:
     moment = (row.meta or {}).get("t") if row.modality == VIDEO else None
+    when, source = filters_mod.item_date(row)
     return dict(id=row.id, modality=row.modality, path=row.path, locator=row.locator, text=row.text,
-                width=row.width, height=row.height, meta=row.meta, t=moment)
+                width=row.width, height=row.height, meta=row.meta, t=moment, taken_at=filters_mod.iso(when),
+                date_source=source, camera=camera_name(row.camera_make, row.camera_model), lat=row.lat, lon=row.lon)
 
 
 def _moment(hit: Hit, frames: list[tuple[ItemRow, bytes]], vector: np.ndarray) -> None:

@@ -43,6 +43,10 @@ class QueryError(MMSearchError):
     exit_code = 2
 
 
+class FilterError(QueryError):
+    """A search filter (date, camera, place, order) has a bad value; the message names it."""
+
+
 class IndexingInterrupted(MMSearchError):
     """Indexing stopped on request; the work done so far was saved."""
 

@@ -76,6 +76,14 @@ class Item:
     t: float | None = None
     start: float | None = None
     end: float | None = None
+    # When, where and with what it was taken (``mmsearch.filters``): ISO date-time (wall clock)
+    # and its source ('exif', 'container' for a video's tags, or 'file': the file's time),
+    # camera "Make Model", GPS position in decimal degrees.
+    taken_at: str | None = None
+    date_source: str | None = None
+    camera: str | None = None
+    lat: float | None = None
+    lon: float | None = None
     thumbnail_url: str | None = None
     file_url: str | None = None
     similar_url: str | None = None
@@ -84,14 +92,14 @@ class Item:
         """JSON-ready fields. ``path`` is valid UTF-8 (readable form); a name that is not valid
         UTF-8 also gets ``path_bytes``, the exact name in base64 (see ``fsutil.path_fields``)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in _URLS and not (f.name in _MOMENT and getattr(self, f.name) is None)}
+                if f.name not in _URLS and not (f.name in _OPTIONAL and getattr(self, f.name) is None)}
         data.update(path_fields(self.path))
         data.update({name: getattr(self, name) for name in _URLS if getattr(self, name) is not None})
         return data
 
 
 _URLS = ("thumbnail_url", "file_url", "similar_url")
-_MOMENT = ("t", "start", "end")
+_OPTIONAL = ("t", "start", "end", "taken_at", "date_source", "camera", "lat", "lon")  # left out when None
 
 
 @dataclass(kw_only=True)

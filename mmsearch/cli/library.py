@@ -34,6 +34,7 @@ def index_cmd(
     wait: Annotated[float, typer.Option("--wait", metavar="SECONDS", help="Seconds to wait for another indexing run on the same index (-1: forever).")] = 0.0,
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
+    refresh_metadata: Annotated[bool, typer.Option("--refresh-metadata", metavar="", help="Also read the capture date, camera and GPS position (EXIF, video tags) of images and videos already indexed, from their headers, without re-encoding: for items indexed before mmsearch read them.")] = False,
     index_type: Annotated[Optional[str], typer.Option("--index-type", metavar="TYPE", help="Expert: vector index auto, flat (exact), ivf-sq8, ivf-pq or ivf-ondisk (approximate, re-ranked exactly; ivf-ondisk: memory-mapped lists on disk, for indexes larger than memory); remembered, and the vectors are rebuilt from stored embeddings when it changes \\[default: the index's choice, auto].", show_default=False)] = None,
 ) -> None:
     """Embed new and changed images, texts and videos under PATHS; remove what was deleted."""
@@ -43,7 +44,7 @@ def index_cmd(
             report = engine.add(
                 [str(p) for p in paths] if paths else None,
                 exclude=exclude or (), include_hidden=hidden, follow_links=follow_links, reembed=reembed,
-                wait=wait, progress=progress, index_type=index_type,
+                wait=wait, progress=progress, index_type=index_type, refresh_metadata=refresh_metadata,
             )
     if as_json:
         write_json(report.as_dict())
@@ -67,6 +68,11 @@ def query_cmd(
     text: Annotated[bool, typer.Option("--text", metavar="", help="Treat every term as text, even if it names a file.")] = False,
     include_self: Annotated[bool, typer.Option("--include-self", metavar="", help="Let a query image appear in its own results.")] = False,
     dedup: Annotated[bool, typer.Option("--dedup", metavar="", help="Collapse near-duplicate results (see `mmsearch dupes`): the best-ranked of each group stays.")] = False,
+    after: Annotated[Optional[str], typer.Option("--after", metavar="DATE", help="Only items taken on or after DATE (YYYY-MM-DD, YYYY-MM, YYYY or an ISO date-time): the EXIF or video date, else the file's time.", show_default=False)] = None,
+    before: Annotated[Optional[str], typer.Option("--before", metavar="DATE", help="Only items taken before DATE (exclusive).", show_default=False)] = None,
+    camera: Annotated[Optional[str], typer.Option("--camera", metavar="NAME", help="Only items taken with this camera: model, make or both, e.g. 'Pixel 7', 'Canon' (any ASCII case).", show_default=False)] = None,
+    near: Annotated[Optional[str], typer.Option("--near", metavar="LAT,LON,KM", help="Only items with a GPS position within KM kilometres of LAT,LON (decimal degrees), e.g. 48.8584,2.2945,5.", show_default=False)] = None,
+    sort: Annotated[str, typer.Option("--sort", metavar="ORDER", help="relevance, date (newest first) or date-asc: the order of the results that pass the relevance cut (--top, --min-score).")] = "relevance",
     as_json: JsonOpt = False,
     paths: Annotated[bool, typer.Option("--paths", metavar="", help="Print matching paths only, one per line (control characters and undecodable bytes escaped; use -0 for exact names).")] = False,
     print0: Annotated[bool, typer.Option("--print0", "-0", metavar="", help="Print matching paths exactly as they are on disk, each followed by a NUL byte (for xargs -0).")] = False,
@@ -82,6 +88,10 @@ def query_cmd(
         raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPE_CHOICES)}")
     if min_score is not None and not math.isfinite(min_score):
         raise QueryError(f"--min-score must be a finite number, not {min_score}")
+    from .. import filters
+
+    wanted = filters.parse(after, before, camera, near, prefix="--")
+    filters.check_sort(sort, "--sort")
     preloaded = preloaded_images = None
     if model is None and pretrained is None:
         from ..encoders import onnx_text
@@ -105,6 +115,7 @@ def query_cmd(
         hits = engine.search(
             terms, k=top, type=type, min_score=min_score, under=under,
             include_query=include_self, force="image" if image else "text" if text else None, dedup=dedup,
+            after=wanted.after, before=wanted.before, camera=wanted.camera, near=wanted.near, sort=sort,
         )
     if as_json:
         doc = {"query": [printable_path(t) for t in terms], "hits": [h.as_dict() for h in hits]}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..library import under_any
 from ..media import FileEntry, Record, Skip
+from ..media.exif import captured_of
 from ..media.video import is_placeholder
 from ..storage import ExistingItem
 
@@ -131,7 +132,8 @@ def known_video_frames(records: dict[str, list[Record]], known: dict[str, list[R
             frames = known.get(video.content_hash)
             if frames:
                 records[path] = [Record(path, f.locator, f.modality, video.size, video.mtime_ns, f.content_hash,
-                                        width=f.width, height=f.height, meta=f.meta) for f in frames]
+                                        width=f.width, height=f.height, meta=f.meta, captured=captured_of(f))
+                                 for f in frames]
 
 
 def assign_sources(jobs: Iterable[Job], sources: dict[tuple[str, str], int]) -> None:

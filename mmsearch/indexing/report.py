@@ -54,6 +54,7 @@ class IndexReport:
     videos: int = 0  # videos sampled and written (their frames are not counted as added)
     frames: int = 0  # frames of those videos written, one vector each
     sampled: int = 0  # frames sampled and encoded (before repeats were dropped by cosine)
+    metadata: int = 0  # items whose capture metadata was read again (``--refresh-metadata``)
     skipped: list[Skip] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
@@ -78,6 +79,7 @@ class IndexReport:
         text = (
             (f"{self.reembedded} re-embedded, " if self.reembedded else "")
             + (f"{self.videos} video(s) sampled ({self.frames} frames), " if self.videos else "")
+            + (f"metadata of {self.metadata} item(s) read again, " if self.metadata else "")
             + f"{self.added} added, {self.updated} updated, {self.reused} reused, "
             f"{self.removed} removed, {len(self.skipped)} skipped, {self.unchanged} unchanged "
             f"in {self.seconds:.1f}s"
@@ -88,7 +90,7 @@ class IndexReport:
         return {
             "added": self.added, "updated": self.updated, "reembedded": self.reembedded, "reused": self.reused,
             "removed": self.removed, "unchanged": self.unchanged, "videos": self.videos, "frames": self.frames,
-            "frames_sampled": self.sampled,
+            "frames_sampled": self.sampled, "metadata_refreshed": self.metadata,
             "skipped": len(self.skipped),
             "skipped_files": [{**path_fields(s.path), "reason": s.reason} for s in self.skipped],
             "seconds": round(self.seconds, 3), "interrupted": self.interrupted,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
 
 import numpy as np
 
@@ -21,8 +22,9 @@ WRITE_CHUNK = 2_000
 
 def new_row(job: Job) -> NewRow:
     rec = job.record
+    captured = asdict(rec.captured) if rec.captured is not None else None
     return NewRow(job.item_id, rec.path, rec.locator, rec.modality, rec.size, rec.mtime_ns, rec.content_hash,
-                  rec.width, rec.height, rec.text, rec.meta)
+                  rec.width, rec.height, rec.text, rec.meta, captured)
 
 
 class WriteSink:

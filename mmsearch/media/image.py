@@ -11,6 +11,7 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import exif
 from .extensions import EXTENSIONS, HEIF_EXTENSIONS
 from .records import BadInput, FileEntry, Record, Skip, content_hash, one_line, read_regular_file
 
@@ -129,6 +130,7 @@ def decode_image(data: bytes, target: int | None = None, limit: int | None = Non
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # corrupt EXIF entries skipped
             if not data:
                 raise BadInput("empty file")
             with open_image(data) as img:
@@ -272,10 +274,14 @@ class ImageHandler:
                 # Pillow's own limit (2x MAX_IMAGE_PIXELS) still refuses absurd headers; below it,
                 # mmsearch's cap on *decoded* pixels decides (JPEGs decode reduced, so may pass).
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # corrupt EXIF entries
                 with open_image(data) as img:
                     width, height = img.size
                     check_decode_size(img, max_pixels)
-                    orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
+                    # The header's EXIF, parsed once: orientation and capture metadata (a broken
+                    # EXIF block loses the metadata, never the image).
+                    captured = exif.from_image(img)
+                    orientation = _orientation(img)  # (Pillow keeps the EXIF parsed just above)
         except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise BadInput(_image_error(exc)) from exc
         except BadInput:
@@ -284,5 +290,16 @@ class ImageHandler:
             raise BadInput(f"unreadable image: {one_line(exc)}") from exc
         if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: report upright dimensions
             width, height = height, width
-        record = Record(entry.path, "", IMAGE, entry.size, entry.mtime_ns, content_hash(data), width=width, height=height)
+        record = Record(entry.path, "", IMAGE, entry.size, entry.mtime_ns, content_hash(data), width=width, height=height,
+                        captured=captured)
         return [record], []
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # corrupt EXIF entries: Pillow skips them with a warning
+            value = img.getexif().get(0x0112, 1)
+        return value if isinstance(value, int) else 1
+    except Exception:  # noqa: BLE001 - unreadable EXIF: the image as stored
+        return 1

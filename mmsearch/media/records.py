@@ -63,6 +63,8 @@ class Record:
     width: int | None = None
     height: int | None = None
     meta: dict[str, Any] | None = None
+    # When, where and with what it was taken (``media.exif.Captured``), for photos and videos.
+    captured: Any = None
 
     @property
     def key(self) -> tuple[str, str]:

@@ -102,6 +102,7 @@ class VideoInfo:
     codec: str
     rotation: int = 0  # degrees the frames are turned to be upright
     stream: int = 0  # index of the video stream in the container
+    captured: Any = None  # when, where, with what (``exif.Captured``, from the container's tags)
 
     def meta(self, t: float) -> dict[str, Any]:
         return {"t": round(t, 3), "duration": round(self.duration, 3),
@@ -274,11 +275,20 @@ def probe(path: str, max_pixels: int | None = None) -> VideoInfo:
             rate = stream.average_rate or stream.guessed_rate
             return VideoInfo(duration=_duration(container, stream), fps=float(rate) if rate else None,
                              width=width, height=height, codec=stream.codec_context.name, rotation=rotation,
-                             stream=stream.index)
+                             stream=stream.index, captured=_captured(container))
     except BadInput:
         raise
     except (av.error.FFmpegError, OSError, ValueError, StopIteration) as exc:
         raise BadInput(f"cannot decode video: {one_line(exc)}") from exc
+
+
+def _captured(container) -> Any:
+    from .exif import NOTHING, from_container
+
+    try:
+        return from_container(dict(container.metadata))
+    except Exception:  # noqa: BLE001 - unreadable tags: no capture metadata, the video still indexes
+        return NOTHING
 
 
 def _frames(container, stream):
@@ -580,4 +590,4 @@ def is_placeholder(record: Record) -> bool:
 
 def frame_record(video: Record, t: float, info: VideoInfo) -> Record:
     return Record(video.path, locator(t), VIDEO, video.size, video.mtime_ns, frame_hash(video.content_hash, t),
-                  width=info.width, height=info.height, meta=info.meta(t))
+                  width=info.width, height=info.height, meta=info.meta(t), captured=info.captured)

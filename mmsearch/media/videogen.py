@@ -37,16 +37,18 @@ def scene_frame(colour: Sequence[int], width: int, height: int, i: int, motion: 
 
 def make_video(path: str | Path, scenes: Sequence[float], *, width: int = 160, height: int = 96, fps: int = 10,
                codec: str = "libx264", motion: bool = False, gop: int | None = None, preset: str | None = None,
-               vfr: bool = False, colours: Sequence[Sequence[int]] = COLOURS) -> Path:
+               vfr: bool = False, colours: Sequence[Sequence[int]] = COLOURS, tags: dict[str, str] | None = None) -> Path:
     """A video of consecutive solid-colour scenes lasting ``scenes`` seconds each.
 
     ``gop``: frames between keyframes (the encoder's default when None); ``vfr``: frame times
-    vary (gaps of 1 to 3 frame periods), as phones write them.
+    vary (gaps of 1 to 3 frame periods), as phones write them; ``tags``: container metadata
+    (``creation_time``, ``location``...).
     """
     import av
 
     path = Path(path)
     with av.open(str(path), "w") as container:
+        container.metadata.update(tags or {})
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"

@@ -20,9 +20,9 @@ from ..media import BadInput, media_registry
 from ..query import IMAGE, ITEM, TEXT, Hit, Item, QueryTerm
 from .files import MAX_THUMBNAIL_SOURCE_BYTES, file_response, open_item_file
 from .responses import json_safe, text_safe
-from .schemas import MAX_K, MAX_TEXT_CHARS, MAX_UPLOADS, HealthOut, ItemOut, Modality, SearchOut, search_body_openapi
+from .schemas import MAX_K, MAX_TEXT_CHARS, MAX_UPLOADS, HealthOut, ItemOut, Modality, SearchOut, Sort, search_body_openapi
 from .thumbs import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, SourceKey, ThumbnailCache, fit_size
-from .uploads import SearchRequest, UploadDecoder, UploadLimits, dedup_option, from_form, from_json
+from .uploads import SearchRequest, UploadDecoder, UploadLimits, dedup_option, filter_options, from_form, from_json
 
 PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -35,6 +35,13 @@ PAGE_HEADERS = {
 UNDER = Query(None, max_length=4096, description="Only hits inside this folder (a path on the server)")
 DEDUP = Query(False, description="Collapse near-duplicate hits (the best-ranked of each group stays)")
 DEDUP_THRESHOLD = Query(None, gt=0, le=1, description="Cosine similarity for dedup (implies dedup) [default: 0.97]")
+AFTER = Query(None, max_length=64, description="Only items taken on or after this date (YYYY-MM-DD, YYYY-MM, YYYY or "
+                                              "ISO date-time): capture date, else the file's time")
+BEFORE = Query(None, max_length=64, description="Only items taken before this date (exclusive)")
+CAMERA = Query(None, max_length=200, description="Only items from this camera: model, make or both ('Pixel 7', 'Canon')")
+NEAR = Query(None, max_length=100, description="Only items within KM of a GPS position: 'LAT,LON,KM' (decimal degrees)")
+SORT = Query("relevance", description="Order of the hits that pass the relevance cut (k, min_score): relevance, "
+                                      "date (newest first) or date-asc")
 
 
 @dataclass
@@ -141,13 +148,19 @@ def search_text(
     under: str | None = UNDER,
     dedup: bool = DEDUP,
     dedup_threshold: float | None = DEDUP_THRESHOLD,
+    after: str | None = AFTER,
+    before: str | None = BEFORE,
+    camera: str | None = CAMERA,
+    near: str | None = NEAR,
+    sort: Sort = SORT,
 ) -> dict[str, Any]:
     """Search by text. The text is never read as a file path."""
     started = time.perf_counter()
     if not q.strip():
         raise HTTPException(422, "q: empty text")
     hits = server(request).engine.search(QueryTerm(TEXT, q), k=k, type=type, min_score=min_score, under=under or None,
-                                         dedup=dedup_option(dedup, dedup_threshold))
+                                         dedup=dedup_option(dedup, dedup_threshold),
+                                         **filter_options(after, before, camera, near, sort))
     return respond(request, started, [{"kind": TEXT, "value": q, "weight": 1.0}], hits, k, type, min_score)
 
 
@@ -163,12 +176,18 @@ def similar(
     under: str | None = UNDER,
     dedup: bool = DEDUP,
     dedup_threshold: float | None = DEDUP_THRESHOLD,
+    after: str | None = AFTER,
+    before: str | None = BEFORE,
+    camera: str | None = CAMERA,
+    near: str | None = NEAR,
+    sort: Sort = SORT,
 ) -> dict[str, Any]:
     """'More like this': items nearest to an indexed item."""
     started = time.perf_counter()
     number = find(request, item_id).id
     hits = server(request).engine.similar(number, k=k, type=type, min_score=min_score, include_self=include_self,
-                                          under=under or None, dedup=dedup_option(dedup, dedup_threshold))
+                                          under=under or None, dedup=dedup_option(dedup, dedup_threshold),
+                                          **filter_options(after, before, camera, near, sort))
     return respond(request, started, [{"kind": ITEM, "value": number, "weight": 1.0}], hits, k, type, min_score)
 
 
@@ -217,7 +236,8 @@ def run_search(request: Request, started: float, parsed: SearchRequest) -> dict[
             described.append({"kind": IMAGE, "upload": term.upload, "filename": parsed.uploads[term.upload].name,
                               "weight": term.weight})
     hits = state.engine.search(terms, k=parsed.k, type=parsed.type, min_score=parsed.min_score,
-                               include_query=parsed.include_query, under=parsed.under or None, dedup=parsed.dedup)
+                               include_query=parsed.include_query, under=parsed.under or None, dedup=parsed.dedup,
+                               **parsed.filters)
     return respond(request, started, described, hits, parsed.k, parsed.type, parsed.min_score)
 
 

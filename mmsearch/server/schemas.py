@@ -12,6 +12,7 @@ MAX_K = 1000
 MAX_TEXT_CHARS = 2000  # the tokenizer truncates long texts anyway; this only bounds the request
 
 Modality = Literal["all", "image", "text", "video"]
+Sort = Literal["relevance", "date", "date-asc"]  # mmsearch.filters.SORTS
 
 
 class ItemOut(BaseModel):
@@ -30,6 +31,11 @@ class ItemOut(BaseModel):
     t: float | None = Field(None, description="Videos: the moment (seconds from the start) of this frame or hit")
     start: float | None = Field(None, description="Video hits: start of the matching segment (seconds)")
     end: float | None = Field(None, description="Video hits: end of the matching segment (seconds)")
+    taken_at: str | None = Field(None, description="When it was taken (ISO, wall clock): capture date, else file time")
+    date_source: str | None = Field(None, description="Where taken_at comes from: exif, container (video tags) or file")
+    camera: str | None = Field(None, description="Camera make and model (EXIF or video tags)")
+    lat: float | None = Field(None, description="GPS latitude, decimal degrees (north positive)")
+    lon: float | None = Field(None, description="GPS longitude, decimal degrees (east positive)")
     thumbnail_url: str | None = Field(None, description="JPEG thumbnail (images; videos: the frame at t)")
     file_url: str = Field(description="The original file")
     similar_url: str = Field(description="'More like this' search")
@@ -95,6 +101,13 @@ class SearchIn(BaseModel):
     dedup: bool = Field(False, description="Collapse near-duplicate hits (the best-ranked of each group stays)")
     dedup_threshold: float | None = Field(None, gt=0, le=1, description="Cosine similarity for dedup (implies dedup) "
                                                                         "[default: 0.97]")
+    after: str | None = Field(None, max_length=64, description="Only items taken on or after this date (YYYY-MM-DD, "
+                                                               "YYYY-MM, YYYY or ISO date-time)")
+    before: str | None = Field(None, max_length=64, description="Only items taken before this date (exclusive)")
+    camera: str | None = Field(None, max_length=200, description="Only items from this camera: model, make or both")
+    near: str | None = Field(None, max_length=100, description="Only items within KM of a GPS position: 'LAT,LON,KM'")
+    sort: Sort = Field("relevance", description="Order of the hits that pass the relevance cut: relevance, date "
+                                                "(newest first) or date-asc")
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
@@ -130,6 +143,11 @@ def search_body_openapi() -> dict[str, Any]:
         "include_query": {"type": "boolean", "default": False},
         "dedup": {"type": "boolean", "default": False},
         "dedup_threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "after": {"type": "string", "description": "Only items taken on or after this date (YYYY-MM-DD...)"},
+        "before": {"type": "string", "description": "Only items taken before this date (exclusive)"},
+        "camera": {"type": "string", "description": "Only items from this camera: model, make or both"},
+        "near": {"type": "string", "description": "Only items within KM of a GPS position: 'LAT,LON,KM'"},
+        "sort": {"type": "string", "enum": ["relevance", "date", "date-asc"], "default": "relevance"},
     }
     return {
         "requestBody": {

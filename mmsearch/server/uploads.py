@@ -14,7 +14,7 @@ import json
 import struct
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -106,6 +106,7 @@ class SearchRequest:
     include_query: bool
     under: str | None = None
     dedup: bool | float = False  # as Engine.search's
+    filters: dict[str, Any] = field(default_factory=dict)  # Engine.search's after, before, camera, near, sort
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ def from_form(form: FormData, max_bytes: int) -> SearchRequest:
     """A multipart (or url-encoded) form: fields as in ``SearchIn``, ``terms`` as a JSON string,
     files in ``images``."""
     fields: dict[str, Any] = {}
-    for key in ("q", "item", "k", "type", "min_score", "include_query", "under", "dedup", "dedup_threshold"):
+    for key in ("q", "item", "k", "type", "min_score", "include_query", "under", "dedup", "dedup_threshold",
+                "after", "before", "camera", "near", "sort"):
         value = form.get(key)
         if isinstance(value, UploadFile):
             raise HTTPException(422, f"{key}: a form field, not a file")
@@ -229,7 +231,15 @@ def _checked(options: SearchIn, terms: list[TermIn] | None, uploads: list[Upload
     if not any(t.weight > 0 for t in checked):
         raise HTTPException(422, "query needs at least one term with a positive weight")
     return SearchRequest(checked, uploads, options.k, options.type, options.min_score, options.include_query,
-                         options.under, dedup_option(options.dedup, options.dedup_threshold))
+                         options.under, dedup_option(options.dedup, options.dedup_threshold),
+                         filter_options(options.after, options.before, options.camera, options.near, options.sort))
+
+
+def filter_options(after: str | None, before: str | None, camera: str | None, near: str | None,
+                   sort: str) -> dict[str, Any]:
+    """Engine.search's capture metadata filters from the API's fields (blank fields: none)."""
+    return {"after": after or None, "before": before or None, "camera": camera if camera and camera.strip() else None,
+            "near": near or None, "sort": sort}
 
 
 def dedup_option(dedup: bool, threshold: float | None) -> bool | float:

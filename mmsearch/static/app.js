@@ -18,7 +18,27 @@ function options() {
   const minScore = $("min-score").value.trim();
   if (minScore !== "") params.set("min_score", minScore);
   if ($("dedup").checked) params.set("dedup", "true");
+  if ($("after").value) params.set("after", $("after").value);
+  if ($("before").value) params.set("before", dayAfter($("before").value));  // the "to" day is included
+  for (const name of ["camera", "near"]) {
+    const value = $(name).value.trim();
+    if (value) params.set(name, value);
+  }
+  if ($("sort").value !== "relevance") params.set("sort", $("sort").value);
   return params;
+}
+
+// "YYYY-MM-DD" of the day after ``day`` (the API's ``before`` is exclusive).
+function dayAfter(day) {
+  const next = new Date(`${day}T00:00:00Z`);
+  next.setUTCDate(next.getUTCDate() + 1);
+  return next.toISOString().slice(0, 10);
+}
+
+function dayBefore(day) {
+  const previous = new Date(`${day}T00:00:00Z`);
+  previous.setUTCDate(previous.getUTCDate() - 1);
+  return previous.toISOString().slice(0, 10);
 }
 
 function setStatus(text, isError = false) {
@@ -69,6 +89,13 @@ function fromAddress() {
   if (k && [...$("k").options].some((o) => o.value === k)) $("k").value = k;
   $("min-score").value = params.get("min_score") || "";
   $("dedup").checked = params.get("dedup") === "true";
+  $("after").value = params.get("after") || "";
+  const before = params.get("before") || "";
+  $("before").value = /^\d{4}-\d{2}-\d{2}$/.test(before) ? dayBefore(before) : "";
+  $("camera").value = params.get("camera") || "";
+  $("near").value = params.get("near") || "";
+  const sort = params.get("sort");
+  $("sort").value = ["date", "date-asc"].includes(sort) ? sort : "relevance";
   const item = params.get("item"), text = params.get("q");
   clearImage();
   if (item && /^\d{1,18}$/.test(item)) {
@@ -222,6 +249,14 @@ function render(hits) {
     open.textContent = "Open";
     open.setAttribute("aria-label", `Open ${basename(hit.path)}`);
     meta.append(score, kind, open);
+    if (hit.taken_at) {
+      const taken = document.createElement("span");
+      taken.className = "taken";
+      taken.textContent = hit.taken_at.slice(0, 10);
+      taken.title = `taken ${hit.taken_at.replace("T", " ")} (${hit.date_source})` + (hit.camera ? `, ${hit.camera}` : "")
+        + (hit.lat !== undefined && hit.lat !== null ? `, at ${hit.lat.toFixed(4)},${hit.lon.toFixed(4)}` : "");
+      meta.append(taken);
+    }
     if (moment) {
       const more = document.createElement("button");
       more.type = "button";
@@ -313,7 +348,7 @@ form.addEventListener("submit", (event) => {
   if (!text && !state.image) { setStatus("Type something or add an image."); return; }
   run({ kind: "search", text, image: state.image });
 });
-for (const control of form.querySelectorAll("input[name=type], #k, #min-score, #dedup")) {
+for (const control of form.querySelectorAll("input[name=type], #k, #min-score, #dedup, #after, #before, #camera, #near, #sort")) {
   control.addEventListener("change", () => { if (state.last) run(state.last, "replace"); });
 }
 window.addEventListener("popstate", fromAddress);

@@ -56,6 +56,13 @@ class ItemRow:
     height: int | None = None
     text: str | None = None
     meta: dict[str, Any] | None = None
+    # Capture metadata (``media.exif``); taken_at None: dated by the file's mtime.
+    taken_at: datetime | None = None
+    date_source: str | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    lat: float | None = None
+    lon: float | None = None
 
 
 @dataclass(frozen=True)
@@ -93,11 +100,17 @@ class NewRow:
     height: int | None = None
     text: str | None = None
     meta: dict[str, Any] | None = None
+    captured: dict[str, Any] | None = None  # CAPTURE_COLUMNS' values (None: none known)
+
+
+# The capture metadata columns (``media.exif.Captured``'s fields).
+CAPTURE_COLUMNS = ("taken_at", "date_source", "camera_make", "camera_model", "lat", "lon")
 
 
 def _row(item: Item) -> ItemRow:
     return ItemRow(item.id, item.path, item.locator, item.modality, item.size, item.mtime_ns, item.content_hash,
-                   item.width, item.height, item.text, item.meta)
+                   item.width, item.height, item.text, item.meta,
+                   *(getattr(item, name) for name in CAPTURE_COLUMNS))
 
 
 def _under(column, prefixes: Iterable[str]):
@@ -405,6 +418,7 @@ class Writer(Reader):
             fields = dict(path=row.path, locator=row.locator, modality=row.modality, size=row.size,
                           mtime_ns=row.mtime_ns, content_hash=row.content_hash, width=row.width, height=row.height,
                           text=row.text, meta=row.meta, gen=gen)
+            fields.update({name: (row.captured or {}).get(name) for name in CAPTURE_COLUMNS})
             blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
             if row.item_id is None:
                 item = Item(**fields)

@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -57,6 +59,12 @@ class Item(Base):
     __table_args__ = (
         UniqueConstraint("path", "locator", name="uq_items_path_locator"),
         Index("ix_items_hash_modality", "content_hash", "modality"),
+        # Search filters (``storage.filtering``): a date range reads the taken_at range, and for
+        # items without a capture date (taken_at NULL) the mtime_ns range, from this one index.
+        Index("ix_items_taken", "taken_at", "mtime_ns"),
+        Index("ix_items_camera_make", "camera_make"),
+        Index("ix_items_camera_model", "camera_model"),
+        Index("ix_items_place", "lat", "lon"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -73,6 +81,15 @@ class Item(Base):
     meta: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # When, where and with what it was taken (``media.exif``): a capture date from EXIF or the
+    # video container (NULL: the file's mtime stands in, derived at query time), camera (compared
+    # case-insensitively), GPS position in decimal degrees.
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    date_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    camera_make: Mapped[str | None] = mapped_column(String(64, collation="NOCASE"), nullable=True)
+    camera_model: Mapped[str | None] = mapped_column(String(64, collation="NOCASE"), nullable=True)
+    lat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lon: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Generation of the last change to this item's vector.
     gen: Mapped[int] = mapped_column(BigInteger, index=True)
 
@@ -135,4 +152,15 @@ MODEL_KEY = "model"
 
 # Columns added after schema version 1 was first released: (table, column, SQL type). Databases
 # created before get them on open; new ones have them from the start.
-ADDED_COLUMNS = (("roots", "options", "JSON"),)
+ADDED_COLUMNS = (
+    ("roots", "options", "JSON"),
+    ("items", "taken_at", "DATETIME"),
+    ("items", "date_source", "VARCHAR(16)"),
+    ("items", "camera_make", "VARCHAR(64) COLLATE NOCASE"),
+    ("items", "camera_model", "VARCHAR(64) COLLATE NOCASE"),
+    ("items", "lat", "FLOAT"),
+    ("items", "lon", "FLOAT"),
+)
+# Indexes added after schema version 1 was first released (on the tables above): created on open
+# when missing, from their definitions in the tables.
+ADDED_INDEXES = ("ix_items_taken", "ix_items_camera_make", "ix_items_camera_model", "ix_items_place")

@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine as SAEngine
 
-from .schema import ADDED_COLUMNS
+from .schema import ADDED_COLUMNS, ADDED_INDEXES, Base
 
 DB_FILE = "mmsearch.db"
 # What SQLite keeps beside the database file (all of it belongs to the index).
@@ -53,6 +53,10 @@ def upgrade_schema(engine: SAEngine) -> None:
             present = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({table})")}
             if column not in present:
                 conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        for table in Base.metadata.sorted_tables:
+            for index in table.indexes:
+                if index.name in ADDED_INDEXES:
+                    index.create(conn, checkfirst=True)
 
 
 def integrity_errors(engine: SAEngine) -> list[str]:

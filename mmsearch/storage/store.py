@@ -606,22 +606,30 @@ class Snapshot:
     def total(self) -> int:
         return self.vectors.ntotal
 
-    def search(self, query: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``fetch`` (scores, ids) with exact cosine scores, best first.
+    def search(self, query: np.ndarray, fetch: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``fetch`` (scores, ids) with exact cosine scores, best first (``allowed``: among
+        these ids only).
 
         Lossy index types return ``rerank_depth`` candidates, re-scored with their float32
         embeddings from this snapshot.
         """
         vectors = self.vectors
         if not vectors.lossy:
-            return vectors.search(query, fetch)
+            return vectors.search(query, fetch, allowed=allowed)
         recorded = self.store.manifest.get("vector_index", {})
         rerank = int(recorded["rerank"]) if recorded.get("type") == vectors.kind and recorded.get("rerank") else None
-        _, ids = vectors.search(query, vectors.rerank_depth(fetch, rerank))
+        _, ids = vectors.search(query, vectors.rerank_depth(fetch, rerank), allowed=allowed)
         if len(ids) == 0:
             return np.empty(0, np.float32), np.empty(0, np.int64)
+        return self.score(query, ids, fetch)
+
+    def score(self, query: np.ndarray, ids: np.ndarray, fetch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact cosine scores of the items ``ids`` (those with a vector), best first; the top
+        ``fetch`` of them when given."""
         dim = self.store.dim
         rows = [(i, blob) for i, blob in self.reader.embeddings(ids.tolist()) if len(blob) == dim * 4]
+        if not rows:
+            return np.empty(0, np.float32), np.empty(0, np.int64)
         found = np.asarray([r[0] for r in rows], np.int64)
         exact = vectors_from_blobs([r[1] for r in rows], dim) @ np.asarray(query, np.float32).reshape(-1)
         order = np.argsort(-exact, kind="stable")[:fetch]

@@ -1,0 +1,89 @@
+"""Where a search's ranked candidates come from, given its filters.
+
+Without filters the vector index ranks everything. A filter that could drop most hits is
+pushed into the search rather than over-fetching ranked hits until enough pass (which, for a
+1%-selective filter, means ranking ~100x k hits and reading their rows):
+
+- the ids that pass come from the in-memory filter columns (``storage.columns``: a few ms at 1M
+  items, any filter) when they are current, else from the catalogue's SQL through its indexes
+  (``storage.filtering``), up to ``PUSHDOWN_MAX`` of them (a filter passing more is cheap to
+  over-fetch), while the columns reload in the background;
+- at most ``EXACT_MAX`` ids are scored exactly from their stored vectors (exact recall, and
+  cheaper than any scan);
+- more are searched in the vector index with a FAISS ID selector (IVF cells probed as usual,
+  more of them while fewer than k pass).
+
+The thresholds come from ``scripts/bench_filters.py`` (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+
+import numpy as np
+
+from .filters import Filters
+from .storage import IndexStore, Snapshot
+from .storage.columns import ColumnCache
+from .storage.filtering import passing_ids
+from .storage.sqlite import DB_FILE
+
+# Filters passing more items than this are applied to over-fetched hits instead (5% at 1M).
+PUSHDOWN_MAX = 50_000
+# Up to this many passing items are scored exactly from the catalogue's vectors (at 1M items:
+# 200 ids in 2 ms against 50 ms for the selector, which must probe most IVF cells to find
+# enough of so few; 500 in 5 ms against 16 ms when their pages are cached, but 1,000 uncached
+# took 70-110 ms against 36 ms).
+EXACT_MAX = 300
+
+OVERFETCH, EXACT, SELECTOR = "over-fetch", "exact", "selector"
+# Evaluate filters on the in-memory columns (``storage.columns``) when they are current.
+USE_COLUMNS = True
+
+_caches: weakref.WeakKeyDictionary[IndexStore, ColumnCache] = weakref.WeakKeyDictionary()
+
+
+def column_cache(store: IndexStore) -> ColumnCache:
+    """The filter columns of ``store``'s catalogue (closed with the store object)."""
+    cache = _caches.get(store)
+    if cache is None:
+        cache = _caches[store] = ColumnCache(store.folder / DB_FILE)
+        weakref.finalize(store, cache.close)
+    return cache
+
+
+class Candidates:
+    """Ranked (score, id) candidates of one query in one snapshot."""
+
+    def __init__(self, snap: Snapshot, vector: np.ndarray, filters: Filters, modality: str | None,
+                 prefixes: Sequence[str] | None):
+        self.snap = snap
+        self.vector = vector
+        self.allowed: np.ndarray | None = None
+        if filters.active:
+            columns = column_cache(snap.store).current() if USE_COLUMNS and not prefixes else None
+            if columns is not None:  # milliseconds at 1M items, whatever the filter passes
+                self.allowed = columns.passing(filters, modality)
+            else:
+                self.allowed = passing_ids(snap.reader, filters, modality, prefixes, PUSHDOWN_MAX)
+        if self.allowed is None:
+            self.mode, self.total = OVERFETCH, snap.total
+        elif len(self.allowed) <= EXACT_MAX:
+            self.mode = EXACT
+            self._scores, self._ids = snap.score(vector, self.allowed) if len(self.allowed) else (
+                np.empty(0, np.float32), np.empty(0, np.int64))
+            self.total = len(self._ids)
+        else:
+            self.mode, self.total = SELECTOR, len(self.allowed)
+
+    @property
+    def pushed(self) -> bool:
+        """True when every candidate already passes the filters."""
+        return self.mode != OVERFETCH
+
+    def fetch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``n`` candidates, best first, with exact cosine scores."""
+        if self.mode == EXACT:
+            return self._scores[:n], self._ids[:n]
+        return self.snap.search(self.vector, n, allowed=self.allowed)

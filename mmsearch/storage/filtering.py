@@ -1,0 +1,102 @@
+"""Search filters as SQL: the ids of the items that pass (``mmsearch.filters``), so a selective
+filter is pushed into the search instead of over-fetching ranked hits and discarding most.
+
+Each filter reads an index (``schema.Item``'s ``ix_items_*``): a date range reads
+``taken_at``, and for items without a capture date the ``mtime_ns`` range, from one index; a
+camera is a few equality lookups; a place is a latitude range (then the exact distance here).
+Also the capture metadata written for items already indexed (``index --refresh-metadata``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from sqlalchemy import and_, or_, select, union_all, update
+
+from ..filters import Filters, bounding_box, camera_splits, distance_km, local_ns
+from .catalogue import CAPTURE_COLUMNS, Reader, Writer, _under
+from .schema import Item
+
+
+def _date_branches(filters: Filters) -> list:
+    """Capture date in [after, before), or no capture date and the file's mtime in it: two
+    disjoint conditions, each a range of the one index ``ix_items_taken`` (read as a UNION ALL,
+    which SQLite runs as two covering index scans, 2-3x faster than their OR)."""
+    taken, fallback = [Item.taken_at.is_not(None)], [Item.taken_at.is_(None), Item.mtime_ns >= 0]
+    if filters.after is not None:
+        taken.append(Item.taken_at >= filters.after)
+        fallback.append(Item.mtime_ns >= local_ns(filters.after))
+    if filters.before is not None:
+        taken.append(Item.taken_at < filters.before)
+        fallback.append(Item.mtime_ns < local_ns(filters.before))
+    return [and_(*taken), and_(*fallback)]
+
+
+def _camera_condition(wanted: str):
+    terms = [Item.camera_model == wanted, Item.camera_make == wanted]  # NOCASE columns
+    terms += [and_(Item.camera_make == make, Item.camera_model == model) for make, model in camera_splits(wanted)]
+    return or_(*terms)
+
+
+def _place_condition(filters: Filters):
+    low, high, ranges = bounding_box(filters.near)
+    lons = [Item.lon.between(west, east) for west, east in ranges]
+    return and_(Item.lat.between(low, high), or_(*lons) if len(lons) > 1 else lons[0])
+
+
+def where(filters: Filters, modality: str | None = None, prefixes: Sequence[str] | None = None) -> list:
+    """The SQL conditions of ``filters`` other than dates (and of a modality and folders, when given)."""
+    conditions = []
+    if filters.camera is not None:
+        conditions.append(_camera_condition(filters.camera))
+    if filters.near is not None:
+        conditions.append(_place_condition(filters))
+    if modality is not None:
+        conditions.append(Item.modality == modality)
+    if prefixes:
+        conditions.append(_under(Item.path, prefixes))
+    return conditions
+
+
+def passing_ids(reader: Reader, filters: Filters, modality: str | None = None,
+                prefixes: Sequence[str] | None = None, cap: int | None = None) -> np.ndarray | None:
+    """Ids of the items that pass, ascending; None when more than ``cap`` do (a filter that
+    selects too much to be worth listing: the caller over-fetches instead)."""
+    conditions = where(filters, modality, prefixes)
+    dated = filters.after is not None or filters.before is not None
+    columns = (Item.id, Item.lat, Item.lon) if filters.near is not None else (Item.id,)
+    branches = [select(*columns).where(branch, *conditions) for branch in _date_branches(filters)] if dated \
+        else [select(*columns).where(*conditions)]
+    query = union_all(*branches) if len(branches) > 1 else branches[0]
+    if cap is not None:
+        query = query.limit(cap + 1)
+    rows = reader.session.execute(query).all()
+    if cap is not None and len(rows) > cap:
+        return None
+    if filters.near is None:
+        ids = np.fromiter((row[0] for row in rows), np.int64, len(rows))
+    else:  # the box's corners are farther than the radius: the exact distance decides
+        near = filters.near
+        ids = np.fromiter((i for i, lat, lon in rows if distance_km(near.lat, near.lon, lat, lon) <= near.km), np.int64)
+    ids.sort()
+    return ids
+
+
+def set_captured(writer: Writer, values: Iterable[tuple[int, dict[str, Any] | None]]) -> int:
+    """Write the capture metadata of existing items (no vector changes: no generation bump);
+    returns how many rows changed."""
+    changed = 0
+    for item_id, captured in values:
+        fields = {name: (captured or {}).get(name) for name in CAPTURE_COLUMNS}
+        changed += writer.session.execute(update(Item).where(Item.id == item_id).values(**fields)).rowcount or 0
+    return changed
+
+
+def capture_rows(reader: Reader, modalities: Sequence[str], prefixes: Sequence[str] | None = None) -> list[tuple[int, str, str]]:
+    """(id, path, modality) of the items of ``modalities`` (under ``prefixes``), by path."""
+    query = select(Item.id, Item.path, Item.modality).where(Item.modality.in_(list(modalities)))
+    if prefixes:
+        query = query.where(_under(Item.path, prefixes))
+    return [tuple(row) for row in reader.session.execute(query.order_by(Item.path, Item.id))]
