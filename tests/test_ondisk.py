@@ -232,3 +232,22 @@ def test_shards_as_ray_tasks(tmp_path, trained, ids, data):
         assert np.array_equal(stored_ids(read_index_file(header)), np.sort(ids[:8000]))
     finally:
         ray.shutdown()
+
+
+def test_a_filter_pushed_into_the_search_keeps_to_its_ids_and_skips_removed_ones(base, ids, data):
+    """``allowed`` (the metadata filters' ids, see ``candidates``) over the base, the in-memory
+    changes and the removed set: only allowed, present ids come back, the best of them first."""
+    index = OnDiskVectorIndex.open(base[1], 3, DEFAULT_SETTINGS)
+    allowed = ids[::50]  # 2% of the items
+    index.remove(allowed[:5])
+    extra_ids = np.array([10**9, 10**9 + 1], np.int64)
+    index.add(extra_ids, clustered_vectors(2, DIM, seed=11))
+    query = data[100]
+    _, found = index.search(query, 40, nprobe=index.nlist, allowed=np.concatenate([allowed, extra_ids[:1]]))
+    present = set(allowed[5:].tolist()) | {int(extra_ids[0])}
+    assert len(found) == 40 and set(found.tolist()) <= present
+    position = {int(i): p for p, i in enumerate(ids)}
+    scores = {int(i): float(data[position[int(i)]] @ query) for i in allowed[5:]}
+    best = sorted(scores, key=scores.get, reverse=True)[:10]
+    assert len(set(best) & set(found.tolist())) >= 9  # approximate codes, all cells probed
+    assert len(index.search(query, 10, allowed=allowed[:5])[1]) == 0  # only removed ids: nothing

@@ -544,13 +544,17 @@ class OnDiskVectorIndex:
         return None
 
     # -- searching ---------------------------------------------------------------------------
-    def _params(self, nprobe: int) -> tuple[faiss.SearchParametersIVF, tuple | None]:
+    def _params(self, nprobe: int, allowed: np.ndarray | None = None) -> tuple[faiss.SearchParametersIVF, tuple | None]:
         """Search parameters, and the selector objects they point to (hold them while searching:
-        concurrent searches may replace ``_selector``)."""
+        concurrent searches may replace ``_selector``). ``allowed``: only these ids (already
+        without the removed ones)."""
         params = faiss.SearchParametersIVF()
         params.nprobe = nprobe
         selector = None
-        if self.removed:
+        if allowed is not None:
+            selector = _id_selector(allowed)
+            params.sel = selector[0]
+        elif self.removed:
             selector = self._selector
             if selector is None:
                 batch = faiss.IDSelectorBatch(np.fromiter(self.removed, np.int64, len(self.removed)))
@@ -558,10 +562,16 @@ class OnDiskVectorIndex:
             params.sel = selector[1]
         return params, selector
 
-    def search(self, query: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, query: np.ndarray, k: int, nprobe: int | None = None,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` candidates (approximate scores, ids), best first: the base's (probing more
-        cells until it has ``k``) merged with the delta's exact ones."""
-        k = min(k, self.ntotal)
+        cells until it has ``k``) merged with the delta's exact ones. ``allowed``: only these
+        ids (a filter pushed into the scan, as ``VectorIndex.search``)."""
+        if allowed is not None:
+            allowed = np.asarray(allowed, np.int64)
+            if self.removed:
+                allowed = allowed[~np.isin(allowed, np.fromiter(self.removed, np.int64, len(self.removed)))]
+        k = min(k, self.ntotal if allowed is None else len(allowed))
         if k <= 0:
             return np.empty(0, np.float32), np.empty(0, np.int64)
         q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
@@ -572,7 +582,7 @@ class OnDiskVectorIndex:
         faiss.omp_set_num_threads(1)  # one query is memory-bound (see VectorIndex._search)
         try:
             while base_k > 0:
-                params, _selector = self._params(probe)
+                params, _selector = self._params(probe, allowed)
                 scores, ids = self.index.search(q, base_k, params=params)
                 if probe >= self.nlist or int((ids[0] >= 0).sum()) >= base_k:
                     break
@@ -582,11 +592,18 @@ class OnDiskVectorIndex:
         keep = ids[0] >= 0
         scores, ids = scores[0][keep], ids[0][keep]
         if self.delta.ntotal:
-            d_scores, d_ids = self.delta.search(q[0], k)
+            d_scores, d_ids = self.delta.search(q[0], k, allowed=allowed)
             scores, ids = np.concatenate([scores, d_scores]), np.concatenate([ids, d_ids])
             order = np.argsort(-scores, kind="stable")[:k]
             scores, ids = scores[order], ids[order]
         return scores.astype(np.float32), ids.astype(np.int64)
+
+
+def _id_selector(allowed: np.ndarray) -> tuple:
+    """(FAISS selector for ``allowed``, what it points to): ``vectors``' own (a bitmap or a hash set)."""
+    from .vectors import _selector
+
+    return _selector(allowed)
 
 
 def _list_number(list_no: int, index: faiss.IndexIVF) -> np.ndarray:
