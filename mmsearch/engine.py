@@ -468,6 +468,10 @@ class Engine:
         include_query: bool = False,
         force: str | None = None,
         dedup: bool | float = False,
+        fusion: str = "none",
+        mode: str = "vector",
+        image_weight: float | None = None,
+        text_weight: float | None = None,
     ) -> Hits:
         """Ranked hits for ``query``: a text, an image path, a ``QueryTerm`` (texts, images as
         paths, bytes or PIL images, item ids), or a list of them.
@@ -478,8 +482,12 @@ class Engine:
         unless ``include_query``. ``dedup`` collapses near-duplicate hits (True: at
         ``dupes.DEFAULT_THRESHOLD``; a number: at that cosine similarity): the best-ranked of each
         group stays and lists the others' ids in ``duplicates``; k hits are still returned while
-        the index holds enough.
+        the index holds enough. ``fusion`` ('none', 'late', 'early', 'rrf') ranks documents
+        (an image with its caption, sidecar or JSONL text) by both their vectors, with
+        ``image_weight``/``text_weight``; ``mode`` ('vector', 'lexical', 'hybrid') adds the
+        full-text index's BM25 ranking (see ``mmsearch.fusion``).
         """
+        options = _fusion_options(fusion, mode, image_weight, text_weight)
         dupes.dedup_threshold(dedup)  # a bad value fails before the model loads
         _check_search_options(type, k, min_score)
         self.store.raise_if_never_indexed()  # before the model is loaded
@@ -493,8 +501,38 @@ class Engine:
             exclude = set(query_image_paths(terms))
             exclude.update(int(term.value) for term in terms if term.kind == ITEM)
             exclude.update(self._videos_of(terms))  # "more like this" on a video: other videos
+        if not options.plain:
+            words = " ".join(term.value for term in terms if term.kind == TEXT and term.weight > 0) or None
+            return self.search_fused(vector, words, options, k=k, type=type, min_score=min_score, under=under,
+                                     exclude=exclude)
         return self.search_vector(vector, k=k, type=type, min_score=min_score, under=under, exclude=exclude,
                                   dedup=dedup)
+
+    def search_fused(self, vector: np.ndarray, words: str | None, options: Any, *, k: int = 10, type: str = "all",
+                     min_score: float | None = None, under: str | Path | None = None,
+                     exclude: set[Any] = frozenset()) -> Hits:
+        """Ranked documents or items for a query vector and its words, as ``options``
+        (``fusion.FusionOptions``) say; filters as ``search_vector``."""
+        from . import fusion
+
+        _check_search_options(type, k, min_score)
+        vector = np.asarray(vector, np.float32).reshape(-1)
+        prefixes = self._under_prefixes(under) if under else None
+
+        def keep(item: ItemRow) -> bool:
+            if type != "all" and item.modality != type:
+                return False
+            if prefixes is not None and not under_any(item.path, prefixes):
+                return False
+            return item.path not in exclude and item.id not in exclude
+
+        with self.store.snapshot() as snap:
+            if vector.shape[0] != self.store.dim:
+                raise QueryError(f"query vector has dimension {vector.shape[0]}, index has {self.store.dim}")
+            hits = fusion.to_hits(fusion.search(snap, vector, words, k, keep, options), k, words, min_score, options)
+            if not hits:
+                hits.why_empty = _why_empty(snap.reader, snap.total, type, under, prefixes, min_score, None)
+        return hits
 
     def _videos_of(self, terms: Sequence[QueryTerm]) -> set[str]:
         """Paths of the videos whose frames are item terms of the query."""
@@ -674,6 +712,14 @@ def _check_search_options(type: str, k: int, min_score: float | None) -> None:
         raise QueryError(f"k must be an integer of at least 1, got {k!r}")
     if min_score is not None and not (isinstance(min_score, (int, float)) and math.isfinite(min_score)):
         raise QueryError(f"min_score must be a finite number, got {min_score!r}")
+
+
+def _fusion_options(fusion: str, mode: str, image_weight: float | None, text_weight: float | None) -> Any:
+    from .fusion import DEFAULT_IMAGE_WEIGHT, DEFAULT_TEXT_WEIGHT, FusionOptions
+
+    return FusionOptions(fusion or "none", mode or "vector",
+                         DEFAULT_IMAGE_WEIGHT if image_weight is None else image_weight,
+                         DEFAULT_TEXT_WEIGHT if text_weight is None else text_weight)
 
 
 def _check_index_type(index_type: str | None) -> None:

@@ -67,6 +67,10 @@ def query_cmd(
     text: Annotated[bool, typer.Option("--text", metavar="", help="Treat every term as text, even if it names a file.")] = False,
     include_self: Annotated[bool, typer.Option("--include-self", metavar="", help="Let a query image appear in its own results.")] = False,
     dedup: Annotated[bool, typer.Option("--dedup", metavar="", help="Collapse near-duplicate results (see `mmsearch dupes`): the best-ranked of each group stays.")] = False,
+    fusion: Annotated[str, typer.Option("--fusion", metavar="HOW", help="Rank documents (an image with its caption, sidecar or JSONL text) by both vectors: late, early, rrf; none ranks items alone.")] = "none",
+    mode: Annotated[str, typer.Option("--mode", metavar="MODE", help="vector, lexical (BM25 over words and file names) or hybrid (both, by reciprocal rank).")] = "vector",
+    image_weight: Annotated[Optional[float], typer.Option("--image-weight", metavar="W", help="Weight of a document's image in late and early fusion.")] = None,
+    text_weight: Annotated[Optional[float], typer.Option("--text-weight", metavar="W", help="Weight of a document's text in late and early fusion.")] = None,
     as_json: JsonOpt = False,
     paths: Annotated[bool, typer.Option("--paths", metavar="", help="Print matching paths only, one per line (control characters and undecodable bytes escaped; use -0 for exact names).")] = False,
     print0: Annotated[bool, typer.Option("--print0", "-0", metavar="", help="Print matching paths exactly as they are on disk, each followed by a NUL byte (for xargs -0).")] = False,
@@ -82,6 +86,11 @@ def query_cmd(
         raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPE_CHOICES)}")
     if min_score is not None and not math.isfinite(min_score):
         raise QueryError(f"--min-score must be a finite number, not {min_score}")
+    from ..fusion import FUSIONS, MODES
+
+    if fusion not in FUSIONS or mode not in MODES:
+        what, value, choices = ("fusion", fusion, FUSIONS) if fusion not in FUSIONS else ("mode", mode, MODES)
+        raise QueryError(f"unknown {what} {value!r}: choose one of {', '.join(choices)}")
     preloaded = preloaded_images = None
     if model is None and pretrained is None:
         from ..encoders import onnx_text
@@ -105,6 +114,7 @@ def query_cmd(
         hits = engine.search(
             terms, k=top, type=type, min_score=min_score, under=under,
             include_query=include_self, force="image" if image else "text" if text else None, dedup=dedup,
+            fusion=fusion, mode=mode, image_weight=image_weight, text_weight=text_weight,
         )
     if as_json:
         doc = {"query": [printable_path(t) for t in terms], "hits": [h.as_dict() for h in hits]}

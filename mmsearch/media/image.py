@@ -11,6 +11,7 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .captions import CAPTION, embedded_caption
 from .extensions import EXTENSIONS, HEIF_EXTENSIONS
 from .records import BadInput, FileEntry, Record, Skip, content_hash, one_line, read_regular_file
 
@@ -240,6 +241,11 @@ def make_thumbnail(data: bytes, size: int, limit: int | None = None) -> bytes:
     return out.getvalue()
 
 
+def caption_record(entry: FileEntry, caption: str) -> Record:
+    """The text record of an image file's embedded caption (see ``media.captions``)."""
+    return Record(entry.path, CAPTION, "text", entry.size, entry.mtime_ns, content_hash(caption), text=caption)
+
+
 # -- the handler ------------------------------------------------------------------------------------
 class ImageHandler:
     """Image files: one record each, decoded in worker processes for the model."""
@@ -276,6 +282,7 @@ class ImageHandler:
                     width, height = img.size
                     check_decode_size(img, max_pixels)
                     orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
+                    caption = embedded_caption(img)
         except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise BadInput(_image_error(exc)) from exc
         except BadInput:
@@ -285,4 +292,6 @@ class ImageHandler:
         if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: report upright dimensions
             width, height = height, width
         record = Record(entry.path, "", IMAGE, entry.size, entry.mtime_ns, content_hash(data), width=width, height=height)
+        if caption:  # the image and its embedded caption: one document, two vectors
+            return [record, caption_record(entry, caption)], []
         return [record], []

@@ -1,0 +1,118 @@
+"""The full-text index: every item's words (its text, an embedded caption, a JSONL record's
+fields) and names (file and folder names, the image a JSONL record names), ranked by BM25.
+
+``LexicalIndex`` is the interface the rest of mmsearch sees (``ensure`` on create and open,
+``search`` in a read snapshot). ``SqliteLexical`` fills it with an FTS5 table kept by triggers
+on ``items``: every insert, update of the words and delete of an item changes the full-text
+rows in the same statement, so inside the catalogue's write transaction (the write rule holds
+for words as for vectors, and a crash can never leave them apart). A PostgreSQL catalogue fills
+the same interface with a ``tsvector`` column and ``ts_rank_cd``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine as SAEngine
+
+TABLE = "items_fts"
+# BM25 column weights: words, names. Names count as much as words: a file name is often the
+# only exact token a user remembers.
+WEIGHTS = (1.0, 1.0)
+# Longest query sent to the full-text index (terms); the rest is ignored.
+MAX_TERMS = 32
+
+_NAME = ("{row}.path || ' ' || coalesce(CASE WHEN json_valid({row}.meta) "
+         "THEN json_extract({row}.meta, '$.image') END, '')")
+_WORDS = ("coalesce({row}.text, '') || ' ' || coalesce(CASE WHEN json_valid({row}.meta) "
+          "AND json_type({row}.meta) = 'object' THEN (SELECT group_concat(value, ' ') FROM json_each({row}.meta) "
+          "WHERE json_each.type = 'text' AND json_each.key != 'image') END, '')")
+_INSERT = f"INSERT INTO {TABLE}(rowid, words, names) VALUES (new.id, {_WORDS.format(row='new')}, {_NAME.format(row='new')});"
+_DDL = (
+    f"CREATE VIRTUAL TABLE IF NOT EXISTS {TABLE} USING fts5(words, names, tokenize='unicode61 remove_diacritics 2')",
+    f"CREATE TRIGGER IF NOT EXISTS {TABLE}_ai AFTER INSERT ON items BEGIN {_INSERT} END",
+    f"CREATE TRIGGER IF NOT EXISTS {TABLE}_ad AFTER DELETE ON items BEGIN DELETE FROM {TABLE} WHERE rowid = old.id; END",
+    (f"CREATE TRIGGER IF NOT EXISTS {TABLE}_au AFTER UPDATE OF path, locator, text, meta ON items BEGIN "
+    f"DELETE FROM {TABLE} WHERE rowid = old.id; {_INSERT} END"),
+)
+
+
+class LexicalIndex(Protocol):
+    def ensure(self) -> None:
+        """Create the full-text index if the database lacks it (older indexes), filled from
+        every item, in one transaction."""
+
+    def search(self, session, query: str, limit: int) -> list[tuple[int, float]]:
+        """(item id, score: higher is better) of the best ``limit`` matches of ``query``'s words."""
+
+
+def match_expression(query: str) -> str | None:
+    """The full-text query for free text: each whitespace-separated word a quoted phrase (an
+    invoice number ``INV-2024-0042`` matches its tokens in order), any of them matching."""
+    phrases = []
+    for word in query.split()[:MAX_TERMS]:
+        if not any(ch.isalnum() for ch in word):
+            continue
+        phrases.append('"' + word.replace('"', '""') + '"')
+    return " OR ".join(phrases) if phrases else None
+
+
+def query_words(query: str) -> list[str]:
+    """The lower-case tokens of ``query`` as the full-text index splits them (for showing
+    which words a hit matched)."""
+    return [t.lower() for t in re.findall(r"\w+", query)]
+
+
+class SqliteLexical:
+    """FTS5 with BM25, kept by triggers (see the module's docstring)."""
+
+    def __init__(self, engine: SAEngine):
+        self.engine = engine
+
+    def ensure(self) -> None:
+        with self.engine.begin() as conn:
+            present = {name for (name,) in conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger') AND name LIKE ?", (f"{TABLE}%",))}
+            if present >= {TABLE, f"{TABLE}_ai", f"{TABLE}_ad", f"{TABLE}_au"}:
+                return
+            fresh = TABLE not in present
+            for statement in _DDL:
+                conn.exec_driver_sql(statement)
+            if fresh:  # an index from before the full-text index: fill it from every item
+                conn.exec_driver_sql(
+                    f"INSERT INTO {TABLE}(rowid, words, names) SELECT id, {_WORDS.format(row='items')}, "
+                    f"{_NAME.format(row='items')} FROM items")
+
+    def search(self, session, query: str, limit: int) -> list[tuple[int, float]]:
+        expression = match_expression(query)
+        if expression is None or limit < 1:
+            return []
+        rows = session.execute(
+            text(f"SELECT rowid, bm25({TABLE}, {WEIGHTS[0]}, {WEIGHTS[1]}) AS rank FROM {TABLE} "
+                 f"WHERE {TABLE} MATCH :q ORDER BY rank LIMIT :n"),
+            {"q": expression, "n": int(limit)})
+        return [(int(item_id), -float(rank)) for item_id, rank in rows]
+
+
+class NoLexical:
+    """A database without a full-text implementation yet: nothing to create; searching its
+    words says so."""
+
+    def __init__(self, engine: SAEngine):
+        self.engine = engine
+
+    def ensure(self) -> None:
+        return None
+
+    def search(self, session, query: str, limit: int) -> list[tuple[int, float]]:
+        from ..errors import QueryError
+
+        raise QueryError(f"lexical search is not available on a {self.engine.dialect.name} catalogue yet: "
+                         "use --mode vector")
+
+
+def lexical_index(engine: SAEngine) -> LexicalIndex:
+    """The full-text index of the catalogue's database."""
+    return SqliteLexical(engine) if engine.dialect.name == "sqlite" else NoLexical(engine)
