@@ -277,9 +277,21 @@ class Engine:
                 progress.advance(1)
         report = self.indexer(progress).run(roots)
         store.fit_vectors(index_type)
+        self._calibrate(report.changed)
         if report.changed:
             store.update_manifest()  # `updated_at`: when the index's contents last changed
         return report
+
+    def _calibrate(self, changed: bool) -> None:
+        """Measure the background scores of the index (``mmsearch.calibration``) when its
+        contents changed or it has none yet; a failure costs calibrated scores, not the run."""
+        from . import calibration
+
+        try:
+            if changed or calibration.load(self.store) is None:
+                calibration.refresh(self.store, self.encode_texts)
+        except Exception as exc:  # noqa: BLE001 - calibration is an extra; indexing succeeded
+            log.warning("could not measure score calibration: %s", exc)
 
     def indexer(self, progress: Progress | None = None) -> Indexer:
         """An indexer over this engine's store and encoder (the caller holds the writer lock)."""
@@ -472,6 +484,8 @@ class Engine:
         mode: str = "vector",
         image_weight: float | None = None,
         text_weight: float | None = None,
+        calibrated: bool = False,
+        cutoff: float | str | None = None,
     ) -> Hits:
         """Ranked hits for ``query``: a text, an image path, a ``QueryTerm`` (texts, images as
         paths, bytes or PIL images, item ids), or a list of them.
@@ -485,9 +499,12 @@ class Engine:
         the index holds enough. ``fusion`` ('none', 'late', 'early', 'rrf') ranks documents
         (an image with its caption, sidecar or JSONL text) by both their vectors, with
         ``image_weight``/``text_weight``; ``mode`` ('vector', 'lexical', 'hybrid') adds the
-        full-text index's BM25 ranking (see ``mmsearch.fusion``).
+        full-text index's BM25 ranking (see ``mmsearch.fusion``). ``calibrated`` ranks and
+        scores by calibrated score (``mmsearch.calibration``: images and texts on one scale; the
+        raw cosine stays in ``Hit.cosine``); ``cutoff`` ('auto' or a calibrated score) drops hits
+        indistinguishable from the index's background.
         """
-        options = _fusion_options(fusion, mode, image_weight, text_weight)
+        options = _fusion_options(fusion, mode, image_weight, text_weight, calibrated, cutoff)
         dupes.dedup_threshold(dedup)  # a bad value fails before the model loads
         _check_search_options(type, k, min_score)
         self.store.raise_if_never_indexed()  # before the model is loaded
@@ -504,13 +521,22 @@ class Engine:
         if not options.plain:
             words = " ".join(term.value for term in terms if term.kind == TEXT and term.weight > 0) or None
             return self.search_fused(vector, words, options, k=k, type=type, min_score=min_score, under=under,
-                                     exclude=exclude)
+                                     exclude=exclude, query_modality=self._query_modality(terms))
         return self.search_vector(vector, k=k, type=type, min_score=min_score, under=under, exclude=exclude,
                                   dedup=dedup)
 
+    def _query_modality(self, terms: Sequence[QueryTerm]) -> str:
+        """'text' or 'image': the modality of the query's strongest positive term (an item term
+        counts as its item's modality), for calibration."""
+        term = max((t for t in terms if t.weight > 0), key=lambda t: t.weight)
+        if term.kind == ITEM:
+            row = self.get(int(term.value))
+            return "text" if row is not None and row.modality == TEXT else IMAGE
+        return TEXT if term.kind == TEXT else IMAGE
+
     def search_fused(self, vector: np.ndarray, words: str | None, options: Any, *, k: int = 10, type: str = "all",
                      min_score: float | None = None, under: str | Path | None = None,
-                     exclude: set[Any] = frozenset()) -> Hits:
+                     exclude: set[Any] = frozenset(), query_modality: str = TEXT) -> Hits:
         """Ranked documents or items for a query vector and its words, as ``options``
         (``fusion.FusionOptions``) say; filters as ``search_vector``."""
         from . import fusion
@@ -529,7 +555,17 @@ class Engine:
         with self.store.snapshot() as snap:
             if vector.shape[0] != self.store.dim:
                 raise QueryError(f"query vector has dimension {vector.shape[0]}, index has {self.store.dim}")
-            hits = fusion.to_hits(fusion.search(snap, vector, words, k, keep, options), k, words, min_score, options)
+            calibration = None
+            if options.calibrated or options.cutoff is not None:
+                from .calibration import Calibration
+                from .storage import calibration as stored
+
+                calibration = Calibration.from_dict(stored.load(snap.reader))
+                if calibration is None:
+                    raise QueryError(f"{self.folder} has no score calibration yet: run `mmsearch index` once "
+                                     "to measure it")
+            units = fusion.search(snap, vector, words, k, keep, options, calibration, query_modality)
+            hits = fusion.to_hits(units, k, words, min_score, options)
             if not hits:
                 hits.why_empty = _why_empty(snap.reader, snap.total, type, under, prefixes, min_score, None)
         return hits
@@ -714,12 +750,15 @@ def _check_search_options(type: str, k: int, min_score: float | None) -> None:
         raise QueryError(f"min_score must be a finite number, got {min_score!r}")
 
 
-def _fusion_options(fusion: str, mode: str, image_weight: float | None, text_weight: float | None) -> Any:
+def _fusion_options(fusion: str, mode: str, image_weight: float | None, text_weight: float | None,
+                    calibrated: bool = False, cutoff: float | str | None = None) -> Any:
+    from .calibration import check_cutoff
     from .fusion import DEFAULT_IMAGE_WEIGHT, DEFAULT_TEXT_WEIGHT, FusionOptions
 
     return FusionOptions(fusion or "none", mode or "vector",
                          DEFAULT_IMAGE_WEIGHT if image_weight is None else image_weight,
-                         DEFAULT_TEXT_WEIGHT if text_weight is None else text_weight)
+                         DEFAULT_TEXT_WEIGHT if text_weight is None else text_weight,
+                         bool(calibrated), check_cutoff(cutoff))
 
 
 def _check_index_type(index_type: str | None) -> None:

@@ -64,6 +64,8 @@ class FusionOptions:
     mode: str = "vector"
     image_weight: float = DEFAULT_IMAGE_WEIGHT
     text_weight: float = DEFAULT_TEXT_WEIGHT
+    calibrated: bool = False  # rank by calibrated scores (``mmsearch.calibration``)
+    cutoff: float | str | None = None  # 'auto' or a calibrated score hits must reach
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -80,7 +82,7 @@ class FusionOptions:
     @property
     def plain(self) -> bool:
         """True for today's item-by-item vector ranking (nothing here is needed)."""
-        return self.fusion == "none" and self.mode == "vector"
+        return self.fusion == "none" and self.mode == "vector" and not self.calibrated and self.cutoff is None
 
 
 @dataclass
@@ -88,6 +90,8 @@ class Part:
     row: Any  # ItemRow
     cosine: float
     vector: np.ndarray | None = None
+    z: float | None = None  # calibrated score (None: no calibration for its pair)
+    score: float = 0.0  # what fusion uses: the calibrated score when asked, else the cosine
 
 
 @dataclass
@@ -102,7 +106,7 @@ class Unit:
 
     def best(self, side: tuple[str, ...]) -> Part | None:
         found = [p for p in self.parts if (p.row.modality in side)]
-        return max(found, key=lambda p: p.cosine) if found else None
+        return max(found, key=lambda p: p.score) if found else None
 
     @property
     def image(self) -> Part | None:
@@ -145,7 +149,7 @@ def _ranks(units: list[Unit], score: Callable[[Unit], float | None]) -> dict[int
 
 
 def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, k: int, keep: Callable[[Any], bool],
-           options: FusionOptions) -> list[Unit]:
+           options: FusionOptions, calibration: Any = None, query_modality: str = "text") -> list[Unit]:
     """The best ``k``... units (more when the caller filters further: it takes what it needs),
     ranked as ``options`` say, best first. ``keep`` filters item rows (type, folder, query
     items); a document keeps the parts that pass."""
@@ -206,10 +210,17 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, k: int, k
         if item_id not in cosines:
             continue  # no vector (yet): not rankable
         unit = units[part_of[item_id]]
-        unit.parts.append(Part(row, cosines[item_id], vectors.get(item_id)))
+        part = Part(row, cosines[item_id], vectors.get(item_id))
+        background = calibration.background(query_modality, row.modality) if calibration is not None else None
+        if background is not None:
+            part.z = background.z(part.cosine)
+        part.score = part.z if options.calibrated and part.z is not None else part.cosine
+        unit.parts.append(part)
         if item_id in lexical:
             unit.lexical = max(lexical[item_id], unit.lexical if unit.lexical is not None else -math.inf)
     ranked = [u for u in units.values() if u.parts]
+    if options.cutoff is not None:
+        ranked = [u for u in ranked if _passes(u, options.cutoff, calibration, query_modality)]
     _vector_scores(ranked, options)
     if options.mode == "vector":
         for u in ranked:
@@ -232,11 +243,11 @@ def _vector_scores(units: list[Unit], options: FusionOptions) -> None:
     weights = (float(options.image_weight), float(options.text_weight))
     if options.fusion in ("none",):
         for u in units:
-            u.vector_score = max(p.cosine for p in u.parts)
+            u.vector_score = max(p.score for p in u.parts)
         return
     if options.fusion == "rrf":
-        by_image = _ranks(units, lambda u: u.image.cosine if u.image else None)
-        by_text = _ranks(units, lambda u: u.text.cosine if u.text else None)
+        by_image = _ranks(units, lambda u: u.image.score if u.image else None)
+        by_text = _ranks(units, lambda u: u.text.score if u.text else None)
         for i, u in enumerate(units):
             u.vector_score = rrf([by_image.get(i), by_text.get(i)])
         return
@@ -245,8 +256,20 @@ def _vector_scores(units: list[Unit], options: FusionOptions) -> None:
         between = None
         if options.fusion == "early" and image is not None and text is not None:
             between = float(image.vector @ text.vector) if image.vector is not None and text.vector is not None else 0.0
-        u.vector_score = fuse_scores(image.cosine if image else None, text.cosine if text else None,
+        u.vector_score = fuse_scores(image.score if image else None, text.score if text else None,
                                      options.fusion, weights, between)
+
+
+def _passes(unit: Unit, cutoff: float | str, calibration: Any, query_modality: str) -> bool:
+    """Whether any part of ``unit`` reaches the cutoff of its modality pair."""
+    from .calibration import cutoff_z
+
+    for part in unit.parts:
+        background = calibration.background(query_modality, part.row.modality) if calibration is not None else None
+        threshold = cutoff_z(cutoff, background)
+        if threshold is not None and part.z is not None and part.z >= threshold:
+            return True
+    return False
 
 
 def matched(unit: Unit, query_text: str | None) -> dict[str, Any]:
@@ -260,11 +283,15 @@ def matched(unit: Unit, query_text: str | None) -> dict[str, Any]:
         row = image.row
         out["image"] = {"id": row.id, "cosine": round(image.cosine, 6),
                         "path": source_path(row.path, row.locator, row.meta)}
+        if image.z is not None:
+            out["image"]["calibrated"] = round(image.z, 4)
     if text is not None:
         row = text.row
         out["text"] = {"id": row.id, "cosine": round(text.cosine, 6), "text": row.text,
                        "source": "caption" if row.locator == "caption" else "record" if row.locator else "sidecar"
                        if image is not None else "file"}
+        if text.z is not None:
+            out["text"]["calibrated"] = round(text.z, 4)
     if unit.lexical is not None and query_text:
         present = set()
         for p in unit.parts:
@@ -288,6 +315,7 @@ def to_hits(units: list[Unit], k: int, query_text: str | None, min_score: float 
         part = unit.representative
         hit = _hit(len(hits) + 1, unit.score, part.row)
         hit.cosine = part.cosine
+        hit.calibrated = part.z
         if not options.plain:
             hit.matched = matched(unit, query_text)
         hits.append(hit)

@@ -71,6 +71,8 @@ def query_cmd(
     mode: Annotated[str, typer.Option("--mode", metavar="MODE", help="vector, lexical (BM25 over words and file names) or hybrid (both, by reciprocal rank).")] = "vector",
     image_weight: Annotated[Optional[float], typer.Option("--image-weight", metavar="W", help="Weight of a document's image in late and early fusion.")] = None,
     text_weight: Annotated[Optional[float], typer.Option("--text-weight", metavar="W", help="Weight of a document's text in late and early fusion.")] = None,
+    calibrated: Annotated[bool, typer.Option("--calibrated", metavar="", help="Score and rank by calibrated score (images and texts on one scale, against the index's background); --json keeps the raw cosine.")] = False,
+    cutoff: Annotated[Optional[str], typer.Option("--cutoff", metavar="CUT", help="Drop hits indistinguishable from the index's background: auto, or a calibrated score.")] = None,
     as_json: JsonOpt = False,
     paths: Annotated[bool, typer.Option("--paths", metavar="", help="Print matching paths only, one per line (control characters and undecodable bytes escaped; use -0 for exact names).")] = False,
     print0: Annotated[bool, typer.Option("--print0", "-0", metavar="", help="Print matching paths exactly as they are on disk, each followed by a NUL byte (for xargs -0).")] = False,
@@ -115,6 +117,7 @@ def query_cmd(
             terms, k=top, type=type, min_score=min_score, under=under,
             include_query=include_self, force="image" if image else "text" if text else None, dedup=dedup,
             fusion=fusion, mode=mode, image_weight=image_weight, text_weight=text_weight,
+            calibrated=calibrated, cutoff=cutoff,
         )
     if as_json:
         doc = {"query": [printable_path(t) for t in terms], "hits": [h.as_dict() for h in hits]}
