@@ -565,7 +565,9 @@ class Engine:
                     raise QueryError(f"{self.folder} has no score calibration yet: run `mmsearch index` once "
                                      "to measure it")
             units = fusion.search(snap, vector, words, k, keep, options, calibration, query_modality)
-            hits = fusion.to_hits(units, k, words, min_score, options)
+            if min_score is not None:
+                units = [u for u in units if u.score >= min_score]
+            hits = fusion.to_hits(fusion.with_rows(snap.reader, units[:k]), k, words, min_score, options)
             if not hits:
                 hits.why_empty = _why_empty(snap.reader, snap.total, type, under, prefixes, min_score, None)
         return hits

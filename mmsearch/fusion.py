@@ -24,6 +24,7 @@ by BM25 alone.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,8 +43,8 @@ MODES = ("vector", "lexical", "hybrid")
 RRF_K = 60
 # Candidates per search: the vector index's best POOL_FACTOR x k (at least MIN_POOL), and as
 # many BM25 matches; their documents' other parts are fetched from the catalogue.
-MIN_POOL = 100
-POOL_FACTOR = 10
+MIN_POOL = 50
+POOL_FACTOR = 5
 # The weights late and early fusion use unless told (chosen by `mmsearch eval`, BENCHMARKS.md).
 DEFAULT_IMAGE_WEIGHT = 0.5
 DEFAULT_TEXT_WEIGHT = 0.5
@@ -153,7 +154,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, k: int, k
     """The best ``k``... units (more when the caller filters further: it takes what it needs),
     ranked as ``options`` say, best first. ``keep`` filters item rows (type, folder, query
     items); a document keeps the parts that pass."""
-    from .storage.documents import parts_of
+    from .storage.documents import parts_of, places_by_id
 
     reader = snap.reader
     fetch = min(snap.total, pool_size(k))
@@ -161,7 +162,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, k: int, k
     pool_rows: dict[int, Any] = {}
     if options.mode != "lexical" and fetch > 0:
         scores, ids = snap.search(vector, fetch)
-        rows = reader.items(ids.tolist())
+        rows = places_by_id(reader, ids.tolist())
         for score, item_id in zip(scores.tolist(), ids.tolist()):
             row = rows.get(item_id)
             if row is not None and keep(row):
@@ -172,7 +173,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, k: int, k
         if not query_text:
             raise QueryError(f"--mode {options.mode} needs words in the query (an image alone has none)")
         found = snap.store.catalogue.lexical.search(reader.session, query_text, pool_size(k))
-        rows = reader.items([i for i, _ in found])
+        rows = places_by_id(reader, [i for i, _ in found])
         for item_id, score in found:
             row = rows.get(item_id)
             if row is not None and keep(row):
@@ -237,6 +238,17 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, k: int, k
             ranked = [u for u in ranked if u.lexical is not None]
     ranked.sort(key=lambda u: (-u.score, -(u.vector_score or 0.0)))
     return ranked
+
+
+def with_rows(reader: Any, units: list[Unit]) -> list[Unit]:
+    """``units`` with their parts' full item rows (text, meta, sizes) in place of the places
+    ranking needed (read for the hits shown only)."""
+    from .storage.documents import rows_by_id
+
+    rows = rows_by_id(reader, [p.row.id for u in units for p in u.parts])
+    for unit in units:
+        unit.parts = [dataclasses.replace(p, row=rows[p.row.id]) for p in unit.parts if p.row.id in rows]
+    return [u for u in units if u.parts]
 
 
 def _vector_scores(units: list[Unit], options: FusionOptions) -> None:

@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-
 from docs_corpus import make_docs_corpus
+
 from mmsearch import Engine, QueryError
 from mmsearch.calibration import Background, Calibration, load, measure
 
@@ -63,7 +63,7 @@ def test_index_build_measures_calibration_and_type_all_mixes_by_it(calibrated):
 
 
 def test_auto_cutoff_keeps_a_true_match_and_drops_background(calibrated, cli):
-    idx, root = calibrated
+    idx, _ = calibrated
     with Engine(idx) as engine:
         # A query worded like an indexed caption: that caption stands out from the background.
         hits = engine.search("fishing boats in the harbour at dawn", k=10, cutoff="auto")
