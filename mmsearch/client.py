@@ -120,16 +120,24 @@ class Client:
         under: str | os.PathLike | None = None,
         include_query: bool = False,
         dedup: bool | float = False,
+        fusion: str = "none",
+        mode: str = "vector",
+        image_weight: float | None = None,
+        text_weight: float | None = None,
+        calibrated: bool = False,
+        cutoff: float | str | None = None,
     ) -> Hits:
         """Search with a text, CLI-style terms (``"2:beach + ./dog.jpg"``) or ``QueryTerm`` objects.
 
         Image terms name files on *this* machine (or hold image bytes); they are uploaded. Item
         terms are ids of indexed items. A lone text is sent as text, never read as a path.
-        ``under`` is a folder as the *server* sees it.
+        ``under`` is a folder as the *server* sees it. ``fusion``, ``mode``, the weights,
+        ``calibrated`` and ``cutoff``: as ``Engine.search``.
         """
         terms = self._terms(query)
+        ranking = _ranking(fusion, mode, image_weight, text_weight, calibrated, cutoff)
         if len(terms) == 1 and terms[0].kind == TEXT and terms[0].weight > 0:
-            params = {"q": terms[0].value, **self._options(k, type, min_score, under, dedup)}
+            params = {"q": terms[0].value, **self._options(k, type, min_score, under, dedup), **ranking}
             return self._hits(self._request("GET", "/api/search", params=params))
         spec: list[dict[str, Any]] = []
         uploads: list[tuple[str, tuple[str, bytes, str]]] = []
@@ -140,7 +148,7 @@ class Client:
                 uploads.append(("images", (name, data, "application/octet-stream")))
             else:
                 spec.append({"kind": term.kind, "value": term.value, "weight": term.weight})
-        return self._post_search(spec, uploads, k, type, min_score, under, include_query, dedup)
+        return self._post_search(spec, uploads, k, type, min_score, under, include_query, dedup, ranking)
 
     def search_image(
         self, image: str | os.PathLike | bytes, *, k: int = 10, type: str = "all",
@@ -162,9 +170,9 @@ class Client:
 
     def _post_search(self, spec: list[dict[str, Any]], uploads: list, k: int, type: str,
                      min_score: float | None, under: str | os.PathLike | None, include_query: bool,
-                     dedup: bool | float = False) -> Hits:
+                     dedup: bool | float = False, ranking: dict[str, Any] | None = None) -> Hits:
         data = {"terms": json.dumps(spec), **self._options(k, type, min_score, under, dedup),
-                "include_query": include_query}
+                "include_query": include_query, **(ranking or {})}
         data = {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in data.items()}
         return self._hits(self._request("POST", "/api/search", data=data, files=uploads or None))
 
@@ -191,6 +199,15 @@ class Client:
     def file(self, item_id: int) -> bytes:
         """The bytes of an item's original file."""
         return self._request("GET", f"/api/items/{int(item_id)}/file").content
+
+
+def _ranking(fusion: str, mode: str, image_weight: float | None, text_weight: float | None, calibrated: bool,
+             cutoff: float | str | None) -> dict[str, Any]:
+    """The ranking options that differ from the server's defaults, as request fields."""
+    fields: dict[str, Any] = {"fusion": fusion, "mode": mode, "image_weight": image_weight,
+                              "text_weight": text_weight, "calibrated": "true" if calibrated else None, "cutoff": cutoff}
+    defaults = {"fusion": "none", "mode": "vector"}
+    return {k: v for k, v in fields.items() if v is not None and defaults.get(k) != v}
 
 
 def _image_bytes(image: Any, name: str = "upload") -> tuple[str, bytes]:

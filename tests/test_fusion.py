@@ -223,3 +223,38 @@ def test_json_and_cli_show_what_matched(docs, cli):
     assert first["matched"]["image"]["path"] == str(root / "shop" / "img" / "123.jpg")
     result = cli("query", "x", "-i", idx, "--fusion", "sideways", ok=False)
     assert result.exit_code != 0 and "unknown fusion" in result.stderr
+
+
+def test_server_and_client_expose_mode_and_fusion(docs):
+    """The HTTP API and the client rank as the engine does, and a hit says what matched; a
+    record's image part is served (thumbnail and file) from the image it names."""
+    from mmsearch.client import Client
+    from mmsearch.server import ServerThread, create_app
+
+    idx, root, _ = docs
+    with Engine(idx) as engine, ServerThread(create_app(engine)) as server, Client(server.url) as client:
+        local = engine.search("INV-2024-0042 shoe", k=5, mode="hybrid", fusion="late", image_weight=0.3, text_weight=0.7)
+        remote = client.search("INV-2024-0042 shoe", k=5, mode="hybrid", fusion="late", image_weight=0.3, text_weight=0.7)
+        assert [(h.id, round(h.score, 5)) for h in remote] == [(h.id, round(h.score, 5)) for h in local]
+        first = remote[0]
+        assert first.locator == "1:image" and first.matched["words"] == ["inv", "2024", "0042", "shoe"]
+        assert first.matched["text"]["text"] == "red running shoe, size 42" and first.cosine is not None
+        image = root / "shop" / "img" / "123.jpg"
+        assert client.file(first.id) == image.read_bytes()
+        assert client.thumbnail(first.id, size=64)[:2] == b"\xff\xd8"
+        # Calibrated scores and the cutoff travel too; POST (an image term) takes the same options.
+        cut = client.search("fishing boats in the harbour at dawn", k=5, cutoff="auto", calibrated=True)
+        assert cut and all(h.calibrated is not None for h in cut)
+        from mmsearch import QueryTerm
+
+        terms = [QueryTerm("image", str(image)), QueryTerm("text", "red shoe")]
+        posted = client.search(terms, k=3, fusion="rrf", mode="hybrid")  # an image term: POST
+        assert [h.id for h in posted] == [h.id for h in engine.search(terms, k=3, fusion="rrf", mode="hybrid")]
+        bad = httpx_get(server.url, "/api/search", {"q": "x", "fusion": "sideways"})
+        assert bad.status_code == 422
+
+
+def httpx_get(url, path, params):
+    import httpx
+
+    return httpx.get(url + path, params=params)

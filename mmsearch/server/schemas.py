@@ -41,6 +41,9 @@ class HitOut(ItemOut):
     rank: int
     score: float
     duplicates: list[int] | None = Field(None, description="With dedup: ids of this hit's near-duplicates left out")
+    cosine: float | None = Field(None, description="With fusion, a lexical mode or calibration: the raw cosine of the item shown")
+    calibrated: float | None = Field(None, description="Its calibrated score (against the index's background)")
+    matched: dict[str, Any] | None = Field(None, description="What matched: the image and text parts (cosines) and the query's words found")
 
 
 class SearchOut(BaseModel):
@@ -95,6 +98,12 @@ class SearchIn(BaseModel):
     dedup: bool = Field(False, description="Collapse near-duplicate hits (the best-ranked of each group stays)")
     dedup_threshold: float | None = Field(None, gt=0, le=1, description="Cosine similarity for dedup (implies dedup) "
                                                                         "[default: 0.97]")
+    fusion: Literal["none", "late", "early", "rrf"] = Field("none", description="Rank documents (an image with its caption, sidecar or JSONL text) by both vectors")
+    mode: Literal["vector", "lexical", "hybrid"] = Field("vector", description="vector, lexical (BM25 over words and names) or hybrid (both, by reciprocal rank)")
+    image_weight: float | None = Field(None, ge=0, le=1000, description="Weight of a document's image in late and early fusion")
+    text_weight: float | None = Field(None, ge=0, le=1000, description="Weight of a document's text in late and early fusion")
+    calibrated: bool = Field(False, description="Score and rank by calibrated score (raw cosine in 'cosine')")
+    cutoff: str | None = Field(None, max_length=32, description="'auto' or a calibrated score: drop hits indistinguishable from the background")
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

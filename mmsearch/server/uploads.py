@@ -106,6 +106,7 @@ class SearchRequest:
     include_query: bool
     under: str | None = None
     dedup: bool | float = False  # as Engine.search's
+    ranking: dict[str, Any] | None = None  # fusion, mode, weights, calibrated, cutoff (as Engine.search's)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ def from_form(form: FormData, max_bytes: int) -> SearchRequest:
     """A multipart (or url-encoded) form: fields as in ``SearchIn``, ``terms`` as a JSON string,
     files in ``images``."""
     fields: dict[str, Any] = {}
-    for key in ("q", "item", "k", "type", "min_score", "include_query", "under", "dedup", "dedup_threshold"):
+    for key in ("q", "item", "k", "type", "min_score", "include_query", "under", "dedup", "dedup_threshold",
+                *RANKING):
         value = form.get(key)
         if isinstance(value, UploadFile):
             raise HTTPException(422, f"{key}: a form field, not a file")
@@ -229,7 +231,11 @@ def _checked(options: SearchIn, terms: list[TermIn] | None, uploads: list[Upload
     if not any(t.weight > 0 for t in checked):
         raise HTTPException(422, "query needs at least one term with a positive weight")
     return SearchRequest(checked, uploads, options.k, options.type, options.min_score, options.include_query,
-                         options.under, dedup_option(options.dedup, options.dedup_threshold))
+                         options.under, dedup_option(options.dedup, options.dedup_threshold),
+                         {key: getattr(options, key) for key in RANKING})
+
+
+RANKING = ("fusion", "mode", "image_weight", "text_weight", "calibrated", "cutoff")
 
 
 def dedup_option(dedup: bool, threshold: float | None) -> bool | float:
