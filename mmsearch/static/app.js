@@ -18,6 +18,9 @@ function options() {
   const minScore = $("min-score").value.trim();
   if (minScore !== "") params.set("min_score", minScore);
   if ($("dedup").checked) params.set("dedup", "true");
+  // Documents (an image with its caption) ranked by both vectors; words matched by BM25.
+  if ($("fusion").value !== "none") params.set("fusion", $("fusion").value);
+  if ($("mode").value !== "vector") params.set("mode", $("mode").value);
   return params;
 }
 
@@ -69,6 +72,10 @@ function fromAddress() {
   if (k && [...$("k").options].some((o) => o.value === k)) $("k").value = k;
   $("min-score").value = params.get("min_score") || "";
   $("dedup").checked = params.get("dedup") === "true";
+  for (const [id, fallback] of [["fusion", "none"], ["mode", "vector"]]) {
+    const value = params.get(id);
+    $(id).value = value && [...$(id).options].some((o) => o.value === value) ? value : fallback;
+  }
   const item = params.get("item"), text = params.get("q");
   clearImage();
   if (item && /^\d{1,18}$/.test(item)) {
@@ -168,6 +175,20 @@ function play(button, hit) {
   video.focus();
 }
 
+// What a fused or hybrid hit matched: its image, its text (caption, sidecar or record) and the
+// query's words found in it.
+function matchedLine(matched) {
+  const line = document.createElement("div");
+  line.className = "matched";
+  const parts = [];
+  if (matched.image) parts.push(`image ${matched.image.cosine.toFixed(2)}`);
+  if (matched.text) parts.push(`${matched.text.source} ${matched.text.cosine.toFixed(2)}`);
+  if (matched.words && matched.words.length) parts.push(`words: ${matched.words.join(", ")}`);
+  line.textContent = parts.join(" · ");
+  if (matched.text && matched.text.text) line.title = matched.text.text;
+  return line;
+}
+
 function render(hits) {
   const cards = hits.map((hit) => {
     const li = document.createElement("li");
@@ -250,6 +271,7 @@ function render(hits) {
     name.title = hit.path + where;
 
     li.append(similar, meta, name);
+    if (hit.matched) li.append(matchedLine(hit.matched));
     return li;
   });
   results.replaceChildren(...cards);
@@ -313,7 +335,7 @@ form.addEventListener("submit", (event) => {
   if (!text && !state.image) { setStatus("Type something or add an image."); return; }
   run({ kind: "search", text, image: state.image });
 });
-for (const control of form.querySelectorAll("input[name=type], #k, #min-score, #dedup")) {
+for (const control of form.querySelectorAll("input[name=type], #k, #min-score, #dedup, #fusion, #mode")) {
   control.addEventListener("change", () => { if (state.last) run(state.last, "replace"); });
 }
 window.addEventListener("popstate", fromAddress);
