@@ -570,6 +570,8 @@ class Engine:
             hits = fusion.to_hits(fusion.with_rows(snap.reader, units[:k]), k, words, min_score, options)
             if not hits:
                 hits.why_empty = _why_empty(snap.reader, snap.total, type, under, prefixes, min_score, None)
+                if options.cutoff is not None and hits.why_empty == "no item passes the filters":
+                    hits.why_empty = f"no hit stands out from the index's background scores (cutoff {options.cutoff})"
         return hits
 
     def _videos_of(self, terms: Sequence[QueryTerm]) -> set[str]:

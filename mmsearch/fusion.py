@@ -46,8 +46,8 @@ RRF_K = 60
 MIN_POOL = 50
 POOL_FACTOR = 5
 # The weights late and early fusion use unless told (chosen by `mmsearch eval`, BENCHMARKS.md).
-DEFAULT_IMAGE_WEIGHT = 0.5
-DEFAULT_TEXT_WEIGHT = 0.5
+DEFAULT_IMAGE_WEIGHT = 0.3
+DEFAULT_TEXT_WEIGHT = 0.7
 
 IMAGE_SIDE = ("image", "video")
 
