@@ -3,6 +3,7 @@ it changes no vector) and the vector samples it is measured from."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -13,6 +14,7 @@ from .catalogue import Reader, Writer, _get_text, _set_text
 from .schema import Embedding, Item
 
 CALIBRATION_KEY = "calibration"
+PROBES_KEY = "calibration_probes"  # the probe captions' vectors, for one model
 
 
 def load(reader: Reader) -> dict[str, Any] | None:
@@ -25,6 +27,24 @@ def load(reader: Reader) -> dict[str, Any] | None:
 
 def save(writer: Writer, data: dict[str, Any]) -> None:
     _set_text(writer.session, CALIBRATION_KEY, json.dumps(data, sort_keys=True))
+
+
+def load_probes(reader: Reader, fingerprint: str, dim: int) -> np.ndarray | None:
+    """The probe vectors stored for the model ``fingerprint`` (None: none, or another model's)."""
+    raw = _get_text(reader.session, PROBES_KEY)
+    try:
+        data = json.loads(raw) if raw else None
+        if not isinstance(data, dict) or data.get("fingerprint") != fingerprint:
+            return None
+        vectors = np.frombuffer(base64.b64decode(data["vectors"]), np.float32)
+        return vectors.reshape(-1, dim) if vectors.size % dim == 0 and vectors.size else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def save_probes(writer: Writer, fingerprint: str, vectors: np.ndarray) -> None:
+    data = base64.b64encode(np.ascontiguousarray(vectors, np.float32).tobytes()).decode("ascii")
+    _set_text(writer.session, PROBES_KEY, json.dumps({"fingerprint": fingerprint, "vectors": data}))
 
 
 def sample_vectors(reader: Reader, modalities: tuple[str, ...], want: int, dim: int) -> np.ndarray:
