@@ -172,7 +172,8 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, k: int, k
     if options.mode != "vector":
         if not query_text:
             raise QueryError(f"--mode {options.mode} needs words in the query (an image alone has none)")
-        found = snap.store.catalogue.lexical.search(reader.session, query_text, pool_size(k))
+        found = snap.store.catalogue.lexical.search(reader.session, query_text, pool_size(k),
+                                                    every_word=options.mode == "lexical")
         rows = places_by_id(reader, [i for i, _ in found])
         for item_id, score in found:
             row = rows.get(item_id)

@@ -258,3 +258,21 @@ def httpx_get(url, path, params):
     import httpx
 
     return httpx.get(url + path, params=params)
+
+
+def test_words_held_by_many_items_leave_the_bm25_query(docs, monkeypatch):
+    """A word in more than COMMON_DF items says little and would make BM25 score every match:
+    it is left out when a rarer word is there; alone, only --mode lexical still searches it."""
+    from mmsearch.storage import lexical
+
+    idx, root, _ = docs
+    monkeypatch.setattr(lexical, "COMMON_DF", 3)  # "photos" names the folder of 8 items
+    with Engine(idx) as engine:
+        with engine.store.read() as r:
+            found = engine.store.catalogue.lexical.search(r.session, "photos harbour", 50)
+            assert [engine.get(i).path for i, _ in found] == [str(root / "photos" / "iptc.jpg")]
+            assert engine.store.catalogue.lexical.search(r.session, "photos shop", 50) == []
+            assert len(engine.store.catalogue.lexical.search(r.session, "photos shop", 50, every_word=True)) >= 3
+        assert engine.search("photos shop", k=5, mode="lexical") != []
+        vector = [h.id for h in engine.search("photos shop", k=5, fusion="late")]
+        assert [h.id for h in engine.search("photos shop", k=5, mode="hybrid", fusion="late")] == vector

@@ -23,6 +23,12 @@ TABLE = "items_fts"
 WEIGHTS = (1.0, 1.0)
 # Longest query sent to the full-text index (terms); the rest is ignored.
 MAX_TERMS = 32
+# A query word held by more items than this is left out of the BM25 query (when a rarer word is
+# there): FTS5 scores every match of an OR query, so one word found in a million rows would cost
+# seconds, and such a word says little (its BM25 weight is near 0); the vector ranking still
+# sees it. Exact tokens (codes, names, file names) are rare and always kept.
+COMMON_DF = 2_000
+VOCAB = f"{TABLE}_vocab"
 
 _NAME = ("{row}.path || ' ' || coalesce(CASE WHEN json_valid({row}.meta) "
          "THEN json_extract({row}.meta, '$.image') END, '')")
@@ -36,6 +42,7 @@ _DDL = (
     f"CREATE TRIGGER IF NOT EXISTS {TABLE}_ad AFTER DELETE ON items BEGIN DELETE FROM {TABLE} WHERE rowid = old.id; END",
     (f"CREATE TRIGGER IF NOT EXISTS {TABLE}_au AFTER UPDATE OF path, locator, text, meta ON items BEGIN "
     f"DELETE FROM {TABLE} WHERE rowid = old.id; {_INSERT} END"),
+    f"CREATE VIRTUAL TABLE IF NOT EXISTS {VOCAB} USING fts5vocab({TABLE}, 'row')",
 )
 
 
@@ -44,19 +51,24 @@ class LexicalIndex(Protocol):
         """Create the full-text index if the database lacks it (older indexes), filled from
         every item, in one transaction."""
 
-    def search(self, session, query: str, limit: int) -> list[tuple[int, float]]:
-        """(item id, score: higher is better) of the best ``limit`` matches of ``query``'s words."""
+    def search(self, session, query: str, limit: int, every_word: bool = False) -> list[tuple[int, float]]:
+        """(item id, score: higher is better) of the best ``limit`` matches of ``query``'s words
+        (words in more than COMMON_DF items left out; when all are, none unless ``every_word``,
+        then the rarest)."""
 
 
-def match_expression(query: str) -> str | None:
+def query_phrases(query: str) -> list[str]:
+    """The words of free text as the full-text index's phrases (quotes doubled)."""
+    return [word.replace('"', '""') for word in query.split()[:MAX_TERMS] if any(ch.isalnum() for ch in word)]
+
+
+def match_expression(query: str, common: set[str] = frozenset()) -> str | None:
     """The full-text query for free text: each whitespace-separated word a quoted phrase (an
-    invoice number ``INV-2024-0042`` matches its tokens in order), any of them matching."""
-    phrases = []
-    for word in query.split()[:MAX_TERMS]:
-        if not any(ch.isalnum() for ch in word):
-            continue
-        phrases.append('"' + word.replace('"', '""') + '"')
-    return " OR ".join(phrases) if phrases else None
+    invoice number ``INV-2024-0042`` matches its tokens in order), any of them matching; words
+    in ``common`` are left out unless nothing else is left."""
+    phrases = query_phrases(query)
+    kept = [p for p in phrases if p.lower() not in common] or phrases[:1]
+    return " OR ".join(f'"{p}"' for p in kept) if kept else None
 
 
 def query_words(query: str) -> list[str]:
@@ -75,7 +87,7 @@ class SqliteLexical:
         with self.engine.begin() as conn:
             present = {name for (name,) in conn.exec_driver_sql(
                 "SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger') AND name LIKE ?", (f"{TABLE}%",))}
-            if present >= {TABLE, f"{TABLE}_ai", f"{TABLE}_ad", f"{TABLE}_au"}:
+            if present >= {TABLE, f"{TABLE}_ai", f"{TABLE}_ad", f"{TABLE}_au", VOCAB}:
                 return
             fresh = TABLE not in present
             for statement in _DDL:
@@ -85,9 +97,23 @@ class SqliteLexical:
                     f"INSERT INTO {TABLE}(rowid, words, names) SELECT id, {_WORDS.format(row='items')}, "
                     f"{_NAME.format(row='items')} FROM items")
 
-    def search(self, session, query: str, limit: int) -> list[tuple[int, float]]:
-        expression = match_expression(query)
-        if expression is None or limit < 1:
+    def search(self, session, query: str, limit: int, every_word: bool = False) -> list[tuple[int, float]]:
+        phrases = query_phrases(query)
+        if not phrases or limit < 1:
+            return []
+        single = [p.lower() for p in phrases if re.fullmatch(r"\w+", p)]
+        common: set[str] = set()
+        if len(phrases) > 1 and single:
+            marks = ",".join("?" * len(single))
+            found = session.connection().exec_driver_sql(
+                f"SELECT term, doc FROM {VOCAB} WHERE term IN ({marks}) AND doc > ?", (*single, COMMON_DF)).all()
+            common = {term for term, _ in found}
+            if len(common) == len(phrases):  # every word is common
+                if not every_word:
+                    return []  # nothing exact to find: the vector ranking alone decides
+                common.discard(min(found, key=lambda row: row[1])[0])  # words asked for: the rarest
+        expression = match_expression(query, common)
+        if expression is None:
             return []
         rows = session.execute(
             text(f"SELECT rowid, bm25({TABLE}, {WEIGHTS[0]}, {WEIGHTS[1]}) AS rank FROM {TABLE} "
@@ -106,7 +132,7 @@ class NoLexical:
     def ensure(self) -> None:
         return None
 
-    def search(self, session, query: str, limit: int) -> list[tuple[int, float]]:
+    def search(self, session, query: str, limit: int, every_word: bool = False) -> list[tuple[int, float]]:
         from ..errors import QueryError
 
         raise QueryError(f"lexical search is not available on a {self.engine.dialect.name} catalogue yet: "
