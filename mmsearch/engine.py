@@ -505,7 +505,8 @@ class Engine:
         indistinguishable from the index's background.
         """
         options = _fusion_options(fusion, mode, image_weight, text_weight, calibrated, cutoff)
-        dupes.dedup_threshold(dedup)  # a bad value fails before the model loads
+        if dupes.dedup_threshold(dedup) is not None and not options.plain:  # a bad value fails before the model loads
+            raise QueryError("dedup cannot be combined with fusion, a lexical mode, calibration or a cutoff yet")
         _check_search_options(type, k, min_score)
         self.store.raise_if_never_indexed()  # before the model is loaded
         self._refresh()
