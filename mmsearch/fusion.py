@@ -46,8 +46,8 @@ RRF_K = 60
 MIN_POOL = 50
 POOL_FACTOR = 5
 # The weights late and early fusion use unless told (chosen by `mmsearch eval`, BENCHMARKS.md).
-DEFAULT_IMAGE_WEIGHT = 0.3
-DEFAULT_TEXT_WEIGHT = 0.7
+DEFAULT_IMAGE_WEIGHT = 0.5
+DEFAULT_TEXT_WEIGHT = 0.5
 
 IMAGE_SIDE = ("image", "video")
 
@@ -161,12 +161,19 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, k: int, k
     cosines: dict[int, float] = {}
     pool_rows: dict[int, Any] = {}
     if options.mode != "lexical" and fetch > 0:
-        scores, ids = snap.search(vector, fetch)
+        if snap.vectors.lossy:
+            # Candidates only: their exact cosines come from the stored vectors read below for
+            # every part anyway (one read instead of the snapshot's re-ranking read and that one).
+            _, ids = snap.vectors.search(vector, fetch)
+            scores = None
+        else:
+            scores, ids = snap.search(vector, fetch)
         rows = places_by_id(reader, ids.tolist())
-        for score, item_id in zip(scores.tolist(), ids.tolist()):
+        for n, item_id in enumerate(ids.tolist()):
             row = rows.get(item_id)
             if row is not None and keep(row):
-                cosines[item_id] = float(score)
+                if scores is not None:
+                    cosines[item_id] = float(scores[n])
                 pool_rows[item_id] = row
     lexical: dict[int, float] = {}
     if options.mode != "vector":

@@ -28,7 +28,6 @@ MAX_TERMS = 32
 # seconds, and such a word says little (its BM25 weight is near 0); the vector ranking still
 # sees it. Exact tokens (codes, names, file names) are rare and always kept.
 COMMON_DF = 2_000
-VOCAB = f"{TABLE}_vocab"
 
 _NAME = ("{row}.path || ' ' || coalesce(CASE WHEN json_valid({row}.meta) "
          "THEN json_extract({row}.meta, '$.image') END, '')")
@@ -42,7 +41,6 @@ _DDL = (
     f"CREATE TRIGGER IF NOT EXISTS {TABLE}_ad AFTER DELETE ON items BEGIN DELETE FROM {TABLE} WHERE rowid = old.id; END",
     (f"CREATE TRIGGER IF NOT EXISTS {TABLE}_au AFTER UPDATE OF path, locator, text, meta ON items BEGIN "
     f"DELETE FROM {TABLE} WHERE rowid = old.id; {_INSERT} END"),
-    f"CREATE VIRTUAL TABLE IF NOT EXISTS {VOCAB} USING fts5vocab({TABLE}, 'row')",
 )
 
 
@@ -87,7 +85,7 @@ class SqliteLexical:
         with self.engine.begin() as conn:
             present = {name for (name,) in conn.exec_driver_sql(
                 "SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger') AND name LIKE ?", (f"{TABLE}%",))}
-            if present >= {TABLE, f"{TABLE}_ai", f"{TABLE}_ad", f"{TABLE}_au", VOCAB}:
+            if present >= {TABLE, f"{TABLE}_ai", f"{TABLE}_ad", f"{TABLE}_au"}:
                 return
             fresh = TABLE not in present
             for statement in _DDL:
@@ -102,17 +100,20 @@ class SqliteLexical:
         if not phrases or limit < 1:
             return []
         single = [p.lower() for p in phrases if re.fullmatch(r"\w+", p)]
-        common: set[str] = set()
+        common: dict[str, int] = {}
         if len(phrases) > 1 and single:
-            marks = ",".join("?" * len(single))
-            found = session.connection().exec_driver_sql(
-                f"SELECT term, doc FROM {VOCAB} WHERE term IN ({marks}) AND doc > ?", (*single, COMMON_DF)).all()
-            common = {term for term, _ in found}
+            for word in single:
+                # Counting stops past COMMON_DF: a common word costs no more than a rare one.
+                held = session.connection().exec_driver_sql(
+                    f"SELECT count(*) FROM (SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH ? LIMIT ?)",
+                    (f'"{word}"', COMMON_DF + 1)).scalar()
+                if held > COMMON_DF:
+                    common[word] = held
             if len(common) == len(phrases):  # every word is common
                 if not every_word:
                     return []  # nothing exact to find: the vector ranking alone decides
-                common.discard(min(found, key=lambda row: row[1])[0])  # words asked for: the rarest
-        expression = match_expression(query, common)
+                common.pop(next(iter(common)))  # words asked for: keep one
+        expression = match_expression(query, set(common))
         if expression is None:
             return []
         rows = session.execute(
