@@ -154,7 +154,9 @@ class Catalogue:
     @property
     def lexical(self) -> LexicalIndex:
         """The full-text index over items' words and names (kept in the write transaction)."""
-        return lexical_index(self.engine)
+        if getattr(self, "_lexical", None) is None:
+            self._lexical = lexical_index(self.engine)
+        return self._lexical
 
     def integrity_errors(self) -> list[str]:
         return sqlite.integrity_errors(self.engine)

@@ -80,6 +80,10 @@ class SqliteLexical:
 
     def __init__(self, engine: SAEngine):
         self.engine = engine
+        # How many items hold each query word (capped at COMMON_DF + 1), for the generation the
+        # counts were read at: common words repeat across queries, and counting costs a query.
+        self._held: dict[str, int] = {}
+        self._held_gen: str | None = None
 
     def ensure(self) -> None:
         with self.engine.begin() as conn:
@@ -102,11 +106,19 @@ class SqliteLexical:
         single = [p.lower() for p in phrases if re.fullmatch(r"\w+", p)]
         common: dict[str, int] = {}
         if len(phrases) > 1 and single:
+            connection = session.connection()
+            gen = connection.exec_driver_sql("SELECT value FROM meta WHERE key = 'generation'").scalar()
+            if gen != self._held_gen:
+                self._held, self._held_gen = {}, gen
             for word in single:
-                # Counting stops past COMMON_DF: a common word costs no more than a rare one.
-                held = session.connection().exec_driver_sql(
-                    f"SELECT count(*) FROM (SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH ? LIMIT ?)",
-                    (f'"{word}"', COMMON_DF + 1)).scalar()
+                held = self._held.get(word)
+                if held is None:
+                    # Counting stops past COMMON_DF: a common word costs no more than a rare one.
+                    held = connection.exec_driver_sql(
+                        f"SELECT count(*) FROM (SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH ? LIMIT ?)",
+                        (f'"{word}"', COMMON_DF + 1)).scalar()
+                    if len(self._held) < 100_000:
+                        self._held[word] = held
                 if held > COMMON_DF:
                     common[word] = held
             if len(common) == len(phrases):  # every word is common
