@@ -159,7 +159,7 @@ def main() -> None:
     folder = args.workdir / f"docs-{args.docs}-{args.dim}"
     facts = build(folder, args.docs, args.dim)
     result = measure(folder, queries(folder, args.queries, args.dim))
-    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.strip()
+    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True, check=False).stdout.strip()
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     print(json.dumps({"machine": cpu or platform.processor(), "load": load, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                       "index": facts, **result}, indent=1))
