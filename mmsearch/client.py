@@ -124,6 +124,12 @@ class Client:
         under: str | os.PathLike | None = None,
         include_query: bool = False,
         dedup: bool | float = False,
+        fusion: str = "none",
+        mode: str = "vector",
+        image_weight: float | None = None,
+        text_weight: float | None = None,
+        calibrated: bool = False,
+        cutoff: float | str | None = None,
         **filters: Any,
     ) -> Hits:
         """Search with a text, CLI-style terms (``"2:beach + ./dog.jpg"``) or ``QueryTerm`` objects.
@@ -131,12 +137,14 @@ class Client:
         Image terms name files on *this* machine (or hold image bytes); they are uploaded. Item
         terms are ids of indexed items. A lone text is sent as text, never read as a path.
         ``under`` is a folder as the *server* sees it. ``filters``: Engine.search's ``after``,
-        ``before``, ``camera``, ``near`` and ``sort``.
+        ``before``, ``camera``, ``near`` and ``sort``; ``fusion``, ``mode``, the weights,
+        ``calibrated`` and ``cutoff``: as ``Engine.search``.
         """
         filters = _check_filters(filters)
         terms = self._terms(query)
+        ranking = _ranking(fusion, mode, image_weight, text_weight, calibrated, cutoff)
         if len(terms) == 1 and terms[0].kind == TEXT and terms[0].weight > 0:
-            params = {"q": terms[0].value, **self._options(k, type, min_score, under, dedup, filters)}
+            params = {"q": terms[0].value, **self._options(k, type, min_score, under, dedup, filters), **ranking}
             return self._hits(self._request("GET", "/api/search", params=params))
         spec: list[dict[str, Any]] = []
         uploads: list[tuple[str, tuple[str, bytes, str]]] = []
@@ -147,7 +155,7 @@ class Client:
                 uploads.append(("images", (name, data, "application/octet-stream")))
             else:
                 spec.append({"kind": term.kind, "value": term.value, "weight": term.weight})
-        return self._post_search(spec, uploads, k, type, min_score, under, include_query, dedup, filters)
+        return self._post_search(spec, uploads, k, type, min_score, under, include_query, dedup, filters, ranking)
 
     def search_image(
         self, image: str | os.PathLike | bytes, *, k: int = 10, type: str = "all",
@@ -171,9 +179,10 @@ class Client:
 
     def _post_search(self, spec: list[dict[str, Any]], uploads: list, k: int, type: str,
                      min_score: float | None, under: str | os.PathLike | None, include_query: bool,
-                     dedup: bool | float = False, filters: dict[str, Any] | None = None) -> Hits:
+                     dedup: bool | float = False, filters: dict[str, Any] | None = None,
+                     ranking: dict[str, Any] | None = None) -> Hits:
         data = {"terms": json.dumps(spec), **self._options(k, type, min_score, under, dedup, filters),
-                "include_query": include_query}
+                "include_query": include_query, **(ranking or {})}
         data = {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in data.items()}
         return self._hits(self._request("POST", "/api/search", data=data, files=uploads or None))
 
@@ -240,6 +249,15 @@ def _filter_params(filters: dict[str, Any]) -> dict[str, str]:
     if filters.get("sort") not in (None, "relevance"):
         params["sort"] = str(filters["sort"])
     return params
+
+
+def _ranking(fusion: str, mode: str, image_weight: float | None, text_weight: float | None, calibrated: bool,
+             cutoff: float | str | None) -> dict[str, Any]:
+    """The ranking options that differ from the server's defaults, as request fields."""
+    fields: dict[str, Any] = {"fusion": fusion, "mode": mode, "image_weight": image_weight,
+                              "text_weight": text_weight, "calibrated": "true" if calibrated else None, "cutoff": cutoff}
+    defaults = {"fusion": "none", "mode": "vector"}
+    return {k: v for k, v in fields.items() if v is not None and defaults.get(k) != v}
 
 
 def _image_bytes(image: Any, name: str = "upload") -> tuple[str, bytes]:

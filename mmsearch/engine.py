@@ -291,9 +291,21 @@ class Engine:
         if refresh_metadata:
             report.metadata = metadata.refresh(store, [root.path for root in roots], report, progress, indexer.workers)
         store.fit_vectors(index_type)
+        self._calibrate(report.changed)
         if report.changed:
             store.update_manifest()  # `updated_at`: when the index's contents last changed
         return report
+
+    def _calibrate(self, changed: bool) -> None:
+        """Measure the background scores of the index (``mmsearch.calibration``) when its
+        contents changed or it has none yet; a failure costs calibrated scores, not the run."""
+        from . import calibration
+
+        try:
+            if changed or calibration.load(self.store) is None:
+                calibration.refresh(self.store, self.encode_texts)
+        except Exception as exc:  # noqa: BLE001 - calibration is an extra; indexing succeeded
+            log.warning("could not measure score calibration: %s", exc)
 
     def indexer(self, progress: Progress | None = None) -> Indexer:
         """An indexer over this engine's store and encoder (the caller holds the writer lock)."""
@@ -498,6 +510,12 @@ class Engine:
         camera: str | None = None,
         near: Any = None,
         sort: str = filters_mod.RELEVANCE,
+        fusion: str = "none",
+        mode: str = "vector",
+        image_weight: float | None = None,
+        text_weight: float | None = None,
+        calibrated: bool = False,
+        cutoff: float | str | None = None,
     ) -> Hits:
         """Ranked hits for ``query``: a text, an image path, a ``QueryTerm`` (texts, images as
         paths, bytes or PIL images, item ids), or a list of them.
@@ -517,11 +535,24 @@ class Engine:
         Pixel 7", any ASCII case); ``near`` is "LAT,LON,KM" or (lat, lon, km). ``sort``:
         'relevance', or 'date' (newest first) / 'date-asc' to order the hits that pass the
         relevance cut (``k``, ``min_score``) by date.
+
+        ``fusion`` ('none', 'late', 'early', 'rrf') ranks documents
+        (an image with its caption, sidecar or JSONL text) by both their vectors, with
+        ``image_weight``/``text_weight``; ``mode`` ('vector', 'lexical', 'hybrid') adds the
+        full-text index's BM25 ranking (see ``mmsearch.fusion``). ``calibrated`` ranks and
+        scores by calibrated score (``mmsearch.calibration``: images and texts on one scale; the
+        raw cosine stays in ``Hit.cosine``); ``cutoff`` ('auto' or a calibrated score) drops hits
+        indistinguishable from the index's background.
         """
-        dupes.dedup_threshold(dedup)  # a bad value fails before the model loads
+        options = _fusion_options(fusion, mode, image_weight, text_weight, calibrated, cutoff)
+        if dupes.dedup_threshold(dedup) is not None and not options.plain:  # a bad value fails before the model loads
+            raise QueryError("dedup cannot be combined with fusion, a lexical mode, calibration or a cutoff yet")
         _check_search_options(type, k, min_score)
         wanted = filters_mod.parse(after, before, camera, near)
         filters_mod.check_sort(sort)
+        if not options.plain and (wanted.active or sort != filters_mod.RELEVANCE):
+            raise QueryError("date, camera and place filters and --sort date cannot be combined with fusion, "
+                             "a lexical mode, calibration or a cutoff yet")
         self.store.raise_if_never_indexed()  # before the model is loaded
         self._refresh()
         if self._requested is not None and not self._check_model():
@@ -533,9 +564,62 @@ class Engine:
             exclude = set(query_image_paths(terms))
             exclude.update(int(term.value) for term in terms if term.kind == ITEM)
             exclude.update(self._videos_of(terms))  # "more like this" on a video: other videos
+        if not options.plain:
+            words = " ".join(term.value for term in terms if term.kind == TEXT and term.weight > 0) or None
+            return self.search_fused(vector, words, options, k=k, type=type, min_score=min_score, under=under,
+                                     exclude=exclude, query_modality=self._query_modality(terms))
         return self.search_vector(vector, k=k, type=type, min_score=min_score, under=under, exclude=exclude,
                                   dedup=dedup, after=wanted.after, before=wanted.before, camera=wanted.camera,
                                   near=wanted.near, sort=sort)
+
+    def _query_modality(self, terms: Sequence[QueryTerm]) -> str:
+        """'text' or 'image': the modality of the query's strongest positive term (an item term
+        counts as its item's modality), for calibration."""
+        term = max((t for t in terms if t.weight > 0), key=lambda t: t.weight)
+        if term.kind == ITEM:
+            row = self.get(int(term.value))
+            return "text" if row is not None and row.modality == TEXT else IMAGE
+        return TEXT if term.kind == TEXT else IMAGE
+
+    def search_fused(self, vector: np.ndarray, words: str | None, options: Any, *, k: int = 10, type: str = "all",
+                     min_score: float | None = None, under: str | Path | None = None,
+                     exclude: set[Any] = frozenset(), query_modality: str = TEXT) -> Hits:
+        """Ranked documents or items for a query vector and its words, as ``options``
+        (``fusion.FusionOptions``) say; filters as ``search_vector``."""
+        from . import fusion
+
+        _check_search_options(type, k, min_score)
+        vector = np.asarray(vector, np.float32).reshape(-1)
+        prefixes = self._under_prefixes(under) if under else None
+
+        def keep(item: ItemRow) -> bool:
+            if type != "all" and item.modality != type:
+                return False
+            if prefixes is not None and not under_any(item.path, prefixes):
+                return False
+            return item.path not in exclude and item.id not in exclude
+
+        with self.store.snapshot() as snap:
+            if vector.shape[0] != self.store.dim:
+                raise QueryError(f"query vector has dimension {vector.shape[0]}, index has {self.store.dim}")
+            calibration = None
+            if options.calibrated or options.cutoff is not None:
+                from .calibration import Calibration
+                from .storage import calibration as stored
+
+                calibration = Calibration.from_dict(stored.load(snap.reader))
+                if calibration is None:
+                    raise QueryError(f"{self.folder} has no score calibration yet: run `mmsearch index` once "
+                                     "to measure it")
+            units = fusion.search(snap, vector, words, k, keep, options, calibration, query_modality)
+            if min_score is not None:
+                units = [u for u in units if u.score >= min_score]
+            hits = fusion.to_hits(fusion.with_rows(snap.reader, units[:k]), k, words, min_score, options)
+            if not hits:
+                hits.why_empty = _why_empty(snap.reader, snap.total, type, under, prefixes, min_score, None)
+                if options.cutoff is not None and hits.why_empty == "no item passes the filters":
+                    hits.why_empty = f"no hit stands out from the index's background scores (cutoff {options.cutoff})"
+        return hits
 
     def _videos_of(self, terms: Sequence[QueryTerm]) -> set[str]:
         """Paths of the videos whose frames are item terms of the query."""
@@ -740,6 +824,17 @@ def _check_search_options(type: str, k: int, min_score: float | None) -> None:
         raise QueryError(f"k must be an integer of at least 1, got {k!r}")
     if min_score is not None and not (isinstance(min_score, (int, float)) and math.isfinite(min_score)):
         raise QueryError(f"min_score must be a finite number, got {min_score!r}")
+
+
+def _fusion_options(fusion: str, mode: str, image_weight: float | None, text_weight: float | None,
+                    calibrated: bool = False, cutoff: float | str | None = None) -> Any:
+    from .calibration import check_cutoff
+    from .fusion import DEFAULT_IMAGE_WEIGHT, DEFAULT_TEXT_WEIGHT, FusionOptions
+
+    return FusionOptions(fusion or "none", mode or "vector",
+                         DEFAULT_IMAGE_WEIGHT if image_weight is None else image_weight,
+                         DEFAULT_TEXT_WEIGHT if text_weight is None else text_weight,
+                         bool(calibrated), check_cutoff(cutoff))
 
 
 def _check_index_type(index_type: str | None) -> None:

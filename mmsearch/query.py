@@ -110,13 +110,26 @@ class Hit(Item):
     score: float
     # With ``dedup``: ids of the near-duplicates of this hit that were left out of the results.
     duplicates: list[int] | None = None
+    # With fusion, a lexical mode or calibration (``mmsearch.fusion``): the raw cosine of this
+    # item with the query, its calibrated score, and what matched: ``{"image": {"id", "cosine",
+    # ...}, "text": {...}, "words": [...]}``.
+    cosine: float | None = None
+    calibrated: float | None = None
+    matched: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = {"rank": self.rank, "score": round(float(self.score), 6)}
-        data.update({k: v for k, v in super().as_dict().items() if k not in ("rank", "score", "duplicates")})
+        data.update({k: v for k, v in super().as_dict().items() if k not in ("rank", "score", "duplicates", *_FUSED)})
         if self.duplicates is not None:
             data["duplicates"] = list(self.duplicates)
+        for name in _FUSED:
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = round(float(value), 6) if isinstance(value, float) else value
         return data
+
+
+_FUSED = ("cosine", "calibrated", "matched")
 
 
 class Hits(list):

@@ -416,3 +416,31 @@ def test_locked_image_tower_stays_fixed(shapes, small_config, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("transformer."))
     with pytest.raises(TrainingError, match="nothing to train"):
         TrainOptions(lock_image=True, lock_text=True).check()
+
+
+def test_document_evaluation_fusion_beats_the_best_single_modality(trained, shapes, tmp_path):
+    """Documents (an image with one caption) found by another caption: on the trained model,
+    fusing both vectors ranks above either alone, and only BM25 finds exact product codes."""
+    from mmsearch import Engine
+    from mmsearch.fusion import FusionOptions
+    from mmsearch.training.documents import Config, evaluate_documents
+
+    out, _ = trained
+    configs = [Config("image only", FusionOptions("late"), "image"), Config("text only", FusionOptions("late"), "text"),
+               Config("early", FusionOptions("early", image_weight=0.3, text_weight=0.7)),
+               Config("late", FusionOptions("late", image_weight=0.3, text_weight=0.7)),
+               Config("hybrid", FusionOptions("early", "hybrid", image_weight=0.3, text_weight=0.7))]
+    test = load_dataset(shapes).split("test")
+    test.items = test.items[:40]
+    report = evaluate_documents(lambda folder: Engine(folder, model=str(out)), test, configs=configs,
+                                work=tmp_path / "work")
+    rows = report.rows
+    assert report.documents == 40 and set(rows) == {c.name for c in configs}
+    single = max(rows["image only"]["R@1"], rows["text only"]["R@1"])
+    assert max(rows["early"]["R@1"], rows["late"]["R@1"]) >= single, rows
+    assert rows["hybrid"]["R@1"] > single, rows
+    # Exact tokens: a product code means nothing to the vectors, everything to BM25.
+    assert rows["hybrid"]["token@1"] == 100.0 and rows["text only"]["token@1"] < 50, rows
+    # The index it was measured on holds one document per image: a text and an image part each.
+    with Engine(tmp_path / "work" / "index") as engine:
+        assert engine.info()["images"] == 40 and engine.info()["texts"] == 40

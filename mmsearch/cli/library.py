@@ -73,6 +73,12 @@ def query_cmd(
     camera: Annotated[Optional[str], typer.Option("--camera", metavar="NAME", help="Only items taken with this camera: model, make or both, e.g. 'Pixel 7', 'Canon' (any ASCII case).", show_default=False)] = None,
     near: Annotated[Optional[str], typer.Option("--near", metavar="LAT,LON,KM", help="Only items with a GPS position within KM kilometres of LAT,LON (decimal degrees), e.g. 48.8584,2.2945,5.", show_default=False)] = None,
     sort: Annotated[str, typer.Option("--sort", metavar="ORDER", help="relevance, date (newest first) or date-asc: the order of the results that pass the relevance cut (--top, --min-score).")] = "relevance",
+    fusion: Annotated[str, typer.Option("--fusion", metavar="HOW", help="Rank documents (an image with its caption, sidecar or JSONL text) by both vectors: late, early, rrf; none ranks items alone.")] = "none",
+    mode: Annotated[str, typer.Option("--mode", metavar="MODE", help="vector, lexical (BM25 over words and file names) or hybrid (both, by reciprocal rank).")] = "vector",
+    image_weight: Annotated[Optional[float], typer.Option("--image-weight", metavar="W", help="Weight of a document's image in late and early fusion.")] = None,
+    text_weight: Annotated[Optional[float], typer.Option("--text-weight", metavar="W", help="Weight of a document's text in late and early fusion.")] = None,
+    calibrated: Annotated[bool, typer.Option("--calibrated", metavar="", help="Score and rank by calibrated score (images and texts on one scale, against the index's background); --json keeps the raw cosine.")] = False,
+    cutoff: Annotated[Optional[str], typer.Option("--cutoff", metavar="CUT", help="Drop hits indistinguishable from the index's background: auto, or a calibrated score.")] = None,
     as_json: JsonOpt = False,
     paths: Annotated[bool, typer.Option("--paths", metavar="", help="Print matching paths only, one per line (control characters and undecodable bytes escaped; use -0 for exact names).")] = False,
     print0: Annotated[bool, typer.Option("--print0", "-0", metavar="", help="Print matching paths exactly as they are on disk, each followed by a NUL byte (for xargs -0).")] = False,
@@ -92,6 +98,11 @@ def query_cmd(
 
     wanted = filters.parse(after, before, camera, near, prefix="--")
     filters.check_sort(sort, "--sort")
+    from ..fusion import FUSIONS, MODES
+
+    if fusion not in FUSIONS or mode not in MODES:
+        what, value, choices = ("fusion", fusion, FUSIONS) if fusion not in FUSIONS else ("mode", mode, MODES)
+        raise QueryError(f"unknown {what} {value!r}: choose one of {', '.join(choices)}")
     preloaded = preloaded_images = None
     if model is None and pretrained is None:
         from ..encoders import onnx_text
@@ -116,6 +127,8 @@ def query_cmd(
             terms, k=top, type=type, min_score=min_score, under=under,
             include_query=include_self, force="image" if image else "text" if text else None, dedup=dedup,
             after=wanted.after, before=wanted.before, camera=wanted.camera, near=wanted.near, sort=sort,
+            fusion=fusion, mode=mode, image_weight=image_weight, text_weight=text_weight,
+            calibrated=calibrated, cutoff=cutoff,
         )
     if as_json:
         doc = {"query": [printable_path(t) for t in terms], "hits": [h.as_dict() for h in hits]}

@@ -63,6 +63,7 @@ def eval_cmd(
     limit: Annotated[Optional[int], typer.Option("--limit", metavar="N", min=1, help="Evaluate only the first N images (quick checks).")] = None,
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
+    documents: Annotated[bool, typer.Option("--documents", metavar="", help="Evaluate document retrieval instead: each image with its first caption is a document, found by another caption (Recall@K) or by its product code (token@1), ranked image only, text only, early, late, RRF, lexical and hybrid.")] = False,
 ) -> None:
     """Text->image and image->text Recall@1/5/10 of a model (the index's, or --model) on a captioned dataset."""
     from ..training.datasets import Dataset
@@ -74,6 +75,9 @@ def eval_cmd(
     subset = dataset.split(split)
     if limit is not None:
         subset = Dataset(subset.source, subset.items[:limit], subset.problems)
+    if documents:
+        _eval_documents(subset, index, model, pretrained, device, as_json, quiet)
+        return
     with _engine(index, model, pretrained, device) as engine:
         encoder = engine.encoder
         progress = _QuietProgress(err) if quiet or as_json else RichProgress(err)
@@ -94,6 +98,30 @@ def eval_cmd(
         out.print("Tied scores (identical captions or images): the first rows rank ties in dataset order, the "
                   "top-K protocol of papers and open_clip; 'ties against' ranks every tie above the right answer, "
                   "'ties at random' is the mean over random orders of ties.")
+
+
+def _eval_documents(subset, index, model, pretrained, device, as_json: bool, quiet: bool) -> None:
+    from ..training.documents import evaluate_documents
+
+    with _engine(index, model, pretrained, device) as engine:
+        spec = engine.spec
+
+    def engine_for(folder: Path):
+        return _engine(folder, spec.name, spec.pretrained or "none", device)
+
+    progress = _QuietProgress(err) if quiet or as_json else RichProgress(err)
+    with progress:
+        report = evaluate_documents(engine_for, subset, progress=progress)
+    if as_json:
+        sys.stdout.write(json.dumps(report.as_dict(), ensure_ascii=False) + "\n")
+        return
+    table = Table(title=Text(f"{report.dataset}: {report.documents} documents, {report.queries} queries; {report.model}"),
+                  show_edge=False, header_style="bold")
+    for name, justify in (("ranking", "left"), ("R@1", "right"), ("R@5", "right"), ("R@10", "right"), ("token@1", "right")):
+        table.add_column(name, justify=justify)
+    for name, row in report.rows.items():
+        table.add_row(Text(name), *[f"{row[k]:.2f}" for k in ("R@1", "R@5", "R@10", "token@1")])
+    out.print(table)
 
 
 class _TrainBar(RichProgress):

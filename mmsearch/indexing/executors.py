@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from ..errors import DecodeWorkersError
 from ..media import Skip
+from ..media.documents import record_source
 from ..media.image import PixelTransform, decode_for_model, decode_worker_init
 from ..media.video import (
     Sampling,
@@ -108,14 +109,14 @@ class LocalExecutor:
         limit = self.max_pixels
 
         def result_of(job: Job, future: Future) -> Any:
-            return _outcome(job.record.path, future, self.timeout, "image")
+            return _outcome(record_source(job.record), future, self.timeout, "image")
 
         pending: list[tuple[Job, Future]] = []
         cursor = 0
         ahead = batch_size * self.lookahead
         while cursor < len(jobs) or pending:
             while cursor < len(jobs) and len(pending) < ahead:
-                future = pool.schedule(decode_for_model, args=(jobs[cursor].record.path, target, limit, pixels),
+                future = pool.schedule(decode_for_model, args=(record_source(jobs[cursor].record), target, limit, pixels),
                                        timeout=self.timeout)
                 pending.append((jobs[cursor], future))
                 cursor += 1

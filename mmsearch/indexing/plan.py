@@ -103,8 +103,8 @@ def plan_records(dirty: Sequence[FileEntry], records: dict[str, list[Record]], u
             # the runner, frame by frame over its old rows.
             plan.videos.append(Job(found[0], None, replaces={loc: o.id for loc, o in olds.items()}))
             continue
-        if entry.kind in multi:
-            # A file's lines are written over several transactions. Until the last one is in,
+        if entry.kind in multi or len(found) > 1:
+            # A file's lines (or an image and its embedded caption) are written over several transactions. Until the last one is in,
             # its rows carry an mtime no file has, so a run killed half-way leaves the file
             # "changed" and the next run finishes it.
             plan.seal.append((entry.path, entry.size, entry.mtime_ns))

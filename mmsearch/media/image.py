@@ -12,6 +12,7 @@ from typing import Any
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import exif
+from .captions import CAPTION, embedded_caption
 from .extensions import EXTENSIONS, HEIF_EXTENSIONS
 from .records import BadInput, FileEntry, Record, Skip, content_hash, one_line, read_regular_file
 
@@ -242,6 +243,11 @@ def make_thumbnail(data: bytes, size: int, limit: int | None = None) -> bytes:
     return out.getvalue()
 
 
+def caption_record(entry: FileEntry, caption: str) -> Record:
+    """The text record of an image file's embedded caption (see ``media.captions``)."""
+    return Record(entry.path, CAPTION, "text", entry.size, entry.mtime_ns, content_hash(caption), text=caption)
+
+
 # -- the handler ------------------------------------------------------------------------------------
 class ImageHandler:
     """Image files: one record each, decoded in worker processes for the model."""
@@ -282,6 +288,7 @@ class ImageHandler:
                     # EXIF block loses the metadata, never the image).
                     captured = exif.from_image(img)
                     orientation = _orientation(img)  # (Pillow keeps the EXIF parsed just above)
+                    caption = embedded_caption(img)
         except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise BadInput(_image_error(exc)) from exc
         except BadInput:
@@ -292,6 +299,8 @@ class ImageHandler:
             width, height = height, width
         record = Record(entry.path, "", IMAGE, entry.size, entry.mtime_ns, content_hash(data), width=width, height=height,
                         captured=captured)
+        if caption:  # the image and its embedded caption: one document, two vectors
+            return [record, caption_record(entry, caption)], []
         return [record], []
 
 

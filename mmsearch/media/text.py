@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from .documents import IMAGE_FIELD, document_parts
 from .records import MAX_STORED_TEXT_CHARS, BadInput, FileEntry, Record, Skip, content_hash
 
 TEXT = "text"
@@ -71,6 +72,9 @@ class JsonlHandler:
         return TEXT_MEDIA_TYPE
 
     def records(self, entry: FileEntry, data: bytes, max_pixels: int = 0) -> tuple[list[Record], list[Skip]]:
+        from .image import DEFAULT_MAX_PIXELS
+
+        max_pixels = max_pixels or DEFAULT_MAX_PIXELS
         text = decode_text(data)
         records: list[Record] = []
         skipped: list[Skip] = []
@@ -87,13 +91,22 @@ class JsonlHandler:
                 skipped.append(Skip(where, "line is not a JSON object", protects=False))
                 continue
             value = obj.get("text")
-            if not isinstance(value, str) or not value.strip():
-                skipped.append(Skip(where, "no non-empty string 'text' field", protects=False))
+            has_text = isinstance(value, str) and bool(value.strip())
+            if not has_text and IMAGE_FIELD not in obj:
+                skipped.append(Skip(where, "no non-empty string 'text' field (nor an 'image')", protects=False))
                 continue
-            meta = {k: v for k, v in obj.items() if k != "text"} or None
-            body = value.strip()
-            records.append(Record(entry.path, str(number), TEXT, entry.size, entry.mtime_ns, content_hash(body),
-                                  text=body[:MAX_STORED_TEXT_CHARS], meta=meta))
+            record = None
+            if has_text:
+                meta = {k: v for k, v in obj.items() if k != "text"} or None
+                body = value.strip()
+                record = Record(entry.path, str(number), TEXT, entry.size, entry.mtime_ns, content_hash(body),
+                                text=body[:MAX_STORED_TEXT_CHARS], meta=meta)
+            if IMAGE_FIELD in obj:  # a document: this text and the image it names
+                parts, skips = document_parts(entry, str(number), obj, record, max_pixels)
+                records.extend(parts)
+                skipped.extend(skips)
+            else:
+                records.append(record)
         if not records and not skipped:
             raise BadInput("no lines with text")
         return records, skipped

@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, Response
 
 from .. import __version__
 from ..media import BadInput, media_registry
+from ..media.documents import source_path
 from ..query import IMAGE, ITEM, TEXT, Hit, Item, QueryTerm
 from .files import MAX_THUMBNAIL_SOURCE_BYTES, file_response, open_item_file
 from .responses import json_safe, text_safe
@@ -153,6 +154,12 @@ def search_text(
     camera: str | None = CAMERA,
     near: str | None = NEAR,
     sort: Sort = SORT,
+    fusion: Literal["none", "late", "early", "rrf"] = Query("none", description="Rank documents by both their vectors"),
+    mode: Literal["vector", "lexical", "hybrid"] = Query("vector", description="Add BM25 over words and names"),
+    image_weight: float | None = Query(None, ge=0, le=1000, description="Weight of a document's image"),
+    text_weight: float | None = Query(None, ge=0, le=1000, description="Weight of a document's text"),
+    calibrated: bool = Query(False, description="Score and rank by calibrated score"),
+    cutoff: str | None = Query(None, max_length=32, description="'auto' or a calibrated score"),
 ) -> dict[str, Any]:
     """Search by text. The text is never read as a file path."""
     started = time.perf_counter()
@@ -160,7 +167,9 @@ def search_text(
         raise HTTPException(422, "q: empty text")
     hits = server(request).engine.search(QueryTerm(TEXT, q), k=k, type=type, min_score=min_score, under=under or None,
                                          dedup=dedup_option(dedup, dedup_threshold),
-                                         **filter_options(after, before, camera, near, sort))
+                                         **filter_options(after, before, camera, near, sort), fusion=fusion, mode=mode,
+                                         image_weight=image_weight, text_weight=text_weight, calibrated=calibrated,
+                                         cutoff=cutoff)
     return respond(request, started, [{"kind": TEXT, "value": q, "weight": 1.0}], hits, k, type, min_score)
 
 
@@ -237,7 +246,7 @@ def run_search(request: Request, started: float, parsed: SearchRequest) -> dict[
                               "weight": term.weight})
     hits = state.engine.search(terms, k=parsed.k, type=parsed.type, min_score=parsed.min_score,
                                include_query=parsed.include_query, under=parsed.under or None, dedup=parsed.dedup,
-                               **parsed.filters)
+                               **parsed.filters, **(parsed.ranking or {}))
     return respond(request, started, described, hits, parsed.k, parsed.type, parsed.min_score)
 
 
@@ -285,7 +294,7 @@ def thumbnail(request: Request, item_id: str,
     if maker is None and at_moment is None:
         raise HTTPException(404, f"item {item.id} is a {item.modality}, it has no thumbnail")
     made = fit_size(size)
-    with open_item_file(item.id, item.path, state.engine.roots()) as opened:
+    with open_item_file(item.id, source_path(item.path, item.locator, item.meta), state.engine.roots()) as opened:
         key = SourceKey.of(item.id, opened.stat)
 
         def make() -> bytes:
@@ -308,6 +317,7 @@ def thumbnail(request: Request, item_id: str,
 def original(request: Request, item_id: str) -> Response:
     """The original file of an item (for a JSONL line: the whole JSONL file)."""
     item = find(request, item_id)
-    opened = open_item_file(item.id, item.path, server(request).engine.roots())
-    return file_response(opened, media_registry().media_type(opened.real_path), os.path.basename(item.path),
+    source = source_path(item.path, item.locator, item.meta)  # a JSONL record's image: that image
+    opened = open_item_file(item.id, source, server(request).engine.roots())
+    return file_response(opened, media_registry().media_type(opened.real_path), os.path.basename(source),
                          request.headers.get("range"))

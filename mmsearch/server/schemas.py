@@ -47,6 +47,9 @@ class HitOut(ItemOut):
     rank: int
     score: float
     duplicates: list[int] | None = Field(None, description="With dedup: ids of this hit's near-duplicates left out")
+    cosine: float | None = Field(None, description="With fusion, a lexical mode or calibration: the raw cosine of the item shown")
+    calibrated: float | None = Field(None, description="Its calibrated score (against the index's background)")
+    matched: dict[str, Any] | None = Field(None, description="What matched: the image and text parts (cosines) and the query's words found")
 
 
 class SearchOut(BaseModel):
@@ -108,6 +111,12 @@ class SearchIn(BaseModel):
     near: str | None = Field(None, max_length=100, description="Only items within KM of a GPS position: 'LAT,LON,KM'")
     sort: Sort = Field("relevance", description="Order of the hits that pass the relevance cut: relevance, date "
                                                 "(newest first) or date-asc")
+    fusion: Literal["none", "late", "early", "rrf"] = Field("none", description="Rank documents (an image with its caption, sidecar or JSONL text) by both vectors")
+    mode: Literal["vector", "lexical", "hybrid"] = Field("vector", description="vector, lexical (BM25 over words and names) or hybrid (both, by reciprocal rank)")
+    image_weight: float | None = Field(None, ge=0, le=1000, description="Weight of a document's image in late and early fusion")
+    text_weight: float | None = Field(None, ge=0, le=1000, description="Weight of a document's text in late and early fusion")
+    calibrated: bool = Field(False, description="Score and rank by calibrated score (raw cosine in 'cosine')")
+    cutoff: str | None = Field(None, max_length=32, description="'auto' or a calibrated score: drop hits indistinguishable from the background")
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

@@ -107,6 +107,7 @@ class SearchRequest:
     under: str | None = None
     dedup: bool | float = False  # as Engine.search's
     filters: dict[str, Any] = field(default_factory=dict)  # Engine.search's after, before, camera, near, sort
+    ranking: dict[str, Any] | None = None  # fusion, mode, weights, calibrated, cutoff (as Engine.search's)
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def from_form(form: FormData, max_bytes: int) -> SearchRequest:
     files in ``images``."""
     fields: dict[str, Any] = {}
     for key in ("q", "item", "k", "type", "min_score", "include_query", "under", "dedup", "dedup_threshold",
-                "after", "before", "camera", "near", "sort"):
+                "after", "before", "camera", "near", "sort", *RANKING):
         value = form.get(key)
         if isinstance(value, UploadFile):
             raise HTTPException(422, f"{key}: a form field, not a file")
@@ -232,7 +233,11 @@ def _checked(options: SearchIn, terms: list[TermIn] | None, uploads: list[Upload
         raise HTTPException(422, "query needs at least one term with a positive weight")
     return SearchRequest(checked, uploads, options.k, options.type, options.min_score, options.include_query,
                          options.under, dedup_option(options.dedup, options.dedup_threshold),
-                         filter_options(options.after, options.before, options.camera, options.near, options.sort))
+                         filter_options(options.after, options.before, options.camera, options.near, options.sort),
+                         {key: getattr(options, key) for key in RANKING})
+
+
+RANKING = ("fusion", "mode", "image_weight", "text_weight", "calibrated", "cutoff")
 
 
 def filter_options(after: str | None, before: str | None, camera: str | None, near: str | None,

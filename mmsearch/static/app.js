@@ -25,6 +25,9 @@ function options() {
     if (value) params.set(name, value);
   }
   if ($("sort").value !== "relevance") params.set("sort", $("sort").value);
+  // Documents (an image with its caption) ranked by both vectors; words matched by BM25.
+  if ($("fusion").value !== "none") params.set("fusion", $("fusion").value);
+  if ($("mode").value !== "vector") params.set("mode", $("mode").value);
   return params;
 }
 
@@ -96,6 +99,10 @@ function fromAddress() {
   $("near").value = params.get("near") || "";
   const sort = params.get("sort");
   $("sort").value = ["date", "date-asc"].includes(sort) ? sort : "relevance";
+  for (const [id, fallback] of [["fusion", "none"], ["mode", "vector"]]) {
+    const value = params.get(id);
+    $(id).value = value && [...$(id).options].some((o) => o.value === value) ? value : fallback;
+  }
   const item = params.get("item"), text = params.get("q");
   clearImage();
   if (item && /^\d{1,18}$/.test(item)) {
@@ -195,6 +202,20 @@ function play(button, hit) {
   video.focus();
 }
 
+// What a fused or hybrid hit matched: its image, its text (caption, sidecar or record) and the
+// query's words found in it.
+function matchedLine(matched) {
+  const line = document.createElement("div");
+  line.className = "matched";
+  const parts = [];
+  if (matched.image) parts.push(`image ${matched.image.cosine.toFixed(2)}`);
+  if (matched.text) parts.push(`${matched.text.source} ${matched.text.cosine.toFixed(2)}`);
+  if (matched.words && matched.words.length) parts.push(`words: ${matched.words.join(", ")}`);
+  line.textContent = parts.join(" · ");
+  if (matched.text && matched.text.text) line.title = matched.text.text;
+  return line;
+}
+
 function render(hits) {
   const cards = hits.map((hit) => {
     const li = document.createElement("li");
@@ -285,6 +306,7 @@ function render(hits) {
     name.title = hit.path + where;
 
     li.append(similar, meta, name);
+    if (hit.matched) li.append(matchedLine(hit.matched));
     return li;
   });
   results.replaceChildren(...cards);
@@ -348,7 +370,7 @@ form.addEventListener("submit", (event) => {
   if (!text && !state.image) { setStatus("Type something or add an image."); return; }
   run({ kind: "search", text, image: state.image });
 });
-for (const control of form.querySelectorAll("input[name=type], #k, #min-score, #dedup, #after, #before, #camera, #near, #sort")) {
+for (const control of form.querySelectorAll("input[name=type], #k, #min-score, #dedup, #after, #before, #camera, #near, #sort, #fusion, #mode")) {
   control.addEventListener("change", () => { if (state.last) run(state.last, "replace"); });
 }
 window.addEventListener("popstate", fromAddress);

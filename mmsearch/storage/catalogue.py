@@ -29,6 +29,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
 from . import sqlite
+from .lexical import LexicalIndex, lexical_index
 from .schema import GENERATION, MODEL_KEY, PURGED_THROUGH, Base, Embedding, Item, Meta, Root, Tombstone, utcnow
 
 # Ids per IN (...) query (SQLite allows 32766 bound parameters).
@@ -157,9 +158,18 @@ class Catalogue:
                 if w.session.get(Meta, key) is None:
                     w.session.add(Meta(key=key, value="0"))
             w.record_model(model, dim)
+        self.lexical.ensure()
 
     def upgrade_schema(self) -> None:
         sqlite.upgrade_schema(self.engine)
+        self.lexical.ensure()  # indexes from before the full-text index get it, filled
+
+    @property
+    def lexical(self) -> LexicalIndex:
+        """The full-text index over items' words and names (kept in the write transaction)."""
+        if getattr(self, "_lexical", None) is None:
+            self._lexical = lexical_index(self.engine)
+        return self._lexical
 
     def integrity_errors(self) -> list[str]:
         return sqlite.integrity_errors(self.engine)

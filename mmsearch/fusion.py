@@ -1,0 +1,347 @@
+"""Ranking documents and words: late, early and reciprocal-rank fusion of a document's image and
+text scores, and hybrid lexical + vector ranking.
+
+A *document* is the set of items sharing a ``media.documents.doc_key`` (an image and its
+caption, sidecar or JSONL text). Every search here starts from one vector search over all items
+(a pool of ``pool_size(k)`` candidates, the one scan of the index) and, in the lexical modes,
+one BM25 query of the full-text index; then every part of each candidate document is fetched
+with its stored vector, and each document gets, for the query vector ``q``:
+
+* ``s_image``, ``s_text``: the cosine of ``q`` with its image part and with its text part (the
+  best one where a document has several);
+* ``late``: ``(w_i s_image + w_t s_text) / (w_i + w_t)`` (a document with one part: that part's
+  cosine);
+* ``early``: ``q . normalise(w_i v_image + w_t v_text)``: the cosine with the document's fused
+  vector, ``(w_i s_image + w_t s_text) / |w_i v_image + w_t v_text|``;
+* ``rrf``: ``1/(K + rank by s_image) + 1/(K + rank by s_text)`` among the candidates (K = 60);
+* ``none``: every item stands alone, scored by its cosine (a video by its best frame).
+
+``mode="hybrid"`` fuses the vector ranking with the BM25 ranking by reciprocal rank
+(``1/(K + vector rank) + 1/(K + word rank)``); words found only by BM25 are scored by their
+stored vectors too, so they get their true vector rank among the candidates. ``lexical`` ranks
+by BM25 alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import QueryError
+from .media.documents import doc_key, is_image_part, source_path
+from .storage.store import Snapshot, vectors_from_blobs
+
+FUSIONS = ("none", "late", "early", "rrf")
+MODES = ("vector", "lexical", "hybrid")
+# Reciprocal rank fusion's constant (Cormack et al. 2009): ranks beyond the first few count
+# little, so one list's first hit is not drowned by the other's long tail.
+RRF_K = 60
+# Candidates per search: the vector index's best POOL_FACTOR x k (at least MIN_POOL), and as
+# many BM25 matches; their documents' other parts are fetched from the catalogue.
+MIN_POOL = 50
+POOL_FACTOR = 5
+# The weights late and early fusion use unless told (chosen by `mmsearch eval`, BENCHMARKS.md).
+DEFAULT_IMAGE_WEIGHT = 0.5
+DEFAULT_TEXT_WEIGHT = 0.5
+
+IMAGE_SIDE = ("image", "video")
+
+
+def pool_size(k: int) -> int:
+    return max(MIN_POOL, POOL_FACTOR * k)
+
+
+@dataclass(frozen=True)
+class FusionOptions:
+    """How a search ranks: ``fusion`` (none, late, early, rrf), ``mode`` (vector, lexical,
+    hybrid) and the image and text weights of late and early fusion."""
+
+    fusion: str = "none"
+    mode: str = "vector"
+    image_weight: float = DEFAULT_IMAGE_WEIGHT
+    text_weight: float = DEFAULT_TEXT_WEIGHT
+    calibrated: bool = False  # rank by calibrated scores (``mmsearch.calibration``)
+    cutoff: float | str | None = None  # 'auto' or a calibrated score hits must reach
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise QueryError(f"unknown fusion {self.fusion!r}: choose one of {', '.join(FUSIONS)}")
+        if self.mode not in MODES:
+            raise QueryError(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
+        for name in ("image_weight", "text_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise QueryError(f"{name.replace('_', ' ')} must be a number of at least 0, got {value!r}")
+        if self.image_weight + self.text_weight <= 0:
+            raise QueryError("the image and text weights cannot both be 0")
+
+    @property
+    def plain(self) -> bool:
+        """True for today's item-by-item vector ranking (nothing here is needed)."""
+        return self.fusion == "none" and self.mode == "vector" and not self.calibrated and self.cutoff is None
+
+
+@dataclass
+class Part:
+    row: Any  # ItemRow
+    cosine: float
+    vector: np.ndarray | None = None
+    z: float | None = None  # calibrated score (None: no calibration for its pair)
+    score: float = 0.0  # what fusion uses: the calibrated score when asked, else the cosine
+
+
+@dataclass
+class Unit:
+    """One ranked thing: a document (fusion) or an item (none)."""
+
+    key: tuple
+    parts: list[Part] = field(default_factory=list)
+    lexical: float | None = None  # best BM25 score of its parts
+    vector_score: float | None = None
+    score: float = 0.0
+
+    def best(self, side: tuple[str, ...]) -> Part | None:
+        found = [p for p in self.parts if (p.row.modality in side)]
+        return max(found, key=lambda p: p.score) if found else None
+
+    @property
+    def image(self) -> Part | None:
+        return self.best(IMAGE_SIDE)
+
+    @property
+    def text(self) -> Part | None:
+        return self.best(("text",))
+
+    @property
+    def representative(self) -> Part:
+        return self.image or self.text or self.parts[0]
+
+
+def fuse_scores(s_image: float | None, s_text: float | None, fusion: str, weights: tuple[float, float],
+                part_cosine: float | None = None) -> float:
+    """A document's late or early fusion score from its parts' cosines (``part_cosine``: the
+    cosine of its image vector with its text vector, early fusion only)."""
+    wi, wt = weights
+    if s_image is None or s_text is None:
+        return float(s_image if s_text is None else s_text)
+    if fusion == "late":
+        return (wi * s_image + wt * s_text) / (wi + wt)
+    if fusion == "early":
+        norm = math.sqrt(max(wi * wi + wt * wt + 2 * wi * wt * float(part_cosine), 1e-12))
+        return (wi * s_image + wt * s_text) / norm
+    raise ValueError(fusion)
+
+
+def rrf(ranks: list[int | None]) -> float:
+    """Reciprocal rank fusion of 1-based ranks (None: absent from that list)."""
+    return sum(1.0 / (RRF_K + r) for r in ranks if r is not None)
+
+
+def _ranks(units: list[Unit], score: Callable[[Unit], float | None]) -> dict[int, int]:
+    """1-based rank of each unit (by index) among those with a score, best first."""
+    scored = [(s, i) for i, u in enumerate(units) if (s := score(u)) is not None]
+    scored.sort(key=lambda x: (-x[0], x[1]))
+    return {i: r for r, (_, i) in enumerate(scored, start=1)}
+
+
+def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, k: int, keep: Callable[[Any], bool],
+           options: FusionOptions, calibration: Any = None, query_modality: str = "text") -> list[Unit]:
+    """The best ``k``... units (more when the caller filters further: it takes what it needs),
+    ranked as ``options`` say, best first. ``keep`` filters item rows (type, folder, query
+    items); a document keeps the parts that pass."""
+    from .storage.documents import parts_of, places_by_id
+
+    reader = snap.reader
+    fetch = min(snap.total, pool_size(k))
+    cosines: dict[int, float] = {}
+    pool_rows: dict[int, Any] = {}
+    if options.mode != "lexical" and fetch > 0:
+        if snap.vectors.lossy:
+            # Candidates only: their exact cosines come from the stored vectors read below for
+            # every part anyway (one read instead of the snapshot's re-ranking read and that one).
+            _, ids = snap.vectors.search(vector, fetch)
+            scores = None
+        else:
+            scores, ids = snap.search(vector, fetch)
+        rows = places_by_id(reader, ids.tolist())
+        for n, item_id in enumerate(ids.tolist()):
+            row = rows.get(item_id)
+            if row is not None and keep(row):
+                if scores is not None:
+                    cosines[item_id] = float(scores[n])
+                pool_rows[item_id] = row
+    lexical: dict[int, float] = {}
+    if options.mode != "vector":
+        if not query_text:
+            raise QueryError(f"--mode {options.mode} needs words in the query (an image alone has none)")
+        found = snap.store.catalogue.lexical.search(reader.session, query_text, pool_size(k),
+                                                    every_word=options.mode == "lexical")
+        rows = places_by_id(reader, [i for i, _ in found])
+        for item_id, score in found:
+            row = rows.get(item_id)
+            if row is not None and keep(row):
+                lexical[item_id] = score
+                pool_rows.setdefault(item_id, row)
+
+    # Group into units; fetch the other parts of each document.
+    fused = options.fusion != "none"
+    units: dict[tuple, Unit] = {}
+    part_of: dict[int, tuple] = {}
+    for item_id, row in pool_rows.items():
+        key = doc_key(row.path, row.locator, row.modality) if fused else (
+            (row.path, "video") if row.modality == "video" else ("item", item_id))
+        part_of[item_id] = key
+        units.setdefault(key, Unit(key))
+    rows_by_id = dict(pool_rows)
+    if fused:
+        for key, rows in parts_of(reader, [key for key in units if key[1] != "video"]).items():
+            for row in rows:
+                if keep(row) and row.id not in rows_by_id:
+                    rows_by_id[row.id] = row
+                    part_of[row.id] = key
+    # Vectors: every part's (fusion needs them all for exact scores), or only those of items
+    # BM25 found that the vector pool did not hold.
+    need = list(rows_by_id) if fused else [i for i in rows_by_id if i not in cosines]
+    vectors: dict[int, np.ndarray] = {}
+    if need:
+        blobs = [(i, b) for i, b in reader.embeddings(need) if len(b) == snap.store.dim * 4]
+        matrix = vectors_from_blobs([b for _, b in blobs], snap.store.dim)
+        sims = matrix @ np.asarray(vector, np.float32).reshape(-1)
+        for (item_id, _), v, s in zip(blobs, matrix, sims.tolist()):
+            vectors[item_id] = v
+            cosines.setdefault(item_id, float(s))
+    for item_id, row in rows_by_id.items():
+        if item_id not in cosines:
+            continue  # no vector (yet): not rankable
+        unit = units[part_of[item_id]]
+        part = Part(row, cosines[item_id], vectors.get(item_id))
+        background = calibration.background(query_modality, row.modality) if calibration is not None else None
+        if background is not None:
+            part.z = background.z(part.cosine)
+        part.score = part.z if options.calibrated and part.z is not None else part.cosine
+        unit.parts.append(part)
+        if item_id in lexical:
+            unit.lexical = max(lexical[item_id], unit.lexical if unit.lexical is not None else -math.inf)
+    ranked = [u for u in units.values() if u.parts]
+    if options.cutoff is not None:
+        ranked = [u for u in ranked if _passes(u, options.cutoff, calibration, query_modality)]
+    _vector_scores(ranked, options)
+    if options.mode == "vector":
+        for u in ranked:
+            u.score = u.vector_score
+    else:
+        vrank = _ranks(ranked, lambda u: u.vector_score)
+        lrank = _ranks(ranked, lambda u: u.lexical)
+        for i, u in enumerate(ranked):
+            if options.mode == "lexical":
+                u.score = u.lexical if u.lexical is not None else -math.inf
+            else:
+                u.score = rrf([vrank.get(i), lrank.get(i)])
+        if options.mode == "lexical":
+            ranked = [u for u in ranked if u.lexical is not None]
+    ranked.sort(key=lambda u: (-u.score, -(u.vector_score or 0.0)))
+    return ranked
+
+
+def with_rows(reader: Any, units: list[Unit]) -> list[Unit]:
+    """``units`` with their parts' full item rows (text, meta, sizes) in place of the places
+    ranking needed (read for the hits shown only)."""
+    from .storage.documents import rows_by_id
+
+    rows = rows_by_id(reader, [p.row.id for u in units for p in u.parts])
+    for unit in units:
+        unit.parts = [dataclasses.replace(p, row=rows[p.row.id]) for p in unit.parts if p.row.id in rows]
+    return [u for u in units if u.parts]
+
+
+def _vector_scores(units: list[Unit], options: FusionOptions) -> None:
+    weights = (float(options.image_weight), float(options.text_weight))
+    if options.fusion in ("none",):
+        for u in units:
+            u.vector_score = max(p.score for p in u.parts)
+        return
+    if options.fusion == "rrf":
+        by_image = _ranks(units, lambda u: u.image.score if u.image else None)
+        by_text = _ranks(units, lambda u: u.text.score if u.text else None)
+        for i, u in enumerate(units):
+            u.vector_score = rrf([by_image.get(i), by_text.get(i)])
+        return
+    for u in units:
+        image, text = u.image, u.text
+        between = None
+        if options.fusion == "early" and image is not None and text is not None:
+            between = float(image.vector @ text.vector) if image.vector is not None and text.vector is not None else 0.0
+        u.vector_score = fuse_scores(image.score if image else None, text.score if text else None,
+                                     options.fusion, weights, between)
+
+
+def _passes(unit: Unit, cutoff: float | str, calibration: Any, query_modality: str) -> bool:
+    """Whether any part of ``unit`` reaches the cutoff of its modality pair."""
+    from .calibration import cutoff_z
+
+    for part in unit.parts:
+        background = calibration.background(query_modality, part.row.modality) if calibration is not None else None
+        threshold = cutoff_z(cutoff, background)
+        if threshold is not None and part.z is not None and part.z >= threshold:
+            return True
+    return False
+
+
+def matched(unit: Unit, query_text: str | None) -> dict[str, Any]:
+    """What a hit matched: its image and text parts with their cosines, and the query's words
+    found in its texts and names."""
+    from .storage.lexical import query_words
+
+    out: dict[str, Any] = {}
+    image, text = unit.image, unit.text
+    if image is not None:
+        row = image.row
+        out["image"] = {"id": row.id, "cosine": round(image.cosine, 6),
+                        "path": source_path(row.path, row.locator, row.meta)}
+        if image.z is not None:
+            out["image"]["calibrated"] = round(image.z, 4)
+    if text is not None:
+        row = text.row
+        out["text"] = {"id": row.id, "cosine": round(text.cosine, 6), "text": row.text,
+                       "source": "caption" if row.locator == "caption" else "record" if row.locator else "sidecar"
+                       if image is not None else "file"}
+        if text.z is not None:
+            out["text"]["calibrated"] = round(text.z, 4)
+    if unit.lexical is not None and query_text:
+        present = set()
+        for p in unit.parts:
+            meta = p.row.meta if isinstance(p.row.meta, dict) else {}
+            fields = [p.row.text or "", p.row.path, *(v for v in meta.values() if isinstance(v, str))]
+            present.update(query_words(" ".join(fields)))
+        out["words"] = [w for w in dict.fromkeys(query_words(query_text)) if w in present]
+    return out
+
+
+def to_hits(units: list[Unit], k: int, query_text: str | None, min_score: float | None, options: FusionOptions):
+    """The first ``k`` units as ``Hits`` (each shown by its image part, else its text part),
+    with what matched; units scoring below ``min_score`` are left out."""
+    from .engine import _hit
+    from .query import Hits
+
+    hits = Hits()
+    for unit in units:
+        if min_score is not None and unit.score < min_score:
+            break
+        part = unit.representative
+        hit = _hit(len(hits) + 1, unit.score, part.row)
+        hit.cosine = part.cosine
+        hit.calibrated = part.z
+        if not options.plain:
+            hit.matched = matched(unit, query_text)
+        hits.append(hit)
+        if len(hits) == k:
+            break
+    return hits
+
+
+__all__ = ["FUSIONS", "MODES", "FusionOptions", "Unit", "fuse_scores", "is_image_part", "matched", "rrf", "search"]

@@ -1,0 +1,94 @@
+"""Documents: an image and a text that belong together, each with its own vector.
+
+Three sources make them:
+
+* a JSON Lines record naming an image (``{"image": "shoes/123.jpg", "text": "red running shoe"}``,
+  the path relative to the ``.jsonl`` file): the line's text record (locator ``N``) and an image
+  record (locator ``N:image``, ``meta["image"]`` the name as written) whose pixels are read from
+  the named file (``source_path``);
+* an image with a same-stem ``.txt``/``.md`` sidecar: two files, two ordinary items;
+* an image with a caption embedded in it (``media.captions``): the image record and a text
+  record (locator ``caption``) of the same file.
+
+In the catalogue every part is an ordinary item row (its own id, vector and generation), so
+incremental indexing, renames, deletions, ``check`` and the FAISS id mapping treat parts like
+any item. Which rows form one document follows from their path and locator alone
+(``mmsearch.documents.doc_key``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .records import BadInput, FileEntry, Record, Skip, content_hash, read_regular_file
+
+IMAGE_PART = "image"  # suffix of a JSONL record's image locator: "12:image"
+IMAGE_FIELD = "image"  # the JSONL field naming the image
+# An image named by a JSONL record larger than this is refused (what an image file may be).
+MAX_DOCUMENT_IMAGE_BYTES = 1 << 30
+
+
+def image_locator(line: str) -> str:
+    return f"{line}:{IMAGE_PART}"
+
+
+def is_image_part(locator: str) -> bool:
+    return locator.endswith(":" + IMAGE_PART)
+
+
+def source_path(path: str, locator: str, meta: dict[str, Any] | None) -> str:
+    """The file whose bytes an item stands for: its own path, or for a JSONL document's image
+    part the image it names (relative to the JSONL file's folder)."""
+    name = meta.get(IMAGE_FIELD) if is_image_part(locator) and isinstance(meta, dict) else None
+    if isinstance(name, str) and name:
+        return os.path.normpath(os.path.join(os.path.dirname(path), os.path.expanduser(name)))
+    return path
+
+
+def record_source(record: Record) -> str:
+    return source_path(record.path, record.locator, record.meta)
+
+
+def image_part(entry: FileEntry, line: str, name: Any, max_pixels: int) -> Record:
+    """The image record of JSONL line ``line`` naming ``name``; BadInput says why not."""
+    from .image import ImageHandler
+
+    if not isinstance(name, str) or not name.strip():
+        raise BadInput(f"'{IMAGE_FIELD}' must be a non-empty string (a path relative to the file)")
+    source = source_path(entry.path, image_locator(line), {IMAGE_FIELD: name})
+    if not os.path.exists(source):
+        raise BadInput(f"image {name} not found ({source})")
+    data = read_regular_file(source, MAX_DOCUMENT_IMAGE_BYTES)
+    [image], _ = ImageHandler().records(FileEntry(source, len(data), entry.mtime_ns, "image"), data, max_pixels)
+    return Record(entry.path, image_locator(line), image.modality, entry.size, entry.mtime_ns,
+                  content_hash(data), width=image.width, height=image.height, meta={IMAGE_FIELD: name})
+
+
+def document_parts(entry: FileEntry, line: str, obj: dict[str, Any], text_record: Record | None,
+                   max_pixels: int) -> tuple[list[Record], list[Skip]]:
+    """The records of a JSONL line that names an image: its text (when it has one) and its
+    image; an image that cannot be read is skipped with the reason, the text is kept."""
+    records = [text_record] if text_record is not None else []
+    try:
+        records.append(image_part(entry, line, obj.get(IMAGE_FIELD), max_pixels))
+    except BadInput as exc:
+        return records, [Skip(f"{entry.path}:{line}", f"image part: {exc}", protects=exc.transient)]
+    return records, []
+
+
+# -- which rows form one document ----------------------------------------------------------------
+def doc_key(path: str, locator: str, modality: str) -> tuple[str, str]:
+    """The document an item belongs to, from its own path and locator only (no other row is
+    needed, so adding or removing one part never rewrites another):
+
+    * a JSONL line's parts: (the file, the line number);
+    * whole files and embedded captions: (the path without its extension, ""), so ``x.jpg``,
+      its caption and a sidecar ``x.txt`` or ``x.md`` share one key;
+    * a video's frames: (the video file, "video"), one document per video.
+    """
+    if modality == "video":
+        return (path, "video")
+    if locator and locator != "caption":
+        return (path, locator.split(":", 1)[0])
+    return (os.path.splitext(path)[0], "")

@@ -1,0 +1,157 @@
+"""The full-text index: every item's words (its text, an embedded caption, a JSONL record's
+fields) and names (file and folder names, the image a JSONL record names), ranked by BM25.
+
+``LexicalIndex`` is the interface the rest of mmsearch sees (``ensure`` on create and open,
+``search`` in a read snapshot). ``SqliteLexical`` fills it with an FTS5 table kept by triggers
+on ``items``: every insert, update of the words and delete of an item changes the full-text
+rows in the same statement, so inside the catalogue's write transaction (the write rule holds
+for words as for vectors, and a crash can never leave them apart). A PostgreSQL catalogue fills
+the same interface with a ``tsvector`` column and ``ts_rank_cd``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine as SAEngine
+
+TABLE = "items_fts"
+# BM25 column weights: words, names. Names count as much as words: a file name is often the
+# only exact token a user remembers.
+WEIGHTS = (1.0, 1.0)
+# Longest query sent to the full-text index (terms); the rest is ignored.
+MAX_TERMS = 32
+# A query word held by more items than this is left out of the BM25 query (when a rarer word is
+# there): FTS5 scores every match of an OR query, so one word found in a million rows would cost
+# seconds, and such a word says little (its BM25 weight is near 0); the vector ranking still
+# sees it. Exact tokens (codes, names, file names) are rare and always kept.
+COMMON_DF = 2_000
+
+_NAME = ("{row}.path || ' ' || coalesce(CASE WHEN json_valid({row}.meta) "
+         "THEN json_extract({row}.meta, '$.image') END, '')")
+_WORDS = ("coalesce({row}.text, '') || ' ' || coalesce(CASE WHEN json_valid({row}.meta) "
+          "AND json_type({row}.meta) = 'object' THEN (SELECT group_concat(value, ' ') FROM json_each({row}.meta) "
+          "WHERE json_each.type = 'text' AND json_each.key != 'image') END, '')")
+_INSERT = f"INSERT INTO {TABLE}(rowid, words, names) VALUES (new.id, {_WORDS.format(row='new')}, {_NAME.format(row='new')});"
+_DDL = (
+    f"CREATE VIRTUAL TABLE IF NOT EXISTS {TABLE} USING fts5(words, names, tokenize='unicode61 remove_diacritics 2')",
+    f"CREATE TRIGGER IF NOT EXISTS {TABLE}_ai AFTER INSERT ON items BEGIN {_INSERT} END",
+    f"CREATE TRIGGER IF NOT EXISTS {TABLE}_ad AFTER DELETE ON items BEGIN DELETE FROM {TABLE} WHERE rowid = old.id; END",
+    (f"CREATE TRIGGER IF NOT EXISTS {TABLE}_au AFTER UPDATE OF path, locator, text, meta ON items BEGIN "
+    f"DELETE FROM {TABLE} WHERE rowid = old.id; {_INSERT} END"),
+)
+
+
+class LexicalIndex(Protocol):
+    def ensure(self) -> None:
+        """Create the full-text index if the database lacks it (older indexes), filled from
+        every item, in one transaction."""
+
+    def search(self, session, query: str, limit: int, every_word: bool = False) -> list[tuple[int, float]]:
+        """(item id, score: higher is better) of the best ``limit`` matches of ``query``'s words
+        (words in more than COMMON_DF items left out; when all are, none unless ``every_word``,
+        then the rarest)."""
+
+
+def query_phrases(query: str) -> list[str]:
+    """The words of free text as the full-text index's phrases (quotes doubled)."""
+    return [word.replace('"', '""') for word in query.split()[:MAX_TERMS] if any(ch.isalnum() for ch in word)]
+
+
+def match_expression(query: str, common: set[str] = frozenset()) -> str | None:
+    """The full-text query for free text: each whitespace-separated word a quoted phrase (an
+    invoice number ``INV-2024-0042`` matches its tokens in order), any of them matching; words
+    in ``common`` are left out unless nothing else is left."""
+    phrases = query_phrases(query)
+    kept = [p for p in phrases if p.lower() not in common] or phrases[:1]
+    return " OR ".join(f'"{p}"' for p in kept) if kept else None
+
+
+def query_words(query: str) -> list[str]:
+    """The lower-case tokens of ``query`` as the full-text index splits them (for showing
+    which words a hit matched)."""
+    return [t.lower() for t in re.findall(r"\w+", query)]
+
+
+class SqliteLexical:
+    """FTS5 with BM25, kept by triggers (see the module's docstring)."""
+
+    def __init__(self, engine: SAEngine):
+        self.engine = engine
+        # How many items hold each query word (capped at COMMON_DF + 1), for the generation the
+        # counts were read at: common words repeat across queries, and counting costs a query.
+        self._held: dict[str, int] = {}
+        self._held_gen: str | None = None
+
+    def ensure(self) -> None:
+        with self.engine.begin() as conn:
+            present = {name for (name,) in conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger') AND name LIKE ?", (f"{TABLE}%",))}
+            if present >= {TABLE, f"{TABLE}_ai", f"{TABLE}_ad", f"{TABLE}_au"}:
+                return
+            fresh = TABLE not in present
+            for statement in _DDL:
+                conn.exec_driver_sql(statement)
+            if fresh:  # an index from before the full-text index: fill it from every item
+                conn.exec_driver_sql(
+                    f"INSERT INTO {TABLE}(rowid, words, names) SELECT id, {_WORDS.format(row='items')}, "
+                    f"{_NAME.format(row='items')} FROM items")
+
+    def search(self, session, query: str, limit: int, every_word: bool = False) -> list[tuple[int, float]]:
+        phrases = query_phrases(query)
+        if not phrases or limit < 1:
+            return []
+        single = [p.lower() for p in phrases if re.fullmatch(r"\w+", p)]
+        common: dict[str, int] = {}
+        if len(phrases) > 1 and single:
+            connection = session.connection()
+            gen = connection.exec_driver_sql("SELECT value FROM meta WHERE key = 'generation'").scalar()
+            if gen != self._held_gen:
+                self._held, self._held_gen = {}, gen
+            for word in single:
+                held = self._held.get(word)
+                if held is None:
+                    # Counting stops past COMMON_DF: a common word costs no more than a rare one.
+                    held = connection.exec_driver_sql(
+                        f"SELECT count(*) FROM (SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH ? LIMIT ?)",
+                        (f'"{word}"', COMMON_DF + 1)).scalar()
+                    if len(self._held) < 100_000:
+                        self._held[word] = held
+                if held > COMMON_DF:
+                    common[word] = held
+            if len(common) == len(phrases):  # every word is common
+                if not every_word:
+                    return []  # nothing exact to find: the vector ranking alone decides
+                common.pop(next(iter(common)))  # words asked for: keep one
+        expression = match_expression(query, set(common))
+        if expression is None:
+            return []
+        rows = session.execute(
+            text(f"SELECT rowid, bm25({TABLE}, {WEIGHTS[0]}, {WEIGHTS[1]}) AS rank FROM {TABLE} "
+                 f"WHERE {TABLE} MATCH :q ORDER BY rank LIMIT :n"),
+            {"q": expression, "n": int(limit)})
+        return [(int(item_id), -float(rank)) for item_id, rank in rows]
+
+
+class NoLexical:
+    """A database without a full-text implementation yet: nothing to create; searching its
+    words says so."""
+
+    def __init__(self, engine: SAEngine):
+        self.engine = engine
+
+    def ensure(self) -> None:
+        return None
+
+    def search(self, session, query: str, limit: int, every_word: bool = False) -> list[tuple[int, float]]:
+        from ..errors import QueryError
+
+        raise QueryError(f"lexical search is not available on a {self.engine.dialect.name} catalogue yet: "
+                         "use --mode vector")
+
+
+def lexical_index(engine: SAEngine) -> LexicalIndex:
+    """The full-text index of the catalogue's database."""
+    return SqliteLexical(engine) if engine.dialect.name == "sqlite" else NoLexical(engine)

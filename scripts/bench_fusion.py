@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""Warm query latency of late fusion and hybrid (vector + BM25) search against vector-only search,
+on one synthetic index of documents, measured in the same run.
+
+Each document is a JSON Lines record: a text part (eight words drawn from a Zipf vocabulary and
+a unique product code) and an image part, with CLIP-shaped vectors (``mmsearch.synthetic``; the
+text vector is the image vector plus noise). Rows go straight into the catalogue (the full-text
+index fills itself through its triggers) and the vector index is built from them, as an index
+run would leave it. Queries are vectors near a document's and three of its words. For each
+query every configuration runs once, in rotating order, so load on a shared machine hits all
+alike; the figures are medians.
+
+    python scripts/bench_fusion.py --docs 1000000 --queries 200 --workdir /tmp/bench-fusion
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+WORDS = 5_000
+
+
+def vocabulary(rng: np.random.Generator) -> list[str]:
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    return ["".join(rng.choice(letters, size=int(rng.integers(4, 9)))) for _ in range(WORDS)]
+
+
+def build(folder: Path, docs: int, dim: int, seed: int = 0) -> dict:
+    from mmsearch.storage import IndexStore, writer_lock
+    from mmsearch.synthetic import clustered_vectors
+
+    stamp = folder / "bench-stamp.json"
+    if stamp.exists():
+        return json.loads(stamp.read_text())
+    shutil.rmtree(folder, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    vocab = vocabulary(rng)
+    zipf = 1.0 / np.arange(1, WORDS + 1)
+    zipf /= zipf.sum()
+    store = IndexStore.create(folder, {"name": "synthetic", "pretrained": None, "fingerprint": "synthetic"}, dim)
+    # Rows first, words after: the full-text index is dropped and refilled in one statement
+    # (the path an index from before it takes on open), much faster than a trigger per row.
+    import sqlite3
+
+    with sqlite3.connect(folder / "mmsearch.db") as conn:
+        for name in ("items_fts_ai", "items_fts_ad", "items_fts_au"):
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.execute("DROP TABLE items_fts")
+    started = time.perf_counter()
+    chunk = 50_000
+    with writer_lock(folder):
+        for start in range(0, docs, chunk):
+            stop = min(docs, start + chunk)
+            n = stop - start
+            images = clustered_vectors(n, dim, seed=1 + start)
+            noise = rng.standard_normal((n, dim)).astype(np.float32) * (0.6 / np.sqrt(dim))
+            texts = images + noise
+            texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+            words = rng.choice(WORDS, size=(n, 8), p=zipf)
+            rows, vectors = [], []
+            for j in range(n):
+                i = start + j
+                path, line = f"/synthetic/shop{i // 100_000:03d}/products.jsonl", str(i % 100_000 + 1)
+                common = {"path": path, "size": 1, "mtime_ns": 1_700_000_000_000_000_000, "width": None,
+                          "height": None}
+                rows.append(dict(common, id=2 * i + 1, locator=line, modality="text", content_hash=f"t{i:063x}",
+                                 text=" ".join(vocab[w] for w in words[j]), meta={"code": f"INV-{i:07d}"}))
+                rows.append(dict(common, id=2 * i + 2, locator=f"{line}:image", modality="image",
+                                 content_hash=f"i{i:063x}", text=None, meta={"image": f"img/{i}.jpg"}))
+                vectors += [texts[j], images[j]]
+            with store.catalogue.write() as w:
+                w.bulk_insert(rows, np.stack(vectors))
+            print(f"  {stop} documents written ({time.perf_counter() - started:.0f} s)", flush=True)
+    rows_s = time.perf_counter() - started
+    started = time.perf_counter()
+    store.catalogue.lexical.ensure()
+    words_s = time.perf_counter() - started
+    print(f"  full-text index filled ({words_s:.0f} s)", flush=True)
+    started = time.perf_counter()
+    store.fit_vectors("auto", force=True)
+    facts = {"docs": docs, "items": 2 * docs, "dim": dim, "insert_rows_s": round(rows_s, 1),
+             "fill_fulltext_s": round(words_s, 1),
+             "vector_build_s": round(time.perf_counter() - started, 1), "vector_index": store.manifest["vector_index"]}
+    store.close()
+    stamp.write_text(json.dumps(facts))
+    return facts
+
+
+def queries(folder: Path, n: int, dim: int, seed: int = 7) -> list[tuple[np.ndarray, str, str]]:
+    """(vector near a document's image, three of its words, its product code)."""
+    from mmsearch.storage import IndexStore
+
+    rng = np.random.default_rng(seed)
+    store = IndexStore.open(folder)
+    out = []
+    with store.read() as r:
+        total = r.item_count() // 2
+        picks = rng.choice(total, size=n, replace=False)
+        rows = r.items([2 * int(i) + 1 for i in picks])
+        blobs = dict(r.embeddings([2 * int(i) + 2 for i in picks]))
+    for i in picks:
+        v = np.frombuffer(blobs[2 * int(i) + 2], np.float32) + rng.standard_normal(dim).astype(np.float32) * (0.5 / np.sqrt(dim))
+        words = rows[2 * int(i) + 1].text.split()
+        out.append((v / np.linalg.norm(v), " ".join(rng.choice(words, 3, replace=False)), f"INV-{int(i):07d}"))
+    store.close()
+    return out
+
+
+def measure(folder: Path, qs: list, k: int = 10) -> dict:
+    from mmsearch import Engine
+    from mmsearch.fusion import FusionOptions
+
+    configs = {
+        "vector": lambda e, v, w: e.search_vector(v, k=k),
+        "late": lambda e, v, w: e.search_fused(v, w, FusionOptions("late"), k=k),
+        "rrf": lambda e, v, w: e.search_fused(v, w, FusionOptions("rrf"), k=k),
+        "early": lambda e, v, w: e.search_fused(v, w, FusionOptions("early"), k=k),
+        "hybrid": lambda e, v, w: e.search_fused(v, w, FusionOptions("none", "hybrid"), k=k),
+        "hybrid+late": lambda e, v, w: e.search_fused(v, w, FusionOptions("late", "hybrid"), k=k),
+    }
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    token_first = 0
+    with Engine(folder) as engine:
+        for v, words, _ in qs[:5]:  # load the vector index, warm caches
+            for run in configs.values():
+                run(engine, v, words)
+        names = list(configs)
+        for n, (v, words, code) in enumerate(qs):
+            for name in names[n % len(names):] + names[:n % len(names)]:
+                started = time.perf_counter()
+                hits = configs[name](engine, v, words)
+                times[name].append((time.perf_counter() - started) * 1000)
+                assert hits, name
+            hit = engine.search_fused(v, code, FusionOptions("late", "hybrid"), k=1)[0]
+            token_first += hit.matched.get("words") == [code.split("-")[0].lower(), code.split("-")[1]]
+    p50 = {name: statistics.median(t) for name, t in times.items()}
+    return {"p50_ms": {k: round(v, 2) for k, v in p50.items()},
+            "p90_ms": {k: round(float(np.percentile(t, 90)), 2) for k, t in times.items()},
+            "ratio_to_vector": {k: round(v / p50["vector"], 2) for k, v in p50.items()},
+            "token_queries_first": f"{token_first}/{len(qs)}"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docs", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-fusion"))
+    args = parser.parse_args()
+    folder = args.workdir / f"docs-{args.docs}-{args.dim}"
+    facts = build(folder, args.docs, args.dim)
+    result = measure(folder, queries(folder, args.queries, args.dim))
+    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True, check=False).stdout.strip()
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
+    print(json.dumps({"machine": cpu or platform.processor(), "load": load, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                      "index": facts, **result}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
