@@ -35,6 +35,8 @@ def index_cmd(
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
     index_type: Annotated[Optional[str], typer.Option("--index-type", metavar="TYPE", help="Expert: vector index auto, flat (exact), ivf-sq8 or ivf-pq (approximate, re-ranked exactly); remembered, and the vectors are rebuilt from stored embeddings when it changes \\[default: the index's choice, auto].", show_default=False)] = None,
+    runner: Annotated[str, typer.Option("--runner", metavar="RUNNER", help="Where images are decoded and encoded: local (worker processes here) or ray (Ray Data tasks and encode actors; needs pip install \"mmsearch[ray]\").")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDRESS", help="With --runner ray: auto (the cluster started by `ray start`), HOST:PORT or ray://HOST:10001 \\[default: start a local Ray on this machine].", show_default=False)] = None,
 ) -> None:
     """Embed new and changed images, texts and videos under PATHS; remove what was deleted."""
     with _engine(index, model, pretrained, device, batch_size=batch_size, workers=workers) as engine:
@@ -43,7 +45,7 @@ def index_cmd(
             report = engine.add(
                 [str(p) for p in paths] if paths else None,
                 exclude=exclude or (), include_hidden=hidden, follow_links=follow_links, reembed=reembed,
-                wait=wait, progress=progress, index_type=index_type,
+                wait=wait, progress=progress, index_type=index_type, runner=runner, ray_address=ray_address,
             )
     if as_json:
         write_json(report.as_dict())
