@@ -42,7 +42,7 @@ RAY_OBJECT_STORE = 300 * 2**20
 
 @pytest.fixture(scope="module")
 def ray_address():
-    """A local Ray for the module; its address for CLI processes."""
+    """A local Ray for the module; its address for CLI processes (see ``ray_env``)."""
     import ray
 
     if ray.is_initialized():  # pragma: no cover - another module left one
@@ -53,6 +53,13 @@ def ray_address():
         yield context.address_info["address"]
     finally:
         ray.shutdown()
+
+
+def ray_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI process joining the module's Ray: Ray 2.60 starts clusters with
+    token authentication (``RAY_AUTH_MODE=token``, set here by ``ray.init``; the token is in
+    ~/.ray/auth_token), and a driver must say so to be let in."""
+    return dict(ENV, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token"), **extra)
 
 
 def _cosines(a: dict, b: dict) -> list[float]:
@@ -164,10 +171,11 @@ def test_ray_driver_sigkill_leaves_consistent_index_that_rerun_completes(tmp_pat
         if round_:
             mutate(corpus, rng, round_)
         before = _generation(idx)
-        proc = subprocess.Popen(_ray_cmd(corpus, idx, tiny_model, ray_address), env=dict(ENV, MMSEARCH_CHECKPOINT_SECONDS="0.05"),
+        proc = subprocess.Popen(_ray_cmd(corpus, idx, tiny_model, ray_address), env=ray_env(MMSEARCH_CHECKPOINT_SECONDS="0.05"),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        # After the first commit of this run, while the Ray job streams vectors in.
-        while _generation(idx) <= before + 1 and proc.poll() is None:
+        # After the first commits of this run (its roots, then a batch of vectors), while the
+        # Ray job streams vectors in.
+        while _generation(idx) <= before + 3 and proc.poll() is None:
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.3))
         if proc.poll() is None:
@@ -178,7 +186,7 @@ def test_ray_driver_sigkill_leaves_consistent_index_that_rerun_completes(tmp_pat
             assert_consistent(idx, allow=AFTER_KILL)
     assert killed >= 2, f"only {killed} of 3 runs were still going when killed"
     # A Ray re-run completes the work; the result is what one local run over the corpus gives.
-    done = subprocess.run(_ray_cmd(corpus, idx, tiny_model, ray_address, "--json"), env=ENV, capture_output=True,
+    done = subprocess.run(_ray_cmd(corpus, idx, tiny_model, ray_address, "--json"), env=ray_env(), capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     with open_engine(tmp_path / "ref", tiny_model) as engine:
@@ -195,7 +203,7 @@ def test_ray_sigint_stops_the_job_and_keeps_what_was_committed(tmp_path, tiny_mo
 
     corpus = build_corpus(tmp_path / "corpus", 80, 10)
     idx = tmp_path / "idx"
-    env = dict(ENV, MMSEARCH_CHECKPOINT_SECONDS="3600")  # only the interrupt handler saves vectors
+    env = ray_env(MMSEARCH_CHECKPOINT_SECONDS="3600")  # only the interrupt handler saves vectors
     proc = subprocess.Popen(_ray_cmd(corpus, idx, tiny_model, ray_address), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
@@ -214,7 +222,7 @@ def test_ray_sigint_stops_the_job_and_keeps_what_was_committed(tmp_path, tiny_mo
     while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) == 2
-    report = json.loads(subprocess.run(_ray_cmd(corpus, idx, tiny_model, ray_address, "--json"), check=True, env=ENV,
+    report = json.loads(subprocess.run(_ray_cmd(corpus, idx, tiny_model, ray_address, "--json"), check=True, env=ray_env(),
                                        capture_output=True, text=True, timeout=300).stdout)
     assert report["added"] + items == 91 and assert_consistent(idx) == 91, report
     assert report["updated"] == 0  # nothing committed before the interrupt was embedded again

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..encoders.onnx_export import first_line
 from ..errors import MMSearchError, RayRunError, RayUnavailableError
 from ..media import Skip
 from ..media.image import PixelTransform
@@ -44,6 +47,8 @@ RAY_RETRIES = 3
 # Rows per input block: a block is what one decode task gets; a few decode batches each keeps
 # task overhead small while leaving enough blocks to spread over the cluster's CPUs.
 BLOCK_BATCHES = 4
+# Seconds a stopped run waits for Ray Data's iteration threads before disconnecting from Ray.
+STOP_SECONDS = 10.0
 
 INSTALL_HINT = 'the Ray runner needs Ray: pip install "mmsearch[ray]"'
 
@@ -220,6 +225,7 @@ class RayExecutor:
         self._owns_ray = False
         self._data_log_level: int | None = None
         self._running: Iterator[Any] | None = None
+        self._threads: set[threading.Thread] = set()
         self.summary: dict[str, Any] = {}
 
     # -- connection ------------------------------------------------------------------------------
@@ -243,6 +249,12 @@ class RayExecutor:
             close = getattr(running, "close", None)
             if close is not None:
                 close()  # shuts the streaming execution down: its tasks and actors end
+            # Ray Data's iteration threads may still be inside a Ray call; disconnecting under
+            # them makes Ray end the process (exit 1, nothing said). Give them time to finish.
+            deadline = time.monotonic() + STOP_SECONDS
+            for thread in set(threading.enumerate()) - self._threads:
+                if thread is not threading.current_thread():
+                    thread.join(max(0.0, deadline - time.monotonic()))
 
     def _connect(self) -> None:
         ray = self._ray
@@ -264,7 +276,11 @@ class RayExecutor:
                 os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
                 ray.init(address=self.address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise RayRunError(f"cannot start or reach Ray at {self.address or 'a new local instance'}: {exc}") from exc
+            hint = ("; a cluster with token authentication (Ray's default) needs RAY_AUTH_MODE=token here, with "
+                    "its token in ~/.ray/auth_token or RAY_AUTH_TOKEN" if self.address and
+                    os.environ.get("RAY_AUTH_MODE") != "token" else "")
+            raise RayRunError(f"cannot start or reach Ray at {self.address or 'a new local instance'}: "
+                              f"{first_line(exc)}{hint}") from exc
         self._owns_ray = True
 
     def cluster(self) -> dict[str, Any]:
@@ -298,6 +314,7 @@ class RayExecutor:
 
     def _iterate(self, dataset: Any, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """The dataset's batches as they come; a job that fails past its retries -> RayRunError."""
+        self._threads = set(threading.enumerate())
         batches = iter(dataset.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=1))
         self._running = batches
         while True:
@@ -310,8 +327,7 @@ class RayExecutor:
                 raise
             except Exception as exc:  # Ray's errors: workers that kept dying, a lost cluster
                 self._stop()
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise RayRunError(f"the Ray job failed after {self.retries} retries: {type(exc).__name__}: {first} "
+                raise RayRunError(f"the Ray job failed after {self.retries} retries: {type(exc).__name__}: {first_line(exc)} "
                                   "(what was written is kept; run again to finish)") from exc
             yield batch
 
