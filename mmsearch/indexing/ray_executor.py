@@ -266,19 +266,20 @@ class RayExecutor:
             data_log.setLevel(logging.ERROR)
         if ray.is_initialized():
             return
-        # Ray's own start-up chatter (token notice, C++ core worker notes) would break the
-        # one-line-per-event output of a run; failures still raise and are reported.
+        # Ray's own start-up chatter (the token notice) would break the one-line-per-event output
+        # of a run; failures still raise and are reported.
         options: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
-        if self.address is None:
+        # No address: a new local Ray, never a cluster that merely happens to run on this
+        # machine or that $RAY_ADDRESS names (what Ray's own default would join).
+        address = self.address or "local"
+        if address == "local":
             options["include_dashboard"] = False
         try:
             with _quiet_ray():
-                os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-                ray.init(address=self.address, **options)
+                ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             hint = ("; a cluster with token authentication (Ray's default) needs RAY_AUTH_MODE=token here, with "
-                    "its token in ~/.ray/auth_token or RAY_AUTH_TOKEN" if self.address and
-                    os.environ.get("RAY_AUTH_MODE") != "token" else "")
+                    "its token in ~/.ray/auth_token or RAY_AUTH_TOKEN" if self.address else "")
             raise RayRunError(f"cannot start or reach Ray at {self.address or 'a new local instance'}: "
                               f"{first_line(exc)}{hint}") from exc
         self._owns_ray = True
