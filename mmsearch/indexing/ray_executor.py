@@ -169,7 +169,9 @@ class _EncodeActor:
         self.encoder = recipe.build()
         context = ray.get_runtime_context()
         self.actor = context.get_actor_id()
-        self.restarted = bool(context.was_current_actor_reconstructed)
+        with warnings.catch_warnings():  # Ray's property reads its own deprecated actor_id
+            warnings.simplefilter("ignore")
+            self.restarted = bool(context.was_current_actor_reconstructed)
         self.gpu = bool(context.get_accelerator_ids().get("GPU"))
         self.node = context.get_node_id()
         self.crash_once = crash_once
