@@ -248,3 +248,44 @@ def test_runner_options_are_checked(tmp_path, tiny_model, corpus, cli):
     result = cli("index", corpus, "-i", idx, *tiny_model.args, "--ray-address", "auto", ok=False)
     assert result.exit_code == 2 and "--runner ray" in result.stderr
     assert not idx.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_cli_without_address_starts_and_stops_its_own_ray(tmp_path, tiny_model, ray_address):
+    """No --ray-address: the process starts a local Ray of its own (not the module's, although
+    one runs here), indexes, and leaves none of that Ray's processes behind."""
+    import psutil
+
+    corpus = build_corpus(tmp_path / "corpus", 12, 4)
+    proc = psutil.Popen([*index_cmd(corpus, tmp_path / "idx", tiny_model, "--json"), "--runner", "ray"],
+                        env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started: dict[int, psutil.Process] = {}
+    names: set[str] = set()
+    while proc.poll() is None:  # the processes of the Ray it starts (gcs, raylet, workers)
+        try:
+            for child in proc.children(recursive=True):
+                started[child.pid] = child
+                names.add(child.name())
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    report = json.loads(stdout)
+    assert report["added"] == 17 and report["runner"]["runner"] == "ray"  # 12 images, 4 lines, a note
+    assert "raylet" in names, names  # a Ray of its own: a driver joining one starts no raylet
+    assert assert_consistent(tmp_path / "idx") == 17
+    deadline = time.monotonic() + 30
+    while any(_alive(c) for c in started.values()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [c.pid for c in started.values() if _alive(c)]
+
+
+def _alive(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
