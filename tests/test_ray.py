@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ENV, one_line
 from test_bad_files import EXPECTED_SKIPS, bad_corpus  # noqa: F401 - a fixture used here
 from test_crash_safety import (
@@ -187,7 +186,7 @@ def test_ray_driver_sigkill_leaves_consistent_index_that_rerun_completes(tmp_pat
     assert killed >= 2, f"only {killed} of 3 runs were still going when killed"
     # A Ray re-run completes the work; the result is what one local run over the corpus gives.
     done = subprocess.run(_ray_cmd(corpus, idx, tiny_model, ray_address, "--json"), env=ray_env(), capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     with open_engine(tmp_path / "ref", tiny_model) as engine:
         engine.add([corpus])
@@ -212,7 +211,7 @@ def test_ray_sigint_stops_the_job_and_keeps_what_was_committed(tmp_path, tiny_mo
     if proc.poll() is not None:
         pytest.fail(f"indexing finished before it could be interrupted: {proc.communicate()}")
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     items = assert_consistent(idx, allow=("changed_file",))
@@ -235,7 +234,7 @@ def test_runner_ray_without_ray_says_how_to_install(tmp_path, tiny_model, corpus
             "from mmsearch.cli import main; main()")
     idx = tmp_path / "idx"
     result = subprocess.run([sys.executable, "-c", code, "index", str(corpus), "-i", str(idx), *tiny_model.args,
-                             "--runner", "ray"], capture_output=True, env=ENV, timeout=120)
+                             "--runner", "ray"], capture_output=True, env=ENV, timeout=120, check=False)
     assert result.returncode == 2
     assert 'pip install "mmsearch[ray]"' in one_line(result.stderr)
     assert not idx.exists()
