@@ -212,6 +212,8 @@ class Engine:
         progress: Progress | None = None,
         index_type: str | None = None,
         refresh_metadata: bool = False,
+        runner: str | Any = "local",
+        ray_address: str | None = None,
     ) -> IndexReport:
         """Index ``paths`` (folders or files) incrementally; None re-scans every known root.
 
@@ -227,9 +229,13 @@ class Engine:
         type a poor fit. A named path that does not exist raises ``PathNotFoundError`` before
         anything is created or changed. ``refresh_metadata``: also read the capture metadata
         (EXIF, video tags) of the image and video items already indexed under the paths, from
-        their headers, without encoding (items indexed before mmsearch read EXIF).
+        their headers, without encoding (items indexed before mmsearch read EXIF). ``runner``:
+        ``local`` (worker processes here) or ``ray`` (decoding and encoding on Ray: a local Ray,
+        or the cluster at ``ray_address``, ``auto`` or ``ray://...``; see
+        ``indexing.ray_executor``), or a decode executor instance.
         """
         _check_index_type(index_type)
+        executor = self._executor(runner, ray_address)
         if isinstance(paths, (str, Path)):
             paths = [paths]
         given = [os.path.abspath(os.path.expanduser(str(p))) for p in paths or ()]
@@ -252,14 +258,14 @@ class Engine:
             try:
                 with writer_lock(self.folder, wait):
                     return self._add_locked(explicit, reembed, progress or NullProgress(), index_type,
-                                            refresh_metadata)
+                                            refresh_metadata, executor)
             except BaseException:
                 if creating:
                     self._remove_failed_first_run(existed)
                 raise
 
     def _add_locked(self, explicit: list[LibraryRoot], reembed: bool, progress: Progress,
-                    index_type: str | None, refresh_metadata: bool = False) -> IndexReport:
+                    index_type: str | None, refresh_metadata: bool = False, executor: Any = None) -> IndexReport:
         if self._store is None and IndexStore.is_index(self.folder):
             self._store = IndexStore.open(self.folder, self._vector_settings)  # created meanwhile by another process
         if self._store is not None and not self._check_model():
@@ -286,7 +292,7 @@ class Engine:
             for module in exports:
                 module.ensure_exported(store, self.spec, lambda: self.encoder, self.settings.cache, self.settings.onnx)
                 progress.advance(1)
-        indexer = self.indexer(progress)
+        indexer = self.indexer(progress, executor)
         report = indexer.run(roots)
         if refresh_metadata:
             report.metadata = metadata.refresh(store, [root.path for root in roots], report, progress, indexer.workers)
@@ -307,12 +313,14 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - calibration is an extra; indexing succeeded
             log.warning("could not measure score calibration: %s", exc)
 
-    def indexer(self, progress: Progress | None = None) -> Indexer:
-        """An indexer over this engine's store and encoder (the caller holds the writer lock)."""
+    def indexer(self, progress: Progress | None = None, executor: Any = None) -> Indexer:
+        """An indexer over this engine's store and encoder (the caller holds the writer lock);
+        ``executor``: where images are decoded (default: local worker processes)."""
         return Indexer(
             self.store, self._indexing_encoder, progress=progress, settings=self.settings,
             batch_size=self._batch_size or self._default_batch(), workers=self._workers,
             never=[str(self.folder)],  # the index folder itself, even inside an indexed root
+            executor=executor,
         )
 
     def _exported(self, spec: ModelSpec) -> bool:
@@ -325,6 +333,21 @@ class Engine:
         if self._encoder is not None or self._device not in (None, "cpu") or self.settings.image_encoder == "torch":
             return None
         return onnx_image.cached_dim(self.spec.identity()["fingerprint"], self.settings.cache, self.settings.onnx)
+
+    def _executor(self, runner: str | Any, ray_address: str | None) -> Any:
+        """The decode executor ``runner`` names (None: the local one), checked before any work:
+        Ray missing is said at once, with how to install it."""
+        if runner == "local" or runner is None:
+            if ray_address is not None:
+                raise QueryError("ray_address (--ray-address) needs runner 'ray' (--runner ray)")
+            return None
+        if runner == "ray":
+            from .indexing.ray_executor import RayExecutor
+
+            return RayExecutor(ray_address, workers=self._workers, spec=self.spec, settings=self.settings)
+        if isinstance(runner, str):
+            raise QueryError(f"unknown runner {runner!r}: choose local or ray")
+        return runner  # a decode executor made by the caller
 
     def _indexing_encoder(self) -> Any:
         """The encoder an indexing run uses: ONNX for images where that is the choice (measured

@@ -113,3 +113,14 @@ class SettingsError(MMSearchError):
     """An environment variable (``MMSEARCH_*``) holds a value mmsearch cannot use."""
 
     exit_code = 2
+
+
+class RayUnavailableError(MMSearchError):
+    """``--runner ray`` was asked for but Ray is not installed (``pip install "mmsearch[ray]"``)."""
+
+    exit_code = 2
+
+
+class RayRunError(MMSearchError):
+    """The Ray job failed (a worker kept dying after its retries, or the cluster cannot be
+    reached); what was committed before stays in the index and a re-run continues."""

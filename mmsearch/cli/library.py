@@ -36,6 +36,8 @@ def index_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
     refresh_metadata: Annotated[bool, typer.Option("--refresh-metadata", metavar="", help="Also read the capture date, camera and GPS position (EXIF, video tags) of images and videos already indexed, from their headers, without re-encoding: for items indexed before mmsearch read them.")] = False,
     index_type: Annotated[Optional[str], typer.Option("--index-type", metavar="TYPE", help="Expert: vector index auto, flat (exact), ivf-sq8, ivf-pq or ivf-ondisk (approximate, re-ranked exactly; ivf-ondisk: memory-mapped lists on disk, for indexes larger than memory); remembered, and the vectors are rebuilt from stored embeddings when it changes \\[default: the index's choice, auto].", show_default=False)] = None,
+    runner: Annotated[str, typer.Option("--runner", metavar="RUNNER", help="Where images are decoded and encoded: local (worker processes here) or ray (Ray Data tasks and encode actors; needs pip install \"mmsearch[ray]\").")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDRESS", help="With --runner ray: auto (the cluster started by `ray start`), HOST:PORT or ray://HOST:10001 \\[default: start a local Ray on this machine].", show_default=False)] = None,
 ) -> None:
     """Embed new and changed images, texts and videos under PATHS; remove what was deleted."""
     with _engine(index, model, pretrained, device, batch_size=batch_size, workers=workers) as engine:
@@ -45,6 +47,7 @@ def index_cmd(
                 [str(p) for p in paths] if paths else None,
                 exclude=exclude or (), include_hidden=hidden, follow_links=follow_links, reembed=reembed,
                 wait=wait, progress=progress, index_type=index_type, refresh_metadata=refresh_metadata,
+                runner=runner, ray_address=ray_address,
             )
     if as_json:
         write_json(report.as_dict())

@@ -485,6 +485,7 @@ class OnnxImageEncoder:
         except Exception as exc:  # noqa: BLE001 - a corrupt file, onnxruntime's own errors, a bad record
             raise OnnxImageUnavailable(f"cannot load {graph.name}: {type(exc).__name__}: {first_line(exc)}") from exc
         self.kind = variant
+        self.folder = Path(folder)  # where its files are (another process can load the same encoder)
         self.record = record
         self.dim = int(record["dim"])
         self.image_size = int(self.pixel_transform.crop)

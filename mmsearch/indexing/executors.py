@@ -1,5 +1,6 @@
 """Decode executors: where files are decoded for the model. The local one runs worker processes
-on this machine; a distributed one (Ray) is a second implementation of the same ``decode``."""
+on this machine; the Ray one (``ray_executor``) is a second implementation of the same ``decode``
+that can also encode on the cluster (``decode_and_encode``)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ class Decoded:
     jobs: list[Job] = field(default_factory=list)
     arrays: list[Any] = field(default_factory=list)  # uint8 HxWx3 (already cropped with a PixelTransform)
     failed: list[tuple[Job, Skip]] = field(default_factory=list)
+    # Set when the executor encoded the batch too (Ray's encode actors): one row per job.
+    vectors: Any = None
 
 
 class DecodeExecutor(Protocol):

@@ -61,6 +61,8 @@ class IndexReport:
     # Seconds spent in each stage (``STAGES``): decode is the time spent waiting for decoded
     # images (decoding runs ahead in worker processes, overlapping the encoder).
     stages: dict[str, float] = field(default_factory=dict)
+    # Where the work ran, when not here (``RayExecutor.summary``: nodes, actors, GPUs, restarts).
+    runner: dict[str, Any] | None = None
 
     @property
     def changed(self) -> bool:
@@ -95,4 +97,5 @@ class IndexReport:
             "skipped_files": [{**path_fields(s.path), "reason": s.reason} for s in self.skipped],
             "seconds": round(self.seconds, 3), "interrupted": self.interrupted,
             "stages": {stage: round(self.stages[stage], 3) for stage in STAGES if stage in self.stages},
+            **({"runner": self.runner} if self.runner else {}),
         }

@@ -179,19 +179,32 @@ class Indexer:
         images = [job for job in leaders if job.record.modality in workers and job.record.modality != VIDEO]
         if images:
             with self.executor:
-                for decoded in self._timed(self.executor.decode(images, encoder.image_size, encoder.pixel_transform,
-                                                                self.batch_size), "decode"):
+                for decoded in self._decoded(images, encoder):
                     for job, skip in decoded.failed:
                         self._skip(skip)
                         self.progress.advance()
                         if not skip.protects:
                             self._stale.extend(m.item_id for m in groups.get(job.content, [job]) if m.item_id is not None)
                     if decoded.jobs:
-                        with self.report.timing("encode"):
-                            vectors = encode_arrays(encoder, decoded.arrays)
+                        vectors = decoded.vectors
+                        if vectors is None:
+                            with self.report.timing("encode"):
+                                vectors = encode_arrays(encoder, decoded.arrays)
                         self.sink.encoded(decoded.jobs, vectors, groups)
                     else:
                         self.sink.checkpoint()
+                summary = getattr(self.executor, "summary", None)
+                if summary:
+                    self.report.runner = dict(summary)
+
+    def _decoded(self, images: list[Job], encoder: Any) -> Iterator[Any]:
+        """Decoded batches of ``images``: encoded by the executor where it can (Ray's actors:
+        the time waiting for them counts as encode), else decoded for the encoder here."""
+        remote = getattr(self.executor, "decode_and_encode", None)
+        if remote is not None:
+            return self._timed(remote(images, encoder, self.batch_size, self.progress), "encode")
+        return self._timed(self.executor.decode(images, encoder.image_size, encoder.pixel_transform, self.batch_size),
+                           "decode")
 
     # -- videos --------------------------------------------------------------------------------
     def _known_videos(self, records: dict[str, list[Record]]) -> None:

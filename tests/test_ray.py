@@ -1,0 +1,290 @@
+"""The Ray runner (``--runner ray``): the same items, vectors and skips as a local run, on a real
+local Ray (no mocks); a killed driver, Ctrl-C and a dying encode actor leave a consistent index.
+
+The Ray tests are slow (a Ray start costs about 10 s and 1.4 GB here): they share one local Ray
+per module (2 CPUs, a 300 MB object store, no dashboard), in-process runs through its
+connection and CLI processes through its address (``--ray-address``), and run with
+``-m slow -n 0``. The option checks at the end run by default and start no Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ENV, one_line
+from test_bad_files import EXPECTED_SKIPS, bad_corpus  # noqa: F401 - a fixture used here
+from test_crash_safety import (
+    AFTER_KILL,
+    _generation,
+    assert_consistent,
+    assert_same_state,
+    build_corpus,
+    index_cmd,
+    mutate,
+    open_engine,
+    snapshot,
+)
+
+RAY_OBJECT_STORE = 300 * 2**20
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray for the module; its address for CLI processes (see ``ray_env``)."""
+    import ray
+
+    if ray.is_initialized():  # pragma: no cover - another module left one
+        ray.shutdown()
+    context = ray.init(num_cpus=2, object_store_memory=RAY_OBJECT_STORE, include_dashboard=False,
+                       logging_level=logging.ERROR, log_to_driver=False)
+    try:
+        yield context.address_info["address"]
+    finally:
+        ray.shutdown()
+
+
+def ray_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI process joining the module's Ray: Ray 2.60 starts clusters with
+    token authentication (``RAY_AUTH_MODE=token``, set here by ``ray.init``; the token is in
+    ~/.ray/auth_token), and a driver must say so to be let in."""
+    return dict(ENV, RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "token"), **extra)
+
+
+def _cosines(a: dict, b: dict) -> list[float]:
+    return [float(np.dot(a[key][1], b[key][1])) for key in a]
+
+
+def _same_result(local_idx: Path, ray_idx: Path) -> None:
+    """Same items (path, locator, content) and vectors at cosine >= 0.9999."""
+    local, remote = snapshot(local_idx), snapshot(ray_idx)
+    assert set(local) == set(remote)
+    assert all(local[key][0] == remote[key][0] for key in local)
+    assert min(_cosines(local, remote)) >= 0.9999
+
+
+def _skips(report) -> dict[str, str]:
+    return {s.path: s.reason for s in report.skipped}
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_run_gives_the_local_result(tmp_path, tiny_model, ray_address):
+    corpus = build_corpus(tmp_path / "corpus", 24, 20)
+    whole = (corpus / "d1" / "img001.jpg").read_bytes()
+    # Passes the header check, fails in the decoder (a decode task's skip, not the reader's).
+    (corpus / "d1" / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])
+    shutil.copy(corpus / "d0" / "img000.png", corpus / "d0" / "copy.png")  # encoded once, written twice
+    reports = {}
+    for runner in ("local", "ray"):
+        with open_engine(tmp_path / runner, tiny_model) as engine:
+            reports[runner] = engine.add([corpus], runner=runner)
+    local, remote = reports["local"], reports["ray"]
+    _same_result(tmp_path / "local", tmp_path / "ray")
+    assert _skips(remote) == _skips(local) and any("cannot decode image" in r for r in _skips(remote).values())
+    assert (remote.added, remote.reused, remote.updated) == (local.added, local.reused, local.updated)
+    where = remote.runner
+    assert where["runner"] == "ray" and where["nodes"] == 1 and where["cpus"] == 2 and where["gpus"] == 0
+    assert where["actors_used"] == where["encode_actors"] == 1 and where["decode_nodes_used"] == 1
+    assert where["actor_restarts"] == 0 and local.runner is None
+
+    # The same plan next time: changed, renamed, deleted and new files, through both runners.
+    mutate(corpus, random.Random(3), 1)
+    (corpus / "d0" / "img000.png").rename(corpus / "d0" / "renamed.png")
+    for runner in ("local", "ray"):
+        with open_engine(tmp_path / runner, tiny_model) as engine:
+            reports[runner] = engine.add([corpus], runner=runner)
+    for field in ("added", "updated", "reused", "removed", "unchanged"):
+        assert getattr(reports["ray"], field) == getattr(reports["local"], field), field
+    _same_result(tmp_path / "local", tmp_path / "ray")
+    assert assert_consistent(tmp_path / "ray") == len(snapshot(tmp_path / "local"))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_bad_files_skipped_as_locally(tmp_path, tiny_model, bad_corpus, ray_address, cli):  # noqa: F811
+    """The CLI with --runner ray names the same bad files for the same reasons."""
+    result = cli("index", bad_corpus, "-i", tmp_path / "idx", *tiny_model.args, "--json", "--runner", "ray")
+    report = json.loads(result.stdout)
+    skipped = {os.path.relpath(s["path"], bad_corpus): s["reason"] for s in report["skipped_files"]}
+    assert set(skipped) == set(EXPECTED_SKIPS)
+    for name, reason in EXPECTED_SKIPS.items():
+        assert reason in skipped[name], (name, skipped[name])
+    assert report["runner"]["runner"] == "ray"
+    local = json.loads(cli("index", bad_corpus, "-i", tmp_path / "local", *tiny_model.args, "--json").stdout)
+    assert (report["added"], report["reused"]) == (local["added"], local["reused"])
+    _same_result(tmp_path / "local", tmp_path / "idx")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_encode_actor_that_dies_is_restarted_and_reported(tmp_path, tiny_model, ray_address):
+    """A real failure: the first encode actor's process exits (RayExecutor's crash_once test
+    hook); Ray restarts it and retries its batch, the run completes and says so."""
+    from mmsearch.indexing.ray_executor import RayExecutor
+
+    corpus = build_corpus(tmp_path / "corpus", 16, 4)
+    marker = tmp_path / "crashed"
+    notes: list[str] = []
+
+    class Notes:
+        def start(self, phase, total): pass
+        def advance(self, n=1): pass
+        def skip(self, skip): notes.append(skip.reason)
+        def note(self, message): notes.append(message)
+
+    executor = RayExecutor(crash_once=str(marker), workers=2)
+    with open_engine(tmp_path / "ray", tiny_model) as engine:
+        report = engine.add([corpus], runner=executor, progress=Notes())
+    assert marker.exists()  # the actor did die
+    assert report.runner["actor_restarts"] == 1 and not report.skipped
+    assert any("died and were restarted" in n for n in notes), notes
+    with open_engine(tmp_path / "local", tiny_model) as engine:
+        engine.add([corpus])
+    _same_result(tmp_path / "local", tmp_path / "ray")
+    assert_consistent(tmp_path / "ray")
+
+
+def _ray_cmd(corpus: Path, idx: Path, tiny_model, address: str, *extra: str) -> list[str]:
+    return [*index_cmd(corpus, idx, tiny_model, *extra), "--runner", "ray", "--ray-address", address]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_driver_sigkill_leaves_consistent_index_that_rerun_completes(tmp_path, tiny_model, ray_address):
+    corpus = build_corpus(tmp_path / "corpus", 60, 20)
+    idx = tmp_path / "idx"
+    rng = random.Random(7)
+    killed = 0
+    for round_ in range(3):
+        if round_:
+            mutate(corpus, rng, round_)
+        before = _generation(idx)
+        proc = subprocess.Popen(_ray_cmd(corpus, idx, tiny_model, ray_address), env=ray_env(MMSEARCH_CHECKPOINT_SECONDS="0.05"),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # After the first commits of this run (its roots, then a batch of vectors), while the
+        # Ray job streams vectors in.
+        while _generation(idx) <= before + 3 and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait(timeout=120)
+        if (idx / "manifest.json").exists():
+            assert_consistent(idx, allow=AFTER_KILL)
+    assert killed >= 2, f"only {killed} of 3 runs were still going when killed"
+    # A Ray re-run completes the work; the result is what one local run over the corpus gives.
+    done = subprocess.run(_ray_cmd(corpus, idx, tiny_model, ray_address, "--json"), env=ray_env(), capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    with open_engine(tmp_path / "ref", tiny_model) as engine:
+        engine.add([corpus])
+    reference = snapshot(tmp_path / "ref")
+    assert assert_consistent(idx) == len(reference)
+    assert_same_state(idx, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_sigint_stops_the_job_and_keeps_what_was_committed(tmp_path, tiny_model, ray_address):
+    import ray
+
+    corpus = build_corpus(tmp_path / "corpus", 80, 10)
+    idx = tmp_path / "idx"
+    env = ray_env(MMSEARCH_CHECKPOINT_SECONDS="3600")  # only the interrupt handler saves vectors
+    proc = subprocess.Popen(_ray_cmd(corpus, idx, tiny_model, ray_address), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while _generation(idx) < 8 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        pytest.fail(f"indexing finished before it could be interrupted: {proc.communicate()}")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    items = assert_consistent(idx, allow=("changed_file",))
+    assert 0 < items < 91
+    # The job stopped with its driver: no actor of it is left holding the cluster's CPUs.
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2
+    report = json.loads(subprocess.run(_ray_cmd(corpus, idx, tiny_model, ray_address, "--json"), check=True, env=ray_env(),
+                                       capture_output=True, text=True, timeout=300).stdout)
+    assert report["added"] + items == 91 and assert_consistent(idx) == 91, report
+    assert report["updated"] == 0  # nothing committed before the interrupt was embedded again
+
+
+# -- option checks: run by default, start no Ray ------------------------------------------------------------
+def test_runner_ray_without_ray_says_how_to_install(tmp_path, tiny_model, corpus):
+    """Ray made unimportable in a fresh process: one line naming the extra, exit 2, nothing created."""
+    code = ("import sys; sys.modules['ray'] = None; sys.argv = ['mmsearch'] + sys.argv[1:]; "
+            "from mmsearch.cli import main; main()")
+    idx = tmp_path / "idx"
+    result = subprocess.run([sys.executable, "-c", code, "index", str(corpus), "-i", str(idx), *tiny_model.args,
+                             "--runner", "ray"], capture_output=True, env=ENV, timeout=120, check=False)
+    assert result.returncode == 2
+    assert 'pip install "mmsearch[ray]"' in one_line(result.stderr)
+    assert not idx.exists()
+
+
+def test_runner_options_are_checked(tmp_path, tiny_model, corpus, cli):
+    idx = tmp_path / "idx"
+    result = cli("index", corpus, "-i", idx, *tiny_model.args, "--runner", "spark", ok=False)
+    assert result.exit_code == 2 and "unknown runner 'spark'" in result.stderr
+    result = cli("index", corpus, "-i", idx, *tiny_model.args, "--ray-address", "auto", ok=False)
+    assert result.exit_code == 2 and "--runner ray" in result.stderr
+    assert not idx.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_cli_without_address_starts_and_stops_its_own_ray(tmp_path, tiny_model, ray_address):
+    """No --ray-address: the process starts a local Ray of its own (not the module's, although
+    one runs here), indexes, and leaves none of that Ray's processes behind."""
+    import psutil
+
+    corpus = build_corpus(tmp_path / "corpus", 12, 4)
+    proc = psutil.Popen([*index_cmd(corpus, tmp_path / "idx", tiny_model, "--json"), "--runner", "ray"],
+                        env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started: dict[int, psutil.Process] = {}
+    names: set[str] = set()
+    while proc.poll() is None:  # the processes of the Ray it starts (gcs, raylet, workers)
+        try:
+            for child in proc.children(recursive=True):
+                started[child.pid] = child
+                names.add(child.name())
+        except psutil.Error:
+            pass
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    report = json.loads(stdout)
+    assert report["added"] == 17 and report["runner"]["runner"] == "ray"  # 12 images, 4 lines, a note
+    assert "raylet" in names, names  # a Ray of its own: a driver joining one starts no raylet
+    assert assert_consistent(tmp_path / "idx") == 17
+    deadline = time.monotonic() + 30
+    while any(_alive(c) for c in started.values()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [c.pid for c in started.values() if _alive(c)]
+
+
+def _alive(process) -> bool:
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
