@@ -15,9 +15,7 @@ writer lock. ``mmsearch.client.Client`` offers the same methods over HTTP.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import os
 import threading
 from collections.abc import Sequence
@@ -26,37 +24,26 @@ from typing import Any
 
 import numpy as np
 
-from . import dupes
-from . import filters as filters_mod
-from .candidates import Candidates
 from .encoders import ModelSpec, TorchEncoder, random_weights_note
 from .encoders import onnx_image, onnx_text
 from .errors import ModelMismatchError, OnnxImageUnavailable, OnnxTextUnavailable, PathNotFoundError, QueryError
 from .fsutil import display_path
 from .indexing import Indexer, IndexReport, NullProgress, Progress, metadata
-from .library import LibraryRoot, under_any, within
+from .library import LibraryRoot
 from .media import BadInput
-from .media.exif import camera_name
-from .media.video import VIDEO
-from .query import IMAGE, ITEM, TEXT, TYPES, Hit, Hits, Item, QueryTerm, combine, parse_query, query_image_paths
+from .query import IMAGE, TEXT, Item, QueryTerm, combine
+from .searching import Searching, _item
 from .settings import Settings
-from .storage import CHOICES, IndexStore, ItemRow, VectorSettings, writer_lock
-from .storage.store import vectors_from_blobs
+from .storage import CHOICES, IndexStore, VectorSettings, writer_lock
 from .errors import IndexTypeError
-
-QueryInput = str | Path | QueryTerm | Sequence[str | Path | QueryTerm]
 
 log = logging.getLogger(__name__)
 
-# A video hit's segment: its neighbouring frames scoring at least best - SEGMENT_FRACTION x
-# (best - the video's worst frame). Relative to the video's own spread, so it adapts to models
-# whose cosines all lie close together.
-SEGMENT_FRACTION = 0.25
 DEFAULT_BATCH_CPU = 32  # larger batches stop paying off on CPU beyond ~32
 DEFAULT_BATCH_GPU = 256  # GPUs want a few hundred to stay busy
 
 
-class Engine:
+class Engine(Searching):
     """An index folder plus the model that embeds into it.
 
     ``index``: the index folder (default ``$MMSEARCH_INDEX`` or ``./indexes/default``); it is
@@ -516,295 +503,6 @@ class Engine:
             raise QueryError(f"no item with id {item_id} in {self.folder}")
         return np.frombuffer(blob, np.float32).copy()
 
-    # -- searching ---------------------------------------------------------------------------
-    def search(
-        self,
-        query: QueryInput,
-        *,
-        k: int = 10,
-        type: str = "all",
-        min_score: float | None = None,
-        under: str | Path | None = None,
-        include_query: bool = False,
-        force: str | None = None,
-        dedup: bool | float = False,
-        after: Any = None,
-        before: Any = None,
-        camera: str | None = None,
-        near: Any = None,
-        sort: str = filters_mod.RELEVANCE,
-        fusion: str = "none",
-        mode: str = "vector",
-        image_weight: float | None = None,
-        text_weight: float | None = None,
-        calibrated: bool = False,
-        cutoff: float | str | None = None,
-    ) -> Hits:
-        """Ranked hits for ``query``: a text, an image path, a ``QueryTerm`` (texts, images as
-        paths, bytes or PIL images, item ids), or a list of them.
-
-        Strings are parsed like the CLI (``"2:beach + ./dog.jpg - people"``). ``type``
-        restricts hits to 'image' or 'text'; ``min_score`` drops weaker hits; ``under`` keeps
-        hits below a folder. Images and items used as the query are left out of its results
-        unless ``include_query``. ``dedup`` collapses near-duplicate hits (True: at
-        ``dupes.DEFAULT_THRESHOLD``; a number: at that cosine similarity): the best-ranked of each
-        group stays and lists the others' ids in ``duplicates``; k hits are still returned while
-        the index holds enough.
-
-        Capture metadata filters (see ``mmsearch.filters``): ``after`` (inclusive) and
-        ``before`` (exclusive) take dates (``date``, ``datetime`` or ISO text such as
-        "2024-05-01") and compare with the item's capture date, or its file's time when it has
-        none; ``camera`` names a camera's model, make or both ("Pixel 7", "Canon", "Google
-        Pixel 7", any ASCII case); ``near`` is "LAT,LON,KM" or (lat, lon, km). ``sort``:
-        'relevance', or 'date' (newest first) / 'date-asc' to order the hits that pass the
-        relevance cut (``k``, ``min_score``) by date.
-
-        ``fusion`` ('none', 'late', 'early', 'rrf') ranks documents
-        (an image with its caption, sidecar or JSONL text) by both their vectors, with
-        ``image_weight``/``text_weight``; ``mode`` ('vector', 'lexical', 'hybrid') adds the
-        full-text index's BM25 ranking (see ``mmsearch.fusion``). ``calibrated`` ranks and
-        scores by calibrated score (``mmsearch.calibration``: images and texts on one scale; the
-        raw cosine stays in ``Hit.cosine``); ``cutoff`` ('auto' or a calibrated score) drops hits
-        indistinguishable from the index's background.
-        """
-        options = _fusion_options(fusion, mode, image_weight, text_weight, calibrated, cutoff)
-        if dupes.dedup_threshold(dedup) is not None and not options.plain:  # a bad value fails before the model loads
-            raise QueryError("dedup cannot be combined with fusion, a lexical mode, calibration or a cutoff yet")
-        _check_search_options(type, k, min_score)
-        wanted = filters_mod.parse(after, before, camera, near)
-        filters_mod.check_sort(sort)
-        if not options.plain and (wanted.active or sort != filters_mod.RELEVANCE):
-            raise QueryError("date, camera and place filters and --sort date cannot be combined with fusion, "
-                             "a lexical mode, calibration or a cutoff yet")
-        self.store.raise_if_never_indexed()  # before the model is loaded
-        self._refresh()
-        if self._requested is not None and not self._check_model():
-            raise self._mismatch("query it with the model it was built with")
-        terms = _as_terms(query, force)
-        vector = self.encode_query(terms)
-        exclude: set[Any] = set()
-        if not include_query:
-            exclude = set(query_image_paths(terms))
-            exclude.update(int(term.value) for term in terms if term.kind == ITEM)
-            exclude.update(self._videos_of(terms))  # "more like this" on a video: other videos
-        if not options.plain:
-            words = " ".join(term.value for term in terms if term.kind == TEXT and term.weight > 0) or None
-            return self.search_fused(vector, words, options, k=k, type=type, min_score=min_score, under=under,
-                                     exclude=exclude, query_modality=self._query_modality(terms))
-        return self.search_vector(vector, k=k, type=type, min_score=min_score, under=under, exclude=exclude,
-                                  dedup=dedup, after=wanted.after, before=wanted.before, camera=wanted.camera,
-                                  near=wanted.near, sort=sort)
-
-    def _query_modality(self, terms: Sequence[QueryTerm]) -> str:
-        """'text' or 'image': the modality of the query's strongest positive term (an item term
-        counts as its item's modality), for calibration."""
-        term = max((t for t in terms if t.weight > 0), key=lambda t: t.weight)
-        if term.kind == ITEM:
-            row = self.get(int(term.value))
-            return "text" if row is not None and row.modality == TEXT else IMAGE
-        return TEXT if term.kind == TEXT else IMAGE
-
-    def search_fused(self, vector: np.ndarray, words: str | None, options: Any, *, k: int = 10, type: str = "all",
-                     min_score: float | None = None, under: str | Path | None = None,
-                     exclude: set[Any] = frozenset(), query_modality: str = TEXT) -> Hits:
-        """Ranked documents or items for a query vector and its words, as ``options``
-        (``fusion.FusionOptions``) say; filters as ``search_vector``."""
-        from . import fusion
-
-        _check_search_options(type, k, min_score)
-        vector = np.asarray(vector, np.float32).reshape(-1)
-        prefixes = self._under_prefixes(under) if under else None
-
-        def keep(item: ItemRow) -> bool:
-            if type != "all" and item.modality != type:
-                return False
-            if prefixes is not None and not under_any(item.path, prefixes):
-                return False
-            return item.path not in exclude and item.id not in exclude
-
-        with self.store.snapshot() as snap:
-            if vector.shape[0] != self.store.dim:
-                raise QueryError(f"query vector has dimension {vector.shape[0]}, index has {self.store.dim}")
-            calibration = None
-            if options.calibrated or options.cutoff is not None:
-                from .calibration import Calibration
-                from .storage import calibration as stored
-
-                calibration = Calibration.from_dict(stored.load(snap.reader))
-                if calibration is None:
-                    raise QueryError(f"{self.folder} has no score calibration yet: run `mmsearch index` once "
-                                     "to measure it")
-            units = fusion.search(snap, vector, words, k, keep, options, calibration, query_modality)
-            if min_score is not None:
-                units = [u for u in units if u.score >= min_score]
-            hits = fusion.to_hits(fusion.with_rows(snap.reader, units[:k]), k, words, min_score, options)
-            if not hits:
-                hits.why_empty = _why_empty(snap.reader, snap.total, type, under, prefixes, min_score, None)
-                if options.cutoff is not None and hits.why_empty == "no item passes the filters":
-                    hits.why_empty = f"no hit stands out from the index's background scores (cutoff {options.cutoff})"
-        return hits
-
-    def _videos_of(self, terms: Sequence[QueryTerm]) -> set[str]:
-        """Paths of the videos whose frames are item terms of the query."""
-        ids = [int(term.value) for term in terms if term.kind == ITEM]
-        if not ids:
-            return set()
-        with self.store.read() as r:
-            return {row.path for row in r.items(ids).values() if row.modality == VIDEO}
-
-    def similar(self, item_id: int, *, k: int = 10, type: str = "all", min_score: float | None = None,
-                under: str | Path | None = None, include_self: bool = False, dedup: bool | float = False,
-                **filters: Any) -> Hits:
-        """'More like this': the items nearest to indexed item ``item_id`` (``filters``: the
-        ``after``, ``before``, ``camera``, ``near`` and ``sort`` of ``search``)."""
-        return self.search(QueryTerm(ITEM, str(int(item_id))), k=k, type=type, min_score=min_score, under=under,
-                           include_query=include_self, dedup=dedup, **filters)
-
-    def search_vector(
-        self,
-        vector: np.ndarray,
-        *,
-        k: int = 10,
-        type: str = "all",
-        min_score: float | None = None,
-        under: str | Path | None = None,
-        exclude: set[Any] = frozenset(),
-        dedup: bool | float = False,
-        after: Any = None,
-        before: Any = None,
-        camera: str | None = None,
-        near: Any = None,
-        sort: str = filters_mod.RELEVANCE,
-    ) -> Hits:
-        """Ranked hits for a query vector already in this index's space.
-
-        ``under`` keeps hits inside a folder, named as the user sees it: through a symlink, or
-        by the real path of a root that was indexed through one. When nothing is found,
-        ``why_empty`` of the result says why. ``dedup``, ``after``, ``before``, ``camera``,
-        ``near``, ``sort``: see ``search``.
-        """
-        _check_search_options(type, k, min_score)
-        wanted = filters_mod.parse(after, before, camera, near)
-        filters_mod.check_sort(sort)
-        threshold = dupes.dedup_threshold(dedup)
-        if threshold is not None:
-            hits = self._deduplicated(vector, k, threshold, type=type, min_score=min_score, under=under,
-                                      exclude=exclude, after=wanted.after, before=wanted.before,
-                                      camera=wanted.camera, near=wanted.near)
-            filters_mod.sort_by_date(hits, sort)
-            return hits
-        hits = self._ranked(vector, k, type, min_score, under, exclude, wanted)
-        filters_mod.sort_by_date(hits, sort)
-        return hits
-
-    def _ranked(self, vector: np.ndarray, k: int, type: str, min_score: float | None, under: Any,
-                exclude: set[Any], wanted: filters_mod.Filters) -> Hits:
-        self._refresh()
-        vector = np.asarray(vector, np.float32).reshape(-1)
-        store = self.store
-        if vector.shape[0] != store.dim:
-            raise QueryError(f"query vector has dimension {vector.shape[0]}, index has {store.dim}")
-        prefixes = self._under_prefixes(under) if under else None
-
-        # One snapshot: the vector index is synced to it and rows are read from it, so a
-        # concurrent index run can never show a half-written state.
-        with store.snapshot() as snap:
-            source = Candidates(snap, vector, wanted, type if type != "all" else None, prefixes)
-            check = not source.pushed  # pushed down: every candidate passes type, folder and filters
-            filtered = (check and (type != "all" or prefixes is not None or wanted.active)) or bool(exclude)
-
-            def keep(item: ItemRow) -> bool:
-                if check and type != "all" and item.modality != type:
-                    return False
-                if check and prefixes is not None and not under_any(item.path, prefixes):
-                    return False
-                if check and wanted.active and not wanted.matches(item):
-                    return False
-                return item.path not in exclude and item.id not in exclude
-
-            total = source.total
-            # Over-fetch when filters may discard candidates; widen until k hits survive.
-            fetch = min(total, k * 4 + len(exclude) if filtered else k)
-            while True:
-                scores, ids = source.fetch(fetch)  # exact cosines
-                rows = snap.reader.items(ids.tolist())
-                hits = Hits()
-                below: float | None = None  # best score of a candidate cut by min_score
-                videos: set[str] = set()  # a video's best frame stands for the video
-                for score, item_id in zip(scores.tolist(), ids.tolist()):
-                    item = rows.get(item_id)
-                    if item is None or not keep(item):
-                        continue
-                    if item.modality == VIDEO:
-                        if item.path in videos:
-                            continue
-                        videos.add(item.path)
-                    if min_score is not None and score < min_score:
-                        below = score
-                        break
-                    hit = _hit(len(hits) + 1, score, item)
-                    if item.modality == VIDEO:
-                        _moment(hit, snap.reader.rows_with_vectors_of(item.path, VIDEO), vector)
-                    hits.append(hit)
-                    if len(hits) == k:
-                        break
-                if len(hits) >= k or fetch >= total or below is not None:
-                    if not hits:
-                        hits.why_empty = _why_empty(snap.reader, snap.total, type, under, prefixes, min_score, below,
-                                                    wanted)
-                    return hits
-                fetch = min(total, fetch * 4)
-
-    def _deduplicated(self, vector: np.ndarray, k: int, threshold: float, **options: Any) -> Hits:
-        """The best ``k`` hits after collapsing near-duplicates: fetch more until ``k`` groups
-        are found or nothing is left."""
-        fetch = k * 2
-        while True:
-            hits = self.search_vector(vector, k=fetch, **options)
-            with self.store.read() as r:
-                blobs = dict(r.embeddings([h.id for h in hits]))
-            present = [h for h in hits if len(blobs.get(h.id, b"")) == self.store.dim * 4]
-            vectors = vectors_from_blobs([blobs[h.id] for h in present], self.store.dim)
-            groups = dupes.collapse(vectors, threshold)
-            if len(groups) >= k or len(hits) < fetch:
-                kept = Hits(why_empty=hits.why_empty)
-                for group in groups[:k]:
-                    first = present[group[0]]
-                    kept.append(dataclasses.replace(first, rank=len(kept) + 1,
-                                                    duplicates=[present[i].id for i in group[1:]]))
-                return kept
-            fetch *= 4
-
-    def duplicates(self, *, threshold: float | None = None, type: str = "all",
-                   progress: Progress | None = None) -> list[dupes.DuplicateGroup]:
-        """Groups of near-duplicate items (cosine similarity at least ``threshold``, default
-        ``dupes.DEFAULT_THRESHOLD``; chains join: a~b and b~c make one group), of one modality
-        each (``type``: 'image', 'text', 'video' or 'all'; videos group as whole files, each shown by its best-matching frame). Each group's ``keeper`` is the item with the
-        largest resolution, then the oldest file, then the lowest id; ``others`` carry their
-        similarity to it. Largest groups first. ``progress`` receives the scan's progress."""
-        threshold = dupes.DEFAULT_THRESHOLD if threshold is None else dupes.check_threshold(threshold)
-        _check_search_options(type, 1, None)
-        self.store.raise_if_never_indexed()
-        self._refresh()
-        with self.store.read() as r:
-            modalities = sorted(r.modality_counts()) if type == "all" else [type]
-            groups = dupes.scan(r, self.store.dim, modalities, threshold, progress or NullProgress())
-        return [dupes.DuplicateGroup(_item(g.keeper), [_item(o) for o in g.others], g.similarity) for g in groups]
-
-    def _under_prefixes(self, under: str | Path) -> list[str]:
-        """Stored-path prefixes for the folder ``under``: as given, and as found under each root
-        whose real path holds its real path (a root indexed through a symlink, or a symlink to a
-        folder inside a root)."""
-        given = os.path.abspath(os.path.expanduser(str(under)))
-        real = os.path.realpath(given)
-        prefixes = [given]
-        for root in self.roots():
-            real_root = os.path.realpath(root.path)
-            if within(real, real_root):
-                rel = os.path.relpath(real, real_root)
-                prefixes.append(root.path if rel == "." else os.path.join(root.path, rel))
-        return list(dict.fromkeys(prefixes))
-
     # -- items and description -------------------------------------------------------------------
     def get(self, item_id: int) -> Item | None:
         """The stored metadata of one item, or None."""
@@ -840,93 +538,6 @@ class Engine:
         return stats
 
 
-def _check_search_options(type: str, k: int, min_score: float | None) -> None:
-    if type not in TYPES:
-        raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPES)}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise QueryError(f"k must be an integer of at least 1, got {k!r}")
-    if min_score is not None and not (isinstance(min_score, (int, float)) and math.isfinite(min_score)):
-        raise QueryError(f"min_score must be a finite number, got {min_score!r}")
-
-
-def _fusion_options(fusion: str, mode: str, image_weight: float | None, text_weight: float | None,
-                    calibrated: bool = False, cutoff: float | str | None = None) -> Any:
-    from .calibration import check_cutoff
-    from .fusion import DEFAULT_IMAGE_WEIGHT, DEFAULT_TEXT_WEIGHT, FusionOptions
-
-    return FusionOptions(fusion or "none", mode or "vector",
-                         DEFAULT_IMAGE_WEIGHT if image_weight is None else image_weight,
-                         DEFAULT_TEXT_WEIGHT if text_weight is None else text_weight,
-                         bool(calibrated), check_cutoff(cutoff))
-
-
 def _check_index_type(index_type: str | None) -> None:
     if index_type is not None and index_type not in CHOICES:
         raise IndexTypeError(f"unknown vector index type {index_type!r}: choose one of {', '.join(CHOICES)}")
-
-
-def _why_empty(reader, total: int, type: str, under, prefixes, min_score, below, wanted=None) -> str:
-    if total == 0:
-        return "the index holds no searchable items"
-    if below is not None:
-        return f"the best match scores {below:.4f}, below the minimum score {min_score:g}"
-    if prefixes is not None and not reader.any_item_under(prefixes):
-        return f"no indexed items under {display_path(str(under))}"
-    if type != "all" and not reader.any_item_of(type):
-        return f"the index holds no {type} items"
-    if wanted is not None and wanted.active:
-        return f"no item passes the filters ({wanted.describe()})"
-    return "no item passes the filters"
-
-
-def _as_terms(query: QueryInput, force: str | None) -> list[QueryTerm]:
-    if isinstance(query, QueryTerm):
-        return [query]
-    if isinstance(query, Path):
-        return [QueryTerm(IMAGE, str(query))]
-    if isinstance(query, str):
-        return parse_query([query], force)
-    items = list(query)
-    if items and all(isinstance(q, QueryTerm) for q in items):
-        return items  # type: ignore[return-value]
-    if any(isinstance(q, QueryTerm) for q in items):
-        raise QueryError("mix of QueryTerm objects and strings: pass one kind")
-    return parse_query([str(q) for q in items], force)
-
-
-def _fields(row: ItemRow) -> dict[str, Any]:
-    moment = (row.meta or {}).get("t") if row.modality == VIDEO else None
-    when, source = filters_mod.item_date(row)
-    return dict(id=row.id, modality=row.modality, path=row.path, locator=row.locator, text=row.text,
-                width=row.width, height=row.height, meta=row.meta, t=moment, taken_at=filters_mod.iso(when),
-                date_source=source, camera=camera_name(row.camera_make, row.camera_model), lat=row.lat, lon=row.lon)
-
-
-def _moment(hit: Hit, frames: list[tuple[ItemRow, bytes]], vector: np.ndarray) -> None:
-    """Give a video hit its segment: the run of frames around its best one (``hit.id``) scoring
-    close to it (see SEGMENT_FRACTION); a frame stands for the time until the next kept one."""
-    frames = sorted(frames, key=lambda f: (f[0].meta or {}).get("t", 0.0))
-    times = [float((row.meta or {}).get("t", 0.0)) for row, _ in frames]
-    ids = [row.id for row, _ in frames]
-    if hit.id not in ids:
-        hit.start, hit.end = hit.t, hit.t
-        return
-    scores = np.stack([np.frombuffer(blob, np.float32) for _, blob in frames]) @ vector
-    best = ids.index(hit.id)
-    floor = scores[best] - SEGMENT_FRACTION * (scores[best] - scores.min())
-    first = last = best
-    while first > 0 and scores[first - 1] >= floor:
-        first -= 1
-    while last + 1 < len(frames) and scores[last + 1] >= floor:
-        last += 1
-    duration = (hit.meta or {}).get("duration")
-    hit.start = times[first]
-    hit.end = times[last + 1] if last + 1 < len(times) else float(duration if duration else times[last])
-
-
-def _item(row: ItemRow) -> Item:
-    return Item(**_fields(row))
-
-
-def _hit(rank: int, score: float, row: ItemRow) -> Hit:
-    return Hit(rank=rank, score=float(score), **_fields(row))

@@ -325,7 +325,7 @@ def matched(unit: Unit, query_text: str | None) -> dict[str, Any]:
 def to_hits(units: list[Unit], k: int, query_text: str | None, min_score: float | None, options: FusionOptions):
     """The first ``k`` units as ``Hits`` (each shown by its image part, else its text part),
     with what matched; units scoring below ``min_score`` are left out."""
-    from .engine import _hit
+    from .searching import _hit
     from .query import Hits
 
     hits = Hits()
