@@ -9,6 +9,7 @@ writes the columns in transactions that change no vector (no generation bump, no
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -34,8 +35,10 @@ def read_captured(path: str, modality: str) -> Captured | None:
                 return _captured(container)
         from PIL import Image
 
-        with open(path, "rb") as fh, Image.open(fh, formats=image_formats()) as img:
-            return from_image(img)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # corrupt EXIF entries
+            with open(path, "rb") as fh, Image.open(fh, formats=image_formats()) as img:
+                return from_image(img)
     except Exception:  # noqa: BLE001 - unreadable or gone: left as it is (an indexing run deals with it)
         return None
 
