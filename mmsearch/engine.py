@@ -38,6 +38,7 @@ from .media.video import VIDEO
 from .query import IMAGE, ITEM, TEXT, TYPES, Hit, Hits, Item, QueryTerm, combine, parse_query, query_image_paths
 from .settings import Settings
 from .storage import CHOICES, IndexStore, ItemRow, VectorSettings, writer_lock
+from .storage import location
 from .storage.store import vectors_from_blobs
 from .errors import IndexTypeError
 
@@ -82,7 +83,10 @@ class Engine:
         self.folder = Path(index if index is not None else self.settings.default_index()).expanduser().absolute()
         s = self.settings
         self._vector_settings = VectorSettings(s.flat_max, s.nlist, s.nprobe, s.rerank, s.faiss_gpu)
-        self._store: IndexStore | None = (IndexStore.open(self.folder, self._vector_settings)
+        self.db = s.db  # a PostgreSQL catalogue shared with other machines (None: the folder's SQLite)
+        if self.db is not None and not IndexStore.is_index(self.folder):
+            location.attach(self.folder, self.db)  # this machine's first use of a shared catalogue
+        self._store: IndexStore | None = (IndexStore.open(self.folder, self._vector_settings, self.db)
                                           if IndexStore.is_index(self.folder) else None)
         known = self._store.manifest.get("model") if self._store is not None else None
         self._requested = (ModelSpec.resolve(model, pretrained, known, defaults=(s.model, s.pretrained))
@@ -119,7 +123,7 @@ class Engine:
     def store(self) -> IndexStore:
         if self._store is None:
             # Raises the precise reason: no such folder, not an index, newer schema...
-            self._store = IndexStore.open(self.folder, self._vector_settings)
+            self._store = IndexStore.open(self.folder, self._vector_settings, self.db)
         return self._store
 
     @property
@@ -242,7 +246,7 @@ class Engine:
                 self.encoder  # noqa: B018 - load (and so check) the model before creating anything
             existed = self.folder.exists()
             try:
-                with writer_lock(self.folder, wait):
+                with writer_lock(self.folder, wait, self.db):
                     return self._add_locked(explicit, reembed, progress or NullProgress(), index_type)
             except BaseException:
                 if creating:
@@ -251,8 +255,9 @@ class Engine:
 
     def _add_locked(self, explicit: list[LibraryRoot], reembed: bool, progress: Progress,
                     index_type: str | None) -> IndexReport:
-        if self._store is None and IndexStore.is_index(self.folder):
-            self._store = IndexStore.open(self.folder, self._vector_settings)  # created meanwhile by another process
+        if self._store is None and (IndexStore.is_index(self.folder)
+                                    or (self.db is not None and location.attach(self.folder, self.db))):
+            self._store = IndexStore.open(self.folder, self._vector_settings, self.db)  # created meanwhile by another process
         if self._store is not None and not self._check_model():
             if not reembed:
                 raise self._mismatch("pass --reembed to embed everything again with the new model, or use another --index")
@@ -262,7 +267,8 @@ class Engine:
             raise QueryError("nothing to index: name a folder or file (the index has no known roots yet)")
         if self._store is None:
             encoder = self.encoder
-            self._store = IndexStore.create(self.folder, encoder.spec.identity(), encoder.dim, self._vector_settings)
+            self._store = IndexStore.create(self.folder, encoder.spec.identity(), encoder.dim, self._vector_settings,
+                                            self.db)
             note = random_weights_note(encoder.spec)  # said once, here, not at every load
             if note:
                 progress.note(note)
@@ -316,7 +322,7 @@ class Engine:
         (None: the index's choice, ``auto`` by default), remember the choice, and return the
         manifest's new ``vector_index`` entry."""
         _check_index_type(index_type)
-        with self._lock, writer_lock(self.folder, wait):
+        with self._lock, writer_lock(self.folder, wait, self.db):
             self.store.fit_vectors(index_type, force=True)
             return dict(self.store.manifest["vector_index"])
 

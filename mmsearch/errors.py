@@ -109,3 +109,8 @@ class SettingsError(MMSearchError):
     """An environment variable (``MMSEARCH_*``) holds a value mmsearch cannot use."""
 
     exit_code = 2
+
+
+class CatalogueDatabaseError(MMSearchError):
+    """The catalogue's database server cannot be reached or used (refused connection, no such database,
+    missing privileges or extension); nothing was written."""

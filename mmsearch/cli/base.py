@@ -74,12 +74,13 @@ def _main_options(
         raise typer.Exit(exc.exit_code) from None
 
 
-def _settings():
+def _settings(db: str | None = None):
+    """The settings read at start; ``db``: a --db given on the command line (it wins over $MMSEARCH_DB)."""
     from ..settings import Settings
 
     if "settings" not in _state:  # commands invoked without the app's callback (tests of one command)
         _state["settings"] = Settings.from_env()
-    return _state["settings"]
+    return _state["settings"].but(db=db) if db else _state["settings"]
 
 
 def _friendly_errors(func: Callable) -> Callable:
@@ -120,13 +121,18 @@ PretrainedOpt = Annotated[
     typer.Option("--pretrained", "-p", metavar="WEIGHTS", help="Pretrained tag (e.g. laion2b_s34b_b79k), checkpoint file, or 'none' for random weights."),
 ]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", help="cuda, mps or cpu \\[default: best available].")]
+DbOpt = Annotated[
+    Optional[str],
+    typer.Option("--db", metavar="URL", show_default=False, help="PostgreSQL catalogue shared by several machines, postgresql+psycopg://USER@HOST/DB (password from PGPASSWORD or ~/.pgpass, never stored); --index is then this machine's local cache of it \\[default: $MMSEARCH_DB; without --index, a cache folder per database]."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON document instead of a table.")]
 
 
-def _engine(index: Path | None, model: str | None = None, pretrained: str | None = None, device: str | None = None, **kwargs: Any):
+def _engine(index: Path | None, model: str | None = None, pretrained: str | None = None, device: str | None = None,
+            db: str | None = None, **kwargs: Any):
     from ..engine import Engine  # imported here so `mmsearch --help` stays instant
 
-    return Engine(index, model=model, pretrained=pretrained, device=device, settings=_settings(), **kwargs)
+    return Engine(index, model=model, pretrained=pretrained, device=device, settings=_settings(db), **kwargs)
 
 
 

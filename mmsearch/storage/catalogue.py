@@ -9,7 +9,8 @@ so that the store can mirror them into its vector index once the transaction has
 (``storage.store.IndexStore.write``).
 
 Rows leave this module as plain dataclasses (``ItemRow``, ``ExistingItem``, ``RootRow``), never
-as ORM objects. Database specifics (SQLite's pragmas and BEGIN) live beside it (``sqlite.py``).
+as ORM objects. Database specifics live beside it: SQLite's pragmas and BEGIN in ``sqlite.py``,
+PostgreSQL's connection, snapshot isolation and advisory lock in ``postgres.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
-from . import sqlite
+from . import postgres, sqlite
 from .schema import GENERATION, MODEL_KEY, PURGED_THROUGH, Base, Embedding, Item, Meta, Root, Tombstone, utcnow
 
 # Ids per IN (...) query (SQLite allows 32766 bound parameters).
@@ -124,21 +125,30 @@ def _get_int(session: Session, key: str) -> int:
 
 # -- the catalogue -------------------------------------------------------------------------------------
 class Catalogue:
-    """Items, vectors, roots and counters in one database (SQLite by default)."""
+    """Items, vectors, roots and counters in one database (SQLite by default, or PostgreSQL).
 
-    def __init__(self, engine: SAEngine):
+    ``dialect``: the module of the database's specifics (``sqlite`` or ``postgres``)."""
+
+    def __init__(self, engine: SAEngine, dialect=sqlite):
         self.engine = engine
+        self.dialect = dialect
+        self._read_engine = dialect.read_engine(engine)
 
     @classmethod
     def sqlite(cls, db_path) -> Catalogue:
         return cls(sqlite.connect(db_path))
+
+    @classmethod
+    def postgres(cls, url: str) -> Catalogue:
+        return cls(postgres.connect(url), postgres)
 
     def close(self) -> None:
         self.engine.dispose()
 
     # -- schema ------------------------------------------------------------------------------------
     def create_schema(self, model: dict, dim: int) -> None:
-        Base.metadata.create_all(self.engine)
+        with self.engine.begin() as conn:  # one transaction where DDL is transactional (PostgreSQL)
+            Base.metadata.create_all(conn)
         with self.write() as w:
             for key in (GENERATION, PURGED_THROUGH):
                 if w.session.get(Meta, key) is None:
@@ -146,23 +156,23 @@ class Catalogue:
             w.record_model(model, dim)
 
     def upgrade_schema(self) -> None:
-        sqlite.upgrade_schema(self.engine)
+        self.dialect.upgrade_schema(self.engine)
 
     def integrity_errors(self) -> list[str]:
-        return sqlite.integrity_errors(self.engine)
+        return self.dialect.integrity_errors(self.engine)
 
     # -- transactions ------------------------------------------------------------------------------
     @contextmanager
     def read(self) -> Iterator[Reader]:
         """One snapshot: every read inside sees the same committed state."""
-        with Session(self.engine, expire_on_commit=False) as session:
+        with Session(self._read_engine, expire_on_commit=False) as session:
             yield Reader(session)
 
     @contextmanager
     def write(self) -> Iterator[Writer]:
         """One write transaction (committed when the block ends, rolled back if it raises)."""
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            yield Writer(session)
+            yield Writer(session, self.dialect)
 
 
 class Reader:
@@ -383,8 +393,9 @@ class VectorChanges:
 class Writer(Reader):
     """One write transaction; the first vector change bumps the generation (the write rule)."""
 
-    def __init__(self, session: Session):
+    def __init__(self, session: Session, dialect=sqlite):
         super().__init__(session)
+        self.dialect = dialect
         self.changes = VectorChanges()
 
     @property
@@ -479,6 +490,7 @@ class Writer(Reader):
         self.session.execute(insert(Item), [dict(row, gen=gen) for row in rows])
         self.session.execute(insert(Embedding), [
             {"item_id": row["id"], "vector": np.ascontiguousarray(v, np.float32).tobytes()} for row, v in zip(rows, vectors)])
+        self.dialect.after_explicit_ids(self.session)
         ids = np.array([row["id"] for row in rows], np.int64)
         self.changes.added_ids.append(ids)
         self.changes.added.append(np.ascontiguousarray(vectors, dtype=np.float32))
