@@ -276,7 +276,7 @@ class Backend:
 
         with psycopg.connect(self.db.replace("postgresql+psycopg://", "postgresql://", 1), autocommit=True) as conn:
             conn.execute("SET session_replication_role = replica")
-            cursor = conn.execute(statement.replace("?", "%s"), params)
+            cursor = conn.execute(statement.replace("?", "%s"), params) if params else conn.execute(statement)
             return cursor.fetchall() if cursor.description else []
 
     def bytes_literal(self, hex_digits: str) -> str:

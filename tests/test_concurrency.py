@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmsearch import Engine
 from conftest import PG_SLOW
+from mmsearch import Engine
 from test_crash_safety import ENV, _generation, assert_consistent, build_corpus, index_cmd
 
 
