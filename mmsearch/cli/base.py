@@ -96,8 +96,25 @@ def _friendly_errors(func: Callable) -> Callable:
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/]")
             raise typer.Exit(130) from None
+        except Exception as exc:
+            line = _database_error(exc)
+            if line is None:
+                raise
+            err.print(Text(f"error: {line}"), style="bold red")
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _database_error(exc: Exception) -> str | None:
+    """One line for a database server's refusal that reached the CLI unnamed (a PostgreSQL
+    connection lost mid-command, a privilege missing on one table); None for anything else."""
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    if sa_exc is None or not isinstance(exc, sa_exc.DBAPIError) or not type(exc.orig).__module__.startswith("psycopg"):
+        return None
+    from ..storage.postgres import describe
+
+    return describe(exc, "the PostgreSQL catalogue")
 
 
 def command(*args: Any, **kwargs: Any) -> Callable:

@@ -72,7 +72,7 @@ def redact(url: str | URL) -> str:
         parsed = make_url(url) if isinstance(url, str) else url
     except ArgumentError:
         return "<unparsable URL>"
-    return parsed.set(password=None).render_as_string(hide_password=False)
+    return parsed._replace(password=None).render_as_string(hide_password=False)  # (set() ignores None)
 
 
 def same_database(a: str, b: str) -> bool:
@@ -89,15 +89,22 @@ def describe(exc: BaseException, url: str) -> str:
     orig = getattr(exc, "orig", exc)
     state = getattr(orig, "sqlstate", None)
     first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-    where = redact(url)
+    where = redact(url) if is_url(url) else url
     if state in _STATES:
         if state == "0A000" and "vector" in first:
             return f"cannot use {where}: the pgvector extension is not available on the server ({first})"
         return f"cannot use {where}: {_STATES[state]} ({first})"
     low = first.lower()
+    reason = first.split("FATAL:", 1)[-1].strip()  # libpq's "connection to server ... failed: FATAL: why"
+    if "database" in low and "does not exist" in low:
+        return f"cannot use {where}: {_STATES['3D000']} ({reason})"
+    if "password authentication failed" in low or "no password supplied" in low:
+        return f"cannot use {where}: {_STATES['28P01']} ({reason})"
+    if "role" in low and "does not exist" in low or "no pg_hba.conf entry" in low:
+        return f"cannot use {where}: {_STATES['28000']} ({reason})"
     if "refused" in low or "no such file or directory" in low or "could not translate host" in low or "timeout" in low:
-        return f"cannot reach the database server of {where}: {first} (is PostgreSQL running there?)"
-    return f"cannot use {where}: {first}"
+        return f"cannot reach the database server of {where}: {reason} (is PostgreSQL running there?)"
+    return f"cannot use {where}: {reason}"
 
 
 def connect(url: str) -> SAEngine:

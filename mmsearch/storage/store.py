@@ -23,6 +23,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from ..errors import (
+    CatalogueDatabaseError,
     DamagedManifestError,
     EmptyIndexError,
     IndexLockedError,
@@ -169,8 +170,9 @@ class IndexStore:
             store._check_manifest_against_catalogue()
         except DATABASE_ERRORS as exc:
             store.close()
-            where = folder / DB_FILE if url is None else location.postgres.redact(url)
-            raise NotAnIndexError(f"{where} is not a readable mmsearch database: {exc.orig}") from exc
+            if url is not None:
+                raise CatalogueDatabaseError(location.postgres.describe(exc, url)) from None
+            raise NotAnIndexError(f"{folder / DB_FILE} is not a readable mmsearch database: {exc.orig}") from exc
         except MMSearchError:
             store.close()
             raise
@@ -186,7 +188,13 @@ class IndexStore:
         if url is not None:
             location.link(folder, url)
         store = cls(folder, mf.new_manifest(model_identity, dim), settings, url)
-        store.catalogue.create_schema(model_identity, dim)
+        try:
+            store.catalogue.create_schema(model_identity, dim)
+        except DATABASE_ERRORS as exc:  # PostgreSQL: no privilege to create tables (nothing was created)
+            store.close()
+            if url is None:
+                raise
+            raise CatalogueDatabaseError(location.postgres.describe(exc, url)) from None
         # The manifest is written last: its presence is what makes the folder an index.
         store._write_manifest(store.manifest)
         return store
