@@ -372,6 +372,23 @@ class Reader:
     def roots(self) -> list[RootRow]:
         return [RootRow(r.path, r.options, r.indexed_at) for r in self.session.scalars(select(Root).order_by(Root.path))]
 
+    def table_chunks(self, table: str, size: int = EMBEDDING_CHUNK) -> Iterator[list[dict[str, Any]]]:
+        """Every row of ``table`` (``items``, ``embeddings``, ``roots``) as a dict of all its
+        columns, in key order, ``size`` rows at a time: what ``Writer.copy_rows`` takes in another
+        catalogue (``mmsearch migrate``), whatever columns the schema has grown."""
+        t = Base.metadata.tables[table]
+        key = next(iter(t.primary_key.columns))
+        last = None
+        while True:
+            query = select(t).order_by(key).limit(size)
+            if last is not None:
+                query = query.where(key > last)
+            rows = [dict(row._mapping) for row in self.session.execute(query)]
+            if not rows:
+                return
+            yield rows
+            last = rows[-1][key.name]
+
     def ever_indexed(self) -> bool:
         """True once an item was saved or an indexing run completed."""
         if self.session.scalar(select(Item.id).limit(1)) is not None:
@@ -494,6 +511,17 @@ class Writer(Reader):
         ids = np.array([row["id"] for row in rows], np.int64)
         self.changes.added_ids.append(ids)
         self.changes.added.append(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def copy_rows(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert rows read by ``Reader.table_chunks`` from another catalogue, ids kept; items
+        carry this transaction's generation (so every reader's vector index takes them in)."""
+        t = Base.metadata.tables[table]
+        if table == Item.__tablename__:
+            gen = self.gen
+            rows = [dict(row, gen=gen) for row in rows]
+        self.session.execute(insert(t), list(rows))
+        if table == Item.__tablename__:
+            self.dialect.after_explicit_ids(self.session)
 
     # -- roots and counters ------------------------------------------------------------------------
     def record_root(self, path: str, options: dict[str, Any], done: bool = False) -> None:

@@ -81,7 +81,7 @@ def attach(folder: Path, url: str) -> bool:
     resolve(folder, url)
     cat = Catalogue.postgres(url)
     try:
-        if not _has_tables(cat):
+        if not has_tables(cat):
             return False
         with cat.read() as r:
             recorded = r.recorded_model() if r.ever_indexed() else None
@@ -95,7 +95,7 @@ def attach(folder: Path, url: str) -> bool:
     return True
 
 
-def _has_tables(cat: Catalogue) -> bool:
+def has_tables(cat: Catalogue) -> bool:
     from sqlalchemy import inspect
 
     return inspect(cat.engine).has_table("meta")

@@ -110,8 +110,11 @@ def describe(exc: BaseException, url: str) -> str:
 def connect(url: str) -> SAEngine:
     """An SQLAlchemy engine for the PostgreSQL database at ``url``, checked by connecting once
     (CatalogueDatabaseError with the reason when that fails)."""
-    engine = create_engine(parse(url), future=True, pool_pre_ping=True,
-                           connect_args={"connect_timeout": CONNECT_TIMEOUT, "application_name": "mmsearch"})
+    try:
+        engine = create_engine(parse(url), future=True, pool_pre_ping=True,
+                               connect_args={"connect_timeout": CONNECT_TIMEOUT, "application_name": "mmsearch"})
+    except ImportError as exc:
+        raise CatalogueDatabaseError(f"PostgreSQL catalogues need psycopg 3: pip install 'mmsearch[postgres]' ({exc})") from None
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
