@@ -19,8 +19,7 @@ from .check import CheckReport, check_folder
 from .errors import NotAnIndexError
 from .fsutil import printable_path
 from .settings import Settings, database_cache_folder
-from .storage import IndexStore, VectorSettings, writer_lock
-from .storage import location, postgres
+from .storage import IndexStore, VectorSettings, location, postgres, writer_lock
 
 # What is copied, in this order (items before the embeddings that refer to them).
 TABLES = ("roots", "items", "embeddings")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from conftest import IMAGE_COUNT, TEXT_COUNT, Backend, make_image
+
 from mmsearch import Engine
 from mmsearch.settings import Settings
 

@@ -12,8 +12,8 @@ import time
 import httpx
 import psycopg
 import pytest
-
 from conftest import ENV, IMAGE_COUNT, TEXT_COUNT, make_image
+
 from mmsearch import Engine
 from mmsearch.errors import CatalogueDatabaseError, IndexLockedError
 from mmsearch.server import ServerThread, create_app
@@ -71,9 +71,8 @@ def test_writer_lock_is_held_in_the_database_across_folders(tmp_path, tiny_model
         assert result.exit_code == 1
         assert "another mmsearch process is writing to" in result.stderr and "--wait" in result.stderr
         assert pg_url.split("?")[0].split("@")[1] in result.stderr
-        with pytest.raises(IndexLockedError):
-            with writer_lock(b, 0.3, pg_url):
-                pass
+        with pytest.raises(IndexLockedError), writer_lock(b, 0.3, pg_url):
+            pass
     # ... and with --wait it queues behind it, then runs.
     holder_ready, release = threading.Event(), threading.Event()
 
