@@ -133,8 +133,12 @@ def read_engine(engine: SAEngine) -> SAEngine:
 def upgrade_schema(engine: SAEngine) -> None:
     """Add columns that catalogues written by earlier releases lack (idempotent, one transaction)."""
     with engine.begin() as conn:
+        present = set(conn.execute(text(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()")))
         for table, column, kind in ADDED_COLUMNS:
-            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+            # Only when missing: ALTER TABLE locks the table exclusively even when it changes nothing.
+            if (table, column) not in present:
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
 
 
 def integrity_errors(engine: SAEngine) -> list[str]:
