@@ -15,6 +15,7 @@ import pytest
 from conftest import ENV, IMAGE_COUNT, TEXT_COUNT, make_image
 
 from mmsearch import Engine
+from mmsearch.check import check_folder
 from mmsearch.errors import CatalogueDatabaseError, IndexLockedError
 from mmsearch.server import ServerThread, create_app
 from mmsearch.settings import Settings
@@ -116,9 +117,11 @@ def test_two_machines_share_one_catalogue(tmp_path, tiny_model, corpus, pg_url):
         hit = httpx.get(f"{server.url}/api/search", params={"q": "a red pasta dish with fresh basil and tomato sauce",
                                                             "k": 1}).json()["hits"][0]
         assert hit["path"].endswith("pasta.txt") and hit["score"] == pytest.approx(1.0, abs=1e-4)
-    # Each folder keeps its own derived vectors file; neither holds a database.
+    # Each folder keeps its own derived vectors file (the server's saved at its first sync, so
+    # its next start loads it); neither holds a database.
     assert not (server_folder / "mmsearch.db").exists() and not (writer_folder / "mmsearch.db").exists()
-    assert list(writer_folder.glob("vectors.g*.faiss"))
+    assert list(writer_folder.glob("vectors.g*.faiss")) and list(server_folder.glob("vectors.g*.faiss"))
+    assert check_folder(server_folder, settings=_settings(pg_url)).problems == []
 
 
 def test_without_index_folder_a_cache_folder_per_database(tmp_path, tiny_model, corpus, cli, pg_url, monkeypatch):

@@ -370,6 +370,7 @@ class IndexStore:
                 return
         with self._rw.writing(), self.read() as reader:
             self._vectors = self._synced(reader, self._vectors)
+            self._keep_local_copy()
             yield Snapshot(self, reader, self._vectors)
 
     def vectors(self) -> VectorIndex:
@@ -479,6 +480,13 @@ class IndexStore:
         checksum recorded in the manifest before the file is visible; then forget the tombstones
         it covers."""
         vectors = self.vectors()
+        with self._rw.writing():  # saving copies memory-mapped cells into memory first
+            self._save_file(vectors)
+        with self.catalogue.write() as w:
+            w.purge_tombstones(vectors.gen)
+
+    def _save_file(self, vectors: VectorIndex) -> None:
+        """Write ``vectors`` as this folder's file of its generation, its checksum in the manifest."""
 
         def record(tmp: Path) -> None:
             # The checksum is in the manifest before the file is visible under its name, so a
@@ -489,16 +497,31 @@ class IndexStore:
             self.update_manifest(**{VECTORS_FILES: {k: records[k] for k in keep}})
 
         try:
-            with self._rw.writing():  # saving copies memory-mapped cells into memory first
-                vectors.save(self.folder, vectors.gen, before_replace=record)
+            vectors.save(self.folder, vectors.gen, before_replace=record)
         except (OSError, RuntimeError) as exc:  # faiss reports failed writes as RuntimeError
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1]
             raise IndexWriteError(
                 f"cannot save vectors in {self.folder}: {reason} (the previous vectors file is kept; "
                 f"the database is complete and the next run catches up)"
             ) from exc
-        with self.catalogue.write() as w:
-            w.purge_tombstones(vectors.gen)
+
+    def _keep_local_copy(self) -> None:
+        """A folder of a shared (PostgreSQL) catalogue where no writer ever ran (a machine that only
+        serves) saves the vectors it just built, so its next start loads them instead of rebuilding.
+        Only while no writer holds the folder; the database's tombstones stay the writer's to purge."""
+        if self.db is None or self._vectors is None or saved_generations(self.folder):
+            return
+        lock = FileLock(str(self.folder / LOCK_FILE))
+        try:
+            lock.acquire(timeout=0)
+        except (Timeout, OSError):
+            return
+        try:
+            self._save_file(self._vectors)
+        except MMSearchError:
+            pass  # a cache: without it the next start rebuilds, as this one did
+        finally:
+            lock.release()
 
     def forget_vectors(self) -> None:
         """Delete every saved vectors file (the model changed: none describes the catalogue)."""
