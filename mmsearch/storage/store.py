@@ -370,7 +370,7 @@ class IndexStore:
                 return
         with self._rw.writing(), self.read() as reader:
             self._vectors = self._synced(reader, self._vectors)
-            self._keep_local_copy()
+            self._keep_local_copy(reader)
             yield Snapshot(self, reader, self._vectors)
 
     def vectors(self) -> VectorIndex:
@@ -505,11 +505,15 @@ class IndexStore:
                 f"the database is complete and the next run catches up)"
             ) from exc
 
-    def _keep_local_copy(self) -> None:
-        """A folder of a shared (PostgreSQL) catalogue where no writer ever ran (a machine that only
-        serves) saves the vectors it just built, so its next start loads them instead of rebuilding.
-        Only while no writer holds the folder; the database's tombstones stay the writer's to purge."""
-        if self.db is None or self._vectors is None or saved_generations(self.folder):
+    def _keep_local_copy(self, reader: Reader) -> None:
+        """A folder of a shared (PostgreSQL) catalogue whose vectors file is missing or too old to
+        catch up from (a machine that only serves) saves the vectors it just built, so its next
+        start loads them instead of rebuilding. Only while no writer holds the folder; the
+        database's tombstones stay the writer's to purge."""
+        if self.db is None or self._vectors is None:
+            return
+        saved = saved_generations(self.folder)
+        if saved and saved[0][0] >= reader.purged_through():
             return
         lock = FileLock(str(self.folder / LOCK_FILE))
         try:
