@@ -159,3 +159,27 @@ def test_connection_refused_missing_database_and_privileges_are_one_line(tmp_pat
 
     with pytest.raises(CatalogueDatabaseError, match="names no database"):
         Engine(idx, settings=_settings("postgresql+psycopg://")).info()
+
+
+def test_a_model_switch_on_another_machine_is_followed(tmp_path, tiny_model, other_tiny_model, corpus, pg_url,
+                                                       monkeypatch):
+    """A long-lived reader never encodes queries with a model the shared index no longer uses."""
+    from mmsearch.storage import location
+
+    monkeypatch.setattr(location, "MODEL_CHECK_SECONDS", 0.0)  # ask the database at every query
+    writer_folder, server_folder = tmp_path / "a", tmp_path / "b"
+    with Engine(writer_folder, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint),
+                settings=_settings(pg_url)) as writer:
+        writer.add([corpus])
+    text = "a black cat sleeping on a sofa"
+    with Engine(server_folder, settings=_settings(pg_url)) as server:
+        assert server.search(text, k=1)[0].score == pytest.approx(1.0, abs=1e-4)
+        assert server.spec.pretrained == str(tiny_model.checkpoint)
+        with Engine(writer_folder, model=str(other_tiny_model.config), pretrained=str(other_tiny_model.checkpoint),
+                    settings=_settings(pg_url)) as writer:
+            writer.add(None, reembed=True)
+        hit = server.search(text, k=1)[0]  # the new model's vectors, queried with the new model
+        assert server.spec.pretrained == str(other_tiny_model.checkpoint)
+        assert hit.text == text and hit.score == pytest.approx(1.0, abs=1e-4)
+    manifest = json.loads((server_folder / "manifest.json").read_text())
+    assert manifest["model"]["pretrained"] == str(other_tiny_model.checkpoint)

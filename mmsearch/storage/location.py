@@ -12,18 +12,23 @@ manifest is rebuilt from the model identity the catalogue records, and the vecto
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from ..errors import NotAnIndexError
+from filelock import FileLock, Timeout
+
+from ..errors import MMSearchError, NotAnIndexError
 from ..fsutil import atomic_write_json
 from . import manifest as mf
 from . import postgres
 from .catalogue import Catalogue
 from .sqlite import DB_FILE
+from .vectors import saved_generations
 
 LINK_FILE = "database.json"
+LOCK_FILE = ".lock"  # the folder's writer lock (``store.writer_lock``)
 
 
 def linked_url(folder: Path) -> str | None:
@@ -109,3 +114,67 @@ def database_lock(folder: Path, db: str | None, wait: float) -> Iterator[None]:
     url = resolve(folder, db)
     with (postgres.advisory_lock(url, wait, f" (index folder {folder})") if url else nullcontext()):
         yield
+
+
+# -- following a model change made on another machine ----------------------------------------------
+# How often a long-lived reader (a server) asks the database whether another machine moved the
+# shared index to another model (`mmsearch index --reembed`); its own manifest cannot tell it.
+MODEL_CHECK_SECONDS = 1.0
+
+
+def model_moved(store, force: bool = False) -> bool:
+    """True when the shared catalogue of ``store`` records another model or dimension than the
+    folder's manifest (at most one question to the database per MODEL_CHECK_SECONDS)."""
+    now = time.monotonic()
+    if store.db is None or (not force and now - getattr(store, "_model_checked", -1e9) < MODEL_CHECK_SECONDS):
+        return False
+    store._model_checked = now
+    with store.read() as r:
+        recorded = r.recorded_model()
+    if recorded is None:
+        return False
+    return (recorded["model"].get("fingerprint"), recorded.get("dim")) != \
+        (store.manifest["model"].get("fingerprint"), store.manifest.get("dim"))
+
+
+def follow_model(store) -> dict:
+    """The folder's manifest rebuilt from the model the shared catalogue records (this machine's
+    manifest is a cache of it), written when no writer holds the folder; returns it."""
+    with store.read() as r:
+        recorded = r.recorded_model()
+    manifest = mf.rebuilt(store.folder, recorded)
+    lock = FileLock(str(store.folder / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except (Timeout, OSError):
+        return manifest  # a writer works in this folder: it writes the manifest itself
+    try:
+        mf.write_manifest(store.folder, manifest)
+    except OSError:
+        pass  # kept in memory; the next open rebuilds it again
+    finally:
+        lock.release()
+    return manifest
+
+
+def keep_local_copy(store, reader) -> None:
+    """A folder of a shared catalogue whose vectors file is missing or too old to catch up from
+    (a machine that only serves) saves the vectors it just built, so its next start loads them
+    instead of rebuilding. Only while no writer holds the folder; the database's tombstones stay
+    the writer's to purge. (Called by ``IndexStore.snapshot`` after bringing its vectors forward.)"""
+    if store.db is None or store._vectors is None:
+        return
+    saved = saved_generations(store.folder)
+    if saved and saved[0][0] >= reader.purged_through():
+        return
+    lock = FileLock(str(store.folder / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except (Timeout, OSError):
+        return
+    try:
+        store._save_file(store._vectors)
+    except MMSearchError:
+        pass  # a cache: without it the next start rebuilds, as this one did
+    finally:
+        lock.release()

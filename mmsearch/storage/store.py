@@ -51,7 +51,7 @@ from .vectors import (
     saved_generations,
 )
 
-LOCK_FILE = ".lock"
+LOCK_FILE = location.LOCK_FILE
 KEEP_VECTOR_RECORDS = 4
 _OWN_FILES = (*DB_FILES, LOCK_FILE, location.LINK_FILE)
 # What a created index holds besides the database (removed with a failed first run).
@@ -167,6 +167,8 @@ class IndexStore:
             with store.read() as r:
                 r.generation()
             store.catalogue.upgrade_schema()
+            if location.model_moved(store, force=True):  # this machine's manifest is a cache of the catalogue's
+                store.manifest = location.follow_model(store)
             store._check_manifest_against_catalogue()
         except DATABASE_ERRORS as exc:
             store.close()
@@ -318,11 +320,13 @@ class IndexStore:
         self._manifest_stamp = mf.stamp(self.folder)
 
     def manifest_changed(self) -> bool:
-        """True when another process rewrote the manifest since this store read it (one stat)."""
-        return mf.stamp(self.folder) != self._manifest_stamp
+        """True when another process rewrote the manifest since this store read it (one stat), or
+        another machine moved a shared catalogue to another model."""
+        return mf.stamp(self.folder) != self._manifest_stamp or location.model_moved(self)
 
     def reload_manifest(self) -> None:
-        self.manifest = read_manifest(self.folder)
+        moved = location.model_moved(self, force=True)
+        self.manifest = location.follow_model(self) if moved else read_manifest(self.folder)
         self._manifest_stamp = mf.stamp(self.folder)
 
     def remove_stray_temps(self) -> list[Path]:
@@ -370,7 +374,7 @@ class IndexStore:
                 return
         with self._rw.writing(), self.read() as reader:
             self._vectors = self._synced(reader, self._vectors)
-            self._keep_local_copy(reader)
+            location.keep_local_copy(self, reader)
             yield Snapshot(self, reader, self._vectors)
 
     def vectors(self) -> VectorIndex:
@@ -504,28 +508,6 @@ class IndexStore:
                 f"cannot save vectors in {self.folder}: {reason} (the previous vectors file is kept; "
                 f"the database is complete and the next run catches up)"
             ) from exc
-
-    def _keep_local_copy(self, reader: Reader) -> None:
-        """A folder of a shared (PostgreSQL) catalogue whose vectors file is missing or too old to
-        catch up from (a machine that only serves) saves the vectors it just built, so its next
-        start loads them instead of rebuilding. Only while no writer holds the folder; the
-        database's tombstones stay the writer's to purge."""
-        if self.db is None or self._vectors is None:
-            return
-        saved = saved_generations(self.folder)
-        if saved and saved[0][0] >= reader.purged_through():
-            return
-        lock = FileLock(str(self.folder / LOCK_FILE))
-        try:
-            lock.acquire(timeout=0)
-        except (Timeout, OSError):
-            return
-        try:
-            self._save_file(self._vectors)
-        except MMSearchError:
-            pass  # a cache: without it the next start rebuilds, as this one did
-        finally:
-            lock.release()
 
     def forget_vectors(self) -> None:
         """Delete every saved vectors file (the model changed: none describes the catalogue)."""
