@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IMAGE_COUNT, TEXT_COUNT, make_image
+from conftest import IMAGE_COUNT, PG_SLOW, TEXT_COUNT, make_image
 from mmsearch import Engine, ModelMismatchError, QueryError, QueryTerm
 from mmsearch.media.image import load_image
 
@@ -55,6 +55,7 @@ def test_index_then_query_by_text_and_image(backend, tmp_path, tiny_model, corpu
         assert str(query) not in [h.path for h in engine.search(query, k=20)]
 
 
+@pytest.mark.parametrize("backend", PG_SLOW, indirect=True)  # PostgreSQL: with the slow tests
 def test_type_filter_and_min_score_and_under(backend, tmp_path, tiny_model, corpus):
     with open_engine(tmp_path, tiny_model) as engine:
         engine.add([corpus])
@@ -164,6 +165,7 @@ def test_exif_orientation_is_applied(tmp_path, tiny_model):
         assert hit.score > 0.99  # same picture once upright (JPEG loss only)
 
 
+@pytest.mark.parametrize("backend", PG_SLOW, indirect=True)  # PostgreSQL: with the slow tests
 def test_model_mismatch_is_refused_then_reembed(backend, tmp_path, tiny_model, other_tiny_model, corpus):
     with open_engine(tmp_path, tiny_model) as engine:
         engine.add([corpus])

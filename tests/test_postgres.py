@@ -161,6 +161,7 @@ def test_connection_refused_missing_database_and_privileges_are_one_line(tmp_pat
         Engine(idx, settings=_settings("postgresql+psycopg://")).info()
 
 
+@pytest.mark.slow  # two models, a full re-embed
 def test_a_model_switch_on_another_machine_is_followed(tmp_path, tiny_model, other_tiny_model, corpus, pg_url,
                                                        monkeypatch):
     """A long-lived reader never encodes queries with a model the shared index no longer uses."""
