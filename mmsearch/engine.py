@@ -63,7 +63,9 @@ class Engine:
     'mps', 'cpu' or None for automatic. ``settings``: the environment's (``Settings.from_env()``)
     unless given. ``text_encoder``: an ONNX text encoder already loading
     (``onnx_text.preload``), used when it is this index's; ``image_encoder`` likewise
-    (``onnx_image.preload``).
+    (``onnx_image.preload``). ``db``: a PostgreSQL catalogue shared by several machines
+    (``postgresql+psycopg://USER@HOST/DB``, default ``$MMSEARCH_DB``); ``index`` is then this
+    machine's local copy of it (default: a cache folder per database).
     """
 
     def __init__(
@@ -78,8 +80,11 @@ class Engine:
         settings: Settings | None = None,
         text_encoder: onnx_text.Preload | None = None,
         image_encoder: onnx_image.Preload | None = None,
+        db: str | None = None,
     ):
         self.settings = settings or Settings.from_env()
+        if db is not None:
+            self.settings = self.settings.but(db=db)
         self.folder = Path(index if index is not None else self.settings.default_index()).expanduser().absolute()
         s = self.settings
         self._vector_settings = VectorSettings(s.flat_max, s.nlist, s.nprobe, s.rerank, s.faiss_gpu)

@@ -100,7 +100,7 @@ def test_two_machines_share_one_catalogue(tmp_path, tiny_model, corpus, pg_url):
     env = dict(ENV, MMSEARCH_DB=pg_url)
     index = [sys.executable, "-m", "mmsearch", "index", str(corpus), "-i", str(writer_folder), *tiny_model.args, "-q"]
     subprocess.run(index, env=env, check=True, capture_output=True, timeout=300)
-    with Engine(server_folder, settings=_settings(pg_url)) as engine, \
+    with Engine(server_folder, db=pg_url) as engine, \
             ServerThread(create_app(engine, preload=False)) as server:
         assert same_database(json.loads((server_folder / "database.json").read_text())["url"], pg_url)  # attached
         found = httpx.get(f"{server.url}/api/search", params={"q": "a dog running on green grass", "k": 50}).json()
