@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import os
 import platform
 import statistics
@@ -194,6 +195,7 @@ def main() -> None:
                       "machine": platform.processor() or platform.machine(), "results": results}))
     if server is not None:
         server.cleanup()
+    shutil.rmtree(work, ignore_errors=True)  # the collections (about 0.5 GB at 100k)
 
 
 if __name__ == "__main__":
