@@ -40,7 +40,7 @@ from .settings import Settings
 from .media import FileEntry, Record, media_registry
 from .media.video import is_placeholder
 from .storage import MANIFEST, SCHEMA_VERSION, IndexStore, VectorIndex, read_manifest, saved_generations, writer_lock
-from .storage.sqlite import DB_FILE
+from .storage import location
 from .storage.store import vectors_from_blobs
 from .storage.ondisk import read_index_file, unreferenced_data
 
@@ -122,7 +122,7 @@ def check_folder(
     folder = Path(folder).expanduser().absolute()
     report = CheckReport(str(folder))
     try:
-        store = IndexStore.open(folder)
+        store = IndexStore.open(folder, db=settings.db)
     except EmptyIndexError:
         raise  # nothing to check: say so in one line
     except IndexVersionError as exc:
@@ -134,12 +134,12 @@ def check_folder(
         if _manifest_readable(folder) and not isinstance(exc, DamagedManifestError):
             _problem(report, "database", str(exc), repairable=False)
             return report
-        store = _manifest_problem(folder, report, exc, repair, wait)
+        store = _manifest_problem(folder, report, exc, repair, wait, settings.db)
         if store is None:
             return report
     try:
         if repair:
-            with writer_lock(folder, wait):
+            with writer_lock(folder, wait, settings.db):
                 _check(store, report, repair=True, encoder_factory=encoder_factory, settings=settings)
         else:
             _check(store, report, repair=False, encoder_factory=encoder_factory, settings=settings)
@@ -156,13 +156,14 @@ def _manifest_readable(folder: Path) -> bool:
     return True
 
 
-def _manifest_problem(folder: Path, report: CheckReport, exc: MMSearchError, repair: bool, wait: float) -> IndexStore | None:
+def _manifest_problem(folder: Path, report: CheckReport, exc: MMSearchError, repair: bool, wait: float,
+                      db: str | None = None) -> IndexStore | None:
     """Report a missing, unreadable or damaged manifest; with ``repair``, rebuild it from the
     model identity the database records and return the reopened store."""
-    if not (folder / DB_FILE).is_file():
+    if not location.has_catalogue(folder):
         _problem(report, "manifest", str(exc), repairable=False)
         return None
-    recorded = IndexStore.recorded_model_of(folder)
+    recorded = IndexStore.recorded_model_of(folder, db)
     if recorded is None:
         _problem(report, "manifest", f"{exc} (this index's database predates the copy of the model identity it "
                                      f"keeps now, so the manifest cannot be rebuilt)", repairable=False)
@@ -170,11 +171,11 @@ def _manifest_problem(folder: Path, report: CheckReport, exc: MMSearchError, rep
     problem = _problem(report, "manifest", str(exc))
     if not repair:
         return None
-    with writer_lock(folder, wait):
+    with writer_lock(folder, wait, db):
         IndexStore.rebuild_manifest(folder, recorded)
     problem.repaired = True
     problem.detail += " (rebuilt from the database)"
-    return IndexStore.open(folder)
+    return IndexStore.open(folder, db=db)
 
 
 def _check(store: IndexStore, report: CheckReport, *, repair: bool, encoder_factory, settings: Settings) -> None:

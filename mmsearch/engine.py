@@ -34,7 +34,7 @@ from .media import BadInput
 from .query import IMAGE, TEXT, Item, QueryTerm, combine
 from .searching import Searching, _item
 from .settings import Settings
-from .storage import CHOICES, IndexStore, VectorSettings, writer_lock
+from .storage import CHOICES, IndexStore, VectorSettings, location, writer_lock
 from .errors import IndexTypeError
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,9 @@ class Engine(Searching):
     'mps', 'cpu' or None for automatic. ``settings``: the environment's (``Settings.from_env()``)
     unless given. ``text_encoder``: an ONNX text encoder already loading
     (``onnx_text.preload``), used when it is this index's; ``image_encoder`` likewise
-    (``onnx_image.preload``).
+    (``onnx_image.preload``). ``db``: a PostgreSQL catalogue shared by several machines
+    (``postgresql+psycopg://USER@HOST/DB``, default ``$MMSEARCH_DB``); ``index`` is then this
+    machine's local copy of it (default: a cache folder per database).
     """
 
     def __init__(
@@ -67,12 +69,18 @@ class Engine(Searching):
         settings: Settings | None = None,
         text_encoder: onnx_text.Preload | None = None,
         image_encoder: onnx_image.Preload | None = None,
+        db: str | None = None,
     ):
         self.settings = settings or Settings.from_env()
+        if db is not None:
+            self.settings = self.settings.but(db=db)
         self.folder = Path(index if index is not None else self.settings.default_index()).expanduser().absolute()
         s = self.settings
         self._vector_settings = VectorSettings(s.flat_max, s.nlist, s.nprobe, s.rerank, s.faiss_gpu)
-        self._store: IndexStore | None = (IndexStore.open(self.folder, self._vector_settings)
+        self.db = s.db  # a PostgreSQL catalogue shared with other machines (None: the folder's SQLite)
+        if self.db is not None and not IndexStore.is_index(self.folder):
+            location.attach(self.folder, self.db)  # this machine's first use of a shared catalogue
+        self._store: IndexStore | None = (IndexStore.open(self.folder, self._vector_settings, self.db)
                                           if IndexStore.is_index(self.folder) else None)
         known = self._store.manifest.get("model") if self._store is not None else None
         self._requested = (ModelSpec.resolve(model, pretrained, known, defaults=(s.model, s.pretrained),
@@ -110,7 +118,7 @@ class Engine(Searching):
     def store(self) -> IndexStore:
         if self._store is None:
             # Raises the precise reason: no such folder, not an index, newer schema...
-            self._store = IndexStore.open(self.folder, self._vector_settings)
+            self._store = IndexStore.open(self.folder, self._vector_settings, self.db)
         return self._store
 
     @property
@@ -243,7 +251,7 @@ class Engine(Searching):
                     self.encoder  # noqa: B018 - load (and so check) the model before creating anything
             existed = self.folder.exists()
             try:
-                with writer_lock(self.folder, wait):
+                with writer_lock(self.folder, wait, self.db):
                     return self._add_locked(explicit, reembed, progress or NullProgress(), index_type,
                                             refresh_metadata, executor)
             except BaseException:
@@ -253,8 +261,9 @@ class Engine(Searching):
 
     def _add_locked(self, explicit: list[LibraryRoot], reembed: bool, progress: Progress,
                     index_type: str | None, refresh_metadata: bool = False, executor: Any = None) -> IndexReport:
-        if self._store is None and IndexStore.is_index(self.folder):
-            self._store = IndexStore.open(self.folder, self._vector_settings)  # created meanwhile by another process
+        if self._store is None and (IndexStore.is_index(self.folder)
+                                    or (self.db is not None and location.attach(self.folder, self.db))):
+            self._store = IndexStore.open(self.folder, self._vector_settings, self.db)  # created meanwhile by another process
         if self._store is not None and not self._check_model():
             if not reembed:
                 raise self._mismatch("pass --reembed to embed everything again with the new model, or use another --index")
@@ -266,7 +275,7 @@ class Engine(Searching):
             spec, dim = self.spec, self._cached_dim()
             if dim is None:
                 dim = self.encoder.dim
-            self._store = IndexStore.create(self.folder, spec.identity(), dim, self._vector_settings)
+            self._store = IndexStore.create(self.folder, spec.identity(), dim, self._vector_settings, self.db)
             note = random_weights_note(spec)  # said once, here, not at every load
             if note:
                 progress.note(note)
@@ -363,7 +372,7 @@ class Engine(Searching):
         (None: the index's choice, ``auto`` by default), remember the choice, and return the
         manifest's new ``vector_index`` entry."""
         _check_index_type(index_type)
-        with self._lock, writer_lock(self.folder, wait):
+        with self._lock, writer_lock(self.folder, wait, self.db):
             self.store.fit_vectors(index_type, force=True)
             return dict(self.store.manifest["vector_index"])
 

@@ -124,3 +124,8 @@ class RayUnavailableError(MMSearchError):
 class RayRunError(MMSearchError):
     """The Ray job failed (a worker kept dying after its retries, or the cluster cannot be
     reached); what was committed before stays in the index and a re-run continues."""
+
+
+class CatalogueDatabaseError(MMSearchError):
+    """The catalogue's database server cannot be reached or used (refused connection, no such database,
+    missing privileges or extension); nothing was written."""

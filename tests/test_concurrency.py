@@ -10,15 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import PG_SLOW
 from mmsearch import Engine
 from test_crash_safety import ENV, _generation, assert_consistent, build_corpus, index_cmd
 
 
-def _start_writer(corpus: Path, idx: Path, tiny_model, *extra: str) -> subprocess.Popen:
-    proc = subprocess.Popen(index_cmd(corpus, idx, tiny_model, "--batch-size", "2", *extra), env=ENV,
+def _start_writer(corpus: Path, idx: Path, tiny_model, backend, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen(index_cmd(corpus, idx, tiny_model, "--batch-size", "2", *extra), env=backend.env(ENV),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while _generation(idx) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while _generation(idx, backend) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, f"indexing ended before the test could overlap it: {proc.communicate()}"
     return proc
@@ -29,11 +30,12 @@ SIZES = [pytest.param((16, 80), id="small"), pytest.param((40, 300), id="long", 
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_second_writer_fails_clearly_or_waits(tmp_path, tiny_model, cli, size):
+@pytest.mark.parametrize("backend", PG_SLOW, indirect=True)
+def test_second_writer_fails_clearly_or_waits(backend, tmp_path, tiny_model, cli, size):
     corpus = build_corpus(tmp_path / "corpus", *size)
     total = sum(size) + 1
     idx = tmp_path / "idx"
-    writer = _start_writer(corpus, idx, tiny_model)
+    writer = _start_writer(corpus, idx, tiny_model, backend)
     result = cli("index", corpus, "-i", idx, *tiny_model.args, "-q", ok=False)
     running = writer.poll() is None
     assert result.exit_code == 1
@@ -48,11 +50,11 @@ def test_second_writer_fails_clearly_or_waits(tmp_path, tiny_model, cli, size):
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_queries_during_indexing_see_committed_states(tmp_path, tiny_model, size):
+def test_queries_during_indexing_see_committed_states(backend, tmp_path, tiny_model, size):
     corpus = build_corpus(tmp_path / "corpus", *size)
     total = sum(size) + 1
     idx = tmp_path / "idx"
-    writer = _start_writer(corpus, idx, tiny_model)
+    writer = _start_writer(corpus, idx, tiny_model, backend)
     seen_sizes: list[int] = []
     rounds = 0
     with Engine(idx) as engine:

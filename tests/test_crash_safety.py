@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_image, wait_for_items
+from conftest import PG_SLOW, Backend, make_image, wait_for_items
 from mmsearch import Engine
 from mmsearch.check import check_folder
 from mmsearch.errors import IndexWriteError
+from mmsearch.settings import Settings
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", MMSEARCH_CHECKPOINT_SECONDS="0.05")
 
@@ -39,13 +40,12 @@ def index_cmd(corpus: Path, idx: Path, tiny_model, *extra: str) -> list[str]:
             "--batch-size", "4", "--workers", "2", "-q", *extra]
 
 
-def snapshot(idx: Path) -> dict[tuple[str, str], tuple[str, np.ndarray]]:
-    """(path, locator) -> (content hash, vector) of every item, read straight from SQLite."""
-    with sqlite3.connect(idx / "mmsearch.db") as conn:
-        rows = conn.execute(
-            "SELECT i.path, i.locator, i.content_hash, e.vector FROM items i JOIN embeddings e ON e.item_id = i.id"
-        ).fetchall()
-    return {(p, loc): (h, np.frombuffer(v, np.float32)) for p, loc, h, v in rows}
+def snapshot(idx: Path, backend=None) -> dict[tuple[str, str], tuple[str, np.ndarray]]:
+    """(path, locator) -> (content hash, vector) of every item, read straight from the database
+    (SQLite, or ``backend``'s PostgreSQL)."""
+    rows = (backend or Backend("sqlite")).sql(
+        idx, "SELECT i.path, i.locator, i.content_hash, e.vector FROM items i JOIN embeddings e ON e.item_id = i.id")
+    return {(p, loc): (h, np.frombuffer(bytes(v), np.float32)) for p, loc, h, v in rows}
 
 
 # Left by a kill and harmless: a temporary file (the next writer deletes it), and files on disk
@@ -64,8 +64,8 @@ def assert_consistent(idx: Path, allow: tuple[str, ...] = ()) -> int:
     return report.items
 
 
-def assert_same_state(idx: Path, reference: dict) -> None:
-    state = snapshot(idx)
+def assert_same_state(idx: Path, reference: dict, backend=None) -> None:
+    state = snapshot(idx, backend)
     assert set(state) == set(reference)
     for key, (content_hash, vector) in reference.items():
         assert state[key][0] == content_hash
@@ -87,7 +87,7 @@ def mutate(corpus: Path, rng: random.Random, round_: int) -> None:
     (corpus / "captions.jsonl").write_text("\n".join(lines) + "\n")
 
 
-def _kill_loop(tmp_path, tiny_model, kills: int, images: int, lines: int, seed: int) -> None:
+def _kill_loop(tmp_path, tiny_model, backend: Backend, kills: int, images: int, lines: int, seed: int) -> None:
     corpus = build_corpus(tmp_path / "corpus", images, lines)
     idx = tmp_path / "idx"
     rng = random.Random(seed)
@@ -95,13 +95,13 @@ def _kill_loop(tmp_path, tiny_model, kills: int, images: int, lines: int, seed: 
     for round_ in range(kills):
         if round_:
             mutate(corpus, rng, round_)
-        gen_before = _generation(idx)
-        proc = subprocess.Popen(index_cmd(corpus, idx, tiny_model), env=ENV,
+        gen_before = _generation(idx, backend)
+        proc = subprocess.Popen(index_cmd(corpus, idx, tiny_model), env=backend.env(ENV),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if round_ % 3 == 0:
             time.sleep(rng.uniform(0.05, 2.5))  # anywhere, start-up included
         else:  # somewhere in the writing phase: after the first commit of this run
-            while _generation(idx) == gen_before and proc.poll() is None:
+            while _generation(idx, backend) == gen_before and proc.poll() is None:
                 time.sleep(0.01)
             time.sleep(rng.uniform(0.0, 0.5))
         if proc.poll() is None:
@@ -116,30 +116,39 @@ def _kill_loop(tmp_path, tiny_model, kills: int, images: int, lines: int, seed: 
     # Finish the work, then compare with one uninterrupted run over the final corpus.
     with open_engine(idx, tiny_model) as engine:
         engine.add([corpus])
-    with open_engine(tmp_path / "ref", tiny_model) as engine:
+    with open_engine(tmp_path / "ref", tiny_model, sqlite=True) as engine:  # the reference: never killed
         engine.add([corpus])
     reference = snapshot(tmp_path / "ref")
     assert assert_consistent(idx) == len(reference)
-    assert_same_state(idx, reference)
+    assert_same_state(idx, reference, backend)
     with open_engine(idx, tiny_model) as engine:  # converged: one more run finds nothing to do
         report = engine.add([corpus])
     assert (report.added, report.updated, report.removed, report.reused) == (0, 0, 0, 0)
 
 
-def open_engine(idx: Path, tiny_model) -> Engine:
-    return Engine(idx, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint), batch_size=4)
+def open_engine(idx: Path, tiny_model, sqlite: bool = False) -> Engine:
+    """An engine on ``idx`` (``sqlite``: with its own SQLite catalogue whatever MMSEARCH_DB says)."""
+    settings = Settings.from_env().but(db=None) if sqlite else None
+    return Engine(idx, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint), batch_size=4,
+                  settings=settings)
 
 
-def test_sigkill_loop_consistent_and_converges(tmp_path, tiny_model):
-    _kill_loop(tmp_path, tiny_model, kills=4, images=30, lines=60, seed=1)
+@pytest.mark.parametrize("backend", PG_SLOW, indirect=True)
+def test_sigkill_loop_consistent_and_converges(backend, tmp_path, tiny_model):
+    _kill_loop(tmp_path, tiny_model, backend, kills=4, images=30, lines=60, seed=1)
 
 
 @pytest.mark.slow
-def test_sigkill_loop_long(tmp_path, tiny_model):
-    _kill_loop(tmp_path, tiny_model, kills=40, images=300, lines=600, seed=2)
+def test_sigkill_loop_long(backend, tmp_path, tiny_model):
+    _kill_loop(tmp_path, tiny_model, backend, kills=40, images=300, lines=600, seed=2)
 
 
-def _generation(idx: Path) -> int:
+def _generation(idx: Path, backend=None) -> int:
+    if backend is not None and backend.db is not None:
+        try:
+            return int(backend.sql(idx, "SELECT value FROM meta WHERE key = 'generation'")[0][0])
+        except Exception:  # noqa: BLE001 - not created yet
+            return 0
     try:
         with sqlite3.connect(f"file:{idx / 'mmsearch.db'}?mode=ro", uri=True, timeout=5) as conn:
             return int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])

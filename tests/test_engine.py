@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import IMAGE_COUNT, TEXT_COUNT, make_image
+from conftest import IMAGE_COUNT, PG_SLOW, TEXT_COUNT, make_image
 from mmsearch import Engine, ModelMismatchError, QueryError, QueryTerm
 from mmsearch.media.image import load_image
 
@@ -30,7 +30,7 @@ def db_ids(engine: Engine) -> set[int]:
         return r.item_ids()
 
 
-def test_index_then_query_by_text_and_image(tmp_path, tiny_model, corpus):
+def test_index_then_query_by_text_and_image(backend, tmp_path, tiny_model, corpus):
     with open_engine(tmp_path, tiny_model) as engine:
         report = engine.add([corpus])
         assert (report.added, report.removed, len(report.skipped)) == (IMAGE_COUNT + TEXT_COUNT, 0, 0)
@@ -55,7 +55,8 @@ def test_index_then_query_by_text_and_image(tmp_path, tiny_model, corpus):
         assert str(query) not in [h.path for h in engine.search(query, k=20)]
 
 
-def test_type_filter_and_min_score_and_under(tmp_path, tiny_model, corpus):
+@pytest.mark.parametrize("backend", PG_SLOW, indirect=True)  # PostgreSQL: with the slow tests
+def test_type_filter_and_min_score_and_under(backend, tmp_path, tiny_model, corpus):
     with open_engine(tmp_path, tiny_model) as engine:
         engine.add([corpus])
         images = engine.search("a red pasta dish", k=20, type="image")
@@ -95,7 +96,7 @@ def _embedding(engine, item_id) -> bytes:
         return r.vector_of(item_id)
 
 
-def test_incremental_add_modify_delete_rename(tmp_path, tiny_model, corpus):
+def test_incremental_add_modify_delete_rename(backend, tmp_path, tiny_model, corpus):
     with open_engine(tmp_path, tiny_model) as engine:
         engine.add([corpus])
         again = engine.add([corpus])
@@ -126,7 +127,7 @@ def test_incremental_add_modify_delete_rename(tmp_path, tiny_model, corpus):
         assert faiss_ids(engine) == db_ids(engine)
 
 
-def test_jsonl_lines_are_incremental_and_duplicates_reuse(tmp_path, tiny_model, corpus):
+def test_jsonl_lines_are_incremental_and_duplicates_reuse(backend, tmp_path, tiny_model, corpus):
     with open_engine(tmp_path, tiny_model) as engine:
         engine.add([corpus])
         shutil.copy(corpus / "b.png", corpus / "copy-of-b.png")
@@ -164,7 +165,8 @@ def test_exif_orientation_is_applied(tmp_path, tiny_model):
         assert hit.score > 0.99  # same picture once upright (JPEG loss only)
 
 
-def test_model_mismatch_is_refused_then_reembed(tmp_path, tiny_model, other_tiny_model, corpus):
+@pytest.mark.parametrize("backend", PG_SLOW, indirect=True)  # PostgreSQL: with the slow tests
+def test_model_mismatch_is_refused_then_reembed(backend, tmp_path, tiny_model, other_tiny_model, corpus):
     with open_engine(tmp_path, tiny_model) as engine:
         engine.add([corpus])
     with open_engine(tmp_path, other_tiny_model) as engine:
@@ -191,7 +193,7 @@ def test_more_like_this_by_item_id(tmp_path, tiny_model, corpus):
         assert [h.id for h in hits] == [h.id for h in by_image]
 
 
-def test_vectors_rebuilt_from_database_when_faiss_file_is_missing(tmp_path, tiny_model, corpus):
+def test_vectors_rebuilt_from_database_when_faiss_file_is_missing(backend, tmp_path, tiny_model, corpus):
     with open_engine(tmp_path, tiny_model) as engine:
         engine.add([corpus])
         expected = [(h.id, round(h.score, 5)) for h in engine.search("beach", k=5)]

@@ -5,7 +5,7 @@ Each command opens an engine, calls one library method and formats the result. L
 (``base._friendly_errors``); usage errors too, in ``main``.
 """
 
-from . import library, serve, training  # noqa: F401 - each module registers its commands on the app
+from . import library, migrate, serve, training  # noqa: F401 - each module registers its commands on the app
 from .base import app, main
 
 __all__ = ["app", "main"]

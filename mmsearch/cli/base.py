@@ -74,12 +74,13 @@ def _main_options(
         raise typer.Exit(exc.exit_code) from None
 
 
-def _settings():
+def _settings(db: str | None = None):
+    """The settings read at start; ``db``: a --db given on the command line (it wins over $MMSEARCH_DB)."""
     from ..settings import Settings
 
     if "settings" not in _state:  # commands invoked without the app's callback (tests of one command)
         _state["settings"] = Settings.from_env()
-    return _state["settings"]
+    return _state["settings"].but(db=db) if db else _state["settings"]
 
 
 def _friendly_errors(func: Callable) -> Callable:
@@ -95,8 +96,25 @@ def _friendly_errors(func: Callable) -> Callable:
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/]")
             raise typer.Exit(130) from None
+        except Exception as exc:
+            line = _database_error(exc)
+            if line is None:
+                raise
+            err.print(Text(f"error: {line}"), style="bold red")
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _database_error(exc: Exception) -> str | None:
+    """One line for a database server's refusal that reached the CLI unnamed (a PostgreSQL
+    connection lost mid-command, a privilege missing on one table); None for anything else."""
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    if sa_exc is None or not isinstance(exc, sa_exc.DBAPIError) or not type(exc.orig).__module__.startswith("psycopg"):
+        return None
+    from ..storage.postgres import describe
+
+    return describe(exc, "the PostgreSQL catalogue")
 
 
 def command(*args: Any, **kwargs: Any) -> Callable:
@@ -120,13 +138,18 @@ PretrainedOpt = Annotated[
     typer.Option("--pretrained", "-p", metavar="WEIGHTS", help="Pretrained tag (e.g. laion2b_s34b_b79k), checkpoint file, or 'none' for random weights."),
 ]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", metavar="DEVICE", help="cuda, mps or cpu \\[default: best available].")]
+DbOpt = Annotated[
+    Optional[str],
+    typer.Option("--db", metavar="URL", show_default=False, help="PostgreSQL catalogue shared by several machines, postgresql+psycopg://USER@HOST/DB (password from PGPASSWORD or ~/.pgpass, never stored); --index is then this machine's local cache of it \\[default: $MMSEARCH_DB; without --index, a cache folder per database]."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON document instead of a table.")]
 
 
-def _engine(index: Path | None, model: str | None = None, pretrained: str | None = None, device: str | None = None, **kwargs: Any):
+def _engine(index: Path | None, model: str | None = None, pretrained: str | None = None, device: str | None = None,
+            db: str | None = None, **kwargs: Any):
     from ..engine import Engine  # imported here so `mmsearch --help` stays instant
 
-    return Engine(index, model=model, pretrained=pretrained, device=device, settings=_settings(), **kwargs)
+    return Engine(index, model=model, pretrained=pretrained, device=device, settings=_settings(db), **kwargs)
 
 
 

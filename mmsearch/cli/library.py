@@ -14,7 +14,7 @@ from rich.text import Text
 
 from ..errors import MMSearchError, QueryError
 from ..fsutil import display_path, printable_path, terminal_safe
-from .base import DeviceOpt, IndexOpt, JsonOpt, ModelOpt, PretrainedOpt, _engine, _settings, command, err, out, write_json
+from .base import DbOpt, DeviceOpt, IndexOpt, JsonOpt, ModelOpt, PretrainedOpt, _engine, _settings, command, err, out, write_json
 from .progress import RichProgress, _QuietProgress
 
 # -- commands ------------------------------------------------------------------------------------
@@ -22,6 +22,7 @@ from .progress import RichProgress, _QuietProgress
 def index_cmd(
     paths: Annotated[Optional[list[Path]], typer.Argument(metavar="PATHS", help="Folders or files to index \\[default: every folder indexed before, with the options it was indexed with].", show_default=False)] = None,
     index: IndexOpt = None,
+    db: DbOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     device: DeviceOpt = None,
@@ -40,7 +41,7 @@ def index_cmd(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDRESS", help="With --runner ray: auto (the cluster started by `ray start`), HOST:PORT or ray://HOST:10001 \\[default: start a local Ray on this machine].", show_default=False)] = None,
 ) -> None:
     """Embed new and changed images, texts and videos under PATHS; remove what was deleted."""
-    with _engine(index, model, pretrained, device, batch_size=batch_size, workers=workers) as engine:
+    with _engine(index, model, pretrained, device, db, batch_size=batch_size, workers=workers) as engine:
         progress = _QuietProgress(err) if quiet or as_json else RichProgress(err)
         with progress:
             report = engine.add(
@@ -63,6 +64,7 @@ TYPE_CHOICES = ("all", "image", "text", "video")
 def query_cmd(
     terms: Annotated[list[str], typer.Argument(metavar="TERMS", help="Texts and image paths, e.g. \"2:beach\" + ./dog.jpg - people", show_default=False)],
     index: IndexOpt = None,
+    db: DbOpt = None,
     top: Annotated[int, typer.Option("--top", "-k", min=1, metavar="N", help="Number of results.")] = 10,
     type: Annotated[str, typer.Option("--type", "-t", metavar="TYPE", help="Result type: image, text, video or all.")] = "all",
     min_score: Annotated[Optional[float], typer.Option("--min-score", metavar="SCORE", help="Leave out results scoring below this cosine similarity.")] = None,
@@ -111,7 +113,7 @@ def query_cmd(
         from ..encoders import onnx_text
         from ..query import IMAGE, TEXT, parse_query
 
-        settings = _settings()
+        settings = _settings(db)
         try:
             parsed = parse_query(terms, "image" if image else "text" if text else None)
         except MMSearchError:
@@ -125,7 +127,7 @@ def query_cmd(
 
             # Likewise the image encoder, decoding and encoding the query images.
             preloaded_images = onnx_image.preload(index if index is not None else settings.default_index(), images, settings)
-    with _engine(index, model, pretrained, device, text_encoder=preloaded, image_encoder=preloaded_images) as engine:
+    with _engine(index, model, pretrained, device, db, text_encoder=preloaded, image_encoder=preloaded_images) as engine:
         hits = engine.search(
             terms, k=top, type=type, min_score=min_score, under=under,
             include_query=include_self, force="image" if image else "text" if text else None, dedup=dedup,
@@ -190,6 +192,7 @@ def clock(seconds: float) -> str:
 @command("dupes")
 def dupes_cmd(
     index: IndexOpt = None,
+    db: DbOpt = None,
     threshold: Annotated[Optional[float], typer.Option("--threshold", metavar="SIMILARITY", show_default=False, help="Cosine similarity at or above which two items are near-duplicates, in (0, 1] \\[default: 0.97].")] = None,
     type: Annotated[str, typer.Option("--type", "-t", metavar="TYPE", help="Items compared: image, text or all (never across types).")] = "all",
     as_json: JsonOpt = False,
@@ -202,7 +205,7 @@ def dupes_cmd(
         check_threshold(threshold, "--threshold")
     if type not in TYPE_CHOICES:
         raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPE_CHOICES)}")
-    with _engine(index) as engine:
+    with _engine(index, db=db) as engine:
         progress = _QuietProgress(err) if quiet or as_json else RichProgress(err)
         with progress:
             groups = engine.duplicates(threshold=threshold, type=type, progress=progress)
@@ -231,9 +234,9 @@ def dupes_cmd(
 
 
 @command("info")
-def info_cmd(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
+def info_cmd(index: IndexOpt = None, db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Show what is in an index: counts, roots, model, vector index and sizes."""
-    with _engine(index) as engine:
+    with _engine(index, db=db) as engine:
         info = engine.info()
     info["index"] = printable_path(info["index"])
     info["roots"] = [printable_path(r) for r in info["roots"]]
@@ -243,6 +246,7 @@ def info_cmd(index: IndexOpt = None, as_json: JsonOpt = False) -> None:
     model = info["model"]
     rows = [
         ("index", info["index"]),
+        *([("database", info["database"])] if info.get("database", "sqlite") != "sqlite" else []),
         ("items", f"{info['items']} ({info['images']} images, {info['texts']} texts"
                   + (f", {info['video_frames']} frames of {info['videos']} videos" if info.get("videos") else "") + ")"),
         ("model", f"{model['name']} [{model.get('pretrained') or 'random init'}]"),
@@ -302,6 +306,7 @@ def _human_bytes(n: int) -> str:
 @command("check")
 def check_cmd(
     index: IndexOpt = None,
+    db: DbOpt = None,
     repair: Annotated[bool, typer.Option("--repair", metavar="", help="Fix what can be fixed: re-embed bad or changed items, drop vanished files and orphans, rebuild the vectors file.")] = False,
     device: DeviceOpt = None,
     wait: Annotated[float, typer.Option("--wait", metavar="SECONDS", help="With --repair: seconds to wait for a running indexing run (-1: forever).")] = 0.0,
@@ -311,7 +316,7 @@ def check_cmd(
     from ..check import check_folder
     from ..encoders import ModelSpec, TorchEncoder
 
-    settings = _settings()
+    settings = _settings(db)
     folder = index if index is not None else settings.default_index()
     report = check_folder(
         folder, repair=repair, wait=wait, settings=settings,

@@ -8,11 +8,12 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from .base import DeviceOpt, IndexOpt, _settings, command, err
+from .base import DbOpt, DeviceOpt, IndexOpt, _settings, command, err
 
 @command("serve")
 def serve_cmd(
     index: IndexOpt = None,
+    db: DbOpt = None,
     host: Annotated[str, typer.Option("--host", metavar="ADDRESS", help="Address to bind; the default only accepts connections from this machine. Beyond loopback a token is required (see --token).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", metavar="PORT", min=0, max=65535, help="TCP port (0: any free one).")] = 8000,
     device: DeviceOpt = None,
@@ -29,7 +30,7 @@ def serve_cmd(
     from ..server import docs_available, is_loopback_host, serve
     from ..server.security import normalise_hosts
 
-    settings = _settings()
+    settings = _settings(db)
     from_env = token is None and settings.token is not None
     token = token if token is not None else settings.token
 

@@ -9,7 +9,8 @@ so that the store can mirror them into its vector index once the transaction has
 (``storage.store.IndexStore.write``).
 
 Rows leave this module as plain dataclasses (``ItemRow``, ``ExistingItem``, ``RootRow``), never
-as ORM objects. Database specifics (SQLite's pragmas and BEGIN) live beside it (``sqlite.py``).
+as ORM objects. Database specifics live beside it: SQLite's pragmas and BEGIN in ``sqlite.py``,
+PostgreSQL's connection, snapshot isolation and advisory lock in ``postgres.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
-from . import sqlite
+from . import postgres, sqlite
 from .lexical import LexicalIndex, lexical_index
 from .schema import GENERATION, MODEL_KEY, PURGED_THROUGH, Base, Embedding, Item, Meta, Root, Tombstone, utcnow
 
@@ -138,21 +139,30 @@ def _get_int(session: Session, key: str) -> int:
 
 # -- the catalogue -------------------------------------------------------------------------------------
 class Catalogue:
-    """Items, vectors, roots and counters in one database (SQLite by default)."""
+    """Items, vectors, roots and counters in one database (SQLite by default, or PostgreSQL).
 
-    def __init__(self, engine: SAEngine):
+    ``dialect``: the module of the database's specifics (``sqlite`` or ``postgres``)."""
+
+    def __init__(self, engine: SAEngine, dialect=sqlite):
         self.engine = engine
+        self.dialect = dialect
+        self._read_engine = dialect.read_engine(engine)
 
     @classmethod
     def sqlite(cls, db_path) -> Catalogue:
         return cls(sqlite.connect(db_path))
+
+    @classmethod
+    def postgres(cls, url: str) -> Catalogue:
+        return cls(postgres.connect(url), postgres)
 
     def close(self) -> None:
         self.engine.dispose()
 
     # -- schema ------------------------------------------------------------------------------------
     def create_schema(self, model: dict, dim: int) -> None:
-        Base.metadata.create_all(self.engine)
+        with self.engine.begin() as conn:  # one transaction where DDL is transactional (PostgreSQL)
+            Base.metadata.create_all(conn)
         with self.write() as w:
             for key in (GENERATION, PURGED_THROUGH):
                 if w.session.get(Meta, key) is None:
@@ -161,7 +171,7 @@ class Catalogue:
         self.lexical.ensure()
 
     def upgrade_schema(self) -> None:
-        sqlite.upgrade_schema(self.engine)
+        self.dialect.upgrade_schema(self.engine)
         self.lexical.ensure()  # indexes from before the full-text index get it, filled
 
     @property
@@ -172,20 +182,20 @@ class Catalogue:
         return self._lexical
 
     def integrity_errors(self) -> list[str]:
-        return sqlite.integrity_errors(self.engine)
+        return self.dialect.integrity_errors(self.engine)
 
     # -- transactions ------------------------------------------------------------------------------
     @contextmanager
     def read(self) -> Iterator[Reader]:
         """One snapshot: every read inside sees the same committed state."""
-        with Session(self.engine, expire_on_commit=False) as session:
+        with Session(self._read_engine, expire_on_commit=False) as session:
             yield Reader(session)
 
     @contextmanager
     def write(self) -> Iterator[Writer]:
         """One write transaction (committed when the block ends, rolled back if it raises)."""
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            yield Writer(session)
+            yield Writer(session, self.dialect)
 
 
 class Reader:
@@ -385,6 +395,23 @@ class Reader:
     def roots(self) -> list[RootRow]:
         return [RootRow(r.path, r.options, r.indexed_at) for r in self.session.scalars(select(Root).order_by(Root.path))]
 
+    def table_chunks(self, table: str, size: int = EMBEDDING_CHUNK) -> Iterator[list[dict[str, Any]]]:
+        """Every row of ``table`` (``items``, ``embeddings``, ``roots``) as a dict of all its
+        columns, in key order, ``size`` rows at a time: what ``Writer.copy_rows`` takes in another
+        catalogue (``mmsearch migrate``), whatever columns the schema has grown."""
+        t = Base.metadata.tables[table]
+        key = next(iter(t.primary_key.columns))
+        last = None
+        while True:
+            query = select(t).order_by(key).limit(size)
+            if last is not None:
+                query = query.where(key > last)
+            rows = [dict(row._mapping) for row in self.session.execute(query)]
+            if not rows:
+                return
+            yield rows
+            last = rows[-1][key.name]
+
     def ever_indexed(self) -> bool:
         """True once an item was saved or an indexing run completed."""
         if self.session.scalar(select(Item.id).limit(1)) is not None:
@@ -406,8 +433,9 @@ class VectorChanges:
 class Writer(Reader):
     """One write transaction; the first vector change bumps the generation (the write rule)."""
 
-    def __init__(self, session: Session):
+    def __init__(self, session: Session, dialect=sqlite):
         super().__init__(session)
+        self.dialect = dialect
         self.changes = VectorChanges()
 
     @property
@@ -503,9 +531,21 @@ class Writer(Reader):
         self.session.execute(insert(Item), [dict(row, gen=gen) for row in rows])
         self.session.execute(insert(Embedding), [
             {"item_id": row["id"], "vector": np.ascontiguousarray(v, np.float32).tobytes()} for row, v in zip(rows, vectors)])
+        self.dialect.after_explicit_ids(self.session)
         ids = np.array([row["id"] for row in rows], np.int64)
         self.changes.added_ids.append(ids)
         self.changes.added.append(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def copy_rows(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert rows read by ``Reader.table_chunks`` from another catalogue, ids kept; items
+        carry this transaction's generation (so every reader's vector index takes them in)."""
+        t = Base.metadata.tables[table]
+        if table == Item.__tablename__:
+            gen = self.gen
+            rows = [dict(row, gen=gen) for row in rows]
+        self.session.execute(insert(t), list(rows))
+        if table == Item.__tablename__:
+            self.dialect.after_explicit_ids(self.session)
 
     # -- roots and counters ------------------------------------------------------------------------
     def record_root(self, path: str, options: dict[str, Any], done: bool = False) -> None:

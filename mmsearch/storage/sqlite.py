@@ -46,6 +46,15 @@ def connect(db_path: Path) -> SAEngine:
     return engine
 
 
+def read_engine(engine: SAEngine) -> SAEngine:
+    """The engine readers use: the same one (``_begin`` makes each session one snapshot)."""
+    return engine
+
+
+def after_explicit_ids(session) -> None:
+    """Nothing to do: SQLite's next id follows the largest one present."""
+
+
 def upgrade_schema(engine: SAEngine) -> None:
     """Add columns that databases written by earlier releases lack (idempotent, one transaction)."""
     with engine.begin() as conn:

@@ -14,7 +14,6 @@ The store knows nothing of models or of files on the user's disk.
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from ..errors import (
+    CatalogueDatabaseError,
     DamagedManifestError,
     EmptyIndexError,
     IndexLockedError,
@@ -33,10 +33,12 @@ from ..errors import (
     NotAnIndexError,
 )
 from ..fsutil import digest_mismatch, file_digest
+from . import location
 from . import manifest as mf
 from . import ondisk
 from .catalogue import DATABASE_ERRORS, Catalogue, Reader, Writer
 from .manifest import MANIFEST, VECTORS_FILES
+from .rwlock import ReadWriteLock
 from .sqlite import DB_FILE, DB_FILES
 from .vectors import (
     AUTO,
@@ -53,9 +55,9 @@ from .vectors import (
     saved_generations,
 )
 
-LOCK_FILE = ".lock"
+LOCK_FILE = location.LOCK_FILE
 KEEP_VECTOR_RECORDS = 4
-_OWN_FILES = (*DB_FILES, LOCK_FILE)
+_OWN_FILES = (*DB_FILES, LOCK_FILE, location.LINK_FILE)
 # What a created index holds besides the database (removed with a failed first run).
 _DERIVED_PREFIXES = ("vectors.g", "text_encoder.", "image_encoder.", ".vectors.g", ".text_onnx.", ".image_onnx.",
                      f".{MANIFEST}.")
@@ -69,8 +71,9 @@ def vectors_from_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
 
 
 @contextmanager
-def writer_lock(folder: Path, wait: float = 0.0) -> Iterator[None]:
-    """Hold the single-writer lock of an index folder; ``wait`` seconds before giving up (-1: forever)."""
+def writer_lock(folder: Path, wait: float = 0.0, db: str | None = None) -> Iterator[None]:
+    """Hold the single-writer lock of an index folder; ``wait`` seconds before giving up (-1: forever).
+    A folder whose catalogue is PostgreSQL (or ``db``) also holds the database's advisory lock."""
     lock = FileLock(str(folder / LOCK_FILE))
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -82,45 +85,10 @@ def writer_lock(folder: Path, wait: float = 0.0) -> Iterator[None]:
     except OSError as exc:  # read-only file system, permissions, disk full
         raise IndexWriteError(f"cannot write to the index folder {folder}: {exc.strerror or exc}") from exc
     try:
-        yield
+        with location.database_lock(folder, db, wait):
+            yield
     finally:
         lock.release()
-
-
-class _ReadWriteLock:
-    """Many readers at once, or one writer."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-
-    @contextmanager
-    def reading(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if not self._readers:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def writing(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -168,14 +136,16 @@ def _holds_items(db_path: Path, unreadable: bool = True) -> bool:
 class IndexStore:
     """Owns an index folder. Open with ``IndexStore.open`` or ``IndexStore.create``."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], settings: VectorSettings | None = None):
+    def __init__(self, folder: Path, manifest: dict[str, Any], settings: VectorSettings | None = None,
+                 db: str | None = None):
         self.folder = folder
         self.manifest = manifest
         self.settings = settings or VectorSettings()
         self._manifest_stamp = mf.stamp(folder)
-        self.catalogue = Catalogue.sqlite(folder / DB_FILE)
+        self.db = db  # the PostgreSQL URL of the catalogue (None: the folder's SQLite file)
+        self.catalogue = location.catalogue(folder, db)
         self._vectors: VectorIndex | None = None
-        self._rw = _ReadWriteLock()
+        self._rw = ReadWriteLock()
 
     # -- opening and creating ------------------------------------------------------------------
     @staticmethod
@@ -183,23 +153,31 @@ class IndexStore:
         return (Path(folder) / MANIFEST).is_file()
 
     @classmethod
-    def open(cls, folder: str | Path, settings: VectorSettings | None = None) -> IndexStore:
+    def open(cls, folder: str | Path, settings: VectorSettings | None = None, db: str | None = None) -> IndexStore:
+        """``db``: the PostgreSQL URL asked for (a new folder is attached to its catalogue)."""
         folder = Path(folder).expanduser().absolute()
+        url = location.resolve(folder, db) if folder.is_dir() or db else None
+        if url is not None:
+            location.attach(folder, url)
         if not folder.exists():
             raise IndexNotFoundError(f"index not found: {folder} (create it with `mmsearch index PATH`)")
         if not folder.is_dir():
             raise NotAnIndexError(f"{folder} is not a folder")
         manifest = read_manifest(folder)
-        if not (folder / DB_FILE).is_file():
+        if url is None and not (folder / DB_FILE).is_file():
             raise NotAnIndexError(f"{folder} has a manifest but no database ({DB_FILE})")
-        store = cls(folder, manifest, settings)
+        store = cls(folder, manifest, settings, url)
         try:
             with store.read() as r:
                 r.generation()
             store.catalogue.upgrade_schema()
+            if location.model_moved(store, force=True):  # this machine's manifest is a cache of the catalogue's
+                store.manifest = location.follow_model(store)
             store._check_manifest_against_catalogue()
         except DATABASE_ERRORS as exc:
             store.close()
+            if url is not None:
+                raise CatalogueDatabaseError(location.postgres.describe(exc, url)) from None
             raise NotAnIndexError(f"{folder / DB_FILE} is not a readable mmsearch database: {exc.orig}") from exc
         except MMSearchError:
             store.close()
@@ -208,12 +186,21 @@ class IndexStore:
 
     @classmethod
     def create(cls, folder: str | Path, model_identity: dict, dim: int,
-               settings: VectorSettings | None = None) -> IndexStore:
+               settings: VectorSettings | None = None, db: str | None = None) -> IndexStore:
         folder = Path(folder).expanduser().absolute()
         cls.check_creatable(folder)
+        url = location.resolve(folder, db)
         folder.mkdir(parents=True, exist_ok=True)
-        store = cls(folder, mf.new_manifest(model_identity, dim), settings)
-        store.catalogue.create_schema(model_identity, dim)
+        if url is not None:
+            location.link(folder, url)
+        store = cls(folder, mf.new_manifest(model_identity, dim), settings, url)
+        try:
+            store.catalogue.create_schema(model_identity, dim)
+        except DATABASE_ERRORS as exc:  # PostgreSQL: no privilege to create tables (nothing was created)
+            store.close()
+            if url is None:
+                raise
+            raise CatalogueDatabaseError(location.postgres.describe(exc, url)) from None
         # The manifest is written last: its presence is what makes the folder an index.
         store._write_manifest(store.manifest)
         return store
@@ -276,9 +263,9 @@ class IndexStore:
                 pass  # something else was put there meanwhile: leave it
 
     @staticmethod
-    def recorded_model_of(folder: Path) -> dict[str, Any] | None:
-        """The model identity the catalogue in ``folder`` records, read without the manifest."""
-        catalogue = Catalogue.sqlite(Path(folder) / DB_FILE)
+    def recorded_model_of(folder: Path, db: str | None = None) -> dict[str, Any] | None:
+        """The model identity the catalogue of ``folder`` records, read without the manifest."""
+        catalogue = location.catalogue(folder, location.resolve(folder, db))
         try:
             with catalogue.read() as r:
                 return r.recorded_model()
@@ -326,7 +313,7 @@ class IndexStore:
             vectors.gen = changes.gen
 
     def writer_lock(self, wait: float = 0.0):
-        return writer_lock(self.folder, wait)
+        return writer_lock(self.folder, wait, self.db)
 
     def update_manifest(self, **changes: Any) -> None:
         self._write_manifest(dict(self.manifest, **changes, updated_at=mf.now()))
@@ -337,11 +324,13 @@ class IndexStore:
         self._manifest_stamp = mf.stamp(self.folder)
 
     def manifest_changed(self) -> bool:
-        """True when another process rewrote the manifest since this store read it (one stat)."""
-        return mf.stamp(self.folder) != self._manifest_stamp
+        """True when another process rewrote the manifest since this store read it (one stat), or
+        another machine moved a shared catalogue to another model."""
+        return mf.stamp(self.folder) != self._manifest_stamp or location.model_moved(self)
 
     def reload_manifest(self) -> None:
-        self.manifest = read_manifest(self.folder)
+        moved = location.model_moved(self, force=True)
+        self.manifest = location.follow_model(self) if moved else read_manifest(self.folder)
         self._manifest_stamp = mf.stamp(self.folder)
 
     def remove_stray_temps(self) -> list[Path]:
@@ -392,6 +381,7 @@ class IndexStore:
                 return
         with self._rw.writing(), self.read() as reader:
             self._vectors = self._synced(reader, self._vectors)
+            location.keep_local_copy(self, reader)
             yield Snapshot(self, reader, self._vectors)
 
     def vectors(self) -> VectorIndex:
@@ -533,19 +523,23 @@ class IndexStore:
         checksum recorded in the manifest before the file is visible; then forget the tombstones
         it covers."""
         vectors = self.vectors()
+        with self._rw.writing():  # saving copies memory-mapped cells into memory first
+            # (an on-disk IVF writes nothing: its changes since are the catalogue's to replay)
+            self._save_file(vectors)
+        with self.catalogue.write() as w:
+            w.purge_tombstones(vectors.durable_gen)
+
+    def _save_file(self, vectors: VectorIndex) -> None:
+        """Write ``vectors`` as this folder's file of its generation, its checksum in the manifest."""
         try:
-            with self._rw.writing():  # saving copies memory-mapped cells into memory first
-                # (an on-disk IVF writes nothing: its changes since are the catalogue's to replay)
-                vectors.save(self.folder, vectors.gen,
-                             before_replace=lambda tmp: self._record_vectors_file(tmp, vectors.gen))
+            vectors.save(self.folder, vectors.gen,
+                         before_replace=lambda tmp: self._record_vectors_file(tmp, vectors.gen))
         except (OSError, RuntimeError) as exc:  # faiss reports failed writes as RuntimeError
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1]
             raise IndexWriteError(
                 f"cannot save vectors in {self.folder}: {reason} (the previous vectors file is kept; "
                 f"the database is complete and the next run catches up)"
             ) from exc
-        with self.catalogue.write() as w:
-            w.purge_tombstones(vectors.durable_gen)
 
     def forget_vectors(self) -> None:
         """Delete every saved vectors file (the model changed: none describes the catalogue)."""
@@ -575,6 +569,7 @@ class IndexStore:
         disk = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
         return {
             "index": str(self.folder),
+            "database": location.postgres.redact(self.db) if self.db else "sqlite",
             "schema_version": self.manifest["schema_version"],
             "model": self.manifest["model"],
             "dim": self.dim,
