@@ -44,8 +44,12 @@ USE_COLUMNS = True
 _caches: weakref.WeakKeyDictionary[IndexStore, ColumnCache] = weakref.WeakKeyDictionary()
 
 
-def column_cache(store: IndexStore) -> ColumnCache:
-    """The filter columns of ``store``'s catalogue (closed with the store object)."""
+def column_cache(store: IndexStore) -> ColumnCache | None:
+    """The filter columns of ``store``'s catalogue (closed with the store object); None for a
+    catalogue that is not the folder's SQLite file (PostgreSQL: its filters run in SQL, where
+    the planner uses the columns' indexes; the columns' freshness test is SQLite's)."""
+    if store.db is not None:
+        return None
     cache = _caches.get(store)
     if cache is None:
         cache = _caches[store] = ColumnCache(store.folder / DB_FILE)
@@ -62,7 +66,8 @@ class Candidates:
         self.vector = vector
         self.allowed: np.ndarray | None = None
         if filters.active:
-            columns = column_cache(snap.store).current() if USE_COLUMNS and not prefixes else None
+            cache = column_cache(snap.store) if USE_COLUMNS and not prefixes else None
+            columns = cache.current() if cache is not None else None
             if columns is not None:  # milliseconds at 1M items, whatever the filter passes
                 self.allowed = columns.passing(filters, modality)
             else:

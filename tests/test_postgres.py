@@ -184,3 +184,32 @@ def test_a_model_switch_on_another_machine_is_followed(tmp_path, tiny_model, oth
         assert hit.text == text and hit.score == pytest.approx(1.0, abs=1e-4)
     manifest = json.loads((server_folder / "manifest.json").read_text())
     assert manifest["model"]["pretrained"] == str(other_tiny_model.checkpoint)
+
+
+def test_capture_filters_run_in_sql_on_postgres(tmp_path, tiny_model, pg_url):
+    """The photo-metadata filters of issue 18 on a PostgreSQL catalogue: camera names without
+    ASCII case (SQLite's NOCASE columns become lower() there), dates and places, in SQL (the
+    in-memory filter columns are SQLite's) — the same hits as the same library on SQLite."""
+    from test_photo_metadata import photo
+
+    lib = tmp_path / "lib"
+    photo(lib / "paris.jpg", 1, taken="2023:06:01 10:00:00", make="Google", model="Pixel 7", gps=(48.8584, 2.2945))
+    photo(lib / "sydney.jpg", 2, taken="2019:02:03 04:05:06", make="Canon", model="Canon EOS R5",
+          gps=(-33.8568, 151.2153))
+    photo(lib / "plain.jpg", 3)
+    found = {}
+    for name, db in (("postgres", pg_url), ("sqlite", None)):
+        with Engine(tmp_path / f"idx-{name}", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint),
+                    db=db) as engine:
+            engine.add([lib])
+
+            def paths(**filters):
+                return {hit.path.rsplit("/", 1)[1] for hit in engine.search("anything", k=10, **filters)}
+
+            found[name] = [paths(camera="pixel 7"), paths(camera="GOOGLE PIXEL 7"), paths(camera="canon"),
+                           paths(after="2020"), paths(before="2020"), paths(near="48.85,2.29,5"),
+                           paths(camera="Pixel 7", near="-33.86,151.21,10")]
+    assert found["postgres"] == found["sqlite"]
+    assert not (tmp_path / "idx-postgres" / "mmsearch.db").exists()  # no SQLite file made beside it
+    assert found["postgres"][:3] == [{"paris.jpg"}, {"paris.jpg"}, {"sydney.jpg"}]
+    assert found["postgres"][5:] == [{"paris.jpg"}, set()]

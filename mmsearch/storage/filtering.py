@@ -13,9 +13,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, or_, select, union_all, update
+from sqlalchemy import and_, func, or_, select, union_all, update
 
-from ..filters import Filters, bounding_box, camera_splits, distance_km, local_ns
+from ..filters import Filters, bounding_box, camera_splits, distance_km, local_ns, nocase
 from .catalogue import CAPTURE_COLUMNS, Reader, Writer, _under
 from .schema import Item
 
@@ -34,9 +34,16 @@ def _date_branches(filters: Filters) -> list:
     return [and_(*taken), and_(*fallback)]
 
 
-def _camera_condition(wanted: str):
-    terms = [Item.camera_model == wanted, Item.camera_make == wanted]  # NOCASE columns
-    terms += [and_(Item.camera_make == make, Item.camera_model == model) for make, model in camera_splits(wanted)]
+def _camera_condition(wanted: str, nocase_columns: bool = True):
+    """``wanted`` as the camera's model, make, or make and model, without ASCII case: SQLite's
+    columns compare so themselves (NOCASE, and their indexes serve it); elsewhere both sides are
+    lowered (PostgreSQL's lower() also folds non-ASCII letters, a superset)."""
+    if nocase_columns:
+        make_col, model_col, fold = Item.camera_make, Item.camera_model, (lambda text: text)
+    else:
+        make_col, model_col, fold = func.lower(Item.camera_make), func.lower(Item.camera_model), nocase
+    terms = [model_col == fold(wanted), make_col == fold(wanted)]
+    terms += [and_(make_col == fold(make), model_col == fold(model)) for make, model in camera_splits(wanted)]
     return or_(*terms)
 
 
@@ -46,11 +53,13 @@ def _place_condition(filters: Filters):
     return and_(Item.lat.between(low, high), or_(*lons) if len(lons) > 1 else lons[0])
 
 
-def where(filters: Filters, modality: str | None = None, prefixes: Sequence[str] | None = None) -> list:
-    """The SQL conditions of ``filters`` other than dates (and of a modality and folders, when given)."""
+def where(filters: Filters, modality: str | None = None, prefixes: Sequence[str] | None = None,
+          nocase_columns: bool = True) -> list:
+    """The SQL conditions of ``filters`` other than dates (and of a modality and folders, when
+    given); ``nocase_columns``: the database is SQLite (its camera columns ignore ASCII case)."""
     conditions = []
     if filters.camera is not None:
-        conditions.append(_camera_condition(filters.camera))
+        conditions.append(_camera_condition(filters.camera, nocase_columns))
     if filters.near is not None:
         conditions.append(_place_condition(filters))
     if modality is not None:
@@ -64,7 +73,7 @@ def passing_ids(reader: Reader, filters: Filters, modality: str | None = None,
                 prefixes: Sequence[str] | None = None, cap: int | None = None) -> np.ndarray | None:
     """Ids of the items that pass, ascending; None when more than ``cap`` do (a filter that
     selects too much to be worth listing: the caller over-fetches instead)."""
-    conditions = where(filters, modality, prefixes)
+    conditions = where(filters, modality, prefixes, reader.session.get_bind().dialect.name == "sqlite")
     dated = filters.after is not None or filters.before is not None
     columns = (Item.id, Item.lat, Item.lon) if filters.near is not None else (Item.id,)
     branches = [select(*columns).where(branch, *conditions) for branch in _date_branches(filters)] if dated \

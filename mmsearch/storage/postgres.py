@@ -138,6 +138,7 @@ def upgrade_schema(engine: SAEngine) -> None:
         for table, column, kind in ADDED_COLUMNS:
             # Only when missing: ALTER TABLE locks the table exclusively even when it changes nothing.
             if (table, column) not in present:
+                kind = kind.replace(" COLLATE NOCASE", "").replace("DATETIME", "TIMESTAMP")  # SQLite's words
                 conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
 
 

@@ -52,6 +52,9 @@ class FsPath(TypeDecorator):
         return path_from_db(value) if isinstance(value, str) else value
 
 
+NOCASE_NAME = String(64).with_variant(String(64, collation="NOCASE"), "sqlite")
+
+
 class Item(Base):
     """One searchable thing: an image file, a text file, or one line of a JSONL file."""
 
@@ -86,8 +89,10 @@ class Item(Base):
     # case-insensitively), GPS position in decimal degrees.
     taken_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     date_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    camera_make: Mapped[str | None] = mapped_column(String(64, collation="NOCASE"), nullable=True)
-    camera_model: Mapped[str | None] = mapped_column(String(64, collation="NOCASE"), nullable=True)
+    # Compared without ASCII case: SQLite's NOCASE collation (so its indexes serve the filter);
+    # other databases compare lower() (``storage.filtering``).
+    camera_make: Mapped[str | None] = mapped_column(NOCASE_NAME, nullable=True)
+    camera_model: Mapped[str | None] = mapped_column(NOCASE_NAME, nullable=True)
     lat: Mapped[float | None] = mapped_column(Float, nullable=True)
     lon: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Generation of the last change to this item's vector.
