@@ -14,8 +14,11 @@ almost never reach.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -156,8 +159,41 @@ def check_cutoff(value: Any) -> float | str | None:
     return number
 
 
-def refresh(store: Any, encode_texts: Any) -> Calibration:
-    """Measure the index's backgrounds now and keep them in its catalogue (after indexing)."""
+def _cached_probes(folder: Path | None, dim: int) -> np.ndarray | None:
+    """The probe captions' vectors kept for this machine's other indexes of the model, or None."""
+    if folder is None:
+        return None
+    try:
+        vectors = np.load(folder / _probe_file(), allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return vectors if vectors.shape == (len(PROBES), dim) and vectors.dtype == np.float32 else None
+
+
+def _keep_probes(folder: Path | None, vectors: np.ndarray) -> None:
+    """Best effort: a new index of the same model on this machine skips encoding the probes."""
+    if folder is None:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{_probe_file()}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(vectors, np.float32), allow_pickle=False)
+        os.replace(tmp, folder / _probe_file())
+    except OSError:
+        pass
+
+
+def _probe_file() -> str:
+    """Named by the probe captions themselves, so changing them never reuses old vectors."""
+    digest = hashlib.sha256("\n".join(PROBES).encode("utf-8")).hexdigest()[:16]
+    return f"calibration_probes.{digest}.npy"
+
+
+def refresh(store: Any, encode_texts: Any, cache: Path | None = None) -> Calibration:
+    """Measure the index's backgrounds now and keep them in its catalogue (after indexing).
+    ``cache``: a folder for this model's probe vectors shared by every index of it on this
+    machine (the ONNX export cache entry), so a new index encodes no probe."""
     from .storage import calibration as stored
 
     dim = store.dim
@@ -170,7 +206,10 @@ def refresh(store: Any, encode_texts: Any) -> Calibration:
         probes = stored.load_probes(r, fingerprint, dim)
     encoded = probes is None
     if encoded:  # once per model: later runs measure without loading any encoder
-        probes = np.asarray(encode_texts(list(PROBES)), np.float32)
+        probes = _cached_probes(cache, dim)
+        if probes is None:
+            probes = np.asarray(encode_texts(list(PROBES)), np.float32)
+            _keep_probes(cache, probes)
     calibration = measure(images, texts, probes, gen, count)
     with store.catalogue.write() as w:
         stored.save(w, calibration.as_dict())

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .encoders import ModelSpec, TorchEncoder, random_weights_note
-from .encoders import onnx_image, onnx_text
+from .encoders import onnx_export, onnx_image, onnx_text
 from .errors import ModelMismatchError, OnnxImageUnavailable, OnnxTextUnavailable, PathNotFoundError, QueryError
 from .fsutil import display_path
 from .indexing import Indexer, IndexReport, NullProgress, Progress, metadata
@@ -305,7 +305,9 @@ class Engine(Searching):
 
         try:
             if changed or calibration.load(self.store) is None:
-                calibration.refresh(self.store, self.encode_texts)
+                fingerprint = str(self.store.manifest.get("model", {}).get("fingerprint"))
+                shared = onnx_export.cache_dir(self.settings.cache) / fingerprint if self.settings.onnx else None
+                calibration.refresh(self.store, self.encode_texts, shared)
         except Exception as exc:  # noqa: BLE001 - calibration is an extra; indexing succeeded
             log.warning("could not measure score calibration: %s", exc)
 

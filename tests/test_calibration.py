@@ -80,3 +80,35 @@ def test_auto_cutoff_keeps_a_true_match_and_drops_background(calibrated, cli):
             engine.search("x", cutoff="sometimes")
     out = json.loads(cli("query", "fishing boats in the harbour at dawn", "-i", idx, "--cutoff", "auto", "--json").stdout)
     assert out["hits"] and all("cosine" in h and "calibrated" in h for h in out["hits"])
+
+
+def test_a_new_index_of_the_same_model_takes_the_probe_vectors_from_the_machines_cache(calibrated, tmp_path,
+                                                                                       tiny_model, monkeypatch):
+    """The probe captions are encoded once per model and machine (kept beside its ONNX exports):
+    a second index's calibration encodes none, and its probes equal the first index's."""
+    import os
+    from pathlib import Path
+
+    from mmsearch import calibration as calibration_mod
+    from mmsearch.storage import calibration as stored
+
+    index, root = calibrated
+    with Engine(index) as first:
+        fingerprint = first.store.manifest["model"]["fingerprint"]
+        with first.store.read() as r:
+            expected = stored.load_probes(r, fingerprint, first.store.dim)
+    kept = list((Path(os.environ["MMSEARCH_CACHE"]) / "onnx" / fingerprint).glob("calibration_probes.*.npy"))
+    assert len(kept) == 1 and np.allclose(np.load(kept[0]), expected)
+    calls = []
+    real = calibration_mod.refresh
+
+    def counting(store, encode_texts, cache=None):
+        return real(store, lambda texts: calls.append(len(texts)) or encode_texts(texts), cache)
+
+    monkeypatch.setattr(calibration_mod, "refresh", counting)
+    with Engine(tmp_path / "second", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as second:
+        second.add([root])
+        with second.store.read() as r:
+            assert np.allclose(stored.load_probes(r, fingerprint, second.store.dim), expected)
+        assert load(second.store) is not None
+    assert calls == []  # no probe encoded for the second index

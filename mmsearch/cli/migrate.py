@@ -9,7 +9,6 @@ import typer
 from rich.text import Text
 
 from ..fsutil import display_path
-from ..storage.sqlite import DB_FILE
 from .base import DbOpt, IndexOpt, JsonOpt, _settings, command, err, out, write_json
 
 
@@ -24,6 +23,7 @@ def migrate_cmd(
 ) -> None:
     """Copy an index between SQLite and PostgreSQL (rows and vectors, nothing re-encoded), then check the copy."""
     from ..migrate import migrate
+    from ..storage.sqlite import DB_FILE  # here, not at import: `mmsearch --help` stays instant
 
     settings = _settings(db)
     source = index if index is not None else settings.default_index()
