@@ -233,8 +233,14 @@ def _file_identity(path: Path | None, known: dict | None) -> dict:
     if all(prev.get(key) == value for key, value in record.items()) and prev.get("sha256"):
         record["sha256"] = prev["sha256"]
     else:
-        record["sha256"] = _sha256_file(path)
+        key = (record["path"], record["size"], record["mtime_ns"])
+        if key not in _hashed:  # once per file version and process: a checkpoint is hundreds of MB
+            _hashed[key] = _sha256_file(path)
+        record["sha256"] = _hashed[key]
     return record
+
+
+_hashed: dict[tuple[str, int, int], str] = {}
 
 
 def random_weights_note(spec: ModelSpec) -> str | None:
