@@ -44,23 +44,20 @@ def _places(reader: Reader, *where) -> list[Place]:
     return [Place(*row) for row in reader.session.execute(select(*_PLACE).where(*where))]
 
 
-def places_by_id(reader: Reader, ids: Sequence[int]) -> dict[int, Place]:
-    found: dict[int, Place] = {}
+def _by_id(reader: Reader, ids: Sequence[int], fetch) -> dict:
+    """``fetch``'s rows of those of ``ids`` that exist, by id, in chunks the database accepts."""
     ids = list(ids)
-    for start in range(0, len(ids), IN_CHUNK):
-        for row in _places(reader, Item.id.in_(ids[start:start + IN_CHUNK])):
-            found[row.id] = row
-    return found
+    return {row.id: row for start in range(0, len(ids), IN_CHUNK)
+            for row in fetch(reader, Item.id.in_(ids[start:start + IN_CHUNK]))}
+
+
+def places_by_id(reader: Reader, ids: Sequence[int]) -> dict[int, Place]:
+    return _by_id(reader, ids, _places)
 
 
 def rows_by_id(reader: Reader, ids: Sequence[int]) -> dict[int, ItemRow]:
     """The rows of those of ``ids`` that exist (``Reader.items`` without ORM objects)."""
-    found: dict[int, ItemRow] = {}
-    ids = list(ids)
-    for start in range(0, len(ids), IN_CHUNK):
-        for row in _rows(reader, Item.id.in_(ids[start:start + IN_CHUNK])):
-            found[row.id] = row
-    return found
+    return _by_id(reader, ids, _rows)
 
 
 def parts_of(reader: Reader, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[Place]]:
