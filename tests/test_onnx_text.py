@@ -302,6 +302,42 @@ def test_damaged_cache_entry_is_not_used(indexed, tmp_path, tiny_model):
     assert (entry / first["data"]).stat().st_size == (other / record["data"]).stat().st_size
 
 
+def test_cache_entry_is_hashed_whole_once_per_file_version(indexed, tmp_path, tiny_model, monkeypatch):
+    # The first reuse hashes the parts whole and records their versions; a later change in place
+    # (same size, bytes in the middle: the head/tail digests cannot see it) is a new version,
+    # hashed whole again, and the damaged entry is not used.
+    index, root = indexed
+    first = json.loads((index / "manifest.json").read_text())[onnx_text.MANIFEST_KEY]
+    entry = onnx_text.cache_dir(Settings.from_env().cache) / first["fingerprint"]
+    with Engine(tmp_path / "second", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+        engine.add([root])
+        assert "from_cache" in engine.store.manifest[onnx_text.MANIFEST_KEY]
+    verified = json.loads((entry / "record.json").read_text())["verified"]
+    data = entry / first["data"]
+    assert verified["data"][0] == data.stat().st_size
+    from mmsearch import fsutil
+
+    hashed = []
+    whole = fsutil.file_digest
+    monkeypatch.setattr(fsutil, "file_digest", lambda path: hashed.append(Path(path)) or whole(path))
+    monkeypatch.setattr(fsutil, "_WHOLE_ON_OPEN", 0)  # the tiny model's parts are as if large
+    with Engine(tmp_path / "again", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+        engine.add([root])
+        assert "from_cache" in engine.store.manifest[onnx_text.MANIFEST_KEY]
+    assert not [p for p in hashed if p.parent == entry]  # the verified parts were not hashed again
+    monkeypatch.undo()
+    copy = tmp_path / "data.copy"
+    copy.write_bytes(data.read_bytes())
+    data.unlink()  # the indexes keep their links to the good bytes
+    raw = bytearray(copy.read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + 16] = bytes(16) if any(raw[middle:middle + 16]) else b"\xff" * 16
+    data.write_bytes(bytes(raw))
+    with Engine(tmp_path / "third", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+        engine.add([root])
+        assert "from_cache" not in engine.store.manifest[onnx_text.MANIFEST_KEY]  # exported afresh
+
+
 def test_preload_loads_in_the_background_and_encodes_ahead(indexed, tmp_path):
     index, _ = indexed
     onnx_text.preload(tmp_path / "not-an-index", ["ignored"])  # nothing to load: no error, no thread
