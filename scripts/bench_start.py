@@ -49,6 +49,7 @@ def cli(*args: str) -> list[str]:
 def env_for(mode: str, cache: Path) -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MMSEARCH_CACHE": str(cache), "PYTHONPATH": str(REPO)}
     env["MMSEARCH_IMAGE_ENCODER"] = "torch" if mode == "before" else "auto"
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as a user's installation: see benchutil.run_process
     return env
 
 
