@@ -20,6 +20,9 @@ from multiprocessing import context as _mp
 
 _swap_lock = threading.Lock()
 
+# What decode workers import before they fork (``worker_context``).
+DECODE_MODULES = ["mmsearch.media.image", "mmsearch.media.video"]
+
 
 class NoMainProcess(_mp.ForkServerProcess):
     """A forkserver process started without the parent's ``__main__``."""
@@ -52,3 +55,19 @@ def worker_context(preload: list[str]) -> _mp.BaseContext:
     context = NoMainContext()
     context.set_forkserver_preload(preload)
     return context
+
+
+def start_forkserver(preload: list[str] = DECODE_MODULES) -> None:
+    """Start the forkserver now, without waiting for it: it imports ``preload`` (Pillow, PyAV,
+    numpy: about half a second) in its own process while the caller goes on importing and
+    opening the index, so the first decode worker forks from a ready server; a later
+    ``worker_context`` pool uses this server. The server imports the caller's main module only
+    when ``preload`` names ``__main__``, which it never does here. Without a forkserver on the
+    platform, nothing to do."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return
+    forkserver.set_forkserver_preload(preload)
+    forkserver.ensure_running()

@@ -46,6 +46,28 @@ def test_readme_python_example_runs_as_a_script(tmp_path, tiny_model):
     assert (tmp_path / "indexes" / "photos" / "manifest.json").is_file()
 
 
+
+def test_forkserver_started_early_never_runs_the_script_again(tmp_path, tiny_model, corpus):
+    """`mmsearch index` starts the decode workers' server before importing the engine; a script
+    that does the same (no main guard) must still run once, and its workers must decode."""
+    marker = tmp_path / "ran.txt"
+    script = tmp_path / "early.py"
+    script.write_text(
+        f"with open({str(marker)!r}, 'a') as f: f.write('ran\\n')\n"
+        "from mmsearch.procs import start_forkserver\n"
+        "start_forkserver()\n"
+        "from mmsearch import Engine\n"
+        f"with Engine({str(tmp_path / 'idx')!r}, model={str(tiny_model.config)!r}, "
+        f"pretrained={str(tiny_model.checkpoint)!r}, workers=2) as e:\n"
+        f"    report = e.add([{str(corpus)!r}])\n"
+        "import json; print(json.dumps({'skipped': len(report.skipped), 'images': e.store.stats()['images']}))\n",
+        encoding="utf-8",
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert marker.read_text() == "ran\n"  # the server and its workers never imported the script
+    assert json.loads(done.stdout.splitlines()[-1]) == {"skipped": 0, "images": IMAGE_COUNT}
+
 # -- missing roots, failed and killed first runs ----------------------------------------------
 def test_missing_root_is_an_error_and_creates_nothing(tmp_path, tiny_model, cli):
     idx = tmp_path / "idx"

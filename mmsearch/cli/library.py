@@ -41,6 +41,10 @@ def index_cmd(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDRESS", help="With --runner ray: auto (the cluster started by `ray start`), HOST:PORT or ray://HOST:10001 \\[default: start a local Ray on this machine].", show_default=False)] = None,
 ) -> None:
     """Embed new and changed images, texts and videos under PATHS; remove what was deleted."""
+    if runner == "local":
+        from ..procs import start_forkserver
+
+        start_forkserver()  # the decode workers' server imports Pillow and PyAV while we import the rest
     with _engine(index, model, pretrained, device, db, batch_size=batch_size, workers=workers) as engine:
         progress = _QuietProgress(err) if quiet or as_json else RichProgress(err)
         with progress:

@@ -82,6 +82,7 @@ class LocalExecutor:
         self.max_pixels = max_pixels
         self.lookahead = lookahead  # batches decoded ahead of the encoder (bounds memory)
         self._pool = None
+        self._ready = None  # the started pool's first task, until a decode has checked it
 
     def __enter__(self) -> LocalExecutor:
         return self
@@ -91,17 +92,25 @@ class LocalExecutor:
             self._pool.stop()  # kills workers still decoding (Ctrl-C, errors)
             self._pool.join()
             self._pool = None
+            self._ready = None
 
-    def _started(self):
+    def prestart(self) -> None:
+        """Start the worker processes without waiting for them, so they come up while the
+        caller loads its encoder; the first ``decode`` checks that they did."""
         if self._pool is None:
             from pebble import ProcessPool
 
-            from ..procs import worker_context
+            from ..procs import DECODE_MODULES, worker_context
 
-            pool = ProcessPool(max_workers=self.workers, initializer=decode_worker_init,
-                               context=worker_context(["mmsearch.media.image", "mmsearch.media.video"]))
-            _check_pool(pool)
-            self._pool = pool
+            self._pool = ProcessPool(max_workers=self.workers, initializer=decode_worker_init,
+                                     context=worker_context(DECODE_MODULES))
+            self._ready = self._pool.schedule(os.getpid)
+
+    def _started(self):
+        self.prestart()
+        if self._ready is not None:
+            ready, self._ready = self._ready, None
+            _check_pool(self._pool, ready)
         return self._pool
 
     def decode(self, jobs: Sequence[Job], target: int, pixels: PixelTransform | None,
@@ -194,12 +203,13 @@ def _joined(parts: list[SampledFrames | Skip], sampling: Sampling) -> SampledFra
     return merge_samples(sampled, sampling) if sampled else parts[0]
 
 
-def _check_pool(pool) -> None:
-    """Fail clearly, not by skipping every image, when worker processes cannot start."""
+def _check_pool(pool, ready: Future) -> None:
+    """Fail clearly, not by skipping every image, when worker processes cannot start
+    (``ready``: the pool's first task)."""
     from pebble import ProcessExpired
 
     try:
-        pool.schedule(os.getpid).result(timeout=120)
+        ready.result(timeout=120)
     except (ProcessExpired, FutureTimeout, OSError, RuntimeError) as exc:
         pool.stop()
         pool.join()

@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -167,35 +167,40 @@ class Indexer:
             return
         leaders = [members[0] for members in groups.values()]
         workers = {h.modality for h in self.kinds.handlers.values() if h.decoded_in_workers}
-        encoder = self._encoder_factory()
-        self.progress.start("encoding", len(jobs))
         texts = [job for job in leaders if job.record.modality not in workers]
-        for start in range(0, len(texts), self.batch_size):
-            batch = texts[start:start + self.batch_size]
-            with self.report.timing("encode"):
-                vectors = encoder.encode_texts([job.record.text or "" for job in batch])
-            self.sink.encoded(batch, vectors, groups)
         # (video frames are never decoded one by one: a video's frames are sampled together)
         images = [job for job in leaders if job.record.modality in workers and job.record.modality != VIDEO]
-        if images:
-            with self.executor:
-                for decoded in self._decoded(images, encoder):
-                    for job, skip in decoded.failed:
-                        self._skip(skip)
-                        self.progress.advance()
-                        if not skip.protects:
-                            self._stale.extend(m.item_id for m in groups.get(job.content, [job]) if m.item_id is not None)
-                    if decoded.jobs:
-                        vectors = decoded.vectors
-                        if vectors is None:
-                            with self.report.timing("encode"):
-                                vectors = encode_arrays(encoder, decoded.arrays)
-                        self.sink.encoded(decoded.jobs, vectors, groups)
-                    else:
-                        self.sink.checkpoint()
-                summary = getattr(self.executor, "summary", None)
-                if summary:
-                    self.report.runner = dict(summary)
+        with self.executor if images else nullcontext():
+            if images and hasattr(self.executor, "prestart"):
+                self.executor.prestart()  # the workers start while the encoder loads
+            encoder = self._encoder_factory()
+            self.progress.start("encoding", len(jobs))
+            for start in range(0, len(texts), self.batch_size):
+                batch = texts[start:start + self.batch_size]
+                with self.report.timing("encode"):
+                    vectors = encoder.encode_texts([job.record.text or "" for job in batch])
+                self.sink.encoded(batch, vectors, groups)
+            if images:
+                self._encode_images(images, encoder, groups)
+
+    def _encode_images(self, images: list[Job], encoder: Any, groups: dict[str, list[Job]]) -> None:
+        for decoded in self._decoded(images, encoder):
+            for job, skip in decoded.failed:
+                self._skip(skip)
+                self.progress.advance()
+                if not skip.protects:
+                    self._stale.extend(m.item_id for m in groups.get(job.content, [job]) if m.item_id is not None)
+            if decoded.jobs:
+                vectors = decoded.vectors
+                if vectors is None:
+                    with self.report.timing("encode"):
+                        vectors = encode_arrays(encoder, decoded.arrays)
+                self.sink.encoded(decoded.jobs, vectors, groups)
+            else:
+                self.sink.checkpoint()
+        summary = getattr(self.executor, "summary", None)
+        if summary:
+            self.report.runner = dict(summary)
 
     def _decoded(self, images: list[Job], encoder: Any) -> Iterator[Any]:
         """Decoded batches of ``images``: encoded by the executor where it can (Ray's actors:
