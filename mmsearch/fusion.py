@@ -149,25 +149,36 @@ def _ranks(units: list[Unit], score: Callable[[Unit], float | None]) -> dict[int
     return {i: r for r, (_, i) in enumerate(scored, start=1)}
 
 
-def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, k: int, keep: Callable[[Any], bool],
-           options: FusionOptions, calibration: Any = None, query_modality: str = "text") -> list[Unit]:
-    """The best ``k``... units (more when the caller filters further: it takes what it needs),
-    ranked as ``options`` say, best first. ``keep`` filters item rows (type, folder, query
-    items); a document keeps the parts that pass."""
+@dataclass
+class Pool:
+    """The ranked units of one query from a pool of ``size`` candidates, and whether a larger
+    pool could add any (``exhausted``: every source returned fewer than it was asked for)."""
+
+    units: list[Unit]
+    size: int
+    exhausted: bool
+
+
+def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int, keep: Callable[[Any], bool],
+           options: FusionOptions, calibration: Any = None, query_modality: str = "text",
+           wanted: Any = None, source: Any = None) -> Pool:
+    """Units ranked as ``options`` say, best first, from ``size`` vector candidates (and as
+    many BM25 matches). ``keep`` filters item rows (type, folder, query items): a document keeps
+    the parts that pass. ``wanted`` (``filters.Filters``) applies to each document as its
+    representative shows it (its image, else its text: a photo is dated, placed and given a
+    camera by its picture, never by its caption); ``source`` (``candidates.Candidates``) gives
+    the vector candidates with the filter pushed into the search."""
     from .storage.documents import parts_of, places_by_id
 
     reader = snap.reader
-    fetch = min(snap.total, pool_size(k))
     cosines: dict[int, float] = {}
     pool_rows: dict[int, Any] = {}
+    exhausted = True
+    total = source.total if source is not None else snap.total
+    fetch = min(total, size)
     if options.mode != "lexical" and fetch > 0:
-        if snap.vectors.lossy:
-            # Candidates only: their exact cosines come from the stored vectors read below for
-            # every part anyway (one read instead of the snapshot's re-ranking read and that one).
-            _, ids = snap.vectors.search(vector, fetch)
-            scores = None
-        else:
-            scores, ids = snap.search(vector, fetch)
+        scores, ids = _vector_pool(snap, source, vector, fetch)
+        exhausted = fetch >= total or len(ids) < fetch
         rows = places_by_id(reader, ids.tolist())
         for n, item_id in enumerate(ids.tolist()):
             row = rows.get(item_id)
@@ -179,8 +190,9 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, k: int, k
     if options.mode != "vector":
         if not query_text:
             raise QueryError(f"--mode {options.mode} needs words in the query (an image alone has none)")
-        found = snap.store.catalogue.lexical.search(reader.session, query_text, pool_size(k),
+        found = snap.store.catalogue.lexical.search(reader.session, query_text, size,
                                                     every_word=options.mode == "lexical")
+        exhausted = exhausted and len(found) < size
         rows = places_by_id(reader, [i for i, _ in found])
         for item_id, score in found:
             row = rows.get(item_id)
@@ -227,7 +239,11 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, k: int, k
         unit.parts.append(part)
         if item_id in lexical:
             unit.lexical = max(lexical[item_id], unit.lexical if unit.lexical is not None else -math.inf)
-    ranked = [u for u in units.values() if u.parts]
+    # In id order: ties in a ranking (copies of one file score alike) go to the lowest id, whatever
+    # order the candidates came in.
+    ranked = sorted((u for u in units.values() if u.parts), key=lambda u: u.representative.row.id)
+    if wanted is not None and wanted.active:
+        ranked = [u for u in ranked if wanted.matches(u.representative.row)]
     if options.cutoff is not None:
         ranked = [u for u in ranked if _passes(u, options.cutoff, calibration, query_modality)]
     _vector_scores(ranked, options)
@@ -244,8 +260,23 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, k: int, k
                 u.score = rrf([vrank.get(i), lrank.get(i)])
         if options.mode == "lexical":
             ranked = [u for u in ranked if u.lexical is not None]
-    ranked.sort(key=lambda u: (-u.score, -(u.vector_score or 0.0)))
-    return ranked
+    ranked.sort(key=lambda u: (-u.score, -(u.vector_score or 0.0)))  # stable: ties stay in id order
+    return Pool(ranked, size, exhausted)
+
+
+def _vector_pool(snap: Snapshot, source: Any, vector: np.ndarray, fetch: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """The best ``fetch`` vector candidates: (exact cosines or None, ids). From a lossy index,
+    ids only: their exact cosines come from the stored vectors read for every part anyway (one
+    read instead of the snapshot's re-ranking read and that one)."""
+    from .candidates import EXACT
+
+    if source is not None and source.mode == EXACT:
+        return source.fetch(fetch)
+    allowed = source.allowed if source is not None else None
+    if snap.vectors.lossy:
+        _, ids = snap.vectors.search(vector, fetch, allowed=allowed)
+        return None, ids
+    return snap.search(vector, fetch, allowed=allowed)
 
 
 def with_rows(reader: Any, units: list[Unit]) -> list[Unit]:

@@ -8,7 +8,7 @@ query, and building ORM objects for them would cost more than the vector search 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, or_, select
 
@@ -20,20 +20,31 @@ from .schema import Item
 STEMS_PER_QUERY = 200
 LINES_PER_QUERY = 2_000
 
+# What search filters read (``filters.Filters.matches``): the capture date, else the file's time;
+# the camera; the place.
+_CAPTURE = (Item.taken_at, Item.date_source, Item.camera_make, Item.camera_model, Item.lat, Item.lon)
 _COLUMNS = (Item.id, Item.path, Item.locator, Item.modality, Item.size, Item.mtime_ns, Item.content_hash,
-            Item.width, Item.height, Item.text, Item.meta)
+            Item.width, Item.height, Item.text, Item.meta, *_CAPTURE)
 
 
 class Place(NamedTuple):
-    """What ranking needs of an item: which document it belongs to and what passes filters."""
+    """What ranking needs of an item: which document it belongs to and what passes filters
+    (the capture columns of ``ItemRow``, so ``Filters.matches`` takes a place)."""
 
     id: int
     path: str
     locator: str
     modality: str
+    mtime_ns: int
+    taken_at: Any
+    date_source: str | None
+    camera_make: str | None
+    camera_model: str | None
+    lat: float | None
+    lon: float | None
 
 
-_PLACE = (Item.id, Item.path, Item.locator, Item.modality)
+_PLACE = (Item.id, Item.path, Item.locator, Item.modality, Item.mtime_ns, *_CAPTURE)
 
 
 def _rows(reader: Reader, *where) -> list[ItemRow]:
