@@ -168,18 +168,20 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
     representative shows it (its image, else its text: a photo is dated, placed and given a
     camera by its picture, never by its caption); ``source`` (``candidates.Candidates``) gives
     the vector candidates with the filter pushed into the search."""
-    from .storage.documents import parts_of, places_by_id
+    from .storage.documents import parts_of, places_by_id, vectors_by_id
 
     reader = snap.reader
     cosines: dict[int, float] = {}
     pool_rows: dict[int, Any] = {}
     exhausted = True
+    fused = options.fusion != "none"
     total = source.total if source is not None else snap.total
     fetch = min(total, size)
     if options.mode != "lexical" and fetch > 0:
         scores, ids = _vector_pool(snap, source, vector, fetch)
         exhausted = fetch >= total or len(ids) < fetch
-        rows = places_by_id(reader, ids.tolist())
+        # Their vectors with them when the search gave no exact cosine and no document read follows.
+        rows = places_by_id(reader, ids.tolist(), vectors=scores is None and not fused)
         for n, item_id in enumerate(ids.tolist()):
             row = rows.get(item_id)
             if row is not None and keep(row):
@@ -193,7 +195,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
         found = snap.store.catalogue.lexical.search(reader.session, query_text, size,
                                                     every_word=options.mode == "lexical")
         exhausted = exhausted and len(found) < size
-        rows = places_by_id(reader, [i for i, _ in found])
+        rows = places_by_id(reader, [i for i, _ in found], vectors=not fused)
         for item_id, score in found:
             row = rows.get(item_id)
             if row is not None and keep(row):
@@ -201,7 +203,6 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
                 pool_rows.setdefault(item_id, row)
 
     # Group into units; fetch the other parts of each document.
-    fused = options.fusion != "none"
     units: dict[tuple, Unit] = {}
     part_of: dict[int, tuple] = {}
     for item_id, row in pool_rows.items():
@@ -210,21 +211,26 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
         part_of[item_id] = key
         units.setdefault(key, Unit(key))
     rows_by_id = dict(pool_rows)
+    blobs = {i: row.vector for i, row in rows_by_id.items() if row.vector is not None}
     if fused:
-        for key, rows in parts_of(reader, [key for key in units if key[1] != "video"]).items():
+        for key, rows in parts_of(reader, [key for key in units if key[1] != "video"], vectors=True).items():
             for row in rows:
+                if row.vector is not None and row.id in rows_by_id:
+                    blobs.setdefault(row.id, row.vector)
                 if keep(row) and row.id not in rows_by_id:
                     rows_by_id[row.id] = row
                     part_of[row.id] = key
     # Vectors: every part's (fusion needs them all for exact scores), or only those of items
     # BM25 found that the vector pool did not hold.
-    need = list(rows_by_id) if fused else [i for i in rows_by_id if i not in cosines]
+    # Read with the places above where they could be; any others here (a video's frames).
+    for item_id, blob in vectors_by_id(reader, [i for i in rows_by_id if i not in blobs and (fused or i not in cosines)]):
+        blobs[item_id] = blob
     vectors: dict[int, np.ndarray] = {}
-    if need:
-        blobs = [(i, b) for i, b in reader.embeddings(need) if len(b) == snap.store.dim * 4]
-        matrix = vectors_from_blobs([b for _, b in blobs], snap.store.dim)
+    read = [(i, b) for i, b in blobs.items() if len(b) == snap.store.dim * 4]
+    if read:
+        matrix = vectors_from_blobs([b for _, b in read], snap.store.dim)
         sims = matrix @ np.asarray(vector, np.float32).reshape(-1)
-        for (item_id, _), v, s in zip(blobs, matrix, sims.tolist()):
+        for (item_id, _), v, s in zip(read, matrix, sims.tolist()):
             vectors[item_id] = v
             cosines.setdefault(item_id, float(s))
     for item_id, row in rows_by_id.items():
