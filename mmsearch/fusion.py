@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,9 +178,36 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
     fused = options.fusion != "none"
     total = source.total if source is not None else snap.total
     fetch = min(total, size)
-    if options.mode != "lexical" and fetch > 0:
-        scores, ids = _vector_pool(snap, source, vector, fetch)
-        exhausted = fetch >= total or len(ids) < fetch
+    searching = pool = None
+    if options.mode == "hybrid" and fetch > 0:
+        # The vector index searches in a thread while BM25 and its rows are read here: FAISS
+        # and SQLite both release the GIL, so on two cores the words cost little wall time. The
+        # search is over before this snapshot (whose read lock keeps the vector index
+        # unchanged) can end.
+        searching = _searcher().submit(_vector_pool, snap, source, vector, fetch)
+    elif options.mode == "vector" and fetch > 0:
+        pool = _vector_pool(snap, source, vector, fetch)
+    try:
+        lexical: dict[int, float] = {}
+        lexical_rows: dict[int, Any] = {}
+        if options.mode != "vector":
+            if not query_text:
+                raise QueryError(f"--mode {options.mode} needs words in the query (an image alone has none)")
+            found = snap.store.catalogue.lexical.search(reader.session, query_text, size,
+                                                        every_word=options.mode == "lexical")
+            exhausted = len(found) < size
+            rows = places_by_id(reader, [i for i, _ in found], vectors=not fused)
+            for item_id, score in found:
+                row = rows.get(item_id)
+                if row is not None and keep(row):
+                    lexical[item_id] = score
+                    lexical_rows[item_id] = row
+    finally:
+        if searching is not None:
+            pool = searching.result()
+    if pool is not None:
+        scores, ids = pool
+        exhausted = exhausted and (fetch >= total or len(ids) < fetch)
         # Their vectors with them when the search gave no exact cosine and no document read follows.
         rows = places_by_id(reader, ids.tolist(), vectors=scores is None and not fused)
         for n, item_id in enumerate(ids.tolist()):
@@ -188,19 +216,8 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
                 if scores is not None:
                     cosines[item_id] = float(scores[n])
                 pool_rows[item_id] = row
-    lexical: dict[int, float] = {}
-    if options.mode != "vector":
-        if not query_text:
-            raise QueryError(f"--mode {options.mode} needs words in the query (an image alone has none)")
-        found = snap.store.catalogue.lexical.search(reader.session, query_text, size,
-                                                    every_word=options.mode == "lexical")
-        exhausted = exhausted and len(found) < size
-        rows = places_by_id(reader, [i for i, _ in found], vectors=not fused)
-        for item_id, score in found:
-            row = rows.get(item_id)
-            if row is not None and keep(row):
-                lexical[item_id] = score
-                pool_rows.setdefault(item_id, row)
+    for item_id, row in lexical_rows.items():
+        pool_rows.setdefault(item_id, row)
 
     # Group into units; fetch the other parts of each document.
     units: dict[tuple, Unit] = {}
@@ -268,6 +285,17 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
             ranked = [u for u in ranked if u.lexical is not None]
     ranked.sort(key=lambda u: (-u.score, -(u.vector_score or 0.0)))  # stable: ties stay in id order
     return Pool(ranked, size, exhausted)
+
+
+_SEARCHER: ThreadPoolExecutor | None = None
+
+
+def _searcher() -> ThreadPoolExecutor:
+    """The threads hybrid queries' vector searches run in (two: a server answers queries at once)."""
+    global _SEARCHER
+    if _SEARCHER is None:
+        _SEARCHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mmsearch-vectors")
+    return _SEARCHER
 
 
 def _vector_pool(snap: Snapshot, source: Any, vector: np.ndarray, fetch: int) -> tuple[np.ndarray | None, np.ndarray]:
