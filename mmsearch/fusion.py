@@ -179,6 +179,8 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
     total = source.total if source is not None else snap.total
     fetch = min(total, size)
     searching = pool = None
+    parts: dict[tuple, list[Any]] = {}  # documents' parts (with vectors) by key
+    looked_up: set[tuple] = set()  # the keys whose parts were read
     if options.mode == "hybrid" and fetch > 0:
         # The vector index searches in a thread while BM25 and its rows are read here: FAISS
         # and SQLite both release the GIL, so on two cores the words cost little wall time. The
@@ -202,6 +204,11 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
                 if row is not None and keep(row):
                     lexical[item_id] = score
                     lexical_rows[item_id] = row
+            if fused:  # their documents' parts too, while the vector search runs
+                parts.update(parts_of(reader, {k for k in (doc_key(r.path, r.locator, r.modality)
+                                                           for r in lexical_rows.values()) if k[1] != "video"},
+                                      vectors=True))
+                looked_up.update(doc_key(r.path, r.locator, r.modality) for r in lexical_rows.values())
     finally:
         if searching is not None:
             pool = searching.result()
@@ -230,7 +237,9 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
     rows_by_id = dict(pool_rows)
     blobs = {i: row.vector for i, row in rows_by_id.items() if row.vector is not None}
     if fused:
-        for key, rows in parts_of(reader, [key for key in units if key[1] != "video"], vectors=True).items():
+        parts.update(parts_of(reader, [key for key in units if key[1] != "video" and key not in looked_up],
+                              vectors=True))
+        for key, rows in parts.items():
             for row in rows:
                 if row.vector is not None and row.id in rows_by_id:
                     blobs.setdefault(row.id, row.vector)
