@@ -12,6 +12,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 from PIL import Image
+from conftest import PG_SLOW
 from test_photo_metadata import FILE_TIME, FILTERS, _set_mtime, build_library, paths
 
 from mmsearch import Engine, candidates
@@ -214,3 +215,23 @@ def test_client_cli_and_http_take_filters_with_fusion(library, cli):
     assert {os.path.basename(h["path"]) for h in hits} == {"captioned.jpg", "paris.jpg", "paris-copy.jpg"}
     assert all(h["taken_at"] >= "2023" for h in hits) and hits[0]["matched"]["text"]["text"] == CAPTION
     assert datetime.fromisoformat(hits[0]["taken_at"]) > datetime.fromisoformat(hits[-1]["taken_at"])
+
+
+@pytest.mark.parametrize("backend", PG_SLOW, indirect=True)
+def test_fused_filters_on_either_catalogue(backend, tmp_path, tiny_model):
+    """The fused path's reads (statements compiled once, vectors joined to rows) and the pushed
+    filter, on SQLite and on PostgreSQL."""
+    root = tmp_path / "library"
+    build_library(root)
+    captioned_photo(root / "captioned.jpg", 11, CAPTION, "2024:06:01 09:00:00", "Google", "Pixel 7")
+    _set_mtime(root / "captioned.jpg", FILE_TIME)
+    with Engine(tmp_path / "idx", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+        engine.add([root])
+        for options in ({"camera": "pixel 7"}, {"after": "2022"}, {"near": "0,0,20000", "type": "image"}):
+            plain = engine.search(CAPTION, k=20, **options)
+            for fusion in ("late", "early", "rrf"):
+                got = engine.search(CAPTION, k=20, fusion=fusion, sort="date", dedup=0.999, **options)
+                assert {h.path for h in got} == {h.path for h in plain}, (options, fusion)
+                assert [h.taken_at for h in got] == sorted((h.taken_at for h in got), reverse=True)
+        mine = engine.search(CAPTION, k=5, fusion="late", camera="pixel 7")[0]
+        assert mine.path == str(root / "captioned.jpg") and mine.matched["text"]["text"] == CAPTION
