@@ -105,10 +105,15 @@ class Unit:
     lexical: float | None = None  # best BM25 score of its parts
     vector_score: float | None = None
     score: float = 0.0
+    _best: dict = field(default_factory=dict, repr=False, compare=False)
 
     def best(self, side: tuple[str, ...]) -> Part | None:
-        found = [p for p in self.parts if (p.row.modality in side)]
-        return max(found, key=lambda p: p.score) if found else None
+        """Its best-scoring part of ``side``'s modalities (kept once its parts are complete:
+        whoever replaces ``parts`` clears ``_best``)."""
+        if side not in self._best:
+            found = [p for p in self.parts if (p.row.modality in side)]
+            self._best[side] = max(found, key=lambda p: p.score) if found else None
+        return self._best[side]
 
     @property
     def image(self) -> Part | None:
@@ -330,6 +335,7 @@ def with_rows(reader: Any, units: list[Unit]) -> list[Unit]:
     rows = rows_by_id(reader, [p.row.id for u in units for p in u.parts])
     for unit in units:
         unit.parts = [dataclasses.replace(p, row=rows[p.row.id]) for p in unit.parts if p.row.id in rows]
+        unit._best.clear()
     return [u for u in units if u.parts]
 
 
