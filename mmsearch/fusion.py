@@ -16,6 +16,11 @@ with its stored vector, and each document gets, for the query vector ``q``:
 * ``rrf``: ``1/(K + rank by s_image) + 1/(K + rank by s_text)`` among the candidates (K = 60);
 * ``none``: every item stands alone, scored by its cosine (a video by its best frame).
 
+Capture filters (dates, camera, place) restrict the vector candidates to the items that pass
+(``candidates.Candidates``, as a plain search), and a document passes as the part it is shown
+by (its image, else its text); ``Searching.search_fused`` widens the pool (x4) until k hits, or
+k near-duplicate groups, survive.
+
 ``mode="hybrid"`` fuses the vector ranking with the BM25 ranking by reciprocal rank
 (``1/(K + vector rank) + 1/(K + word rank)``); words found only by BM25 are scored by their
 stored vectors too, so they get their true vector rank among the candidates. ``lexical`` ranks
