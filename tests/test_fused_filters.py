@@ -235,3 +235,27 @@ def test_fused_filters_on_either_catalogue(backend, tmp_path, tiny_model):
                 assert [h.taken_at for h in got] == sorted((h.taken_at for h in got), reverse=True)
         mine = engine.search(CAPTION, k=5, fusion="late", camera="pixel 7")[0]
         assert mine.path == str(root / "captioned.jpg") and mine.matched["text"]["text"] == CAPTION
+
+
+def test_the_page_sends_filters_and_order_with_fusion_and_words(library):
+    """The page's Documents and Match selects with a camera filter and the date order (refused
+    with HTTP 400 before the fused path took them), in a real headless Chromium."""
+    from test_webui import CHROMIUM, CHROMIUM_ARGS, result_ids, status_has, sync_playwright
+
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    index, _, files = library
+    with Engine(index) as engine:
+        expected = engine.search("a photo", k=10, camera="pixel 7", fusion="early", mode="hybrid", sort="date")
+        assert [h.taken_at[:4] for h in expected] == ["2024", "2024", "2024", "2022"]
+        with ServerThread(create_app(engine, preload=False)) as server, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            try:
+                page.goto(f"{server.url}/?q=a+photo&camera=pixel+7&fusion=early&mode=hybrid&sort=date")
+                status_has(page, "4 results")
+                assert page.locator("#fusion").input_value() == "early" and page.locator("#mode").input_value() == "hybrid"
+                assert result_ids(page) == [str(h.id) for h in expected]
+            finally:
+                page.close()
+                browser.close()
