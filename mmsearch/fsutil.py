@@ -68,12 +68,12 @@ _FROM_DB = {v: k for k, v in _TO_DB.items()}
 
 def path_to_db(path: str) -> str:
     """A file name as stored in SQLite (valid UTF-8 even for undecodable names)."""
-    return path.translate(_TO_DB)
+    return path if path.isascii() else path.translate(_TO_DB)  # ASCII: nothing to map, 10x faster
 
 
 def path_from_db(stored: str) -> str:
     """The file name ``path_to_db`` stored, exactly as ``os`` functions want it."""
-    return stored.translate(_FROM_DB)
+    return stored if stored.isascii() else stored.translate(_FROM_DB)
 
 
 def printable_path(path: str) -> str:

@@ -16,6 +16,11 @@ with its stored vector, and each document gets, for the query vector ``q``:
 * ``rrf``: ``1/(K + rank by s_image) + 1/(K + rank by s_text)`` among the candidates (K = 60);
 * ``none``: every item stands alone, scored by its cosine (a video by its best frame).
 
+Capture filters (dates, camera, place) restrict the vector candidates to the items that pass
+(``candidates.Candidates``, as a plain search), and a document passes as the part it is shown
+by (its image, else its text); ``Searching.search_fused`` widens the pool (x4) until k hits, or
+k near-duplicate groups, survive.
+
 ``mode="hybrid"`` fuses the vector ranking with the BM25 ranking by reciprocal rank
 (``1/(K + vector rank) + 1/(K + word rank)``); words found only by BM25 are scored by their
 stored vectors too, so they get their true vector rank among the candidates. ``lexical`` ranks
@@ -27,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,10 +110,15 @@ class Unit:
     lexical: float | None = None  # best BM25 score of its parts
     vector_score: float | None = None
     score: float = 0.0
+    _best: dict = field(default_factory=dict, repr=False, compare=False)
 
     def best(self, side: tuple[str, ...]) -> Part | None:
-        found = [p for p in self.parts if (p.row.modality in side)]
-        return max(found, key=lambda p: p.score) if found else None
+        """Its best-scoring part of ``side``'s modalities (kept once its parts are complete:
+        whoever replaces ``parts`` clears ``_best``)."""
+        if side not in self._best:
+            found = [p for p in self.parts if (p.row.modality in side)]
+            self._best[side] = max(found, key=lambda p: p.score) if found else None
+        return self._best[side]
 
     @property
     def image(self) -> Part | None:
@@ -149,47 +160,83 @@ def _ranks(units: list[Unit], score: Callable[[Unit], float | None]) -> dict[int
     return {i: r for r, (_, i) in enumerate(scored, start=1)}
 
 
-def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, k: int, keep: Callable[[Any], bool],
-           options: FusionOptions, calibration: Any = None, query_modality: str = "text") -> list[Unit]:
-    """The best ``k``... units (more when the caller filters further: it takes what it needs),
-    ranked as ``options`` say, best first. ``keep`` filters item rows (type, folder, query
-    items); a document keeps the parts that pass."""
-    from .storage.documents import parts_of, places_by_id
+@dataclass
+class Pool:
+    """The ranked units of one query from a pool of ``size`` candidates, and whether a larger
+    pool could add any (``exhausted``: every source returned fewer than it was asked for)."""
+
+    units: list[Unit]
+    size: int
+    exhausted: bool
+
+
+def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int, keep: Callable[[Any], bool],
+           options: FusionOptions, calibration: Any = None, query_modality: str = "text",
+           wanted: Any = None, source: Any = None) -> Pool:
+    """Units ranked as ``options`` say, best first, from ``size`` vector candidates (and as
+    many BM25 matches). ``keep`` filters item rows (type, folder, query items): a document keeps
+    the parts that pass. ``wanted`` (``filters.Filters``) applies to each document as its
+    representative shows it (its image, else its text: a photo is dated, placed and given a
+    camera by its picture, never by its caption); ``source`` (``candidates.Candidates``) gives
+    the vector candidates with the filter pushed into the search."""
+    from .storage.documents import parts_of, places_by_id, vectors_by_id
 
     reader = snap.reader
-    fetch = min(snap.total, pool_size(k))
     cosines: dict[int, float] = {}
     pool_rows: dict[int, Any] = {}
-    if options.mode != "lexical" and fetch > 0:
-        if snap.vectors.lossy:
-            # Candidates only: their exact cosines come from the stored vectors read below for
-            # every part anyway (one read instead of the snapshot's re-ranking read and that one).
-            _, ids = snap.vectors.search(vector, fetch)
-            scores = None
-        else:
-            scores, ids = snap.search(vector, fetch)
-        rows = places_by_id(reader, ids.tolist())
+    exhausted = True
+    fused = options.fusion != "none"
+    total = source.total if source is not None else snap.total
+    fetch = min(total, size)
+    searching = pool = None
+    parts: dict[tuple, list[Any]] = {}  # documents' parts (with vectors) by key
+    looked_up: set[tuple] = set()  # the keys whose parts were read
+    if options.mode == "hybrid" and fetch > 0:
+        # The vector index searches in a thread while BM25 and its rows are read here: FAISS
+        # and SQLite both release the GIL, so on two cores the words cost little wall time. The
+        # search is over before this snapshot (whose read lock keeps the vector index
+        # unchanged) can end.
+        searching = _searcher().submit(_vector_pool, snap, source, vector, fetch)
+    elif options.mode == "vector" and fetch > 0:
+        pool = _vector_pool(snap, source, vector, fetch)
+    try:
+        lexical: dict[int, float] = {}
+        lexical_rows: dict[int, Any] = {}
+        if options.mode != "vector":
+            if not query_text:
+                raise QueryError(f"--mode {options.mode} needs words in the query (an image alone has none)")
+            found = snap.store.catalogue.lexical.search(reader.session, query_text, size,
+                                                        every_word=options.mode == "lexical")
+            exhausted = len(found) < size
+            rows = places_by_id(reader, [i for i, _ in found], vectors=not fused)
+            for item_id, score in found:
+                row = rows.get(item_id)
+                if row is not None and keep(row):
+                    lexical[item_id] = score
+                    lexical_rows[item_id] = row
+            if fused:  # their documents' parts too, while the vector search runs
+                parts.update(parts_of(reader, {k for k in (doc_key(r.path, r.locator, r.modality)
+                                                           for r in lexical_rows.values()) if k[1] != "video"},
+                                      vectors=True))
+                looked_up.update(doc_key(r.path, r.locator, r.modality) for r in lexical_rows.values())
+    finally:
+        if searching is not None:
+            pool = searching.result()
+    if pool is not None:
+        scores, ids = pool
+        exhausted = exhausted and (fetch >= total or len(ids) < fetch)
+        # Their vectors with them when the search gave no exact cosine and no document read follows.
+        rows = places_by_id(reader, ids.tolist(), vectors=scores is None and not fused)
         for n, item_id in enumerate(ids.tolist()):
             row = rows.get(item_id)
             if row is not None and keep(row):
                 if scores is not None:
                     cosines[item_id] = float(scores[n])
                 pool_rows[item_id] = row
-    lexical: dict[int, float] = {}
-    if options.mode != "vector":
-        if not query_text:
-            raise QueryError(f"--mode {options.mode} needs words in the query (an image alone has none)")
-        found = snap.store.catalogue.lexical.search(reader.session, query_text, pool_size(k),
-                                                    every_word=options.mode == "lexical")
-        rows = places_by_id(reader, [i for i, _ in found])
-        for item_id, score in found:
-            row = rows.get(item_id)
-            if row is not None and keep(row):
-                lexical[item_id] = score
-                pool_rows.setdefault(item_id, row)
+    for item_id, row in lexical_rows.items():
+        pool_rows.setdefault(item_id, row)
 
     # Group into units; fetch the other parts of each document.
-    fused = options.fusion != "none"
     units: dict[tuple, Unit] = {}
     part_of: dict[int, tuple] = {}
     for item_id, row in pool_rows.items():
@@ -198,21 +245,28 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, k: int, k
         part_of[item_id] = key
         units.setdefault(key, Unit(key))
     rows_by_id = dict(pool_rows)
+    blobs = {i: row.vector for i, row in rows_by_id.items() if row.vector is not None}
     if fused:
-        for key, rows in parts_of(reader, [key for key in units if key[1] != "video"]).items():
+        parts.update(parts_of(reader, [key for key in units if key[1] != "video" and key not in looked_up],
+                              vectors=True))
+        for key, rows in parts.items():
             for row in rows:
+                if row.vector is not None and row.id in rows_by_id:
+                    blobs.setdefault(row.id, row.vector)
                 if keep(row) and row.id not in rows_by_id:
                     rows_by_id[row.id] = row
                     part_of[row.id] = key
     # Vectors: every part's (fusion needs them all for exact scores), or only those of items
     # BM25 found that the vector pool did not hold.
-    need = list(rows_by_id) if fused else [i for i in rows_by_id if i not in cosines]
+    # Read with the places above where they could be; any others here (a video's frames).
+    for item_id, blob in vectors_by_id(reader, [i for i in rows_by_id if i not in blobs and (fused or i not in cosines)]):
+        blobs[item_id] = blob
     vectors: dict[int, np.ndarray] = {}
-    if need:
-        blobs = [(i, b) for i, b in reader.embeddings(need) if len(b) == snap.store.dim * 4]
-        matrix = vectors_from_blobs([b for _, b in blobs], snap.store.dim)
+    read = [(i, b) for i, b in blobs.items() if len(b) == snap.store.dim * 4]
+    if read:
+        matrix = vectors_from_blobs([b for _, b in read], snap.store.dim)
         sims = matrix @ np.asarray(vector, np.float32).reshape(-1)
-        for (item_id, _), v, s in zip(blobs, matrix, sims.tolist()):
+        for (item_id, _), v, s in zip(read, matrix, sims.tolist()):
             vectors[item_id] = v
             cosines.setdefault(item_id, float(s))
     for item_id, row in rows_by_id.items():
@@ -227,7 +281,11 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, k: int, k
         unit.parts.append(part)
         if item_id in lexical:
             unit.lexical = max(lexical[item_id], unit.lexical if unit.lexical is not None else -math.inf)
-    ranked = [u for u in units.values() if u.parts]
+    # In id order: ties in a ranking (copies of one file score alike) go to the lowest id, whatever
+    # order the candidates came in.
+    ranked = sorted((u for u in units.values() if u.parts), key=lambda u: u.representative.row.id)
+    if wanted is not None and wanted.active:
+        ranked = [u for u in ranked if wanted.matches(u.representative.row)]
     if options.cutoff is not None:
         ranked = [u for u in ranked if _passes(u, options.cutoff, calibration, query_modality)]
     _vector_scores(ranked, options)
@@ -244,8 +302,34 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, k: int, k
                 u.score = rrf([vrank.get(i), lrank.get(i)])
         if options.mode == "lexical":
             ranked = [u for u in ranked if u.lexical is not None]
-    ranked.sort(key=lambda u: (-u.score, -(u.vector_score or 0.0)))
-    return ranked
+    ranked.sort(key=lambda u: (-u.score, -(u.vector_score or 0.0)))  # stable: ties stay in id order
+    return Pool(ranked, size, exhausted)
+
+
+_SEARCHER: ThreadPoolExecutor | None = None
+
+
+def _searcher() -> ThreadPoolExecutor:
+    """The threads hybrid queries' vector searches run in (two: a server answers queries at once)."""
+    global _SEARCHER
+    if _SEARCHER is None:
+        _SEARCHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mmsearch-vectors")
+    return _SEARCHER
+
+
+def _vector_pool(snap: Snapshot, source: Any, vector: np.ndarray, fetch: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """The best ``fetch`` vector candidates: (exact cosines or None, ids). From a lossy index,
+    ids only: their exact cosines come from the stored vectors read for every part anyway (one
+    read instead of the snapshot's re-ranking read and that one)."""
+    from .candidates import EXACT
+
+    if source is not None and source.mode == EXACT:
+        return source.fetch(fetch)
+    allowed = source.allowed if source is not None else None
+    if snap.vectors.lossy:
+        _, ids = snap.vectors.search(vector, fetch, allowed=allowed)
+        return None, ids
+    return snap.search(vector, fetch, allowed=allowed)
 
 
 def with_rows(reader: Any, units: list[Unit]) -> list[Unit]:
@@ -256,6 +340,7 @@ def with_rows(reader: Any, units: list[Unit]) -> list[Unit]:
     rows = rows_by_id(reader, [p.row.id for u in units for p in u.parts])
     for unit in units:
         unit.parts = [dataclasses.replace(p, row=rows[p.row.id]) for p in unit.parts if p.row.id in rows]
+        unit._best.clear()
     return [u for u in units if u.parts]
 
 

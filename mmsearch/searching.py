@@ -89,14 +89,10 @@ class Searching:
         indistinguishable from the index's background.
         """
         options = _fusion_options(fusion, mode, image_weight, text_weight, calibrated, cutoff)
-        if dupes.dedup_threshold(dedup) is not None and not options.plain:  # a bad value fails before the model loads
-            raise QueryError("dedup cannot be combined with fusion, a lexical mode, calibration or a cutoff yet")
+        dupes.dedup_threshold(dedup)  # bad values fail before the model loads
         _check_search_options(type, k, min_score)
         wanted = filters_mod.parse(after, before, camera, near)
         filters_mod.check_sort(sort)
-        if not options.plain and (wanted.active or sort != filters_mod.RELEVANCE):
-            raise QueryError("date, camera and place filters and --sort date cannot be combined with fusion, "
-                             "a lexical mode, calibration or a cutoff yet")
         self.store.raise_if_never_indexed()  # before the model is loaded
         self._refresh()
         if self._requested is not None and not self._check_model():
@@ -111,7 +107,9 @@ class Searching:
         if not options.plain:
             words = " ".join(term.value for term in terms if term.kind == TEXT and term.weight > 0) or None
             return self.search_fused(vector, words, options, k=k, type=type, min_score=min_score, under=under,
-                                     exclude=exclude, query_modality=self._query_modality(terms))
+                                     exclude=exclude, query_modality=self._query_modality(terms), dedup=dedup,
+                                     after=wanted.after, before=wanted.before, camera=wanted.camera,
+                                     near=wanted.near, sort=sort)
         return self.search_vector(vector, k=k, type=type, min_score=min_score, under=under, exclude=exclude,
                                   dedup=dedup, after=wanted.after, before=wanted.before, camera=wanted.camera,
                                   near=wanted.near, sort=sort)
@@ -127,16 +125,24 @@ class Searching:
 
     def search_fused(self, vector: np.ndarray, words: str | None, options: Any, *, k: int = 10, type: str = "all",
                      min_score: float | None = None, under: str | Path | None = None,
-                     exclude: set[Any] = frozenset(), query_modality: str = TEXT) -> Hits:
+                     exclude: set[Any] = frozenset(), query_modality: str = TEXT, dedup: bool | float = False,
+                     after: Any = None, before: Any = None, camera: str | None = None, near: Any = None,
+                     sort: str = filters_mod.RELEVANCE) -> Hits:
         """Ranked documents or items for a query vector and its words, as ``options``
-        (``fusion.FusionOptions``) say; filters as ``search_vector``."""
+        (``fusion.FusionOptions``) say; filters, ``dedup`` and ``sort`` as ``search_vector``
+        (a document passes the capture filters as the item it is shown by does: its image,
+        else its text). A video hit carries its segment, as in ``search_vector``."""
         from . import fusion
 
         _check_search_options(type, k, min_score)
+        wanted = filters_mod.parse(after, before, camera, near)
+        filters_mod.check_sort(sort)
+        threshold = dupes.dedup_threshold(dedup)
+        self._refresh()
         vector = np.asarray(vector, np.float32).reshape(-1)
         prefixes = self._under_prefixes(under) if under else None
 
-        def keep(item: ItemRow) -> bool:
+        def keep(item: Any) -> bool:
             if type != "all" and item.modality != type:
                 return False
             if prefixes is not None and not under_any(item.path, prefixes):
@@ -155,14 +161,36 @@ class Searching:
                 if calibration is None:
                     raise QueryError(f"{self.folder} has no score calibration yet: run `mmsearch index` once "
                                      "to measure it")
-            units = fusion.search(snap, vector, words, k, keep, options, calibration, query_modality)
-            if min_score is not None:
-                units = [u for u in units if u.score >= min_score]
-            hits = fusion.to_hits(fusion.with_rows(snap.reader, units[:k]), k, words, min_score, options)
+            # The filter's passing ids restrict the vector candidates, as in ``_ranked``.
+            source = Candidates(snap, vector, wanted, type if type != "all" else None, prefixes) \
+                if wanted.active else None
+            size = fusion.pool_size(k)
+            while True:  # widen the pool until k hits (groups, with dedup) survive or nothing is left
+                pool = fusion.search(snap, vector, words, size, keep, options, calibration, query_modality,
+                                     wanted, source)
+                units = pool.units
+                below = next((u.score for u in units if min_score is not None and u.score < min_score), None)
+                if below is not None:
+                    units = [u for u in units if u.score >= min_score]
+                groups = (_collapse(snap, units, threshold) if threshold is not None
+                          else [[i] for i in range(len(units))])
+                if len(groups) >= k or pool.exhausted or below is not None:
+                    break
+                size *= 4
+            shown = [units[g[0]] for g in groups[:k]]
+            others = {units[g[0]].representative.row.id: [units[i].representative.row.id for i in g[1:]]
+                      for g in groups[:k]} if threshold is not None else {}
+            hits = fusion.to_hits(fusion.with_rows(snap.reader, shown), k, words, None, options)
+            for hit in hits:
+                if threshold is not None:
+                    hit.duplicates = others.get(hit.id, [])
+                if hit.modality == VIDEO:
+                    _moment(hit, snap.reader.rows_with_vectors_of(hit.path, VIDEO), vector)
             if not hits:
-                hits.why_empty = _why_empty(snap.reader, snap.total, type, under, prefixes, min_score, None)
+                hits.why_empty = _why_empty(snap.reader, snap.total, type, under, prefixes, min_score, below, wanted)
                 if options.cutoff is not None and hits.why_empty == "no item passes the filters":
                     hits.why_empty = f"no hit stands out from the index's background scores (cutoff {options.cutoff})"
+        filters_mod.sort_by_date(hits, sort)
         return hits
 
     def _videos_of(self, terms: Sequence[QueryTerm]) -> set[str]:
@@ -325,6 +353,23 @@ class Searching:
                 rel = os.path.relpath(real, real_root)
                 prefixes.append(root.path if rel == "." else os.path.join(root.path, rel))
         return list(dict.fromkeys(prefixes))
+
+
+def _collapse(snap: Any, units: list, threshold: float) -> list[list[int]]:
+    """Near-duplicate groups of ranked fused units (``dupes.collapse``), compared by the vectors
+    of the items they are shown by."""
+    shown = [u.representative for u in units]
+    missing = [p.row.id for p in shown if p.vector is None]
+    blobs = dict(snap.reader.embeddings(missing)) if missing else {}
+    dim = snap.store.dim
+    matrix = np.zeros((len(shown), dim), np.float32)
+    for n, part in enumerate(shown):
+        blob = blobs.get(part.row.id, b"")
+        if part.vector is not None:
+            matrix[n] = part.vector
+        elif len(blob) == dim * 4:
+            matrix[n] = np.frombuffer(blob, np.float32)
+    return dupes.collapse(matrix, threshold)
 
 
 def _check_search_options(type: str, k: int, min_score: float | None) -> None:

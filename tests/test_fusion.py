@@ -99,7 +99,8 @@ def test_fused_scores_match_hand_computation(docs, fusion):
         expected = {}
         if fusion == "rrf":
             def ranks(side):
-                order = sorted((d for d in documents if d[side]), key=lambda d: -cos[d[side]])
+                # ties (one picture as a file and as a record's image) go to the lowest id shown
+                order = sorted((d for d in documents if d[side]), key=lambda d: (-cos[d[side]], d[0] or d[1]))
                 return {d: r for r, d in enumerate(order, start=1)}
             ri, rt = ranks(0), ranks(1)
             for d in documents:

@@ -8,61 +8,103 @@ query, and building ORM objects for them would cost more than the vector search 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, bindparam, or_, select
 
 from ..media.documents import doc_key, image_locator
 from .catalogue import IN_CHUNK, ItemRow, Reader
-from .schema import Item
+from .schema import Embedding, Item
 
 # Keys per query (each stem is a range condition; SQLite caps an expression's depth at 1000).
 STEMS_PER_QUERY = 200
 LINES_PER_QUERY = 2_000
+# Records of at most this many JSONL files are read one file at a time (exactly their lines); of
+# more, by both IN lists at once, which also returns every other file's same line numbers (a
+# query's candidates from ten 100k-line files read ten times the rows they need).
+FILES_APART = 16
 
+# What search filters read (``filters.Filters.matches``): the capture date, else the file's time;
+# the camera; the place.
+_CAPTURE = (Item.taken_at, Item.date_source, Item.camera_make, Item.camera_model, Item.lat, Item.lon)
 _COLUMNS = (Item.id, Item.path, Item.locator, Item.modality, Item.size, Item.mtime_ns, Item.content_hash,
-            Item.width, Item.height, Item.text, Item.meta)
+            Item.width, Item.height, Item.text, Item.meta, *_CAPTURE)
 
 
 class Place(NamedTuple):
-    """What ranking needs of an item: which document it belongs to and what passes filters."""
+    """What ranking needs of an item: which document it belongs to and what passes filters
+    (the capture columns of ``ItemRow``, so ``Filters.matches`` takes a place)."""
 
     id: int
     path: str
     locator: str
     modality: str
+    mtime_ns: int
+    taken_at: Any
+    date_source: str | None
+    camera_make: str | None
+    camera_model: str | None
+    lat: float | None
+    lon: float | None
+    vector: bytes | None = None  # its vector blob, when read with it (``vectors=True``)
 
 
-_PLACE = (Item.id, Item.path, Item.locator, Item.modality)
+_PLACE = (Item.id, Item.path, Item.locator, Item.modality, Item.mtime_ns, *_CAPTURE)
 
 
-def _rows(reader: Reader, *where) -> list[ItemRow]:
-    return [ItemRow(*row) for row in reader.session.execute(select(*_COLUMNS).where(*where))]
+# Statements built once: the id lists are expanding parameters, so SQLAlchemy compiles each once
+# (a fresh ``in_(list)`` coerces every id and compiles again: most of a fused query's time).
+_ROWS_BY_ID = select(*_COLUMNS).where(Item.id.in_(bindparam("ids", expanding=True)))
+_WITH_VECTOR = select(*_PLACE, Embedding.vector).select_from(Item).outerjoin(Embedding, Embedding.item_id == Item.id)
+_PLACES_BY_ID = {False: select(*_PLACE), True: _WITH_VECTOR}
+_PLACES_BY_ID = {v: q.where(Item.id.in_(bindparam("ids", expanding=True))) for v, q in _PLACES_BY_ID.items()}
+_VECTORS_BY_ID = select(Embedding.item_id, Embedding.vector).where(
+    Embedding.item_id.in_(bindparam("ids", expanding=True)))
+_PLACES_OF_FILE = {v: q.where(Item.path == bindparam("path"), Item.locator.in_(bindparam("locators", expanding=True)))
+                   for v, q in ((False, select(*_PLACE)), (True, _WITH_VECTOR))}
+_PLACES_OF_LINES = {v: q.where(Item.path.in_(bindparam("paths", expanding=True)),
+                               Item.locator.in_(bindparam("locators", expanding=True)))
+                    for v, q in ((False, select(*_PLACE)), (True, _WITH_VECTOR))}
 
 
-def _places(reader: Reader, *where) -> list[Place]:
-    return [Place(*row) for row in reader.session.execute(select(*_PLACE).where(*where))]
+def _run(reader: Reader, statement, **params):
+    """Rows of a Core statement in the reader's snapshot (its transaction's connection, no ORM)."""
+    return reader.session.connection().execute(statement, params)
 
 
-def _by_id(reader: Reader, ids: Sequence[int], fetch) -> dict:
-    """``fetch``'s rows of those of ``ids`` that exist, by id, in chunks the database accepts."""
+def _places(reader: Reader, *where, vectors: bool = False) -> list[Place]:
+    return [Place(*row) for row in _run(reader, (_WITH_VECTOR if vectors else select(*_PLACE)).where(*where))]
+
+
+def _by_id(reader: Reader, ids: Sequence[int], statement, make) -> dict:
+    """Rows of those of ``ids`` that exist, by id, in chunks the database accepts."""
     ids = list(ids)
-    return {row.id: row for start in range(0, len(ids), IN_CHUNK)
-            for row in fetch(reader, Item.id.in_(ids[start:start + IN_CHUNK]))}
+    return {row[0]: make(*row) for start in range(0, len(ids), IN_CHUNK)
+            for row in _run(reader, statement, ids=ids[start:start + IN_CHUNK])}
 
 
-def places_by_id(reader: Reader, ids: Sequence[int]) -> dict[int, Place]:
-    return _by_id(reader, ids, _places)
+def places_by_id(reader: Reader, ids: Sequence[int], vectors: bool = False) -> dict[int, Place]:
+    """The places of those of ``ids`` that exist; ``vectors``: with their vector blobs (one
+    read instead of two)."""
+    return _by_id(reader, ids, _PLACES_BY_ID[vectors], Place)
 
 
 def rows_by_id(reader: Reader, ids: Sequence[int]) -> dict[int, ItemRow]:
     """The rows of those of ``ids`` that exist (``Reader.items`` without ORM objects)."""
-    return _by_id(reader, ids, _rows)
+    return _by_id(reader, ids, _ROWS_BY_ID, ItemRow)
 
 
-def parts_of(reader: Reader, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[Place]]:
+def vectors_by_id(reader: Reader, ids: Sequence[int]) -> list[tuple[int, bytes]]:
+    """(item id, vector blob) of those of ``ids`` that have one (``Reader.embeddings``, with
+    its statement compiled once)."""
+    ids = list(ids)
+    return [(int(i), bytes(blob)) for start in range(0, len(ids), IN_CHUNK)
+            for i, blob in _run(reader, _VECTORS_BY_ID, ids=ids[start:start + IN_CHUNK])]
+
+
+def parts_of(reader: Reader, keys: Iterable[tuple[str, str]], vectors: bool = False) -> dict[tuple[str, str], list[Place]]:
     """Every item row of each document key, by key (keys without rows are absent; a video's
-    frames are never looked up: its hit is its best frame)."""
+    frames are never looked up: its hit is its best frame); ``vectors``: with their vectors."""
     keys = list(dict.fromkeys(keys))
     wanted = set(keys)
     found: dict[tuple[str, str], list[Place]] = {}
@@ -75,16 +117,25 @@ def parts_of(reader: Reader, keys: Iterable[tuple[str, str]]) -> dict[tuple[str,
 
     lines = [k for k in keys if k[1] and k[1] != "video"]
     stems = [k for k in keys if not k[1]]
-    for start in range(0, len(lines), LINES_PER_QUERY):
+    by_file: dict[str, list[str]] = {}
+    for path, line in lines:
+        by_file.setdefault(path, []).extend((line, image_locator(line)))
+    if len(by_file) <= FILES_APART:
+        # One file's lines at a time, on the (path, locator) unique index: exactly the rows asked for.
+        for path, locators in by_file.items():
+            for start in range(0, len(locators), LINES_PER_QUERY):
+                take([Place(*row) for row in _run(reader, _PLACES_OF_FILE[vectors], path=path,
+                                                  locators=locators[start:start + LINES_PER_QUERY])])
+    for start in range(0, len(lines), LINES_PER_QUERY) if len(by_file) > FILES_APART else ():
         chunk = lines[start:start + LINES_PER_QUERY]
         # Both IN lists on the (path, locator) unique index; pairs of another key are dropped by take.
         paths = sorted({path for path, _ in chunk})
         locators = sorted({loc for _, line in chunk for loc in (line, image_locator(line))})
-        take(_places(reader, Item.path.in_(paths), Item.locator.in_(locators)))
+        take([Place(*row) for row in _run(reader, _PLACES_OF_LINES[vectors], paths=paths, locators=locators)])
     for start in range(0, len(stems), STEMS_PER_QUERY):
         # "stem." <= path < "stem/": every file named stem.<anything> in the stem's folder
         # (and a few deeper names, which doc_key leaves out).
         ranges = [and_(Item.path >= stem + ".", Item.path < stem + "/")
                   for stem, _ in stems[start:start + STEMS_PER_QUERY]]
-        take(_places(reader, or_(*ranges), Item.modality != "video"))
+        take(_places(reader, or_(*ranges), Item.modality != "video", vectors=vectors))
     return found
