@@ -23,6 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ENV, one_line
+from PIL import Image
+
+from mmsearch import Engine
+from mmsearch.check import check_folder
 from test_bad_files import EXPECTED_SKIPS, bad_corpus  # noqa: F401 - a fixture used here
 from test_crash_safety import (
     AFTER_KILL,
@@ -225,6 +229,137 @@ def test_ray_sigint_stops_the_job_and_keeps_what_was_committed(tmp_path, tiny_mo
                                        capture_output=True, text=True, timeout=300).stdout)
     assert report["added"] + items == 91 and assert_consistent(idx) == 91, report
     assert report["updated"] == 0  # nothing committed before the interrupt was embedded again
+
+
+# -- videos, deadlines and decoder crashes on Ray -----------------------------------------------------
+def _engine(idx: Path, tiny_model, **settings) -> Engine:
+    from mmsearch.settings import Settings
+
+    return Engine(idx, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint), batch_size=4, workers=2,
+                  settings=Settings.from_env().but(**settings) if settings else None)
+
+
+def _both(tmp_path: Path, tiny_model, lib: Path, **settings) -> dict:
+    reports = {}
+    for runner in ("local", "ray"):
+        with _engine(tmp_path / runner, tiny_model, **settings) as engine:
+            reports[runner] = engine.add([lib], runner=runner)
+    return reports
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_videos_are_sampled_in_ranges_and_encoded_on_the_actors_as_locally(tmp_path, tiny_model, ray_address,
+                                                                                  monkeypatch):
+    """A video split into time ranges (SPLIT_SECONDS lowered: 16.5 s in 2 ranges, one per CPU),
+    a video sampled whole and bad videos: the same frames at the same times, the same vectors
+    and the same skips as a local run; the frames were encoded by Ray's actors."""
+    from mmsearch.media import video as video_mod
+    from mmsearch.media.videogen import COLOURS, make_video
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    scenes = [3.0, 5.0, 2.5, 6.0]
+    make_video(lib / "long.mp4", scenes, gop=5)
+    make_video(lib / "other.webm", [2.0, 2.0], codec="libvpx-vp9", gop=5, colours=COLOURS[4:])
+    mp4 = (lib / "long.mp4").read_bytes()
+    (lib / "truncated.mp4").write_bytes(mp4[: len(mp4) // 2])  # its index (moov) is at the end: gone
+    (lib / "text.avi").write_text("not a video at all")
+    monkeypatch.setattr(video_mod, "SPLIT_SECONDS", 5.0)
+    assert len(video_mod.spans(16.5, 2)) == 2
+    reports = _both(tmp_path, tiny_model, lib)
+    local, remote = reports["local"], reports["ray"]
+    _same_result(tmp_path / "local", tmp_path / "ray")
+    times = sorted(float(loc[2:]) for path, loc in snapshot(tmp_path / "ray") if path.endswith("long.mp4"))
+    assert len(times) == len(set(times)) and {0.0, 3.0, 8.0, 10.5} <= set(times)
+    assert _skips(remote) == _skips(local) and len(_skips(remote)) == 2
+    # 5 + 2 sampled (one extra frame at the range boundary, dropped as a repeat), 4 + 2 kept
+    assert (remote.videos, remote.frames, remote.sampled) == (local.videos, local.frames, local.sampled) == (2, 6, 7)
+    where = remote.runner  # a corpus of videos only: the actors encoded them
+    assert where["runner"] == "ray" and where["actors_used"] == 1 and where["decode_nodes_used"] == 1
+    report = check_folder(tmp_path / "ray")  # (assert_consistent's query expects one hit per row, not per video)
+    assert not report.problems and report.items == len(snapshot(tmp_path / "local"))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_enforces_the_decode_deadline_as_locally(tmp_path, tiny_model, ray_address, monkeypatch):
+    """MMSEARCH_DECODE_TIMEOUT on Ray: an image and a video that take longer are abandoned with
+    the local run's message, the rest is indexed."""
+    from mmsearch.media import video as video_mod
+    from mmsearch.media.videogen import make_video
+
+    monkeypatch.setattr(video_mod, "SECONDS_PER_SECOND_1080P", 0.0)  # a video's deadline: the base alone
+
+    lib = tmp_path / "slow"
+    lib.mkdir()
+    # 36 megapixels of zeros: a 100 KB file whose decode takes far longer than the deadline.
+    Image.new("L", (6000, 6000), 0).save(lib / "slow.png")
+    # 900 one-frame scenes, all keyframes: sampling takes about a second.
+    make_video(lib / "slow.mp4", [1 / 30] * 900, fps=30, gop=1)
+    (lib / "note.txt").write_text("a short note")
+    reports = _both(tmp_path, tiny_model, lib, decode_timeout=0.02)
+    for runner, report in reports.items():
+        assert report.added == 1 and report.videos == 0, runner
+        skips = _skips(report)
+        assert set(skips) == {str(lib / "slow.png"), str(lib / "slow.mp4")}, runner
+        assert all(reason == "decoding took longer than 0.02s; abandoned" for reason in skips.values()), (runner, skips)
+    _same_result(tmp_path / "local", tmp_path / "ray")
+
+
+class _Killer:
+    """Kills every other process that has ``path`` open (an out-of-memory killer that always
+    picks the decoder of this one file), until stopped."""
+
+    def __init__(self, path: Path):
+        import threading
+
+        self.path, self.kills, self._stop = str(path), 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            for pid in (int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != me):
+                try:
+                    if any(os.readlink(f"/proc/{pid}/fd/{fd}") == self.path for fd in os.listdir(f"/proc/{pid}/fd")):
+                        os.kill(pid, signal.SIGKILL)
+                        self.kills += 1
+                except OSError:
+                    pass
+            time.sleep(0.005)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_a_file_that_kills_its_decoder_is_skipped_as_locally(tmp_path, tiny_model, ray_address):
+    """The process decoding one video is killed each time it opens it (a real SIGKILL of the
+    decoder's process): locally and on Ray a one-line skip with the same message, the run goes
+    on, nothing else is lost (on Ray it failed the whole job after the retries before)."""
+    from mmsearch.media.videogen import make_video
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    make_video(lib / "crash.mp4", [1 / 30] * 900, fps=30, gop=1)
+    make_video(lib / "fine.mp4", [2.0, 2.0], gop=5)
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(lib / "red.png")
+    (lib / "note.txt").write_text("a short note")
+    with _Killer(lib / "crash.mp4") as killer:
+        reports = _both(tmp_path, tiny_model, lib)
+    assert killer.kills >= 2
+    for runner, report in reports.items():
+        assert _skips(report) == {str(lib / "crash.mp4"): "the decoder crashed on this file (exit code -9)"}, runner
+        assert (report.added, report.videos) == (2, 1), runner
+    _same_result(tmp_path / "local", tmp_path / "ray")
+    assert reports["ray"].runner["actor_restarts"] == 0
 
 
 # -- option checks: run by default, start no Ray ------------------------------------------------------------
