@@ -342,24 +342,51 @@ class _Killer:
 @pytest.mark.ray
 def test_ray_a_file_that_kills_its_decoder_is_skipped_as_locally(tmp_path, tiny_model, ray_address):
     """The process decoding one video is killed each time it opens it (a real SIGKILL of the
-    decoder's process): locally and on Ray a one-line skip with the same message, the run goes
-    on, nothing else is lost (on Ray it failed the whole job after the retries before)."""
+    decoder's process): locally and on Ray (where videos are sampled by Ray tasks, the runner's
+    report says so) a one-line skip with the same message; the run goes on and the other video
+    is indexed. (A Ray task whose own process died this way would fail the job after its
+    retries: the sandbox process dies instead.)"""
     from mmsearch.media.videogen import make_video
 
     lib = tmp_path / "lib"
     lib.mkdir()
     make_video(lib / "crash.mp4", [1 / 30] * 900, fps=30, gop=1)
     make_video(lib / "fine.mp4", [2.0, 2.0], gop=5)
-    Image.new("RGB", (64, 48), (200, 30, 30)).save(lib / "red.png")
-    (lib / "note.txt").write_text("a short note")
     with _Killer(lib / "crash.mp4") as killer:
         reports = _both(tmp_path, tiny_model, lib)
     assert killer.kills >= 2
     for runner, report in reports.items():
         assert _skips(report) == {str(lib / "crash.mp4"): "the decoder crashed on this file (exit code -9)"}, runner
-        assert (report.added, report.videos) == (2, 1), runner
+        assert (report.videos, report.frames) == (1, 2), runner
     _same_result(tmp_path / "local", tmp_path / "ray")
-    assert reports["ray"].runner["actor_restarts"] == 0
+    where = reports["ray"].runner
+    assert where["actors_used"] == 1 and where["decode_nodes_used"] == 1 and where["actor_restarts"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_driver_loads_no_model_and_texts_are_encoded_on_the_actors(tmp_path, tiny_model, ray_address):
+    """With the torch encoder (the model the actors load) and a model this machine has exported
+    before, the indexing process never imports torch; a corpus of texts only is encoded by the
+    actors (the report's runner says so) with the local run's vectors."""
+    root = tmp_path / "texts"
+    root.mkdir()
+    for n in range(6):
+        (root / f"note{n}.txt").write_text(f"note number {n} about a {['cat', 'dog', 'boat'][n % 3]}")
+    (root / "lines.jsonl").write_text("\n".join(json.dumps({"text": f"line {n}"}) for n in range(5)) + "\n")
+    with _engine(tmp_path / "local", tiny_model, image_encoder="torch") as engine:  # fills the export cache
+        assert engine.add([root]).added == 11
+    code = ("import sys\nsys.argv = ['mmsearch'] + sys.argv[1:]\nfrom mmsearch.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code, "index", str(root), "-i", str(tmp_path / "ray"), *tiny_model.args,
+                           "--json", "--runner", "ray", "--ray-address", ray_address],
+                          env=ray_env(MMSEARCH_IMAGE_ENCODER="torch"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "no torch", done.stderr
+    report = json.loads(done.stdout)
+    assert report["added"] == 11 and report["runner"]["actors_used"] == 1 and report["runner"]["encoder"].startswith("torch")
+    _same_result(tmp_path / "local", tmp_path / "ray")
 
 
 # -- option checks: run by default, start no Ray ------------------------------------------------------------
