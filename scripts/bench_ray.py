@@ -18,6 +18,10 @@ and the ratios of their wall times to the local run's, plus the run's own second
 
     python scripts/bench_ray.py --quick           # tiny model, 64 small images, 2 repeats
     python scripts/bench_ray.py                   # ViT-B-32, 160 640x480 JPEGs, 3 repeats
+
+``--baseline DIR`` adds a fourth contender, *ray (warm) baseline*: the same warm Ray run with the
+mmsearch package of another checkout (e.g. a ``git worktree`` of an earlier commit), measured in
+the same session, interleaved, so a change to the Ray runner is compared on the same load.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout whose mmsearch runs a fourth contender, ray (warm) baseline")
     args = parser.parse_args()
     images = args.images or (64 if args.quick else 160)
     width, height = (int(v) for v in (args.size or ("320x240" if args.quick else "640x480")).split("x"))
@@ -79,6 +85,12 @@ def main() -> None:
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     contenders = {"local": ["--runner", "local"], "ray (start)": ["--runner", "ray"],
                   "ray (warm)": ["--runner", "ray", "--ray-address", address]}
+    envs = {name: env for name in contenders}
+    cwds = {name: REPO for name in contenders}  # `python -m` puts the working folder first on sys.path
+    if args.baseline:
+        contenders["ray (warm) baseline"] = contenders["ray (warm)"]
+        envs["ray (warm) baseline"] = dict(env, PYTHONPATH=str(args.baseline.resolve()))
+        cwds["ray (warm) baseline"] = args.baseline.resolve()
     results: dict[str, dict] = {name: {"wall": [], "run": [], "rss": []} for name in contenders}
 
     def index_cmd(idx: Path, extra: list[str]) -> list[str]:
@@ -92,7 +104,7 @@ def main() -> None:
             for name, extra in contenders.items():  # interleaved, so load drifts hit all alike
                 idx = work / "idx"
                 shutil.rmtree(idx, ignore_errors=True)
-                run = run_process(index_cmd(idx, extra), env=env)
+                run = run_process(index_cmd(idx, extra), env=envs[name], cwd=cwds[name])
                 report = json.loads(run.stdout)
                 assert report["added"] == images, report
                 results[name]["wall"].append(run.seconds)
@@ -100,7 +112,7 @@ def main() -> None:
                 results[name]["rss"].append(run.max_rss_mb)
                 if report.get("runner"):
                     results[name]["where"] = report["runner"]
-                print(f"  repeat {repeat + 1} {name:<12} wall {run.seconds:6.1f}s  run {report['seconds']:6.1f}s",
+                print(f"  repeat {repeat + 1} {name:<20} wall {run.seconds:6.1f}s  run {report['seconds']:6.1f}s",
                       file=sys.stderr)
     finally:
         ray.shutdown()
@@ -110,7 +122,7 @@ def main() -> None:
     summary = {"machine": machine(), "images": images, "size": f"{width}x{height}", "model": Path(model).name,
                "repeats": repeats, "batch_size": args.batch_size, "contenders": {}}
     print(f"\n{images} JPEGs {width}x{height}, model {Path(model).name}, median of {repeats}")
-    print(f"{'runner':<13}{'wall s':>8}{'x local':>9}{'run s':>8}{'x local':>9}{'img/s (run)':>13}")
+    print(f"{'runner':<21}{'wall s':>8}{'x local':>9}{'run s':>8}{'x local':>9}{'img/s (run)':>13}{'driver MB':>11}")
     for name, r in results.items():
         wall, run_s = median(r["wall"]), median(r["run"])
         row = {"wall_s": round(wall, 2), "wall_vs_local": round(wall / base, 2), "run_s": round(run_s, 2),
@@ -119,7 +131,8 @@ def main() -> None:
         if "where" in r:
             row["where"] = {k: r["where"][k] for k in ("nodes", "cpus", "gpus", "encode_actors", "encoder")}
         summary["contenders"][name] = row
-        print(f"{name:<13}{wall:>8.1f}{wall / base:>9.2f}{run_s:>8.1f}{run_s / base_run:>9.2f}{images / run_s:>13.1f}")
+        print(f"{name:<21}{wall:>8.1f}{wall / base:>9.2f}{run_s:>8.1f}{run_s / base_run:>9.2f}{images / run_s:>13.1f}"
+              f"{median(r['rss']):>11.0f}")
     print(json.dumps(summary))
     if args.json_out:
         args.json_out.write_text(json.dumps(summary, indent=2))

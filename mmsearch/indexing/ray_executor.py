@@ -37,6 +37,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -444,8 +445,6 @@ class RayExecutor:
                 work.append(SpanJob(v, 0, jobs[v].record.path, info, None, None, info.deadline(self.timeout)))
                 ranges_of[v] = ranges
                 continue
-            from dataclasses import replace
-
             for s, (a, b) in enumerate(ranges):
                 deadline = replace(info, duration=min(b, info.duration) - a).deadline(self.timeout)
                 work.append(SpanJob(v, s, jobs[v].record.path, info, (a, b), found, deadline))
