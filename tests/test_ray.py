@@ -363,6 +363,56 @@ def test_ray_a_file_that_kills_its_decoder_is_skipped_as_locally(tmp_path, tiny_
     assert where["actors_used"] == 1 and where["decode_nodes_used"] == 1 and where["actor_restarts"] == 0
 
 
+class _BusyDecoderKiller(_Killer):
+    """Kills this test's decode worker processes (children of a multiprocessing forkserver that
+    descend from this process: the local pool's workers, the Ray workers' sandboxes) while they
+    are busy, as if the decoder crashed on the big file they decode: an image is read whole
+    before it is decoded, so no open file names it."""
+
+    def __init__(self):
+        super().__init__(Path("/nonexistent"))
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        first: dict[int, float] = {}  # a worker's CPU seconds when first seen (decoding small files costs little)
+        while not self._stop.is_set():
+            for process in me.children(recursive=True):
+                try:
+                    if "forkserver" not in " ".join(process.parent().cmdline()):
+                        continue
+                    cpu = sum(process.cpu_times()[:2])
+                    if cpu - first.setdefault(process.pid, cpu) >= 0.2:
+                        process.kill()
+                        self.kills += 1
+                except (psutil.Error, AttributeError):  # gone meanwhile (parent() None)
+                    pass
+            time.sleep(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_an_image_that_kills_its_decoder_is_skipped_as_locally(tmp_path, tiny_model, ray_address):
+    """The process decoding a 36-megapixel image is killed while it decodes: locally and on Ray
+    a one-line skip with the same message, the other files indexed. (Before the sandbox, Ray
+    decoded the image in the task's own process: this killer finds no decoder to kill there and
+    the test fails; a real crash of that process failed the job after its retries.)"""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    Image.new("L", (6000, 6000), 0).save(lib / "big.png")  # about a second of decoding
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(lib / "red.png")
+    (lib / "note.txt").write_text("a short note")
+    with _BusyDecoderKiller() as killer:
+        reports = _both(tmp_path, tiny_model, lib)
+    assert killer.kills >= 2
+    for runner, report in reports.items():
+        assert _skips(report) == {str(lib / "big.png"): "the decoder crashed on this file (exit code -9)"}, runner
+        assert report.added == 2, runner
+    _same_result(tmp_path / "local", tmp_path / "ray")
+    assert reports["ray"].runner["actor_restarts"] == 0
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ray_driver_loads_no_model_and_texts_are_encoded_on_the_actors(tmp_path, tiny_model, ray_address):
