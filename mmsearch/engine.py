@@ -247,7 +247,7 @@ class Engine(Searching):
                 IndexStore.check_creatable(self.folder)
                 if not explicit:
                     raise QueryError("nothing to index: name a folder or file (the index has no known roots yet)")
-                if self._cached_dim() is None:
+                if self._cached_dim(executor) is None:
                     self.encoder  # noqa: B018 - load (and so check) the model before creating anything
             existed = self.folder.exists()
             try:
@@ -272,7 +272,7 @@ class Engine(Searching):
         if not roots:
             raise QueryError("nothing to index: name a folder or file (the index has no known roots yet)")
         if self._store is None:
-            spec, dim = self.spec, self._cached_dim()
+            spec, dim = self.spec, self._cached_dim(executor)
             if dim is None:
                 dim = self.encoder.dim
             self._store = IndexStore.create(self.folder, spec.identity(), dim, self._vector_settings, self.db)
@@ -314,8 +314,12 @@ class Engine(Searching):
     def indexer(self, progress: Progress | None = None, executor: Any = None) -> Indexer:
         """An indexer over this engine's store and encoder (the caller holds the writer lock);
         ``executor``: where images are decoded (default: local worker processes)."""
+        factory = self._indexing_encoder
+        plan = getattr(executor, "encoder_plan", None)  # Ray: the actors load the model, not this process
+        if plan is not None and self._device in (None, "cpu") and self._check_model():
+            factory = lambda: plan(self.store, self._indexing_encoder)  # noqa: E731
         return Indexer(
-            self.store, self._indexing_encoder, progress=progress, settings=self.settings,
+            self.store, factory, progress=progress, settings=self.settings,
             batch_size=self._batch_size or self._default_batch(), workers=self._workers,
             never=[str(self.folder)],  # the index folder itself, even inside an indexed root
             executor=executor,
@@ -324,11 +328,13 @@ class Engine(Searching):
     def _exported(self, spec: ModelSpec) -> bool:
         return onnx_image.cached_dim(spec.identity()["fingerprint"], self.settings.cache, self.settings.onnx) is not None
 
-    def _cached_dim(self) -> int | None:
+    def _cached_dim(self, executor: Any = None) -> int | None:
         """The model's vector dimension when a new index of it needs no torch (its ONNX exports
         and this CPU's encoder timing are in the cache, ``onnx_image.cached_dim``), else None.
-        A GPU run or ``--no-onnx`` loads the model as before."""
-        if self._encoder is not None or self._device not in (None, "cpu") or self.settings.image_encoder == "torch":
+        A GPU run or ``--no-onnx`` loads the model as before; so does the torch image encoder,
+        unless ``executor`` encodes elsewhere (Ray's actors: ``encoder_plan``)."""
+        torch_here = self.settings.image_encoder == "torch" and not hasattr(executor, "encoder_plan")
+        if self._encoder is not None or self._device not in (None, "cpu") or torch_here:
             return None
         return onnx_image.cached_dim(self.spec.identity()["fingerprint"], self.settings.cache, self.settings.onnx)
 

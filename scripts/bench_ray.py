@@ -2,8 +2,11 @@
 
 Each run is a new `mmsearch index` process over the same generated JPEG corpus into a fresh
 index, with the same model (random weights: speed does not depend on them) and the torch image
-encoder for both runners (``MMSEARCH_IMAGE_ENCODER=torch``, ``MMSEARCH_ONNX=0``: no ONNX export
-in the timings). Three contenders, each the median of ``--repeats`` runs, in one session:
+encoder for both runners (``MMSEARCH_IMAGE_ENCODER=torch``). The model's ONNX export is made once
+by an untimed first run into this script's own cache (``MMSEARCH_CACHE``), as on a machine that
+has indexed with the model before: a new index then takes its dimension and decode geometry from
+that cache, so a Ray run's indexing process loads no model (its actors do). Three contenders,
+each the median of ``--repeats`` runs, in one session:
 
   local        --runner local (decode worker processes, encode in the indexing process)
   ray (start)  --runner ray: the process starts its own local Ray (all cores), then runs
@@ -15,6 +18,10 @@ and the ratios of their wall times to the local run's, plus the run's own second
 
     python scripts/bench_ray.py --quick           # tiny model, 64 small images, 2 repeats
     python scripts/bench_ray.py                   # ViT-B-32, 160 640x480 JPEGs, 3 repeats
+
+``--baseline DIR`` adds a fourth contender, *ray (warm) baseline*: the same warm Ray run with the
+mmsearch package of another checkout (e.g. a ``git worktree`` of an earlier commit), measured in
+the same session, interleaved, so a change to the Ray runner is compared on the same load.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout whose mmsearch runs a fourth contender, ray (warm) baseline")
     args = parser.parse_args()
     images = args.images or (64 if args.quick else 160)
     width, height = (int(v) for v in (args.size or ("320x240" if args.quick else "640x480")).split("x"))
@@ -71,20 +80,31 @@ def main() -> None:
     cpus = os.cpu_count() or 2
     context = ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     address = context.address_info["address"]
-    env = {"HF_HUB_OFFLINE": "1", "MMSEARCH_IMAGE_ENCODER": "torch", "MMSEARCH_ONNX": "0",
+    env = {"HF_HUB_OFFLINE": "1", "MMSEARCH_IMAGE_ENCODER": "torch", "MMSEARCH_CACHE": str(work / "cache"),
            "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     contenders = {"local": ["--runner", "local"], "ray (start)": ["--runner", "ray"],
                   "ray (warm)": ["--runner", "ray", "--ray-address", address]}
+    envs = {name: env for name in contenders}
+    cwds = {name: REPO for name in contenders}  # `python -m` puts the working folder first on sys.path
+    if args.baseline:
+        contenders["ray (warm) baseline"] = contenders["ray (warm)"]
+        envs["ray (warm) baseline"] = dict(env, PYTHONPATH=str(args.baseline.resolve()))
+        cwds["ray (warm) baseline"] = args.baseline.resolve()
     results: dict[str, dict] = {name: {"wall": [], "run": [], "rss": []} for name in contenders}
+
+    def index_cmd(idx: Path, extra: list[str]) -> list[str]:
+        return [sys.executable, "-m", "mmsearch", "index", str(corpus), "-i", str(idx), "--model", model,
+                "--pretrained", "none", "--batch-size", str(args.batch_size), "--json", "-q", *extra]
+
+    shutil.rmtree(work / "idx", ignore_errors=True)
+    run_process(index_cmd(work / "idx", ["--runner", "local"]), env=env)  # untimed: the export, once
     try:
         for repeat in range(repeats):
             for name, extra in contenders.items():  # interleaved, so load drifts hit all alike
                 idx = work / "idx"
                 shutil.rmtree(idx, ignore_errors=True)
-                cmd = [sys.executable, "-m", "mmsearch", "index", str(corpus), "-i", str(idx), "--model", model,
-                       "--pretrained", "none", "--batch-size", str(args.batch_size), "--json", "-q", *extra]
-                run = run_process(cmd, env=env)
+                run = run_process(index_cmd(idx, extra), env=envs[name], cwd=cwds[name])
                 report = json.loads(run.stdout)
                 assert report["added"] == images, report
                 results[name]["wall"].append(run.seconds)
@@ -92,7 +112,7 @@ def main() -> None:
                 results[name]["rss"].append(run.max_rss_mb)
                 if report.get("runner"):
                     results[name]["where"] = report["runner"]
-                print(f"  repeat {repeat + 1} {name:<12} wall {run.seconds:6.1f}s  run {report['seconds']:6.1f}s",
+                print(f"  repeat {repeat + 1} {name:<20} wall {run.seconds:6.1f}s  run {report['seconds']:6.1f}s",
                       file=sys.stderr)
     finally:
         ray.shutdown()
@@ -102,7 +122,7 @@ def main() -> None:
     summary = {"machine": machine(), "images": images, "size": f"{width}x{height}", "model": Path(model).name,
                "repeats": repeats, "batch_size": args.batch_size, "contenders": {}}
     print(f"\n{images} JPEGs {width}x{height}, model {Path(model).name}, median of {repeats}")
-    print(f"{'runner':<13}{'wall s':>8}{'x local':>9}{'run s':>8}{'x local':>9}{'img/s (run)':>13}")
+    print(f"{'runner':<21}{'wall s':>8}{'x local':>9}{'run s':>8}{'x local':>9}{'img/s (run)':>13}{'driver MB':>11}")
     for name, r in results.items():
         wall, run_s = median(r["wall"]), median(r["run"])
         row = {"wall_s": round(wall, 2), "wall_vs_local": round(wall / base, 2), "run_s": round(run_s, 2),
@@ -111,7 +131,8 @@ def main() -> None:
         if "where" in r:
             row["where"] = {k: r["where"][k] for k in ("nodes", "cpus", "gpus", "encode_actors", "encoder")}
         summary["contenders"][name] = row
-        print(f"{name:<13}{wall:>8.1f}{wall / base:>9.2f}{run_s:>8.1f}{run_s / base_run:>9.2f}{images / run_s:>13.1f}")
+        print(f"{name:<21}{wall:>8.1f}{wall / base:>9.2f}{run_s:>8.1f}{run_s / base_run:>9.2f}{images / run_s:>13.1f}"
+              f"{median(r['rss']):>11.0f}")
     print(json.dumps(summary))
     if args.json_out:
         args.json_out.write_text(json.dumps(summary, indent=2))

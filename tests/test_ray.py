@@ -23,6 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ENV, one_line
+from PIL import Image
+
+from mmsearch import Engine
+from mmsearch.check import check_folder
 from test_bad_files import EXPECTED_SKIPS, bad_corpus  # noqa: F401 - a fixture used here
 from test_crash_safety import (
     AFTER_KILL,
@@ -225,6 +229,214 @@ def test_ray_sigint_stops_the_job_and_keeps_what_was_committed(tmp_path, tiny_mo
                                        capture_output=True, text=True, timeout=300).stdout)
     assert report["added"] + items == 91 and assert_consistent(idx) == 91, report
     assert report["updated"] == 0  # nothing committed before the interrupt was embedded again
+
+
+# -- videos, deadlines and decoder crashes on Ray -----------------------------------------------------
+def _engine(idx: Path, tiny_model, **settings) -> Engine:
+    from mmsearch.settings import Settings
+
+    return Engine(idx, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint), batch_size=4, workers=2,
+                  settings=Settings.from_env().but(**settings) if settings else None)
+
+
+def _both(tmp_path: Path, tiny_model, lib: Path, **settings) -> dict:
+    reports = {}
+    for runner in ("local", "ray"):
+        with _engine(tmp_path / runner, tiny_model, **settings) as engine:
+            reports[runner] = engine.add([lib], runner=runner)
+    return reports
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_videos_are_sampled_in_ranges_and_encoded_on_the_actors_as_locally(tmp_path, tiny_model, ray_address,
+                                                                                  monkeypatch):
+    """A video split into time ranges (SPLIT_SECONDS lowered: 16.5 s in 2 ranges, one per CPU),
+    a video sampled whole and bad videos: the same frames at the same times, the same vectors
+    and the same skips as a local run; the frames were encoded by Ray's actors."""
+    from mmsearch.media import video as video_mod
+    from mmsearch.media.videogen import COLOURS, make_video
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    scenes = [3.0, 5.0, 2.5, 6.0]
+    make_video(lib / "long.mp4", scenes, gop=5)
+    make_video(lib / "other.webm", [2.0, 2.0], codec="libvpx-vp9", gop=5, colours=COLOURS[4:])
+    mp4 = (lib / "long.mp4").read_bytes()
+    (lib / "truncated.mp4").write_bytes(mp4[: len(mp4) // 2])  # its index (moov) is at the end: gone
+    (lib / "text.avi").write_text("not a video at all")
+    monkeypatch.setattr(video_mod, "SPLIT_SECONDS", 5.0)
+    assert len(video_mod.spans(16.5, 2)) == 2
+    reports = _both(tmp_path, tiny_model, lib)
+    local, remote = reports["local"], reports["ray"]
+    _same_result(tmp_path / "local", tmp_path / "ray")
+    times = sorted(float(loc[2:]) for path, loc in snapshot(tmp_path / "ray") if path.endswith("long.mp4"))
+    assert len(times) == len(set(times)) and {0.0, 3.0, 8.0, 10.5} <= set(times)
+    assert _skips(remote) == _skips(local) and len(_skips(remote)) == 2
+    # 5 + 2 sampled (one extra frame at the range boundary, dropped as a repeat), 4 + 2 kept
+    assert (remote.videos, remote.frames, remote.sampled) == (local.videos, local.frames, local.sampled) == (2, 6, 7)
+    where = remote.runner  # a corpus of videos only: the actors encoded them
+    assert where["runner"] == "ray" and where["actors_used"] == 1 and where["decode_nodes_used"] == 1
+    report = check_folder(tmp_path / "ray")  # (assert_consistent's query expects one hit per row, not per video)
+    assert not report.problems and report.items == len(snapshot(tmp_path / "local"))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_enforces_the_decode_deadline_as_locally(tmp_path, tiny_model, ray_address, monkeypatch):
+    """MMSEARCH_DECODE_TIMEOUT on Ray: an image and a video that take longer are abandoned with
+    the local run's message, the rest is indexed."""
+    from mmsearch.media import video as video_mod
+    from mmsearch.media.videogen import make_video
+
+    monkeypatch.setattr(video_mod, "SECONDS_PER_SECOND_1080P", 0.0)  # a video's deadline: the base alone
+
+    lib = tmp_path / "slow"
+    lib.mkdir()
+    # 36 megapixels of zeros: a 100 KB file whose decode takes far longer than the deadline.
+    Image.new("L", (6000, 6000), 0).save(lib / "slow.png")
+    # 900 one-frame scenes, all keyframes: sampling takes about a second.
+    make_video(lib / "slow.mp4", [1 / 30] * 900, fps=30, gop=1)
+    (lib / "note.txt").write_text("a short note")
+    reports = _both(tmp_path, tiny_model, lib, decode_timeout=0.02)
+    for runner, report in reports.items():
+        assert report.added == 1 and report.videos == 0, runner
+        skips = _skips(report)
+        assert set(skips) == {str(lib / "slow.png"), str(lib / "slow.mp4")}, runner
+        assert all(reason == "decoding took longer than 0.02s; abandoned" for reason in skips.values()), (runner, skips)
+    _same_result(tmp_path / "local", tmp_path / "ray")
+
+
+class _Killer:
+    """Kills every other process that has ``path`` open (an out-of-memory killer that always
+    picks the decoder of this one file), until stopped."""
+
+    def __init__(self, path: Path):
+        import threading
+
+        self.path, self.kills, self._stop = str(path), 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            for pid in (int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != me):
+                try:
+                    if any(os.readlink(f"/proc/{pid}/fd/{fd}") == self.path for fd in os.listdir(f"/proc/{pid}/fd")):
+                        os.kill(pid, signal.SIGKILL)
+                        self.kills += 1
+                except OSError:
+                    pass
+            time.sleep(0.005)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_a_file_that_kills_its_decoder_is_skipped_as_locally(tmp_path, tiny_model, ray_address):
+    """The process decoding one video is killed each time it opens it (a real SIGKILL of the
+    decoder's process): locally and on Ray (where videos are sampled by Ray tasks, the runner's
+    report says so) a one-line skip with the same message; the run goes on and the other video
+    is indexed. (A Ray task whose own process died this way would fail the job after its
+    retries: the sandbox process dies instead.)"""
+    from mmsearch.media.videogen import make_video
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    make_video(lib / "crash.mp4", [1 / 30] * 900, fps=30, gop=1)
+    make_video(lib / "fine.mp4", [2.0, 2.0], gop=5)
+    with _Killer(lib / "crash.mp4") as killer:
+        reports = _both(tmp_path, tiny_model, lib)
+    assert killer.kills >= 2
+    for runner, report in reports.items():
+        assert _skips(report) == {str(lib / "crash.mp4"): "the decoder crashed on this file (exit code -9)"}, runner
+        assert (report.videos, report.frames) == (1, 2), runner
+    _same_result(tmp_path / "local", tmp_path / "ray")
+    where = reports["ray"].runner
+    assert where["actors_used"] == 1 and where["decode_nodes_used"] == 1 and where["actor_restarts"] == 0
+
+
+class _BusyDecoderKiller(_Killer):
+    """Kills this test's decode worker processes (children of a multiprocessing forkserver that
+    descend from this process: the local pool's workers, the Ray workers' sandboxes) while they
+    are busy, as if the decoder crashed on the big file they decode: an image is read whole
+    before it is decoded, so no open file names it."""
+
+    def __init__(self):
+        super().__init__(Path("/nonexistent"))
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        first: dict[int, float] = {}  # a worker's CPU seconds when first seen (decoding small files costs little)
+        while not self._stop.is_set():
+            for process in me.children(recursive=True):
+                try:
+                    if "forkserver" not in " ".join(process.parent().cmdline()):
+                        continue
+                    cpu = sum(process.cpu_times()[:2])
+                    if cpu - first.setdefault(process.pid, cpu) >= 0.2:
+                        process.kill()
+                        self.kills += 1
+                except (psutil.Error, AttributeError):  # gone meanwhile (parent() None)
+                    pass
+            time.sleep(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_an_image_that_kills_its_decoder_is_skipped_as_locally(tmp_path, tiny_model, ray_address):
+    """The process decoding a 36-megapixel image is killed while it decodes: locally and on Ray
+    a one-line skip with the same message, the other files indexed. (Before the sandbox, Ray
+    decoded the image in the task's own process: this killer finds no decoder to kill there and
+    the test fails; a real crash of that process failed the job after its retries.)"""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    Image.new("L", (6000, 6000), 0).save(lib / "big.png")  # about a second of decoding
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(lib / "red.png")
+    (lib / "note.txt").write_text("a short note")
+    with _BusyDecoderKiller() as killer:
+        reports = _both(tmp_path, tiny_model, lib)
+    assert killer.kills >= 2
+    for runner, report in reports.items():
+        assert _skips(report) == {str(lib / "big.png"): "the decoder crashed on this file (exit code -9)"}, runner
+        assert report.added == 2, runner
+    _same_result(tmp_path / "local", tmp_path / "ray")
+    assert reports["ray"].runner["actor_restarts"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_driver_loads_no_model_and_texts_are_encoded_on_the_actors(tmp_path, tiny_model, ray_address):
+    """With the torch encoder (the model the actors load) and a model this machine has exported
+    before, the indexing process never imports torch; a corpus of texts only is encoded by the
+    actors (the report's runner says so) with the local run's vectors."""
+    root = tmp_path / "texts"
+    root.mkdir()
+    for n in range(6):
+        (root / f"note{n}.txt").write_text(f"note number {n} about a {['cat', 'dog', 'boat'][n % 3]}")
+    (root / "lines.jsonl").write_text("\n".join(json.dumps({"text": f"line {n}"}) for n in range(5)) + "\n")
+    with _engine(tmp_path / "local", tiny_model, image_encoder="torch") as engine:  # fills the export cache
+        assert engine.add([root]).added == 11
+    code = ("import sys\nsys.argv = ['mmsearch'] + sys.argv[1:]\nfrom mmsearch.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", code, "index", str(root), "-i", str(tmp_path / "ray"), *tiny_model.args,
+                           "--json", "--runner", "ray", "--ray-address", ray_address],
+                          env=ray_env(MMSEARCH_IMAGE_ENCODER="torch"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "no torch", done.stderr
+    report = json.loads(done.stdout)
+    assert report["added"] == 11 and report["runner"]["actors_used"] == 1 and report["runner"]["encoder"].startswith("torch")
+    _same_result(tmp_path / "local", tmp_path / "ray")
 
 
 # -- option checks: run by default, start no Ray ------------------------------------------------------------

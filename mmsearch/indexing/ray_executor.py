@@ -1,35 +1,43 @@
 """The Ray executor: decoding and encoding on a Ray cluster (``mmsearch index --runner ray``).
 
-The plan is made by the runner as for a local run; only where images are decoded and encoded
-changes. The images to encode become a Ray Dataset of (row number, path) and go through two
-``map_batches`` stages: decoding on CPU tasks (``_decode_batch``, the decode workers' own
-function), then encoding on a fixed pool of actors that each hold the model
-(``_EncodeActor``; one GPU per actor where the cluster has GPUs), both with explicit integer batch
-sizes. The vectors stream back to this process, where the run's single writer (the runner's
-sink) commits them through the catalogue's write rule, batch by batch, exactly as locally: a
-killed driver leaves what was committed, and the next run finishes the rest.
+The plan is made by the runner as for a local run; only where files are decoded and encoded
+changes. Texts and images to encode become one Ray Dataset of rows (row number, path or text)
+that goes through two ``map_batches`` stages: decoding on CPU tasks (``ray_tasks.decode_batch``:
+the local decode workers' own function; texts pass through), then encoding on a fixed pool of
+actors that each hold the model (``ray_tasks.EncodeActor``: the image tower for images, the text
+tower for texts; one GPU per actor where the cluster has GPUs), both with explicit integer batch
+sizes. Videos are probed by Ray tasks, split into time ranges as locally (``video.spans``), and
+the ranges become a second Dataset: sampled by CPU tasks (``ray_tasks.sample_spans``), their frames
+encoded by the same kind of actor pool; the driver joins each video's ranges as a local run does.
+The vectors stream back to this process, where the run's single writer (the runner's sink)
+commits them through the catalogue's write rule, batch by batch, exactly as locally: a killed
+driver leaves what was committed, and the next run finishes the rest.
 
 Heavy objects are built inside the workers: the encoder from an ``EncoderRecipe`` (the same
-encoder the local run would use, or the torch model on a GPU), never pickled. Ray is imported
-only when a ``RayExecutor`` is made. Videos are sampled by local decode workers, as in a local
-run (see ``sample_videos``).
+encoders a local run would use, or the torch model on a GPU), never pickled. When the index has
+its ONNX export record, this process loads no model at all (``encoder_plan``): the dimension and
+the decode geometry come from the record. Ray is imported only when a ``RayExecutor`` is made.
 
-Failures: a file that cannot be decoded is a skip with the local run's message. A decode task
-or encode actor whose process dies is retried by Ray (``retries`` times: ``max_retries`` for
-tasks, ``max_restarts``/``max_task_retries`` for actors); restarts are counted and reported. Past
-the retries the run stops with ``RayRunError``, keeping what was committed.
+Failures: a file that cannot be decoded, that takes longer than its deadline
+(``MMSEARCH_DECODE_TIMEOUT``; a video's grows with its length) or that crashes the decoder is a
+skip with the local run's message: each Ray worker decodes in a sandbox process of its own (see
+``ray_tasks``). A decode task or encode actor whose own process dies is retried by Ray
+(``retries`` times: ``max_retries`` for tasks, ``max_restarts``/``max_task_retries`` for actors);
+restarts are counted and reported. Past the retries the run stops with ``RayRunError``, keeping
+what was committed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -38,8 +46,19 @@ from ..encoders.onnx_export import first_line
 from ..errors import MMSearchError, RayRunError, RayUnavailableError
 from ..media import Skip
 from ..media.image import PixelTransform
+from ..media.video import spans
 from .executors import DEFAULT_DECODE_TIMEOUT, Decoded, LocalExecutor
 from .plan import Job
+from .ray_tasks import (
+    EncodeActor,
+    EncoderRecipe,
+    SpanJob,
+    decode_batch,
+    join_spans,
+    probe_video,
+    sample_spans,
+    video_keyframes,
+)
 
 # Attempts Ray makes again after a decode task's or an encode actor's process died, before the
 # run stops (Ray Data's default is to retry forever, which turns a deterministic crash into a hang).
@@ -63,148 +82,65 @@ def import_ray() -> Any:
     return ray
 
 
-# -- what runs on the workers ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class EncoderRecipe:
-    """How a worker builds the encoder: small and picklable, the model is loaded there.
+class RemoteEncoder:
+    """The encoder of a run whose actors do all the encoding, as this process sees it: the
+    dimension, the decode geometry and the recipe the actors load, read from the index's ONNX
+    export record; no model is loaded here unless something is encoded here after all (``load``)."""
 
-    ``kind`` "torch": ``TorchEncoder(spec, device, cpu_bf16)``; "onnx" / "onnx-int8": the index's
-    ONNX image encoder from ``folder`` (the files must be at the same path on every node).
-    """
+    preprocess = None
+    device = "cpu"
 
-    kind: str
-    spec: Any = None
-    device: str | None = None
-    cpu_bf16: str = "auto"
-    folder: str | None = None
-    record: dict | None = None
+    def __init__(self, recipe: EncoderRecipe, record: dict[str, Any], load: Any):
+        p = record["pixels"]
+        self.recipe = recipe
+        self.kind = recipe.kind
+        self.dim = int(record["dim"])
+        self.pixel_transform = PixelTransform(int(p["resize"]), int(p["crop"]), int(p["resample"]),
+                                              tuple(p["mean"]), tuple(p["std"]))
+        self.image_size = int(self.pixel_transform.crop)
+        self._load = load
+        self._loaded: Any = None
 
-    def build(self) -> Any:
-        if self.kind == "torch":
-            from ..encoders import TorchEncoder
+    def _encoder(self) -> Any:
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded
 
-            return TorchEncoder(self.spec, self.device, self.cpu_bf16)
-        from pathlib import Path
+    def encode_pixels(self, batch: np.ndarray) -> np.ndarray:
+        return self._encoder().encode_pixels(batch)
 
-        from ..encoders.onnx_image import OnnxImageEncoder
+    def encode_images(self, images: list[Any]) -> np.ndarray:
+        return self._encoder().encode_images(images)
 
-        return OnnxImageEncoder(Path(self.folder), self.record, self.kind)
-
-    def describe(self) -> str:
-        return f"torch on {self.device or 'the best device'}" if self.kind == "torch" else self.kind
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return self._encoder().encode_texts(texts)
 
 
 def recipe_for(encoder: Any, spec: Any, gpus: bool, cpu_bf16: str = "auto") -> EncoderRecipe | None:
     """The recipe of the encoder a local run uses (so both give the same vectors); the torch
-    model on CUDA when the actors have GPUs. None: an encoder with no recipe (then images are
+    model on CUDA when the actors have GPUs. None: an encoder with no recipe (then files are
     only decoded on the cluster and encoded here)."""
     if gpus and spec is not None:
         return EncoderRecipe("torch", spec, "cuda", cpu_bf16)
+    if isinstance(encoder, RemoteEncoder):
+        return encoder.recipe
     image = getattr(encoder, "image", encoder)  # onnx_image.IndexingEncoder wraps the image encoder
     if getattr(image, "kind", None) in ("onnx", "onnx-int8") and getattr(image, "folder", None) is not None:
-        return EncoderRecipe(image.kind, folder=str(image.folder), record=image.record)
+        return EncoderRecipe(image.kind, spec, folder=str(image.folder), record=image.record, cpu_bf16=cpu_bf16)
     if getattr(encoder, "kind", None) == "torch":
         return EncoderRecipe("torch", encoder.spec, "cpu" if encoder.device == "cpu" else encoder.device, cpu_bf16)
     return None
 
 
-def _decode_batch(batch: dict[str, np.ndarray], target: int, limit: int,
-                  pixels: PixelTransform | None) -> dict[str, np.ndarray]:
-    """A decode task: each path decoded as a local decode worker does (``decode_for_model``),
-    or the reason it cannot be, with the local run's message."""
-    import ray
-
-    from ..media.image import decode_for_model
-
-    arrays: list[np.ndarray | None] = []
-    reasons: list[bytes] = []
-    protects: list[bool] = []
-    for raw in batch["path"]:
-        path = os.fsdecode(bytes(raw))
-        try:
-            result = decode_for_model(path, target, limit, pixels)
-        except Exception as exc:  # noqa: BLE001 - an exception the decoder did not anticipate
-            result = Skip(path, f"cannot decode image: {exc}", protects=False)
-        if isinstance(result, Skip):
-            arrays.append(None)
-            reasons.append(result.reason.encode("utf-8", "surrogateescape"))
-            protects.append(result.protects)
-        else:
-            arrays.append(result)
-            reasons.append(b"")
-            protects.append(False)
-    return {"i": batch["i"], "pixels": _column(arrays), "skip": np.array(reasons, dtype=object),
-            "protects": np.array(protects, dtype=bool),
-            "decode_node": np.array([ray.get_runtime_context().get_node_id()] * len(reasons), dtype=object)}
-
-
-def _column(arrays: list[np.ndarray | None]) -> np.ndarray:
-    """One tensor column: stacked when every image has the model's crop (the pixel path), else
-    an object column of whole images; failed rows hold a blank of the right shape."""
-    shapes = {a.shape for a in arrays if a is not None}
-    blank_shape = next(iter(shapes)) if len(shapes) == 1 else (1, 1, 3)
-    filled = [a if a is not None else np.zeros(blank_shape, np.uint8) for a in arrays]
-    if len(shapes) <= 1:
-        return np.stack(filled) if filled else np.zeros((0, *blank_shape), np.uint8)
-    column = np.empty(len(filled), dtype=object)
-    column[:] = filled
-    return column
-
-
-def _claim_once(marker: str) -> bool:
-    """True for the first process to create ``marker`` (the crash test hook fires once)."""
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return False
-    return True
-
-
-class _EncodeActor:
-    """An encode actor: builds the encoder once, then encodes the decoded rows of each batch."""
-
-    def __init__(self, recipe: EncoderRecipe, crash_once: str | None = None):
-        import ray
-
-        self.encoder = recipe.build()
-        context = ray.get_runtime_context()
-        self.actor = context.get_actor_id()
-        with warnings.catch_warnings():  # Ray's property reads its own deprecated actor_id
-            warnings.simplefilter("ignore")
-            self.restarted = bool(context.was_current_actor_reconstructed)
-        self.gpu = bool(context.get_accelerator_ids().get("GPU"))
-        self.node = context.get_node_id()
-        self.crash_once = crash_once
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .runner import encode_arrays
-
-        if self.crash_once and _claim_once(self.crash_once):
-            os._exit(70)  # test hook (RayExecutor(crash_once=...)): this actor's process dies once
-        n = len(batch["i"])
-        ok = np.array([not reason for reason in batch["skip"]], dtype=bool)
-        vectors = None
-        if ok.any():
-            good = encode_arrays(self.encoder, [batch["pixels"][row] for row in np.flatnonzero(ok)])
-            vectors = np.zeros((n, good.shape[1]), np.float32)
-            vectors[ok] = good
-        if vectors is None:
-            vectors = np.zeros((n, self.encoder.dim), np.float32)
-        return {"i": batch["i"], "vector": vectors, "skip": batch["skip"], "protects": batch["protects"],
-                "decode_node": batch["decode_node"], "actor": np.array([self.actor] * n, dtype=object),
-                "restarted": np.full(n, self.restarted), "gpu": np.full(n, self.gpu),
-                "node": np.array([self.node] * n, dtype=object)}
-
-
 # -- the driver side -------------------------------------------------------------------------------
 class RayExecutor:
-    """Decodes (and, through ``decode_and_encode``, encodes) images on a Ray cluster.
+    """Decodes and encodes texts, images and videos on a Ray cluster.
 
     ``address``: None starts a local Ray on this machine (all cores), ``auto`` joins the cluster
     started with ``ray start``, ``ray://host:10001`` one through Ray Client; a process already
     connected (``ray.init`` called) uses its connection. ``actors``: encode actors (default: one
     per GPU, else half the CPUs). ``decode_batch``: images per decode task batch (default: the
-    encoder batch). ``workers``: local worker processes (reading files' headers, videos).
+    encoder batch). ``workers``: local worker processes (reading files' headers).
     ``crash_once``: a TEST HOOK, the path of a marker file: the first encode actor to create it
     exits its process at its first batch, so tests see Ray restart an actor and retry its work.
     """
@@ -215,29 +151,57 @@ class RayExecutor:
         self._ray = import_ray()
         self.address = address
         self.spec = spec
+        self.settings = settings
         self.cpu_bf16 = getattr(settings, "cpu_bf16", "auto")
         self.actors = actors
         self.decode_batch = decode_batch
         self.retries = retries
         self.crash_once = crash_once
-        timeout = getattr(settings, "decode_timeout", DEFAULT_DECODE_TIMEOUT)
+        self.timeout = getattr(settings, "decode_timeout", DEFAULT_DECODE_TIMEOUT)
         self.max_pixels = getattr(settings, "max_pixels", None)
-        self.local = LocalExecutor(workers, timeout, self.max_pixels)  # videos (see sample_videos)
+        self.local = LocalExecutor(workers, self.timeout, self.max_pixels)  # only if no recipe exists
         self.workers = self.local.workers
+        self._depth = 0
         self._owns_ray = False
         self._data_log_level: int | None = None
         self._running: Iterator[Any] | None = None
         self._threads: set[threading.Thread] = set()
+        self._text_record: dict | None = None
         self.summary: dict[str, Any] = {}
+
+    def encoder_plan(self, store: Any, load: Any) -> Any:
+        """The encoder an indexing run of ``store`` hands this executor: a ``RemoteEncoder``
+        (nothing loaded here) when the index's ONNX export record gives the dimension and the
+        decode geometry, else ``load()`` (the encoder a local run would use)."""
+        from ..encoders import onnx_image, onnx_text
+
+        settings = self.settings
+        enabled = getattr(settings, "onnx", True)
+        record = onnx_image.usable_record(store.manifest, enabled)
+        self._text_record = onnx_text.usable_record(store.manifest, enabled)
+        if record is None or not record.get("pixels"):
+            return load()
+        choice = onnx_image.indexing_choice(store.manifest, getattr(settings, "image_encoder", "auto"), enabled)
+        if choice == "torch":
+            recipe = EncoderRecipe("torch", self.spec, "cpu", self.cpu_bf16)
+        else:
+            recipe = EncoderRecipe(choice, self.spec, folder=str(store.folder), record=record,
+                                   cpu_bf16=self.cpu_bf16, text_record=self._text_record)
+        return RemoteEncoder(recipe, record, load)
 
     # -- connection ------------------------------------------------------------------------------
     def __enter__(self) -> RayExecutor:
+        self._depth += 1
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """Stop the job still running (Ctrl-C, an error) and leave a Ray this run started."""
+        """Stop the job still running (Ctrl-C, an error); the outermost exit leaves a Ray this
+        run started (a run's phases, images then videos, share one Ray)."""
         self._stop()
         self.local.__exit__(*exc)
+        self._depth = max(0, self._depth - 1)
+        if self._depth:
+            return
         if self._data_log_level is not None:
             logging.getLogger("ray.data").setLevel(self._data_log_level)
             self._data_log_level = None
@@ -295,24 +259,47 @@ class RayExecutor:
                 "gpus": int(resources.get("GPU", 0))}
 
     # -- the stages ------------------------------------------------------------------------------
-    def _dataset(self, jobs: Sequence[Job], target: int, pixels: PixelTransform | None, batch_size: int) -> Any:
+    def _table_blocks(self, columns: dict[str, Any], rows: int) -> list[Any]:
+        import pyarrow as pa
+
+        n = len(next(iter(columns.values()))[0])
+        return [pa.table({name: pa.array(values[start:start + rows], type=kind) for name, (values, kind) in columns.items()})
+                for start in range(0, n, rows)]
+
+    def _dataset(self, jobs: Sequence[Job], texts: int, target: int, pixels: PixelTransform | None,
+                 batch_size: int) -> Any:
+        """The decode stage over ``jobs``, whose first ``texts`` are texts (passed through)."""
         import pyarrow as pa
 
         ray = self._ray
-        decode_batch = self.decode_batch or batch_size
-        paths = [os.fsencode(job.record.path) for job in jobs]  # bytes: any file name survives Arrow
+        decode_batch_size = self.decode_batch or batch_size
+        # bytes: any file name survives Arrow; a text's own characters likewise
+        paths = [b"" if row < texts else os.fsencode(job.record.path) for row, job in enumerate(jobs)]
+        words = [(job.record.text or "").encode("utf-8", "surrogateescape") if row < texts else b""
+                 for row, job in enumerate(jobs)]
         cpus = max(1, self.summary.get("cpus", 1))
-        rows = max(1, min(decode_batch * BLOCK_BATCHES, -(-len(paths) // (2 * cpus))))
-        tables = [pa.table({"i": pa.array(range(start, min(start + rows, len(paths))), pa.int64()),
-                            "path": pa.array(paths[start:start + rows], pa.binary())})
-                  for start in range(0, len(paths), rows)]
+        rows = max(1, min(decode_batch_size * BLOCK_BATCHES, -(-len(paths) // (2 * cpus))))
+        tables = self._table_blocks({"i": (list(range(len(jobs))), pa.int64()), "path": (paths, pa.binary()),
+                                     "text": (words, pa.binary()),
+                                     "is_text": ([row < texts for row in range(len(jobs))], pa.bool_())}, rows)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the run draws its own progress
         with _quiet_ray():
             return ray.data.from_arrow(tables).map_batches(
-                _decode_batch, batch_size=decode_batch, batch_format="numpy", num_cpus=1,
-                fn_kwargs={"target": target, "limit": self.max_pixels, "pixels": pixels},
+                decode_batch, batch_size=decode_batch_size, batch_format="numpy", num_cpus=1,
+                fn_kwargs={"target": target, "limit": self.max_pixels, "pixels": pixels, "timeout": self.timeout},
                 max_retries=self.retries,
+            )
+
+    def _encoded(self, dataset: Any, recipe: EncoderRecipe, actors: int, gpus: bool, batch_size: int) -> Any:
+        """``dataset`` followed by the encode stage on the actor pool."""
+        with _quiet_ray():
+            return dataset.map_batches(
+                EncodeActor, batch_size=batch_size, batch_format="numpy",
+                compute=self._ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=0 if gpus else 1, num_gpus=1 if gpus else None,
+                fn_constructor_kwargs={"recipe": recipe, "crash_once": self.crash_once},
+                max_restarts=self.retries, max_task_retries=self.retries,
             )
 
     def _iterate(self, dataset: Any, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
@@ -330,9 +317,21 @@ class RayExecutor:
                 raise
             except Exception as exc:  # Ray's errors: workers that kept dying, a lost cluster
                 self._stop()
-                raise RayRunError(f"the Ray job failed after {self.retries} retries: {type(exc).__name__}: {first_line(exc)} "
-                                  "(what was written is kept; run again to finish)") from exc
+                raise self._failed(exc) from exc
             yield batch
+
+    def _failed(self, exc: Exception) -> RayRunError:
+        return RayRunError(f"the Ray job failed after {self.retries} retries: {type(exc).__name__}: {first_line(exc)} "
+                           "(what was written is kept; run again to finish)")
+
+    def _get(self, refs: list[Any]) -> list[Any]:
+        """``ray.get`` of task results; a task that failed past its retries -> RayRunError."""
+        try:
+            return self._ray.get(refs)
+        except (MMSearchError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - Ray's errors: workers that kept dying, a lost cluster
+            raise self._failed(exc) from exc
 
     @staticmethod
     def _split(jobs: Sequence[Job], batch: dict[str, np.ndarray]) -> tuple[Decoded, np.ndarray]:
@@ -356,58 +355,150 @@ class RayExecutor:
         if not jobs:
             return
         self._start_summary(None)
-        for batch in self._iterate(self._dataset(jobs, target, pixels, batch_size), batch_size):
+        for batch in self._iterate(self._dataset(jobs, 0, target, pixels, batch_size), batch_size):
             out, ok = self._split(jobs, batch)
             column = batch["pixels"]
             out.arrays = [column[row] for row in np.flatnonzero(ok)]
             self._count(batch)
             yield out
 
-    def decode_and_encode(self, jobs: Sequence[Job], encoder: Any, batch_size: int,
-                          progress: Any = None) -> Iterator[Decoded]:
-        """Batches of images decoded by Ray tasks and encoded by the actor pool, with their
-        vectors (``Decoded.vectors``), in the order they finish. ``encoder``: the encoder a
-        local run would use (its recipe is what the actors load; its geometry what the decode
-        tasks produce)."""
-        if not jobs:
-            return
+    def _pool(self, encoder: Any) -> tuple[EncoderRecipe | None, int, bool]:
+        """(the recipe the actors load, how many actors, whether they have GPUs)."""
         cluster = self.cluster()
         gpus = cluster["gpus"] > 0
         recipe = recipe_for(encoder, self.spec, gpus, self.cpu_bf16)
+        if recipe is not None and recipe.kind != "torch" and recipe.text_record is None and self._text_record:
+            recipe = EncoderRecipe(recipe.kind, recipe.spec, recipe.device, recipe.cpu_bf16, recipe.folder,
+                                   recipe.record, self._text_record)
+        actors = self.actors or (cluster["gpus"] if gpus else max(1, cluster["cpus"] // 2))
+        return recipe, actors, gpus
+
+    def decode_and_encode(self, jobs: Sequence[Job], encoder: Any, batch_size: int, progress: Any = None,
+                          texts: Sequence[Job] = ()) -> Iterator[Decoded]:
+        """Batches of ``texts`` and images (``jobs``) encoded by the actor pool, images decoded
+        by Ray tasks first, with their vectors (``Decoded.vectors``), in the order they finish.
+        ``encoder``: the encoder a local run would use, or a ``RemoteEncoder`` (its recipe is
+        what the actors load; its geometry what the decode tasks produce)."""
+        if not jobs and not texts:
+            return
+        recipe, actors, gpus = self._pool(encoder)
         if recipe is None:  # an encoder we cannot rebuild elsewhere: decode there, encode here
+            for start in range(0, len(texts), batch_size):
+                chunk = list(texts[start:start + batch_size])
+                yield Decoded(jobs=chunk, vectors=encoder.encode_texts([job.record.text or "" for job in chunk]))
             yield from self.decode(jobs, encoder.image_size, encoder.pixel_transform, batch_size)
             return
-        actors = self.actors or (cluster["gpus"] if gpus else max(1, cluster["cpus"] // 2))
         self._start_summary(recipe, actors)
         if progress is not None:
             progress.note(self.where())
-        with _quiet_ray():
-            dataset = self._dataset(jobs, encoder.image_size, encoder.pixel_transform, batch_size).map_batches(
-                _EncodeActor, batch_size=batch_size, batch_format="numpy",
-                compute=self._ray.data.ActorPoolStrategy(size=actors),
-                num_cpus=0 if gpus else 1, num_gpus=1 if gpus else None,
-                fn_constructor_kwargs={"recipe": recipe, "crash_once": self.crash_once},
-                max_restarts=self.retries, max_task_retries=self.retries,
-            )
-        for batch in self._iterate(dataset, batch_size):
-            out, ok = self._split(jobs, batch)
+        rows = [*texts, *jobs]
+        dataset = self._dataset(rows, len(texts), encoder.image_size, encoder.pixel_transform, batch_size)
+        for batch in self._iterate(self._encoded(dataset, recipe, actors, gpus, batch_size), batch_size):
+            out, ok = self._split(rows, batch)
             out.vectors = batch["vector"][ok]
             self._count(batch)
             yield out
+        self._note_restarts(progress)
+
+    def _note_restarts(self, progress: Any) -> None:
         if progress is not None and self.summary.get("actor_restarts"):
             progress.note(f"ray: {self.summary['actor_restarts']} encode actor(s) died and were restarted by Ray; "
                           "their batches were retried")
 
-    def sample_videos(self, jobs: Sequence[Job], target: int, pixels: PixelTransform | None,
-                      sampling: Any) -> Iterator[tuple[Job, Any]]:
-        """Videos are sampled by local decode workers (a video is one long task with its own
-        deadline; the frames are few): as in a local run."""
-        with self.local:
-            yield from self.local.sample_videos(jobs, target, pixels, sampling)
+    # -- videos ------------------------------------------------------------------------------------
+    def sample_and_encode(self, jobs: Sequence[Job], encoder: Any, sampling: Any, batch_size: int,
+                          progress: Any = None) -> Iterator[tuple[Job, Any]]:
+        """Each video's sampled frames with their vectors (``SampledFrames.vectors``), or the
+        ``Skip`` saying why not, in the order they complete. A video is probed by a Ray task,
+        split into time ranges as locally (``video.spans``, over the cluster's CPUs; the
+        keyframe demux made once by another task), each range sampled by a Ray task under its
+        own deadline, its frames encoded by the actor pool, and the ranges joined here."""
+        if not jobs:
+            return
+        recipe, actors, gpus = self._pool(encoder)
+        if recipe is None:  # an encoder we cannot rebuild elsewhere: sampled by local workers
+            with self.local:
+                yield from self.local.sample_videos(jobs, encoder.image_size, encoder.pixel_transform, sampling)
+            return
+        self._start_summary(recipe, actors)
+        if progress is not None:
+            progress.note(self.where())
+        ray = self._ray
+        remote = {"num_cpus": 1, "max_retries": self.retries}
+        probe, keyframes = ray.remote(**remote)(probe_video), ray.remote(**remote)(video_keyframes)
+        infos = self._get([probe.remote(job.record.path, self.max_pixels, self.timeout) for job in jobs])
+        work: list[SpanJob] = []
+        ranges_of: dict[int, list] = {}
+        for v, (job, info) in enumerate(zip(jobs, infos)):
+            if isinstance(info, Skip):
+                yield job, info
+                continue
+            ranges_of[v] = spans(info.duration, max(1, self.summary["cpus"]))
+        keys_refs = {v: keyframes.remote(jobs[v].record.path, infos[v].stream, self.timeout)
+                     for v, ranges in ranges_of.items() if len(ranges) > 1}
+        keys = dict(zip(keys_refs, self._get(list(keys_refs.values()))))
+        for v, ranges in ranges_of.items():
+            info, found = infos[v], keys.get(v)
+            if isinstance(found, Skip):  # no shared demux: sampled whole, as locally
+                ranges, found = [(0.0, float("inf"))], None
+            if len(ranges) == 1:
+                work.append(SpanJob(v, 0, jobs[v].record.path, info, None, None, info.deadline(self.timeout)))
+                ranges_of[v] = ranges
+                continue
+            for s, (a, b) in enumerate(ranges):
+                deadline = replace(info, duration=min(b, info.duration) - a).deadline(self.timeout)
+                work.append(SpanJob(v, s, jobs[v].record.path, info, (a, b), found, deadline))
+        if not work:
+            return
+        yield from self._sampled(jobs, work, ranges_of, encoder, sampling, recipe, actors, gpus, batch_size)
+        self._note_restarts(progress)
+
+    def _sampled(self, jobs: Sequence[Job], work: list[SpanJob], ranges_of: dict[int, list], encoder: Any,
+                 sampling: Any, recipe: EncoderRecipe, actors: int, gpus: bool,
+                 batch_size: int) -> Iterator[tuple[Job, Any]]:
+        import pyarrow as pa
+
+        ray = self._ray
+        tables = self._table_blocks({"job": ([pickle.dumps(job) for job in work], pa.binary())}, 1)
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        with _quiet_ray():
+            dataset = ray.data.from_arrow(tables).map_batches(
+                sample_spans, batch_size=1, batch_format="numpy", num_cpus=1, max_retries=self.retries,
+                fn_kwargs={"target": encoder.image_size, "pixels": encoder.pixel_transform, "sampling": sampling,
+                           "limit": self.max_pixels})
+        # per video: per range, (facts or Skip, times, vectors, rows expected)
+        parts: dict[int, dict[int, list]] = {}
+        for batch in self._iterate(self._encoded(dataset, recipe, actors, gpus, batch_size), batch_size):
+            self._count(batch)
+            for row in range(len(batch["i"])):
+                v, s = int(batch["i"][row]), int(batch["span"][row])
+                part = parts.setdefault(v, {}).setdefault(s, [None, [], [], int(batch["count"][row])])
+                if part[0] is None:
+                    part[0] = pickle.loads(bytes(batch["info"][row]))
+                if not batch["skip"][row]:
+                    part[1].append(float(batch["t"][row]))
+                    part[2].append(batch["vector"][row])
+                part[3] -= 1
+            for v in [v for v, got in parts.items()
+                      if len(got) == len(ranges_of[v]) and all(p[3] == 0 for p in got.values())]:
+                got = parts.pop(v)
+                pieces = []
+                for s in sorted(got):
+                    result, times, vectors, _ = got[s]
+                    order = np.argsort(times, kind="stable")  # rows of a range may arrive in any order
+                    pieces.append((result, [times[k] for k in order],
+                                   np.stack([vectors[k] for k in order]) if vectors else None))
+                yield jobs[v], join_spans(pieces, sampling)
 
     # -- what ran where ----------------------------------------------------------------------------
     def _start_summary(self, recipe: EncoderRecipe | None, actors: int = 0) -> None:
+        """What runs where; the counts go on across a run's phases (images, then videos)."""
         cluster = self.cluster()
+        if self.summary:
+            self.summary.update(cluster, encode_actors=actors, encoder=recipe.describe() if recipe else "local",
+                                actor_gpus=1 if actors and cluster["gpus"] else 0)
+            return
         self.summary = {"runner": "ray", **cluster, "encode_actors": actors,
                         "encoder": recipe.describe() if recipe else "local", "actor_gpus": 1 if actors and cluster["gpus"] else 0,
                         "decode_nodes_used": 0, "actors_used": 0, "actor_restarts": 0, "retries": self.retries}
@@ -428,6 +519,7 @@ class RayExecutor:
         place = f"{s['encode_actors']} encode actor(s) ({s['encoder']}" + (", 1 GPU each)" if s["actor_gpus"] else ", CPU)")
         return (f"ray: {s['nodes']} node(s), {s['cpus']} CPU(s), {s['gpus']} GPU(s); decoding on CPU tasks, "
                 f"{place}")
+
 
 
 @contextmanager

@@ -88,7 +88,7 @@ class Indexer:
     def _guarded(self, work: Callable[[], None]) -> IndexReport:
         started = time.monotonic()
         try:
-            with _deferred_interrupt(self):
+            with _deferred_interrupt(self), self.executor:  # one executor (a Ray) for all phases
                 try:
                     work()
                 except KeyboardInterrupt as exc:
@@ -170,21 +170,25 @@ class Indexer:
         texts = [job for job in leaders if job.record.modality not in workers]
         # (video frames are never decoded one by one: a video's frames are sampled together)
         images = [job for job in leaders if job.record.modality in workers and job.record.modality != VIDEO]
-        with self.executor if images else nullcontext():
+        remote = getattr(self.executor, "decode_and_encode", None)
+        # An executor that encodes (Ray's actors) takes the texts too; else they are encoded here.
+        remote_texts = texts if remote is not None else []
+        with self.executor if images or remote_texts else nullcontext():
             if images and hasattr(self.executor, "prestart"):
                 self.executor.prestart()  # the workers start while the encoder loads
             encoder = self._encoder_factory()
             self.progress.start("encoding", len(jobs))
-            for start in range(0, len(texts), self.batch_size):
-                batch = texts[start:start + self.batch_size]
-                with self.report.timing("encode"):
-                    vectors = encoder.encode_texts([job.record.text or "" for job in batch])
-                self.sink.encoded(batch, vectors, groups)
-            if images:
-                self._encode_images(images, encoder, groups)
+            if remote is None:
+                for start in range(0, len(texts), self.batch_size):
+                    batch = texts[start:start + self.batch_size]
+                    with self.report.timing("encode"):
+                        vectors = encoder.encode_texts([job.record.text or "" for job in batch])
+                    self.sink.encoded(batch, vectors, groups)
+            if images or remote_texts:
+                self._encode_decoded(images, remote_texts, encoder, groups)
 
-    def _encode_images(self, images: list[Job], encoder: Any, groups: dict[str, list[Job]]) -> None:
-        for decoded in self._decoded(images, encoder):
+    def _encode_decoded(self, images: list[Job], texts: list[Job], encoder: Any, groups: dict[str, list[Job]]) -> None:
+        for decoded in self._decoded(images, encoder, texts):
             for job, skip in decoded.failed:
                 self._skip(skip)
                 self.progress.advance()
@@ -198,16 +202,20 @@ class Indexer:
                 self.sink.encoded(decoded.jobs, vectors, groups)
             else:
                 self.sink.checkpoint()
+        self._runner_summary()
+
+    def _runner_summary(self) -> None:
         summary = getattr(self.executor, "summary", None)
         if summary:
             self.report.runner = dict(summary)
 
-    def _decoded(self, images: list[Job], encoder: Any) -> Iterator[Any]:
-        """Decoded batches of ``images``: encoded by the executor where it can (Ray's actors:
-        the time waiting for them counts as encode), else decoded for the encoder here."""
+    def _decoded(self, images: list[Job], encoder: Any, texts: list[Job]) -> Iterator[Any]:
+        """Decoded batches of ``images``: encoded by the executor where it can (Ray's actors,
+        which take the ``texts`` too: the time waiting for them counts as encode), else decoded
+        for the encoder here."""
         remote = getattr(self.executor, "decode_and_encode", None)
         if remote is not None:
-            return self._timed(remote(images, encoder, self.batch_size, self.progress), "encode")
+            return self._timed(remote(images, encoder, self.batch_size, self.progress, texts=texts), "encode")
         return self._timed(self.executor.decode(images, encoder.image_size, encoder.pixel_transform, self.batch_size),
                            "decode")
 
@@ -235,8 +243,13 @@ class Indexer:
         encoder = self._encoder_factory()
         self.progress.start("videos", len(leaders))
         with self.executor:
-            sampled = self.executor.sample_videos(leaders, encoder.image_size, encoder.pixel_transform, self.sampling)
-            for leader, result in self._timed(sampled, "decode"):
+            remote = getattr(self.executor, "sample_and_encode", None)
+            if remote is not None:  # sampled and encoded on the cluster (Ray): waiting counts as encode
+                sampled = self._timed(remote(leaders, encoder, self.sampling, self.batch_size, self.progress), "encode")
+            else:
+                sampled = self._timed(self.executor.sample_videos(leaders, encoder.image_size, encoder.pixel_transform,
+                                                                  self.sampling), "decode")
+            for leader, result in sampled:
                 members = groups[leader.record.content_hash]
                 if isinstance(result, Skip):
                     self._skip(result)
@@ -246,12 +259,13 @@ class Indexer:
                     self.sink.checkpoint()
                     continue
                 self.report.sampled += len(result.times)
-                vectors = self._encode_frames(encoder, result)
+                vectors = result.vectors if result.vectors is not None else self._encode_frames(encoder, result)
                 keep = drop_repeats(vectors, self.sampling.dedup_cosine)
                 for member in members:
                     self._write_video(member, result, [result.times[i] for i in keep], vectors[keep])
                 self.report.videos += len(members)
                 self.progress.advance()
+            self._runner_summary()
 
     def _encode_frames(self, encoder: Any, sampled: SampledFrames) -> np.ndarray:
         parts = []

@@ -123,6 +123,7 @@ class SampledFrames:
     arrays: list[Any] = field(default_factory=list)
     decoded: int = 0  # frames FFmpeg decoded (for benchmarks)
     mode: str = ""  # "keyframes" | "reference frames"
+    vectors: Any = None  # one row per time, where the executor encoded the frames (Ray's actors)
 
 
 def locator(t: float) -> str:
