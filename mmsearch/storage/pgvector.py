@@ -1,0 +1,243 @@
+"""Vectors kept in PostgreSQL itself (``--vectors pgvector``): a pgvector column with an HNSW index.
+
+An index created with ``vectors="pgvector"`` on a PostgreSQL catalogue keeps each item's vector
+twice in the database: the float32 blob in ``embeddings`` (what ``check``, duplicates, re-scoring
+and video segments read, as for every index) and a ``vector(dim)`` row in ``item_vectors``, written
+by the same transaction as the item (``catalogue.Writer``), so the write rule and crash safety
+hold unchanged. An HNSW index (``vector_ip_ops``: the vectors are L2-normalised, so the inner
+product is the cosine) serves the search. No FAISS file exists: a query is one SQL statement in
+the reader's snapshot, its filters (type, folder, dates, camera, place) in the statement's WHERE.
+
+Filters and HNSW (``scripts/bench_pgvector.py``, BENCHMARKS.md): an HNSW scan that returns its
+``ef_search`` nearest and then filters them starves a selective filter (recall 0.04 at 1%).
+Every statement therefore runs with pgvector 0.8's iterative scan (``relaxed_order``: the scan
+goes on until enough rows pass, up to ``MAX_SCAN_TUPLES``), the rows are put in exact order here,
+and a statement that still returns fewer rows than asked is run again with an exact ordering
+(the planner reads the passing rows through the catalogue's b-tree indexes and sorts them; for a
+filter so selective that the scan gave up, that set is small).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+from sqlalchemy import Column, Integer, MetaData, Table, and_, delete, func, literal, or_, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError
+
+from ..errors import CatalogueDatabaseError
+from .schema import Item
+
+PGVECTOR = "pgvector"
+FAISS = "faiss"
+LAYOUTS = (FAISS, PGVECTOR)
+TABLE = "item_vectors"
+HNSW_INDEX = "ix_item_vectors_hnsw"
+# HNSW build parameters (pgvector's defaults): 16 links per node, a candidate list of 64 while building.
+HNSW_M, HNSW_EF_CONSTRUCTION = 16, 64
+# ef_search: at least pgvector's default 40, else the rows asked for (pgvector's maximum is 1000).
+EF_SEARCH_MIN, EF_SEARCH_MAX = 40, 1000
+# How many index tuples an iterative scan may visit before it gives up (pgvector's default 20000):
+# at 100k items a 1%-selective filter passes about 200 of them, plenty for k=10 and its over-fetch.
+MAX_SCAN_TUPLES = 20_000
+# Rows written per INSERT statement.
+WRITE_CHUNK = 1000
+
+
+def table(dim: int | None = None) -> Table:
+    """``item_vectors`` (item_id, embedding vector(dim)), outside the catalogue's own metadata so
+    SQLite catalogues and ``migrate`` never see it."""
+    from pgvector.sqlalchemy import VECTOR
+
+    return Table(TABLE, MetaData(), Column("item_id", Integer, primary_key=True),
+                 Column("embedding", VECTOR(dim), nullable=False))
+
+
+_VECTORS = None
+
+
+def _t() -> Table:
+    global _VECTORS
+    if _VECTORS is None:
+        _VECTORS = table()
+    return _VECTORS
+
+
+def check_available() -> None:
+    """CatalogueDatabaseError when the ``pgvector`` Python package is missing."""
+    try:
+        import pgvector.sqlalchemy  # noqa: F401
+    except ImportError:
+        raise CatalogueDatabaseError(
+            "--vectors pgvector needs the pgvector package: pip install 'mmsearch[postgres]'") from None
+
+
+def create(conn, dim: int) -> None:
+    """The extension, the table and its HNSW index (in the caller's transaction: a failure,
+    e.g. no privilege to create the extension, leaves nothing behind)."""
+    conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS vector")
+    conn.exec_driver_sql(
+        f"CREATE TABLE IF NOT EXISTS {TABLE} (item_id integer PRIMARY KEY REFERENCES items(id) ON DELETE CASCADE, "
+        f"embedding vector({int(dim)}) NOT NULL)")
+    conn.exec_driver_sql(
+        f"CREATE INDEX IF NOT EXISTS {HNSW_INDEX} ON {TABLE} USING hnsw (embedding vector_ip_ops) "
+        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})")
+
+
+def retype(session, dim: int) -> None:
+    """Give the column another dimension (a model switch; every vector was dropped before)."""
+    current = session.execute(text(
+        "SELECT atttypmod FROM pg_attribute WHERE attrelid = CAST(:t AS regclass) AND attname = 'embedding'"),
+        {"t": TABLE}).scalar()
+    if current == int(dim):
+        return
+    session.execute(text(f"DROP INDEX IF EXISTS {HNSW_INDEX}"))
+    session.execute(text(f"DELETE FROM {TABLE}"))
+    session.execute(text(f"ALTER TABLE {TABLE} ALTER COLUMN embedding TYPE vector({int(dim)})"))
+    session.execute(text(
+        f"CREATE INDEX {HNSW_INDEX} ON {TABLE} USING hnsw (embedding vector_ip_ops) "
+        f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"))
+
+
+def write(session, ids: Sequence[int], vectors: np.ndarray) -> None:
+    """Insert or replace the vectors of items ``ids`` (in the caller's write transaction)."""
+    t = _t()
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    ids = [int(i) for i in ids]
+    for start in range(0, len(ids), WRITE_CHUNK):
+        rows = [{"item_id": i, "embedding": v} for i, v in zip(ids[start:start + WRITE_CHUNK],
+                                                                 vectors[start:start + WRITE_CHUNK])]
+        statement = pg_insert(t).values(rows)
+        session.execute(statement.on_conflict_do_update(index_elements=[t.c.item_id],
+                                                        set_={"embedding": statement.excluded.embedding}))
+
+
+def remove(session, ids: Sequence[int]) -> None:
+    t = _t()
+    ids = [int(i) for i in ids]
+    for start in range(0, len(ids), 30_000):
+        session.execute(delete(t).where(t.c.item_id.in_(ids[start:start + 30_000])))
+
+
+def clear(session) -> None:
+    session.execute(delete(_t()))
+
+
+def ids(session) -> np.ndarray:
+    t = _t()
+    return np.fromiter(session.scalars(select(t.c.item_id).order_by(t.c.item_id)), np.int64)
+
+
+def count(session) -> int:
+    return session.scalar(select(func.count()).select_from(_t())) or 0
+
+
+def vectors_of(session, wanted: Sequence[int]) -> dict[int, np.ndarray]:
+    t = _t()
+    return {int(i): np.asarray(v, np.float32) for i, v in
+            session.execute(select(t.c.item_id, t.c.embedding).where(t.c.item_id.in_([int(i) for i in wanted])))}
+
+
+def search(session, query: np.ndarray, n: int, conditions: Sequence = (), allowed: np.ndarray | None = None,
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` items nearest to ``query`` among those passing ``conditions`` (on ``Item``'s
+    columns) and in ``allowed`` (ids, when given): (cosines, ids), best first. One statement
+    through the HNSW index with an iterative scan; again with an exact ordering when that
+    returned fewer than ``n`` rows (see the module's docstring)."""
+    if n <= 0:
+        return np.empty(0, np.float32), np.empty(0, np.int64)
+    t = _t()
+    q = np.asarray(query, np.float32).reshape(-1)
+    distance = t.c.embedding.max_inner_product(q)  # <#>: the negative inner product
+    where = list(conditions)
+    if allowed is not None:
+        where.append(t.c.item_id.in_([int(i) for i in allowed]))
+    statement = select(t.c.item_id, distance)
+    if where:
+        statement = statement.join(Item, Item.id == t.c.item_id).where(and_(*where))
+    session.execute(text(f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH_MIN, min(int(n), EF_SEARCH_MAX))}"))
+    session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+    session.execute(text(f"SET LOCAL hnsw.max_scan_tuples = {MAX_SCAN_TUPLES}"))
+    rows = session.execute(statement.order_by(distance).limit(n)).all()
+    if len(rows) < n:
+        # The scan gave up before n rows passed (or fewer exist): order exactly. "+ 0" is not the
+        # indexed expression, so the planner cannot use HNSW (which would starve again).
+        rows = session.execute(statement.order_by(distance + literal(0.0)).limit(n)).all()
+    scores = np.fromiter((-float(r[1]) for r in rows), np.float32, len(rows))
+    found = np.fromiter((int(r[0]) for r in rows), np.int64, len(rows))
+    order = np.argsort(-scores, kind="stable")  # relaxed_order: nearly sorted, not exactly
+    return scores[order], found[order]
+
+
+def date_condition(branches: Sequence):
+    return or_(*branches) if len(branches) > 1 else branches[0]
+
+
+class PgVectorIndex:
+    """The vectors of a ``--vectors pgvector`` catalogue, in the shape of ``vectors.VectorIndex``
+    (what a ``Snapshot``, ``check`` and the engine ask of one). Bound to a reader's snapshot when
+    given one; else each call reads its own snapshot of ``catalogue``."""
+
+    kind = PGVECTOR
+    lossy = False
+    nlist = 0
+
+    def __init__(self, catalogue, dim: int, gen: int, reader=None):
+        self.catalogue = catalogue
+        self.dim = dim
+        self.gen = self.durable_gen = gen
+        self.reader = reader
+        self._ntotal: int | None = None
+
+    @contextmanager
+    def _session(self) -> Iterator:
+        if self.reader is not None:
+            yield self.reader.session
+        else:
+            with self.catalogue.read() as r:
+                yield r.session
+
+    @property
+    def ntotal(self) -> int:
+        if self._ntotal is None:
+            with self._session() as s:
+                self._ntotal = count(s)
+        return self._ntotal
+
+    def search(self, query: np.ndarray, fetch: int, allowed: np.ndarray | None = None,
+               conditions: Sequence = ()) -> tuple[np.ndarray, np.ndarray]:
+        with self._session() as s:
+            return search(s, query, fetch, conditions, allowed)
+
+    def ids(self) -> np.ndarray:
+        with self._session() as s:
+            return ids(s)
+
+    def differing(self, wanted: np.ndarray, vectors: np.ndarray) -> int:
+        """How many of ``wanted``'s vectors differ from ``vectors`` (rows in the same order)."""
+        with self._session() as s:
+            stored = vectors_of(s, wanted.tolist())
+        return sum(1 for i, v in zip(wanted.tolist(), vectors)
+                   if i not in stored or stored[i].shape != v.shape or not np.array_equal(stored[i], v))
+
+    def needs_fold(self) -> bool:
+        return False
+
+
+def describe_error(exc: DBAPIError, where: str) -> str | None:
+    """One line for a server that lacks the pgvector extension or the privilege to create it
+    (None for other errors)."""
+    orig = getattr(exc, "orig", exc)
+    state = getattr(orig, "sqlstate", None)
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    if "vector" not in first.lower() and state not in ("58P01",):
+        return None
+    if state == "42501":
+        return (f"cannot use {where} with --vectors pgvector: this user may not create the pgvector extension "
+                f"(run `CREATE EXTENSION vector` as a superuser or the database owner once) ({first})")
+    if state in ("58P01", "0A000") or "extension" in first.lower():
+        return (f"cannot use {where} with --vectors pgvector: the pgvector extension is not installed on the "
+                f"server ({first})")
+    return None
