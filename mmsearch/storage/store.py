@@ -549,15 +549,18 @@ class IndexStore:
         return vectors
 
     def _fit_pgvector(self, force: bool) -> pgv.PgVectorIndex:
-        """The pgvector layout has nothing to fit (HNSW takes additions as they come); ``force``
-        (``check --repair``, ``rebuild_vectors``) writes every vector row again from the stored
-        embeddings, in one transaction. The manifest's entry says what there is."""
-        if force:
-            with self.catalogue.write() as w:
+        """The pgvector layout: the HNSW index built once the first rows are in (then it takes
+        additions as they come); ``force`` (``check --repair``, ``rebuild_vectors``) writes every
+        vector row again from the stored embeddings, in one transaction. The manifest's entry says
+        what there is."""
+        with self.catalogue.write() as w:
+            if force:  # without the index while writing: building it after is many times faster
+                pgv.drop_index(w.session)
                 pgv.clear(w.session)
                 for rows in w.embedding_chunks():
                     rows = [r for r in rows if len(r[1]) == self.dim * 4]
                     pgv.write(w.session, [r[0] for r in rows], vectors_from_blobs([r[1] for r in rows], self.dim))
+            pgv.ensure_index(w.session)
         vectors = self._pgvector_index()
         entry = {"type": pgv.PGVECTOR, "requested": pgv.PGVECTOR, "items": vectors.ntotal,
                  "hnsw": {"m": pgv.HNSW_M, "ef_construction": pgv.HNSW_EF_CONSTRUCTION}}
