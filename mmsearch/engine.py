@@ -36,7 +36,7 @@ from .searching import Searching, _item
 from .settings import Settings
 from .storage import CHOICES, IndexStore, VectorSettings, location, writer_lock
 from .storage.pgvector import FAISS, PGVECTOR
-from .storage.store import check_layout
+from .storage.pgvector import check_layout
 from .storage.vectors import AUTO
 from .errors import IndexTypeError
 

@@ -42,7 +42,7 @@ def _hits(engine: Engine, query, **options) -> list[tuple[int, str, float]]:
     return [(h.path, h.locator, round(h.score, 4)) for h in engine.search(query, **options)]
 
 
-def test_vectors_live_in_the_database_and_searches_match_faiss(tmp_path, tiny_model, corpus, cli, pg_url):
+def test_vectors_live_in_the_database_and_searches_match_faiss(tmp_path, tiny_model, corpus, cli, pg_url, pg_server):
     idx = tmp_path / "idx"
     cli("index", corpus, "-i", idx, "--db", pg_url, "--vectors", "pgvector", *tiny_model.args, "-q")
     assert not list(idx.glob("vectors.g*")), "a pgvector index keeps no vector file"
@@ -58,17 +58,19 @@ def test_vectors_live_in_the_database_and_searches_match_faiss(tmp_path, tiny_mo
     assert info["vectors"] == "pgvector" and info["vector_index"]["type"] == "pgvector" and info["vectors_up_to_date"]
     assert "pgvector" in cli("info", "-i", idx).stdout
 
-    # The same corpus in a FAISS index (exact at this size) gives the same hits, filters included.
-    faiss_idx = tmp_path / "faiss"
-    with _engine(faiss_idx, tiny_model, None) as engine:
+    # The same corpus in a FAISS index (exact at this size) on another database gives the same
+    # hits, filters, fusion and full text included.
+    faiss_idx, faiss_db = tmp_path / "faiss", new_database(pg_server)
+    with _engine(faiss_idx, tiny_model, faiss_db) as engine:
         engine.add([corpus])
     (corpus / "sub" / "d.bmp").touch()
     os.utime(corpus / "sub" / "d.bmp", (0, 10**9))  # not re-indexed: its item keeps the old mtime
     queries = ["a black cat", "sunset over a beach"]
     options = [{}, {"type": "text"}, {"type": "image", "k": 3}, {"under": corpus / "sub"},
                {"under": corpus / "notes", "type": "text"}, {"after": "2000-01-01"}, {"before": "2000-01-01"},
-               {"k": 100}, {"min_score": 0.5}]
-    with _engine(faiss_idx, tiny_model, None) as faiss, _engine(idx, tiny_model, pg_url) as pgvector:
+               {"k": 100}, {"min_score": 0.5}, {"dedup": True}, {"fusion": "late"},
+               {"fusion": "rrf", "mode": "hybrid"}]
+    with _engine(faiss_idx, tiny_model, faiss_db) as faiss, _engine(idx, tiny_model, pg_url) as pgvector:
         for query in queries:
             for option in options:
                 want, got = _hits(faiss, query, **option), _hits(pgvector, query, **option)
@@ -192,21 +194,24 @@ def _collection(folder, url: str, n: int) -> np.ndarray:
     return vectors
 
 
-@pytest.mark.parametrize("starved", [False, True])
-def test_filters_are_exact_even_when_the_hnsw_scan_gives_up(tmp_path, pg_url, monkeypatch, starved):
-    # A folder passes 1% of 20000 items, the type 10%; the planner takes HNSW with the iterative
-    # scan for both. Starved, the scan gives up after 10 candidates and hardly more index tuples
-    # (a folder's item or two): only the exact fallback still finds the true top 10.
-    # Unfiltered, HNSW is approximate.
-    if starved:
+@pytest.mark.parametrize("path", ["counted", "hnsw", "starved"])
+def test_filtered_searches_choose_exact_or_hnsw(tmp_path, pg_url, monkeypatch, path):
+    # A folder passes 1% of 20000 items, the type 10%. "counted": both pass few enough items to
+    # be ordered exactly. "hnsw": never counted, both walk HNSW with the iterative scan
+    # (approximate). "starved": HNSW gives up after 10 candidates and about one more index tuple,
+    # a folder's item or two: only the exact fallback still finds the folder's true top 10.
+    if path != "counted":
+        monkeypatch.setattr(pgv, "EXACT_ROWS_MAX", 0)
+    if path == "starved":
         monkeypatch.setattr(pgv, "MAX_SCAN_TUPLES", 1)
         monkeypatch.setattr(pgv, "EF_SEARCH_MIN", 10)
+        monkeypatch.setattr(pgv, "CANDIDATES_MIN", 10)
     n = 20_000
     vectors = _collection(tmp_path / "idx", pg_url, n)
     ids = np.arange(1, n + 1)
     texts = (ids - 1) % 10 == 0
     queries = clustered_vectors(8, DIM, seed=9)
-    found = []
+    found, filtered = [], []
     with Engine(tmp_path / "idx", settings=Settings.from_env().but(db=pg_url)) as engine:
         for j, q in enumerate(queries):
             folder = j * 7
@@ -214,13 +219,21 @@ def test_filters_are_exact_even_when_the_hnsw_scan_gives_up(tmp_path, pg_url, mo
                                      (texts, {"type": "text"})):
                 exact = ids[members][np.argsort(-(vectors[members] @ q))[:10]]
                 hits = engine.search_vector(q, k=10, **options)
-                assert [h.id for h in hits] == exact.tolist(), options
-                assert np.allclose([h.score for h in hits], np.sort(vectors[members] @ q)[::-1][:10], atol=1e-5)
+                assert len(hits) == 10 and [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+                assert np.allclose([h.score for h in hits], vectors[[h.id - 1 for h in hits]] @ q, atol=1e-5)
+                assert all(members[h.id - 1] for h in hits)
+                if path == "counted" or (path == "starved" and "under" in options):
+                    assert [h.id for h in hits] == exact.tolist(), options
+                elif path == "hnsw":
+                    filtered.append(len({h.id for h in hits} & set(exact.tolist())) / 10)
             unfiltered = engine.search_vector(q, k=10)
             truth = ids[np.argsort(-(vectors @ q))[:10]]
             found.append(len(set(h.id for h in unfiltered) & set(truth.tolist())) / 10)
             assert [h.score for h in unfiltered] == sorted((h.score for h in unfiltered), reverse=True)
-    assert starved or np.mean(found) >= 0.9, found  # (ef_search 10 when starved: no recall to expect)
+    if path != "starved":  # (ef_search 10 when starved: no recall to expect)
+        assert np.mean(found) >= 0.9, found
+    if path == "hnsw":
+        assert np.mean(filtered) >= 0.9, filtered
 
 
 def test_store_refuses_pgvector_on_sqlite(tmp_path):

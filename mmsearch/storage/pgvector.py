@@ -12,12 +12,14 @@ exists (a first run killed midway), searches are exact scans: slower, never wron
 the reader's snapshot, its filters (type, folder, dates, camera, place) in the statement's WHERE.
 
 Filters and HNSW (``scripts/bench_pgvector.py``, BENCHMARKS.md): an HNSW scan that returns its
-``ef_search`` nearest and then filters them starves a selective filter (recall 0.04 at 1%).
-Every statement therefore runs with pgvector 0.8's iterative scan (``relaxed_order``: the scan
-goes on until enough rows pass, up to ``MAX_SCAN_TUPLES``), the rows are put in exact order here,
-and a statement that still returns fewer rows than asked is run again with an exact ordering
-(the planner reads the passing rows through the catalogue's b-tree indexes and sorts them; for a
-filter so selective that the scan gave up, that set is small).
+``ef_search`` nearest and then filters them starves a selective filter (recall 0.04 at 1%), and
+even pgvector 0.8's iterative scan reached only recall 0.85 in 100 ms at 1% of 100k, where
+reading the passing rows and ordering them exactly is both exact and faster. So a filtered
+search first counts its passing items (up to ``EXACT_ROWS_MAX``, in the same snapshot): that
+few are ordered exactly (the planner reads them through the catalogue's indexes, then their
+vectors by key). A broader filter, or none, walks HNSW with the iterative scan
+(``relaxed_order``: it goes on until enough rows pass, up to ``MAX_SCAN_TUPLES``); its rows are
+put in exact order here, and a scan that still gave up early is run again with an exact ordering.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from sqlalchemy import Column, Integer, MetaData, Table, and_, delete, func, lit
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 
-from ..errors import CatalogueDatabaseError
+from ..errors import CatalogueDatabaseError, IndexTypeError
 from .schema import Item
 
 PGVECTOR = "pgvector"
@@ -46,6 +48,12 @@ EF_SEARCH_MIN, EF_SEARCH_MAX = 100, 1000
 # How many index tuples an iterative scan may visit before it gives up (pgvector's default 20000):
 # at 100k items a 1%-selective filter passes about 200 of them, plenty for k=10 and its over-fetch.
 MAX_SCAN_TUPLES = 20_000
+# A filter passing at most this many items is ordered exactly instead of walking HNSW (at 1% of
+# 100k, 1000 rows: exact and faster than the iterative scan; see the module's docstring).
+EXACT_ROWS_MAX = 5_000
+# An HNSW statement asks for at least this many rows and keeps the best n (in exact order): the
+# scan's later rows sometimes beat its earlier ones (relaxed order, approximate graph walk).
+CANDIDATES_MIN = 40
 # Rows written per INSERT statement.
 WRITE_CHUNK = 1000
 # Memory the HNSW build may use (PostgreSQL's default 64 MB holds the graph of about 30k 512-d
@@ -70,6 +78,17 @@ def _t() -> Table:
     if _VECTORS is None:
         _VECTORS = table()
     return _VECTORS
+
+
+def check_layout(vectors: str, url: str | None) -> None:
+    """IndexTypeError unless ``vectors`` is a vector layout this catalogue can hold."""
+    if vectors not in LAYOUTS:
+        raise IndexTypeError(f"unknown vector layout {vectors!r}: choose one of {', '.join(LAYOUTS)}")
+    if vectors == PGVECTOR:
+        if url is None:
+            raise IndexTypeError("--vectors pgvector keeps the vectors in a PostgreSQL catalogue: give one with "
+                                 "--db postgresql+psycopg://USER@HOST/DB (this index's catalogue is SQLite)")
+        check_available()
 
 
 def check_available() -> None:
@@ -107,6 +126,9 @@ def ensure_index(session) -> bool:
     session.execute(text(
         f"CREATE INDEX IF NOT EXISTS {HNSW_INDEX} ON {TABLE} USING hnsw (embedding vector_ip_ops) "
         f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})"))
+    # Fresh statistics after a first load, so the planner can tell a selective filter (read
+    # the passing rows and sort them: exact) from a broad one (walk HNSW).
+    session.execute(text(f"ANALYZE items, {TABLE}"))
     return True
 
 
@@ -172,23 +194,33 @@ def search(session, query: np.ndarray, n: int, conditions: Sequence = (), allowe
     t = _t()
     q = np.asarray(query, np.float32).reshape(-1)
     distance = t.c.embedding.max_inner_product(q)  # <#>: the negative inner product
-    where = list(conditions)
+    where = list(conditions)  # on Item's columns
     if allowed is not None:
-        where.append(t.c.item_id.in_([int(i) for i in allowed]))
+        where.append(Item.id.in_([int(i) for i in allowed]))
     statement = select(t.c.item_id, distance)
+    exact = distance + literal(0.0)  # not the indexed expression: the planner cannot use HNSW for it
     if where:
         statement = statement.join(Item, Item.id == t.c.item_id).where(and_(*where))
-    session.execute(text(f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH_MIN, min(int(n), EF_SEARCH_MAX))}"))
-    session.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
-    session.execute(text(f"SET LOCAL hnsw.max_scan_tuples = {MAX_SCAN_TUPLES}"))
-    rows = session.execute(statement.order_by(distance).limit(n)).all()
-    if len(rows) < n:
-        # The scan gave up before n rows passed (or fewer exist): order exactly. "+ 0" is not the
-        # indexed expression, so the planner cannot use HNSW (which would starve again).
-        rows = session.execute(statement.order_by(distance + literal(0.0)).limit(n)).all()
+        passing = select(Item.id).where(*where).limit(EXACT_ROWS_MAX + 1).subquery()
+        if session.scalar(select(func.count()).select_from(passing)) <= EXACT_ROWS_MAX:
+            return _best(session.execute(statement.order_by(exact).limit(n)).all(), n)
+    # For this transaction only (the reader's snapshot), in one round trip.
+    session.execute(text("SELECT set_config('hnsw.ef_search', :ef, true), "
+                         "set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+                         "set_config('hnsw.max_scan_tuples', :scan, true)"),
+                    {"ef": str(max(EF_SEARCH_MIN, min(int(n), EF_SEARCH_MAX))), "scan": str(MAX_SCAN_TUPLES)})
+    want = max(int(n), CANDIDATES_MIN)
+    rows = session.execute(statement.order_by(distance).limit(want)).all()
+    if len(rows) < want:  # the scan gave up before enough rows passed (or fewer exist): exactly
+        rows = session.execute(statement.order_by(exact).limit(n)).all()
+    return _best(rows, n)
+
+
+def _best(rows, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cosines, ids) of the best ``n`` of (id, negative inner product) rows, best first."""
     scores = np.fromiter((-float(r[1]) for r in rows), np.float32, len(rows))
     found = np.fromiter((int(r[0]) for r in rows), np.int64, len(rows))
-    order = np.argsort(-scores, kind="stable")  # relaxed_order: nearly sorted, not exactly
+    order = np.argsort(-scores, kind="stable")[:n]  # relaxed_order: nearly sorted, not exactly
     return scores[order], found[order]
 
 
@@ -262,3 +294,27 @@ def describe_error(exc: DBAPIError, where: str) -> str | None:
         return (f"cannot use {where} with --vectors pgvector: the pgvector extension is not installed on the "
                 f"server ({first})")
     return None
+
+
+def fit(store, force: bool) -> PgVectorIndex:
+    """``IndexStore.fit_vectors`` of the pgvector layout: the HNSW index built once the first rows
+    are in (then it takes additions as they come); ``force`` (``check --repair``,
+    ``rebuild_vectors``) writes every vector row again from the stored embeddings, without the
+    index (built after: many times faster), all in one transaction. The manifest's entry says
+    what there is."""
+    from .store import vectors_from_blobs
+
+    with store.catalogue.write() as w:
+        if force:
+            drop_index(w.session)
+            clear(w.session)
+            for rows in w.embedding_chunks():
+                rows = [r for r in rows if len(r[1]) == store.dim * 4]
+                write(w.session, [r[0] for r in rows], vectors_from_blobs([r[1] for r in rows], store.dim))
+        ensure_index(w.session)
+    vectors = store.vectors()
+    entry = {"type": PGVECTOR, "requested": PGVECTOR, "items": vectors.ntotal,
+             "hnsw": {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}}
+    if entry != store.manifest.get("vector_index"):
+        store.update_manifest(vector_index=entry)
+    return vectors

@@ -28,7 +28,6 @@ from ..errors import (
     EmptyIndexError,
     IndexLockedError,
     IndexNotFoundError,
-    IndexTypeError,
     IndexWriteError,
     MMSearchError,
     NotAnIndexError,
@@ -195,7 +194,7 @@ class IndexStore:
         folder = Path(folder).expanduser().absolute()
         cls.check_creatable(folder)
         url = location.resolve(folder, db)
-        check_layout(vectors, url)
+        pgv.check_layout(vectors, url)
         folder.mkdir(parents=True, exist_ok=True)
         if url is not None:
             location.link(folder, url)
@@ -521,7 +520,7 @@ class IndexStore:
         ``requested``: None keeps the manifest's choice. ``force``: rebuild even when it fits.
         """
         if self.in_pgvector:
-            return self._fit_pgvector(force)
+            return pgv.fit(self, force)
         requested = requested or self.requested_index_type
         vectors = None if force else self.vectors()
         if vectors is None:
@@ -544,26 +543,6 @@ class IndexStore:
         entry = current.manifest(requested, vectors.ntotal)
         if vectors.kind == ONDISK:
             entry["data_bytes"] = vectors.data_file().stat().st_size
-        if entry != self.manifest.get("vector_index"):
-            self.update_manifest(vector_index=entry)
-        return vectors
-
-    def _fit_pgvector(self, force: bool) -> pgv.PgVectorIndex:
-        """The pgvector layout: the HNSW index built once the first rows are in (then it takes
-        additions as they come); ``force`` (``check --repair``, ``rebuild_vectors``) writes every
-        vector row again from the stored embeddings, in one transaction. The manifest's entry says
-        what there is."""
-        with self.catalogue.write() as w:
-            if force:  # without the index while writing: building it after is many times faster
-                pgv.drop_index(w.session)
-                pgv.clear(w.session)
-                for rows in w.embedding_chunks():
-                    rows = [r for r in rows if len(r[1]) == self.dim * 4]
-                    pgv.write(w.session, [r[0] for r in rows], vectors_from_blobs([r[1] for r in rows], self.dim))
-            pgv.ensure_index(w.session)
-        vectors = self._pgvector_index()
-        entry = {"type": pgv.PGVECTOR, "requested": pgv.PGVECTOR, "items": vectors.ntotal,
-                 "hnsw": {"m": pgv.HNSW_M, "ef_construction": pgv.HNSW_EF_CONSTRUCTION}}
         if entry != self.manifest.get("vector_index"):
             self.update_manifest(vector_index=entry)
         return vectors
@@ -642,17 +621,6 @@ class IndexStore:
             "created_at": self.manifest.get("created_at"),
             "updated_at": self.manifest.get("updated_at"),
         }
-
-
-def check_layout(vectors: str, url: str | None) -> None:
-    """IndexTypeError unless ``vectors`` is a vector layout this catalogue can hold."""
-    if vectors not in pgv.LAYOUTS:
-        raise IndexTypeError(f"unknown vector layout {vectors!r}: choose one of {', '.join(pgv.LAYOUTS)}")
-    if vectors == pgv.PGVECTOR:
-        if url is None:
-            raise IndexTypeError("--vectors pgvector keeps the vectors in a PostgreSQL catalogue: give one with "
-                                 "--db postgresql+psycopg://USER@HOST/DB (this index's catalogue is SQLite)")
-        pgv.check_available()
 
 
 class Snapshot:
