@@ -401,6 +401,7 @@ class Engine(Searching):
         (None: the index's choice, ``auto`` by default), remember the choice, and return the
         manifest's new ``vector_index`` entry."""
         _check_index_type(index_type)
+        self._check_layout(None, index_type, creating=False)
         with self._lock, writer_lock(self.folder, wait, self.db):
             self.store.fit_vectors(index_type, force=True)
             return dict(self.store.manifest["vector_index"])
