@@ -100,7 +100,8 @@ def check_available() -> None:
         import pgvector.sqlalchemy  # noqa: F401
     except ImportError:
         raise CatalogueDatabaseError(
-            "--vectors pgvector needs the pgvector package: pip install 'mmsearch[postgres]'") from None
+            "--vectors pgvector (vectors kept in PostgreSQL) needs the pgvector package: "
+            "pip install 'mmsearch[postgres]'") from None
 
 
 def create(conn, dim: int) -> None:

@@ -380,6 +380,7 @@ class IndexStore:
         return self.catalogue.pgvector
 
     def _pgvector_index(self, reader: Reader | None = None) -> pgv.PgVectorIndex:
+        pgv.check_available()  # one line when the pgvector package is missing on this machine
         if reader is not None:
             return pgv.PgVectorIndex(self.catalogue, self.dim, reader.generation(), reader)
         with self.read() as r:
