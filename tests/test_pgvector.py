@@ -240,3 +240,18 @@ def test_store_refuses_pgvector_on_sqlite(tmp_path):
     with pytest.raises(IndexTypeError, match="PostgreSQL catalogue"):
         IndexStore.create(tmp_path / "idx", {"name": "x", "fingerprint": "x"}, 8, vectors=pgv.PGVECTOR)
     assert not (tmp_path / "idx").exists()
+
+
+@pytest.mark.slow
+def test_a_model_switch_retypes_the_vector_column(tmp_path, tiny_model, midtext_model, corpus, cli, pg_url):
+    # 32 -> 64 dimensions: the column takes the new dimension in the switch's transaction, and the
+    # HNSW index is built again by the end of the run.
+    idx = tmp_path / "idx"
+    cli("index", corpus, "-i", idx, "--db", pg_url, "--vectors", "pgvector", *tiny_model.args, "-q")
+    cli("index", corpus, "-i", idx, *midtext_model.args, "--reembed", "-q")
+    assert _sql(pg_url, "SELECT DISTINCT vector_dims(embedding) FROM item_vectors") == [(64,)]
+    assert _sql(pg_url, "SELECT count(*) FROM item_vectors")[0][0] == ITEMS
+    assert _sql(pg_url, "SELECT 1 FROM pg_indexes WHERE indexname = %s", (pgv.HNSW_INDEX,))
+    assert check_folder(idx).ok
+    with _engine(idx, midtext_model, pg_url) as engine:
+        assert engine.search("a black cat", k=1, type="text")[0].text == "a black cat sleeping on a sofa"
