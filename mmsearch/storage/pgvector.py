@@ -44,12 +44,13 @@ HNSW_INDEX = "ix_item_vectors_hnsw"
 # HNSW build parameters (pgvector's defaults): 16 links per node, a candidate list of 64 while building.
 HNSW_M, HNSW_EF_CONSTRUCTION = 16, 64
 # ef_search: at least 400, else the rows asked for (pgvector's maximum is 1000). Unfiltered at 100k
-# (scripts/bench_pgvector.py, synthetic 512-d): ef 40 (pgvector's default) recall@10 0.36 in
-# 7 ms, 100: 0.53 / 11 ms, 200: 0.72 / 12 ms, 400: 0.85 / 15 ms, where FAISS's auto IVF-SQ8 gave
-# 0.75 / 8 ms: 400 is the first to match it.
+# (scripts/bench_pgvector.py, synthetic 512-d, BENCHMARKS.md): ef 40 (pgvector's default) gave
+# recall@10 0.34 in 7 ms, 100: 0.55 / 8 ms, 200: 0.71 / 10 ms, 400: 0.86 / 16 ms, where FAISS's
+# auto IVF-SQ8 gave 0.75 / 8 ms: 400 is the first to pass it.
 EF_SEARCH_MIN, EF_SEARCH_MAX = 400, 1000
 # How many index tuples an iterative scan may visit before it gives up (pgvector's default 20000):
-# at 100k items a 1%-selective filter passes about 200 of them, plenty for k=10 and its over-fetch.
+# a filter that reaches HNSW passes more than EXACT_ROWS_MAX items, so at 1M items at least 0.5%
+# of them, about 100 in 20000 tuples: plenty for k=10 (fewer: the exact fallback).
 MAX_SCAN_TUPLES = 20_000
 # A filter passing at most this many items is ordered exactly instead of walking HNSW (at 1% of
 # 100k, 1000 rows: exact and faster than the iterative scan; see the module's docstring).
@@ -59,8 +60,8 @@ EXACT_ROWS_MAX = 5_000
 CANDIDATES_MIN = 40
 # Rows written per INSERT statement.
 WRITE_CHUNK = 1000
-# Memory the HNSW build may use (PostgreSQL's default 64 MB holds the graph of about 30k 512-d
-# vectors; beyond, the build slows down several times). Only for the building transaction.
+# Memory the HNSW build may use, for the building transaction only (pgvector builds much faster
+# while the graph fits in it; PostgreSQL's default is 64 MB, and a 512-d vector alone is 2 KB).
 BUILD_MEMORY = "1GB"
 
 
