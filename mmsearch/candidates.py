@@ -26,7 +26,8 @@ import numpy as np
 from .filters import Filters
 from .storage import IndexStore, Snapshot
 from .storage.columns import ColumnCache
-from .storage.filtering import passing_ids
+from .storage import pgvector
+from .storage.filtering import passing_ids, sql_conditions
 from .storage.sqlite import DB_FILE
 
 # Filters passing more items than this are applied to over-fetched hits instead (5% at 1M).
@@ -37,7 +38,10 @@ PUSHDOWN_MAX = 50_000
 # took 70-110 ms against 36 ms).
 EXACT_MAX = 300
 
-OVERFETCH, EXACT, SELECTOR = "over-fetch", "exact", "selector"
+OVERFETCH, EXACT, SELECTOR, SQL = "over-fetch", "exact", "selector", "sql"
+# The candidate count of an SQL search until a statement returns fewer rows than it asked for
+# (counting the passing rows first would cost as much as the search).
+_UNKNOWN = 2**62
 # Evaluate filters on the in-memory columns (``storage.columns``) when they are current.
 USE_COLUMNS = True
 
@@ -65,6 +69,11 @@ class Candidates:
         self.snap = snap
         self.vector = vector
         self.allowed: np.ndarray | None = None
+        if snap.vectors.kind == pgvector.PGVECTOR:
+            # One statement: the filters inside the ANN search (``storage.pgvector``).
+            self.mode, self.total = SQL, _UNKNOWN
+            self._conditions = sql_conditions(filters, modality, prefixes)
+            return
         if filters.active:
             cache = column_cache(snap.store) if USE_COLUMNS and not prefixes else None
             columns = cache.current() if cache is not None else None
@@ -91,4 +100,9 @@ class Candidates:
         """The best ``n`` candidates, best first, with exact cosine scores."""
         if self.mode == EXACT:
             return self._scores[:n], self._ids[:n]
+        if self.mode == SQL:
+            scores, ids = self.snap.vectors.search(self.vector, n, conditions=self._conditions)
+            if len(ids) < n:  # every passing item was returned
+                self.total = len(ids)
+            return scores, ids
         return self.snap.search(self.vector, n, allowed=self.allowed)

@@ -35,6 +35,9 @@ from .query import IMAGE, TEXT, Item, QueryTerm, combine
 from .searching import Searching, _item
 from .settings import Settings
 from .storage import CHOICES, IndexStore, VectorSettings, location, writer_lock
+from .storage.pgvector import FAISS, PGVECTOR
+from .storage.pgvector import check_layout
+from .storage.vectors import AUTO
 from .errors import IndexTypeError
 
 log = logging.getLogger(__name__)
@@ -209,6 +212,7 @@ class Engine(Searching):
         refresh_metadata: bool = False,
         runner: str | Any = "local",
         ray_address: str | None = None,
+        vectors: str | None = None,
     ) -> IndexReport:
         """Index ``paths`` (folders or files) incrementally; None re-scans every known root.
 
@@ -227,7 +231,10 @@ class Engine(Searching):
         their headers, without encoding (items indexed before mmsearch read EXIF). ``runner``:
         ``local`` (worker processes here) or ``ray`` (decoding and encoding on Ray: a local Ray,
         or the cluster at ``ray_address``, ``auto`` or ``ray://...``; see
-        ``indexing.ray_executor``), or a decode executor instance.
+        ``indexing.ray_executor``), or a decode executor instance. ``vectors``: where a new
+        index keeps its vectors, ``faiss`` (a local vector index file, the default) or
+        ``pgvector`` (in the PostgreSQL catalogue, searched by one SQL statement with its filters;
+        see ``storage.pgvector``); chosen at creation (None: the index's).
         """
         _check_index_type(index_type)
         executor = self._executor(runner, ray_address)
@@ -243,6 +250,7 @@ class Engine(Searching):
         with self._lock:
             self._refresh()
             creating = self._store is None and not IndexStore.is_index(self.folder)
+            self._check_layout(vectors, index_type, creating)
             if creating:
                 IndexStore.check_creatable(self.folder)
                 if not explicit:
@@ -253,14 +261,15 @@ class Engine(Searching):
             try:
                 with writer_lock(self.folder, wait, self.db):
                     return self._add_locked(explicit, reembed, progress or NullProgress(), index_type,
-                                            refresh_metadata, executor)
+                                            refresh_metadata, executor, vectors or FAISS)
             except BaseException:
                 if creating:
                     self._remove_failed_first_run(existed)
                 raise
 
     def _add_locked(self, explicit: list[LibraryRoot], reembed: bool, progress: Progress,
-                    index_type: str | None, refresh_metadata: bool = False, executor: Any = None) -> IndexReport:
+                    index_type: str | None, refresh_metadata: bool = False, executor: Any = None,
+                    vectors: str = FAISS) -> IndexReport:
         if self._store is None and (IndexStore.is_index(self.folder)
                                     or (self.db is not None and location.attach(self.folder, self.db))):
             self._store = IndexStore.open(self.folder, self._vector_settings, self.db)  # created meanwhile by another process
@@ -275,7 +284,7 @@ class Engine(Searching):
             spec, dim = self.spec, self._cached_dim(executor)
             if dim is None:
                 dim = self.encoder.dim
-            self._store = IndexStore.create(self.folder, spec.identity(), dim, self._vector_settings, self.db)
+            self._store = IndexStore.create(self.folder, spec.identity(), dim, self._vector_settings, self.db, vectors)
             note = random_weights_note(spec)  # said once, here, not at every load
             if note:
                 progress.note(note)
@@ -375,11 +384,30 @@ class Engine(Searching):
             self._store = None
         IndexStore.remove_own_files(self.folder, remove_folder=not existed)
 
+    def _check_layout(self, vectors: str | None, index_type: str | None, creating: bool) -> None:
+        """IndexTypeError (one line) for a vector layout this index cannot take, before anything
+        is created or the model loads."""
+        if vectors is not None:
+            check_layout(vectors, self.db if self.db is not None else (
+                None if creating else location.resolve(self.folder, None)))
+        if creating:
+            current = vectors or FAISS
+        else:
+            current = PGVECTOR if self.store.in_pgvector else FAISS
+            if vectors is not None and vectors != current:
+                raise IndexTypeError(
+                    f"{self.folder} keeps its vectors in {current}; the layout is chosen when an index is created "
+                    f"(index into a new --index folder or database with --vectors {vectors})")
+        if current == PGVECTOR and index_type not in (None, AUTO):
+            raise IndexTypeError(f"--index-type {index_type} is a local FAISS index: a --vectors pgvector index "
+                                 f"searches PostgreSQL's HNSW index instead")
+
     def rebuild_vectors(self, index_type: str | None = None, *, wait: float = 0.0) -> dict[str, Any]:
         """Rebuild the vector index from the stored embeddings (no re-encoding) as ``index_type``
         (None: the index's choice, ``auto`` by default), remember the choice, and return the
         manifest's new ``vector_index`` entry."""
         _check_index_type(index_type)
+        self._check_layout(None, index_type, creating=False)
         with self._lock, writer_lock(self.folder, wait, self.db):
             self.store.fit_vectors(index_type, force=True)
             return dict(self.store.manifest["vector_index"])

@@ -3,7 +3,9 @@
 Rows and vectors are copied as they are (ids kept, nothing re-encoded) in one write transaction
 of the new catalogue, under the writer locks of both sides, so a failure leaves nothing half
 written; the new folder's vector index is then rebuilt from the copied embeddings, and
-``mmsearch check`` verifies the result. The source is never changed.
+``mmsearch check`` verifies the result. The source is never changed. A ``--vectors pgvector``
+index is copied with its blobs and gets a FAISS vector index; a copy into the pgvector layout is
+not offered (index into a new database with ``--vectors pgvector`` instead).
 
     migrate("indexes/photos", "postgresql+psycopg://me@db/photos")          # SQLite -> PostgreSQL
     migrate("indexes/photos", "indexes/photos-local", source_db=URL)        # PostgreSQL -> SQLite
@@ -19,7 +21,7 @@ from .check import CheckReport, check_folder
 from .errors import NotAnIndexError
 from .fsutil import printable_path
 from .settings import Settings, database_cache_folder
-from .storage import IndexStore, VectorSettings, location, postgres, writer_lock
+from .storage import AUTO, IndexStore, VectorSettings, location, postgres, writer_lock
 
 # What is copied, in this order (items before the embeddings that refer to them).
 TABLES = ("roots", "items", "embeddings")
@@ -73,7 +75,8 @@ def migrate(source: str | Path, to: str | Path, *, source_db: str | None = None,
                         for chunk in reader.table_chunks(table):
                             writer.copy_rows(table, chunk)
                             rows[table] += len(chunk)
-                dst.fit_vectors(src.requested_index_type, force=True)
+                # A pgvector index's blobs are complete: its copy gets a FAISS index of the usual kind.
+                dst.fit_vectors(AUTO if src.in_pgvector else src.requested_index_type, force=True)
                 dst.update_manifest()
             except BaseException:
                 dst.close()

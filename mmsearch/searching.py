@@ -297,6 +297,7 @@ class Searching:
                     hits.append(hit)
                     if len(hits) == k:
                         break
+                total = source.total  # an SQL search learns it when it returns fewer than asked
                 if len(hits) >= k or fetch >= total or below is not None:
                     if not hits:
                         hits.why_empty = _why_empty(snap.reader, snap.total, type, under, prefixes, min_score, below,

@@ -252,10 +252,16 @@ def pg_url(pg_server) -> str:
 @dataclass(frozen=True)
 class Backend:
     """Where a test's catalogue lives: ``sqlite`` (the index folder's own file) or ``postgres``
-    (``db``: a fresh database, also set as MMSEARCH_DB for the test and its new processes)."""
+    (``db``: a fresh database, also set as MMSEARCH_DB for the test and its new processes);
+    ``pgvector``: PostgreSQL with the vectors in it (indexes created with ``index_args``)."""
 
     name: str
     db: str | None = None
+
+    @property
+    def index_args(self) -> tuple[str, ...]:
+        """What `mmsearch index` is given to create an index of this backend's layout."""
+        return ("--vectors", "pgvector") if self.name == "pgvector" else ()
 
     def env(self, base: dict | None = None) -> dict:
         env = dict(base if base is not None else ENV)
@@ -284,17 +290,19 @@ class Backend:
 
 
 # For tests whose PostgreSQL run is long: ``@pytest.mark.parametrize("backend", PG_SLOW, indirect=True)``
-# keeps SQLite in the default run and puts PostgreSQL with the slow ones.
+# keeps SQLite in the default run and puts PostgreSQL with the slow ones. ``PGVECTOR``: the
+# ``pgvector`` backend, for tests that also cover ``--vectors pgvector`` (pass ``index_args``).
 PG_SLOW = ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)]
+PGVECTOR = pytest.param("pgvector", marks=pytest.mark.slow)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request, monkeypatch) -> Backend:
     """Each test that takes it runs twice: catalogue in SQLite, then in a fresh PostgreSQL database
     (MMSEARCH_DB set, so every Engine, CLI call and new process of the test uses it)."""
-    if request.param == "postgres":
+    if request.param in ("postgres", "pgvector"):
         url = new_database(request.getfixturevalue("pg_server"))
         monkeypatch.setenv("MMSEARCH_DB", url)
-        return Backend("postgres", url)
+        return Backend(request.param, url)
     monkeypatch.delenv("MMSEARCH_DB", raising=False)
     return Backend("sqlite")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PG_SLOW
+from conftest import PG_SLOW, PGVECTOR
 from mmsearch import Engine
 from test_crash_safety import ENV, _generation, assert_consistent, build_corpus, index_cmd
 
@@ -49,12 +49,13 @@ def test_second_writer_fails_clearly_or_waits(backend, tmp_path, tiny_model, cli
     assert assert_consistent(idx) == total
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", PGVECTOR], indirect=True)
 @pytest.mark.parametrize("size", SIZES)
 def test_queries_during_indexing_see_committed_states(backend, tmp_path, tiny_model, size):
     corpus = build_corpus(tmp_path / "corpus", *size)
     total = sum(size) + 1
     idx = tmp_path / "idx"
-    writer = _start_writer(corpus, idx, tiny_model, backend)
+    writer = _start_writer(corpus, idx, tiny_model, backend, *backend.index_args)
     seen_sizes: list[int] = []
     rounds = 0
     with Engine(idx) as engine:

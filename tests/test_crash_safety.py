@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PG_SLOW, Backend, make_image, wait_for_items
+from conftest import PG_SLOW, PGVECTOR, Backend, make_image, wait_for_items
 from mmsearch import Engine
 from mmsearch.check import check_folder
 from mmsearch.errors import IndexWriteError
@@ -96,7 +96,7 @@ def _kill_loop(tmp_path, tiny_model, backend: Backend, kills: int, images: int, 
         if round_:
             mutate(corpus, rng, round_)
         gen_before = _generation(idx, backend)
-        proc = subprocess.Popen(index_cmd(corpus, idx, tiny_model), env=backend.env(ENV),
+        proc = subprocess.Popen(index_cmd(corpus, idx, tiny_model, *backend.index_args), env=backend.env(ENV),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if round_ % 3 == 0:
             time.sleep(rng.uniform(0.05, 2.5))  # anywhere, start-up included
@@ -110,6 +110,8 @@ def _kill_loop(tmp_path, tiny_model, backend: Backend, kills: int, images: int, 
         proc.wait(timeout=120)
         if (idx / "manifest.json").exists():
             assert_consistent(idx, allow=AFTER_KILL)
+            if backend.name == "pgvector":  # the vectors are in the database: never a file
+                assert not list(idx.glob("vectors.g*"))
         else:  # killed before the index existed: no vectors file without a manifest
             assert not list(idx.glob("vectors.g*.faiss")) if idx.exists() else True
     assert killed >= kills // 2, f"only {killed} of {kills} runs were still going when killed"
@@ -133,7 +135,7 @@ def open_engine(idx: Path, tiny_model, sqlite: bool = False) -> Engine:
                   settings=settings)
 
 
-@pytest.mark.parametrize("backend", PG_SLOW, indirect=True)
+@pytest.mark.parametrize("backend", [*PG_SLOW, PGVECTOR], indirect=True)
 def test_sigkill_loop_consistent_and_converges(backend, tmp_path, tiny_model):
     _kill_loop(tmp_path, tiny_model, backend, kills=4, images=30, lines=60, seed=1)
 

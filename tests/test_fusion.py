@@ -9,18 +9,23 @@ import sqlite3
 
 import numpy as np
 import pytest
+from conftest import new_database
 from docs_corpus import CAPTIONS, SIDECAR, make_docs_corpus
 
 from mmsearch import Engine, QueryError
 from mmsearch.query import parse_query
+from mmsearch.settings import Settings
 
 
-@pytest.fixture(scope="module")
-def docs(tmp_path_factory, tiny_model):
-    """The documents corpus indexed with the tiny model: (index folder, corpus folder)."""
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def docs(request, tmp_path_factory, tiny_model):
+    """The documents corpus indexed with the tiny model: (index folder, corpus folder, report),
+    its catalogue in SQLite, then in PostgreSQL (the folder remembers its database)."""
     base = tmp_path_factory.mktemp("docs")
     root = make_docs_corpus(base / "corpus")
-    with Engine(base / "idx", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+    db = new_database(request.getfixturevalue("pg_server")) if request.param == "postgres" else None
+    with Engine(base / "idx", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint),
+                settings=Settings.from_env().but(db=db)) as engine:
         report = engine.add([root])
     return base / "idx", root, report
 
@@ -154,7 +159,7 @@ def test_exact_tokens_and_meaning_in_hybrid(docs):
             engine.search("x", fusion="late", image_weight=0, text_weight=0)
 
 
-def test_documents_follow_incremental_changes(tmp_path, tiny_model):
+def test_documents_follow_incremental_changes(backend, tmp_path, tiny_model):
     root = make_docs_corpus(tmp_path / "corpus")
     with Engine(tmp_path / "idx", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
         engine.add([root])
@@ -206,10 +211,21 @@ def test_an_old_index_gets_its_full_text_index_on_open(docs, tmp_path):
     idx, _root, _ = docs
     old = tmp_path / "old"
     shutil.copytree(idx, old)
-    with sqlite3.connect(old / "mmsearch.db") as conn:  # as an index from before the full-text index
-        for name in ("items_fts_ai", "items_fts_ad", "items_fts_au"):
-            conn.execute(f"DROP TRIGGER {name}")
-        conn.execute("DROP TABLE items_fts")
+    if not (old / "mmsearch.db").exists():  # PostgreSQL: in its database (the copy names the same one)
+        import psycopg
+
+        from mmsearch.storage.location import linked_url
+
+        url = linked_url(old).replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(url, autocommit=True) as conn:  # as an index from before the full-text index
+            conn.execute("ALTER TABLE items DROP COLUMN fts")
+        shutil.rmtree(old)
+        old = idx
+    else:
+        with sqlite3.connect(old / "mmsearch.db") as conn:  # as an index from before the full-text index
+            for name in ("items_fts_ai", "items_fts_ad", "items_fts_au"):
+                conn.execute(f"DROP TRIGGER {name}")
+            conn.execute("DROP TABLE items_fts")
     with Engine(old) as engine:
         hit = engine.search("INV-2024-0042", k=1, mode="lexical")[0]
         assert hit.locator.startswith("1")

@@ -186,10 +186,12 @@ def test_a_model_switch_on_another_machine_is_followed(tmp_path, tiny_model, oth
     assert manifest["model"]["pretrained"] == str(other_tiny_model.checkpoint)
 
 
-def test_capture_filters_run_in_sql_on_postgres(tmp_path, tiny_model, pg_url):
+def test_capture_filters_run_in_sql_on_postgres(tmp_path, tiny_model, pg_url, pg_server):
     """The photo-metadata filters of issue 18 on a PostgreSQL catalogue: camera names without
     ASCII case (SQLite's NOCASE columns become lower() there), dates and places, in SQL (the
-    in-memory filter columns are SQLite's) — the same hits as the same library on SQLite."""
+    in-memory filter columns are SQLite's) — the same hits as the same library on SQLite; and
+    with --vectors pgvector, where they are inside the vector search's statement."""
+    from conftest import new_database
     from test_photo_metadata import photo
 
     lib = tmp_path / "lib"
@@ -198,10 +200,10 @@ def test_capture_filters_run_in_sql_on_postgres(tmp_path, tiny_model, pg_url):
           gps=(-33.8568, 151.2153))
     photo(lib / "plain.jpg", 3)
     found = {}
-    for name, db in (("postgres", pg_url), ("sqlite", None)):
+    for name, db in (("postgres", pg_url), ("sqlite", None), ("pgvector", new_database(pg_server))):
         with Engine(tmp_path / f"idx-{name}", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint),
                     db=db) as engine:
-            engine.add([lib])
+            engine.add([lib], vectors="pgvector" if name == "pgvector" else None)
 
             def paths(**filters):
                 return {hit.path.rsplit("/", 1)[1] for hit in engine.search("anything", k=10, **filters)}
@@ -209,7 +211,7 @@ def test_capture_filters_run_in_sql_on_postgres(tmp_path, tiny_model, pg_url):
             found[name] = [paths(camera="pixel 7"), paths(camera="GOOGLE PIXEL 7"), paths(camera="canon"),
                            paths(after="2020"), paths(before="2020"), paths(near="48.85,2.29,5"),
                            paths(camera="Pixel 7", near="-33.86,151.21,10")]
-    assert found["postgres"] == found["sqlite"]
+    assert found["postgres"] == found["sqlite"] == found["pgvector"]
     assert not (tmp_path / "idx-postgres" / "mmsearch.db").exists()  # no SQLite file made beside it
     assert found["postgres"][:3] == [{"paris.jpg"}, {"paris.jpg"}, {"sydney.jpg"}]
     assert found["postgres"][5:] == [{"paris.jpg"}, set()]

@@ -39,6 +39,7 @@ def index_cmd(
     index_type: Annotated[Optional[str], typer.Option("--index-type", metavar="TYPE", help="Expert: vector index auto, flat (exact), ivf-sq8, ivf-pq or ivf-ondisk (approximate, re-ranked exactly; ivf-ondisk: memory-mapped lists on disk, for indexes larger than memory); remembered, and the vectors are rebuilt from stored embeddings when it changes \\[default: the index's choice, auto].", show_default=False)] = None,
     runner: Annotated[str, typer.Option("--runner", metavar="RUNNER", help="Where images are decoded and encoded: local (worker processes here) or ray (Ray Data tasks and encode actors; needs pip install \"mmsearch[ray]\").")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", metavar="ADDRESS", help="With --runner ray: auto (the cluster started by `ray start`), HOST:PORT or ray://HOST:10001 \\[default: start a local Ray on this machine].", show_default=False)] = None,
+    vectors: Annotated[Optional[str], typer.Option("--vectors", metavar="LAYOUT", help="Where a new index keeps its vectors: faiss (a vector index file in the index folder, synced from the catalogue) or pgvector (in the PostgreSQL catalogue given with --db, with an HNSW index: each query is one SQL statement with its filters, no local file) \\[default: the index's, faiss].", show_default=False)] = None,
 ) -> None:
     """Embed new and changed images, texts and videos under PATHS; remove what was deleted."""
     if runner == "local":
@@ -52,7 +53,7 @@ def index_cmd(
                 [str(p) for p in paths] if paths else None,
                 exclude=exclude or (), include_hidden=hidden, follow_links=follow_links, reembed=reembed,
                 wait=wait, progress=progress, index_type=index_type, refresh_metadata=refresh_metadata,
-                runner=runner, ray_address=ray_address,
+                runner=runner, ray_address=ray_address, vectors=vectors,
             )
     if as_json:
         write_json(report.as_dict())
@@ -289,6 +290,10 @@ def _describe_encoders(entry: dict) -> str:
 
 def _describe_vector_index(entry: dict) -> str:
     text = entry.get("type", "flat")
+    if text == "pgvector":
+        hnsw = entry.get("hnsw") or {}
+        return (f"pgvector in the PostgreSQL catalogue (HNSW, m {hnsw.get('m', '?')}, ef_construction "
+                f"{hnsw.get('ef_construction', '?')}; no local file), chosen with --vectors pgvector")
     if entry.get("nlist"):
         text += f" (nlist {entry['nlist']}, nprobe {entry.get('nprobe')}, {entry.get('code', '')} codes, re-rank {entry.get('rerank')}, trained for {entry.get('trained_for')} items)"
     if entry.get("data_bytes") is not None:

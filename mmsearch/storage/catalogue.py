@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
-from . import postgres, sqlite
+from . import pgvector, postgres, sqlite
 from .lexical import LexicalIndex, lexical_index
 from .schema import GENERATION, MODEL_KEY, PURGED_THROUGH, Base, Embedding, Item, Meta, Root, Tombstone, utcnow
 
@@ -147,6 +147,7 @@ class Catalogue:
         self.engine = engine
         self.dialect = dialect
         self._read_engine = dialect.read_engine(engine)
+        self._pgvector: bool | None = None if dialect is postgres else False
 
     @classmethod
     def sqlite(cls, db_path) -> Catalogue:
@@ -160,15 +161,31 @@ class Catalogue:
         self.engine.dispose()
 
     # -- schema ------------------------------------------------------------------------------------
-    def create_schema(self, model: dict, dim: int) -> None:
+    def create_schema(self, model: dict, dim: int, vectors: str = pgvector.FAISS) -> None:
+        """The tables, counters and model record; ``vectors``: ``pgvector`` keeps the vectors in
+        a pgvector column too (PostgreSQL only; the extension is created in the same transaction
+        as the tables, so a server without it leaves nothing behind)."""
         with self.engine.begin() as conn:  # one transaction where DDL is transactional (PostgreSQL)
             Base.metadata.create_all(conn)
+            if vectors == pgvector.PGVECTOR:
+                pgvector.create(conn, dim)
+        self._pgvector = vectors == pgvector.PGVECTOR
         with self.write() as w:
             for key in (GENERATION, PURGED_THROUGH):
                 if w.session.get(Meta, key) is None:
                     w.session.add(Meta(key=key, value="0"))
-            w.record_model(model, dim)
+            w.record_model(model, dim, vectors)
         self.lexical.ensure()
+
+    @property
+    def pgvector(self) -> bool:
+        """True when the catalogue keeps its vectors in a pgvector column (``--vectors pgvector``,
+        recorded with the model, so every machine opening it knows)."""
+        if self._pgvector is None:
+            with self.read() as r:
+                recorded = r.recorded_model()
+            self._pgvector = bool(recorded) and recorded.get("vectors") == pgvector.PGVECTOR
+        return self._pgvector
 
     def upgrade_schema(self) -> None:
         self.dialect.upgrade_schema(self.engine)
@@ -194,8 +211,9 @@ class Catalogue:
     @contextmanager
     def write(self) -> Iterator[Writer]:
         """One write transaction (committed when the block ends, rolled back if it raises)."""
+        in_pgvector = self.pgvector
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            yield Writer(session, self.dialect)
+            yield Writer(session, self.dialect, in_pgvector)
 
 
 class Reader:
@@ -433,9 +451,10 @@ class VectorChanges:
 class Writer(Reader):
     """One write transaction; the first vector change bumps the generation (the write rule)."""
 
-    def __init__(self, session: Session, dialect=sqlite):
+    def __init__(self, session: Session, dialect=sqlite, in_pgvector: bool = False):
         super().__init__(session)
         self.dialect = dialect
+        self.in_pgvector = in_pgvector  # vectors also go to the pgvector column, in this transaction
         self.changes = VectorChanges()
 
     @property
@@ -474,6 +493,8 @@ class Writer(Reader):
             items.append(item)
         self.session.flush()
         ids = np.array([item.id for item in items], np.int64)
+        if self.in_pgvector:
+            pgvector.write(self.session, ids, vectors)
         self.changes.added_ids.append(ids)
         self.changes.added.append(np.ascontiguousarray(vectors, dtype=np.float32))
         return ids
@@ -505,6 +526,8 @@ class Writer(Reader):
         gen = self.gen
         ids = list(ids)
         self.session.execute(delete(Embedding).where(Embedding.item_id.in_(ids)))
+        if self.in_pgvector:
+            pgvector.remove(self.session, ids)
         self._tombstones(ids, gen)
         self.changes.removed.extend(ids)
 
@@ -513,6 +536,8 @@ class Writer(Reader):
         gen = self.gen
         ids = list(self.session.scalars(select(Embedding.item_id)))
         self.session.execute(delete(Embedding))
+        if self.in_pgvector:
+            pgvector.clear(self.session)
         self.session.execute(delete(Tombstone))
         self.session.add_all(Tombstone(item_id=i, gen=gen) for i in ids)
         self.changes.removed.extend(ids)
@@ -533,6 +558,8 @@ class Writer(Reader):
             {"item_id": row["id"], "vector": np.ascontiguousarray(v, np.float32).tobytes()} for row, v in zip(rows, vectors)])
         self.dialect.after_explicit_ids(self.session)
         ids = np.array([row["id"] for row in rows], np.int64)
+        if self.in_pgvector:
+            pgvector.write(self.session, ids, vectors)
         self.changes.added_ids.append(ids)
         self.changes.added.append(np.ascontiguousarray(vectors, dtype=np.float32))
 
@@ -557,9 +584,16 @@ class Writer(Reader):
         if done:
             row.indexed_at = utcnow()
 
-    def record_model(self, model: dict, dim: int) -> None:
-        """Keep the model identity in the database too, so a damaged manifest can be rebuilt."""
-        _set_text(self.session, MODEL_KEY, json.dumps({"model": model, "dim": int(dim)}, sort_keys=True))
+    def record_model(self, model: dict, dim: int, vectors: str | None = None) -> None:
+        """Keep the model identity in the database too, so a damaged manifest can be rebuilt;
+        with where the vectors live (``vectors``: None keeps what is recorded)."""
+        if vectors is None:
+            vectors = (self.recorded_model() or {}).get("vectors", pgvector.FAISS)
+        record = {"model": model, "dim": int(dim)}
+        if vectors == pgvector.PGVECTOR:
+            record["vectors"] = vectors
+            pgvector.retype(self.session, dim)  # a model switch may change the dimension
+        _set_text(self.session, MODEL_KEY, json.dumps(record, sort_keys=True))
 
     def set_generation(self, gen: int) -> None:
         _set_text(self.session, GENERATION, str(gen))

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import and_, func, or_, select, union_all, update
 
-from ..filters import Filters, bounding_box, camera_splits, distance_km, local_ns, nocase
+from ..filters import EARTH_RADIUS_KM, Filters, bounding_box, camera_splits, distance_km, local_ns, nocase
 from .catalogue import CAPTURE_COLUMNS, Reader, Writer, _under
 from .schema import Item
 
@@ -66,6 +66,21 @@ def where(filters: Filters, modality: str | None = None, prefixes: Sequence[str]
         conditions.append(Item.modality == modality)
     if prefixes:
         conditions.append(_under(Item.path, prefixes))
+    return conditions
+
+
+def sql_conditions(filters: Filters, modality: str | None = None, prefixes: Sequence[str] | None = None) -> list:
+    """Every condition of ``filters`` (dates too, as one OR of their two branches), a modality
+    and folders, for a PostgreSQL statement that filters inside its vector search."""
+    conditions = where(filters, modality, prefixes, nocase_columns=False)
+    if filters.after is not None or filters.before is not None:
+        conditions.append(or_(*_date_branches(filters)))
+    if filters.near is not None:  # the box's corners are farther than the radius: haversine decides
+        near = filters.near
+        p1, p2 = func.radians(near.lat), func.radians(Item.lat)
+        a = func.power(func.sin((p2 - p1) / 2), 2) + \
+            func.cos(p1) * func.cos(p2) * func.power(func.sin(func.radians(Item.lon - near.lon) / 2), 2)
+        conditions.append(2 * EARTH_RADIUS_KM * func.asin(func.least(1.0, func.sqrt(a))) <= near.km)
     return conditions
 
 

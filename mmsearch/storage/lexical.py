@@ -5,8 +5,10 @@ fields) and names (file and folder names, the image a JSONL record names), ranke
 ``search`` in a read snapshot). ``SqliteLexical`` fills it with an FTS5 table kept by triggers
 on ``items``: every insert, update of the words and delete of an item changes the full-text
 rows in the same statement, so inside the catalogue's write transaction (the write rule holds
-for words as for vectors, and a crash can never leave them apart). A PostgreSQL catalogue fills
-the same interface with a ``tsvector`` column and ``ts_rank_cd``.
+for words as for vectors, and a crash can never leave them apart). ``PostgresLexical`` fills it
+on a PostgreSQL catalogue with a generated ``tsvector`` column of ``items`` (computed by the
+database in the statement that writes the row, so inside the same transaction too), a GIN index
+and ``ts_rank_cd`` for the ranking.
 """
 
 from __future__ import annotations
@@ -135,6 +137,83 @@ class SqliteLexical:
         return [(int(item_id), -float(rank)) for item_id, rank in rows]
 
 
+# PostgreSQL: the same words and names as FTS5's columns, split as unicode61 splits them (every
+# run of characters that are not letters or digits separates tokens; PostgreSQL's own parser
+# would keep a path or a file name whole), lower-cased by the 'simple' configuration (no
+# stemming, no stop words, like FTS5 here). Words weigh as 'A', names as 'B' (WEIGHTS).
+PG_COLUMN = "fts"
+PG_INDEX = "ix_items_fts"
+PG_FUNCTION = "mmsearch_fts_doc"
+_PG_SPLIT = "regexp_replace(lower({value}), '[^[:alnum:]]+', ' ', 'g')"
+_PG_DDL = (
+    f"""CREATE OR REPLACE FUNCTION {PG_FUNCTION}(body text, meta json, path text) RETURNS tsvector
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT setweight(to_tsvector('simple', {_PG_SPLIT.format(value=
+        "coalesce(body, '') || ' ' || coalesce(CASE WHEN json_typeof(meta) = 'object' THEN "
+        "(SELECT string_agg(e.value, ' ') FROM json_each_text(meta) AS e "
+        "WHERE e.key <> 'image' AND json_typeof(meta -> e.key) = 'string') END, '')")}), 'A')
+        || setweight(to_tsvector('simple', {_PG_SPLIT.format(value=
+        "coalesce(path, '') || ' ' || coalesce(CASE WHEN json_typeof(meta) = 'object' THEN meta ->> 'image' END, '')")}),
+        'B')
+    $$""",
+    f"ALTER TABLE items ADD COLUMN IF NOT EXISTS {PG_COLUMN} tsvector "
+    f"GENERATED ALWAYS AS ({PG_FUNCTION}(text, meta, path)) STORED",
+    f"CREATE INDEX IF NOT EXISTS {PG_INDEX} ON items USING gin ({PG_COLUMN})",
+)
+# ts_rank_cd's weights for D, C, B, A.
+_PG_WEIGHTS = f"'{{0.1, 0.2, {WEIGHTS[1]}, {WEIGHTS[0]}}}'"
+
+
+def _pg_query(phrases: list[str]) -> tuple[str, dict[str, str]]:
+    """A tsquery expression matching any of ``phrases`` (each its tokens in order), and its
+    parameters."""
+    parts = [f"phraseto_tsquery('simple', {_PG_SPLIT.format(value=f':p{i}')})" for i in range(len(phrases))]
+    return " || ".join(parts), {f"p{i}": p.replace('""', '"') for i, p in enumerate(phrases)}
+
+
+class PostgresLexical:
+    """A generated tsvector column with a GIN index, ranked by ts_rank_cd (see above)."""
+
+    def __init__(self, engine: SAEngine):
+        self.engine = engine
+
+    def ensure(self) -> None:
+        with self.engine.begin() as conn:
+            present = conn.exec_driver_sql(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = 'items' AND column_name = %(c)s", {"c": PG_COLUMN}).first()
+            indexed = conn.exec_driver_sql("SELECT 1 FROM pg_indexes WHERE indexname = %(i)s", {"i": PG_INDEX}).first()
+            if present and indexed:
+                return
+            for statement in _PG_DDL:  # an index from before: its rows get their words as the column is added
+                conn.exec_driver_sql(statement)
+
+    def search(self, session, query: str, limit: int, every_word: bool = False) -> list[tuple[int, float]]:
+        phrases = query_phrases(query)
+        if not phrases or limit < 1:
+            return []
+        single = [p.lower() for p in phrases if re.fullmatch(r"\w+", p)]
+        common: set[str] = set()
+        if len(phrases) > 1 and single:
+            for word in single:
+                expression, params = _pg_query([word])
+                held = session.execute(text(
+                    f"SELECT count(*) FROM (SELECT 1 FROM items WHERE {PG_COLUMN} @@ ({expression}) LIMIT :cap) AS m"),
+                    {**params, "cap": COMMON_DF + 1}).scalar()
+                if held > COMMON_DF:
+                    common.add(word)
+            if len(common) == len(phrases):  # every word is common
+                if not every_word:
+                    return []  # nothing exact to find: the vector ranking alone decides
+                common.discard(single[0])  # words asked for: keep one
+        kept = [p for p in phrases if p.lower() not in common] or phrases[:1]
+        expression, params = _pg_query(kept)
+        rows = session.execute(text(
+            f"SELECT id, ts_rank_cd({_PG_WEIGHTS}, {PG_COLUMN}, q) AS rank FROM items CROSS JOIN (SELECT {expression} AS q) AS x "
+            f"WHERE {PG_COLUMN} @@ q ORDER BY rank DESC, id LIMIT :n"), {**params, "n": int(limit)})
+        return [(int(item_id), float(rank)) for item_id, rank in rows]
+
+
 class NoLexical:
     """A database without a full-text implementation yet: nothing to create; searching its
     words says so."""
@@ -154,4 +233,6 @@ class NoLexical:
 
 def lexical_index(engine: SAEngine) -> LexicalIndex:
     """The full-text index of the catalogue's database."""
-    return SqliteLexical(engine) if engine.dialect.name == "sqlite" else NoLexical(engine)
+    name = engine.dialect.name
+    return SqliteLexical(engine) if name == "sqlite" else PostgresLexical(engine) if name == "postgresql" \
+        else NoLexical(engine)

@@ -37,7 +37,10 @@ def stamp(folder: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def new_manifest(model: dict, dim: int, created_at: str | None = None) -> dict[str, Any]:
+def new_manifest(model: dict, dim: int, created_at: str | None = None, vectors: str | None = None) -> dict[str, Any]:
+    """``vectors``: ``pgvector`` when the vectors live in the PostgreSQL catalogue."""
+    index = {"type": "pgvector", "requested": "pgvector"} if vectors == "pgvector" else \
+        {"type": "flat", "requested": "auto"}
     return {
         "schema_version": SCHEMA_VERSION,
         "mmsearch_version": __version__,
@@ -45,7 +48,7 @@ def new_manifest(model: dict, dim: int, created_at: str | None = None) -> dict[s
         "updated_at": now(),
         "model": model,
         "dim": int(dim),
-        "vector_index": {"type": "flat", "requested": "auto"},
+        "vector_index": index,
     }
 
 
@@ -88,4 +91,4 @@ def rebuilt(folder: Path, recorded: dict[str, Any]) -> dict[str, Any]:
         created = old.get("created_at") if isinstance(old, dict) and isinstance(old.get("created_at"), str) else None
     except (OSError, ValueError):
         pass
-    return new_manifest(recorded["model"], recorded["dim"], created)
+    return new_manifest(recorded["model"], recorded["dim"], created, recorded.get("vectors"))

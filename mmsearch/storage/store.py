@@ -36,6 +36,7 @@ from ..fsutil import digest_mismatch, file_digest
 from . import location
 from . import manifest as mf
 from . import ondisk
+from . import pgvector as pgv
 from .catalogue import DATABASE_ERRORS, Catalogue, Reader, Writer
 from .manifest import MANIFEST, VECTORS_FILES
 from .rwlock import ReadWriteLock
@@ -186,21 +187,26 @@ class IndexStore:
 
     @classmethod
     def create(cls, folder: str | Path, model_identity: dict, dim: int,
-               settings: VectorSettings | None = None, db: str | None = None) -> IndexStore:
+               settings: VectorSettings | None = None, db: str | None = None,
+               vectors: str = pgv.FAISS) -> IndexStore:
+        """``vectors``: ``faiss`` (a local vector index file derived from the catalogue) or
+        ``pgvector`` (the vectors in the PostgreSQL catalogue itself; see ``storage.pgvector``)."""
         folder = Path(folder).expanduser().absolute()
         cls.check_creatable(folder)
         url = location.resolve(folder, db)
+        pgv.check_layout(vectors, url)
         folder.mkdir(parents=True, exist_ok=True)
         if url is not None:
             location.link(folder, url)
-        store = cls(folder, mf.new_manifest(model_identity, dim), settings, url)
+        store = cls(folder, mf.new_manifest(model_identity, dim, vectors), settings, url)
         try:
-            store.catalogue.create_schema(model_identity, dim)
+            store.catalogue.create_schema(model_identity, dim, vectors)
         except DATABASE_ERRORS as exc:  # PostgreSQL: no privilege to create tables (nothing was created)
             store.close()
             if url is None:
                 raise
-            raise CatalogueDatabaseError(location.postgres.describe(exc, url)) from None
+            raise CatalogueDatabaseError(pgv.describe_error(exc, location.postgres.redact(url))
+                                         or location.postgres.describe(exc, url)) from None
         # The manifest is written last: its presence is what makes the folder an index.
         store._write_manifest(store.manifest)
         return store
@@ -367,6 +373,20 @@ class IndexStore:
         record = records.get(str(gen))
         return record is not None and digest_mismatch(path, record, full=True) is None
 
+    @property
+    def in_pgvector(self) -> bool:
+        """True when the vectors live in the PostgreSQL catalogue (``--vectors pgvector``): no
+        vector index file, every search one SQL statement in the reader's snapshot."""
+        return self.catalogue.pgvector
+
+    def _pgvector_index(self, reader: Reader | None = None) -> pgv.PgVectorIndex:
+        pgv.check_available()  # one line when the pgvector package is missing on this machine
+        if reader is not None:
+            return pgv.PgVectorIndex(self.catalogue, self.dim, reader.generation(), reader)
+        with self.read() as r:
+            gen = r.generation()
+        return pgv.PgVectorIndex(self.catalogue, self.dim, gen)
+
     @contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
         """A catalogue snapshot and the store's vector index synced to it, for searching.
@@ -374,6 +394,10 @@ class IndexStore:
         Searches whose snapshot the vector index already matches share it and run in parallel;
         bringing it forward (after another process committed) is exclusive.
         """
+        if self.in_pgvector:  # nothing to sync: the vectors are in the snapshot itself
+            with self.read() as reader:
+                yield Snapshot(self, reader, self._pgvector_index(reader))
+            return
         with self.read() as reader, self._rw.reading():
             vectors = self._vectors
             if vectors is not None and vectors.gen == reader.generation() and vectors.dim == self.dim:
@@ -386,6 +410,8 @@ class IndexStore:
 
     def vectors(self) -> VectorIndex:
         """The store's vector index, brought to the catalogue's latest state (the writer's view)."""
+        if self.in_pgvector:
+            return self._pgvector_index()
         with self._rw.writing(), self.read() as reader:
             self._vectors = self._synced(reader, self._vectors)
             return self._vectors
@@ -393,6 +419,8 @@ class IndexStore:
     def synced_copy(self) -> VectorIndex:
         """The newest vector index file, brought to the latest state, as a separate object
         (``mmsearch check`` compares it with the catalogue)."""
+        if self.in_pgvector:
+            return self._pgvector_index()
         vectors = self.load_vectors()
         with self.read() as reader:
             return self._synced(reader, vectors)
@@ -492,6 +520,8 @@ class IndexStore:
 
         ``requested``: None keeps the manifest's choice. ``force``: rebuild even when it fits.
         """
+        if self.in_pgvector:
+            return pgv.fit(self, force)
         requested = requested or self.requested_index_type
         vectors = None if force else self.vectors()
         if vectors is None:
@@ -522,6 +552,10 @@ class IndexStore:
         """Persist the vector index, brought up to date (writer only, under the lock), with its
         checksum recorded in the manifest before the file is visible; then forget the tombstones
         it covers."""
+        if self.in_pgvector:  # no file to save: no reader needs the tombstones
+            with self.catalogue.write() as w:
+                w.purge_tombstones(w.generation())
+            return
         vectors = self.vectors()
         with self._rw.writing():  # saving copies memory-mapped cells into memory first
             # (an on-disk IVF writes nothing: its changes since are the catalogue's to replay)
@@ -582,7 +616,8 @@ class IndexStore:
             "roots": roots,
             "generation": generation,
             "vectors_saved_generation": files[0][0] if files else None,
-            "vectors_up_to_date": bool(files) and files[0][0] == generation,
+            "vectors_up_to_date": self.in_pgvector or (bool(files) and files[0][0] == generation),
+            "vectors": pgv.PGVECTOR if self.in_pgvector else pgv.FAISS,
             "disk_bytes": disk,
             "created_at": self.manifest.get("created_at"),
             "updated_at": self.manifest.get("updated_at"),
