@@ -29,8 +29,6 @@ from contextlib import contextmanager
 
 import numpy as np
 from sqlalchemy import Column, Integer, MetaData, Table, and_, any_, delete, func, literal, select, text
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 
 from ..errors import CatalogueDatabaseError, IndexTypeError
@@ -157,6 +155,8 @@ def write(session, ids: Sequence[int], vectors: np.ndarray) -> None:
     for start in range(0, len(ids), WRITE_CHUNK):
         rows = [{"item_id": i, "embedding": v} for i, v in zip(ids[start:start + WRITE_CHUNK],
                                                                  vectors[start:start + WRITE_CHUNK])]
+        from sqlalchemy.dialects.postgresql import insert as pg_insert  # PostgreSQL only: not on every start
+
         statement = pg_insert(t).values(rows)
         session.execute(statement.on_conflict_do_update(index_elements=[t.c.item_id],
                                                         set_={"embedding": statement.excluded.embedding}))
@@ -208,6 +208,8 @@ def search(session, query: np.ndarray, n: int, conditions: Sequence = (), allowe
         statement = statement.join(Item, Item.id == t.c.item_id).where(and_(*where))
         passing = list(session.scalars(select(Item.id).where(*where).limit(EXACT_ROWS_MAX + 1)))
         if len(passing) <= EXACT_ROWS_MAX:  # their vectors by key (a join made the planner scan them all)
+            from sqlalchemy.dialects.postgresql import ARRAY
+
             rows = session.execute(select(t.c.item_id, distance).where(
                 t.c.item_id == any_(literal(passing, ARRAY(Integer)))).order_by(exact).limit(n)).all()
             return _best(rows, n)
