@@ -203,13 +203,13 @@ def _joined(parts: list[SampledFrames | Skip], sampling: Sampling) -> SampledFra
     return merge_samples(sampled, sampling) if sampled else parts[0]
 
 
-def _check_pool(pool, ready: Future) -> None:
+def _check_pool(pool, ready: Future | None = None) -> None:
     """Fail clearly, not by skipping every image, when worker processes cannot start
-    (``ready``: the pool's first task)."""
+    (``ready``: the pool's first task, already scheduled; else one is scheduled now)."""
     from pebble import ProcessExpired
 
     try:
-        ready.result(timeout=120)
+        (ready or pool.schedule(os.getpid)).result(timeout=120)
     except (ProcessExpired, FutureTimeout, OSError, RuntimeError) as exc:
         pool.stop()
         pool.join()
