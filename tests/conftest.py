@@ -306,3 +306,24 @@ def backend(request, monkeypatch) -> Backend:
         return Backend(request.param, url)
     monkeypatch.delenv("MMSEARCH_DB", raising=False)
     return Backend("sqlite")
+
+
+# Every way a search can apply a filter: (in-memory columns, PUSHDOWN_MAX, EXACT_MAX): the passing
+# ids from SQLite or from the columns, over-fetching, exact scoring of the passing ids, the FAISS
+# ID selector.
+FILTER_STRATEGIES = ((False, 0, 0), (False, 10**6, 10**6), (False, 10**6, 0), (True, 10**6, 10**6), (True, 10**6, 0))
+
+
+def engines_per_filter_strategy(index: Path, monkeypatch):
+    """An Engine on ``index`` for each of ``FILTER_STRATEGIES`` in turn (the columns loaded
+    where they are used)."""
+    from mmsearch import Engine, candidates
+
+    for columns, pushdown, exact in FILTER_STRATEGIES:
+        monkeypatch.setattr(candidates, "USE_COLUMNS", columns)
+        monkeypatch.setattr(candidates, "PUSHDOWN_MAX", pushdown)
+        monkeypatch.setattr(candidates, "EXACT_MAX", exact)
+        with Engine(index) as engine:
+            if columns:
+                assert candidates.column_cache(engine.store).load_now() is not None
+            yield engine

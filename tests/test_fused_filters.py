@@ -12,10 +12,10 @@ from datetime import datetime
 import numpy as np
 import pytest
 from PIL import Image
-from conftest import PG_SLOW
+from conftest import PG_SLOW, engines_per_filter_strategy
 from test_photo_metadata import FILE_TIME, FILTERS, _set_mtime, build_library, paths
 
-from mmsearch import Engine, candidates
+from mmsearch import Engine
 from mmsearch.client import Client
 from mmsearch.media.videogen import make_video, scene_frame
 from mmsearch.query import parse_query
@@ -95,17 +95,9 @@ def test_every_way_of_pushing_a_filter_gives_the_same_fused_hits(library, monkey
     """SQLite's passing ids or the in-memory columns, over-fetching, exact scoring and the FAISS
     ID selector agree in the fused and hybrid paths too."""
     index, _, _ = library
-    results = []
-    for columns, pushdown, exact in ((False, 0, 0), (False, 10**6, 10**6), (False, 10**6, 0), (True, 10**6, 10**6),
-                                     (True, 10**6, 0)):
-        monkeypatch.setattr(candidates, "USE_COLUMNS", columns)
-        monkeypatch.setattr(candidates, "PUSHDOWN_MAX", pushdown)
-        monkeypatch.setattr(candidates, "EXACT_MAX", exact)
-        with Engine(index) as engine:
-            if columns:
-                assert candidates.column_cache(engine.store).load_now() is not None
-            results.append([listed(engine.search("a photo", k=k, **f, **ranking))
-                            for f in FILTERS for k in (1, 3) for ranking in ({"fusion": "early"}, {"mode": "hybrid"})])
+    results = [[listed(engine.search("a photo", k=k, **f, **ranking))
+                for f in FILTERS for k in (1, 3) for ranking in ({"fusion": "early"}, {"mode": "hybrid"})]
+               for engine in engines_per_filter_strategy(index, monkeypatch)]
     assert all(r == results[0] for r in results[1:])
     assert all(results[0])
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
-from conftest import make_image
+from conftest import engines_per_filter_strategy, make_image
 from mmsearch import Engine, QueryError, candidates
 from mmsearch.client import Client
 from mmsearch.errors import FilterError, ServerError
@@ -200,17 +200,8 @@ def test_every_way_of_applying_a_filter_gives_the_same_hits(library, monkeypatch
     """The passing ids from SQLite or from the in-memory columns, over-fetching, exact scoring
     of the passing ids and the FAISS ID selector all agree."""
     index, _, _ = library
-    results = []
-    for columns, pushdown, exact in ((False, 0, 0), (False, 10**6, 10**6), (False, 10**6, 0), (True, 10**6, 10**6),
-                                     (True, 10**6, 0)):
-        monkeypatch.setattr(candidates, "USE_COLUMNS", columns)
-        monkeypatch.setattr(candidates, "PUSHDOWN_MAX", pushdown)
-        monkeypatch.setattr(candidates, "EXACT_MAX", exact)
-        with Engine(index) as engine:
-            if columns:
-                assert candidates.column_cache(engine.store).load_now() is not None
-            results.append([[(h.id, round(h.score, 5)) for h in engine.search("a photo", k=k, **f)]
-                            for f in FILTERS for k in (1, 3)])
+    results = [[[(h.id, round(h.score, 5)) for h in engine.search("a photo", k=k, **f)] for f in FILTERS for k in (1, 3)]
+               for engine in engines_per_filter_strategy(index, monkeypatch)]
     assert all(r == results[0] for r in results[1:])
     assert [len(r) for r in results[0]] == [1, 3, 1, 3, 1, 2, 1, 2, 1, 3, 1, 1, 1, 1, 1, 1]
 
