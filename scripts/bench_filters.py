@@ -10,7 +10,8 @@ vectors (the hard case: the best hits of a query are spread over every date and 
 - dates: 90% of items have an EXIF date, uniform over 10 years; the others are dated by their
   file's mtime over the same years (a date filter reads both);
 - cameras: 100 models, each on ~0.99% of items, and one rare model on 0.1%;
-- GPS: 60% of items, scattered (20 km) around 40 cities.
+- GPS: 60% of items, scattered (20 km) around 40 cities;
+- folders: 1,000 items each (`--under` one folder: 1% at 100k items, 0.1% at 1M).
 
 Then the vector index is built (``IndexStore.fit_vectors``, automatic type: IVF with 8-bit codes
 at 1M) and each filter is timed through ``Engine.search_vector`` (k=10, warm, one thread),
@@ -63,6 +64,9 @@ def metadata(n: int, seed: int = 7) -> dict[str, np.ndarray]:
             "city_lat": city_lat, "city_lon": city_lon}
 
 
+FOLDER_ITEMS = 1000  # items a synthetic folder holds
+
+
 def build(folder: Path, n: int) -> dict:
     from mmsearch.storage import IndexStore
     from mmsearch.storage.store import writer_lock
@@ -83,7 +87,7 @@ def build(folder: Path, n: int) -> dict:
             rows = []
             for i in range(start, min(n, start + CHUNK)):
                 moment = START + timedelta(seconds=float(meta["seconds"][i]))
-                row = {"id": FIRST_ID + i, "path": f"/synthetic/{i // 1000:05d}/IMG_{i}.jpg", "locator": "",
+                row = {"id": FIRST_ID + i, "path": f"/synthetic/{i // FOLDER_ITEMS:05d}/IMG_{i}.jpg", "locator": "",
                        "modality": "image", "size": 2_500_000, "content_hash": f"{i:064x}", "width": 4000,
                        "height": 3000, "mtime_ns": int(moment.timestamp() * 1e9), "taken_at": None,
                        "date_source": None, "lat": None, "lon": None}
@@ -125,6 +129,8 @@ def passing_mask(meta: dict, n: int, flt: dict) -> np.ndarray:
 
         d = np.array([distance_km(lat, lon, a, b) for a, b in zip(meta["lat"], meta["lon"])])
         mask &= meta["gps"] & (d <= km)
+    if "under" in flt:  # items are written FOLDER_ITEMS to a folder (``build``)
+        mask &= np.arange(n) // FOLDER_ITEMS == int(flt["under"].rsplit("/", 1)[1])
     return mask
 
 
@@ -138,6 +144,8 @@ def filters_to_test(meta: dict) -> dict[str, dict]:
         "near 1%": {"near": (float(meta["city_lat"][3]), float(meta["city_lon"][3]), 25.0)},
         "date 0.1%": {"after": mid, "before": mid + 3.65 * day},
         "camera 0.1%": {"camera": "Model 100"},
+        # one folder of FOLDER_ITEMS: 1% of 100k items, 0.1% of 1M (`--under` alone)
+        "folder 1000": {"under": "/synthetic/00042"},
     }
 
 

@@ -10,16 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PG_SLOW, PGVECTOR
+from conftest import PG_SLOW, PGVECTOR, make_image
 from mmsearch import Engine
 from test_crash_safety import ENV, _generation, assert_consistent, build_corpus, index_cmd
 
 
-def _start_writer(corpus: Path, idx: Path, tiny_model, backend, *extra: str) -> subprocess.Popen:
+def _start_writer(corpus: Path, idx: Path, tiny_model, backend, *extra: str, after: int = 0) -> subprocess.Popen:
+    """An index run in a new process, returned once it has committed twice (past generation
+    ``after``)."""
     proc = subprocess.Popen(index_cmd(corpus, idx, tiny_model, "--batch-size", "2", *extra), env=backend.env(ENV),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while _generation(idx, backend) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while _generation(idx, backend) < after + 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, f"indexing ended before the test could overlap it: {proc.communicate()}"
     return proc
@@ -53,14 +55,20 @@ def test_second_writer_fails_clearly_or_waits(backend, tmp_path, tiny_model, cli
 @pytest.mark.parametrize("size", SIZES)
 def test_queries_during_indexing_see_committed_states(backend, tmp_path, tiny_model, size):
     corpus = build_corpus(tmp_path / "corpus", *size)
-    total = sum(size) + 1
+    total = sum(size) + 1 + 1  # the corpus and the seed image
     idx = tmp_path / "idx"
-    writer = _start_writer(corpus, idx, tiny_model, backend, *backend.index_args)
+    # The reader is ready (index open, query encoded) before the writer starts, so its queries
+    # overlap the run however fast the writer is and however loaded the machine.
+    make_image(tmp_path / "seed" / "seed.png", seed=1)
+    subprocess.run(index_cmd(tmp_path / "seed", idx, tiny_model, *backend.index_args), env=backend.env(ENV),
+                   check=True, capture_output=True)
     seen_sizes: list[int] = []
     rounds = 0
     with Engine(idx) as engine:
         query = engine.encode_query(_terms("a cat"))
         store = engine.store
+        assert len(engine.search("a cat", k=8)) == 1
+        writer = _start_writer(corpus, idx, tiny_model, backend, *backend.index_args, after=_generation(idx, backend))
         while writer.poll() is None or rounds < 3:
             rounds += 1
             # 1. The public path: every hit is a stored row and its score is the cosine with that

@@ -74,6 +74,38 @@ def test_type_filter_and_min_score_and_under(backend, tmp_path, tiny_model, corp
             engine.search("x", type="audio")  # (video is a type since videos are indexed)
 
 
+
+def test_a_small_folder_is_pushed_into_the_search_by_its_path_range(tmp_path, tiny_model, monkeypatch):
+    """`--under` alone: a folder holding a small part of the index is listed through the path
+    index (a range on SQLite, where LIKE reads every row) and pushed into the search, giving the
+    hits over-fetching gives; folders whose names extend the prefix ('a0', 'a b', 'ab') stay out."""
+    from mmsearch import candidates
+
+    root = tmp_path / "lib"
+    for folder, count in (("a", 3), ("a0", 2), ("a b", 2), ("ab", 2), ("a/deeper", 2), ("other", 40)):
+        for i in range(count):
+            make_image(root / folder / f"{i}.png", seed=hash((folder, i)) % 1000)
+    (root / "a.png").parent.mkdir(parents=True, exist_ok=True)
+    make_image(root / "a.png", seed=7)  # a file whose name is the folder's plus an extension
+    used: list[str] = []
+    real = candidates.Candidates.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        used.append(self.mode)
+
+    monkeypatch.setattr(candidates.Candidates, "__init__", spy)
+    with open_engine(tmp_path, tiny_model) as engine:
+        engine.add([root])
+        pushed = engine.search("a photo", k=10, under=root / "a")
+        assert used[-1] == candidates.EXACT
+        monkeypatch.setattr(candidates, "PUSHDOWN_MAX", 0)  # never listed: over-fetch, as before
+        fetched = engine.search("a photo", k=10, under=root / "a")
+        assert used[-1] == candidates.OVERFETCH
+    assert [(h.id, round(h.score, 5)) for h in pushed] == [(h.id, round(h.score, 5)) for h in fetched]
+    assert sorted(os.path.relpath(h.path, root) for h in pushed) == sorted(
+        ["a/0.png", "a/1.png", "a/2.png", "a/deeper/0.png", "a/deeper/1.png"])
+
 def test_weighted_combination_matches_manual_vector(tmp_path, tiny_model, corpus):
     with open_engine(tmp_path, tiny_model) as engine:
         engine.add([corpus])

@@ -9,6 +9,7 @@ Also the capture metadata written for items already indexed (``index --refresh-m
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -65,8 +66,21 @@ def where(filters: Filters, modality: str | None = None, prefixes: Sequence[str]
     if modality is not None:
         conditions.append(Item.modality == modality)
     if prefixes:
-        conditions.append(_under(Item.path, prefixes))
+        conditions.append(_path_ranges(prefixes) if nocase_columns else _under(Item.path, prefixes))
     return conditions
+
+
+def _path_ranges(prefixes: Sequence[str]):
+    """SQLite: the items at or below ``prefixes``, as ranges of the path index (``path >=
+    'dir/' AND path < 'dir0'``: '0' follows the separator). Exact under SQLite's byte-order
+    (BINARY) collation, where the ``LIKE`` of ``_under`` reads every row; not used on
+    PostgreSQL, whose text order follows the database's collation."""
+    following = chr(ord(os.sep) + 1)
+    terms = []
+    for prefix in prefixes:
+        base = prefix.rstrip(os.sep)
+        terms.append((Item.path == prefix) | and_(Item.path >= base + os.sep, Item.path < base + following))
+    return or_(*terms)
 
 
 def sql_conditions(filters: Filters, modality: str | None = None, prefixes: Sequence[str] | None = None) -> list:
