@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MMSEARCH_FAISS_GPU", "0")
 
     from mmsearch import Engine, candidates
+    from mmsearch.storage import vectors as vectors_module
     from mmsearch.synthetic import clustered_queries, clustered_vectors
 
     folder = args.workdir / f"filters-{args.items}"
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     # (columns, pushdown cap, exact max): "auto" is what ships (in-memory columns, exact below
     # EXACT_MAX ids, else the FAISS selector); "sql" lists the ids through SQLite instead.
     strategies = {"auto": (True, *defaults), "sql": (False, *defaults), "over-fetch": (False, 0, 0),
-                  "exact": (True, 10**9, 10**9), "selector": (True, 10**9, 0)}
+                  "exact": (True, 10**9, 10**9), "selector": (True, 10**9, 0), "selector-unscaled": (True, 10**9, 0)}
     if args.strategies:
         strategies = {name: strategies[name] for name in args.strategies.split(",")}
     with Engine(folder) as engine:
@@ -226,11 +227,13 @@ def main(argv: list[str] | None = None) -> int:
                 slow = strategy == "over-fetch" and mask.mean() < 0.05
                 subset = queries[:5] if slow else queries
                 candidates.USE_COLUMNS, candidates.PUSHDOWN_MAX, candidates.EXACT_MAX = columns, pushdown, exact
+                vectors_module.SCALE_NPROBE_BY_SHARE = strategy != "selector-unscaled"  # the probing before
                 try:
                     ms, hits = timed(engine, subset, flt, 1 if slow else args.repeats)
                 finally:
                     candidates.USE_COLUMNS = True
                     candidates.PUSHDOWN_MAX, candidates.EXACT_MAX = defaults
+                    vectors_module.SCALE_NPROBE_BY_SHARE = True
                 recall = float(np.mean([len(t & set(h)) / max(1, min(10, len(t))) for t, h in zip(truth, hits)]))
                 row = {"filter": name, "strategy": strategy, "passing": int(mask.sum()),
                        "share": round(float(mask.mean()) * 100, 3), "p50_ms": round(ms, 2),
