@@ -105,7 +105,7 @@ def test_recall_after_exact_rerank_on_clustered_vectors(kind):
 
 def test_a_selective_filter_keeps_its_recall(monkeypatch):
     """An ID selector letting 1% through: the best passing items lie farther from the query than
-    the best items overall, so the IVF probes more cells the smaller the share
+    the best items overall, so the IVF probes cells until they hold enough passing items
     (``vectors.selective_nprobe``); with the usual nprobe recall@10 fell (0.8 at 100k items in
     scripts/bench_filters.py)."""
     data = clustered_vectors(20_000, 128, seed=1)
