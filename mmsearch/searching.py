@@ -161,9 +161,10 @@ class Searching:
                 if calibration is None:
                     raise QueryError(f"{self.folder} has no score calibration yet: run `mmsearch index` once "
                                      "to measure it")
-            # The filter's passing ids restrict the vector candidates, as in ``_ranked``.
+            # The filter's (or a small folder's) passing ids restrict the vector candidates, as in
+            # ``_ranked``.
             source = Candidates(snap, vector, wanted, type if type != "all" else None, prefixes) \
-                if wanted.active else None
+                if wanted.active or prefixes else None
             size = fusion.pool_size(k)
             while True:  # widen the pool until k hits (groups, with dedup) survive or nothing is left
                 pool = fusion.search(snap, vector, words, size, keep, options, calibration, query_modality,

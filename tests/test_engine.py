@@ -99,10 +99,14 @@ def test_a_small_folder_is_pushed_into_the_search_by_its_path_range(tmp_path, ti
         engine.add([root])
         pushed = engine.search("a photo", k=10, under=root / "a")
         assert used[-1] == candidates.EXACT
+        before = len(used)
+        fused = engine.search("a photo", k=10, under=root / "a", fusion="early")  # lone images: their cosines
+        assert used[before:] == [candidates.EXACT]  # the fused path pushes the folder down too
         monkeypatch.setattr(candidates, "PUSHDOWN_MAX", 0)  # never listed: over-fetch, as before
         fetched = engine.search("a photo", k=10, under=root / "a")
         assert used[-1] == candidates.OVERFETCH
     assert [(h.id, round(h.score, 5)) for h in pushed] == [(h.id, round(h.score, 5)) for h in fetched]
+    assert [(h.id, round(h.score, 5)) for h in fused] == [(h.id, round(h.score, 5)) for h in pushed]
     assert sorted(os.path.relpath(h.path, root) for h in pushed) == sorted(
         ["a/0.png", "a/1.png", "a/2.png", "a/deeper/0.png", "a/deeper/1.png"])
 
