@@ -35,10 +35,26 @@ def test_keyframe_sampling_finds_every_scene_and_drops_still_repeats(tmp_path):
     video = make_video(tmp_path / "a.mp4", SCENES, gop=5)
     sampled = sample_frames(str(video), 32, None, Sampling(interval=2.0))
     assert sampled.mode == "keyframes"
-    assert sampled.decoded <= 34  # 33 keyframes, not 165 frames
+    # 33 keyframes, not 165 frames; and of those the samples, a check every 2 s, the keyframes
+    # between the checks around each cut, the last one
+    assert sampled.decoded <= 22
     assert sampled.times == pytest.approx(STARTS, abs=0.05)
     assert sampled.info.duration == pytest.approx(16.5, abs=0.2)
     assert (sampled.info.width, sampled.info.height, sampled.info.codec) == (160, 96, "h264")
+
+
+def test_keyframes_between_alike_checks_are_passed_over_and_a_short_scene_is_still_found(tmp_path):
+    # A wide interval (6 s) and a 3 s scene between two of another colour: keyframes are checked
+    # every 2 s, and only where two checks differ are the keyframes between them decoded, which
+    # places each cut at its keyframe.
+    video = make_video(tmp_path / "aba.mp4", [6.7, 3.0, 6.3], gop=5, colours=[COLOURS[0], COLOURS[1], COLOURS[0]])
+    keys, _ = video_mod._keyframe_times(str(video), 0)
+    sampled = sample_frames(str(video), 32, None, Sampling(interval=6.0))
+    assert sampled.mode == "keyframes"
+    # the start, then both cuts at the first keyframe of their scene (a keyframe every 0.5 s);
+    # the 6 s sample repeats the first frame (a still scene) and is dropped
+    assert sampled.times[0] == 0.0 and sampled.times[1:] == pytest.approx([6.7, 9.7], abs=0.35)
+    assert len(keys) >= 32 and sampled.decoded <= len(keys) // 2
 
 
 def test_long_gop_sampling_finds_scene_cuts_between_keyframes(tmp_path):

@@ -10,8 +10,10 @@ Sampling (``sample_frames``) decodes only what it needs:
 
 * the container is demuxed once without decoding, which gives every keyframe's time;
 * when keyframes are at most one interval apart (phone cameras write one or two a second),
-  only keyframes are decoded (``skip_frame = NONKEY``): each interval's sample is its first
-  keyframe, and encoders put keyframes at scene cuts, so short scenes are caught too;
+  only keyframes are decoded, and of those only a sample's and a check's every 2 s, plus the
+  ones between two checks that differ like a cut (``frames.select_keyframes``): each interval's
+  sample is its first keyframe, and encoders put keyframes at scene cuts, so cuts are placed
+  at their keyframe;
 * otherwise (long GOPs) every reference frame is decoded (``NONREF`` skips B-frames nobody
   refers to) and a tiny signature of a frame every fraction of an interval finds scene cuts;
 * a candidate whose tiny signature is nearly the previous kept frame's is dropped before
@@ -36,6 +38,7 @@ import numpy as np
 
 from .extensions import VIDEO_EXTENSIONS
 
+from .frames import Picker, decoded_frames, model_pixels, select_decoded, select_keyframes
 from .records import BadInput, FileEntry, Record, Skip, one_line
 
 VIDEO = "video"
@@ -70,7 +73,6 @@ _1080P = 1920 * 1080
 # A long video is sampled by several workers at once, each over a time range of at least this
 # many seconds (a range costs a seek and a demux of the file; shorter ones would not pay it back).
 SPLIT_SECONDS = 60.0
-SIG_SIZE = (32, 18)
 HASH_CHUNK = 1 << 20
 
 
@@ -266,7 +268,7 @@ def probe(path: str, max_pixels: int | None = None) -> VideoInfo:
                 raise BadInput(f"video too large: {width}x{height} pixels, over the {max_pixels}-pixel decode cap "
                                f"(set MMSEARCH_MAX_PIXELS to raise it)")
             stream.thread_type = "AUTO"
-            frame = next(iter(_frames(container, stream)), None)
+            frame = next(iter(decoded_frames(container, stream)), None)
             if frame is None:
                 raise BadInput("no decodable video frame")
             rotation = _rotation(frame)
@@ -292,22 +294,6 @@ def _captured(container) -> Any:
         return NOTHING
 
 
-def _frames(container, stream):
-    """Decoded frames of ``stream``; packets FFmpeg cannot decode are skipped (a damaged stretch
-    costs its frames, not the video)."""
-    import av
-
-    for packet in container.demux(stream):
-        try:
-            yield from packet.decode()
-        except av.error.InvalidDataError:
-            continue
-        except av.error.FFmpegError as exc:
-            if "Invalid data" in str(exc):
-                continue
-            raise
-
-
 def _keyframe_times(path: str, stream_index: int) -> tuple[list[float], float]:
     """(keyframe times, end time) from the packets alone: nothing is decoded."""
     with _open(path) as container:
@@ -323,31 +309,6 @@ def _keyframe_times(path: str, stream_index: int) -> tuple[list[float], float]:
             if packet.is_keyframe:
                 keys.append(t)
     return sorted(keys), end
-
-
-def _signature(frame) -> np.ndarray:
-    small = frame.reformat(width=SIG_SIZE[0], height=SIG_SIZE[1], format="rgb24", interpolation="AREA")
-    return small.to_ndarray().astype(np.float32) / 255.0
-
-
-def _difference(a: np.ndarray | None, b: np.ndarray) -> float:
-    return 1.0 if a is None else float(np.abs(a - b).mean())
-
-
-def _model_pixels(frame, rotation: int, target: int | None, pixels: Any) -> np.ndarray:
-    """The frame upright, as the model's uint8 input (or whole, as RGB, without a transform)."""
-    from PIL import Image
-
-    width, height = frame.width, frame.height
-    if target:
-        scale = min(1.0, 2 * target / max(1, min(width, height)))
-        width, height = max(1, round(width * scale)), max(1, round(height * scale))
-    rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
-    if rotation:
-        rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
-    if pixels is None:
-        return rgb
-    return pixels.apply(Image.fromarray(rgb, "RGB"))
 
 
 def spans(duration: float, workers: int) -> list[tuple[float, float]]:
@@ -415,7 +376,9 @@ def sample_frames(path: str, target: int | None, pixels: Any, sampling: Sampling
         result = SampledFrames(replace(info, duration=duration))
         with _open(path) as container:
             stream = container.streams[index]
-            stream.thread_type = "AUTO"
+            # Keyframes are decoded one at a time (``frames.select_keyframes``): frame threads
+            # would only delay each; a keyframe's slices can still be decoded in parallel.
+            stream.thread_type = "SLICE" if keyframes_only else "AUTO"
             stream.codec_context.thread_count = DECODE_THREADS
             stream.codec_context.skip_frame = "NONKEY" if keyframes_only else "NONREF"
             if keyframes_only:
@@ -429,7 +392,9 @@ def sample_frames(path: str, target: int | None, pixels: Any, sampling: Sampling
                 # to the keyframe at or before the range's start: frames before it are skipped
                 container.seek(int((first + _start(stream)) / stream.time_base), stream=stream, backward=True,
                                any_frame=False)
-            _select(container, stream, result, interval, sampling, target, pixels, keyframes_only, (first, last))
+            picker = Picker(result, interval, sampling, target, pixels, first)
+            walk = select_keyframes if keyframes_only else select_decoded
+            walk(container, stream, picker, _start(stream), (first, last))
     except BadInput:
         raise
     except MemoryError as exc:
@@ -442,55 +407,6 @@ def sample_frames(path: str, target: int | None, pixels: Any, sampling: Sampling
         raise BadInput("no decodable video frame")
     _cap(result, sampling.max_frames)
     return result
-
-
-def _select(container, stream, result: SampledFrames, interval: float, sampling: Sampling,
-            target: int | None, pixels: Any, keyframes_only: bool,
-            span: tuple[float, float] = (0.0, math.inf)) -> None:
-    """Walk the decoded frames of ``span`` once, keeping interval samples, scene cuts, not
-    still repeats."""
-    start = _start(stream)
-    rotation = result.info.rotation
-    first, last = span
-    next_sample = first  # time of the next interval sample
-    next_look = first  # time of the next scene-cut check (long-GOP decoding)
-    look_every = min(0.5, interval / 4)
-    last_sig: np.ndarray | None = None
-    last_t = -math.inf
-    for frame in _frames(container, stream):
-        result.decoded += 1
-        if frame.pts is None:
-            continue
-        t = max(0.0, float(frame.time) - start)
-        if t >= last:
-            break  # the next range's worker takes it from here
-        if t < first - 1e-6:
-            continue  # decoded from the keyframe before the range: the previous range's
-        due = t >= next_sample - 1e-6
-        look = keyframes_only or t >= next_look - 1e-6
-        if not (due or look):
-            continue
-        if look:
-            next_look = t + look_every
-        sig = _signature(frame)
-        difference = _difference(last_sig, sig)
-        cut = difference >= sampling.cut
-        if due and not cut and difference < sampling.same:
-            next_sample = t + interval  # a still scene: the kept frame stands for this one too
-            continue
-        if not (due or cut):
-            continue
-        if t - last_t < 1e-3:
-            continue
-        result.times.append(round(t, 3))
-        result.arrays.append(_model_pixels(frame, rotation, target, pixels))
-        last_sig, last_t = sig, t
-        if len(result.times) >= 2 * sampling.max_frames:
-            # Cut after cut (a flickering or hostile video): memory stays bounded by halving
-            # what is kept so far and the cadence from here on.
-            result.times, result.arrays = result.times[::2], result.arrays[::2]
-            interval *= 2
-        next_sample = t + interval
 
 
 def video_worker(path: str, target: int | None, pixels: Any, sampling: Sampling, max_pixels: int | None,
@@ -538,7 +454,7 @@ def frame_at(source: Any, t: float, size: int) -> bytes:
             if t > 0 and stream.time_base is not None:
                 container.seek(int((t + start) / stream.time_base), stream=stream, backward=True, any_frame=False)
             chosen = None
-            for frame in _frames(container, stream):
+            for frame in decoded_frames(container, stream):
                 if frame.pts is None:
                     continue
                 chosen = frame
@@ -546,7 +462,7 @@ def frame_at(source: Any, t: float, size: int) -> bytes:
                     break
             if chosen is None:
                 raise BadInput("no decodable video frame")
-            img = Image.fromarray(_model_pixels(chosen, _rotation(chosen), size, None), "RGB")
+            img = Image.fromarray(model_pixels(chosen, _rotation(chosen), size, None), "RGB")
     except BadInput:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as exc:
