@@ -5,7 +5,10 @@ A *document* is the set of items sharing a ``media.documents.doc_key`` (an image
 caption, sidecar or JSONL text). Every search here starts from one vector search over all items
 (a pool of ``pool_size(k)`` candidates, the one scan of the index) and, in the lexical modes,
 one BM25 query of the full-text index; then every part of each candidate document is fetched
-with its stored vector, and each document gets, for the query vector ``q``:
+with its stored vector, and each document gets, for the query vector ``q``, the scores below.
+Early fusion searches the document index instead of the item index when it holds the query's
+snapshot at its weights (``storage.docindex``: one fused vector per document, so its candidates
+are the best documents by early score itself); everything after the candidates is the same.
 
 * ``s_image``, ``s_text``: the cosine of ``q`` with its image part and with its text part (the
   best one where a document has several);

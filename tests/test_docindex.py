@@ -31,9 +31,11 @@ def _row(item_id, path, locator, modality, taken=None):
                 date_source="exif" if taken else None)
 
 
-def write_library(folder, docs: int, lone_images: int = 3, lone_texts: int = 3, seed: int = 0, first_id: int = 1):
+def write_library(folder, docs: int, lone_images: int = 3, lone_texts: int = 3, seed: int = 0, first_id: int = 1,
+                  frames: int = 0):
     """A library of JSONL records (text + image), image + sidecar pairs, lone images and lone
-    texts, with vectors written through the store; images dated 2020-2023 in turn."""
+    texts (and a video of ``frames`` frames), with vectors written through the store; images
+    dated 2020-2023 in turn."""
     rng = np.random.default_rng(seed)
     rows, vectors = [], []
     next_id = first_id
@@ -55,6 +57,11 @@ def write_library(folder, docs: int, lone_images: int = 3, lone_texts: int = 3, 
         next_id += 1
     for i in range(lone_texts):
         rows.append(_row(next_id, f"/lib/notes/n{i}.txt", "", "text"))
+        vectors.append(_unit(rng.standard_normal(DIM)))
+        next_id += 1
+    for i in range(frames):
+        row = _row(next_id, "/lib/clips/walk.mp4", f"f{i}", "video")
+        rows.append(dict(row, meta={"t": float(i), "duration": float(frames)}))
         vectors.append(_unit(rng.standard_normal(DIM)))
         next_id += 1
     if IndexStore.is_index(folder):
@@ -88,7 +95,11 @@ def by_hand(engine, query, weights=(0.5, 0.5), wanted=None):
     for row in rows.values():
         docs.setdefault(doc_key(row.path, row.locator, row.modality), []).append(row)
     out = []
-    for parts in docs.values():
+    for key, parts in docs.items():
+        if key[1] == "video":  # a video: its best frame
+            out.append(max((float(query @ np.frombuffer(blobs[p.id], np.float32)), -p.id) for p in parts))
+            out[-1] = (out[-1][0], -out[-1][1])
+            continue
         image = next((p for p in parts if p.modality == "image"), None)
         text = next((p for p in parts if p.modality == "text"), None)
         rep = image or text
@@ -286,3 +297,20 @@ def test_index_runs_keep_the_document_index_current_and_it_ranks_as_the_item_pat
     assert check_folder(idx, repair=True).ok and check_folder(idx).ok
     with Engine(idx) as engine:
         assert in_use(engine)
+
+
+def test_video_frames_are_found_through_the_document_index(tmp_path):
+    folder = tmp_path / "idx"
+    last = write_library(folder, docs=40, frames=8)
+    record = rebuild(folder)
+    assert (record["documents"], record["vectors"]) == (40, 40 + 6 + 8)  # every frame as itself
+    with Engine(folder) as engine:
+        assert in_use(engine)
+        frame = last - 3
+        with engine.store.read() as r:
+            [(_, blob)] = r.embeddings([frame])
+        q = _unit(np.frombuffer(blob, np.float32) + 0.05 * queries(1)[0])
+        got = ranked(engine, q)
+        assert got[0][1] == frame and got == expected(engine, q)
+        hit = engine.search_fused(q, None, FusionOptions("early"), k=1)[0]
+        assert hit.modality == "video" and hit.start is not None
