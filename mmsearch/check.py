@@ -15,6 +15,9 @@ What is checked, each reported as a ``Problem`` of one ``kind``:
   database. Repair rebuilds the FAISS file from the database (the database is authoritative).
 - ``vanished_file``: items whose file no longer exists; repair drops them.
   ``changed_file``: items whose file changed since indexing; repair re-embeds them.
+- ``document_index``: the document index file (``storage.docindex``) is not the one the manifest
+  records or cannot be read; repair rebuilds it. A stale one (of an older generation, which
+  queries pass over) is a note, and repair rebuilds it too.
 - ``stray_temp``: temporary files left by a killed writer; repair deletes them.
 
 Repairs run under the index's writer lock, so they never interleave with an indexing run.
@@ -44,7 +47,7 @@ from .storage import location
 from .storage.store import vectors_from_blobs
 from .storage.ondisk import read_index_file, unreferenced_data
 
-_TEMP_RE = re.compile(r"^\.(vectors\.g\d+\.faiss|manifest\.json)\..*\.tmp$")
+_TEMP_RE = re.compile(r"^\.((vectors|documents)\.g\d+\.faiss|manifest\.json)\..*\.tmp$")
 # Rows read per query while comparing the database with the FAISS index.
 _CHUNK = 20_000
 
@@ -200,6 +203,7 @@ def _check(store: IndexStore, report: CheckReport, *, repair: bool, encoder_fact
     if repair and reembed:
         _reembed(store, reembed, encoder_factory, report, settings)
     _check_vectors(store, report, repair)
+    _check_documents(store, report, repair)
     _check_onnx_exports(store, report, repair, encoder_factory, settings)
     if repair:
         report.items = _count(store)
@@ -438,6 +442,27 @@ def _check_vectors(store: IndexStore, report: CheckReport, repair: bool) -> None
         store.fit_vectors()
         store.save_vectors()
         store.update_manifest()
+
+
+def _check_documents(store: IndexStore, report: CheckReport, repair: bool) -> None:
+    """The document index (``storage.docindex``): a damaged file (not the one recorded, or
+    unreadable) is a problem; a stale one (of an older generation: early fusion searches the
+    item index, as after repairs of rows) a note. Repair rebuilds either."""
+    from .storage import docindex
+
+    found = docindex.problem(store)
+    if found is None:
+        return
+    kind, why = found
+    problem = _problem(report, "document_index", why) if kind == "damaged" else None
+    if kind == "stale" and not repair:
+        report.notes.append(f"{why}; `mmsearch index` or `mmsearch check --repair` rebuilds it")
+    if repair:
+        docindex.refresh(store, force=kind == "damaged")
+        if problem is not None:
+            problem.repaired = True
+        else:
+            report.notes.append(f"the document index was rebuilt ({why})")
 
 
 def _check_onnx_exports(store: IndexStore, report: CheckReport, repair: bool, encoder_factory,

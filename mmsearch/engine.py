@@ -38,7 +38,7 @@ from .storage import CHOICES, IndexStore, VectorSettings, location, writer_lock
 from .storage.pgvector import FAISS, PGVECTOR
 from .storage.pgvector import check_layout
 from .storage.vectors import AUTO
-from .errors import IndexTypeError
+from .errors import IndexTypeError, IndexWriteError
 
 log = logging.getLogger(__name__)
 
@@ -303,9 +303,21 @@ class Engine(Searching):
             report.metadata = metadata.refresh(store, [root.path for root in roots], report, progress, indexer.workers)
         store.fit_vectors(index_type)
         self._calibrate(report.changed)
+        self._index_documents()
         if report.changed:
             store.update_manifest()  # `updated_at`: when the index's contents last changed
         return report
+
+    def _index_documents(self) -> None:
+        """Bring the document index (``storage.docindex``, early fusion's candidates) to the
+        catalogue's generation when it is not there; a failure leaves early fusion on the item
+        index (slower, as exact), not the run failed."""
+        from .storage import docindex
+
+        try:
+            docindex.refresh(self.store)
+        except IndexWriteError as exc:
+            log.warning("%s", exc)
 
     def _calibrate(self, changed: bool) -> None:
         """Measure the background scores of the index (``mmsearch.calibration``) when its

@@ -5,7 +5,10 @@ A *document* is the set of items sharing a ``media.documents.doc_key`` (an image
 caption, sidecar or JSONL text). Every search here starts from one vector search over all items
 (a pool of ``pool_size(k)`` candidates, the one scan of the index) and, in the lexical modes,
 one BM25 query of the full-text index; then every part of each candidate document is fetched
-with its stored vector, and each document gets, for the query vector ``q``:
+with its stored vector, and each document gets, for the query vector ``q``, the scores below.
+Early fusion searches the document index instead of the item index when it holds the query's
+snapshot at its weights (``storage.docindex``: one fused vector per document, so its candidates
+are the best documents by early score itself); everything after the candidates is the same.
 
 * ``s_image``, ``s_text``: the cosine of ``q`` with its image part and with its text part (the
   best one where a document has several);
@@ -172,13 +175,16 @@ class Pool:
 
 def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int, keep: Callable[[Any], bool],
            options: FusionOptions, calibration: Any = None, query_modality: str = "text",
-           wanted: Any = None, source: Any = None) -> Pool:
+           wanted: Any = None, source: Any = None, documents: Any = None) -> Pool:
     """Units ranked as ``options`` say, best first, from ``size`` vector candidates (and as
     many BM25 matches). ``keep`` filters item rows (type, folder, query items): a document keeps
     the parts that pass. ``wanted`` (``filters.Filters``) applies to each document as its
     representative shows it (its image, else its text: a photo is dated, placed and given a
     camera by its picture, never by its caption); ``source`` (``candidates.Candidates``) gives
-    the vector candidates with the filter pushed into the search."""
+    the vector candidates with the filter pushed into the search. ``documents``: the document
+    index (``storage.docindex``, early fusion only) to take the vector candidates from instead
+    of the item index; each candidate is its document's representative item (its image, else
+    its text, or a video frame), and its document is read and scored as on the item path."""
     from .storage.documents import parts_of, places_by_id, vectors_by_id
 
     reader = snap.reader
@@ -187,6 +193,9 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
     exhausted = True
     fused = options.fusion != "none"
     total = source.total if source is not None else snap.total
+    if documents is not None:
+        allowed = source.allowed if source is not None else None
+        total = len(allowed) if allowed is not None else documents.ntotal
     fetch = min(total, size)
     searching = pool = None
     parts: dict[tuple, list[Any]] = {}  # documents' parts (with vectors) by key
@@ -196,9 +205,9 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
         # and SQLite both release the GIL, so on two cores the words cost little wall time. The
         # search is over before this snapshot (whose read lock keeps the vector index
         # unchanged) can end.
-        searching = _searcher().submit(_vector_pool, snap, source, vector, fetch)
+        searching = _searcher().submit(_vector_pool, snap, source, vector, fetch, documents)
     elif options.mode == "vector" and fetch > 0:
-        pool = _vector_pool(snap, source, vector, fetch)
+        pool = _vector_pool(snap, source, vector, fetch, documents)
     try:
         lexical: dict[int, float] = {}
         lexical_rows: dict[int, Any] = {}
@@ -222,6 +231,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
     finally:
         if searching is not None:
             pool = searching.result()
+    unkept: set[tuple] = set()  # documents found by their representative, which ``keep`` drops
     if pool is not None:
         scores, ids = pool
         exhausted = exhausted and (fetch >= total or len(ids) < fetch)
@@ -233,11 +243,13 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
                 if scores is not None:
                     cosines[item_id] = float(scores[n])
                 pool_rows[item_id] = row
+            elif row is not None and documents is not None and row.modality != "video":
+                unkept.add(doc_key(row.path, row.locator, row.modality))  # its other parts may pass
     for item_id, row in lexical_rows.items():
         pool_rows.setdefault(item_id, row)
 
     # Group into units; fetch the other parts of each document.
-    units: dict[tuple, Unit] = {}
+    units: dict[tuple, Unit] = {key: Unit(key) for key in unkept}
     part_of: dict[int, tuple] = {}
     for item_id, row in pool_rows.items():
         key = doc_key(row.path, row.locator, row.modality) if fused else (
@@ -317,12 +329,17 @@ def _searcher() -> ThreadPoolExecutor:
     return _SEARCHER
 
 
-def _vector_pool(snap: Snapshot, source: Any, vector: np.ndarray, fetch: int) -> tuple[np.ndarray | None, np.ndarray]:
+def _vector_pool(snap: Snapshot, source: Any, vector: np.ndarray, fetch: int,
+                 documents: Any = None) -> tuple[np.ndarray | None, np.ndarray]:
     """The best ``fetch`` vector candidates: (exact cosines or None, ids). From a lossy index,
     ids only: their exact cosines come from the stored vectors read for every part anyway (one
-    read instead of the snapshot's re-ranking read and that one)."""
+    read instead of the snapshot's re-ranking read and that one). From the document index
+    (``documents``), the representatives' ids only: its scores are fused cosines, not theirs."""
     from .candidates import EXACT
 
+    if documents is not None:
+        _, ids = documents.search(vector, fetch, allowed=source.allowed if source is not None else None)
+        return None, ids
     if source is not None and source.mode == EXACT:
         return source.fetch(fetch)
     allowed = source.allowed if source is not None else None

@@ -165,10 +165,11 @@ class Searching:
             # ``_ranked``.
             source = Candidates(snap, vector, wanted, type if type != "all" else None, prefixes) \
                 if wanted.active or prefixes else None
+            documents = _document_index(snap, options, type)
             size = fusion.pool_size(k)
             while True:  # widen the pool until k hits (groups, with dedup) survive or nothing is left
                 pool = fusion.search(snap, vector, words, size, keep, options, calibration, query_modality,
-                                     wanted, source)
+                                     wanted, source, documents)
                 units = pool.units
                 below = next((u.score for u in units if min_score is not None and u.score < min_score), None)
                 if below is not None:
@@ -372,6 +373,17 @@ def _collapse(snap: Any, units: list, threshold: float) -> list[list[int]]:
         elif len(blob) == dim * 4:
             matrix[n] = np.frombuffer(blob, np.float32)
     return dupes.collapse(matrix, threshold)
+
+
+def _document_index(snap: Any, options: Any, type: str) -> Any:
+    """The document index (``storage.docindex``) early fusion takes its candidates from, or None
+    for the item index: it must hold this very snapshot at the weights asked, and every part
+    must be rankable (``type`` 'all'; calibrated scores rank by another scale than its vectors)."""
+    from .storage import docindex
+
+    if options.fusion != "early" or type != "all" or options.calibrated:
+        return None
+    return docindex.for_query(snap, (options.image_weight, options.text_weight))
 
 
 def _check_search_options(type: str, k: int, min_score: float | None) -> None:

@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """Warm query latency of late fusion and hybrid (vector + BM25) search against vector-only search,
-on one synthetic index of documents, measured in the same run.
+on one synthetic index of documents, measured in the same run; early fusion both from the item
+index (``early``) and from the document index (``early-docindex``, ``storage.docindex``), whose
+build time and agreement with the item path are reported too.
 
 Each document is a JSON Lines record: a text part (eight words drawn from a Zipf vocabulary and
 a unique product code) and an image part, with CLIP-shaped vectors (``mmsearch.synthetic``; the
@@ -95,6 +97,29 @@ def build(folder: Path, docs: int, dim: int, seed: int = 0) -> dict:
     return facts
 
 
+def build_documents(folder: Path) -> dict:
+    """The document index (``storage.docindex``) of the index, built as an index run builds it
+    (whole, by the writer); its build time is measured when it is built here."""
+    from mmsearch.storage import IndexStore, docindex, writer_lock
+
+    store = IndexStore.open(folder)
+    try:
+        with store.read() as r:
+            current = docindex.current(store, r.generation())
+        if not current:
+            started = time.perf_counter()
+            with writer_lock(folder):
+                docindex.refresh(store)
+            store.update_manifest(**{docindex.RECORD: dict(store.manifest[docindex.RECORD],
+                                                           refresh_s=round(time.perf_counter() - started, 1))})
+        record = dict(store.manifest[docindex.RECORD])
+        record.pop("digest", None)
+        record["file_bytes"] = (folder / record["file"]).stat().st_size if record.get("file") else 0
+        return record
+    finally:
+        store.close()
+
+
 def queries(folder: Path, n: int, dim: int, seed: int = 7) -> list[tuple[np.ndarray, str, str]]:
     """(vector near a document's image, three of its words, its product code)."""
     from mmsearch.storage import IndexStore
@@ -115,37 +140,97 @@ def queries(folder: Path, n: int, dim: int, seed: int = 7) -> list[tuple[np.ndar
     return out
 
 
-def measure(folder: Path, qs: list, k: int = 10) -> dict:
+def exact_early(folder: Path, qs: list, k: int = 10) -> list[list[int]]:
+    """The true early-fusion top ``k`` of each query, by brute force over every document's
+    stored vectors (this benchmark's layout: document i is text 2i+1 and image 2i+2, shown by
+    its image), independent of both search paths."""
+    from mmsearch.storage import IndexStore
+
+    query = np.stack([v for v, _, _ in qs]).astype(np.float32)
+    best_s = np.full((len(qs), k), -np.inf, np.float32)
+    best_i = np.zeros((len(qs), k), np.int64)
+    store = IndexStore.open(folder)
+    with store.read() as r:
+        for rows in r.embedding_chunks():
+            ids = np.array([row[0] for row in rows], np.int64)
+            matrix = np.frombuffer(b"".join(row[1] for row in rows), np.float32).reshape(len(rows), -1)
+            text = ids % 2 == 1
+            assert np.array_equal(ids[text] + 1, ids[~text]), "a document's parts split across chunks"
+            fused = 0.5 * matrix[~text] + 0.5 * matrix[text]
+            fused /= np.linalg.norm(fused, axis=1, keepdims=True)
+            scores = np.concatenate([best_s, query @ fused.T], axis=1)
+            every = np.concatenate([best_i, np.broadcast_to(ids[~text], (len(qs), len(fused)))], axis=1)
+            top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            best_s, best_i = np.take_along_axis(scores, top, 1), np.take_along_axis(every, top, 1)
+    store.close()
+    return best_i.tolist()
+
+
+def measure(folder: Path, qs: list, k: int = 10, truth: int = 0) -> dict:
+    """Warm p50/p90 of every configuration, each query running all of them in rotating order.
+    ``early`` takes the item path (the document index switched off for it), ``early-docindex``
+    the document index; ``recall`` compares their top-k: the share of queries whose ids are the
+    same in the same order, and the mean overlap of the sets."""
     from mmsearch import Engine
     from mmsearch.fusion import FusionOptions
+    from mmsearch.storage import docindex
+
+    def item_path(run):
+        def wrapped(e, v, w):
+            docindex.USE_DOCUMENT_INDEX = False
+            try:
+                return run(e, v, w)
+            finally:
+                docindex.USE_DOCUMENT_INDEX = True
+        return wrapped
 
     configs = {
         "vector": lambda e, v, w: e.search_vector(v, k=k),
         "late": lambda e, v, w: e.search_fused(v, w, FusionOptions("late"), k=k),
         "rrf": lambda e, v, w: e.search_fused(v, w, FusionOptions("rrf"), k=k),
-        "early": lambda e, v, w: e.search_fused(v, w, FusionOptions("early"), k=k),
+        "early": item_path(lambda e, v, w: e.search_fused(v, w, FusionOptions("early"), k=k)),
+        "early-docindex": lambda e, v, w: e.search_fused(v, w, FusionOptions("early"), k=k),
         "hybrid": lambda e, v, w: e.search_fused(v, w, FusionOptions("none", "hybrid"), k=k),
         "hybrid+late": lambda e, v, w: e.search_fused(v, w, FusionOptions("late", "hybrid"), k=k),
+        "hybrid+early-docindex": lambda e, v, w: e.search_fused(v, w, FusionOptions("early", "hybrid"), k=k),
     }
     times: dict[str, list[float]] = {name: [] for name in configs}
     token_first = 0
+    same_order = overlap = 0.0
+    tops: dict[str, list[list[int]]] = {"early": [], "early-docindex": []}
     with Engine(folder) as engine:
+        with engine.store.snapshot() as snap:
+            assert docindex.for_query(snap, docindex.DEFAULT_WEIGHTS) is not None, "no current document index"
         for v, words, _ in qs[:5]:  # load the vector index, warm caches
             for run in configs.values():
                 run(engine, v, words)
         names = list(configs)
         for n, (v, words, code) in enumerate(qs):
+            top: dict[str, list[int]] = {}
             for name in names[n % len(names):] + names[:n % len(names)]:
                 started = time.perf_counter()
                 hits = configs[name](engine, v, words)
                 times[name].append((time.perf_counter() - started) * 1000)
                 assert hits, name
+                top[name] = [h.id for h in hits]
+            same_order += top["early"] == top["early-docindex"]
+            for name in tops:
+                tops[name].append(top[name])
+            overlap += len(set(top["early"]) & set(top["early-docindex"])) / max(1, len(top["early"]))
             hit = engine.search_fused(v, code, FusionOptions("late", "hybrid"), k=1)[0]
             token_first += hit.matched.get("words") == [code.split("-")[0].lower(), code.split("-")[1]]
     p50 = {name: statistics.median(t) for name, t in times.items()}
-    return {"p50_ms": {k: round(v, 2) for k, v in p50.items()},
+    recall = {}
+    if truth:
+        exact = exact_early(folder, qs[:truth], k)
+        for name, found in tops.items():
+            recall[name] = {"recall_at_k": round(float(np.mean([len(set(f) & set(e)) / k for f, e in zip(found, exact)])), 4),
+                            "same_top_k": f"{sum(f == e for f, e in zip(found, exact))}/{len(exact)}"}
+    return {"recall_against_brute_force": recall,"p50_ms": {k: round(v, 2) for k, v in p50.items()},
             "p90_ms": {k: round(float(np.percentile(t, 90)), 2) for k, t in times.items()},
             "ratio_to_vector": {k: round(v / p50["vector"], 2) for k, v in p50.items()},
+            "early_docindex_vs_item_path": {"same_top_k": f"{int(same_order)}/{len(qs)}",
+                                            "mean_overlap": round(overlap / len(qs), 3)},
             "token_queries_first": f"{token_first}/{len(qs)}"}
 
 
@@ -155,13 +240,17 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-fusion"))
+    parser.add_argument("--truth", type=int, default=50,
+                        help="queries whose true early-fusion top 10 is computed by brute force (recall of both paths)")
     args = parser.parse_args()
     folder = args.workdir / f"docs-{args.docs}-{args.dim}"
+    load_start = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     facts = build(folder, args.docs, args.dim)
-    result = measure(folder, queries(folder, args.queries, args.dim))
+    facts["document_index"] = build_documents(folder)
+    result = measure(folder, queries(folder, args.queries, args.dim), truth=args.truth)
     cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True, check=False).stdout.strip()
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
-    print(json.dumps({"machine": cpu or platform.processor(), "load": load, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    print(json.dumps({"machine": cpu or platform.processor(), "load_start": load_start, "load": load, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                       "index": facts, **result}, indent=1))
 
 

@@ -139,3 +139,28 @@ def parts_of(reader: Reader, keys: Iterable[tuple[str, str]], vectors: bool = Fa
                   for stem, _ in stems[start:start + STEMS_PER_QUERY]]
         take(_places(reader, or_(*ranges), Item.modality != "video", vectors=vectors))
     return found
+
+
+_EMBEDDED_PLACES = (select(Item.id, Item.path, Item.locator, Item.modality)
+                    .join(Embedding, Embedding.item_id == Item.id)
+                    .where(Item.id > bindparam("last")).order_by(Item.id).limit(bindparam("size")))
+
+
+_HAS_MODALITY = select(Item.id).where(Item.modality == bindparam("modality")).limit(1)
+
+
+def has_modality(reader: Reader, modality: str) -> bool:
+    """Whether any item of ``modality`` exists (one probe of the modality index)."""
+    return _run(reader, _HAS_MODALITY, modality=modality).first() is not None
+
+
+def embedded_places(reader: Reader, size: int = 50_000):
+    """Every (id, path, locator, modality) of an item that has a vector, in id order, ``size``
+    rows at a time (what the document index groups into documents)."""
+    last = 0
+    while True:
+        rows = [tuple(row) for row in _run(reader, _EMBEDDED_PLACES, last=last, size=size)]
+        if not rows:
+            return
+        yield rows
+        last = rows[-1][0]

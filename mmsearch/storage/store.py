@@ -60,8 +60,8 @@ LOCK_FILE = location.LOCK_FILE
 KEEP_VECTOR_RECORDS = 4
 _OWN_FILES = (*DB_FILES, LOCK_FILE, location.LINK_FILE)
 # What a created index holds besides the database (removed with a failed first run).
-_DERIVED_PREFIXES = ("vectors.g", "text_encoder.", "image_encoder.", ".vectors.g", ".text_onnx.", ".image_onnx.",
-                     f".{MANIFEST}.")
+_DERIVED_PREFIXES = ("vectors.g", "documents.g", "text_encoder.", "image_encoder.", ".vectors.g", ".documents.g",
+                     ".text_onnx.", ".image_onnx.", f".{MANIFEST}.")
 _DERIVED_FILES = (MANIFEST, "clip_bpe_vocab.txt.gz")
 
 
@@ -343,7 +343,8 @@ class IndexStore:
         """Delete temporary files a killed writer left behind (call only while holding the writer lock)."""
         removed = []
         for path in self.folder.iterdir():
-            if path.name.startswith((".vectors.g", f".{MANIFEST}.")) and path.name.endswith((".tmp", ".tmp.part")):
+            if path.name.startswith((".vectors.g", ".documents.g", f".{MANIFEST}.")) and \
+                    path.name.endswith((".tmp", ".tmp.part")):
                 path.unlink(missing_ok=True)
                 removed.append(path)
         for path in ondisk.unreferenced_data(self.folder, [p for _, p in saved_generations(self.folder)]):
