@@ -238,6 +238,10 @@ def test_json_and_cli_show_what_matched(docs, cli):
     first = doc["hits"][0]
     assert first["matched"]["words"] == ["inv", "2024", "0042"] and "cosine" in first
     assert first["matched"]["image"]["path"] == str(root / "shop" / "img" / "123.jpg")
+    # The table shows a document hit (shown by its image) with its caption and the words matched.
+    table = cli("query", "INV-2024-0042", "-i", idx, "--mode", "hybrid", "--fusion", "late", "-k", "1").stdout
+    assert "123.jpg" in table or "1:image" in table
+    assert "red running shoe, size 42" in table and "[inv 2024 0042]" in table
     result = cli("query", "x", "-i", idx, "--fusion", "sideways", ok=False)
     assert result.exit_code != 0 and "unknown fusion" in result.stderr
 

@@ -183,8 +183,21 @@ def _print_hits(hits) -> None:
             where = display_path(hit.path) + (f":{hit.locator}" if hit.locator else "")
         if hit.duplicates:
             where += f"  (+{len(hit.duplicates)} near-duplicate{'s' if len(hit.duplicates) > 1 else ''})"
-        table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.modality, Text(where), Text(terminal_safe(_snippet(hit.text))))
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.modality, Text(where), Text(terminal_safe(_hit_text(hit))))
     out.print(table)
+
+
+def _hit_text(hit) -> str:
+    """The text column: the hit's own text, else (a document shown by its image) the caption
+    that matched; then the query words the full-text index matched, in brackets."""
+    matched = hit.matched or {}
+    text = hit.text
+    if not text and isinstance(matched.get("text"), dict):
+        text = matched["text"].get("text")
+    shown = _snippet(text)
+    if matched.get("words"):
+        shown = f"{shown}  [{' '.join(matched['words'])}]" if shown else f"[{' '.join(matched['words'])}]"
+    return shown
 
 
 def clock(seconds: float) -> str:
