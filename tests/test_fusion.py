@@ -231,6 +231,33 @@ def test_an_old_index_gets_its_full_text_index_on_open(docs, tmp_path):
         assert hit.locator.startswith("1")
 
 
+def test_an_exact_term_among_descriptive_words_still_finds_its_item_first(docs):
+    from mmsearch.fusion import FusionOptions, exact_terms
+
+    assert exact_terms("SKU-1002 shoe IMG_0042 holiday.mp4 2019") == ["SKU-1002", "IMG_0042", "holiday.mp4", "2019"]
+    assert exact_terms("red running shoe, size 42 e.g. v2") == []  # words that describe
+    idx, root, _ = docs
+    with Engine(idx) as engine:
+        shoes = str(root / "shop" / "shoes.jsonl")
+        places = by_place(engine)
+        lighthouse = places[(str(root / "photos" / "exif.jpg"), "")].id
+        # The query's vector is the lighthouse photo's turned away from the invoice record's
+        # parts, and most of its words are the lighthouse's caption: by rank fusion alone the
+        # lighthouse wins; the invoice number's record holds the one exact term, so it comes first.
+        record = [places[(shoes, "1")].id, places[(shoes, "1:image")].id]
+        v = vectors(engine, [lighthouse, *record])
+        vector = v[lighthouse] - v[record[0]] - v[record[1]]
+        vector /= np.linalg.norm(vector)
+        words = "INV-2024-0042 lighthouse on a rocky coast"
+        for fusion in ("none", "late", "early", "rrf"):
+            hits = engine.search_fused(vector, words, FusionOptions(fusion, "hybrid"), k=3)
+            assert (hits[0].path, hits[0].locator.split(":")[0]) == (shoes, "1"), fusion
+            assert hits[0].score > 1.0 > hits[1].score
+        # Without the exact term the same query ranks the lighthouse first.
+        hit = engine.search_fused(vector, "lighthouse coast", FusionOptions("late", "hybrid"), k=1)[0]
+        assert hit.id == lighthouse
+
+
 def test_json_and_cli_show_what_matched(docs, cli):
     idx, root, _ = docs
     result = cli("query", "INV-2024-0042", "-i", idx, "--mode", "hybrid", "--fusion", "late", "--json", "-k", "2")

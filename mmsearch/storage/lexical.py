@@ -14,9 +14,10 @@ and ``ts_rank_cd`` for the ranking.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Protocol
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine as SAEngine
 
 TABLE = "items_fts"
@@ -55,6 +56,10 @@ class LexicalIndex(Protocol):
         """(item id, score: higher is better) of the best ``limit`` matches of ``query``'s words
         (words in more than COMMON_DF items left out; when all are, none unless ``every_word``,
         then the rarest)."""
+
+    def holding(self, session, terms: Sequence[str], ids: Sequence[int]) -> set[int]:
+        """Those of ``ids`` whose words or names hold one of ``terms`` as a phrase (its tokens
+        in order, as ``search`` matches a term)."""
 
 
 def query_phrases(query: str) -> list[str]:
@@ -136,6 +141,14 @@ class SqliteLexical:
             {"q": expression, "n": int(limit)})
         return [(int(item_id), -float(rank)) for item_id, rank in rows]
 
+    def holding(self, session, terms: Sequence[str], ids: Sequence[int]) -> set[int]:
+        expression = match_expression(" ".join(terms))
+        if expression is None or not ids:
+            return set()
+        statement = text(f"SELECT rowid FROM {TABLE} WHERE {TABLE} MATCH :q AND rowid IN :ids").bindparams(
+            bindparam("ids", expanding=True))
+        return {int(i) for (i,) in session.execute(statement, {"q": expression, "ids": [int(i) for i in ids]})}
+
 
 # PostgreSQL: the same words and names as FTS5's columns, split as unicode61 splits them (every
 # run of characters that are not letters or digits separates tokens; PostgreSQL's own parser
@@ -213,6 +226,15 @@ class PostgresLexical:
             f"WHERE {PG_COLUMN} @@ q ORDER BY rank DESC, id LIMIT :n"), {**params, "n": int(limit)})
         return [(int(item_id), float(rank)) for item_id, rank in rows]
 
+    def holding(self, session, terms: Sequence[str], ids: Sequence[int]) -> set[int]:
+        phrases = query_phrases(" ".join(terms))
+        if not phrases or not ids:
+            return set()
+        expression, params = _pg_query(phrases)
+        statement = text(f"SELECT id FROM items WHERE {PG_COLUMN} @@ ({expression}) AND id IN :ids").bindparams(
+            bindparam("ids", expanding=True))
+        return {int(i) for (i,) in session.execute(statement, {**params, "ids": [int(i) for i in ids]})}
+
 
 class NoLexical:
     """A database without a full-text implementation yet: nothing to create; searching its
@@ -229,6 +251,9 @@ class NoLexical:
 
         raise QueryError(f"lexical search is not available on a {self.engine.dialect.name} catalogue yet: "
                          "use --mode vector")
+
+    def holding(self, session, terms: Sequence[str], ids: Sequence[int]) -> set[int]:
+        return set()
 
 
 def lexical_index(engine: SAEngine) -> LexicalIndex:
