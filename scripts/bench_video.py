@@ -121,12 +121,37 @@ def mmsearch_seconds(video: Path, workdir: Path, split: bool = True) -> tuple[fl
     shutil.rmtree(index, ignore_errors=True)
     with Engine(index, model=ARCH, pretrained="none") as engine:
         engine.add([warm])
+        busy = cpu_busy()
         start = time.perf_counter()
         report = engine.add([folder])
         seconds = time.perf_counter() - start
+        cores = busy()
     if report.videos != 1:
         raise RuntimeError(f"mmsearch did not index {video}: {report.summary()}")
-    return seconds, {"frames_encoded": report.sampled, "frames_kept": report.frames, "stages": {k: round(v, 2) for k, v in report.stages.items()}}
+    return seconds, {"frames_encoded": report.sampled, "frames_kept": report.frames, "cores_busy": cores,
+                     "stages": {k: round(v, 2) for k, v in report.stages.items()}}
+
+
+def cpu_busy():
+    """Start counting the machine's CPU time (``/proc/stat``); the returned function gives how
+    many cores were busy on average since (None where there is no /proc): whether a run is
+    bound by the CPU or waits."""
+    def sample():
+        try:
+            values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return sum(values), values[3] + values[4]  # all, idle + iowait
+
+    first = sample()
+
+    def busy():
+        last = sample()
+        if first is None or last is None or last[0] == first[0]:
+            return None
+        total, idle = last[0] - first[0], last[1] - first[1]
+        return round((total - idle) / total * (os.cpu_count() or 1), 2)
+    return busy
 
 
 class Naive:
@@ -224,7 +249,8 @@ def main() -> None:
                "mmsearch": our_info, "naive": their_info}
         results["videos"].append(row)
         print(f"{label:6} {length:6.0f}s video  mmsearch {row['mmsearch_s']:7.1f}s ({row['mmsearch_x_realtime']:5.1f}x "
-              f"real time, {our_info['frames_encoded']} frames encoded)  naive {row['naive_s']:7.1f}s "
+              f"real time, {our_info['frames_encoded']} frames encoded, {our_info['cores_busy']} cores busy)  "
+              f"naive {row['naive_s']:7.1f}s "
               f"({row['naive_x_realtime']:5.1f}x, {their_info['frames_encoded']} encoded)  speed-up {row['speedup']:.2f}x  "
               f"unsplit {row['one_worker_per_video_s']:.1f}s (split {row['split_speedup']:.2f}x)", flush=True)
     print(json.dumps(results))

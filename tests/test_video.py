@@ -108,6 +108,9 @@ def test_spans_split_only_videos_long_enough_to_pay_for_it():
     assert spans(600.0, 1) == [(0.0, float("inf"))]
     assert spans(600.0, 2) == [(0.0, 300.0), (300.0, float("inf"))]
     assert spans(180.0, 8) == [(0.0, 60.0), (60.0, 120.0), (120.0, float("inf"))]
+    # Larger frames cost more to decode: a minute of 4K is split as four minutes of 1080p.
+    assert spans(60.0, 2, 3840 * 2160) == [(0.0, 30.0), (30.0, float("inf"))]
+    assert spans(60.0, 2, 1280 * 720) == [(0.0, float("inf"))]  # smaller ones count as 1080p
 
 
 @pytest.mark.parametrize("gop, interval", [(5, 2.0), (300, 4.0)], ids=["keyframes", "reference-frames"])

@@ -169,7 +169,7 @@ class LocalExecutor:
             info = outcome(path, pool.schedule(probe_worker, args=(path, limit), timeout=self.timeout), self.timeout)
             if isinstance(info, Skip):
                 return info
-            ranges, keys = spans(info.duration, self.workers), None
+            ranges, keys = spans(info.duration, self.workers, info.width * info.height), None
             if len(ranges) > 1:
                 keys = outcome(path, pool.schedule(keyframes_worker, args=(path, info.stream), timeout=self.timeout),
                                self.timeout)

@@ -433,7 +433,7 @@ class RayExecutor:
             if isinstance(info, Skip):
                 yield job, info
                 continue
-            ranges_of[v] = spans(info.duration, max(1, self.summary["cpus"]))
+            ranges_of[v] = spans(info.duration, max(1, self.summary["cpus"]), info.width * info.height)
         keys_refs = {v: keyframes.remote(jobs[v].record.path, infos[v].stream, self.timeout)
                      for v, ranges in ranges_of.items() if len(ranges) > 1}
         keys = dict(zip(keys_refs, self._get(list(keys_refs.values()))))

@@ -71,7 +71,8 @@ DECODE_THREADS = 4
 SECONDS_PER_SECOND_1080P = 0.5
 _1080P = 1920 * 1080
 # A long video is sampled by several workers at once, each over a time range of at least this
-# many seconds (a range costs a seek and a demux of the file; shorter ones would not pay it back).
+# many seconds of 1080p decoding (a range costs a seek and a demux of the file; shorter ones
+# would not pay it back). A larger frame counts for more: a minute of 4K is four minutes here.
 SPLIT_SECONDS = 60.0
 HASH_CHUNK = 1 << 20
 
@@ -311,10 +312,12 @@ def _keyframe_times(path: str, stream_index: int) -> tuple[list[float], float]:
     return sorted(keys), end
 
 
-def spans(duration: float, workers: int) -> list[tuple[float, float]]:
-    """Time ranges that split a video of ``duration`` seconds among up to ``workers`` workers,
-    each at least ``SPLIT_SECONDS`` long; one range (the whole video) when splitting cannot pay."""
-    count = max(1, min(workers, int(duration // SPLIT_SECONDS)))
+def spans(duration: float, workers: int, pixels: int = _1080P) -> list[tuple[float, float]]:
+    """Time ranges that split a video of ``duration`` seconds of ``pixels``-pixel frames among up
+    to ``workers`` workers, each worth at least ``SPLIT_SECONDS`` of 1080p decoding; one range
+    (the whole video) when splitting cannot pay."""
+    work = duration * max(1.0, pixels / _1080P)
+    count = max(1, min(workers, int(work // SPLIT_SECONDS)))
     if count == 1:
         return [(0.0, math.inf)]
     edges = [duration * i / count for i in range(count)] + [math.inf]
