@@ -195,9 +195,8 @@ def _hit_text(hit) -> str:
     if not text and isinstance(matched.get("text"), dict):
         text = matched["text"].get("text")
     shown = _snippet(text)
-    if matched.get("words"):
-        shown = f"{shown}  [{' '.join(matched['words'])}]" if shown else f"[{' '.join(matched['words'])}]"
-    return shown
+    words = f"[{' '.join(matched['words'])}]" if matched.get("words") else ""
+    return "  ".join(part for part in (shown, words) if part)
 
 
 def clock(seconds: float) -> str:
