@@ -122,7 +122,12 @@ def test_folder_swapped_for_a_symlink_never_leaks_the_outside(tmp_path, tiny_mod
                                                             for n in range(4)]
             for t in threads:
                 t.start()
+            # Run until the race has been exercised enough (counts, not a fixed time: under load
+            # fewer requests fit in a second), with a generous ceiling.
+            deadline = time.monotonic() + 60
             time.sleep(2.5)
+            while time.monotonic() < deadline and not (swaps > 50 and served["file"] > 10 and served["thumb"] > 5):
+                time.sleep(0.2)
             stop.set()
             for t in threads:
                 t.join(timeout=30)
