@@ -23,7 +23,7 @@ from .indexing import NullProgress, Progress
 from .library import under_any, within
 from .media.exif import camera_name
 from .media.video import VIDEO
-from .query import IMAGE, ITEM, TEXT, TYPES, Hit, Hits, Item, QueryTerm, parse_query, query_image_paths
+from .query import IMAGE, ITEM, TEXT, TYPES, Hit, Hits, Item, QueryTerm, parse_query, query_image_paths, unit_vector
 from .storage import ItemRow
 from .storage.store import vectors_from_blobs
 
@@ -90,7 +90,7 @@ class Searching:
         """
         options = _fusion_options(fusion, mode, image_weight, text_weight, calibrated, cutoff)
         dupes.dedup_threshold(dedup)  # bad values fail before the model loads
-        _check_search_options(type, k, min_score)
+        _check_search_options(type, k, min_score, under)
         wanted = filters_mod.parse(after, before, camera, near)
         filters_mod.check_sort(sort)
         self.store.raise_if_never_indexed()  # before the model is loaded
@@ -98,6 +98,9 @@ class Searching:
         if self._requested is not None and not self._check_model():
             raise self._mismatch("query it with the model it was built with")
         terms = _as_terms(query, force)
+        for term in terms:
+            if term.kind == TEXT:
+                filters_mod.check_text(term.value, "query text")
         vector = self.encode_query(terms)
         exclude: set[Any] = set()
         if not include_query:
@@ -134,12 +137,13 @@ class Searching:
         else its text). A video hit carries its segment, as in ``search_vector``."""
         from . import fusion
 
-        _check_search_options(type, k, min_score)
+        _check_search_options(type, k, min_score, under)
+        filters_mod.check_text(words, "query text")
         wanted = filters_mod.parse(after, before, camera, near)
         filters_mod.check_sort(sort)
         threshold = dupes.dedup_threshold(dedup)
         self._refresh()
-        vector = np.asarray(vector, np.float32).reshape(-1)
+        vector = unit_vector(vector)
         prefixes = self._under_prefixes(under) if under else None
 
         def keep(item: Any) -> bool:
@@ -234,7 +238,8 @@ class Searching:
         ``why_empty`` of the result says why. ``dedup``, ``after``, ``before``, ``camera``,
         ``near``, ``sort``: see ``search``.
         """
-        _check_search_options(type, k, min_score)
+        _check_search_options(type, k, min_score, under)
+        vector = unit_vector(vector)  # scores are cosines whatever its length
         wanted = filters_mod.parse(after, before, camera, near)
         filters_mod.check_sort(sort)
         threshold = dupes.dedup_threshold(dedup)
@@ -386,7 +391,8 @@ def _document_index(snap: Any, options: Any, type: str) -> Any:
     return docindex.for_query(snap, (options.image_weight, options.text_weight))
 
 
-def _check_search_options(type: str, k: int, min_score: float | None) -> None:
+def _check_search_options(type: str, k: int, min_score: float | None, under: Any = None) -> None:
+    filters_mod.check_text(under, "under")
     if type not in TYPES:
         raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPES)}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:

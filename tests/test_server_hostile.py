@@ -54,6 +54,40 @@ def served(library):
         yield engine, server.url
 
 
+# -- 6: NUL characters, on SQLite and PostgreSQL --------------------------------------------------------
+def test_nul_characters_are_refused_by_name(tmp_path, tiny_model, backend):
+    index = tmp_path / "index"
+    root = tmp_path / "library"
+    make_image(root / "a.jpg", seed=1)
+    (root / "note.txt").write_text("a note about a red car", encoding="utf-8")
+    with Engine(index, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+        engine.add([root])
+    with Engine(index) as engine, ServerThread(create_app(engine)) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as http:
+        cases = [({"q": "red\x00car", "mode": mode}, "query text") for mode in ("vector", "lexical", "hybrid")]
+        cases += [({"q": "red\x00car", "mode": "hybrid", "fusion": "late"}, "query text"),
+                  ({"q": "red", "under": "\x00"}, "under"), ({"q": "red", "under": f"{root}/\x00x"}, "under"),
+                  ({"q": "red", "camera": "\x00"}, "camera"), ({"q": "red", "camera": "Pixel\x007"}, "camera")]
+        for params, field in cases:
+            answer = http.get("/api/search", params=params)
+            assert answer.status_code == 422, (params, answer.status_code, answer.text)
+            assert answer.json()["detail"].startswith(f"{field}: holds a NUL character"), answer.text
+            posted = http.post("/api/search", json=params)
+            assert posted.status_code == 422, (params, posted.text)
+        item = engine.search("red", k=1)[0].id
+        answer = http.get(f"/api/items/{item}/similar", params={"under": "\x00"})
+        assert answer.status_code == 422 and "under" in answer.json()["detail"]
+        knn = http.post("/knn-service", content=json.dumps({"text": "red\x00car"}))
+        assert knn.status_code == 422 and "NUL" in knn.json()["detail"]
+        # The Python API: the same narrow error, before any SQL runs.
+        for call in (lambda: engine.search("red\x00", mode="lexical"), lambda: engine.search("red", under="\x00"),
+                     lambda: engine.search("red", camera="a\x00b"),
+                     lambda: engine.search_vector(np.ones(32, np.float32), under="a\x00")):
+            with pytest.raises(TextInputError, match="holds a NUL character"):
+                call()
+        assert http.get("/api/search", params={"q": "red car", "mode": "hybrid"}).status_code == 200
+
+
 # -- 7: Range headers with non-ASCII digits --------------------------------------------------------------
 def test_range_headers_take_ascii_digits_only(served, library):
     engine, url = served
@@ -85,3 +119,32 @@ def test_session_cookie_survives_an_unrelated_malformed_cookie(library):
             assert answer.status_code == 200, (header, answer.status_code)
         http.cookies.clear()
         assert http.get("/api/info", headers={"Cookie": 'theme="dark; x=y'}).status_code == 401
+
+
+# -- 9: embeddings with huge finite components -------------------------------------------------------------
+@pytest.mark.parametrize("scale", [3e38, 1e30, 1e308, 1e-300])
+def test_large_embedding_components_normalise_like_any_others(served, scale):
+    engine, url = served
+    rng = np.random.default_rng(3)
+    direction = rng.uniform(0.5, 1.0, 32)
+    expected = engine.search_vector(direction, k=5)
+    assert expected and all(h.score != 0.0 for h in expected)
+    got = engine.search_vector(direction * scale, k=5)
+    assert [h.id for h in got] == [h.id for h in expected]
+    assert np.allclose([h.score for h in got], [h.score for h in expected], atol=1e-5)
+    with httpx.Client(base_url=url, timeout=60) as http:
+        answer = http.post("/knn-service", content=json.dumps({"embedding_input": (direction * scale).tolist(),
+                                                                "num_images": 5, "modality": "image"}))
+        plain = http.post("/knn-service", content=json.dumps({"embedding_input": direction.tolist(),
+                                                               "num_images": 5, "modality": "image"}))
+    assert answer.status_code == 200 and plain.status_code == 200
+    assert [r["id"] for r in answer.json()] == [r["id"] for r in plain.json()] and answer.json()
+    assert np.allclose([r["similarity"] for r in answer.json()], [r["similarity"] for r in plain.json()], atol=1e-5)
+    assert all(r["similarity"] != 0.0 for r in answer.json())
+
+
+def test_non_finite_or_zero_vectors_are_refused(served):
+    engine, _ = served
+    for bad in (np.full(32, np.inf), np.zeros(32), np.full(32, np.nan)):
+        with pytest.raises(QueryError):
+            engine.search_vector(bad, k=3)

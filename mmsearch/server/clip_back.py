@@ -40,7 +40,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ..dupes import CLIP_RETRIEVAL_THRESHOLD
-from ..query import IMAGE, ITEM, TEXT, Hit, QueryTerm
+from ..errors import QueryError
+from ..query import IMAGE, ITEM, TEXT, Hit, QueryTerm, unit_vector
 from .responses import text_safe
 from .uploads import _BASE64_OVERHEAD, Upload
 
@@ -192,14 +193,13 @@ def _vector(value: Any) -> np.ndarray:
     if not isinstance(value, list) or not value or len(value) > 65_536 or any(
             isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value):
         raise HTTPException(422, "embedding_input must be a list of finite numbers")
-    vector = np.asarray(value, np.float32)
-    norm = float(np.linalg.norm(vector))
-    if norm == 0:
-        raise HTTPException(422, "embedding_input is the zero vector")
-    return vector / norm  # clip_back searches it as given; cosines need unit length
+    try:  # clip_back searches it as given; cosines need unit length (reached without overflow)
+        return unit_vector(value, "embedding_input")
+    except QueryError as exc:
+        raise HTTPException(422, str(exc)) from exc
 
 
-def _decode_image(state: Any, value: Any, target: int) -> Any:
+def _decode_image(state: Any, value: Any, target: Callable[[], int]) -> Any:
     if not isinstance(value, str) or not value:
         raise HTTPException(422, "image must be a base64 string")
     if value.startswith("data:") and "," in value:  # a data URL, as FileReader.readAsDataURL gives
