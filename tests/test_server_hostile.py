@@ -54,6 +54,24 @@ def served(library):
         yield engine, server.url
 
 
+# -- 3: /knn-service images take the ONNX path, and a bad one loads nothing ---------------------------
+def test_knn_service_image_loads_no_torch_model(library):
+    index, root = library
+    with Engine(index, settings=Settings.from_env().but(db=None)) as engine, \
+            ServerThread(create_app(engine)) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        assert engine.image_encoder.kind.startswith("onnx") and not engine.model_loaded
+        for bad in ("AAAA", base64.b64encode(b"not an image at all").decode()):
+            answer = http.post("/knn-service", content=json.dumps({"image": bad, "modality": "image"}))
+            assert 400 <= answer.status_code < 500 and "image" in answer.json()["detail"]
+            assert not engine.model_loaded, bad
+        data = base64.b64encode((root / "photo1.jpg").read_bytes()).decode()
+        answer = http.post("/knn-service", content=json.dumps({"image": data, "modality": "image", "num_images": 3}))
+        assert answer.status_code == 200 and answer.json()
+        assert not engine.model_loaded  # the ONNX image tower answered, as for /api/search uploads
+        wanted = engine.search(root / "photo1.jpg", k=3, type="image", include_query=True)
+        assert [r["id"] for r in answer.json()] == [h.id for h in wanted]
+
+
 # -- 6: NUL characters, on SQLite and PostgreSQL --------------------------------------------------------
 def test_nul_characters_are_refused_by_name(tmp_path, tiny_model, backend):
     index = tmp_path / "index"

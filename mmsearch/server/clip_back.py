@@ -31,6 +31,7 @@ import binascii
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,9 @@ def _knn(request: Request, data: dict[str, Any]) -> list[dict[str, Any]]:
             raise HTTPException(422, f"text longer than {MAX_TEXT_CHARS} characters")
         hits = engine.search(QueryTerm(TEXT, text), **options)
     elif image is not None:
-        picture = _decode_image(state, image, engine.encoder.image_size)
+        # As /api/search uploads: the image encoder queries use (ONNX where exported, no torch),
+        # asked only once the data reads as an image.
+        picture = _decode_image(state, image, lambda: engine.image_encoder.image_size)
         hits = engine.search(QueryTerm(IMAGE, picture), **options)
     elif image_url is not None:
         match = _OWN_FILE_URL.search(str(image_url).split("?", 1)[0]) if isinstance(image_url, str) else None

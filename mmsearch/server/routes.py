@@ -229,7 +229,9 @@ async def search_combined(request: Request) -> dict[str, Any]:
 def run_search(request: Request, started: float, parsed: SearchRequest) -> dict[str, Any]:
     state = server(request)
     wanted = {t.upload for t in parsed.terms if t.kind == IMAGE}
-    pictures = state.decoder.decode_all(parsed.uploads, wanted, state.engine.image_encoder.image_size) if wanted else {}
+    # The encoder (ONNX where exported) is asked for its input size once every upload reads as an image.
+    pictures = state.decoder.decode_all(parsed.uploads, wanted, lambda: state.engine.image_encoder.image_size) \
+        if wanted else {}
     terms: list[QueryTerm] = []
     described: list[dict[str, Any]] = []
     for term in parsed.terms:
