@@ -54,6 +54,27 @@ def served(library):
         yield engine, server.url
 
 
+# -- 2: video thumbnails decoded within indexing's caps -------------------------------------------------
+def test_video_and_image_thumbnails_respect_the_pixel_cap(tmp_path, tiny_model):
+    index, root = build(tmp_path, tiny_model, Settings.from_env().but(db=None))
+    capped = Settings.from_env().but(db=None, max_pixels=200_000)
+    with Engine(index, settings=capped) as engine, ServerThread(create_app(engine)) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as http:
+        frame = next(h for h in engine.search("red", k=50, type="video"))
+        photo = next(h for h in engine.search("red", k=50, type="image"))
+        for item in (frame, photo):  # within the cap: thumbnails as usual
+            assert http.get(f"/api/items/{item.id}/thumbnail", params={"size": 64}).status_code == 200
+        # The files are swapped for larger ones of the same names (640x480: over the 200,000-pixel cap).
+        make_video(root / "swap.mp4", [1.0, 1.0], width=640, height=480, gop=5)
+        shutil.move(root / "swap.mp4", root / "clip.mp4")
+        make_image(root / "swap.jpg", seed=99, size=(640, 480))
+        shutil.move(root / "swap.jpg", root / photo.path.rsplit("/", 1)[1])
+        for item in (frame, photo):
+            answer = http.get(f"/api/items/{item.id}/thumbnail", params={"size": 128})
+            assert answer.status_code == 404, (item.modality, answer.status_code)
+            assert "200000-pixel decode cap" in answer.json()["detail"]
+
+
 # -- 3: /knn-service images take the ONNX path, and a bad one loads nothing ---------------------------
 def test_knn_service_image_loads_no_torch_model(library):
     index, root = library

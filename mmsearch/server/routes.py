@@ -300,10 +300,12 @@ def thumbnail(request: Request, item_id: str,
         key = SourceKey.of(item.id, opened.stat)
 
         def make() -> bytes:
+            caps = state.engine.settings  # indexing's decode caps (MMSEARCH_MAX_PIXELS, MMSEARCH_DECODE_TIMEOUT)
             with state.decode_slots:  # one of the few decodes at a time
                 if at_moment is not None:  # a video: the frame at the item's moment, read from the descriptor
-                    return at_moment(opened.fd, made, float((item.meta or {}).get("t", 0.0)))
-                return maker(opened.read_all(MAX_THUMBNAIL_SOURCE_BYTES), made)
+                    return at_moment(opened.fd, made, float((item.meta or {}).get("t", 0.0)), caps.max_pixels,
+                                     caps.decode_timeout)
+                return maker(opened.read_all(MAX_THUMBNAIL_SOURCE_BYTES), made, caps.max_pixels)
 
         try:
             data = state.thumbs.get_or_make(key, made, make)
