@@ -171,18 +171,20 @@ class Searching:
                 if wanted.active or prefixes else None
             documents = _document_index(snap, options, type)
             size = fusion.pool_size(k)
+            # With dedup, bounded work whatever the threshold: at most dedup_pool(k) units compared.
+            limit = max(size, dupes.dedup_pool(k)) if threshold is not None else None
             while True:  # widen the pool until k hits (groups, with dedup) survive or nothing is left
                 pool = fusion.search(snap, vector, words, size, keep, options, calibration, query_modality,
                                      wanted, source, documents)
-                units = pool.units
+                units = pool.units[:limit] if limit else pool.units  # hybrid pools hold up to two sizes
                 below = next((u.score for u in units if min_score is not None and u.score < min_score), None)
                 if below is not None:
                     units = [u for u in units if u.score >= min_score]
                 groups = (_collapse(snap, units, threshold) if threshold is not None
                           else [[i] for i in range(len(units))])
-                if len(groups) >= k or pool.exhausted or below is not None:
+                if len(groups) >= k or pool.exhausted or below is not None or (limit and size >= limit):
                     break
-                size *= 4
+                size = min(size * 4, limit) if limit else size * 4
             shown = [units[g[0]] for g in groups[:k]]
             others = {units[g[0]].representative.row.id: [units[i].representative.row.id for i in g[1:]]
                       for g in groups[:k]} if threshold is not None else {}
@@ -314,8 +316,10 @@ class Searching:
 
     def _deduplicated(self, vector: np.ndarray, k: int, threshold: float, **options: Any) -> Hits:
         """The best ``k`` hits after collapsing near-duplicates: fetch more until ``k`` groups
-        are found or nothing is left."""
-        fetch = k * 2
+        are found, nothing is left or ``dupes.dedup_pool(k)`` hits were compared (then fewer
+        than ``k`` groups come back: the work stays bounded whatever the threshold)."""
+        limit = dupes.dedup_pool(k)
+        fetch = min(k * 2, limit)
         while True:
             hits = self.search_vector(vector, k=fetch, **options)
             with self.store.read() as r:
@@ -323,14 +327,14 @@ class Searching:
             present = [h for h in hits if len(blobs.get(h.id, b"")) == self.store.dim * 4]
             vectors = vectors_from_blobs([blobs[h.id] for h in present], self.store.dim)
             groups = dupes.collapse(vectors, threshold)
-            if len(groups) >= k or len(hits) < fetch:
+            if len(groups) >= k or len(hits) < fetch or fetch >= limit:
                 kept = Hits(why_empty=hits.why_empty)
                 for group in groups[:k]:
                     first = present[group[0]]
                     kept.append(dataclasses.replace(first, rank=len(kept) + 1,
                                                     duplicates=[present[i].id for i in group[1:]]))
                 return kept
-            fetch *= 4
+            fetch = min(fetch * 4, limit)
 
     def duplicates(self, *, threshold: float | None = None, type: str = "all",
                    progress: Progress | None = None) -> list[dupes.DuplicateGroup]:

@@ -54,6 +54,78 @@ def served(library):
         yield engine, server.url
 
 
+# -- 1: near-duplicate collapse, bounded whatever the threshold ----------------------------------------
+def test_thresholds_below_the_floor_are_refused_everywhere(served, library):
+    engine, url = served
+    index, _ = library
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for path, params, field in (("/api/search", {"q": "red", "dedup_threshold": 0.0001}, "dedup_threshold"),
+                                    ("/api/search", {"q": "red", "dedup_threshold": 0.0001, "fusion": "late"},
+                                     "dedup_threshold"),
+                                    ("/api/duplicates", {"threshold": 0.0001}, "threshold")):
+            answer = http.get(path, params=params)
+            assert answer.status_code == 422, (path, params, answer.text)
+            assert field in answer.json()["detail"] and "0.5" in answer.json()["detail"]
+        posted = http.post("/api/search", json={"q": "red", "dedup_threshold": 0.0001})
+        assert posted.status_code == 422 and "dedup_threshold" in posted.json()["detail"]
+        assert http.get("/api/search", params={"q": "red", "dedup_threshold": 0.5}).status_code == 200
+        # The API docs say the valid range.
+        spec = http.get("/openapi.json").json()
+        described = [p for p in spec["paths"]["/api/search"]["get"]["parameters"] if p["name"] == "dedup_threshold"]
+        assert "from 0.5 to 1" in described[0]["description"]
+    with pytest.raises(QueryError, match="from 0.5 to 1"):
+        engine.search("red", dedup=0.0001)
+    with pytest.raises(QueryError, match="from 0.5 to 1"):
+        engine.duplicates(threshold=0.2)
+    done = run("dupes", "-i", index, "--threshold", "0.0001")
+    assert done.returncode == 2 and "--threshold must be from 0.5 to 1" in one_line(done.stderr), done.stderr
+    helped = run("dupes", "--help", env={"COLUMNS": "200"}).stdout.decode()
+    assert "from 0.5 to 1" in " ".join(helped.replace("│", " ").split())
+
+
+def test_a_threshold_joining_everything_compares_a_bounded_pool(served):
+    # Under the tiny model's random weights every short text looks like every other: at the floor
+    # all hits are one group, and the collapse must stop at dedup_pool(k) hits, not read the index.
+    engine, url = served
+    pool = 256  # dupes.dedup_pool(10): max(256, 8 x k)
+    assert engine.count() > 400  # well over the pool: 400 JSONL texts and more
+    for ranking in ({}, {"fusion": "late"}, {"mode": "hybrid"}):
+        hits = engine.search("note number", k=10, type="text", dedup=0.5, **ranking)
+        assert hits and sum(1 + len(h.duplicates) for h in hits) <= pool, ranking
+        with httpx.Client(base_url=url, timeout=60) as http:
+            answer = http.get("/api/search", params={"q": "note number", "type": "text", "dedup_threshold": 0.5,
+                                                     **ranking})
+        assert answer.status_code == 200
+        assert sum(1 + len(h["duplicates"]) for h in answer.json()["hits"]) <= pool
+    assert dupes.dedup_pool(10) == pool and dupes.dedup_pool(100) == 800
+
+
+def test_components_join_pairs_as_union_find_does():
+    rng = np.random.default_rng(7)
+    for n, edges in ((1, 0), (50, 30), (400, 2000), (1000, 300)):
+        pairs = rng.integers(0, n, size=(edges, 2))
+        parent = list(range(n))  # the textbook union-find, one pair at a time
+
+        def root(a: int) -> int:
+            while parent[a] != a:
+                a = parent[a]
+            return a
+
+        for a, b in pairs.tolist():
+            parent[root(a)] = root(b)
+        expected: dict[int, list[int]] = {}
+        for i in range(n):
+            expected.setdefault(root(i), []).append(i)
+        sets = dupes.Components(n)
+        for chunk in np.array_split(pairs, 3):  # fed in blocks, as a scan does
+            sets.add(chunk[:, 0], chunk[:, 1])
+        assert sets.all() == sorted(expected.values(), key=lambda g: g[0])
+        assert sets.groups() == [g for g in sets.all() if len(g) > 1]
+    # collapse: all rows, each group in rank order; a chain joins
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9], [-1.0, 0.0]])
+    assert dupes.collapse(x, 0.95) == [[0, 2], [1, 3], [4]]
+
+
 # -- 2: video thumbnails decoded within indexing's caps -------------------------------------------------
 def test_video_and_image_thumbnails_respect_the_pixel_cap(tmp_path, tiny_model):
     index, root = build(tmp_path, tiny_model, Settings.from_env().but(db=None))

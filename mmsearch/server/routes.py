@@ -16,6 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, Response
 
 from .. import __version__
+from ..dupes import MIN_THRESHOLD
 from ..media import BadInput, media_registry
 from ..media.documents import source_path
 from ..query import IMAGE, ITEM, TEXT, Hit, Item, QueryTerm
@@ -35,7 +36,9 @@ PAGE_HEADERS = {
 
 UNDER = Query(None, max_length=4096, description="Only hits inside this folder (a path on the server)")
 DEDUP = Query(False, description="Collapse near-duplicate hits (the best-ranked of each group stays)")
-DEDUP_THRESHOLD = Query(None, gt=0, le=1, description="Cosine similarity for dedup (implies dedup) [default: 0.97]")
+DEDUP_THRESHOLD = Query(None, ge=MIN_THRESHOLD, le=1, description=f"Cosine similarity for dedup, from {MIN_THRESHOLD:g} to 1 "
+                        "(implies dedup) [default: 0.97]; at most max(256, 8 x k) hits are compared, so fewer than "
+                        "k groups may come back")
 AFTER = Query(None, max_length=64, description="Only items taken on or after this date (YYYY-MM-DD, YYYY-MM, YYYY or "
                                               "ISO date-time): capture date, else the file's time")
 BEFORE = Query(None, max_length=64, description="Only items taken before this date (exclusive)")
@@ -256,8 +259,8 @@ def run_search(request: Request, started: float, parsed: SearchRequest) -> dict[
 @router.get("/api/duplicates", tags=["items"])
 def duplicates(
     request: Request,
-    threshold: float | None = Query(None, gt=0, le=1, description="Cosine similarity at or above which two items "
-                                    "are near-duplicates [default: 0.97]"),
+    threshold: float | None = Query(None, ge=MIN_THRESHOLD, le=1, description="Cosine similarity at or above which "
+                                    f"two items are near-duplicates, from {MIN_THRESHOLD:g} to 1 [default: 0.97]"),
     type: Modality = Query("all", description="Only groups of this type"),
     limit: int = Query(100, ge=1, le=10_000, description="Groups returned at most (largest first)"),
 ) -> dict[str, Any]:
