@@ -45,8 +45,8 @@ from .errors import QueryError
 
 DEFAULT_THRESHOLD = 0.97
 MIN_THRESHOLD = 0.5  # the lowest threshold taken: below it, "near-duplicate" means nothing
-DEDUP_POOL_FACTOR = 8  # a query's collapse looks at most at this many times k hits...
-DEDUP_MIN_POOL = 256  # ...or at this many, for small k
+DEDUP_POOL_FACTOR = 4  # a query's collapse looks at most at this many times k hits...
+DEDUP_MIN_POOL = 100  # ...or at this many, for small k
 CLIP_RETRIEVAL_THRESHOLD = 0.94  # clip-retrieval's clip_back.py get_non_uniques
 EXACT_MAX = 4096  # below this many vectors, all pairs are compared directly
 PROBES = 4  # cells each vector is compared with in a partitioned scan (at 1M planted: 3 cells split 15 of 10,000 groups)
@@ -81,43 +81,70 @@ class Components:
     millions of pairs (every pair of a pool, at a low threshold) join in a few array passes."""
 
     def __init__(self, n: int):
-        self.parent = np.arange(n, dtype=np.int64)  # after each ``add``: every member's root
+        self.parent = np.arange(n, dtype=np.int64)  # a forest: each root is its own parent
 
     def _roots(self, members: np.ndarray) -> np.ndarray:
         roots = self.parent[members]
-        while True:
+        for _ in range(8):
             up = self.parent[roots]
             if np.array_equal(up, roots):
                 return roots
             roots = up
+        self._flatten()  # deep trees: every member pointed at its root, all at once
+        return self.parent[members]
 
-    def add(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Join the members of each pair (a[i], b[i])."""
-        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
-        while len(a):
-            ra, rb = self._roots(a), self._roots(b)
-            apart = ra != rb
-            if not apart.any():
-                break
-            a, b, ra, rb = a[apart], b[apart], ra[apart], rb[apart]
-            # A root always points to a smaller one (no cycles); of several edges naming one
-            # root, one write wins and the others go round again.
-            self.parent[np.maximum(ra, rb)] = np.minimum(ra, rb)
+    def _flatten(self) -> None:
         parent = self.parent
-        while True:  # every member pointed at its root
+        while True:
             up = parent[parent]
             if np.array_equal(up, parent):
                 break
             parent = up
         self.parent = parent
 
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Join the members of each pair (a[i], b[i])."""
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        if not len(a):
+            return
+        ra, rb = self._roots(a), self._roots(b)
+        apart = ra != rb
+        if not apart.any():
+            return
+        # The roots these pairs join, numbered 0..m-1 (ascending), joined among themselves;
+        # each then points at the smallest root of its component.
+        roots, local = np.unique(np.concatenate([ra[apart], rb[apart]]), return_inverse=True)
+        edges = int(apart.sum())
+        self.parent[roots] = roots[_smallest_connected(len(roots), local[:edges], local[edges:])]
+
     def groups(self) -> list[list[int]]:
         """Sets of two or more members, each in ascending order, ordered by their first member."""
+        self._flatten()
         return _sets(self.parent, 2)
 
     def all(self) -> list[list[int]]:
         """Every set, singletons too, each ascending, ordered by their first member."""
+        self._flatten()
         return _sets(self.parent, 1)
+
+
+def _smallest_connected(m: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """For each of 0..m-1, the smallest node connected to it by the edges (u[i], v[i]): labels
+    lowered along edges, then by pointer jumping, until nothing changes (a few rounds)."""
+    label = np.arange(m, dtype=np.int64)
+    while True:
+        low = np.minimum(label[u], label[v])
+        lowered = label.copy()
+        np.minimum.at(lowered, u, low)
+        np.minimum.at(lowered, v, low)
+        while True:
+            up = lowered[lowered]
+            if np.array_equal(up, lowered):
+                break
+            lowered = up
+        if np.array_equal(lowered, label):
+            return label
+        label = lowered
 
 
 def _sets(roots: np.ndarray, smallest: int) -> list[list[int]]:
@@ -198,13 +225,39 @@ def similar_pairs(vectors: np.ndarray, threshold: float, *, probes: int = PROBES
 
 
 def components(vectors: np.ndarray, threshold: float, *, progress: Progress | None = None,
-               **options: Any) -> Components:
-    """The rows of ``vectors`` joined by every pair at or above ``threshold``, pairs consumed
-    block by block (memory: one block's pairs, whatever the threshold)."""
+               exact_max: int = EXACT_MAX, **options: Any) -> Components:
+    """The rows of ``vectors`` joined by every pair at or above ``threshold``. Up to
+    ``exact_max`` rows: a breadth-first walk of the boolean similarity matrix (n^2 bits, no list
+    of pairs, whatever the threshold); above, the partition's pairs consumed block by block."""
     sets = Components(len(vectors))
-    for a, b, _ in pair_blocks(vectors, threshold, progress=progress, **options):
+    if len(vectors) <= exact_max:
+        sets.parent = _dense_labels(_normalised(vectors), check_threshold(threshold), progress)
+        return sets
+    for a, b, _ in pair_blocks(vectors, threshold, progress=progress, exact_max=exact_max, **options):
         sets.add(a, b)
     return sets
+
+
+def _dense_labels(x: np.ndarray, threshold: float, progress: Progress | None) -> np.ndarray:
+    """For each row, the smallest row connected to it (each row's similar rows, transitively)."""
+    n = len(x)
+    similar = np.empty((n, n), dtype=bool)
+    for start in range(0, n, _BLOCK):
+        similar[start:start + _BLOCK] = x[start:start + _BLOCK] @ x.T >= threshold
+        if progress is not None:
+            progress(min(n, start + _BLOCK), n)
+    label = np.full(n, -1, dtype=np.int64)
+    alone = similar.sum(axis=1) - np.diagonal(similar) == 0
+    label[alone] = np.flatnonzero(alone)  # no walk for rows similar to no other
+    for first in np.flatnonzero(~alone).tolist():  # the smallest row not yet reached starts the next component
+        if label[first] >= 0:
+            continue
+        label[first] = first
+        frontier = np.array([first])
+        while len(frontier):
+            frontier = np.flatnonzero(similar[frontier].any(axis=0) & (label < 0))
+            label[frontier] = first
+    return label
 
 
 def _probe_cells(x: np.ndarray, probes: int, seed: int) -> np.ndarray:

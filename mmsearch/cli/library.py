@@ -77,7 +77,7 @@ def query_cmd(
     image: Annotated[bool, typer.Option("--image", metavar="", help="Treat every term as an image path.")] = False,
     text: Annotated[bool, typer.Option("--text", metavar="", help="Treat every term as text, even if it names a file.")] = False,
     include_self: Annotated[bool, typer.Option("--include-self", metavar="", help="Let a query image appear in its own results.")] = False,
-    dedup: Annotated[bool, typer.Option("--dedup", metavar="", help="Collapse near-duplicate results (see `mmsearch dupes`): the best-ranked of each group stays; at most max(256, 8 x top) hits are compared, so fewer groups may come back.")] = False,
+    dedup: Annotated[bool, typer.Option("--dedup", metavar="", help="Collapse near-duplicate results (see `mmsearch dupes`): the best-ranked of each group stays; at most max(100, 4 x top) hits are compared, so fewer groups may come back.")] = False,
     after: Annotated[Optional[str], typer.Option("--after", metavar="DATE", help="Only items taken on or after DATE (YYYY-MM-DD, YYYY-MM, YYYY or an ISO date-time): the EXIF or video date, else the file's time.", show_default=False)] = None,
     before: Annotated[Optional[str], typer.Option("--before", metavar="DATE", help="Only items taken before DATE (exclusive).", show_default=False)] = None,
     camera: Annotated[Optional[str], typer.Option("--camera", metavar="NAME", help="Only items taken with this camera: model, make or both, e.g. 'Pixel 7', 'Canon' (any ASCII case).", show_default=False)] = None,

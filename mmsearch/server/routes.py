@@ -16,7 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, Response
 
 from .. import __version__
-from ..dupes import MIN_THRESHOLD
+from ..dupes import DEDUP_MIN_POOL, DEDUP_POOL_FACTOR, MIN_THRESHOLD
 from ..media import BadInput, media_registry
 from ..media.documents import source_path
 from ..query import IMAGE, ITEM, TEXT, Hit, Item, QueryTerm
@@ -37,8 +37,8 @@ PAGE_HEADERS = {
 UNDER = Query(None, max_length=4096, description="Only hits inside this folder (a path on the server)")
 DEDUP = Query(False, description="Collapse near-duplicate hits (the best-ranked of each group stays)")
 DEDUP_THRESHOLD = Query(None, ge=MIN_THRESHOLD, le=1, description=f"Cosine similarity for dedup, from {MIN_THRESHOLD:g} to 1 "
-                        "(implies dedup) [default: 0.97]; at most max(256, 8 x k) hits are compared, so fewer than "
-                        "k groups may come back")
+                        f"(implies dedup) [default: 0.97]; at most max({DEDUP_MIN_POOL}, {DEDUP_POOL_FACTOR} x k) hits "
+                        "are compared, so fewer than k groups may come back")
 AFTER = Query(None, max_length=64, description="Only items taken on or after this date (YYYY-MM-DD, YYYY-MM, YYYY or "
                                               "ISO date-time): capture date, else the file's time")
 BEFORE = Query(None, max_length=64, description="Only items taken before this date (exclusive)")
