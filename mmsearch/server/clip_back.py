@@ -12,7 +12,7 @@ What maps to what: ``indice_name`` is the index folder's name (the only index se
 null: that one), ``modality`` is the result type (``image`` or ``text``), ``num_result_ids`` the
 number of hits searched, ``deduplicate`` collapses near-duplicates (``mmsearch.dupes``, at
 clip-retrieval's similarity 0.94; as the rest of mmsearch does, more hits are fetched so that
-duplicates do not shorten the answer), ``embedding_input`` a query vector in the index's space,
+duplicates do not shorten the answer, up to ``dupes.dedup_pool``), ``embedding_input`` a query vector in the index's space,
 ``image`` a base64 image (decoded as uploads are, within their size and pixel limits). An
 ``image_url`` is used only when it is one of this server's own item URLs (the front end sends
 those for "search with this image"); mmsearch downloads nothing. ``use_mclip``,
