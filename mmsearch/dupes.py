@@ -18,17 +18,24 @@ recall stays at the level ``scripts/bench_dupes.py`` measures (BENCHMARKS.md). S
 always exact: a reported pair is never a false positive of the partition, only a missed pair
 can be one of its costs.
 
-Thresholds are cosine similarities in (0, 1]. ``DEFAULT_THRESHOLD`` (0.97) lies between the two
+Thresholds are cosine similarities from ``MIN_THRESHOLD`` (0.5) to 1. ``DEFAULT_THRESHOLD`` (0.97) lies between the two
 fixed points the peers publish: immich groups assets within cosine distance 0.01 (similarity
 0.99: re-encodes and resizes only), clip-retrieval hides result duplicates above 0.94 (which also
 joins shots of one scene taken seconds apart). Without the real model weights on the build
 machine the value could not be tuned on real photos; see README "Near-duplicates".
+
+Bounded work whatever the threshold: below ``MIN_THRESHOLD`` two items are not near-duplicates
+by any model's measure (and a threshold near 0 joins everything, so a scan's pairs were all
+n^2/2 pairs); pairs are joined into groups block by block, in numpy (``Components``), never one
+pair at a time in Python nor all pairs held at once; and a query's collapse looks at most at
+``dedup_pool(k)`` hits (``DEDUP_POOL_FACTOR`` times k), so a threshold under which every hit is
+one group costs a bounded multiple of the plain query, not a scan of the index.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,19 +44,27 @@ import numpy as np
 from .errors import QueryError
 
 DEFAULT_THRESHOLD = 0.97
+MIN_THRESHOLD = 0.5  # the lowest threshold taken: below it, "near-duplicate" means nothing
+DEDUP_POOL_FACTOR = 4  # a query's collapse looks at most at this many times k hits...
+DEDUP_MIN_POOL = 100  # ...or at this many, for small k
 CLIP_RETRIEVAL_THRESHOLD = 0.94  # clip-retrieval's clip_back.py get_non_uniques
 EXACT_MAX = 4096  # below this many vectors, all pairs are compared directly
 PROBES = 4  # cells each vector is compared with in a partitioned scan (at 1M planted: 3 cells split 15 of 10,000 groups)
-_BLOCK = 4096  # rows per matrix product (bounds memory: _BLOCK x cell or x n floats)
+_BLOCK = 512  # rows per matrix product (bounds memory: _BLOCK x cell or x n floats, and as many pairs)
 
 
 def check_threshold(value: Any, name: str = "threshold") -> float:
     """``value`` as a similarity threshold, or QueryError naming ``name`` and why."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise QueryError(f"{name} must be a number between 0 and 1 (a cosine similarity), got {value!r}")
-    if not 0.0 < float(value) <= 1.0:
-        raise QueryError(f"{name} must be above 0 and at most 1 (a cosine similarity), got {value:g}")
+        raise QueryError(f"{name} must be a number from {MIN_THRESHOLD:g} to 1 (a cosine similarity), got {value!r}")
+    if not MIN_THRESHOLD <= float(value) <= 1.0:
+        raise QueryError(f"{name} must be from {MIN_THRESHOLD:g} to 1 (a cosine similarity), got {value:g}")
     return float(value)
+
+
+def dedup_pool(k: int) -> int:
+    """The most hits a query's collapse compares to find its k groups."""
+    return max(DEDUP_MIN_POOL, DEDUP_POOL_FACTOR * int(k))
 
 
 def dedup_threshold(dedup: bool | float) -> float | None:
@@ -61,41 +76,82 @@ def dedup_threshold(dedup: bool | float) -> float | None:
     return check_threshold(dedup, "dedup")
 
 
-class UnionFind:
-    """Disjoint sets over 0..n-1 (path halving, union by size)."""
+class Components:
+    """Connected components over 0..n-1, fed edges in numpy batches: no Python step per edge, so
+    millions of pairs (every pair of a pool, at a low threshold) join in a few array passes."""
 
     def __init__(self, n: int):
-        self.parent = np.arange(n, dtype=np.int64)
-        self.size = np.ones(n, dtype=np.int64)
+        self.parent = np.arange(n, dtype=np.int64)  # a forest: each root is its own parent
 
-    def find(self, a: int) -> int:
+    def _roots(self, members: np.ndarray) -> np.ndarray:
+        roots = self.parent[members]
+        for _ in range(8):
+            up = self.parent[roots]
+            if np.array_equal(up, roots):
+                return roots
+            roots = up
+        self._flatten()  # deep trees: every member pointed at its root, all at once
+        return self.parent[members]
+
+    def _flatten(self) -> None:
         parent = self.parent
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return int(a)
+        while True:
+            up = parent[parent]
+            if np.array_equal(up, parent):
+                break
+            parent = up
+        self.parent = parent
 
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Join the members of each pair (a[i], b[i])."""
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        if not len(a):
             return
-        if self.size[ra] < self.size[rb]:
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        self.size[ra] += self.size[rb]
+        ra, rb = self._roots(a), self._roots(b)
+        apart = ra != rb
+        if not apart.any():
+            return
+        # The roots these pairs join, numbered 0..m-1 (ascending), joined among themselves;
+        # each then points at the smallest root of its component.
+        roots, local = np.unique(np.concatenate([ra[apart], rb[apart]]), return_inverse=True)
+        edges = int(apart.sum())
+        self.parent[roots] = roots[_smallest_connected(len(roots), local[:edges], local[edges:])]
 
     def groups(self) -> list[list[int]]:
         """Sets of two or more members, each in ascending order, ordered by their first member."""
-        roots = self.parent.copy()
-        while True:  # every member pointed at its root, all at once
-            up = roots[roots]
-            if np.array_equal(up, roots):
+        self._flatten()
+        return _sets(self.parent, 2)
+
+    def all(self) -> list[list[int]]:
+        """Every set, singletons too, each ascending, ordered by their first member."""
+        self._flatten()
+        return _sets(self.parent, 1)
+
+
+def _smallest_connected(m: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """For each of 0..m-1, the smallest node connected to it by the edges (u[i], v[i]): labels
+    lowered along edges, then by pointer jumping, until nothing changes (a few rounds)."""
+    label = np.arange(m, dtype=np.int64)
+    while True:
+        low = np.minimum(label[u], label[v])
+        lowered = label.copy()
+        np.minimum.at(lowered, u, low)
+        np.minimum.at(lowered, v, low)
+        while True:
+            up = lowered[lowered]
+            if np.array_equal(up, lowered):
                 break
-            roots = up
-        found: dict[int, list[int]] = {}
-        for i in np.flatnonzero(self.size[roots] > 1).tolist():
-            found.setdefault(int(roots[i]), []).append(i)
-        return sorted((g for g in found.values() if len(g) > 1), key=lambda g: g[0])
+            lowered = up
+        if np.array_equal(lowered, label):
+            return label
+        label = lowered
+
+
+def _sets(roots: np.ndarray, smallest: int) -> list[list[int]]:
+    order = np.argsort(roots, kind="stable")  # members ascending within each root
+    bounds = np.flatnonzero(np.diff(roots[order])) + 1
+    sets = [part.tolist() for part in np.split(order, bounds) if len(part) >= smallest] if len(roots) else []
+    return sorted(sets, key=lambda g: g[0])
 
 
 def _normalised(vectors: np.ndarray) -> np.ndarray:
@@ -105,59 +161,103 @@ def _normalised(vectors: np.ndarray) -> np.ndarray:
     return x / norms
 
 
-def _block_pairs(q: np.ndarray, qpos: np.ndarray, x: np.ndarray, xpos: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (a, b), a < b, of the pairs of ``q`` rows and ``x`` rows at or above ``threshold``
-    (a pair may be found from either side: a partitioned scan compares it once, in one direction)."""
+def _block_pairs(q: np.ndarray, qpos: np.ndarray, x: np.ndarray, xpos: np.ndarray,
+                 threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions (a, b), a < b, of the pairs of ``q`` rows and ``x`` rows at or above ``threshold``,
+    and their similarities (a pair may be found from either side: a partitioned scan compares it
+    once, in one direction)."""
     sims = q @ x.T
     rows, cols = np.nonzero(sims >= threshold)
     a, b = qpos[rows], xpos[cols]
     keep = a != b
-    return np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
+    return np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep]), sims[rows[keep], cols[keep]]
 
 
 Progress = Callable[[int, int], None]  # (done, total) of the comparison work
 
 
-def similar_pairs(vectors: np.ndarray, threshold: float, *, probes: int = PROBES, exact_max: int = EXACT_MAX,
-                  seed: int = 0, progress: Progress | None = None) -> np.ndarray:
-    """Row pairs (an int64 array of shape (m, 2), a < b, each pair once) of ``vectors`` whose
-    cosine similarity is at least ``threshold``; exact below ``exact_max`` rows, else through a
+def pair_blocks(vectors: np.ndarray, threshold: float, *, probes: int = PROBES, exact_max: int = EXACT_MAX,
+                seed: int = 0, progress: Progress | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Row pairs (a, b), a < b, of ``vectors`` whose cosine similarity is at least ``threshold``,
+    with their similarities, block by block (a pair may come twice); exact below ``exact_max`` rows, else through a
     k-means partition (see the module's description)."""
     threshold = check_threshold(threshold)
     x = _normalised(vectors)
     n = len(x)
     tick = progress or (lambda done, total: None)
     if n < 2:
-        return np.empty((0, 2), np.int64)
-    found: list[tuple[np.ndarray, np.ndarray]] = []
+        return
     everyone = np.arange(n, dtype=np.int64)
     if n <= exact_max:
         for start in range(0, n, _BLOCK):
             rows = everyone[start:start + _BLOCK]
-            found.append(_block_pairs(x[rows], rows, x, everyone, threshold))
+            yield _block_pairs(x[rows], rows, x[start:], everyone[start:], threshold)  # each pair once
             tick(min(n, start + _BLOCK), n)
-    else:
-        probes_of = _probe_cells(x, probes, seed)
-        cells = int(probes_of.max()) + 1
-        primary = probes_of[:, 0]
-        by_cell = np.argsort(primary, kind="stable")
-        cell_starts = np.searchsorted(primary[by_cell], np.arange(cells + 1))
-        flat = probes_of.ravel()
-        visitors = np.argsort(flat, kind="stable")
-        visit_starts = np.searchsorted(flat[visitors], np.arange(cells + 1))
-        for cell in range(cells):
-            members = by_cell[cell_starts[cell]:cell_starts[cell + 1]]
-            if len(members):
-                queries = visitors[visit_starts[cell]:visit_starts[cell + 1]] // probes_of.shape[1]
-                for start in range(0, len(queries), _BLOCK):
-                    rows = queries[start:start + _BLOCK]
-                    found.append(_block_pairs(x[rows], rows, x[members], members, threshold))
-            if cell % 64 == 63 or cell == cells - 1:
-                tick(cell + 1, cells)
+        return
+    probes_of = _probe_cells(x, probes, seed)
+    cells = int(probes_of.max()) + 1
+    primary = probes_of[:, 0]
+    by_cell = np.argsort(primary, kind="stable")
+    cell_starts = np.searchsorted(primary[by_cell], np.arange(cells + 1))
+    flat = probes_of.ravel()
+    visitors = np.argsort(flat, kind="stable")
+    visit_starts = np.searchsorted(flat[visitors], np.arange(cells + 1))
+    for cell in range(cells):
+        members = by_cell[cell_starts[cell]:cell_starts[cell + 1]]
+        if len(members):
+            queries = visitors[visit_starts[cell]:visit_starts[cell + 1]] // probes_of.shape[1]
+            for start in range(0, len(queries), _BLOCK):
+                rows = queries[start:start + _BLOCK]
+                yield _block_pairs(x[rows], rows, x[members], members, threshold)
+        if cell % 64 == 63 or cell == cells - 1:
+            tick(cell + 1, cells)
+
+
+def similar_pairs(vectors: np.ndarray, threshold: float, *, probes: int = PROBES, exact_max: int = EXACT_MAX,
+                  seed: int = 0, progress: Progress | None = None) -> np.ndarray:
+    """Row pairs (an int64 array of shape (m, 2), a < b, each pair once) of ``vectors`` whose
+    cosine similarity is at least ``threshold`` (``pair_blocks``, gathered)."""
+    found = list(pair_blocks(vectors, threshold, probes=probes, exact_max=exact_max, seed=seed, progress=progress))
     if not found:
         return np.empty((0, 2), np.int64)
     pairs = np.stack([np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])], axis=1)
     return np.unique(pairs, axis=0) if len(pairs) else np.empty((0, 2), np.int64)
+
+
+def components(vectors: np.ndarray, threshold: float, *, progress: Progress | None = None,
+               exact_max: int = EXACT_MAX, **options: Any) -> Components:
+    """The rows of ``vectors`` joined by every pair at or above ``threshold``. Up to
+    ``exact_max`` rows: a breadth-first walk of the boolean similarity matrix (n^2 bits, no list
+    of pairs, whatever the threshold); above, the partition's pairs consumed block by block."""
+    sets = Components(len(vectors))
+    if len(vectors) <= exact_max:
+        sets.parent = _dense_labels(_normalised(vectors), check_threshold(threshold), progress)
+        return sets
+    for a, b, _ in pair_blocks(vectors, threshold, progress=progress, exact_max=exact_max, **options):
+        sets.add(a, b)
+    return sets
+
+
+def _dense_labels(x: np.ndarray, threshold: float, progress: Progress | None) -> np.ndarray:
+    """For each row, the smallest row connected to it (each row's similar rows, transitively)."""
+    n = len(x)
+    similar = np.empty((n, n), dtype=bool)
+    for start in range(0, n, _BLOCK):
+        similar[start:start + _BLOCK] = x[start:start + _BLOCK] @ x.T >= threshold
+        if progress is not None:
+            progress(min(n, start + _BLOCK), n)
+    label = np.full(n, -1, dtype=np.int64)
+    alone = similar.sum(axis=1) - np.diagonal(similar) == 0
+    label[alone] = np.flatnonzero(alone)  # no walk for rows similar to no other
+    for first in np.flatnonzero(~alone).tolist():  # the smallest row not yet reached starts the next component
+        if label[first] >= 0:
+            continue
+        label[first] = first
+        frontier = np.array([first])
+        while len(frontier):
+            frontier = np.flatnonzero(similar[frontier].any(axis=0) & (label < 0))
+            label[frontier] = first
+    return label
 
 
 def _probe_cells(x: np.ndarray, probes: int, seed: int) -> np.ndarray:
@@ -180,31 +280,40 @@ def _probe_cells(x: np.ndarray, probes: int, seed: int) -> np.ndarray:
 
 def groups_of(n: int, pairs: np.ndarray) -> list[list[int]]:
     """Connected components (of two or more) of the graph on 0..n-1 with edges ``pairs``."""
-    sets = UnionFind(n)
-    for a, b in pairs.tolist():
-        sets.union(a, b)
+    sets = Components(n)
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    sets.add(pairs[:, 0], pairs[:, 1])
     return sets.groups()
 
 
-def video_components(vectors: np.ndarray, pairs: np.ndarray, rows: dict[int, Any], ids: Sequence[int]) -> list[list[int]]:
-    """Groups of videos from pairs of their frames (positions into ``ids``): pairs within one
-    video are dropped (a scene that returns), videos joined by any cross pair form a group, and
-    each video is represented by its frame in the most similar cross pair it takes part in, so a
-    copy of a video is one group of two whose similarity is that of its best-matching moment."""
+def video_components(blocks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], rows: dict[int, Any],
+                     ids: Sequence[int]) -> list[list[int]]:
+    """Groups of videos from blocks of pairs of their frames (positions into ``ids``, with their
+    similarities; ``pair_blocks``): pairs within one video are dropped (a scene that returns),
+    videos joined by any cross pair form a group, and each video is represented by its frame in
+    the most similar cross pair it takes part in, so a copy of a video is one group of two whose
+    similarity is that of its best-matching moment."""
     path_of = [rows[item_id].path for item_id in ids]
     names = sorted(set(path_of))
     node = {name: n for n, name in enumerate(names)}
-    sets = UnionFind(len(names))
-    best: dict[str, tuple[float, int]] = {}
-    for a, b in pairs.tolist():
-        if path_of[a] == path_of[b]:
+    node_of = np.array([node[p] for p in path_of], np.int64)
+    sets = Components(len(names))
+    best_sim = np.full(len(names), -np.inf)
+    best_frame = np.full(len(names), -1, np.int64)
+    for a, b, sims in blocks:
+        cross = node_of[a] != node_of[b]
+        a, b, sims = a[cross], b[cross], sims[cross]
+        if not len(a):
             continue
-        sets.union(node[path_of[a]], node[path_of[b]])
-        sim = float(np.dot(vectors[a], vectors[b]))
-        for own in (a, b):
-            if sim > best.get(path_of[own], (-2.0, -1))[0]:
-                best[path_of[own]] = (sim, own)
-    return [[best[names[n]][1] for n in group] for group in sets.groups()]
+        sets.add(node_of[a], node_of[b])
+        frames, scores = np.concatenate([a, b]), np.concatenate([sims, sims]).astype(np.float64)
+        videos = node_of[frames]
+        order = np.lexsort((frames, -scores, videos))  # per video: the most similar pair first
+        firsts = order[np.r_[True, videos[order][1:] != videos[order][:-1]]]
+        better = firsts[scores[firsts] > best_sim[videos[firsts]]]
+        best_sim[videos[better]] = scores[better]
+        best_frame[videos[better]] = frames[better]
+    return [[int(best_frame[n]) for n in group] for group in sets.groups()]
 
 
 # -- groups of items ---------------------------------------------------------------------------------
@@ -280,15 +389,14 @@ def scan(reader: Any, dim: int, modalities: Sequence[str], threshold: float, pro
             progress.advance(done - state["done"])
             state["done"] = done
 
-        pairs = similar_pairs(vectors, threshold, progress=tick)
         if modality == "video":  # frames: videos are the duplicates, not moments of one video
-            components = video_components(vectors, pairs, reader.items(ids), ids)
+            joined = video_components(pair_blocks(vectors, threshold, progress=tick), reader.items(ids), ids)
         else:
-            components = groups_of(len(ids), pairs)
-        wanted = [ids[p] for comp in components for p in comp]
+            joined = components(vectors, threshold, progress=tick).groups()
+        wanted = [ids[p] for comp in joined for p in comp]
         rows_by_id = reader.items(wanted)
-        position = {ids[p]: p for comp in components for p in comp}
-        found.extend(make_groups([[rows_by_id[ids[p]] for p in comp] for comp in components],
+        position = {ids[p]: p for comp in joined for p in comp}
+        found.extend(make_groups([[rows_by_id[ids[p]] for p in comp] for comp in joined],
                                  lambda item_id: vectors[position[item_id]]))
     found.sort(key=lambda g: (-len(g.items), g.keeper.id))
     return found
@@ -298,13 +406,6 @@ def collapse(vectors: np.ndarray, threshold: float) -> list[list[int]]:
     """Ranked results collapsed: lists of row positions, each a group in rank order (its first
     the best-ranked, which stays), the lists ordered by their first member; every row appears
     once. As clip-retrieval: connected components of the pairs at or above ``threshold``."""
-    n = len(vectors)
-    if n == 0:
+    if len(vectors) == 0:
         return []
-    sets = UnionFind(n)
-    for a, b in similar_pairs(vectors, threshold).tolist():
-        sets.union(a, b)
-    by_root: dict[int, list[int]] = {}
-    for i in range(n):
-        by_root.setdefault(sets.find(i), []).append(i)
-    return sorted(by_root.values(), key=lambda g: g[0])
+    return components(vectors, threshold).all()

@@ -47,6 +47,11 @@ class FilterError(QueryError):
     """A search filter (date, camera, place, order) has a bad value; the message names it."""
 
 
+class TextInputError(QueryError):
+    """A text given to a search (query text, folder, camera) holds a NUL character, which no
+    catalogue stores and no file name holds; the message names the field."""
+
+
 class IndexingInterrupted(MMSearchError):
     """Indexing stopped on request; the work done so far was saved."""
 

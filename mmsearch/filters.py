@@ -13,13 +13,14 @@ exclusive, so ``after=2024-01-01, before=2025-01-01`` is the year 2024.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from .errors import FilterError
+from .errors import FilterError, TextInputError
 
 RELEVANCE, DATE, DATE_ASC = "relevance", "date", "date-asc"
 SORTS = (RELEVANCE, DATE, DATE_ASC)  # date: newest first
@@ -125,11 +126,22 @@ def parse_date(value: Any, name: str) -> datetime | None:
     return moment
 
 
+def check_text(value: Any, name: str) -> Any:
+    """``value`` as given, unless it is text holding a NUL character: SQLite's full-text syntax
+    ends at one, PostgreSQL refuses it in text, and no file name holds one. Every text of a
+    search request that reaches SQL or the file system passes here once, where it is parsed."""
+    if isinstance(value, (str, os.PathLike)) and "\x00" in os.fspath(value):
+        raise TextInputError(f"{name}: holds a NUL character (\\x00), which no search text, folder or "
+                             "camera name may contain")
+    return value
+
+
 def parse_camera(value: Any, name: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
         raise FilterError(f"{name}: expected text, got {type(value).__name__}")
+    check_text(value, name)
     text = " ".join(value.split())
     if not text:
         raise FilterError(f"{name}: empty camera name")

@@ -222,12 +222,29 @@ def parse_query(tokens: Sequence[str] | str, force: str | None = None) -> list[Q
 
 
 def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
-    """Normalised weighted sum of normalised vectors."""
-    total = (np.asarray(weights, np.float32)[:, None] * vectors).sum(axis=0)
+    """Normalised weighted sum of normalised vectors (in float64, the weights scaled by the
+    largest: only their ratios matter, and no finite weight overflows)."""
+    w = np.asarray(weights, np.float64)
+    peak = float(np.abs(w).max()) if len(w) else 0.0
+    total = ((w / peak)[:, None] * np.asarray(vectors, np.float64)).sum(axis=0) if peak > 0 else np.zeros(1)
     norm = float(np.linalg.norm(total))
-    if norm < 1e-6:
+    if not norm >= 1e-6:  # NaN too
         raise QueryError("the query terms cancel out: change the weights")
     return (total / norm).astype(np.float32)
+
+
+def unit_vector(vector: Any, name: str = "query vector") -> np.ndarray:
+    """``vector`` (any sequence of numbers) at unit length, as float32: computed in float64 after
+    dividing by its largest component, so that no finite input overflows (components of 3e38 or
+    1e308 normalise like any others). QueryError for a non-finite component or the zero vector."""
+    x = np.asarray(vector, np.float64).reshape(-1)
+    if not np.isfinite(x).all():
+        raise QueryError(f"{name}: every component must be a finite number")
+    peak = float(np.abs(x).max()) if len(x) else 0.0
+    if peak == 0.0:
+        raise QueryError(f"{name} is the zero vector: it has no direction to search")
+    x = x / peak
+    return (x / np.linalg.norm(x)).astype(np.float32)
 
 
 def query_image_paths(terms: Sequence[QueryTerm]) -> set[str]:

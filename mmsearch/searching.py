@@ -23,7 +23,7 @@ from .indexing import NullProgress, Progress
 from .library import under_any, within
 from .media.exif import camera_name
 from .media.video import VIDEO
-from .query import IMAGE, ITEM, TEXT, TYPES, Hit, Hits, Item, QueryTerm, parse_query, query_image_paths
+from .query import IMAGE, ITEM, TEXT, TYPES, Hit, Hits, Item, QueryTerm, parse_query, query_image_paths, unit_vector
 from .storage import ItemRow
 from .storage.store import vectors_from_blobs
 
@@ -90,7 +90,7 @@ class Searching:
         """
         options = _fusion_options(fusion, mode, image_weight, text_weight, calibrated, cutoff)
         dupes.dedup_threshold(dedup)  # bad values fail before the model loads
-        _check_search_options(type, k, min_score)
+        _check_search_options(type, k, min_score, under)
         wanted = filters_mod.parse(after, before, camera, near)
         filters_mod.check_sort(sort)
         self.store.raise_if_never_indexed()  # before the model is loaded
@@ -98,6 +98,9 @@ class Searching:
         if self._requested is not None and not self._check_model():
             raise self._mismatch("query it with the model it was built with")
         terms = _as_terms(query, force)
+        for term in terms:
+            if term.kind == TEXT:
+                filters_mod.check_text(term.value, "query text")
         vector = self.encode_query(terms)
         exclude: set[Any] = set()
         if not include_query:
@@ -134,12 +137,13 @@ class Searching:
         else its text). A video hit carries its segment, as in ``search_vector``."""
         from . import fusion
 
-        _check_search_options(type, k, min_score)
+        _check_search_options(type, k, min_score, under)
+        filters_mod.check_text(words, "query text")
         wanted = filters_mod.parse(after, before, camera, near)
         filters_mod.check_sort(sort)
         threshold = dupes.dedup_threshold(dedup)
         self._refresh()
-        vector = np.asarray(vector, np.float32).reshape(-1)
+        vector = unit_vector(vector)
         prefixes = self._under_prefixes(under) if under else None
 
         def keep(item: Any) -> bool:
@@ -167,18 +171,20 @@ class Searching:
                 if wanted.active or prefixes else None
             documents = _document_index(snap, options, type)
             size = fusion.pool_size(k)
+            # With dedup, bounded work whatever the threshold: at most dedup_pool(k) units compared.
+            limit = max(size, dupes.dedup_pool(k)) if threshold is not None else None
             while True:  # widen the pool until k hits (groups, with dedup) survive or nothing is left
                 pool = fusion.search(snap, vector, words, size, keep, options, calibration, query_modality,
                                      wanted, source, documents)
-                units = pool.units
+                units = pool.units[:limit] if limit else pool.units  # hybrid pools hold up to two sizes
                 below = next((u.score for u in units if min_score is not None and u.score < min_score), None)
                 if below is not None:
                     units = [u for u in units if u.score >= min_score]
                 groups = (_collapse(snap, units, threshold) if threshold is not None
                           else [[i] for i in range(len(units))])
-                if len(groups) >= k or pool.exhausted or below is not None:
+                if len(groups) >= k or pool.exhausted or below is not None or (limit and size >= limit):
                     break
-                size *= 4
+                size = min(size * 4, limit) if limit else size * 4
             shown = [units[g[0]] for g in groups[:k]]
             others = {units[g[0]].representative.row.id: [units[i].representative.row.id for i in g[1:]]
                       for g in groups[:k]} if threshold is not None else {}
@@ -234,7 +240,8 @@ class Searching:
         ``why_empty`` of the result says why. ``dedup``, ``after``, ``before``, ``camera``,
         ``near``, ``sort``: see ``search``.
         """
-        _check_search_options(type, k, min_score)
+        _check_search_options(type, k, min_score, under)
+        vector = unit_vector(vector)  # scores are cosines whatever its length
         wanted = filters_mod.parse(after, before, camera, near)
         filters_mod.check_sort(sort)
         threshold = dupes.dedup_threshold(dedup)
@@ -309,8 +316,10 @@ class Searching:
 
     def _deduplicated(self, vector: np.ndarray, k: int, threshold: float, **options: Any) -> Hits:
         """The best ``k`` hits after collapsing near-duplicates: fetch more until ``k`` groups
-        are found or nothing is left."""
-        fetch = k * 2
+        are found, nothing is left or ``dupes.dedup_pool(k)`` hits were compared (then fewer
+        than ``k`` groups come back: the work stays bounded whatever the threshold)."""
+        limit = dupes.dedup_pool(k)
+        fetch = min(k * 2, limit)
         while True:
             hits = self.search_vector(vector, k=fetch, **options)
             with self.store.read() as r:
@@ -318,14 +327,14 @@ class Searching:
             present = [h for h in hits if len(blobs.get(h.id, b"")) == self.store.dim * 4]
             vectors = vectors_from_blobs([blobs[h.id] for h in present], self.store.dim)
             groups = dupes.collapse(vectors, threshold)
-            if len(groups) >= k or len(hits) < fetch:
+            if len(groups) >= k or len(hits) < fetch or fetch >= limit:
                 kept = Hits(why_empty=hits.why_empty)
                 for group in groups[:k]:
                     first = present[group[0]]
                     kept.append(dataclasses.replace(first, rank=len(kept) + 1,
                                                     duplicates=[present[i].id for i in group[1:]]))
                 return kept
-            fetch *= 4
+            fetch = min(fetch * 4, limit)
 
     def duplicates(self, *, threshold: float | None = None, type: str = "all",
                    progress: Progress | None = None) -> list[dupes.DuplicateGroup]:
@@ -386,7 +395,8 @@ def _document_index(snap: Any, options: Any, type: str) -> Any:
     return docindex.for_query(snap, (options.image_weight, options.text_weight))
 
 
-def _check_search_options(type: str, k: int, min_score: float | None) -> None:
+def _check_search_options(type: str, k: int, min_score: float | None, under: Any = None) -> None:
+    filters_mod.check_text(under, "under")
     if type not in TYPES:
         raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPES)}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:

@@ -77,7 +77,7 @@ def query_cmd(
     image: Annotated[bool, typer.Option("--image", metavar="", help="Treat every term as an image path.")] = False,
     text: Annotated[bool, typer.Option("--text", metavar="", help="Treat every term as text, even if it names a file.")] = False,
     include_self: Annotated[bool, typer.Option("--include-self", metavar="", help="Let a query image appear in its own results.")] = False,
-    dedup: Annotated[bool, typer.Option("--dedup", metavar="", help="Collapse near-duplicate results (see `mmsearch dupes`): the best-ranked of each group stays.")] = False,
+    dedup: Annotated[bool, typer.Option("--dedup", metavar="", help="Collapse near-duplicate results (see `mmsearch dupes`): the best-ranked of each group stays; at most max(100, 4 x top) hits are compared, so fewer groups may come back.")] = False,
     after: Annotated[Optional[str], typer.Option("--after", metavar="DATE", help="Only items taken on or after DATE (YYYY-MM-DD, YYYY-MM, YYYY or an ISO date-time): the EXIF or video date, else the file's time.", show_default=False)] = None,
     before: Annotated[Optional[str], typer.Option("--before", metavar="DATE", help="Only items taken before DATE (exclusive).", show_default=False)] = None,
     camera: Annotated[Optional[str], typer.Option("--camera", metavar="NAME", help="Only items taken with this camera: model, make or both, e.g. 'Pixel 7', 'Canon' (any ASCII case).", show_default=False)] = None,
@@ -210,7 +210,7 @@ def clock(seconds: float) -> str:
 def dupes_cmd(
     index: IndexOpt = None,
     db: DbOpt = None,
-    threshold: Annotated[Optional[float], typer.Option("--threshold", metavar="SIMILARITY", show_default=False, help="Cosine similarity at or above which two items are near-duplicates, in (0, 1] \\[default: 0.97].")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", metavar="SIMILARITY", show_default=False, help="Cosine similarity at or above which two items are near-duplicates, from 0.5 to 1 \\[default: 0.97].")] = None,
     type: Annotated[str, typer.Option("--type", "-t", metavar="TYPE", help="Items compared: image, text or all (never across types).")] = "all",
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,

@@ -267,9 +267,10 @@ class ImageHandler:
         return mimetypes.guess_type(path)[0] or "application/octet-stream"
 
     @staticmethod
-    def thumbnail(data: bytes, size: int) -> bytes:
-        """JPEG bytes of a thumbnail of the image file ``data`` (BadInput if it cannot be made)."""
-        return make_thumbnail(data, size)
+    def thumbnail(data: bytes, size: int, max_pixels: int | None = None) -> bytes:
+        """JPEG bytes of a thumbnail of the image file ``data`` (BadInput if it cannot be made;
+        ``max_pixels``: indexing's decode cap, by default ``DEFAULT_MAX_PIXELS``)."""
+        return make_thumbnail(data, size, max_pixels)
 
     def records(self, entry: FileEntry, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[list[Record], list[Skip]]:
         """The image's record from its header (size, orientation); the pixels are decoded later."""

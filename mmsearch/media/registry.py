@@ -52,16 +52,17 @@ class Registry:
     def modalities(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(h.modality for h in self.handlers.values()))
 
-    def thumbnailer(self, modality: str) -> Callable[[bytes, int], bytes] | None:
-        """How items of ``modality`` become a thumbnail (file bytes, size -> JPEG bytes), or None."""
+    def thumbnailer(self, modality: str) -> Callable[[bytes, int, int], bytes] | None:
+        """How items of ``modality`` become a thumbnail (file bytes, size, pixel cap -> JPEG
+        bytes), or None."""
         for handler in self.handlers.values():
             if handler.modality == modality and hasattr(handler, "thumbnail"):
                 return handler.thumbnail
         return None
 
-    def moment_thumbnailer(self, modality: str) -> Callable[[int, int, float], bytes] | None:
+    def moment_thumbnailer(self, modality: str) -> Callable[[int, int, float, int, float], bytes] | None:
         """How items of ``modality`` that stand for a moment of a file become a thumbnail (open
-        file descriptor, size, seconds -> JPEG bytes), or None."""
+        file descriptor, size, seconds, pixel cap, deadline in seconds -> JPEG bytes), or None."""
         for handler in self.handlers.values():
             if handler.modality == modality and hasattr(handler, "thumbnail_at"):
                 return handler.thumbnail_at

@@ -266,8 +266,7 @@ def probe(path: str, max_pixels: int | None = None) -> VideoInfo:
             stream = _video_stream(container)
             width, height = stream.codec_context.width, stream.codec_context.height
             if max_pixels is not None and width * height > max_pixels:
-                raise BadInput(f"video too large: {width}x{height} pixels, over the {max_pixels}-pixel decode cap "
-                               f"(set MMSEARCH_MAX_PIXELS to raise it)")
+                raise _too_large(width, height, max_pixels)
             stream.thread_type = "AUTO"
             frame = next(iter(decoded_frames(container, stream)), None)
             if frame is None:
@@ -440,24 +439,41 @@ def drop_repeats(vectors: np.ndarray, threshold: float) -> list[int]:
 
 
 # -- thumbnails ------------------------------------------------------------------------------------
-def frame_at(source: Any, t: float, size: int) -> bytes:
-    """JPEG bytes of the frame at ``t`` seconds (upright), fitting ``size``x``size``."""
+def _too_large(width: int, height: int, max_pixels: int) -> BadInput:
+    return BadInput(f"video too large: {width}x{height} pixels, over the {max_pixels}-pixel decode cap "
+                    f"(set MMSEARCH_MAX_PIXELS to raise it)")
+
+
+def frame_at(source: Any, t: float, size: int, max_pixels: int | None = None, deadline: float | None = None) -> bytes:
+    """JPEG bytes of the frame at ``t`` seconds (upright), fitting ``size``x``size``. The caps of
+    indexing: no frame over ``max_pixels`` is decoded (the stream's header is checked first, each
+    frame again), and decoding stops with BadInput after ``deadline`` seconds."""
     import io
+    import time
 
     import av
     from PIL import Image
 
     from .image import THUMB_QUALITY
 
+    stop = time.monotonic() + deadline if deadline is not None else None
     try:
         with _open(source) as container:
             stream = _video_stream(container)
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if max_pixels is not None and width * height > max_pixels:
+                raise _too_large(width, height, max_pixels)
             stream.thread_type = "AUTO"
             start = _start(stream)
             if t > 0 and stream.time_base is not None:
                 container.seek(int((t + start) / stream.time_base), stream=stream, backward=True, any_frame=False)
             chosen = None
             for frame in decoded_frames(container, stream):
+                if max_pixels is not None and frame.width * frame.height > max_pixels:
+                    raise _too_large(frame.width, frame.height, max_pixels)  # a header that lied
+                if stop is not None and time.monotonic() > stop:
+                    raise BadInput(f"decoding the frame took longer than {deadline:g} s "
+                                   "(set MMSEARCH_DECODE_TIMEOUT to raise it)")
                 if frame.pts is None:
                     continue
                 chosen = frame
@@ -496,12 +512,12 @@ class VideoHandler:
         return MEDIA_TYPES.get(os.path.splitext(path)[1].lower(), "application/octet-stream")
 
     @staticmethod
-    def thumbnail_at(fd: int, size: int, t: float) -> bytes:
+    def thumbnail_at(fd: int, size: int, t: float, max_pixels: int | None = None, deadline: float | None = None) -> bytes:
         """JPEG bytes of the frame at ``t`` of the video open as ``fd`` (read through a duplicate
-        descriptor, so the caller's stays as it is)."""
+        descriptor, so the caller's stays as it is), within indexing's caps (see ``frame_at``)."""
         with os.fdopen(os.dup(fd), "rb") as fh:
             fh.seek(0)
-            return frame_at(fh, t, size)
+            return frame_at(fh, t, size, max_pixels, deadline)
 
     def records(self, entry: FileEntry, data: bytes | None = None, max_pixels: int | None = None) -> tuple[list[Record], list[Skip]]:
         digest, _ = video_hash(entry.path)

@@ -12,7 +12,7 @@ What maps to what: ``indice_name`` is the index folder's name (the only index se
 null: that one), ``modality`` is the result type (``image`` or ``text``), ``num_result_ids`` the
 number of hits searched, ``deduplicate`` collapses near-duplicates (``mmsearch.dupes``, at
 clip-retrieval's similarity 0.94; as the rest of mmsearch does, more hits are fetched so that
-duplicates do not shorten the answer), ``embedding_input`` a query vector in the index's space,
+duplicates do not shorten the answer, up to ``dupes.dedup_pool``), ``embedding_input`` a query vector in the index's space,
 ``image`` a base64 image (decoded as uploads are, within their size and pixel limits). An
 ``image_url`` is used only when it is one of this server's own item URLs (the front end sends
 those for "search with this image"); mmsearch downloads nothing. ``use_mclip``,
@@ -31,6 +31,7 @@ import binascii
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from ..dupes import CLIP_RETRIEVAL_THRESHOLD
-from ..query import IMAGE, ITEM, TEXT, Hit, QueryTerm
+from ..errors import QueryError
+from ..query import IMAGE, ITEM, TEXT, Hit, QueryTerm, unit_vector
 from .responses import text_safe
 from .uploads import _BASE64_OVERHEAD, Upload
 
@@ -166,7 +168,9 @@ def _knn(request: Request, data: dict[str, Any]) -> list[dict[str, Any]]:
             raise HTTPException(422, f"text longer than {MAX_TEXT_CHARS} characters")
         hits = engine.search(QueryTerm(TEXT, text), **options)
     elif image is not None:
-        picture = _decode_image(state, image, engine.encoder.image_size)
+        # As /api/search uploads: the image encoder queries use (ONNX where exported, no torch),
+        # asked only once the data reads as an image.
+        picture = _decode_image(state, image, lambda: engine.image_encoder.image_size)
         hits = engine.search(QueryTerm(IMAGE, picture), **options)
     elif image_url is not None:
         match = _OWN_FILE_URL.search(str(image_url).split("?", 1)[0]) if isinstance(image_url, str) else None
@@ -192,14 +196,13 @@ def _vector(value: Any) -> np.ndarray:
     if not isinstance(value, list) or not value or len(value) > 65_536 or any(
             isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value):
         raise HTTPException(422, "embedding_input must be a list of finite numbers")
-    vector = np.asarray(value, np.float32)
-    norm = float(np.linalg.norm(vector))
-    if norm == 0:
-        raise HTTPException(422, "embedding_input is the zero vector")
-    return vector / norm  # clip_back searches it as given; cosines need unit length
+    try:  # clip_back searches it as given; cosines need unit length (reached without overflow)
+        return unit_vector(value, "embedding_input")
+    except QueryError as exc:
+        raise HTTPException(422, str(exc)) from exc
 
 
-def _decode_image(state: Any, value: Any, target: int) -> Any:
+def _decode_image(state: Any, value: Any, target: Callable[[], int]) -> Any:
     if not isinstance(value, str) or not value:
         raise HTTPException(422, "image must be a base64 string")
     if value.startswith("data:") and "," in value:  # a data URL, as FileReader.readAsDataURL gives

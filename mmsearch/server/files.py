@@ -10,6 +10,7 @@ the open fail (404) instead of leading outside; the response's length is the des
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -121,6 +122,9 @@ def file_response(opened: OpenedFile, media_type: str, filename: str, range_head
     return StreamingResponse(_stream(opened, size), media_type=media_type, headers=headers)
 
 
+_DIGITS = re.compile(r"[0-9]*")  # str.isdigit() also takes superscripts and other scripts' digits
+
+
 def parse_range(header: str, size: int) -> tuple[int, int] | str | None:
     """(first, last) byte of a single ``bytes=`` range within ``size``; "unsatisfiable"; or None
     for a header to ignore (not bytes, several ranges, malformed)."""
@@ -131,7 +135,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | str | None:
     if not dash:
         return None
     first_text, last_text = first_text.strip(), last_text.strip()
-    if not (first_text.isdigit() or first_text == "") or not (last_text.isdigit() or last_text == ""):
+    if not _DIGITS.fullmatch(first_text) or not _DIGITS.fullmatch(last_text):  # ASCII digits only (RFC 9110)
         return None
     if first_text == "":
         if last_text == "":

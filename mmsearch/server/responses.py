@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import IndexNotFoundError, MMSearchError, QueryError
+from ..errors import IndexNotFoundError, MMSearchError, QueryError, TextInputError
 from ..fsutil import printable_path
 
 
@@ -87,6 +87,10 @@ def add_error_handlers(app: FastAPI) -> None:
         for key, value in (exc.headers or {}).items():
             response.headers[key] = value
         return response
+
+    @app.exception_handler(TextInputError)
+    async def _text_error(request: Request, exc: TextInputError) -> JSONResponse:
+        return error(422, str(exc))  # a value no field may hold, as a validation error
 
     @app.exception_handler(QueryError)
     async def _query_error(request: Request, exc: QueryError) -> JSONResponse:

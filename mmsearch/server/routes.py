@@ -16,6 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, Response
 
 from .. import __version__
+from ..dupes import DEDUP_MIN_POOL, DEDUP_POOL_FACTOR, MIN_THRESHOLD
 from ..media import BadInput, media_registry
 from ..media.documents import source_path
 from ..query import IMAGE, ITEM, TEXT, Hit, Item, QueryTerm
@@ -35,7 +36,9 @@ PAGE_HEADERS = {
 
 UNDER = Query(None, max_length=4096, description="Only hits inside this folder (a path on the server)")
 DEDUP = Query(False, description="Collapse near-duplicate hits (the best-ranked of each group stays)")
-DEDUP_THRESHOLD = Query(None, gt=0, le=1, description="Cosine similarity for dedup (implies dedup) [default: 0.97]")
+DEDUP_THRESHOLD = Query(None, ge=MIN_THRESHOLD, le=1, description=f"Cosine similarity for dedup, from {MIN_THRESHOLD:g} to 1 "
+                        f"(implies dedup) [default: 0.97]; at most max({DEDUP_MIN_POOL}, {DEDUP_POOL_FACTOR} x k) hits "
+                        "are compared, so fewer than k groups may come back")
 AFTER = Query(None, max_length=64, description="Only items taken on or after this date (YYYY-MM-DD, YYYY-MM, YYYY or "
                                               "ISO date-time): capture date, else the file's time")
 BEFORE = Query(None, max_length=64, description="Only items taken before this date (exclusive)")
@@ -229,7 +232,9 @@ async def search_combined(request: Request) -> dict[str, Any]:
 def run_search(request: Request, started: float, parsed: SearchRequest) -> dict[str, Any]:
     state = server(request)
     wanted = {t.upload for t in parsed.terms if t.kind == IMAGE}
-    pictures = state.decoder.decode_all(parsed.uploads, wanted, state.engine.image_encoder.image_size) if wanted else {}
+    # The encoder (ONNX where exported) is asked for its input size once every upload reads as an image.
+    pictures = state.decoder.decode_all(parsed.uploads, wanted, lambda: state.engine.image_encoder.image_size) \
+        if wanted else {}
     terms: list[QueryTerm] = []
     described: list[dict[str, Any]] = []
     for term in parsed.terms:
@@ -254,8 +259,8 @@ def run_search(request: Request, started: float, parsed: SearchRequest) -> dict[
 @router.get("/api/duplicates", tags=["items"])
 def duplicates(
     request: Request,
-    threshold: float | None = Query(None, gt=0, le=1, description="Cosine similarity at or above which two items "
-                                    "are near-duplicates [default: 0.97]"),
+    threshold: float | None = Query(None, ge=MIN_THRESHOLD, le=1, description="Cosine similarity at or above which "
+                                    f"two items are near-duplicates, from {MIN_THRESHOLD:g} to 1 [default: 0.97]"),
     type: Modality = Query("all", description="Only groups of this type"),
     limit: int = Query(100, ge=1, le=10_000, description="Groups returned at most (largest first)"),
 ) -> dict[str, Any]:
@@ -298,10 +303,12 @@ def thumbnail(request: Request, item_id: str,
         key = SourceKey.of(item.id, opened.stat)
 
         def make() -> bytes:
+            caps = state.engine.settings  # indexing's decode caps (MMSEARCH_MAX_PIXELS, MMSEARCH_DECODE_TIMEOUT)
             with state.decode_slots:  # one of the few decodes at a time
                 if at_moment is not None:  # a video: the frame at the item's moment, read from the descriptor
-                    return at_moment(opened.fd, made, float((item.meta or {}).get("t", 0.0)))
-                return maker(opened.read_all(MAX_THUMBNAIL_SOURCE_BYTES), made)
+                    return at_moment(opened.fd, made, float((item.meta or {}).get("t", 0.0)), caps.max_pixels,
+                                     caps.decode_timeout)
+                return maker(opened.read_all(MAX_THUMBNAIL_SOURCE_BYTES), made, caps.max_pixels)
 
         try:
             data = state.thumbs.get_or_make(key, made, make)

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from ..dupes import MIN_THRESHOLD
+
 MAX_UPLOADS = 4  # images in one combined query
 MAX_TERMS = 16
 MAX_K = 1000
@@ -102,8 +104,8 @@ class SearchIn(BaseModel):
     include_query: bool = Field(False, description="Let query items appear in the results")
     under: str | None = Field(None, max_length=4096, description="Only hits inside this folder (a path on the server)")
     dedup: bool = Field(False, description="Collapse near-duplicate hits (the best-ranked of each group stays)")
-    dedup_threshold: float | None = Field(None, gt=0, le=1, description="Cosine similarity for dedup (implies dedup) "
-                                                                        "[default: 0.97]")
+    dedup_threshold: float | None = Field(None, ge=MIN_THRESHOLD, le=1, description="Cosine similarity for dedup, "
+                                          f"from {MIN_THRESHOLD:g} to 1 (implies dedup) [default: 0.97]")
     after: str | None = Field(None, max_length=64, description="Only items taken on or after this date (YYYY-MM-DD, "
                                                                "YYYY-MM, YYYY or ISO date-time)")
     before: str | None = Field(None, max_length=64, description="Only items taken before this date (exclusive)")
@@ -151,7 +153,7 @@ def search_body_openapi() -> dict[str, Any]:
         "min_score": {"type": "number", "minimum": -1, "maximum": 1},
         "include_query": {"type": "boolean", "default": False},
         "dedup": {"type": "boolean", "default": False},
-        "dedup_threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "dedup_threshold": {"type": "number", "minimum": MIN_THRESHOLD, "maximum": 1},
         "after": {"type": "string", "description": "Only items taken on or after this date (YYYY-MM-DD...)"},
         "before": {"type": "string", "description": "Only items taken before this date (exclusive)"},
         "camera": {"type": "string", "description": "Only items from this camera: model, make or both"},

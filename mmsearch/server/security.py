@@ -21,8 +21,9 @@ import hmac
 import ipaddress
 import json
 from collections.abc import Iterable
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
+
+from starlette.requests import cookie_parser
 
 # Paths readable without the token (relative to the app's root path): nothing from the library.
 PUBLIC_PATHS = frozenset({"/", "/openapi.json", "/docs", "/favicon.ico"})
@@ -159,13 +160,10 @@ class TokenGuard:
         for key, value in headers:
             if key != b"cookie":
                 continue
-            jar = SimpleCookie()
-            try:
-                jar.load(value.decode("latin-1"))
-            except CookieError:
-                continue
-            morsel = jar.get(self.cookie_name)
-            if morsel is not None and hmac.compare_digest(morsel.value.encode("latin-1", "replace"), self._cookie):
+            # As browsers send them (Starlette's parser): an unrelated cookie with a stray quote
+            # spoils only itself, where SimpleCookie refused the whole header.
+            found = cookie_parser(value.decode("latin-1")).get(self.cookie_name)
+            if found is not None and hmac.compare_digest(found.encode("latin-1", "replace"), self._cookie):
                 return True
         return False
 

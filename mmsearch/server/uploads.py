@@ -15,6 +15,7 @@ import struct
 import threading
 import warnings
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -259,11 +260,17 @@ class UploadDecoder:
         self.limits = limits
         self.slots = slots
 
-    def decode_all(self, uploads: list[Upload], wanted: set[int], target: int) -> dict[int, Image.Image]:
-        """The uploads numbered in ``wanted``, decoded for a model whose input side is ``target``.
+    def decode_all(self, uploads: list[Upload], wanted: set[int], target: int | Callable[[], int]) -> dict[int, Image.Image]:
+        """The uploads numbered in ``wanted``, decoded for a model whose input side is ``target``
+        (or what ``target()`` returns, asked once every upload reads as an image: a request with
+        a non-image loads no encoder).
 
         Every header is checked (size, format, pixel budget) before the first decode.
         """
+        if callable(target):
+            for index in sorted(wanted):
+                self._check(uploads[index], 0, None)
+            target = target()
         budget = self.limits.request_pixels
         for index in sorted(wanted):
             budget -= self._check(uploads[index], target, budget)
@@ -277,8 +284,9 @@ class UploadDecoder:
                     raise HTTPException(415, f"{upload.name}: {exc}") from exc
         return pictures
 
-    def _check(self, upload: Upload, target: int, budget: int) -> int:
-        """Pixels ``upload`` will decode to; 413/415 when it cannot be decoded within the limits."""
+    def _check(self, upload: Upload, target: int, budget: int | None) -> int:
+        """Pixels ``upload`` will decode to; 413/415 when it cannot be decoded within the limits
+        (``budget`` None: only that it reads as an image, 415)."""
         name = upload.name
         if not upload.data:
             raise HTTPException(415, f"{name}: empty upload, not an image")
@@ -286,6 +294,8 @@ class UploadDecoder:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with open_image(upload.data) as img:  # reads the header only
+                    if budget is None:
+                        return 0
                     width, height = img.size
                     pixels = _decoded_pixels(img, target)
                     try:
