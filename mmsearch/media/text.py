@@ -10,6 +10,25 @@ from .records import MAX_STORED_TEXT_CHARS, BadInput, FileEntry, Record, Skip, c
 
 TEXT = "text"
 TEXT_MEDIA_TYPE = "text/plain; charset=utf-8"  # shown as text in a browser, never run
+# JSONL lines nested deeper than this are skipped: no record's metadata needs more, and every
+# later step that walks the value (storing it as JSON, --json output, filters) recurses, so a
+# line 100,000 deep would end the whole run with a RecursionError wherever it was first walked.
+MAX_JSON_DEPTH = 64
+
+
+def nesting_depth(value: object, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deeply ``value`` (parsed JSON) nests lists and objects, counted without recursion;
+    stops counting once past ``limit``."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def decode_text(data: bytes) -> str:
@@ -86,6 +105,13 @@ class JsonlHandler:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 skipped.append(Skip(where, f"malformed JSON line ({exc.msg})", protects=False))
+                continue
+            except RecursionError:  # the parser itself recurses: too deep to read at all
+                obj = too_deep = True
+            else:
+                too_deep = nesting_depth(obj) > MAX_JSON_DEPTH
+            if too_deep:
+                skipped.append(Skip(where, f"JSON nested more than {MAX_JSON_DEPTH} levels deep", protects=False))
                 continue
             if not isinstance(obj, dict):
                 skipped.append(Skip(where, "line is not a JSON object", protects=False))
