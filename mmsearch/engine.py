@@ -284,7 +284,8 @@ class Engine(Searching):
             spec, dim = self.spec, self._cached_dim(executor)
             if dim is None:
                 dim = self.encoder.dim
-            self._store = IndexStore.create(self.folder, spec.identity(), dim, self._vector_settings, self.db, vectors)
+            self._store = IndexStore.create(self.folder, spec.identity(), dim, self._vector_settings, db=self.db,
+                                            vectors=vectors)
             note = random_weights_note(spec)  # said once, here, not at every load
             if note:
                 progress.note(note)

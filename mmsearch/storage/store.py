@@ -187,7 +187,7 @@ class IndexStore:
 
     @classmethod
     def create(cls, folder: str | Path, model_identity: dict, dim: int,
-               settings: VectorSettings | None = None, db: str | None = None,
+               settings: VectorSettings | None = None, *, db: str | None = None,
                vectors: str = pgv.FAISS) -> IndexStore:
         """``vectors``: ``faiss`` (a local vector index file derived from the catalogue) or
         ``pgvector`` (the vectors in the PostgreSQL catalogue itself; see ``storage.pgvector``)."""
@@ -198,7 +198,7 @@ class IndexStore:
         folder.mkdir(parents=True, exist_ok=True)
         if url is not None:
             location.link(folder, url)
-        store = cls(folder, mf.new_manifest(model_identity, dim, vectors), settings, url)
+        store = cls(folder, mf.new_manifest(model_identity, dim, vectors=vectors), settings, url)
         try:
             store.catalogue.create_schema(model_identity, dim, vectors)
         except DATABASE_ERRORS as exc:  # PostgreSQL: no privilege to create tables (nothing was created)
