@@ -38,7 +38,7 @@ from .storage import CHOICES, IndexStore, VectorSettings, location, writer_lock
 from .storage.pgvector import FAISS, PGVECTOR
 from .storage.pgvector import check_layout
 from .storage.vectors import AUTO
-from .errors import IndexTypeError, IndexWriteError
+from .errors import DamagedIndexError, IndexTypeError, IndexWriteError
 
 log = logging.getLogger(__name__)
 
@@ -559,6 +559,9 @@ class Engine(Searching):
             blob = r.vector_of(item_id)
         if blob is None:
             raise QueryError(f"no item with id {item_id} in {self.folder}")
+        if len(blob) != self.store.dim * 4:
+            raise DamagedIndexError(f"the stored vector of item {item_id} is damaged (wrong size); "
+                                    f"run `mmsearch check --repair`")
         return np.frombuffer(blob, np.float32).copy()
 
     # -- items and description -------------------------------------------------------------------

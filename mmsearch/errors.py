@@ -105,6 +105,10 @@ class EmptyIndexError(NotAnIndexError):
     """The index folder holds nothing indexed yet: a first indexing run never saved anything."""
 
 
+class DamagedIndexError(MMSearchError):
+    """Rows of the index are damaged (a stored vector of the wrong size); ``mmsearch check --repair`` fixes them."""
+
+
 class DamagedManifestError(NotAnIndexError):
     """The index's manifest is damaged; ``mmsearch check --repair`` rebuilds it from the database."""
 

@@ -129,7 +129,7 @@ class Indexer:
             multi = [h.kind for h in self.kinds.handlers.values() if getattr(h, "multi_record", False)]
             plan = plan_records(dirty, records, undecodable, existing, multi)
             with self.store.read() as r:
-                assign_sources(plan.jobs, r.vector_sources({job.content for job in plan.jobs}))
+                assign_sources(plan.jobs, r.vector_sources({job.content for job in plan.jobs}, self.store.dim * 4))
         report.unchanged += plan.unchanged
         sink.touch(plan.touch)
         sink.copies(plan.to_copy)

@@ -304,18 +304,19 @@ class Reader:
             select(Embedding.item_id).outerjoin(Item, Item.id == Embedding.item_id).where(Item.id.is_(None))
         ))
 
-    def vector_sources(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        """For (modality, content hash) pairs, an item that holds a vector of that content."""
+    def vector_sources(self, keys: Iterable[tuple[str, str]], vector_bytes: int | None = None) -> dict[tuple[str, str], int]:
+        """For (modality, content hash) pairs, an item that holds a vector of that content (of
+        ``vector_bytes`` bytes when given: a damaged one is never copied)."""
         wanted = set(keys)
         hashes = sorted({h for _, h in wanted})
         found: dict[tuple[str, str], int] = {}
         for start in range(0, len(hashes), 500):
-            rows = self.session.execute(
-                select(Item.modality, Item.content_hash, func.min(Item.id))
-                .join(Embedding, Embedding.item_id == Item.id)
-                .where(Item.content_hash.in_(hashes[start:start + 500]))
-                .group_by(Item.modality, Item.content_hash)
-            )
+            query = (select(Item.modality, Item.content_hash, func.min(Item.id))
+                     .join(Embedding, Embedding.item_id == Item.id)
+                     .where(Item.content_hash.in_(hashes[start:start + 500])))
+            if vector_bytes is not None:
+                query = query.where(func.length(Embedding.vector) == vector_bytes)
+            rows = self.session.execute(query.group_by(Item.modality, Item.content_hash))
             for modality, content_hash, item_id in rows:
                 if (modality, content_hash) in wanted:
                     found[(modality, content_hash)] = item_id

@@ -24,6 +24,7 @@ from filelock import FileLock, Timeout
 
 from ..errors import (
     CatalogueDatabaseError,
+    DamagedIndexError,
     DamagedManifestError,
     EmptyIndexError,
     IndexLockedError,
@@ -66,9 +67,24 @@ _DERIVED_FILES = (MANIFEST, "clip_bpe_vocab.txt.gz")
 
 
 def vectors_from_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
+    """The vectors stored as ``blobs`` (each ``dim`` float32s), as one matrix; callers pass
+    blobs of the right size (``usable_rows``), so a wrong one is damage ``check`` reports."""
     if not blobs:
         return np.empty((0, dim), np.float32)
+    if any(len(b) != dim * 4 for b in blobs):
+        raise DamagedIndexError(
+            f"{sum(len(b) != dim * 4 for b in blobs)} stored vector(s) have the wrong size for this index "
+            f"({dim} dimensions); run `mmsearch check --repair`"
+        )
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
+
+
+def usable_rows(rows: list[tuple[int, bytes]], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of the (item id, blob) ``rows`` whose blob has the index's size: a damaged
+    blob (``check`` names it, ``check --repair`` re-embeds it) is left out of every vector index,
+    so searches answer from the good rows meanwhile."""
+    rows = [r for r in rows if len(r[1]) == dim * 4]
+    return np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], dim)
 
 
 @contextmanager
@@ -443,8 +459,7 @@ class IndexStore:
         since = vectors.gen
         changed = reader.changed_since(since)
         vectors.remove(changed + reader.deleted_since(since))
-        rows = reader.embeddings(changed)
-        vectors.add(np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], self.dim))
+        vectors.add(*usable_rows(reader.embeddings(changed), self.dim))
         vectors.gen = db_gen
         return vectors
 
@@ -471,7 +486,7 @@ class IndexStore:
                 plan = IndexPlan(FLAT)
         vectors = VectorIndex.create(self.dim, plan, train, gen=gen, settings=self.settings)
         for rows in reader.embedding_chunks():
-            vectors.add(np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], self.dim))
+            vectors.add(*usable_rows(rows, self.dim))
         return vectors
 
     def _build_ondisk(self, reader: Reader, plan: IndexPlan) -> ondisk.OnDiskVectorIndex:
@@ -481,8 +496,7 @@ class IndexStore:
         gen = reader.generation()
         blobs = reader.embedding_sample(plan.nlist * ondisk.TRAIN_PER_LIST, plan.nlist)
         sample = vectors_from_blobs([b for b in blobs if len(b) == self.dim * 4], self.dim)
-        chunks = ((np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], self.dim))
-                  for rows in ([r for r in chunk if len(r[1]) == self.dim * 4] for chunk in reader.embedding_chunks()))
+        chunks = (usable_rows(rows, self.dim) for rows in reader.embedding_chunks())
         vectors = ondisk.build_index(self.folder, gen, plan, sample, chunks, self.settings,
                                      record=lambda tmp: self._record_vectors_file(tmp, gen))
         remove_older(self.folder, gen)
