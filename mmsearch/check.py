@@ -26,6 +26,8 @@ Damage:
 - ``document_index``: the document index file (``storage.docindex``) is not the one the manifest
   records or cannot be read; repair rebuilds it. A stale one (of an older generation, which
   queries pass over) is a note, and repair rebuilds it too.
+- ``outside_library``: a JSONL record's image that lies outside the indexed folders (the
+  library rule, ``library.outside_library``); repair removes the row.
 - ``stray_temp``: temporary files left by a killed writer; repair deletes them.
 
 Repairs run under the index's writer lock, so they never interleave with an indexing run.
@@ -46,9 +48,10 @@ from .encoders import ModelSpec, TorchEncoder
 from .errors import DamagedManifestError, EmptyIndexError, IndexVersionError, MMSearchError
 from .fsutil import printable_path
 from .indexing import UNSEALED, Indexer
-from .library import LibraryRoot, under_any
+from .library import LibraryRoot, outside_library, under_any
 from .settings import Settings
 from .media import FileEntry, Record, media_registry
+from .media.documents import IMAGE_FIELD, IMAGE_PART, source_path
 from .media.video import is_placeholder
 from .storage import MANIFEST, SCHEMA_VERSION, IndexStore, VectorIndex, read_manifest, saved_generations, writer_lock
 from .storage import location
@@ -239,6 +242,7 @@ def _check(store: IndexStore, report: CheckReport, *, repair: bool, encoder_fact
     _check_stray_temps(store, report, repair)
     report.items = _count(store)
     _check_generation(store, report, repair)
+    _check_outside(store, report, repair)
     reembed = _check_rows(store, report, repair)
     reembed += _check_files(store, report, repair)
     if repair and reembed:
@@ -312,6 +316,29 @@ def _check_rows(store: IndexStore, report: CheckReport, repair: bool) -> list[in
     return reembed
 
 
+def _check_outside(store: IndexStore, report: CheckReport, repair: bool) -> None:
+    """JSONL records' images must lie inside the library (``library.outside_library``, the rule
+    indexing applies): rows whose image does not (an index made before that rule, or a root
+    indexed again without --follow-links) are damage, removed by repair."""
+    roots = _roots(store)
+    unavailable = tuple(r.path for r in roots if not os.path.exists(r.path))
+    with store.read() as r:
+        rows = r.rows_with_locator_suffix(":" + IMAGE_PART)
+    outside: list[tuple[int, str]] = []
+    for item_id, path, locator, meta in rows:
+        source = source_path(path, locator, meta)
+        if not under_any(path, unavailable) and outside_library(source, roots):
+            name = meta.get(IMAGE_FIELD) if isinstance(meta, dict) else source
+            outside.append((item_id, f"{path}:{locator.rsplit(':', 1)[0]} -> {name}"))
+    if outside:
+        problem = _problem(report, "outside_library",
+                           f"{len(outside)} JSONL record image(s) lie outside the indexed folders (nothing outside "
+                           f"them is indexed)", [where for _, where in outside], count=len(outside))
+        if repair:
+            _drop(store, [i for i, _ in outside])
+            problem.repaired = True
+
+
 def _row_names(store: IndexStore, ids: list[int], limit: int = 5) -> list[str]:
     """The first ``limit`` of the items ``ids`` named as the rows they are: item id, file, and
     the line (``:N``) or moment within it."""
@@ -379,6 +406,7 @@ def _reembed(store: IndexStore, ids: list[int], encoder_factory, report: CheckRe
     that is gone, or whose content can no longer be decoded, loses its items; one that cannot be
     read now (permissions, I/O) keeps them as they are. Both outcomes are reported."""
     kinds = media_registry()
+    roots = _roots(store)
     by_path: dict[str, dict[str, int]] = {}
     with store.read() as r:
         for item_id, path, locator in r.places(ids):
@@ -400,7 +428,7 @@ def _reembed(store: IndexStore, ids: list[int], encoder_factory, report: CheckRe
         if kind is None:
             drop.extend((i, path, "not a supported file type") for i in locators.values())
             continue
-        records, skips = kinds.read_records(FileEntry(path, st.st_size, st.st_mtime_ns, kind))
+        records, skips = kinds.read_records(FileEntry(path, st.st_size, st.st_mtime_ns, kind), roots=roots)
         if not records and skips and any(s.protects for s in skips):
             kept.append(f"{path}: {skips[0].reason}")
             continue

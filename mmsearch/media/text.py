@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from typing import Any
 
 from .documents import IMAGE_FIELD, document_parts
 from .records import MAX_STORED_TEXT_CHARS, BadInput, FileEntry, Record, Skip, content_hash
@@ -84,13 +86,15 @@ class JsonlHandler:
     modality = TEXT
     decoded_in_workers = False
     multi_record = True
+    reads_other_files = True  # a record's image: read only inside the library (``roots``)
     extensions = frozenset({".jsonl"})
 
     @staticmethod
     def media_type(path: str) -> str:
         return TEXT_MEDIA_TYPE
 
-    def records(self, entry: FileEntry, data: bytes, max_pixels: int = 0) -> tuple[list[Record], list[Skip]]:
+    def records(self, entry: FileEntry, data: bytes, max_pixels: int = 0,
+                roots: Sequence[Any] | None = None) -> tuple[list[Record], list[Skip]]:
         from .image import DEFAULT_MAX_PIXELS
 
         max_pixels = max_pixels or DEFAULT_MAX_PIXELS
@@ -128,7 +132,7 @@ class JsonlHandler:
                 record = Record(entry.path, str(number), TEXT, entry.size, entry.mtime_ns, content_hash(body),
                                 text=body[:MAX_STORED_TEXT_CHARS], meta=meta)
             if IMAGE_FIELD in obj:  # a document: this text and the image it names
-                parts, skips = document_parts(entry, str(number), obj, record, max_pixels)
+                parts, skips = document_parts(entry, str(number), obj, record, max_pixels, roots)
                 records.extend(parts)
                 skipped.extend(skips)
             else:

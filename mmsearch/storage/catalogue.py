@@ -401,6 +401,13 @@ class Reader:
                 select(Item.id, Item.path, Item.size, Item.mtime_ns).order_by(Item.path, Item.id)):
             yield tuple(row)
 
+    def rows_with_locator_suffix(self, suffix: str) -> list[tuple[int, str, str, dict[str, Any] | None]]:
+        """(id, path, locator, meta) of every item whose locator ends with ``suffix`` (a JSONL
+        record's image parts: ``":image"``)."""
+        return [tuple(row) for row in self.session.execute(
+            select(Item.id, Item.path, Item.locator, Item.meta).where(Item.locator.endswith(suffix, autoescape=True))
+            .order_by(Item.path, Item.id))]
+
     def places(self, ids: Sequence[int]) -> list[tuple[int, str, str]]:
         """(id, path, locator) of those of ``ids`` that exist."""
         found: list[tuple[int, str, str]] = []
