@@ -28,6 +28,8 @@ Damage:
   queries pass over) is a note, and repair rebuilds it too.
 - ``outside_library``: a JSONL record's image that lies outside the indexed folders (the
   library rule, ``library.outside_library``); repair removes the row.
+- ``unfinished_copy``: a copy ``mmsearch migrate`` did not finish (not repairable: the same
+  migrate run again starts it over).
 - ``stray_temp``: temporary files left by a killed writer; repair deletes them.
 
 Repairs run under the index's writer lock, so they never interleave with an indexing run.
@@ -45,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from .encoders import ModelSpec, TorchEncoder
-from .errors import DamagedManifestError, EmptyIndexError, IndexVersionError, MMSearchError
+from .errors import DamagedManifestError, EmptyIndexError, IndexVersionError, MMSearchError, UnfinishedCopyError
 from .fsutil import printable_path
 from .indexing import UNSEALED, Indexer
 from .library import LibraryRoot, outside_library, under_any
@@ -174,6 +176,9 @@ def check_folder(
         raise  # nothing to check: say so in one line
     except IndexVersionError as exc:
         _problem(report, "schema", str(exc), repairable=False)
+        return report
+    except UnfinishedCopyError as exc:  # never "ok": the same migrate again starts it over
+        _problem(report, "unfinished_copy", str(exc), repairable=False)
         return report
     except MMSearchError as exc:
         if not folder.exists():

@@ -32,6 +32,7 @@ from ..errors import (
     IndexWriteError,
     MMSearchError,
     NotAnIndexError,
+    UnfinishedCopyError,
 )
 from ..fsutil import digest_mismatch, file_digest
 from . import location
@@ -118,6 +119,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     try:
         manifest = mf.read_raw(folder)
     except FileNotFoundError as exc:
+        raise_if_unfinished_copy(folder)
         if _holds_items(folder / DB_FILE, unreadable=False):
             raise DamagedManifestError(
                 f"{folder / MANIFEST} is missing from an index that holds items; "
@@ -133,6 +135,39 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise NotAnIndexError(f"{folder / MANIFEST} is unreadable ({exc}); `mmsearch check --repair` rebuilds it "
                               f"from the database") from exc
     return mf.check_manifest(folder, manifest)
+
+
+def unfinished_copy(folder: Path, db: str | None = None) -> str | None:
+    """What ``migrate`` was copying into the catalogue of ``folder`` (its SQLite file, or the
+    database it or ``db`` names) when it stopped; None when that catalogue is not a copy being
+    made (or there is none)."""
+    try:
+        url = location.resolve(folder, db)
+    except MMSearchError:
+        return None
+    if url is None and not (folder / DB_FILE).is_file():
+        return None
+    catalogue = location.catalogue(folder, url)
+    try:
+        if not location.has_tables(catalogue):
+            return None
+        with catalogue.read() as r:
+            return r.unfinished_copy()
+    except DATABASE_ERRORS:
+        return None
+    finally:
+        catalogue.close()
+
+
+def raise_if_unfinished_copy(folder: Path, source: str | None = None, db: str | None = None) -> None:
+    """UnfinishedCopyError when ``folder`` holds a copy ``migrate`` did not finish (``source``:
+    what it copied, when already known)."""
+    source = source or unfinished_copy(folder, db)
+    if source is not None:
+        raise UnfinishedCopyError(
+            f"{folder} holds an unfinished copy of {source}: a `mmsearch migrate` into it stopped before it "
+            f"finished; run the same migrate again to start it over, or delete {folder}"
+        )
 
 
 def _holds_items(db_path: Path, unreadable: bool = True) -> bool:
@@ -187,6 +222,8 @@ class IndexStore:
         try:
             with store.read() as r:
                 r.generation()
+                copying = r.unfinished_copy()
+            raise_if_unfinished_copy(folder, copying)
             store.catalogue.upgrade_schema()
             if location.model_moved(store, force=True):  # this machine's manifest is a cache of the catalogue's
                 store.manifest = location.follow_model(store)
@@ -204,9 +241,11 @@ class IndexStore:
     @classmethod
     def create(cls, folder: str | Path, model_identity: dict, dim: int,
                settings: VectorSettings | None = None, *, db: str | None = None,
-               vectors: str = pgv.FAISS) -> IndexStore:
+               vectors: str = pgv.FAISS, copying_from: str | None = None) -> IndexStore:
         """``vectors``: ``faiss`` (a local vector index file derived from the catalogue) or
-        ``pgvector`` (the vectors in the PostgreSQL catalogue itself; see ``storage.pgvector``)."""
+        ``pgvector`` (the vectors in the PostgreSQL catalogue itself; see ``storage.pgvector``).
+        ``copying_from``: the index is a copy of that one that ``migrate`` is about to make; until
+        its ``Writer.copy_finished`` commits, nothing opens it as an index."""
         folder = Path(folder).expanduser().absolute()
         cls.check_creatable(folder)
         url = location.resolve(folder, db)
@@ -216,7 +255,7 @@ class IndexStore:
             location.link(folder, url)
         store = cls(folder, mf.new_manifest(model_identity, dim, vectors=vectors), settings, url)
         try:
-            store.catalogue.create_schema(model_identity, dim, vectors)
+            store.catalogue.create_schema(model_identity, dim, vectors, copying_from=copying_from)
         except DATABASE_ERRORS as exc:  # PostgreSQL: no privilege to create tables (nothing was created)
             store.close()
             if url is None:
