@@ -13,16 +13,6 @@ What is checked, each reported as a ``Problem`` of one ``kind``:
 - ``vectors_file``: a FAISS file that cannot be read or claims a generation newer than the
   database; ``vector_mismatch``: the FAISS ids or vectors, brought up to date, differ from the
   database. Repair rebuilds the FAISS file from the database (the database is authoritative).
-Not damage, but worth saying (the index is *out of date*, ``CheckReport.outdated``; the next
-``mmsearch index`` updates it, and so does repair):
-
-- ``vanished_file``: items whose file no longer exists; repair drops them.
-  ``changed_file``: items whose file changed since indexing; repair re-embeds them.
-  ``unfinished_file``: a file an interrupted index run did not finish (a JSONL file or video is
-  sealed once its last row is in); repair re-reads it.
-
-Damage:
-
 - ``document_index``: the document index file (``storage.docindex``) is not the one the manifest
   records or cannot be read; repair rebuilds it. A stale one (of an older generation, which
   queries pass over) is a note, and repair rebuilds it too.
@@ -31,6 +21,14 @@ Damage:
 - ``unfinished_copy``: a copy ``mmsearch migrate`` did not finish (not repairable: the same
   migrate run again starts it over).
 - ``stray_temp``: temporary files left by a killed writer; repair deletes them.
+
+Not damage, but worth saying (the index is *out of date*, ``CheckReport.outdated``: exit 0; the
+next ``mmsearch index`` updates it, and so does repair):
+
+- ``vanished_file``: items whose file no longer exists; repair drops them.
+- ``changed_file``: items whose file changed since indexing; repair re-embeds them.
+- ``unfinished_file``: a file an interrupted index run did not finish (a JSONL file or video is
+  sealed once its last row is in); repair re-reads it.
 
 Repairs run under the index's writer lock, so they never interleave with an indexing run.
 """
@@ -326,6 +324,8 @@ def _check_outside(store: IndexStore, report: CheckReport, repair: bool) -> None
     indexing applies): rows whose image does not (an index made before that rule, or a root
     indexed again without --follow-links) are damage, removed by repair."""
     roots = _roots(store)
+    if not roots:  # no library recorded: nothing to judge by
+        return
     unavailable = tuple(r.path for r in roots if not os.path.exists(r.path))
     with store.read() as r:
         rows = r.rows_with_locator_suffix(":" + IMAGE_PART)
