@@ -13,12 +13,22 @@ What is checked, each reported as a ``Problem`` of one ``kind``:
 - ``vectors_file``: a FAISS file that cannot be read or claims a generation newer than the
   database; ``vector_mismatch``: the FAISS ids or vectors, brought up to date, differ from the
   database. Repair rebuilds the FAISS file from the database (the database is authoritative).
-- ``vanished_file``: items whose file no longer exists; repair drops them.
-  ``changed_file``: items whose file changed since indexing; repair re-embeds them.
 - ``document_index``: the document index file (``storage.docindex``) is not the one the manifest
   records or cannot be read; repair rebuilds it. A stale one (of an older generation, which
   queries pass over) is a note, and repair rebuilds it too.
+- ``outside_library``: a JSONL record's image that lies outside the indexed folders (the
+  library rule, ``library.outside_library``); repair removes the row.
+- ``unfinished_copy``: a copy ``mmsearch migrate`` did not finish (not repairable: the same
+  migrate run again starts it over).
 - ``stray_temp``: temporary files left by a killed writer; repair deletes them.
+
+Not damage, but worth saying (the index is *out of date*, ``CheckReport.outdated``: exit 0; the
+next ``mmsearch index`` updates it, and so does repair):
+
+- ``vanished_file``: items whose file no longer exists; repair drops them.
+- ``changed_file``: items whose file changed since indexing; repair re-embeds them.
+- ``unfinished_file``: a file an interrupted index run did not finish (a JSONL file or video is
+  sealed once its last row is in); repair re-reads it.
 
 Repairs run under the index's writer lock, so they never interleave with an indexing run.
 """
@@ -35,16 +45,17 @@ from typing import Any
 import numpy as np
 
 from .encoders import ModelSpec, TorchEncoder
-from .errors import DamagedManifestError, EmptyIndexError, IndexVersionError, MMSearchError
+from .errors import DamagedManifestError, EmptyIndexError, IndexVersionError, MMSearchError, UnfinishedCopyError
 from .fsutil import printable_path
 from .indexing import UNSEALED, Indexer
-from .library import LibraryRoot, under_any
+from .library import LibraryRoot, outside_library, under_any
 from .settings import Settings
 from .media import FileEntry, Record, media_registry
+from .media.documents import IMAGE_FIELD, IMAGE_PART, source_path
 from .media.video import is_placeholder
 from .storage import MANIFEST, SCHEMA_VERSION, IndexStore, VectorIndex, read_manifest, saved_generations, writer_lock
 from .storage import location
-from .storage.store import vectors_from_blobs
+from .storage.store import usable_rows
 from .storage.ondisk import read_index_file, unreferenced_data
 
 _TEMP_RE = re.compile(r"^\.((vectors|documents)\.g\d+\.faiss|manifest\.json)\..*\.tmp$")
@@ -60,6 +71,12 @@ class Problem:
     repairable: bool = True
     repaired: bool = False
     examples: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list, repr=False)  # out-of-date entries: the files concerned
+
+
+# ``CheckReport.state``: nothing to say; damage repaired; files changed since the last index
+# run (exit 0: `mmsearch index` updates it); damage left (exit 1).
+OK, REPAIRED, OUT_OF_DATE, DAMAGED = "ok", "repaired", "out_of_date", "damaged"
 
 
 @dataclass
@@ -67,18 +84,45 @@ class CheckReport:
     index: str
     items: int = 0
     problems: list[Problem] = field(default_factory=list)
+    # Files that vanished or changed since the last index run, or that an interrupted run did
+    # not finish: not damage (the index is consistent), the next `mmsearch index` updates them.
+    outdated: list[Problem] = field(default_factory=list)
     # What is worth knowing but is not damage (items waiting for an unavailable folder...).
     notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True when nothing is wrong any more (no problems, or all repaired)."""
+        """True when nothing is damaged (no problems, or all repaired); an out-of-date index is ok."""
         return all(p.repaired for p in self.problems)
 
+    @property
+    def state(self) -> str:
+        if not self.ok:
+            return DAMAGED
+        if any(not p.repaired for p in self.outdated):
+            return OUT_OF_DATE
+        return REPAIRED if any(p.repaired for p in self.problems + self.outdated) else OK
+
+    def out_of_date(self) -> str | None:
+        """"out of date (N vanished, M changed since the last index run; ...)", or None."""
+        files = {p.kind: len(p.files) for p in self.outdated if not p.repaired}
+        if not files:
+            return None
+        unfinished = files.get("unfinished_file", 0)
+        counts = f"{files.get('vanished_file', 0)} vanished, {files.get('changed_file', 0)} changed since the last index run"
+        if unfinished:
+            counts += f", {unfinished} not finished by an interrupted run"
+        return f"out of date ({counts}; `mmsearch index` updates it)"
+
     def as_dict(self) -> dict[str, Any]:
-        return {"index": printable_path(self.index), "items": self.items, "ok": self.ok,
-                "problems": [dict(asdict(p), detail=printable_path(p.detail), examples=[printable_path(e) for e in p.examples])
-                             for p in self.problems],
+        def entries(found: list[Problem], **extra: Any) -> list[dict[str, Any]]:
+            return [{**{k: v for k, v in asdict(p).items() if k != "files"}, "detail": printable_path(p.detail),
+                     "examples": [printable_path(e) for e in p.examples], **{k: f(p) for k, f in extra.items()}}
+                    for p in found]
+
+        return {"index": printable_path(self.index), "items": self.items, "ok": self.ok, "state": self.state,
+                "problems": entries(self.problems),
+                "out_of_date": entries(self.outdated, files=lambda p: len(p.files)),
                 "notes": [printable_path(n) for n in self.notes]}
 
 
@@ -130,6 +174,9 @@ def check_folder(
         raise  # nothing to check: say so in one line
     except IndexVersionError as exc:
         _problem(report, "schema", str(exc), repairable=False)
+        return report
+    except UnfinishedCopyError as exc:  # never "ok": the same migrate again starts it over
+        _problem(report, "unfinished_copy", str(exc), repairable=False)
         return report
     except MMSearchError as exc:
         if not folder.exists():
@@ -198,6 +245,7 @@ def _check(store: IndexStore, report: CheckReport, *, repair: bool, encoder_fact
     _check_stray_temps(store, report, repair)
     report.items = _count(store)
     _check_generation(store, report, repair)
+    _check_outside(store, report, repair)
     reembed = _check_rows(store, report, repair)
     reembed += _check_files(store, report, repair)
     if repair and reembed:
@@ -252,13 +300,13 @@ def _check_rows(store: IndexStore, report: CheckReport, repair: bool) -> list[in
         missing = [i for i in missing if i not in waiting]
     if missing:
         problem = _problem(report, "missing_vector", f"{len(missing)} item(s) have no vector",
-                           [str(i) for i in missing], count=len(missing))
+                           _row_names(store, missing), count=len(missing))
         reembed += missing
         problem.repaired = repair
     if bad:
         problem = _problem(report, "bad_vector",
                            f"{len(bad)} vector(s) have the wrong size or non-finite values",
-                           [str(i) for i in bad], count=len(bad))
+                           _row_names(store, bad), count=len(bad))
         reembed += bad
         problem.repaired = repair
     if orphans:
@@ -271,11 +319,46 @@ def _check_rows(store: IndexStore, report: CheckReport, repair: bool) -> list[in
     return reembed
 
 
+def _check_outside(store: IndexStore, report: CheckReport, repair: bool) -> None:
+    """JSONL records' images must lie inside the library (``library.outside_library``, the rule
+    indexing applies): rows whose image does not (an index made before that rule, or a root
+    indexed again without --follow-links) are damage, removed by repair."""
+    roots = _roots(store)
+    if not roots:  # no library recorded: nothing to judge by
+        return
+    unavailable = tuple(r.path for r in roots if not os.path.exists(r.path))
+    with store.read() as r:
+        rows = r.rows_with_locator_suffix(":" + IMAGE_PART)
+    outside: list[tuple[int, str]] = []
+    for item_id, path, locator, meta in rows:
+        source = source_path(path, locator, meta)
+        if not under_any(path, unavailable) and outside_library(source, roots):
+            name = meta.get(IMAGE_FIELD) if isinstance(meta, dict) else source
+            outside.append((item_id, f"{path}:{locator.rsplit(':', 1)[0]} -> {name}"))
+    if outside:
+        problem = _problem(report, "outside_library",
+                           f"{len(outside)} JSONL record image(s) lie outside the indexed folders (nothing outside "
+                           f"them is indexed)", [where for _, where in outside], count=len(outside))
+        if repair:
+            _drop(store, [i for i, _ in outside])
+            problem.repaired = True
+
+
+def _row_names(store: IndexStore, ids: list[int], limit: int = 5) -> list[str]:
+    """The first ``limit`` of the items ``ids`` named as the rows they are: item id, file, and
+    the line (``:N``) or moment within it."""
+    with store.read() as r:
+        places = {item_id: (path, locator) for item_id, path, locator in r.places(ids[:limit])}
+    return [f"item {i}: {places[i][0]}{':' + places[i][1] if places[i][1] else ''}" if i in places else f"item {i}"
+            for i in ids[:limit]]
+
+
 def _check_files(store: IndexStore, report: CheckReport, repair: bool) -> list[int]:
-    """Items whose files vanished (dropped on repair) or changed (re-embedded on repair)."""
+    """Items whose files vanished (dropped on repair), changed or were left unfinished by an
+    interrupted run (re-embedded on repair): the index is out of date, not damaged."""
     vanished: list[tuple[int, str]] = []
     changed: list[int] = []
-    changed_paths: list[str] = []
+    changed_paths: dict[str, dict[str, int]] = {"changed_file": {}, "unfinished_file": {}}  # path -> items
     stats: dict[str, os.stat_result | None] = {}
     unavailable = tuple(r.path for r in _roots(store) if not os.path.exists(r.path))
     with store.read() as r:
@@ -293,20 +376,27 @@ def _check_files(store: IndexStore, report: CheckReport, repair: bool) -> list[i
                     vanished.append((item_id, path))
             elif st.st_size != size or st.st_mtime_ns != mtime_ns:
                 changed.append(item_id)
-                if path not in changed_paths:
-                    changed_paths.append(path)
+                paths = changed_paths["unfinished_file" if mtime_ns == UNSEALED else "changed_file"]
+                paths[path] = paths.get(path, 0) + 1
     if vanished:
         paths = sorted({p for _, p in vanished})
-        problem = _problem(report, "vanished_file", f"{len(paths)} indexed file(s) no longer exist ({len(vanished)} item(s))",
-                           paths, count=len(vanished))
+        problem = _outdated(report, "vanished_file",
+                            f"{len(paths)} indexed file(s) no longer exist ({len(vanished)} item(s))", paths, len(vanished))
         if repair:
             _drop(store, [i for i, _ in vanished])
             problem.repaired = True
-    if changed:
-        problem = _problem(report, "changed_file", f"{len(changed_paths)} file(s) changed since they were indexed",
-                           changed_paths, count=len(changed))
-        problem.repaired = repair
+    for kind, why in (("changed_file", "changed since they were indexed"),
+                      ("unfinished_file", "were not finished by an interrupted index run")):
+        paths = changed_paths[kind]
+        if paths:
+            _outdated(report, kind, f"{len(paths)} file(s) {why}", list(paths), sum(paths.values())).repaired = repair
     return changed
+
+
+def _outdated(report: CheckReport, kind: str, detail: str, paths: list[str], count: int) -> Problem:
+    entry = Problem(kind, detail, count, examples=paths[:5], files=paths)
+    report.outdated.append(entry)
+    return entry
 
 
 def _drop(store: IndexStore, ids: list[int]) -> None:
@@ -321,6 +411,7 @@ def _reembed(store: IndexStore, ids: list[int], encoder_factory, report: CheckRe
     that is gone, or whose content can no longer be decoded, loses its items; one that cannot be
     read now (permissions, I/O) keeps them as they are. Both outcomes are reported."""
     kinds = media_registry()
+    roots = _roots(store)
     by_path: dict[str, dict[str, int]] = {}
     with store.read() as r:
         for item_id, path, locator in r.places(ids):
@@ -342,7 +433,7 @@ def _reembed(store: IndexStore, ids: list[int], encoder_factory, report: CheckRe
         if kind is None:
             drop.extend((i, path, "not a supported file type") for i in locators.values())
             continue
-        records, skips = kinds.read_records(FileEntry(path, st.st_size, st.st_mtime_ns, kind))
+        records, skips = kinds.read_records(FileEntry(path, st.st_size, st.st_mtime_ns, kind), roots=roots)
         if not records and skips and any(s.protects for s in skips):
             kept.append(f"{path}: {skips[0].reason}")
             continue
@@ -353,10 +444,15 @@ def _reembed(store: IndexStore, ids: list[int], encoder_factory, report: CheckRe
             videos.append((records[0], rows))
             continue
         found = {r.locator: r for r in records}
-        if getattr(kinds.handler(kind), "multi_record", False) and set(found) - set(locators):
-            # Lines not in the index yet: leave the file marked unfinished so `index` adds them.
-            for record in records:
-                record.mtime_ns = UNSEALED
+        if getattr(kinds.handler(kind), "multi_record", False):
+            with store.read() as r:
+                indexed = {o.locator for o in r.existing_under([path]).get(path, [])}
+            if set(found) - indexed:
+                # Lines not in the index yet: leave the file marked unfinished so `index` adds
+                # them. (Only then: a file whose every line is indexed stays sealed, or the next
+                # check would take it for a changed file and this repair would never end.)
+                for record in records:
+                    record.mtime_ns = UNSEALED
         reason = skips[0].reason if skips else "no longer in the file"
         for locator, item_id in locators.items():
             if locator in found:
@@ -436,7 +532,7 @@ def _check_vectors(store: IndexStore, report: CheckReport, repair: bool) -> None
             # From the database, as the manifest asks; the manifest's vector_index entry follows.
             store.fit_vectors(force=True)
             problem.repaired = True
-    elif repair and any(p.repaired for p in report.problems):
+    elif repair and any(p.repaired for p in report.problems + report.outdated):
         # Persist the caught-up state after the repairs above; the manifest's vector_index entry
         # (what `mmsearch info` shows) follows the vectors it describes.
         store.fit_vectors()
@@ -496,17 +592,18 @@ def _compare(store: IndexStore, reader, vectors: VectorIndex) -> str | None:
     position = {int(i): p for p, i in enumerate(ids)}
     if len(position) != len(ids):
         return f"the vectors index holds {len(ids) - len(position)} duplicate id(s)"
-    db_ids = reader.vector_ids()
+    differ = 0
+    damaged: set[int] = set()  # blobs of the wrong size: never in a vectors index (bad_vector says so)
+    for rows in reader.embedding_chunks(_CHUNK):
+        damaged.update(r[0] for r in rows if len(r[1]) != store.dim * 4)
+        ids, matrix = usable_rows([r for r in rows if r[0] in position], store.dim)
+        if len(ids):
+            differ += vectors.differing(ids, matrix)
+    db_ids = reader.vector_ids() - damaged
     extra, missing = set(position) - db_ids, db_ids - set(position)
     if extra or missing:
         return (f"the vectors index and the database disagree: {len(extra)} id(s) only in the vectors index, "
                 f"{len(missing)} only in the database")
-    differ = 0
-    for rows in reader.embedding_chunks(_CHUNK):
-        rows = [r for r in rows if r[0] in position and len(r[1]) == store.dim * 4]
-        if rows:
-            ids = np.array([r[0] for r in rows], np.int64)
-            differ += vectors.differing(ids, vectors_from_blobs([r[1] for r in rows], store.dim))
     if differ:
         return f"{differ} vector(s) in the vectors index differ from the database"
     return None

@@ -38,7 +38,7 @@ from .storage import CHOICES, IndexStore, VectorSettings, location, writer_lock
 from .storage.pgvector import FAISS, PGVECTOR
 from .storage.pgvector import check_layout
 from .storage.vectors import AUTO
-from .errors import IndexTypeError, IndexWriteError
+from .errors import DamagedIndexError, IndexTypeError, IndexWriteError
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,8 @@ class Engine(Searching):
             spec, dim = self.spec, self._cached_dim(executor)
             if dim is None:
                 dim = self.encoder.dim
-            self._store = IndexStore.create(self.folder, spec.identity(), dim, self._vector_settings, self.db, vectors)
+            self._store = IndexStore.create(self.folder, spec.identity(), dim, self._vector_settings, db=self.db,
+                                            vectors=vectors)
             note = random_weights_note(spec)  # said once, here, not at every load
             if note:
                 progress.note(note)
@@ -558,6 +559,9 @@ class Engine(Searching):
             blob = r.vector_of(item_id)
         if blob is None:
             raise QueryError(f"no item with id {item_id} in {self.folder}")
+        if len(blob) != self.store.dim * 4:
+            raise DamagedIndexError(f"the stored vector of item {item_id} is damaged (wrong size); "
+                                    f"run `mmsearch check --repair`")
         return np.frombuffer(blob, np.float32).copy()
 
     # -- items and description -------------------------------------------------------------------

@@ -110,6 +110,14 @@ class EmptyIndexError(NotAnIndexError):
     """The index folder holds nothing indexed yet: a first indexing run never saved anything."""
 
 
+class DamagedIndexError(MMSearchError):
+    """Rows of the index are damaged (a stored vector of the wrong size); ``mmsearch check --repair`` fixes them."""
+
+
+class UnfinishedCopyError(NotAnIndexError):
+    """The folder holds a copy ``mmsearch migrate`` did not finish; the same migrate run again starts it over."""
+
+
 class DamagedManifestError(NotAnIndexError):
     """The index's manifest is damaged; ``mmsearch check --repair`` rebuilds it from the database."""
 

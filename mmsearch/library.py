@@ -59,6 +59,15 @@ def under_any(path: str, prefixes: Iterable[str]) -> bool:
     return any(within(path, p) for p in prefixes)
 
 
+def outside_library(path: str, roots: Sequence[LibraryRoot]) -> bool:
+    """True when ``path`` is known not to belong to the library of ``roots`` without reading it:
+    it lies under no root, or it exists and resolves outside (a symlink leading elsewhere).
+    A path under a root that does not exist is not called outside (it is simply not there)."""
+    if not any(within(path, root.path) for root in roots):
+        return True
+    return os.path.lexists(path) and inside_library(path, roots) is None
+
+
 def inside_library(path: str, roots: Sequence[LibraryRoot]) -> str | None:
     """The real path of ``path`` when it belongs to the library of ``roots`` (see the module
     docstring), else None. ``path`` is an indexed item's path as stored."""

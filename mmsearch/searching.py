@@ -456,7 +456,8 @@ def _fields(row: ItemRow) -> dict[str, Any]:
 def _moment(hit: Hit, frames: list[tuple[ItemRow, bytes]], vector: np.ndarray) -> None:
     """Give a video hit its segment: the run of frames around its best one (``hit.id``) scoring
     close to it (see SEGMENT_FRACTION); a frame stands for the time until the next kept one."""
-    frames = sorted(frames, key=lambda f: (f[0].meta or {}).get("t", 0.0))
+    frames = sorted((f for f in frames if len(f[1]) == vector.size * 4),  # a damaged blob: check names it
+                    key=lambda f: (f[0].meta or {}).get("t", 0.0))
     times = [float((row.meta or {}).get("t", 0.0)) for row, _ in frames]
     ids = [row.id for row, _ in frames]
     if hit.id not in ids:

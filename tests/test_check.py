@@ -127,8 +127,13 @@ def test_vanished_and_changed_files(backend, built):
     (corpus / "sub" / "d.bmp").unlink()
     make_image(corpus / "c.webp", seed=1234)
     report = check_folder(idx)
-    assert {"vanished_file", "changed_file"} <= _kinds(report)
-    _repair_and_verify(idx, "vanished_file", items=ITEMS - 1)
+    # Not damage: the index is out of date, and --repair brings it up to date like `index` would.
+    assert report.ok and report.problems == [] and report.state == "out_of_date"
+    assert {p.kind for p in report.outdated} == {"vanished_file", "changed_file"}
+    repaired = check_folder(idx, repair=True, encoder_factory=_encoder)
+    assert repaired.state == "repaired" and all(p.repaired for p in repaired.outdated)
+    after = check_folder(idx)
+    assert after.state == "ok" and after.outdated == [] and after.items == ITEMS - 1
     vectors = _vectors_by_path(idx, backend)
     assert not any("d.bmp" in key for key in vectors)
     # The changed image was re-embedded: a fresh index of the same file agrees.
@@ -177,9 +182,12 @@ def test_check_cli_exit_codes_and_text(backend, built, cli, tiny_model):
     result = cli("check", "-i", idx)
     assert "ok" in result.stdout and result.exit_code == 0
     (corpus / "a.jpg").unlink()
+    result = cli("check", "-i", idx)  # a deleted photo: out of date, not damaged (exit 0)
+    assert "vanished_file" in result.stderr and "a.jpg" in result.stderr
+    assert "out of date (1 vanished, 0 changed since the last index run" in result.stdout
+    backend.sql(idx, "DELETE FROM embeddings WHERE item_id = (SELECT min(id) FROM items)")
     result = cli("check", "-i", idx, ok=False)
-    assert result.exit_code == 1 and "vanished_file" in result.stderr and "a.jpg" in result.stderr
-    assert "damaged" in result.stdout
+    assert result.exit_code == 1 and "missing_vector" in result.stderr and "damaged" in result.stdout
     result = cli("check", "-i", idx, "--repair", "--json")
     doc = json.loads(result.stdout)
     assert doc["ok"] and doc["items"] == ITEMS - 1

@@ -333,7 +333,7 @@ def check_cmd(
     wait: Annotated[float, typer.Option("--wait", metavar="SECONDS", help="With --repair: seconds to wait for a running indexing run (-1: forever).")] = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify an index (manifest, schema, database, rows against vectors, files still there); exit 1 if damaged."""
+    """Verify an index (manifest, schema, database, rows against vectors, files still there); exit 1 if damaged, 0 if only out of date."""
     from ..check import check_folder
     from ..encoders import ModelSpec, TorchEncoder
 
@@ -347,14 +347,19 @@ def check_cmd(
     if as_json:
         write_json(report.as_dict())
     else:
-        for problem in report.problems:
-            state = "repaired" if problem.repaired else ("repairable with --repair" if problem.repairable else "not repairable")
+        for problem, outdated in [(p, False) for p in report.problems] + [(p, True) for p in report.outdated]:
+            if problem.repaired:
+                state = "repaired"
+            elif outdated:
+                state = "`mmsearch index` updates it"
+            else:
+                state = "repairable with --repair" if problem.repairable else "not repairable"
             err.print(Text(f"{problem.kind}: {display_path(problem.detail)} [{state}]"))
             for example in problem.examples:
                 err.print(Text(f"    {display_path(example)}"))
         for note in report.notes:
             err.print(Text(f"note: {display_path(note)}"))
-        verdict = "ok" if not report.problems else ("repaired" if report.ok else "damaged")
+        verdict = report.out_of_date() if report.state == "out_of_date" else report.state
         out.print(Text(f"{display_path(report.index)}: {verdict} ({report.items} items, {len(report.problems)} problem(s))"))
     if not report.ok:
         raise typer.Exit(1)

@@ -123,13 +123,13 @@ class Indexer:
             existing = r.existing_under([root.path for root in roots])
         dirty, unchanged, vanished = find_changes(scanned.files, existing, scanned.skipped)
         report.unchanged += unchanged
-        records, undecodable = self._read_all(dirty)
+        records, undecodable = self._read_all(dirty, roots)
         with report.timing("plan"):
             self._known_videos(records)
             multi = [h.kind for h in self.kinds.handlers.values() if getattr(h, "multi_record", False)]
             plan = plan_records(dirty, records, undecodable, existing, multi)
             with self.store.read() as r:
-                assign_sources(plan.jobs, r.vector_sources({job.content for job in plan.jobs}))
+                assign_sources(plan.jobs, r.vector_sources({job.content for job in plan.jobs}, self.store.dim * 4))
         report.unchanged += plan.unchanged
         sink.touch(plan.touch)
         sink.copies(plan.to_copy)
@@ -140,15 +140,16 @@ class Indexer:
         sink.roots(roots, done=True)
 
     # -- reading -----------------------------------------------------------------------------
-    def _read_all(self, dirty: list[FileEntry]) -> tuple[dict[str, list[Record]], set[str]]:
+    def _read_all(self, dirty: list[FileEntry], roots: Sequence[LibraryRoot]) -> tuple[dict[str, list[Record]], set[str]]:
         """Records of each readable dirty file (header checks and hashing run in threads), and
-        the paths whose content can no longer be decoded."""
+        the paths whose content can no longer be decoded; files a record names are read only
+        inside the library of ``roots``."""
         self.progress.start("reading", len(dirty))
         records: dict[str, list[Record]] = {}
         undecodable: set[str] = set()
         max_pixels = self.settings.max_pixels
         with self.report.timing("read"), ThreadPoolExecutor(self.workers) as pool:
-            for entry, (found, skips) in zip(dirty, pool.map(lambda e: self.kinds.read_records(e, max_pixels), dirty)):
+            for entry, (found, skips) in zip(dirty, pool.map(lambda e: self.kinds.read_records(e, max_pixels, roots), dirty)):
                 for skip in skips:
                     self._skip(skip)
                 if found or not skips:

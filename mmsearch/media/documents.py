@@ -19,8 +19,10 @@ any item. Which rows form one document follows from their path and locator alone
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
+from ..library import outside_library, within
 from .records import BadInput, FileEntry, Record, Skip, content_hash, read_regular_file
 
 IMAGE_PART = "image"  # suffix of a JSONL record's image locator: "12:image"
@@ -50,13 +52,19 @@ def record_source(record: Record) -> str:
     return source_path(record.path, record.locator, record.meta)
 
 
-def image_part(entry: FileEntry, line: str, name: Any, max_pixels: int) -> Record:
-    """The image record of JSONL line ``line`` naming ``name``; BadInput says why not."""
+def image_part(entry: FileEntry, line: str, name: Any, max_pixels: int, roots: Sequence[Any] | None = None) -> Record:
+    """The image record of JSONL line ``line`` naming ``name``; BadInput says why not.
+    ``roots``: the library's (``LibraryRoot``): an image outside it is neither read nor looked at."""
     from .image import ImageHandler
 
     if not isinstance(name, str) or not name.strip():
         raise BadInput(f"'{IMAGE_FIELD}' must be a non-empty string (a path relative to the file)")
     source = source_path(entry.path, image_locator(line), {IMAGE_FIELD: name})
+    if roots is not None and outside_library(source, roots):
+        # Under a root by its name: a symlink leads out, which --follow-links would follow.
+        link = any(within(source, root.path) for root in roots)
+        raise BadInput(f"image {name} is outside the indexed folders, not read"
+                       + (" (a symlink leads there; index with --follow-links to include it)" if link else ""))
     if not os.path.exists(source):
         raise BadInput(f"image {name} not found ({source})")
     data = read_regular_file(source, MAX_DOCUMENT_IMAGE_BYTES)
@@ -66,12 +74,13 @@ def image_part(entry: FileEntry, line: str, name: Any, max_pixels: int) -> Recor
 
 
 def document_parts(entry: FileEntry, line: str, obj: dict[str, Any], text_record: Record | None,
-                   max_pixels: int) -> tuple[list[Record], list[Skip]]:
+                   max_pixels: int, roots: Sequence[Any] | None = None) -> tuple[list[Record], list[Skip]]:
     """The records of a JSONL line that names an image: its text (when it has one) and its
-    image; an image that cannot be read is skipped with the reason, the text is kept."""
+    image; an image that cannot be read (or lies outside the library of ``roots``) is skipped
+    with the reason, the text is kept."""
     records = [text_record] if text_record is not None else []
     try:
-        records.append(image_part(entry, line, obj.get(IMAGE_FIELD), max_pixels))
+        records.append(image_part(entry, line, obj.get(IMAGE_FIELD), max_pixels, roots))
     except BadInput as exc:
         return records, [Skip(f"{entry.path}:{line}", f"image part: {exc}", protects=exc.transient)]
     return records, []

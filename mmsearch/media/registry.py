@@ -9,9 +9,9 @@ file's bytes into records. Adding a modality (video, audio) is one new module an
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from .image import IMAGE, ImageHandler, is_image_file
 from .records import BadInput, FileEntry, Record, Skip, read_regular_file
@@ -73,8 +73,11 @@ class Registry:
         kind = self.kind_of(path)
         return self.handlers[kind].media_type(path) if kind else "application/octet-stream"
 
-    def read_records(self, entry: FileEntry, max_pixels: int | None = None) -> tuple[list[Record], list[Skip]]:
-        """The records in one file plus the parts of it that had to be skipped."""
+    def read_records(self, entry: FileEntry, max_pixels: int | None = None,
+                     roots: Sequence[Any] | None = None) -> tuple[list[Record], list[Skip]]:
+        """The records in one file plus the parts of it that had to be skipped. ``roots``: the
+        library's (``LibraryRoot``), for handlers whose records read other files (a JSONL
+        record's image), which then read only files inside it."""
         handler = self.handlers[entry.kind]
         try:
             if not getattr(handler, "reads_bytes", True):  # videos: the handler streams the file itself
@@ -86,6 +89,8 @@ class Registry:
                     return handler.records(entry)
             data = read_regular_file(entry.path)
             try:
+                if getattr(handler, "reads_other_files", False):
+                    return handler.records(entry, data, max_pixels or 0, roots=roots)
                 if max_pixels is None:
                     return handler.records(entry, data)
                 return handler.records(entry, data, max_pixels)

@@ -4,12 +4,33 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from typing import Any
 
 from .documents import IMAGE_FIELD, document_parts
 from .records import MAX_STORED_TEXT_CHARS, BadInput, FileEntry, Record, Skip, content_hash
 
 TEXT = "text"
 TEXT_MEDIA_TYPE = "text/plain; charset=utf-8"  # shown as text in a browser, never run
+# JSONL lines nested deeper than this are skipped: no record's metadata needs more, and every
+# later step that walks the value (storing it as JSON, --json output, filters) recurses, so a
+# line 100,000 deep would end the whole run with a RecursionError wherever it was first walked.
+MAX_JSON_DEPTH = 64
+
+
+def nesting_depth(value: object, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deeply ``value`` (parsed JSON) nests lists and objects, counted without recursion;
+    stops counting once past ``limit``."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def decode_text(data: bytes) -> str:
@@ -65,13 +86,15 @@ class JsonlHandler:
     modality = TEXT
     decoded_in_workers = False
     multi_record = True
+    reads_other_files = True  # a record's image: read only inside the library (``roots``)
     extensions = frozenset({".jsonl"})
 
     @staticmethod
     def media_type(path: str) -> str:
         return TEXT_MEDIA_TYPE
 
-    def records(self, entry: FileEntry, data: bytes, max_pixels: int = 0) -> tuple[list[Record], list[Skip]]:
+    def records(self, entry: FileEntry, data: bytes, max_pixels: int = 0,
+                roots: Sequence[Any] | None = None) -> tuple[list[Record], list[Skip]]:
         from .image import DEFAULT_MAX_PIXELS
 
         max_pixels = max_pixels or DEFAULT_MAX_PIXELS
@@ -86,6 +109,13 @@ class JsonlHandler:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 skipped.append(Skip(where, f"malformed JSON line ({exc.msg})", protects=False))
+                continue
+            except RecursionError:  # the parser itself recurses: too deep to read at all
+                obj = too_deep = True
+            else:
+                too_deep = nesting_depth(obj) > MAX_JSON_DEPTH
+            if too_deep:
+                skipped.append(Skip(where, f"JSON nested more than {MAX_JSON_DEPTH} levels deep", protects=False))
                 continue
             if not isinstance(obj, dict):
                 skipped.append(Skip(where, "line is not a JSON object", protects=False))
@@ -102,7 +132,7 @@ class JsonlHandler:
                 record = Record(entry.path, str(number), TEXT, entry.size, entry.mtime_ns, content_hash(body),
                                 text=body[:MAX_STORED_TEXT_CHARS], meta=meta)
             if IMAGE_FIELD in obj:  # a document: this text and the image it names
-                parts, skips = document_parts(entry, str(number), obj, record, max_pixels)
+                parts, skips = document_parts(entry, str(number), obj, record, max_pixels, roots)
                 records.extend(parts)
                 skipped.extend(skips)
             else:

@@ -31,7 +31,8 @@ from sqlalchemy.orm import Session
 
 from . import pgvector, postgres, sqlite
 from .lexical import LexicalIndex, lexical_index
-from .schema import GENERATION, MODEL_KEY, PURGED_THROUGH, Base, Embedding, Item, Meta, Root, Tombstone, utcnow
+from .schema import (GENERATION, MODEL_KEY, PURGED_THROUGH, UNFINISHED_COPY, Base, Embedding, Item, Meta, Root,
+                     Tombstone, utcnow)
 
 # Ids per IN (...) query (SQLite allows 32766 bound parameters).
 IN_CHUNK = 30_000
@@ -161,10 +162,12 @@ class Catalogue:
         self.engine.dispose()
 
     # -- schema ------------------------------------------------------------------------------------
-    def create_schema(self, model: dict, dim: int, vectors: str = pgvector.FAISS) -> None:
+    def create_schema(self, model: dict, dim: int, vectors: str = pgvector.FAISS, *,
+                      copying_from: str | None = None) -> None:
         """The tables, counters and model record; ``vectors``: ``pgvector`` keeps the vectors in
         a pgvector column too (PostgreSQL only; the extension is created in the same transaction
-        as the tables, so a server without it leaves nothing behind)."""
+        as the tables, so a server without it leaves nothing behind). ``copying_from``: the
+        catalogue is a copy ``migrate`` is about to make (``Writer.copy_finished`` clears it)."""
         with self.engine.begin() as conn:  # one transaction where DDL is transactional (PostgreSQL)
             Base.metadata.create_all(conn)
             if vectors == pgvector.PGVECTOR:
@@ -175,6 +178,8 @@ class Catalogue:
                 if w.session.get(Meta, key) is None:
                     w.session.add(Meta(key=key, value="0"))
             w.record_model(model, dim, vectors)
+            if copying_from is not None:
+                _set_text(w.session, UNFINISHED_COPY, copying_from)
         self.lexical.ensure()
 
     @property
@@ -304,18 +309,19 @@ class Reader:
             select(Embedding.item_id).outerjoin(Item, Item.id == Embedding.item_id).where(Item.id.is_(None))
         ))
 
-    def vector_sources(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        """For (modality, content hash) pairs, an item that holds a vector of that content."""
+    def vector_sources(self, keys: Iterable[tuple[str, str]], vector_bytes: int | None = None) -> dict[tuple[str, str], int]:
+        """For (modality, content hash) pairs, an item that holds a vector of that content (of
+        ``vector_bytes`` bytes when given: a damaged one is never copied)."""
         wanted = set(keys)
         hashes = sorted({h for _, h in wanted})
         found: dict[tuple[str, str], int] = {}
         for start in range(0, len(hashes), 500):
-            rows = self.session.execute(
-                select(Item.modality, Item.content_hash, func.min(Item.id))
-                .join(Embedding, Embedding.item_id == Item.id)
-                .where(Item.content_hash.in_(hashes[start:start + 500]))
-                .group_by(Item.modality, Item.content_hash)
-            )
+            query = (select(Item.modality, Item.content_hash, func.min(Item.id))
+                     .join(Embedding, Embedding.item_id == Item.id)
+                     .where(Item.content_hash.in_(hashes[start:start + 500])))
+            if vector_bytes is not None:
+                query = query.where(func.length(Embedding.vector) == vector_bytes)
+            rows = self.session.execute(query.group_by(Item.modality, Item.content_hash))
             for modality, content_hash, item_id in rows:
                 if (modality, content_hash) in wanted:
                     found[(modality, content_hash)] = item_id
@@ -400,6 +406,13 @@ class Reader:
                 select(Item.id, Item.path, Item.size, Item.mtime_ns).order_by(Item.path, Item.id)):
             yield tuple(row)
 
+    def rows_with_locator_suffix(self, suffix: str) -> list[tuple[int, str, str, dict[str, Any] | None]]:
+        """(id, path, locator, meta) of every item whose locator ends with ``suffix`` (a JSONL
+        record's image parts: ``":image"``)."""
+        return [tuple(row) for row in self.session.execute(
+            select(Item.id, Item.path, Item.locator, Item.meta).where(Item.locator.endswith(suffix, autoescape=True))
+            .order_by(Item.path, Item.id))]
+
     def places(self, ids: Sequence[int]) -> list[tuple[int, str, str]]:
         """(id, path, locator) of those of ``ids`` that exist."""
         found: list[tuple[int, str, str]] = []
@@ -429,6 +442,11 @@ class Reader:
                 return
             yield rows
             last = rows[-1][key.name]
+
+    def unfinished_copy(self) -> str | None:
+        """What ``migrate`` was copying into this catalogue when it stopped (None: not a copy
+        being made)."""
+        return _get_text(self.session, UNFINISHED_COPY)
 
     def ever_indexed(self) -> bool:
         """True once an item was saved or an indexing run completed."""
@@ -594,6 +612,16 @@ class Writer(Reader):
             record["vectors"] = vectors
             pgvector.retype(self.session, dim)  # a model switch may change the dimension
         _set_text(self.session, MODEL_KEY, json.dumps(record, sort_keys=True))
+
+    def clear_copied_rows(self) -> None:
+        """Delete the rows an unfinished copy holds (``migrate``, starting it over in the same
+        transaction that copies them again)."""
+        for table in (Embedding, Tombstone, Item, Root):
+            self.session.execute(delete(table))
+
+    def copy_finished(self) -> None:
+        """The copy ``migrate`` made into this catalogue is complete."""
+        self.session.execute(delete(Meta).where(Meta.key == UNFINISHED_COPY))
 
     def set_generation(self, gen: int) -> None:
         _set_text(self.session, GENERATION, str(gen))

@@ -37,8 +37,9 @@ def stamp(folder: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def new_manifest(model: dict, dim: int, created_at: str | None = None, vectors: str | None = None) -> dict[str, Any]:
-    """``vectors``: ``pgvector`` when the vectors live in the PostgreSQL catalogue."""
+def new_manifest(model: dict, dim: int, *, created_at: str | None = None, vectors: str | None = None) -> dict[str, Any]:
+    """``created_at``: when the index was made (now by default); ``vectors``: ``pgvector`` when the
+    vectors live in the PostgreSQL catalogue (keywords: both are strings)."""
     index = {"type": "pgvector", "requested": "pgvector"} if vectors == "pgvector" else \
         {"type": "flat", "requested": "auto"}
     return {
@@ -91,4 +92,4 @@ def rebuilt(folder: Path, recorded: dict[str, Any]) -> dict[str, Any]:
         created = old.get("created_at") if isinstance(old, dict) and isinstance(old.get("created_at"), str) else None
     except (OSError, ValueError):
         pass
-    return new_manifest(recorded["model"], recorded["dim"], created, recorded.get("vectors"))
+    return new_manifest(recorded["model"], recorded["dim"], created_at=created, vectors=recorded.get("vectors"))

@@ -154,6 +154,10 @@ PURGED_THROUGH = "tombstones_purged_through"
 # The model identity and vector dimension (JSON), mirroring the manifest's, written in the same
 # transactions that make the vectors belong to that model.
 MODEL_KEY = "model"
+# Set while ``mmsearch migrate`` copies rows into this catalogue (the source it copies), from
+# before the manifest makes the folder an index until the copy is complete: a half copy is never
+# taken for an index, and the same migrate run again starts it over.
+UNFINISHED_COPY = "unfinished_copy"
 
 # Columns added after schema version 1 was first released: (table, column, SQL type). Databases
 # created before get them on open; new ones have them from the start.

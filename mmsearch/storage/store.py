@@ -24,6 +24,7 @@ from filelock import FileLock, Timeout
 
 from ..errors import (
     CatalogueDatabaseError,
+    DamagedIndexError,
     DamagedManifestError,
     EmptyIndexError,
     IndexLockedError,
@@ -31,6 +32,7 @@ from ..errors import (
     IndexWriteError,
     MMSearchError,
     NotAnIndexError,
+    UnfinishedCopyError,
 )
 from ..fsutil import digest_mismatch, file_digest
 from . import location
@@ -66,9 +68,24 @@ _DERIVED_FILES = (MANIFEST, "clip_bpe_vocab.txt.gz")
 
 
 def vectors_from_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
+    """The vectors stored as ``blobs`` (each ``dim`` float32s), as one matrix; callers pass
+    blobs of the right size (``usable_rows``), so a wrong one is damage ``check`` reports."""
     if not blobs:
         return np.empty((0, dim), np.float32)
+    if any(len(b) != dim * 4 for b in blobs):
+        raise DamagedIndexError(
+            f"{sum(len(b) != dim * 4 for b in blobs)} stored vector(s) have the wrong size for this index "
+            f"({dim} dimensions); run `mmsearch check --repair`"
+        )
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
+
+
+def usable_rows(rows: list[tuple[int, bytes]], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of the (item id, blob) ``rows`` whose blob has the index's size: a damaged
+    blob (``check`` names it, ``check --repair`` re-embeds it) is left out of every vector index,
+    so searches answer from the good rows meanwhile."""
+    rows = [r for r in rows if len(r[1]) == dim * 4]
+    return np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], dim)
 
 
 @contextmanager
@@ -102,6 +119,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     try:
         manifest = mf.read_raw(folder)
     except FileNotFoundError as exc:
+        raise_if_unfinished_copy(folder)
         if _holds_items(folder / DB_FILE, unreadable=False):
             raise DamagedManifestError(
                 f"{folder / MANIFEST} is missing from an index that holds items; "
@@ -117,6 +135,39 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise NotAnIndexError(f"{folder / MANIFEST} is unreadable ({exc}); `mmsearch check --repair` rebuilds it "
                               f"from the database") from exc
     return mf.check_manifest(folder, manifest)
+
+
+def unfinished_copy(folder: Path, db: str | None = None) -> str | None:
+    """What ``migrate`` was copying into the catalogue of ``folder`` (its SQLite file, or the
+    database it or ``db`` names) when it stopped; None when that catalogue is not a copy being
+    made (or there is none)."""
+    try:
+        url = location.resolve(folder, db)
+    except MMSearchError:
+        return None
+    if url is None and not (folder / DB_FILE).is_file():
+        return None
+    catalogue = location.catalogue(folder, url)
+    try:
+        if not location.has_tables(catalogue):
+            return None
+        with catalogue.read() as r:
+            return r.unfinished_copy()
+    except DATABASE_ERRORS:
+        return None
+    finally:
+        catalogue.close()
+
+
+def raise_if_unfinished_copy(folder: Path, source: str | None = None, db: str | None = None) -> None:
+    """UnfinishedCopyError when ``folder`` holds a copy ``migrate`` did not finish (``source``:
+    what it copied, when already known)."""
+    source = source or unfinished_copy(folder, db)
+    if source is not None:
+        raise UnfinishedCopyError(
+            f"{folder} holds an unfinished copy of {source}: a `mmsearch migrate` into it stopped before it "
+            f"finished; run the same migrate again to start it over, or delete {folder}"
+        )
 
 
 def _holds_items(db_path: Path, unreadable: bool = True) -> bool:
@@ -171,6 +222,8 @@ class IndexStore:
         try:
             with store.read() as r:
                 r.generation()
+                copying = r.unfinished_copy()
+            raise_if_unfinished_copy(folder, copying)
             store.catalogue.upgrade_schema()
             if location.model_moved(store, force=True):  # this machine's manifest is a cache of the catalogue's
                 store.manifest = location.follow_model(store)
@@ -187,10 +240,12 @@ class IndexStore:
 
     @classmethod
     def create(cls, folder: str | Path, model_identity: dict, dim: int,
-               settings: VectorSettings | None = None, db: str | None = None,
-               vectors: str = pgv.FAISS) -> IndexStore:
+               settings: VectorSettings | None = None, *, db: str | None = None,
+               vectors: str = pgv.FAISS, copying_from: str | None = None) -> IndexStore:
         """``vectors``: ``faiss`` (a local vector index file derived from the catalogue) or
-        ``pgvector`` (the vectors in the PostgreSQL catalogue itself; see ``storage.pgvector``)."""
+        ``pgvector`` (the vectors in the PostgreSQL catalogue itself; see ``storage.pgvector``).
+        ``copying_from``: the index is a copy of that one that ``migrate`` is about to make; until
+        its ``Writer.copy_finished`` commits, nothing opens it as an index."""
         folder = Path(folder).expanduser().absolute()
         cls.check_creatable(folder)
         url = location.resolve(folder, db)
@@ -198,9 +253,9 @@ class IndexStore:
         folder.mkdir(parents=True, exist_ok=True)
         if url is not None:
             location.link(folder, url)
-        store = cls(folder, mf.new_manifest(model_identity, dim, vectors), settings, url)
+        store = cls(folder, mf.new_manifest(model_identity, dim, vectors=vectors), settings, url)
         try:
-            store.catalogue.create_schema(model_identity, dim, vectors)
+            store.catalogue.create_schema(model_identity, dim, vectors, copying_from=copying_from)
         except DATABASE_ERRORS as exc:  # PostgreSQL: no privilege to create tables (nothing was created)
             store.close()
             if url is None:
@@ -443,8 +498,7 @@ class IndexStore:
         since = vectors.gen
         changed = reader.changed_since(since)
         vectors.remove(changed + reader.deleted_since(since))
-        rows = reader.embeddings(changed)
-        vectors.add(np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], self.dim))
+        vectors.add(*usable_rows(reader.embeddings(changed), self.dim))
         vectors.gen = db_gen
         return vectors
 
@@ -471,7 +525,7 @@ class IndexStore:
                 plan = IndexPlan(FLAT)
         vectors = VectorIndex.create(self.dim, plan, train, gen=gen, settings=self.settings)
         for rows in reader.embedding_chunks():
-            vectors.add(np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], self.dim))
+            vectors.add(*usable_rows(rows, self.dim))
         return vectors
 
     def _build_ondisk(self, reader: Reader, plan: IndexPlan) -> ondisk.OnDiskVectorIndex:
@@ -481,8 +535,7 @@ class IndexStore:
         gen = reader.generation()
         blobs = reader.embedding_sample(plan.nlist * ondisk.TRAIN_PER_LIST, plan.nlist)
         sample = vectors_from_blobs([b for b in blobs if len(b) == self.dim * 4], self.dim)
-        chunks = ((np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], self.dim))
-                  for rows in ([r for r in chunk if len(r[1]) == self.dim * 4] for chunk in reader.embedding_chunks()))
+        chunks = (usable_rows(rows, self.dim) for rows in reader.embedding_chunks())
         vectors = ondisk.build_index(self.folder, gen, plan, sample, chunks, self.settings,
                                      record=lambda tmp: self._record_vectors_file(tmp, gen))
         remove_older(self.folder, gen)
