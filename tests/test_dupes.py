@@ -50,7 +50,7 @@ def test_partitioned_scan_finds_the_groups_the_exact_scan_finds():
     # A pair the partition compares from one side only (a query of a higher row against a
     # member of a lower one) is still reported, lowest row first.
     one_side = dupes._block_pairs(x[[6]], np.array([6]), x[[5, 6]], np.array([5, 6]), -1.0)
-    assert [a.tolist() for a in one_side] == [[5], [6]]
+    assert [a.tolist() for a in one_side[:2]] == [[5], [6]]
     sims = np.einsum("ij,ij->i", x[partitioned[:, 0]], x[partitioned[:, 1]])
     assert (sims >= 0.97).all() and (partitioned[:, 0] < partitioned[:, 1]).all()
 
