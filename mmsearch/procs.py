@@ -24,8 +24,8 @@ _swap_lock = threading.Lock()
 DECODE_MODULES = ["mmsearch.media.image", "mmsearch.media.video"]
 
 
-class NoMainProcess(_mp.ForkServerProcess):
-    """A forkserver process started without the parent's ``__main__``."""
+class _NoMain:
+    """Started without the parent's ``__main__`` (mixed into a start method's process class)."""
 
     def start(self) -> None:
         with _swap_lock:
@@ -38,6 +38,21 @@ class NoMainProcess(_mp.ForkServerProcess):
                     sys.modules["__main__"] = main
 
 
+class NoMainProcess(_NoMain, _mp.ForkServerProcess):
+    """A forkserver process started without the parent's ``__main__``."""
+
+
+class NoMainSpawnProcess(_NoMain, _mp.SpawnProcess):
+    """A spawned process started without the parent's ``__main__`` (where there is no forkserver:
+    Windows): a new interpreter would otherwise run the caller's unguarded script again."""
+
+
+class NoMainSpawnContext(_mp.SpawnContext):
+    """The spawn context, with ``NoMainSpawnProcess`` as its process class."""
+
+    Process = NoMainSpawnProcess
+
+
 class NoMainContext(_mp.ForkServerContext):
     """The forkserver context, with ``NoMainProcess`` as its process class."""
 
@@ -47,11 +62,11 @@ class NoMainContext(_mp.ForkServerContext):
 def worker_context(preload: list[str]) -> _mp.BaseContext:
     """A context for worker pools: forkserver without ``__main__`` where the platform has it
     (workers fork from a small clean server, never from a process holding model threads),
-    else spawn."""
+    else spawn, also without ``__main__``: a caller's script needs no main guard anywhere."""
     import multiprocessing
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
+        return NoMainSpawnContext()
     context = NoMainContext()
     context.set_forkserver_preload(preload)
     return context

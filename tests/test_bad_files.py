@@ -330,3 +330,55 @@ def test_bad_query_input_one_line_error(small_index, cli, case, message, code):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- said once: HEIC without its extra, bad files that did not change ---------------------------
+def _index(idx: Path, folder: Path, tiny_model, *extra: str) -> tuple[dict, list[str]]:
+    """`mmsearch index` in a new process, as cron runs it: (the JSON report, stderr lines)."""
+    from conftest import ENV
+
+    args = ["-i", str(idx), *tiny_model.args, "-q"] if folder is not None else ["-i", str(idx), "-q"]
+    done = subprocess.run([sys.executable, "-m", "mmsearch", "index", *([str(folder)] if folder else []), *args, *extra],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, done.stderr.splitlines()
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("pillow_heif") is not None,
+                    reason="pillow-heif is installed here: HEIC photos are indexed")
+def test_heic_without_the_extra_is_named_once_with_the_way_forward(tmp_path, tiny_model):
+    """A .heic photo where pillow-heif is missing was neither indexed nor named (issue 30 item 9):
+    one line per run names it (and how many more) and says what to install."""
+    lib = tmp_path / "lib"
+    make_image(lib / "a.jpg", seed=1)
+    for n in range(3):
+        (lib / f"IMG_{n}.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    _, lines = _index(tmp_path / "idx", lib, tiny_model)
+    heic = [line for line in lines if "HEIC" in line]
+    assert len(heic) == 1, lines
+    assert 'pip install "mmsearch[heif]"' in heic[0] and "IMG_0.HEIC" in heic[0] and "2 more" in heic[0]
+    with Engine(tmp_path / "idx") as engine:
+        assert engine.info()["images"] == 1
+
+
+def test_bad_files_are_named_once_then_counted(tmp_path, tiny_model):
+    """A cron `mmsearch index` named the same unchanged bad files at every run (issue 30 item
+    17): named when first seen, then one line counts them; --verbose names them again; a bad file
+    that changes (still bad) is named again."""
+    lib = tmp_path / "lib"
+    make_image(lib / "good.jpg", seed=1)
+    for n in range(3):
+        (lib / f"bad{n}.jpg").write_bytes(b"not a picture " * (n + 1))
+    idx = tmp_path / "idx"
+    _, first = _index(idx, lib, tiny_model)
+    assert sorted(line.split(":")[0] for line in first if line.startswith("skipped ")) == \
+        [f"skipped {lib / f'bad{n}.jpg'}" for n in range(3)], first
+    _, second = _index(idx, None, tiny_model)
+    assert not [line for line in second if line.startswith("skipped ")], second
+    assert "3 file(s) skipped as before (unchanged); --verbose lists them" in second
+    _, verbose = _index(idx, None, tiny_model, "--verbose")
+    assert len([line for line in verbose if line.startswith("skipped ")]) == 3 and not any("as before" in x for x in verbose)
+    (lib / "bad1.jpg").write_bytes(b"still not a picture, but changed")
+    report, third = _index(idx, None, tiny_model, "--json")
+    assert [line for line in third if line.startswith("skipped ")] == [next(x for x in third if "bad1.jpg" in x)]
+    assert json.loads(report)["skipped"] == 3 and json.loads(report)["skipped_before"] == 2

@@ -9,10 +9,12 @@ as its package `__init__` imports Flask. Missing, the tests fail and say how to 
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -61,6 +63,13 @@ def served(tmp_path_factory, tiny_model):
     index = base / "photos-index"
     with Engine(index, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
         engine.add([root])
+    with serving(index, base) as url:
+        yield url, index, root
+
+
+@contextlib.contextmanager
+def serving(index: Path, base: Path):
+    """`mmsearch serve --index INDEX` in a new process on a free loopback port: its URL."""
     port = free_port()
     log = (base / "server.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "mmsearch", "serve", "--index", str(index), "--port", str(port),
@@ -78,7 +87,7 @@ def served(tmp_path_factory, tiny_model):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"server did not start:\n{(base / 'server.log').read_text()}")
             time.sleep(0.1)
-        yield url, index, root
+        yield url
     finally:
         proc.terminate()
         try:
@@ -86,6 +95,26 @@ def served(tmp_path_factory, tiny_model):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def test_readme_client_block_runs_as_written(tmp_path, tiny_model):
+    """The README's clip-retrieval block, run as written in a new process (from the repository
+    folder) against `mmsearch serve` of an index named as it says: clip-retrieval's package
+    __init__ imports Flask, so the block must load the client from its file (issue 30 item 3)."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("**clip-retrieval's API.**", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "http://127.0.0.1:8000" in block and 'indice_name="photos"' in block
+    index = tmp_path / "photos"
+    with Engine(index, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+        engine.add([PHOTOS])
+    with serving(index, tmp_path) as url:
+        done = subprocess.run([sys.executable, "-c", block.replace("http://127.0.0.1:8000", url)],
+                              capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120,
+                              env={**os.environ, "PYTHONPATH": ""})
+    assert done.returncode == 0, done.stderr
+    path, similarity = done.stdout.split()
+    assert Path(path).parent == PHOTOS and -1 <= float(similarity) <= 1
 
 
 def expected(url: str, hits, num_images: int) -> list[dict]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -159,3 +160,24 @@ def test_info_after_repair_and_updated_time(tmp_path, tiny_model, corpus, cli):
     later = json.loads(cli("info", "-i", idx, "--json").stdout)
     assert later["updated_at"] > first["updated_at"]
     assert later["items"] == later["vector_index"]["items"] == IMAGE_COUNT + TEXT_COUNT
+
+
+def test_check_repair_prints_every_line_in_the_cli_style(tmp_path, tiny_model, corpus, cli):
+    """`check --repair` on a damaged vectors file: the library's warning about it comes as the
+    CLI's own `warning: ...` line, never logging's raw `WARNING:mmsearch.storage.vectors:...`
+    (issue 30 item 16)."""
+    idx = tmp_path / "idx"
+    cli("index", corpus, "-i", idx, "--model", tiny_model.config, "--pretrained", "none", "-q")
+    (_, mine), = saved_generations(idx)
+    data = bytearray(mine.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    mine.write_bytes(bytes(data))
+    (corpus / "a.jpg").write_bytes(b"not an image any more")  # a file gone bad: re-read, removed
+    make_image(corpus / "b.png", seed=50)  # a changed file: re-embedded (the vectors are loaded then)
+    done = subprocess.run([sys.executable, "-m", "mmsearch", "check", "--repair", "-i", str(idx)],
+                          capture_output=True, text=True, env=ENV, timeout=180)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert not [line for line in lines if line.startswith(("WARNING:", "INFO:", "ERROR:"))], done.stderr
+    assert all(re.match(r"([a-z_]+: |    )", line) for line in lines), done.stderr
+    assert any(line.startswith("warning: vectors file passed over: ") for line in lines), done.stderr

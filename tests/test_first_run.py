@@ -30,12 +30,19 @@ def test_readme_first_command_indexes_photos_the_repository_ships():
 
 
 # -- the README's Python example, saved and run as a script ------------------------------------
-def test_readme_python_example_runs_as_a_script(tmp_path, tiny_model):
+# A script that forces the start method the platform lacks here (Windows has no forkserver).
+FORCE_SPAWN = "import multiprocessing\nmultiprocessing.get_all_start_methods = lambda: ['spawn']\n"
+
+
+@pytest.mark.parametrize("start", ["forkserver", "spawn"])
+def test_readme_python_example_runs_as_a_script(tmp_path, tiny_model, start):
+    """The example as a plain script, without a main guard, on both start methods the workers
+    use: the README's claim that no guard is needed holds (issue 30 item 5)."""
     section = README.read_text(encoding="utf-8").split("## Python API", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert "__main__" not in code  # the example is a plain script, as users write them
     script = tmp_path / "example.py"
-    script.write_text(code, encoding="utf-8")
+    script.write_text((FORCE_SPAWN if start == "spawn" else "") + code, encoding="utf-8")
     shutil.copytree(ROOT / "tests" / "data" / "photos", tmp_path / "tests" / "data" / "photos")
     env = dict(ENV, MMSEARCH_MODEL=str(tiny_model.config), MMSEARCH_PRETRAINED=str(tiny_model.checkpoint))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
@@ -44,6 +51,17 @@ def test_readme_python_example_runs_as_a_script(tmp_path, tiny_model):
     # five photos and their README, indexed once: worker processes never ran the script again
     assert re.match(r"6 added, 0 updated", done.stdout) and done.stdout.count(" added, ") == 1
     assert (tmp_path / "indexes" / "photos" / "manifest.json").is_file()
+
+
+def test_readme_says_the_same_about_the_main_guard_everywhere():
+    """Every README sentence about `if __name__ == "__main__":` says what the test above shows:
+    no guard is needed (one section once said a script without it fails)."""
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    sentences = [s for s in re.split(r"(?<=[.;])\s", text) if "__name__" in s]
+    assert sentences
+    for sentence in sentences:
+        assert re.search(r"no `if __name__ == \"__main__\":` guard|needs no `if __name__", sentence), sentence
+        assert "DecodeWorkersError" not in sentence and "must" not in sentence, sentence
 
 
 
@@ -158,3 +176,39 @@ def test_pretrained_variable_alone_applies_to_the_default_model(monkeypatch, tin
     assert spec() == ModelSpec("ViT-B-32", str(tiny_model.checkpoint))
     monkeypatch.setenv("MMSEARCH_MODEL", str(tiny_model.config))
     assert spec() == ModelSpec(str(tiny_model.config), str(tiny_model.checkpoint))
+
+
+# -- the model the environment names, for train too; a missing model folder ----------------------
+def captioned(data):
+    """A folder of images with same-named .txt captions (a dataset for train and eval)."""
+    for i in range(4):
+        make_image(data / f"p{i}.png", seed=i, size=(40, 40))
+        (data / f"p{i}.txt").write_text(f"picture number {i}", encoding="utf-8")
+    return data
+
+
+def test_train_uses_the_model_the_environment_names(tmp_path, tiny_model):
+    """`train` in a shell where MMSEARCH_MODEL / MMSEARCH_PRETRAINED are set starts from that
+    model, as `eval` and `index` do (it tried to download ViT-B-32; issue 30 item 6)."""
+    data = captioned(tmp_path / "captions")
+    env = dict(ENV, MMSEARCH_MODEL=str(tiny_model.config), MMSEARCH_PRETRAINED=str(tiny_model.checkpoint),
+               HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")
+    result = run("train", data, "--out", tmp_path / "out", "--epochs", "1", "--batch-size", "2", "--json",
+                 "--device", "cpu", env=env, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()
+    saved = json.loads((tmp_path / "out" / "train.json").read_text())
+    assert json.dumps(saved).count(str(tiny_model.checkpoint)) >= 1
+    assert (tmp_path / "out" / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("command", ["index", "train", "eval"])
+def test_a_missing_model_folder_is_named_as_such(tmp_path, corpus, command):
+    missing = tmp_path / "no" / "such-model"
+    data = captioned(tmp_path / "captions")
+    args = {"index": ["index", corpus, "-i", tmp_path / "idx"], "train": ["train", data, "--out", tmp_path / "out"],
+            "eval": ["eval", data]}[command]
+    result = run(*args, "--model", missing)
+    message = one_line(result.stderr)
+    assert result.returncode != 0 and "no such folder or file" in message and str(missing) in message, message
+    assert "unknown open_clip model" not in message
+    assert not (tmp_path / "idx").exists() and not (tmp_path / "out").exists()

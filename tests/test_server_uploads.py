@@ -177,3 +177,36 @@ def test_item_metadata_has_its_own_shape(server):
     assert "rank" not in schema["components"]["schemas"]["ItemOut"]["properties"]
     body = schema["paths"]["/api/search"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(body)
+
+
+# -- POST /api/search never drops an input silently (issue 30 item 8) -----------------------------
+def test_post_reads_the_query_string_as_get_does(server):
+    """`?k=2&type=text` on a POST was ignored with 200 (ten hits of every type); it counts now,
+    with a form, a JSON body or no body at all; a bad value or unknown name is a 4xx naming it."""
+    http, _, root = server
+    png = (root / "b.png").read_bytes()
+    form = http.post("/api/search?k=2&type=text", files=[("images", ("b.png", png, "image/png"))])
+    assert form.status_code == 200, form.text
+    hits = form.json()["hits"]
+    assert len(hits) == 2 and {h["modality"] for h in hits} == {"text"}
+    as_json = http.post("/api/search?k=1&type=image", json={"q": "a dog"})
+    assert as_json.status_code == 200 and len(as_json.json()["hits"]) == 1
+    assert as_json.json()["hits"][0]["modality"] == "image"
+    bare = http.post("/api/search?q=a+dog&k=3")
+    assert bare.status_code == 200 and len(bare.json()["hits"]) == 3
+    for query, name in (("after=garbage", "after"), ("k=many", "k"), ("colour=red", "colour"),
+                        ("terms=%5B%5D", "terms")):
+        answer = http.post(f"/api/search?{query}", json={"q": "a dog"})
+        assert answer.status_code in (400, 422) and name in answer.text, (query, answer.status_code, answer.text)
+    both = http.post("/api/search?k=2", data={"q": "a dog", "k": "3"})
+    assert both.status_code == 422 and "k" in both.json()["detail"]
+
+
+def test_an_empty_terms_list_beside_an_upload_searches_the_upload(server):
+    """`-F images=@x.png -F 'terms=[]'` answered "empty query" although an image was given."""
+    http, _, root = server
+    png = (root / "b.png").read_bytes()
+    answer = http.post("/api/search", files=[("images", ("b.png", png, "image/png"))], data={"terms": "[]", "k": "1"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["hits"][0]["path"].endswith("b.png")
+    assert http.post("/api/search", json={"terms": []}).status_code == 422  # nothing at all: still empty

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +60,28 @@ def _version(value: bool) -> None:
 _state: dict[str, Any] = {}
 
 
+class _LogLines(logging.Handler):
+    """The library's log warnings as the CLI's own lines (``warning: ...`` on stderr), never
+    logging's raw ``WARNING:mmsearch.x:...`` (which appeared once anything called basicConfig)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level = "error" if record.levelno >= logging.ERROR else "warning"
+            err.print(Text(f"{level}: {display_path(record.getMessage())}"), style="yellow")
+        except Exception:  # noqa: BLE001 - logging must never break a command
+            self.handleError(record)
+
+
+def _route_library_logs() -> None:
+    """Send the warnings logged by mmsearch and the libraries it uses (open_clip logs through the
+    root logger) through ``_LogLines`` (once per process). A root logger with a handler also
+    stops ``logging.warning()`` from calling ``basicConfig()``, whose raw lines appeared among
+    the CLI's output."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _LogLines) for h in root.handlers):
+        root.addHandler(_LogLines(logging.WARNING))
+
+
 @app.callback()
 def _main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, metavar="",
@@ -67,6 +90,7 @@ def _main_options(
     """Cross-modal search over your images, texts and videos: index a folder, then query it with words, pictures, or both."""
     from ..settings import Settings
 
+    _route_library_logs()
     try:  # every MMSEARCH_* variable, read once; a bad value stops here, before any work
         _state["settings"] = Settings.from_env()
     except MMSearchError as exc:

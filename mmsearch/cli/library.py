@@ -35,6 +35,7 @@ def index_cmd(
     wait: Annotated[float, typer.Option("--wait", metavar="SECONDS", help="Seconds to wait for another indexing run on the same index (-1: forever).")] = 0.0,
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", metavar="", help="Also name the files skipped as before (unchanged since the last run skipped them, for the same reason); otherwise one line counts them.")] = False,
     refresh_metadata: Annotated[bool, typer.Option("--refresh-metadata", metavar="", help="Also read the capture date, camera and GPS position (EXIF, video tags) of images and videos already indexed, from their headers, without re-encoding: for items indexed before mmsearch read them.")] = False,
     index_type: Annotated[Optional[str], typer.Option("--index-type", metavar="TYPE", help="Expert: vector index auto, flat (exact), ivf-sq8, ivf-pq or ivf-ondisk (approximate, re-ranked exactly; ivf-ondisk: memory-mapped lists on disk, for indexes larger than memory); remembered, and the vectors are rebuilt from stored embeddings when it changes \\[default: the index's choice, auto].", show_default=False)] = None,
     runner: Annotated[str, typer.Option("--runner", metavar="RUNNER", help="Where images are decoded and encoded: local (worker processes here) or ray (Ray Data tasks and encode actors; needs pip install \"mmsearch[ray]\").")] = "local",
@@ -47,7 +48,7 @@ def index_cmd(
 
         start_forkserver()  # the decode workers' server imports Pillow and PyAV while we import the rest
     with _engine(index, model, pretrained, device, db, batch_size=batch_size, workers=workers) as engine:
-        progress = _QuietProgress(err) if quiet or as_json else RichProgress(err)
+        progress = _QuietProgress(err, verbose) if quiet or as_json else RichProgress(err, verbose)
         with progress:
             report = engine.add(
                 [str(p) for p in paths] if paths else None,
@@ -55,6 +56,8 @@ def index_cmd(
                 wait=wait, progress=progress, index_type=index_type, refresh_metadata=refresh_metadata,
                 runner=runner, ray_address=ray_address, vectors=vectors,
             )
+    if report.skipped_before and not verbose and not as_json:
+        err.print(Text(f"{report.skipped_before} file(s) skipped as before (unchanged); --verbose lists them"))
     if as_json:
         write_json(report.as_dict())
     else:

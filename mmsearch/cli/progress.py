@@ -13,8 +13,9 @@ from ..media import Skip
 class RichProgress:
     """Draws the library's progress events with rich, on stderr."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, verbose: bool = False):
         self.console = console
+        self.verbose = verbose  # also name the files skipped as before
         self.bar = Progress(
             SpinnerColumn(), TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
@@ -45,12 +46,18 @@ class RichProgress:
     def note(self, message: str) -> None:
         self.console.print(Text(message, style="bold yellow"))
 
+    def skip_again(self, skip: Skip) -> None:
+        """A file the last run skipped too, unchanged: named only with ``--verbose``."""
+        if self.verbose:
+            self.skip(skip)
+
 
 class _QuietProgress:
     """No bar, but skipped files are still named (on stderr)."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, verbose: bool = False):
         self.console = console
+        self.verbose = verbose
 
     def __enter__(self) -> _QuietProgress:
         return self
@@ -69,3 +76,5 @@ class _QuietProgress:
 
     def note(self, message: str) -> None:
         self.console.print(Text(message))
+
+    skip_again = RichProgress.skip_again

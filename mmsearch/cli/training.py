@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..fsutil import printable_path
-from .base import DeviceOpt, IndexOpt, JsonOpt, ModelOpt, PretrainedOpt, _engine, command, err, out
+from .base import DeviceOpt, IndexOpt, JsonOpt, ModelOpt, PretrainedOpt, _engine, _settings, command, err, out
 from .progress import RichProgress, _QuietProgress
 
 DataArg = Annotated[Path, typer.Argument(help="Captioned dataset: .jsonl, .csv/.tsv, Karpathy dataset_*.json, or a folder of images with same-named .txt captions.", show_default=False)]
@@ -175,7 +175,7 @@ class _QuietTrain(_QuietProgress):
 def train_cmd(
     data: DataArg,
     out_dir: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Folder for config.json, checkpoint.pt (best), last.pt (resume state), train.json.")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME", help="Starting architecture: open_clip name, JSON config, local-dir:PATH or a `mmsearch train` folder \\[default: ViT-B-32].")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", metavar="NAME", help="Starting architecture: open_clip name, JSON config, local-dir:PATH or a `mmsearch train` folder \\[default: $MMSEARCH_MODEL, else ViT-B-32].")] = None,
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", "-p", metavar="WEIGHTS", help="Starting weights: tag, checkpoint file, or 'none' to train from scratch.")] = None,
     epochs: Annotated[int, typer.Option("--epochs", "-e", metavar="N", min=1)] = 10,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", metavar="N", min=2, help="Image-caption pairs per step (the contrastive negatives).")] = 64,
@@ -208,7 +208,9 @@ def train_cmd(
     dataset = _load_dataset(data, image_root)
     progress = _QuietTrain(err) if quiet or as_json else _TrainBar(err)
     with progress:
-        report = train(dataset, out_dir, model, pretrained, options, device=device, resume=resume, overwrite=overwrite, progress=progress)
+        settings = _settings()
+        report = train(dataset, out_dir, model, pretrained, options, device=device, resume=resume, overwrite=overwrite,
+                       progress=progress, defaults=(settings.model, settings.pretrained))
     for warning in report.warnings:  # on stderr, with --json too
         err.print(Text(f"warning: {warning}", style="bold yellow"))
     if as_json:

@@ -112,6 +112,11 @@ class ModelSpec:
                 raise ModelLoadError(f"model config file not found: {path}")
             _read_config(path)  # fail early on a malformed config
             return cls(str(path.resolve()), _weights(pretrained))
+        if (not path.exists() and not name.startswith(("hf-hub:", "local-dir:"))
+                and ("/" in name or os.sep in name or name.startswith(("~", ".")))):
+            # A path (open_clip names never hold a slash) that names nothing here.
+            raise ModelLoadError(f"no such folder or file: {path} (--model takes an open_clip name, a JSON config, "
+                                 f"hf-hub:ORG/REPO, local-dir:PATH or a `mmsearch train` folder)")
         if exported is not None and ":" not in name and (pretrained is not None or name == DEFAULT_MODEL):
             candidate = cls(name, DEFAULT_PRETRAINED if pretrained is None else _weights(pretrained))
             if exported(candidate):

@@ -56,6 +56,7 @@ class IndexReport:
     sampled: int = 0  # frames sampled and encoded (before repeats were dropped by cosine)
     metadata: int = 0  # items whose capture metadata was read again (``--refresh-metadata``)
     skipped: list[Skip] = field(default_factory=list)
+    skipped_before: int = 0  # of those, files the last run skipped too, unchanged, for the same reason
     seconds: float = 0.0
     interrupted: bool = False
     # Seconds spent in each stage (``STAGES``): decode is the time spent waiting for decoded
@@ -93,7 +94,7 @@ class IndexReport:
             "added": self.added, "updated": self.updated, "reembedded": self.reembedded, "reused": self.reused,
             "removed": self.removed, "unchanged": self.unchanged, "videos": self.videos, "frames": self.frames,
             "frames_sampled": self.sampled, "metadata_refreshed": self.metadata,
-            "skipped": len(self.skipped),
+            "skipped": len(self.skipped), "skipped_before": self.skipped_before,
             "skipped_files": [{**path_fields(s.path), "reason": s.reason} for s in self.skipped],
             "seconds": round(self.seconds, 3), "interrupted": self.interrupted,
             "stages": {stage: round(self.stages[stage], 3) for stage in STAGES if stage in self.stages},

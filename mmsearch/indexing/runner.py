@@ -22,8 +22,10 @@ import numpy as np
 
 from ..encoders import ImageEncoder
 from ..errors import IndexingInterrupted, IndexWriteError
+from ..fsutil import display_path
 from ..library import LibraryRoot
 from ..media import FileEntry, Record, Registry, Skip, media_registry, scan
+from ..media.scan import HEIF_HINT, HEIF_MISSING
 from ..media.video import VIDEO, Sampling, SampledFrames, drop_repeats, frame_record, hash_range, is_placeholder
 from ..settings import Settings
 from ..storage import DATABASE_ERRORS, IndexStore
@@ -31,6 +33,7 @@ from .executors import DecodeExecutor, LocalExecutor
 from .plan import UNSEALED, Job, assign_sources, find_changes, group_by_content, known_video_frames, plan_records
 from .report import IndexReport, NullProgress, Progress
 from .sink import WriteSink
+from .skipped import SeenSkips
 
 DEFAULT_BATCH = 32
 
@@ -66,6 +69,7 @@ class Indexer:
         self._stale: list[int] = []  # existing items whose changed file can no longer be decoded
         self.sampling = Sampling(self.settings.video_interval, self.settings.video_max_frames)
         self.sink = WriteSink(store, self.report, self.progress, self._check_stop, self.settings.checkpoint_seconds)
+        self.seen_skips = SeenSkips(store.folder)
 
     # -- public ------------------------------------------------------------------------------
     def run(self, roots: Sequence[LibraryRoot]) -> IndexReport:
@@ -115,8 +119,12 @@ class Indexer:
         self.progress.start("scanning", None)
         with report.timing("scan"):
             scanned = scan(roots, never=self.never, kinds=self.kinds)
+        heif = [skip for skip in scanned.skipped if skip.reason == HEIF_MISSING]
         for skip in scanned.skipped:
-            self._skip(skip)
+            self._skip(skip, named_apart=skip in heif)
+        if heif:  # once per run, with the way forward
+            more = f" and {len(heif) - 1} more" if len(heif) > 1 else ""
+            self.progress.note(f"not indexed: {display_path(heif[0].path)}{more} (HEIC/HEIF photos; {HEIF_HINT})")
         roots = [replace(r, link_targets=tuple(scanned.link_targets.get(r.path, r.link_targets))) for r in roots]
         sink.roots(roots)
         with report.timing("plan"), self.store.read() as r:
@@ -138,6 +146,7 @@ class Indexer:
         sink.seal(plan.seal)
         sink.remove(vanished + plan.remove + self._stale)
         sink.roots(roots, done=True)
+        self.seen_skips.save()
 
     # -- reading -----------------------------------------------------------------------------
     def _read_all(self, dirty: list[FileEntry], roots: Sequence[LibraryRoot]) -> tuple[dict[str, list[Record]], set[str]]:
@@ -299,9 +308,19 @@ class Indexer:
             yield batch
 
     # -- helpers -----------------------------------------------------------------------------
-    def _skip(self, skip: Skip) -> None:
+    def _skip(self, skip: Skip, named_apart: bool = False) -> None:
+        """Count ``skip``; name it unless the last run skipped the same unchanged file for the same
+        reason (``SeenSkips``): those are counted in ``report.skipped_before`` and given to a
+        progress that asks for them (``skip_again``: the CLI's ``--verbose``). ``named_apart``:
+        said in one line for all its kind (HEIC without pillow-heif)."""
         self.report.skipped.append(skip)
-        self.progress.skip(skip)
+        if not self.seen_skips.first_seen(skip):
+            self.report.skipped_before += 1
+            again = getattr(self.progress, "skip_again", None)
+            if again is not None:
+                again(skip)
+        elif not named_apart:
+            self.progress.skip(skip)
 
     def _check_stop(self) -> None:
         """Raise KeyboardInterrupt here, between transactions, if Ctrl-C was pressed."""

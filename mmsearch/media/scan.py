@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..library import LibraryRoot, under_any, within
+from .extensions import HEIF_EXTENSIONS
 from .records import FileEntry, Skip
 from .registry import Registry, media_registry
 
@@ -42,6 +43,14 @@ def _excluded(path: str, root: str, patterns: Sequence[str]) -> bool:
 
 
 NOT_FOLLOWED = "not followed (index with --follow-links to include it)"
+# A HEIC/HEIF photo where pillow-heif is missing: skipped (earlier items of it kept), and said
+# once per run with the way forward (``HEIF_HINT``) rather than once per file.
+HEIF_MISSING = "HEIC/HEIF photo, not readable without pillow-heif"
+HEIF_HINT = 'pip install "mmsearch[heif]" to index them'
+
+
+def _heif_without_extra(path: str, kinds: Registry) -> bool:
+    return os.path.splitext(path)[1].lower() in HEIF_EXTENSIONS and kinds.kind_of(path) is None
 
 
 def scan(roots: Sequence[str | Path | LibraryRoot], options: ScanOptions | None = None,
@@ -129,6 +138,8 @@ class _Walker:
                 found = _file_entry(entry.path, self.skipped, self.kinds)
                 if found:
                     yield found
+            elif _heif_without_extra(entry.name, self.kinds):
+                self.skipped.append(Skip(entry.path, HEIF_MISSING))
 
     def _link(self, path: str, active: frozenset) -> Iterator[FileEntry]:
         target = os.path.realpath(path)
@@ -165,7 +176,8 @@ def _file_entry(path: str, skipped: list[Skip], kinds: Registry, named: bool = F
     kind = kinds.kind_of(path)
     if kind is None:
         if named:
-            skipped.append(Skip(path, "not a supported image or text file type"))
+            skipped.append(Skip(path, HEIF_MISSING if _heif_without_extra(path, kinds)
+                                else "not a supported image or text file type"))
         return None
     try:
         st = os.stat(path)

@@ -24,7 +24,8 @@ from .files import MAX_THUMBNAIL_SOURCE_BYTES, file_response, open_item_file
 from .responses import json_safe, text_safe
 from .schemas import MAX_K, MAX_TEXT_CHARS, MAX_UPLOADS, HealthOut, ItemOut, Modality, SearchOut, Sort, search_body_openapi
 from .thumbs import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, SourceKey, ThumbnailCache, fit_size
-from .uploads import SearchRequest, UploadDecoder, UploadLimits, dedup_option, filter_options, from_form, from_json
+from .uploads import (SearchRequest, UploadDecoder, UploadLimits, dedup_option, filter_options, from_form, from_json,
+                      query_fields)
 
 PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -214,16 +215,19 @@ async def search_combined(request: Request) -> dict[str, Any]:
     started = time.perf_counter()
     limits = server(request).limits
     kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    query = query_fields(request.query_params)  # as GET reads them, never ignored
     if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
         async with request.form(max_files=MAX_UPLOADS * 4, max_fields=64) as form:
-            parsed = await run_in_threadpool(from_form, form, limits.max_bytes)
+            parsed = await run_in_threadpool(from_form, form, limits.max_bytes, query)
     elif kind == "application/json" or kind.endswith("+json") or kind in ("", "text/plain"):
         # No or a plain-text content type: JSON too, as some HTTP clients send it.
         body = await request.body()
+        if kind in ("", "text/plain") and not body.strip() and query:
+            body = b"{}"  # everything in the query string, as a GET would send it
         if kind in ("", "text/plain") and not body.lstrip().startswith(b"{"):
             raise HTTPException(415, "send the query as multipart/form-data (fields q, item, images, terms, k, "
                                      "type, min_score, include_query, under) or as application/json")
-        parsed = await run_in_threadpool(from_json, body, limits.max_bytes)
+        parsed = await run_in_threadpool(from_json, body, limits.max_bytes, query)
     else:
         raise HTTPException(415, f"unsupported content type {kind!r}: send multipart/form-data or application/json")
     return await run_in_threadpool(run_search, request, started, parsed)

@@ -124,17 +124,48 @@ def _invalid(exc: ValidationError, *prefix: str) -> RequestValidationError:
     )
 
 
-def from_form(form: FormData, max_bytes: int) -> SearchRequest:
+RANKING = ("fusion", "mode", "image_weight", "text_weight", "calibrated", "cutoff")  # how hits are ranked
+# The fields of ``SearchIn`` given as plain values (a form field, or the query string).
+PLAIN_FIELDS = ("q", "item", "k", "type", "min_score", "include_query", "under", "dedup", "dedup_threshold",
+                "after", "before", "camera", "near", "sort", *RANKING)
+
+
+def query_fields(query: Any) -> dict[str, str]:
+    """The query string of a POST, read as ``GET /api/search`` reads it (``?k=2&type=text``):
+    every name a field of the search, each once; ``terms`` and ``images`` belong in the body.
+    (It was ignored, so a POST answered as if ``k`` or ``after`` had never been given.)"""
+    fields: dict[str, str] = {}
+    for key in dict.fromkeys(query.keys()):
+        values = query.getlist(key)
+        if key not in PLAIN_FIELDS:
+            where = "in the body" if key in ("terms", "images") else f"not a search field ({', '.join(PLAIN_FIELDS)})"
+            raise HTTPException(422, f"{key}: {where}")
+        if len(values) > 1:
+            raise HTTPException(422, f"{key}: given {len(values)} times in the query string")
+        if values[0] != "":
+            fields[key] = values[0]
+    return fields
+
+
+def _merged(body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
+    """Body fields and query-string fields together; a field in both is refused (which to believe?)."""
+    both = sorted(set(body) & set(query))
+    if both:
+        raise HTTPException(422, f"{both[0]}: given both in the query string and in the body")
+    return {**body, **query}
+
+
+def from_form(form: FormData, max_bytes: int, query: dict[str, str] | None = None) -> SearchRequest:
     """A multipart (or url-encoded) form: fields as in ``SearchIn``, ``terms`` as a JSON string,
-    files in ``images``."""
+    files in ``images``; ``query``: fields from the query string (``query_fields``)."""
     fields: dict[str, Any] = {}
-    for key in ("q", "item", "k", "type", "min_score", "include_query", "under", "dedup", "dedup_threshold",
-                "after", "before", "camera", "near", "sort", *RANKING):
+    for key in PLAIN_FIELDS:
         value = form.get(key)
         if isinstance(value, UploadFile):
             raise HTTPException(422, f"{key}: a form field, not a file")
         if value is not None and value != "":  # browsers send empty fields for blank inputs
             fields[key] = value
+    fields = _merged(fields, query or {})
     raw_terms = form.get("terms")
     if isinstance(raw_terms, UploadFile):
         raise HTTPException(422, "terms: a form field, not a file")
@@ -160,10 +191,20 @@ def from_form(form: FormData, max_bytes: int) -> SearchRequest:
     return _checked(options, terms, uploads)
 
 
-def from_json(body: bytes, max_bytes: int) -> SearchRequest:
-    """A JSON body: ``SearchIn``; image terms carry the file as base64 ``data``."""
+def from_json(body: bytes, max_bytes: int, query: dict[str, str] | None = None) -> SearchRequest:
+    """A JSON body: ``SearchIn``; image terms carry the file as base64 ``data``; ``query``: fields
+    from the query string (``query_fields``)."""
     try:
-        options = SearchIn.model_validate_json(body)
+        if query:
+            try:
+                data = json.loads(body)
+            except ValueError as exc:
+                raise HTTPException(422, f"body: not valid JSON ({exc})") from exc
+            if not isinstance(data, dict):
+                raise HTTPException(422, "body: a JSON object of search fields")
+            options = SearchIn.model_validate(_merged(data, query))
+        else:
+            options = SearchIn.model_validate_json(body)
     except ValidationError as exc:
         raise _invalid(exc) from exc
     uploads: list[Upload] = []
@@ -199,7 +240,7 @@ def _read_upload(upload: UploadFile, limit: int) -> bytes:
 
 
 def _checked(options: SearchIn, terms: list[TermIn] | None, uploads: list[Upload]) -> SearchRequest:
-    if terms is None:
+    if not terms:  # none, or an empty list (`-F 'terms=[]'` beside an upload): the other fields make the query
         terms = []
         if options.q is not None and options.q.strip():
             terms.append(TermIn(kind=TEXT, value=options.q))
@@ -236,9 +277,6 @@ def _checked(options: SearchIn, terms: list[TermIn] | None, uploads: list[Upload
                          options.under, dedup_option(options.dedup, options.dedup_threshold),
                          filter_options(options.after, options.before, options.camera, options.near, options.sort),
                          {key: getattr(options, key) for key in RANKING})
-
-
-RANKING = ("fusion", "mode", "image_weight", "text_weight", "calibrated", "cutoff")
 
 
 def filter_options(after: str | None, before: str | None, camera: str | None, near: str | None,

@@ -278,6 +278,7 @@ class Trainer:
         self, train: Dataset, val: Dataset | None, out: str | Path, model: str | None = None,
         pretrained: str | None = None, options: TrainOptions | None = None, device: str | None = None,
         resume: bool = False, overwrite: bool = False, progress: Any = None,
+        defaults: tuple[str | None, str | None] = (None, None),
     ):
         import open_clip
         import torch
@@ -305,7 +306,8 @@ class Trainer:
                     raise TrainingError(f"{self.out} already holds a training run; use --resume to continue it or --overwrite to replace it")
             if self.out.exists() and not self.out.is_dir():
                 raise TrainingError(f"{self.out} exists and is not a folder")
-            spec = ModelSpec.resolve(model, pretrained) if (model or pretrained) else ModelSpec.resolve()
+            # ``defaults``: MMSEARCH_MODEL / MMSEARCH_PRETRAINED, as for `eval` and `index`.
+            spec = ModelSpec.resolve(model, pretrained, defaults=defaults)
             self.config = model_config(spec)
         self.spec = spec
         opts = self.options
@@ -628,8 +630,11 @@ def train(
     dataset: Dataset, out: str | Path, model: str | None = None, pretrained: str | None = None,
     options: TrainOptions | None = None, device: str | None = None, resume: bool = False,
     overwrite: bool = False, progress: Any = None, val: Dataset | None = None,
+    defaults: tuple[str | None, str | None] = (None, None),
 ) -> TrainReport:
-    """Train on ``dataset`` (its train split, validating on its val split or a hold-out) into ``out``."""
+    """Train on ``dataset`` (its train split, validating on its val split or a hold-out) into ``out``;
+    ``defaults``: the model and weights to start from when ``model`` is not given (the
+    environment's ``MMSEARCH_MODEL`` / ``MMSEARCH_PRETRAINED``, see ``Settings``)."""
     opts = options or TrainOptions()
     saved_log = Path(out).expanduser() / TRAIN_LOG
     if resume and saved_log.is_file():
@@ -642,4 +647,4 @@ def train(
     if val is None:
         dataset, val = split_for_training(dataset, opts.val_fraction, opts.seed)
     random.seed(opts.seed)
-    return Trainer(dataset, val, out, model, pretrained, opts, device, resume, overwrite, progress).run()
+    return Trainer(dataset, val, out, model, pretrained, opts, device, resume, overwrite, progress, defaults).run()
