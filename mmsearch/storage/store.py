@@ -33,7 +33,7 @@ from ..errors import (
     NotAnIndexError,
 )
 from ..fsutil import digest_mismatch, file_digest
-from . import location
+from . import docindex, location
 from . import manifest as mf
 from . import ondisk
 from . import pgvector as pgv
@@ -552,7 +552,7 @@ class IndexStore:
     def save_vectors(self) -> None:
         """Persist the vector index, brought up to date (writer only, under the lock), with its
         checksum recorded in the manifest before the file is visible; then forget the tombstones
-        it covers."""
+        it covers, but those the document index still has to take in (``docindex``)."""
         if self.in_pgvector:  # no file to save: no reader needs the tombstones
             with self.catalogue.write() as w:
                 w.purge_tombstones(w.generation())
@@ -561,8 +561,10 @@ class IndexStore:
         with self._rw.writing():  # saving copies memory-mapped cells into memory first
             # (an on-disk IVF writes nothing: its changes since are the catalogue's to replay)
             self._save_file(vectors)
+        through = vectors.durable_gen
+        held = docindex.tombstones_held_from(self)
         with self.catalogue.write() as w:
-            w.purge_tombstones(vectors.durable_gen)
+            w.purge_tombstones(through if held is None else min(through, held))
 
     def _save_file(self, vectors: VectorIndex) -> None:
         """Write ``vectors`` as this folder's file of its generation, its checksum in the manifest."""
