@@ -60,7 +60,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from ..errors import IndexTypeError, IndexWriteError
@@ -69,6 +68,9 @@ from ..media.documents import doc_key
 from .documents import Place, embedded_places, has_modality, parts_of, places_by_id, vectors_by_id
 from .ondisk import ONDISK, read_index_file
 from .vectors import FLAT, IVF_PQ, TRAIN_PER_LIST, IndexPlan, VectorIndex, needs_rebuild
+from ..lazy import lazy_module
+
+faiss = lazy_module("faiss")  # imported on first use: a run that changes nothing never loads it
 
 log = logging.getLogger(__name__)
 
