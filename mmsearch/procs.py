@@ -86,3 +86,19 @@ def start_forkserver(preload: list[str] = DECODE_MODULES) -> None:
         return
     forkserver.set_forkserver_preload(preload)
     forkserver.ensure_running()
+
+
+def stop_forkserver() -> None:
+    """Stop the forkserver and multiprocessing's resource tracker if this process started them,
+    waiting for both to exit, so a command leaves no process behind once it returns (by
+    itself each notices its parent's exit only a moment later). Call when no worker pool is
+    left; a later pool starts them again."""
+    servers = [getattr(sys.modules.get(f"multiprocessing.{name}"), attr, None)  # (never imported: never started)
+               for name, attr in (("forkserver", "_forkserver"), ("resource_tracker", "_resource_tracker"))]
+    for server in filter(None, servers):
+        stop = getattr(server, "_stop", None)  # (what CPython's own tests call; absent: nothing to do)
+        if stop is not None and getattr(server, "_pid", getattr(server, "_forkserver_pid", None)) is not None:
+            try:
+                stop()
+            except (OSError, ChildProcessError):
+                pass  # already gone

@@ -13,6 +13,14 @@ query every configuration runs once, in rotating order, so load on a shared mach
 alike; the figures are medians.
 
     python scripts/bench_fusion.py --docs 1000000 --queries 200 --workdir /tmp/bench-fusion
+
+``--update-repeats N`` also times bringing the document index forward after one file is added
+(a JSON Lines file of one record: a text and an image part), N times: the incremental update an
+index run makes (``docindex.refresh``) against a whole build of the same snapshot
+(``refresh(force=True)``), in the same run, and checks that both give the same early-fusion
+answers (``--queries 0`` skips the latency part):
+
+    python scripts/bench_fusion.py --docs 200000 --queries 0 --update-repeats 5 --workdir /tmp/bench-fusion
 """
 
 from __future__ import annotations
@@ -234,6 +242,59 @@ def measure(folder: Path, qs: list, k: int = 10, truth: int = 0) -> dict:
             "token_queries_first": f"{token_first}/{len(qs)}"}
 
 
+def update_timing(folder: Path, repeats: int, dim: int, checks: int = 20) -> dict:
+    """Seconds to bring the document index forward after adding one file: incremental
+    (``refresh``) against whole (``refresh(force=True)``), on the same snapshot each time, with
+    the early-fusion top 10 of ``checks`` queries compared after each."""
+    from mmsearch import Engine
+    from mmsearch.fusion import FusionOptions
+    from mmsearch.storage import IndexStore, docindex, writer_lock
+    from mmsearch.synthetic import clustered_vectors
+
+    qs = [v for v, _, _ in queries(folder, checks, dim, seed=11)]
+    incremental, whole, same = [], [], 0
+    store = IndexStore.open(folder)
+    try:
+        with store.read() as r:
+            next_id = max(r.item_ids()) + 1
+        for n in range(repeats):
+            image = clustered_vectors(1, dim, seed=10_000 + n)[0]
+            text = image + np.random.default_rng(n).standard_normal(dim).astype(np.float32) * (0.6 / np.sqrt(dim))
+            path = f"/synthetic/added/new{n}.jsonl"
+            common = {"path": path, "size": 1, "mtime_ns": 1_700_000_000_000_000_000, "width": None, "height": None}
+            rows = [dict(common, id=next_id, locator="1", modality="text", content_hash=f"nt{n:062x}", text="added words",
+                         meta=None),
+                    dict(common, id=next_id + 1, locator="1:image", modality="image", content_hash=f"ni{n:062x}",
+                         text=None, meta={"image": "new.jpg"})]
+            next_id += 2
+            with writer_lock(folder):
+                with store.write() as w:
+                    w.bulk_insert(rows, np.stack([text / np.linalg.norm(text), image]))
+                started = time.perf_counter()
+                record = docindex.refresh(store)
+                incremental.append(time.perf_counter() - started)
+                assert record["update"] == "incremental", record
+            with Engine(folder) as engine:
+                updated = [[h.id for h in engine.search_fused(q, None, FusionOptions("early"), k=10)] for q in qs]
+            with writer_lock(folder):
+                started = time.perf_counter()
+                record = docindex.refresh(store, force=True)
+                whole.append(time.perf_counter() - started)
+                assert record["update"] == "build", record
+            with Engine(folder) as engine:
+                rebuilt = [[h.id for h in engine.search_fused(q, None, FusionOptions("early"), k=10)] for q in qs]
+            same += sum(a == b for a, b in zip(updated, rebuilt))
+            print(f"  one file added: incremental {incremental[-1]:.2f} s, whole {whole[-1]:.2f} s", flush=True)
+        return {"entries": record["vectors"], "type": record.get("type"), "repeats": repeats,
+                "incremental_s": [round(t, 2) for t in incremental], "whole_s": [round(t, 2) for t in whole],
+                "incremental_median_s": round(statistics.median(incremental), 2),
+                "whole_median_s": round(statistics.median(whole), 2),
+                "speedup": round(statistics.median(whole) / statistics.median(incremental), 1),
+                "same_early_top10": f"{same}/{repeats * len(qs)}"}
+    finally:
+        store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=1_000_000)
@@ -242,12 +303,16 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-fusion"))
     parser.add_argument("--truth", type=int, default=50,
                         help="queries whose true early-fusion top 10 is computed by brute force (recall of both paths)")
+    parser.add_argument("--update-repeats", type=int, default=0,
+                        help="time the document index's update after one file is added, incremental against whole")
     args = parser.parse_args()
     folder = args.workdir / f"docs-{args.docs}-{args.dim}"
     load_start = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     facts = build(folder, args.docs, args.dim)
     facts["document_index"] = build_documents(folder)
-    result = measure(folder, queries(folder, args.queries, args.dim), truth=args.truth)
+    result = measure(folder, queries(folder, args.queries, args.dim), truth=args.truth) if args.queries else {}
+    if args.update_repeats:
+        result["one_file_added"] = update_timing(folder, args.update_repeats, args.dim)
     cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True, check=False).stdout.strip()
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     print(json.dumps({"machine": cpu or platform.processor(), "load_start": load_start, "load": load, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -32,10 +32,10 @@ def _row(item_id, path, locator, modality, taken=None):
 
 
 def write_library(folder, docs: int, lone_images: int = 3, lone_texts: int = 3, seed: int = 0, first_id: int = 1,
-                  frames: int = 0):
+                  frames: int = 0, tag: str = ""):
     """A library of JSONL records (text + image), image + sidecar pairs, lone images and lone
     texts (and a video of ``frames`` frames), with vectors written through the store; images
-    dated 2020-2023 in turn."""
+    dated 2020-2023 in turn. ``tag``: in every path (to add another library beside one)."""
     rng = np.random.default_rng(seed)
     rows, vectors = [], []
     next_id = first_id
@@ -44,23 +44,23 @@ def write_library(folder, docs: int, lone_images: int = 3, lone_texts: int = 3, 
         text = _unit(image + rng.standard_normal(DIM).astype(np.float32) * 0.8)
         taken = datetime(2020 + i % 4, 6, 1)
         if i % 2:
-            parts = [("/lib/shop.jsonl", str(i + 1), "text", None), ("/lib/shop.jsonl", f"{i + 1}:image", "image", taken)]
+            parts = [(f"/lib{tag}/shop.jsonl", str(i + 1), "text", None), (f"/lib{tag}/shop.jsonl", f"{i + 1}:image", "image", taken)]
         else:
-            parts = [(f"/lib/photos/p{i}.jpg", "", "image", taken), (f"/lib/photos/p{i}.txt", "", "text", None)]
+            parts = [(f"/lib{tag}/photos/p{i}.jpg", "", "image", taken), (f"/lib{tag}/photos/p{i}.txt", "", "text", None)]
         for (path, locator, modality, when), v in zip(parts, (text, image) if i % 2 else (image, text)):
             rows.append(_row(next_id, path, locator, modality, when))
             vectors.append(v)
             next_id += 1
     for i in range(lone_images):
-        rows.append(_row(next_id, f"/lib/alone/a{i}.jpg", "", "image", datetime(2023, 1, 1)))
+        rows.append(_row(next_id, f"/lib{tag}/alone/a{i}.jpg", "", "image", datetime(2023, 1, 1)))
         vectors.append(_unit(rng.standard_normal(DIM)))
         next_id += 1
     for i in range(lone_texts):
-        rows.append(_row(next_id, f"/lib/notes/n{i}.txt", "", "text"))
+        rows.append(_row(next_id, f"/lib{tag}/notes/n{i}.txt", "", "text"))
         vectors.append(_unit(rng.standard_normal(DIM)))
         next_id += 1
     for i in range(frames):
-        row = _row(next_id, "/lib/clips/walk.mp4", f"f{i}", "video")
+        row = _row(next_id, f"/lib{tag}/clips/walk.mp4", f"f{i}", "video")
         rows.append(dict(row, meta={"t": float(i), "duration": float(frames)}))
         vectors.append(_unit(rng.standard_normal(DIM)))
         next_id += 1
@@ -327,3 +327,147 @@ def test_video_frames_are_found_through_the_document_index(tmp_path):
         assert got[0][1] == frame and got == expected(engine, q)
         hit = engine.search_fused(q, None, FusionOptions("early"), k=1)[0]
         assert hit.modality == "video" and hit.start is not None
+
+
+# -- updated from the catalogue's changes, not rebuilt --------------------------------------------
+def contents(index) -> dict[int, np.ndarray]:
+    """Every (id, vector) a document index holds (flat: exact; IVF: the decoded codes)."""
+    ids = index.ids()
+    if index.kind == "flat":
+        return dict(zip(ids.tolist(), index.index.reconstruct_batch(ids)))
+    index.index.set_direct_map_type(__import__("faiss").DirectMap.Hashtable)
+    return dict(zip(ids.tolist(), index.index.reconstruct_batch(ids)))
+
+
+def same_as_a_rebuild(store, exact: bool = True) -> dict:
+    """The saved (updated) document index holds the entries a whole build makes of the same
+    snapshot, with the same parts table and counts; returns its record."""
+    record = store.manifest[docindex.RECORD]
+    with store.read() as r:
+        assert record["gen"] == r.generation()
+        whole = docindex.build(store, r)
+    saved = docindex.VectorIndex(store.dim, __import__("faiss").read_index(str(store.folder / record["file"])))
+    got, want = contents(saved), contents(whole.index)
+    assert sorted(got) == sorted(want)
+    if exact:
+        assert all(np.allclose(got[i], want[i], atol=1e-6) for i in want)
+    parts = np.load(store.folder / record["parts"]["file"])
+    assert np.array_equal(parts, whole.parts)
+    for key in ("documents", "vectors", "irregular"):
+        assert record[key] == whole.facts[key], key
+    return record
+
+
+def test_index_runs_update_the_document_index_and_it_equals_a_rebuild(tmp_path, tiny_model):
+    from conftest import make_image
+
+    root = make_docs_corpus(tmp_path / "corpus")
+    photos = root / "photos"
+    for i in range(4):
+        make_image(photos / f"walk{i}.jpg", seed=50 + i)
+        (photos / f"walk{i}.txt").write_text(f"a walk by the river, day {i}")
+    idx = tmp_path / "idx"
+    words = ["red running shoe", "lighthouse", "river walk", "fruit market", "wooden pier", "a line of text"]
+
+    def rankings(engine):
+        return [[(h.id, round(h.score, 5)) for h in engine.search(w, k=20, fusion="early")] for w in words]
+
+    def step(engine, change) -> dict:
+        change()
+        engine.add([root])
+        record = same_as_a_rebuild(engine.store)
+        assert record["update"] == "incremental" and in_use(engine)
+        updated = rankings(engine)
+        with writer_lock(idx):
+            docindex.refresh(engine.store, force=True)
+        assert engine.store.manifest[docindex.RECORD]["update"] == "build" and in_use(engine)
+        assert rankings(engine) == updated and all(updated)
+        return record
+
+    with Engine(idx, model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+        engine.add([root])
+        assert engine.store.manifest[docindex.RECORD]["update"] == "build"
+
+        def add():  # a new photo with its sidecar, and a sidecar for a photo that had none
+            make_image(photos / "pier.jpg", seed=40)
+            (photos / "pier.txt").write_text("a wooden pier in the fog")
+            (root / "photos" / "exif.md").write_text("a white lighthouse")  # a second text part (irregular)
+
+        def change():  # a sidecar's words, a photo's pixels, a JSONL record's text
+            (photos / "walk0.txt").write_text("a crowded market street")
+            make_image(photos / "walk1.jpg", seed=70)
+            lines = (root / "shop" / "shoes.jsonl").read_text().splitlines()
+            lines[0] = lines[0].replace("red running shoe", "green trail shoe")
+            (root / "shop" / "shoes.jsonl").write_text("\n".join(lines) + "\n")
+
+        def delete():  # a photo whose sidecar stays, a sidecar whose photo stays, a whole pair
+            (photos / "walk2.jpg").unlink()
+            (photos / "walk3.txt").unlink()
+            (photos / "market.jpg").unlink()
+            (photos / "market.txt").unlink()
+
+        def rename():  # a pair to a new name, a photo away from its sidecar
+            (photos / "pier.jpg").rename(photos / "jetty.jpg")
+            (photos / "pier.txt").rename(photos / "jetty.txt")
+            (photos / "walk1.jpg").rename(photos / "walk1-moved.jpg")
+
+        records = [step(engine, what) for what in (add, change, delete, rename)]
+        assert [r["documents"] for r in records] == [11, 11, 8, 7]
+        assert records[0]["irregular"] == 1 and records[0]["changed"] == 3
+        # Every generation's deletions reached the document index before their tombstones went.
+        with engine.store.read() as r:
+            assert r.purged_through() <= engine.store.manifest[docindex.RECORD]["gen"]
+    files = sorted(p.name for p in idx.iterdir() if p.name.startswith("documents.g"))
+    record = records[-1]
+    assert len(files) == 2 and set(files) == {engine.store.manifest[docindex.RECORD]["file"],
+                                              engine.store.manifest[docindex.RECORD]["parts"]["file"]}
+
+
+def test_an_ivf_document_index_is_updated_in_place_and_retrained_only_when_it_outgrows_its_training(
+        tmp_path, monkeypatch):
+    from mmsearch.storage import VectorSettings
+
+    monkeypatch.setenv("MMSEARCH_FLAT_MAX", "100")  # IVF from 100 entries (nlist 6, all probed)
+    settings = VectorSettings(flat_max=100)
+    folder = tmp_path / "idx"
+    last = write_library(folder, docs=300)
+    store = IndexStore.open(folder, settings)
+    with writer_lock(folder):
+        record = docindex.refresh(store)
+    assert record["type"] == "ivf-sq8" and record["update"] == "build" and record["trained_for"] == 306
+    # Documents added, one removed (its image: its text stays, alone), a frame of a new video.
+    last = write_library(folder, docs=20, lone_images=1, lone_texts=0, seed=3, first_id=last, frames=2, tag="2")
+    with writer_lock(folder), store.write() as w:
+        w.remove([3])
+    with writer_lock(folder):
+        record = docindex.refresh(store)
+    assert record["update"] == "incremental" and record["type"] == "ivf-sq8"
+    assert record["documents"] == 319 and record["vectors"] == 306 + 20 + 1 + 2
+    same_as_a_rebuild(store, exact=False)  # (other codes: the quantiser was trained on other vectors)
+    with Engine(folder) as engine:
+        assert in_use(engine)
+        for q in queries():
+            assert ranked(engine, q) == expected(engine, q)
+    # Four times what it was trained for: trained again, whole.
+    write_library(folder, docs=1000, seed=4, first_id=last, tag="3")
+    with writer_lock(folder):
+        record = docindex.refresh(store)
+    assert record["update"] == "build" and record["trained_for"] == record["vectors"] > 4 * 306
+    store.close()
+
+
+def test_without_its_parts_file_or_past_the_purged_tombstones_it_is_built_whole(library):
+    store = IndexStore.open(library)
+    record = store.manifest[docindex.RECORD]
+    (library / record["parts"]["file"]).unlink()
+    with writer_lock(library), store.write() as w:
+        w.remove([1])
+    with writer_lock(library):
+        assert docindex.refresh(store)["update"] == "build"
+    with writer_lock(library), store.write() as w:
+        w.remove([3])
+        w.purge_tombstones(w.generation())  # as a store that did not hold them would have
+    with writer_lock(library):
+        assert docindex.refresh(store)["update"] == "build"
+    same_as_a_rebuild(store)
+    store.close()

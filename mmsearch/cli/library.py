@@ -43,19 +43,24 @@ def index_cmd(
     vectors: Annotated[Optional[str], typer.Option("--vectors", metavar="LAYOUT", help="Where a new index keeps its vectors: faiss (a vector index file in the index folder, synced from the catalogue) or pgvector (in the PostgreSQL catalogue given with --db, with an HNSW index: each query is one SQL statement with its filters, no local file) \\[default: the index's, faiss].", show_default=False)] = None,
 ) -> None:
     """Embed new and changed images, texts and videos under PATHS; remove what was deleted."""
-    if runner == "local":
-        from ..procs import start_forkserver
+    from .. import procs
 
-        start_forkserver()  # the decode workers' server imports Pillow and PyAV while we import the rest
-    with _engine(index, model, pretrained, device, db, batch_size=batch_size, workers=workers) as engine:
-        progress = _QuietProgress(err, verbose) if quiet or as_json else RichProgress(err, verbose)
-        with progress:
-            report = engine.add(
-                [str(p) for p in paths] if paths else None,
-                exclude=exclude or (), include_hidden=hidden, follow_links=follow_links, reembed=reembed,
-                wait=wait, progress=progress, index_type=index_type, refresh_metadata=refresh_metadata,
-                runner=runner, ray_address=ray_address, vectors=vectors,
-            )
+    if runner == "local" and not (Path(index or _settings(db).default_index()) / "manifest.json").is_file():
+        # A first run always decodes: the decode workers' server imports Pillow and PyAV while we
+        # import the rest. Into an existing index it starts only once a file needs decoding.
+        procs.start_forkserver()
+    try:
+        with _engine(index, model, pretrained, device, db, batch_size=batch_size, workers=workers) as engine:
+            progress = _QuietProgress(err, verbose) if quiet or as_json else RichProgress(err, verbose)
+            with progress:
+                report = engine.add(
+                    [str(p) for p in paths] if paths else None,
+                    exclude=exclude or (), include_hidden=hidden, follow_links=follow_links, reembed=reembed,
+                    wait=wait, progress=progress, index_type=index_type, refresh_metadata=refresh_metadata,
+                    runner=runner, ray_address=ray_address, vectors=vectors,
+                )
+    finally:
+        procs.stop_forkserver()  # also after Ctrl-C and errors: nothing left running once we exit
     if report.skipped_before and not verbose and not as_json:
         err.print(Text(f"{report.skipped_before} file(s) skipped as before (unchanged); --verbose lists them"))
     if as_json:

@@ -112,7 +112,6 @@ class Indexer:
     def _run(self, roots: list[LibraryRoot]) -> None:
         report, sink = self.report, self.sink
         self.store.remove_stray_temps()  # we hold the writer lock: no other writer's files
-        self.store.vectors()  # loaded and brought up to date: every write mirrors into it
         # Roots first, before any item: a run killed at any point leaves them known, so a bare
         # `mmsearch index` resumes it and later runs remove what is deleted there.
         sink.roots(roots)
@@ -139,6 +138,8 @@ class Indexer:
             with self.store.read() as r:
                 assign_sources(plan.jobs, r.vector_sources({job.content for job in plan.jobs}, self.store.dim * 4))
         report.unchanged += plan.unchanged
+        if plan.to_copy or plan.to_encode or plan.videos or plan.remove or vanished:
+            self.store.vectors()  # loaded and brought up to date: every write mirrors into it
         sink.touch(plan.touch)
         sink.copies(plan.to_copy)
         self._encode_all(plan.to_encode)

@@ -27,20 +27,22 @@ FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
 DEFAULT_MAX_PIXELS = 64_000_000
 THUMB_QUALITY = 85  # JPEG quality of thumbnails: small files, no visible blocking at grid sizes
 
-_heif_registered = False
+_heif_registered: bool | None = None  # None: not looked for yet
 
 
 def heif_available() -> bool:
-    """True when pillow-heif is installed (and registered), so HEIC/HEIF photos can be decoded."""
+    """True when pillow-heif is installed (and registered), so HEIC/HEIF photos can be decoded
+    (looked for once: a failed import is not cheap enough to repeat for every file)."""
     global _heif_registered
-    if not _heif_registered:
+    if _heif_registered is None:
         try:
             from pillow_heif import register_heif_opener
         except ImportError:
+            _heif_registered = False
             return False
         register_heif_opener()
         _heif_registered = True
-    return True
+    return _heif_registered
 
 
 def image_extensions() -> frozenset[str]:

@@ -30,8 +30,19 @@ the item path (exact over its candidates, slower), never a wrong answer. A kill 
 the old file with its old record (stale: not used) or a record naming a file not (yet) there or
 with another checksum (not used).
 
-The writer rebuilds it whole at the end of an index run whose catalogue changed (``refresh``):
-one pass over the items' places and one over their vectors. A library without documents (no
+The writer brings it forward at the end of an index run whose catalogue changed (``refresh``),
+as the store brings the item index forward: from the catalogue's changes since the recorded
+generation (the items written since, and the tombstones of those deleted since, which the store
+keeps until this index has caught up with them: ``tombstones_held_from``). The entries of the
+touched items' documents are removed, and those documents' entries made again from all their
+parts as they are now, so the result holds exactly the vectors a whole build would. Which items
+form each entry of several parts is kept beside the file (``documents.g<generation>.parts.npy``,
+its checksum in the same record): a deleted item's document is found through it, since the
+deleted row no longer says where it was. It is built whole (one pass over the items' places and
+one over their vectors) when there is nothing to update from (no usable record or parts file,
+tombstones already purged), when more than ``REBUILD_SHARE`` of it changed, or when its IVF
+needs retraining (``vectors.needs_rebuild``: it grew ``REGROW`` times past what it was trained
+for, or the type the store would choose at its size changed). A library without documents (no
 image and text sharing a key) gets a record saying so and no file: early fusion's candidates from
 the item index are then exactly its documents (each one item).
 """
@@ -49,15 +60,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
-from ..errors import IndexWriteError
+from ..errors import IndexTypeError, IndexWriteError
 from ..fsutil import atomic_write_via, digest_mismatch, file_digest, fsync_dir
 from ..media.documents import doc_key
-from .documents import embedded_places, has_modality, vectors_by_id
+from .documents import Place, embedded_places, has_modality, parts_of, places_by_id, vectors_by_id
 from .ondisk import ONDISK, read_index_file
-from .vectors import FLAT, IVF_PQ, TRAIN_PER_LIST, IndexPlan, VectorIndex
+from .vectors import FLAT, IVF_PQ, TRAIN_PER_LIST, IndexPlan, VectorIndex, needs_rebuild
+from ..lazy import lazy_module
+
+faiss = lazy_module("faiss")  # imported on first use: a run that changes nothing never loads it
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +81,24 @@ DEFAULT_WEIGHTS = (0.5, 0.5)
 # Search it when current (off only to measure the item path against it: scripts/bench_fusion.py).
 USE_DOCUMENT_INDEX = True
 _FILE_RE = re.compile(r"^documents\.g(\d+)\.faiss$")
+_PARTS_RE = re.compile(r"^documents\.g(\d+)\.parts\.npy$")
 TEMP_PREFIX = ".documents.g"
 _BATCH = 50_000
+# An update touching more items than this share of the entries (and more than
+# ``INCREMENTAL_MIN`` of them) builds the index whole: a pass over everything costs about as much.
+REBUILD_SHARE = 0.25
+INCREMENTAL_MIN = 1_000
+# The parts file: one row (item id, the id its entry is keyed by, the entry's flags) for every
+# item of an entry of several parts, by item id.
+PAIRED, IRREGULAR = 1, 2
 
 
 def file_name(gen: int) -> str:
     return f"documents.g{gen:010d}.faiss"
+
+
+def parts_file_name(gen: int) -> str:
+    return f"documents.g{gen:010d}.parts.npy"
 
 
 def saved_files(folder: Path) -> list[tuple[int, Path]]:
@@ -107,6 +132,8 @@ class _Layout:
         image: list[int] = []
         text: list[int] = []
         irregular: set[int] = set()
+        extra_ids: list[int] = []  # parts beyond the first of their side (fused from neither)
+        extra_entries: list[int] = []
         paths: dict[str, str] = {}  # one string per path (a JSONL file's lines share it)
         for rows in embedded_places(reader):
             for item_id, path, locator, modality in rows:
@@ -125,6 +152,8 @@ class _Layout:
                     side[n] = item_id
                 else:
                     irregular.add(n)
+                    extra_ids.append(item_id)
+                    extra_entries.append(n)
         del entry, paths
         images = np.asarray(image, np.int64)
         texts = np.asarray(text, np.int64)
@@ -133,6 +162,12 @@ class _Layout:
         self.partners = np.where(both, texts, -1)
         self.documents = int(both.sum())
         self.irregular = len(irregular)
+        flags = np.where(both, PAIRED, 0)
+        flags[np.fromiter(irregular, np.int64, len(irregular))] |= IRREGULAR
+        grouped = np.flatnonzero(both | ((flags & IRREGULAR) > 0))
+        self.parts = parts_table(
+            np.concatenate([self.reps[grouped], self.partners[both], np.asarray(extra_ids, np.int64)]),
+            np.concatenate([grouped, np.flatnonzero(both), np.asarray(extra_entries, np.int64)]), self.reps, flags)
         # Item id -> (entry, is the partner), for the pass over the vectors (in id order).
         ids = np.concatenate([self.reps, self.partners[both]])
         entries = np.concatenate([np.arange(len(self.reps)), np.flatnonzero(both)])
@@ -142,6 +177,14 @@ class _Layout:
 
     def __len__(self) -> int:
         return len(self.reps)
+
+
+def parts_table(ids: np.ndarray, entries: np.ndarray, reps: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """The parts file's rows for items ``ids`` of ``entries`` (indexes into ``reps`` and
+    ``flags``), by item id."""
+    table = np.stack([ids, reps[entries], flags[entries]], axis=1).astype(np.int64) if len(ids) else \
+        np.empty((0, 3), np.int64)
+    return table[np.argsort(table[:, 0], kind="stable")]
 
 
 def _blob_matrix(blobs: Sequence[bytes], dim: int) -> np.ndarray:
@@ -166,22 +209,31 @@ def _training_sample(reader: Any, layout: _Layout, want: int, dim: int, weights)
     return np.stack(out) if out else np.empty((0, dim), np.float32)
 
 
-def build(store: Any, reader: Any, weights: Sequence[float] = DEFAULT_WEIGHTS) -> tuple[VectorIndex | None, dict]:
-    """The document index of ``reader``'s snapshot (None when it holds no document of two parts)
-    and what it is (counts, type, seconds)."""
+class Built:
+    """A document index made by ``build`` or ``update``: the index (None when the snapshot holds
+    no document of two parts), its parts table (``parts_table``) and what it is (the record)."""
+
+    def __init__(self, index: VectorIndex | None, parts: np.ndarray | None, facts: dict):
+        self.index, self.parts, self.facts = index, parts, facts
+
+
+def build(store: Any, reader: Any, weights: Sequence[float] = DEFAULT_WEIGHTS) -> Built:
+    """The document index of ``reader``'s snapshot, built whole."""
     started = time.perf_counter()
     dim = store.dim
     if not (has_modality(reader, "text") and has_modality(reader, "image")):
         # A library of photos (or of notes) alone has no document of two parts: two probes of
         # the modality index instead of a pass over every item's place.
-        return None, {"gen": reader.generation(), "weights": [float(w) for w in weights], "documents": 0,
-                      "vectors": None, "irregular": 0, "build_s": round(time.perf_counter() - started, 2)}
+        return Built(None, None, {"gen": reader.generation(), "weights": [float(w) for w in weights], "documents": 0,
+                                  "vectors": None, "irregular": 0, "update": "build",
+                                  "build_s": round(time.perf_counter() - started, 2)})
     layout = _Layout(reader)
     facts: dict[str, Any] = {"gen": reader.generation(), "weights": [float(w) for w in weights],
-                             "documents": layout.documents, "vectors": len(layout), "irregular": layout.irregular}
+                             "documents": layout.documents, "vectors": len(layout), "irregular": layout.irregular,
+                             "update": "build"}
     if layout.documents == 0:
         facts["build_s"] = round(time.perf_counter() - started, 2)
-        return None, facts
+        return Built(None, None, facts)
     plan = store.plan_for(len(layout))
     if plan.type == ONDISK:  # no on-disk lists for it: PQ codes in memory
         plan = store.plan_for(len(layout), IVF_PQ)
@@ -244,9 +296,135 @@ def build(store: Any, reader: Any, weights: Sequence[float] = DEFAULT_WEIGHTS) -
     for n, (_, v) in pending.items():  # a part whose partner had no usable vector: itself
         emit(layout.reps[n:n + 1], v[None, :])
     emit(np.empty(0, np.int64), np.empty((0, dim), np.float32), final=True)
-    facts.update(type=index.kind, nlist=index.nlist, nprobe=index.nprobe,
+    facts.update(type=index.kind, nlist=index.nlist, nprobe=index.nprobe, trained_for=len(layout),
                  build_s=round(time.perf_counter() - started, 2))
-    return index, facts
+    return Built(index, layout.parts, facts)
+
+
+def update(store: Any, reader: Any, record: Any, weights: Sequence[float] = DEFAULT_WEIGHTS) -> Built | None:
+    """The document index ``record`` describes, brought forward to ``reader``'s snapshot by the
+    catalogue's changes since its generation; None when it must be built whole instead (see the
+    module's docstring)."""
+    started = time.perf_counter()
+    dim = store.dim
+    gen = reader.generation()
+    if not isinstance(record, dict) or not record.get("file") or not same_weights(record.get("weights"), weights):
+        return None
+    since, parts_record = record.get("gen"), record.get("parts")
+    if not isinstance(since, int) or since > gen or since < reader.purged_through() or \
+            not isinstance(parts_record, dict) or not isinstance(record.get("digest"), dict) or \
+            not isinstance(record.get("trained_for"), int):
+        return None
+    touched = np.unique(np.asarray(reader.changed_since(since) + reader.deleted_since(since), np.int64))
+    entries = int(record.get("vectors") or 0)
+    if len(touched) > INCREMENTAL_MIN and len(touched) > REBUILD_SHARE * entries:
+        return None
+    loaded = _load_for_update(store, record, parts_record)
+    if loaded is None:
+        return None
+    index, table = loaded
+    ids, reps, flags = table[:, 0], table[:, 1], table[:, 2]
+
+    def groups_of(members: np.ndarray) -> np.ndarray:
+        """The entries (their ids) that items ``members`` belong to, where several parts form one."""
+        pos = np.minimum(np.searchsorted(ids, members), max(len(ids) - 1, 0))
+        return reps[pos[ids[pos] == members]] if len(ids) else np.empty(0, np.int64)
+
+    # The entries the touched items were in go; every item still in them is looked at again.
+    grouped = groups_of(touched)
+    gone = np.union1d(touched, grouped)
+    again = np.union1d(touched, ids[np.isin(reps, grouped)])
+    places = places_by_id(reader, again.tolist(), vectors=True)
+    keys = {doc_key(p.path, p.locator, p.modality) for p in places.values() if p.modality != "video"}
+    frames = [p for p in places.values() if p.modality == "video" and p.vector is not None]
+    found = parts_of(reader, keys, vectors=True)
+    # The entries of every part of those documents go too (a sidecar added beside a photo joins
+    # its entry), and each document's entry is made again from all its parts.
+    every = np.asarray([q.id for qs in found.values() for q in qs], np.int64)
+    gone = np.union1d(gone, np.union1d(every, groups_of(every)))
+    old = np.isin(reps, gone)
+    removed_docs = len(np.unique(reps[old & ((flags & PAIRED) > 0)]))
+    removed_irregular = len(np.unique(reps[old & ((flags & IRREGULAR) > 0)]))
+    new_ids: list[int] = []
+    new_vectors: list[np.ndarray] = []
+    new_rows: list[tuple[int, int, int]] = []
+    for parts in found.values():
+        entry = _entry([q for q in parts if q.vector is not None], dim, weights)
+        if entry is None:
+            continue
+        rep, vector, flag, members = entry
+        if vector is not None:
+            new_ids.append(rep)
+            new_vectors.append(vector)
+        new_rows.extend((m, rep, flag) for m in members)
+    for frame in frames:  # a video's frames are entries of their own
+        if len(frame.vector) == dim * 4:
+            new_ids.append(frame.id)
+            new_vectors.append(np.frombuffer(frame.vector, np.float32))
+    index.remove(gone)
+    index.add(np.asarray(new_ids, np.int64), np.stack(new_vectors) if new_vectors else np.empty((0, dim), np.float32))
+    added = np.asarray(new_rows, np.int64).reshape(-1, 3)
+    keep = table[~old & ~np.isin(ids, touched)]
+    merged = np.concatenate([keep, added])
+    merged = merged[np.argsort(merged[:, 0], kind="stable")]
+    documents = int(record.get("documents") or 0) - removed_docs + len(np.unique(added[(added[:, 2] & PAIRED) > 0, 1]))
+    irregular = int(record.get("irregular") or 0) - removed_irregular + \
+        len(np.unique(added[(added[:, 2] & IRREGULAR) > 0, 1]))
+    if documents <= 0:
+        return None  # no document of two parts left: the whole build records that
+    current_plan = index.plan(trained_for=int(record["trained_for"]))
+    requested = store.requested_index_type
+    if store.plan_for(index.ntotal).type == ONDISK:  # held as IVF-PQ in memory (see ``build``)
+        requested = IVF_PQ
+    if needs_rebuild(current_plan, index.ntotal, dim, requested, store.settings) is not None:
+        return None  # the IVF needs training again for its size (or another type fits it now)
+    index.gen = gen
+    facts = {"gen": gen, "weights": [float(w) for w in weights], "documents": documents, "vectors": index.ntotal,
+             "irregular": irregular, "update": "incremental", "changed": int(len(touched)), "type": index.kind,
+             "nlist": index.nlist, "nprobe": index.nprobe, "trained_for": int(record["trained_for"]),
+             "build_s": round(time.perf_counter() - started, 2)}
+    return Built(index, merged, facts)
+
+
+def _entry(parts: list[Place], dim: int, weights: Sequence[float]) -> tuple[int, np.ndarray | None, int, list[int]] | None:
+    """The entry of one document from its parts that have a vector, as ``build`` makes it: (the
+    id it is keyed by, its vector or None when no part's vector is usable, its flags, the ids of
+    its parts when it has several)."""
+    if not parts:
+        return None
+    parts = sorted(parts, key=lambda q: q.id)
+    image = next((q for q in parts if q.modality != "text"), None)
+    text = next((q for q in parts if q.modality == "text"), None)
+    rep = image if image is not None else text
+
+    def usable(q: Place | None) -> np.ndarray | None:
+        return np.frombuffer(q.vector, np.float32)[None, :] if q is not None and len(q.vector) == dim * 4 else None
+
+    vi, vt = usable(image), usable(text)
+    both = image is not None and text is not None
+    if vi is not None and vt is not None:
+        vector = fuse(vi, vt, weights)[0]
+    else:
+        vector = vi[0] if vi is not None else vt[0] if vt is not None else None
+    flags = (PAIRED if both else 0) | (IRREGULAR if len(parts) > (2 if both else 1) else 0)
+    return rep.id, vector, flags, [q.id for q in parts] if len(parts) > 1 else []
+
+
+def _load_for_update(store: Any, record: dict, parts_record: dict) -> tuple[VectorIndex, np.ndarray] | None:
+    """The recorded index file, read into memory, and its parts table; None when either is not
+    the file recorded or cannot be read."""
+    folder = store.folder
+    path, parts_path = folder / str(record["file"]), folder / str(parts_record.get("file"))
+    if digest_mismatch(path, record["digest"]) or digest_mismatch(parts_path, parts_record):
+        return None
+    try:
+        table = np.load(parts_path, allow_pickle=False)
+        found = faiss.read_index(str(path))
+        if found.d != store.dim or table.ndim != 2 or table.shape[1] != 3 or table.dtype != np.int64:
+            return None
+        return VectorIndex(found.d, found, int(record["gen"]), store.settings), table
+    except (OSError, ValueError, RuntimeError, IndexTypeError):
+        return None
 
 
 def current(store: Any, gen: int, weights: Sequence[float] = DEFAULT_WEIGHTS) -> bool:
@@ -262,42 +440,65 @@ def current(store: Any, gen: int, weights: Sequence[float] = DEFAULT_WEIGHTS) ->
 
 
 def refresh(store: Any, *, force: bool = False) -> dict | None:
-    """Rebuild the document index when it is not current (``force``: whatever its state); call
-    as the writer, under the writer lock. Returns the manifest's record (None on pgvector,
-    whose vectors live in PostgreSQL). IndexWriteError when the file cannot be written (the
-    old one stays, unused: queries take the item path)."""
+    """Bring the document index to the catalogue's generation when it is not there: updated
+    from the changes since its record's generation where it can be (``update``), else built
+    whole (``force``: built whole whatever its state); call as the writer, under the writer
+    lock. Returns the manifest's record (None on pgvector, whose vectors live in PostgreSQL).
+    IndexWriteError when a file cannot be written (the old one stays, unused: queries take the
+    item path)."""
     if store.in_pgvector:
         return None
     with store.read() as reader:
         gen = reader.generation()
         if not force and current(store, gen):
             return store.manifest.get(RECORD)
-        index, facts = build(store, reader)
+        built = None if force else update(store, reader, store.manifest.get(RECORD))
+        if built is None:
+            built = build(store, reader)
     folder = store.folder
-    if index is None:
-        store.update_manifest(**{RECORD: facts})
-        _remove_older(folder, None)
-        return facts
-    target = folder / file_name(gen)
+    if built.index is None:
+        store.update_manifest(**{RECORD: built.facts})
+        _remove_older(folder, ())
+        return built.facts
+    index, facts = built.index, built.facts
+    target, parts_target = folder / file_name(gen), folder / parts_file_name(gen)
+
+    def save_parts(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, built.parts, allow_pickle=False)
 
     def record(tmp: Path) -> None:  # before the file is visible: a file in place always has its record
-        store.update_manifest(**{RECORD: dict(facts, file=target.name, digest=file_digest(tmp), bytes=tmp.stat().st_size)})
+        store.update_manifest(**{RECORD: dict(facts, file=target.name, digest=file_digest(tmp), bytes=tmp.stat().st_size,
+                                              parts=dict(file_digest(parts_target), file=parts_target.name))})
 
     try:
+        # The parts first: a writer killed between the two leaves the old record, naming old files.
+        atomic_write_via(parts_target, save_parts)
         atomic_write_via(target, lambda tmp: faiss.write_index(index.index, str(tmp)), record)
     except (OSError, RuntimeError) as exc:  # faiss reports failed writes as RuntimeError
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1]
         raise IndexWriteError(f"cannot save the document index in {folder}: {reason} (early fusion searches "
                               f"the item index until the next run writes it)") from exc
-    _remove_older(folder, target.name)
+    _remove_older(folder, (target.name, parts_target.name))
     _forget(store)
     return store.manifest.get(RECORD)
 
 
-def _remove_older(folder: Path, keep: str | None) -> None:
-    for _, path in saved_files(folder):
-        if path.name != keep:
-            path.unlink(missing_ok=True)
+def tombstones_held_from(store: Any) -> int | None:
+    """The generation whose later deletions the document index has still to take in (the
+    store keeps their tombstones), or None when it needs none: it has no file to update (none
+    yet, a library without documents, pgvector), so its next refresh builds it whole anyway."""
+    record = store.manifest.get(RECORD)
+    if store.in_pgvector or not isinstance(record, dict) or not record.get("file") or not record.get("parts"):
+        return None
+    gen = record.get("gen")
+    return gen if isinstance(gen, int) else None
+
+
+def _remove_older(folder: Path, keep: Sequence[str]) -> None:
+    for entry in os.scandir(folder):
+        if (_FILE_RE.match(entry.name) or _PARTS_RE.match(entry.name)) and entry.name not in keep:
+            Path(entry.path).unlink(missing_ok=True)
     fsync_dir(folder)
 
 

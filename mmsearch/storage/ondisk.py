@@ -43,11 +43,13 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from ..errors import IndexTypeError, IndexWriteError
 from ..fsutil import fsync_dir
+from ..lazy import lazy_module
+
+faiss = lazy_module("faiss")  # imported on first use: a run that changes nothing never loads it
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +304,9 @@ def build_index(folder: Path, gen: int, plan, sample: np.ndarray, chunks: Iterab
 
 
 # -- reading ----------------------------------------------------------------------------------------
-_READ_FLAGS = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+def _read_flags() -> int:
+    """Memory-mapped, read-only."""
+    return faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
 
 
 def read_index_file(path: Path) -> faiss.Index:
@@ -310,7 +314,7 @@ def read_index_file(path: Path) -> faiss.Index:
     data file (named in it) memory-mapped read-only from beside ``path``."""
     # SKIP_PRECOMPUTE_TABLE also keeps FAISS from mapping the data file under the name it was
     # written with: it is mapped below, from this folder. (Inner-product IVF-PQ has no table.)
-    index = faiss.read_index(str(path), _READ_FLAGS | faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE)
+    index = faiss.read_index(str(path), _read_flags() | faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE)
     if is_ondisk(index):
         _map_data(index, path)
     return index
@@ -328,7 +332,7 @@ def is_ondisk(index: faiss.Index) -> bool:
 def referenced(header: Path) -> Path | None:
     """The data file ``header`` names (beside it), or None when it is not an on-disk IVF."""
     try:
-        index = faiss.read_index(str(header), _READ_FLAGS | faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE)
+        index = faiss.read_index(str(header), _read_flags() | faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE)
     except RuntimeError:
         return None
     if not is_ondisk(index):

@@ -35,7 +35,7 @@ from ..errors import (
     UnfinishedCopyError,
 )
 from ..fsutil import digest_mismatch, file_digest
-from . import location
+from . import docindex, location
 from . import manifest as mf
 from . import ondisk
 from . import pgvector as pgv
@@ -568,15 +568,21 @@ class IndexStore:
             plan.rerank = int(recorded["rerank"])
         return plan
 
-    def fit_vectors(self, requested: str | None = None, *, force: bool = False) -> VectorIndex:
+    def fit_vectors(self, requested: str | None = None, *, force: bool = False) -> VectorIndex | None:
         """Rebuild the vector index (writer only, under the lock) when its type has become a poor
         fit for its size or ``requested`` differs, save it, and record the choice in the manifest.
 
         ``requested``: None keeps the manifest's choice. ``force``: rebuild even when it fits.
+        Returns the vector index, or None when the manifest says it was fitted at the catalogue's
+        generation and it is not loaded (nothing changed since: nothing to load).
         """
         if self.in_pgvector:
             return pgv.fit(self, force)
         requested = requested or self.requested_index_type
+        if not force and self._vectors is None and requested == self.requested_index_type:
+            with self.read() as reader:
+                if self.manifest.get("vector_index", {}).get("gen") == reader.generation():
+                    return None  # fitted at this very generation (a run that changed nothing): not even loaded
         vectors = None if force else self.vectors()
         if vectors is None:
             with self.read() as reader:
@@ -595,7 +601,7 @@ class IndexStore:
                 vectors = self._vectors = self._rebuild(reader, wanted)
             self.save_vectors()  # the file first: it describes itself, the manifest follows
             current = vectors.plan(trained_for=vectors.ntotal)
-        entry = current.manifest(requested, vectors.ntotal)
+        entry = dict(current.manifest(requested, vectors.ntotal), gen=vectors.gen)
         if vectors.kind == ONDISK:
             entry["data_bytes"] = vectors.data_file().stat().st_size
         if entry != self.manifest.get("vector_index"):
@@ -605,17 +611,36 @@ class IndexStore:
     def save_vectors(self) -> None:
         """Persist the vector index, brought up to date (writer only, under the lock), with its
         checksum recorded in the manifest before the file is visible; then forget the tombstones
-        it covers."""
+        it covers, but those the document index still has to take in (``docindex``)."""
         if self.in_pgvector:  # no file to save: no reader needs the tombstones
             with self.catalogue.write() as w:
                 w.purge_tombstones(w.generation())
             return
-        vectors = self.vectors()
-        with self._rw.writing():  # saving copies memory-mapped cells into memory first
-            # (an on-disk IVF writes nothing: its changes since are the catalogue's to replay)
-            self._save_file(vectors)
+        through = self._saved_current() if self._vectors is None else None
+        if through is None:  # (else a run that changed nothing: no file to load, none to write)
+            vectors = self.vectors()
+            with self._rw.writing():  # saving copies memory-mapped cells into memory first
+                # (an on-disk IVF writes nothing: its changes since are the catalogue's to replay)
+                self._save_file(vectors)
+            through = vectors.durable_gen
+        held = docindex.tombstones_held_from(self)
+        through = through if held is None else min(through, held)
+        with self.read() as reader:
+            if through <= reader.purged_through():
+                return  # nothing newer to forget
         with self.catalogue.write() as w:
-            w.purge_tombstones(vectors.durable_gen)
+            w.purge_tombstones(through)
+
+    def _saved_current(self) -> int | None:
+        """The catalogue's generation when the newest vectors file already holds it and is the
+        one the manifest records (cheap check), else None."""
+        files = saved_generations(self.folder)
+        with self.read() as reader:
+            gen = reader.generation()
+        if not files or files[0][0] != gen:
+            return None
+        record = (self.file_records() or {}).get(str(gen))
+        return gen if record is not None and digest_mismatch(files[0][1], record) is None else None
 
     def _save_file(self, vectors: VectorIndex) -> None:
         """Write ``vectors`` as this folder's file of its generation, its checksum in the manifest."""

@@ -40,13 +40,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from ..errors import IndexTypeError
 from ..fsutil import atomic_write_via, digest_mismatch, fsync_dir
 from . import ondisk
 from .ondisk import ONDISK
+from ..lazy import lazy_module
+
+faiss = lazy_module("faiss")  # imported on first use: a run that changes nothing never loads it
 
 log = logging.getLogger(__name__)
 
