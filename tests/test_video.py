@@ -90,7 +90,7 @@ def test_a_panning_shot_is_sampled_once_before_encoding_and_a_cut_is_still_kept(
     assert len(sampled.arrays) == len(sampled.times)
 
 
-def test_a_fast_pan_keeps_a_sample_once_half_the_frame_is_new(tmp_path):
+def test_a_fast_pan_keeps_a_sample_once_two_fifths_of_the_frame_are_new(tmp_path):
     # 6 px a frame: the 2 s sample shows 38 % new picture (a repeat), the 4 s one 75 % (kept).
     video = make_video(tmp_path / "fast.mp4", [6.0, 6.0], width=320, height=180, gop=5, pan=6)
     assert sample_frames(str(video), 32, None, Sampling(interval=2.0)).times == [0.0, 4.0, 6.0, 10.0]
