@@ -307,7 +307,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cuda = cuda_available()
-    device = "cuda" if cuda else "cpu"
     work = args.workdir or Path(tempfile.mkdtemp(prefix="mmsearch-bench-gpu-"))
     work.mkdir(parents=True, exist_ok=True)
     model = args.model
