@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -95,16 +96,22 @@ def generate(path: Path, width: int, height: int, seconds: int, fps: int = 30, g
 
 
 # -- contenders ------------------------------------------------------------------------------------
-def mmsearch_seconds(video: Path, workdir: Path, split: bool = True) -> tuple[float, dict]:
+def mmsearch_seconds(video: Path, workdir: Path, split: bool = True, pan: bool = True) -> tuple[float, dict]:
     """Seconds for Engine.add over a folder holding ``video`` (a fresh index; model warm).
     ``split=False``: one worker samples the whole video (as before time ranges were split
-    among workers), the baseline of the split."""
+    among workers), the baseline of the split. ``pan=False``: without the pan test before
+    encoding (``Sampling.moved`` 0: every panned frame is encoded, as before it), the
+    baseline of the false-rejection count."""
+    from functools import partial
+
     from PIL import Image
 
     from mmsearch import Engine
+    from mmsearch.indexing import runner as runner_mod
     from mmsearch.media import video as video_mod
 
     video_mod.SPLIT_SECONDS = 60.0 if split else float("inf")  # the ranges are chosen in this process
+    runner_mod.Sampling = video_mod.Sampling if pan else partial(video_mod.Sampling, moved=0.0)
 
     folder = workdir / "mm-lib"
     shutil.rmtree(folder, ignore_errors=True)
@@ -126,10 +133,58 @@ def mmsearch_seconds(video: Path, workdir: Path, split: bool = True) -> tuple[fl
         report = engine.add([folder])
         seconds = time.perf_counter() - start
         cores = busy()
+    runner_mod.Sampling = video_mod.Sampling
     if report.videos != 1:
         raise RuntimeError(f"mmsearch did not index {video}: {report.summary()}")
+    with sqlite3.connect(index / "mmsearch.db") as conn:
+        kept = sorted(float(loc[2:]) for (loc,) in conn.execute("SELECT locator FROM items WHERE modality = 'video'"))
     return seconds, {"frames_encoded": report.sampled, "frames_kept": report.frames, "cores_busy": cores,
-                     "stages": {k: round(v, 2) for k, v in report.stages.items()}}
+                     "stages": {k: round(v, 2) for k, v in report.stages.items()}, "kept_times": kept}
+
+
+def encoded_times(video: Path, pan: bool) -> list[float]:
+    """The times of the frames mmsearch encodes for ``video`` (sampled here as the decode
+    workers sample it: the same time ranges), with or without the pan test."""
+    from mmsearch.media import video as video_mod
+
+    sampling = video_mod.Sampling() if pan else video_mod.Sampling(moved=0.0)
+    info = video_mod.probe(str(video))
+    workers = min(8, os.cpu_count() or 2)  # the decode workers' default number
+    ranges = video_mod.spans(info.duration, workers, info.width * info.height)
+    keys = video_mod._keyframe_times(str(video), info.stream) if len(ranges) > 1 else None
+    parts = [video_mod.sample_frames(str(video), 224, None, sampling, info=info, span=span, keyframes=keys)
+             for span in ranges]
+    return sorted(t for part in parts for t in part.times)
+
+
+def scene_starts(duration: float) -> list[float]:
+    """Where the generated video's scenes start (``generate``)."""
+    starts, t, k = [], 0, 0
+    while t < duration - 1e-6:
+        starts.append(float(t))
+        t += SCENE_SECONDS[k % len(SCENE_SECONDS)]
+        k += 1
+    return starts
+
+
+def scenes_found(kept: list[float], duration: float) -> int:
+    """How many of the generated video's scenes hold a kept frame."""
+    starts = scene_starts(duration)
+    ends = starts[1:] + [duration + 1]
+    return sum(1 for a, b in zip(starts, ends) if any(a - 1e-3 <= t < b - 1e-3 for t in kept))
+
+
+def pan_test(video: Path, length: float, with_pan: dict, without: dict) -> dict:
+    """The pan test against the cosine decision: the frames the cosine rule keeps without the
+    pan test (``without``: every panned frame encoded, then repeats dropped by cosine) that the
+    pan test rejects before encoding (false rejections), and the scenes found either way."""
+    encoded = encoded_times(video, pan=True)
+    false = [t for t in without["kept_times"] if not any(abs(t - e) < 1e-3 for e in encoded)]
+    return {"frames_encoded_without": without["frames_encoded"], "frames_kept_without": without["frames_kept"],
+            "frames_encoded_with": len(encoded), "frames_kept_with": with_pan["frames_kept"],
+            "false_rejections": len(false), "false_rejection_times": false,
+            "scenes": len(scene_starts(length)), "scenes_found_without": scenes_found(without["kept_times"], length),
+            "scenes_found_with": scenes_found(with_pan["kept_times"], length)}
 
 
 def cpu_busy():
@@ -211,12 +266,14 @@ def main() -> None:
     parser.add_argument("--phone", action="store_true",
                         help="also a 1080p video with sensor noise at a phone's bitrate (16 Mbit/s), same length")
     parser.add_argument("--generate-only", action="store_true")
+    parser.add_argument("--skip-plain", action="store_true", help="with --phone: the phone video only")
+    parser.add_argument("--skip-unsplit", action="store_true", help="do not time one worker per video")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     if args.quick:
         args.seconds_1080p, args.seconds_4k, args.repeats = 60, 0, 1
     videos = []
-    if args.seconds_1080p:
+    if args.seconds_1080p and not (args.phone and args.skip_plain):
         videos.append(("1080p", generate(args.workdir / f"pan-1080p-{args.seconds_1080p}s.mp4", 1920, 1080,
                                          args.seconds_1080p)))
     if args.seconds_1080p and args.phone:
@@ -231,28 +288,43 @@ def main() -> None:
                "repeats": args.repeats, "videos": []}
     for label, video in videos:
         length = duration_of(video)
-        ours, whole, theirs, our_info, their_info = [], [], [], {}, {}
-        for _ in range(args.repeats):  # alternate, so load from other work hits both alike
+        ours, unpanned, whole, theirs, our_info, their_info = [], [], [], [], {}, {}
+        for _ in range(args.repeats):  # alternate, so load from other work hits every contender alike
             seconds, our_info = mmsearch_seconds(video, args.workdir)
             ours.append(seconds)
-            whole.append(mmsearch_seconds(video, args.workdir, split=False)[0])
+            seconds, without = mmsearch_seconds(video, args.workdir, pan=False)
+            unpanned.append(seconds)
+            if not args.skip_unsplit:
+                whole.append(mmsearch_seconds(video, args.workdir, split=False)[0])
             seconds, their_info = naive.seconds(video)
             theirs.append(seconds)
+        pans = pan_test(video, length, our_info, without)
+        our_info = {k: v for k, v in our_info.items() if k != "kept_times"}
+        whole = whole or [float("nan")]
         row = {"video": label, "file": video.name, "duration_s": round(length, 1),
                "mmsearch_s": round(median(ours), 2), "naive_s": round(median(theirs), 2),
                "mmsearch_x_realtime": round(length / median(ours), 1),
                "naive_x_realtime": round(length / median(theirs), 1),
                "speedup": round(median(theirs) / median(ours), 2),
+               "without_pan_test_s": round(median(unpanned), 2),
+               "pan_test_speedup": round(median(unpanned) / median(ours), 2),
+               "without_pan_test_runs_s": [round(s, 2) for s in unpanned],
                "one_worker_per_video_s": round(median(whole), 2),
                "split_speedup": round(median(whole) / median(ours), 2),
                "mmsearch_runs_s": [round(s, 2) for s in ours], "naive_runs_s": [round(s, 2) for s in theirs],
-               "mmsearch": our_info, "naive": their_info}
+               "mmsearch": our_info, "naive": their_info, "pan_test": pans}
         results["videos"].append(row)
         print(f"{label:6} {length:6.0f}s video  mmsearch {row['mmsearch_s']:7.1f}s ({row['mmsearch_x_realtime']:5.1f}x "
               f"real time, {our_info['frames_encoded']} frames encoded, {our_info['cores_busy']} cores busy)  "
               f"naive {row['naive_s']:7.1f}s "
               f"({row['naive_x_realtime']:5.1f}x, {their_info['frames_encoded']} encoded)  speed-up {row['speedup']:.2f}x  "
-              f"unsplit {row['one_worker_per_video_s']:.1f}s (split {row['split_speedup']:.2f}x)", flush=True)
+              f"unsplit {row['one_worker_per_video_s']:.1f}s (split {row['split_speedup']:.2f}x)\n"
+              f"       pan test: without it {row['without_pan_test_s']:.1f}s (the test {row['pan_test_speedup']:.2f}x), "
+              f"{pans['frames_encoded_without']} -> {pans['frames_encoded_with']} frames encoded, "
+              f"{pans['frames_kept_without']} -> {pans['frames_kept_with']} kept after the cosine dedup, "
+              f"{pans['false_rejections']} false rejections (kept by cosine without the test, not encoded with it), "
+              f"scenes found {pans['scenes_found_without']} -> {pans['scenes_found_with']} of {pans['scenes']}",
+              flush=True)
     print(json.dumps(results))
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=2))

@@ -75,6 +75,39 @@ def test_moving_scenes_are_sampled_every_interval(tmp_path):
     assert all(2 * k <= t <= 2 * k + 0.55 for k, t in enumerate(sampled.times))
 
 
+@pytest.mark.parametrize("gop", [5, 300])
+def test_a_panning_shot_is_sampled_once_before_encoding_and_a_cut_is_still_kept(tmp_path, gop):
+    # Two 6 s scenes, each a camera panning over a textured picture at 3 px a frame (60 px, a
+    # fifth of the frame, per 2 s sample): every sample of a scene is its first frame moved,
+    # which the still-scene thumbnail test does not see (the pixels all change). The shifted
+    # repeats are rejected before encoding; the cut to the second scene is kept where it is.
+    video = make_video(tmp_path / "pan.mp4", [6.0, 6.0], width=320, height=180, gop=gop, pan=3)
+    sampled = sample_frames(str(video), 32, None, Sampling(interval=2.0))
+    before = sample_frames(str(video), 32, None, Sampling(interval=2.0, moved=0.0))  # without the pan test
+    assert len(before.times) == 6  # every sample encoded
+    assert sampled.times[0] == 0.0 and len(sampled.times) == 2
+    assert 6.0 <= sampled.times[1] <= 6.5 and sampled.times[1] in before.times
+    assert len(sampled.arrays) == len(sampled.times)
+
+
+def test_a_fast_pan_keeps_a_sample_once_two_fifths_of_the_frame_are_new(tmp_path):
+    # 6 px a frame: the 2 s sample shows 38 % new picture (a repeat), the 4 s one 75 % (kept).
+    video = make_video(tmp_path / "fast.mp4", [6.0, 6.0], width=320, height=180, gop=5, pan=6)
+    assert sample_frames(str(video), 32, None, Sampling(interval=2.0)).times == [0.0, 4.0, 6.0, 10.0]
+
+
+def test_a_panned_repeat_is_never_encoded_by_the_indexer(tmp_path, tiny_model):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    make_video(lib / "pan.mp4", [6.0, 6.0], width=320, height=180, gop=5, pan=3)
+    with Engine(tmp_path / "idx", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as engine:
+        report = engine.add([lib])
+        assert report.videos == 1 and report.sampled == 2  # encoded: the two scenes' first frames
+        with engine.store.read() as reader:
+            times = sorted(row.meta["t"] for row in reader.items(list(reader.item_ids())).values())
+    assert times == [0.0, 6.0]
+
+
 def test_phone_rotation_is_applied(tmp_path):
     video = make_video(tmp_path / "r.mp4", [1.0], width=160, height=96)
     rotate_mp4(video, 90)

@@ -61,6 +61,12 @@ DEFAULT_MAX_FRAMES = 600
 # kept one again (a still scene); above CUT, a new scene began.
 SAME_DIFFERENCE = 0.02
 CUT_DIFFERENCE = 0.12
+# The same, for a frame compared with the previous kept one once aligned by their global shift
+# (``frames.moved_difference``): below MOVED, a frame is the kept one moved by a camera pan or
+# tilt. Measured: the test photos panned by fractions of a thumbnail pixel at most 0.016, a
+# generated texture finer than a thumbnail pixel 0.022; different photos 0.12 and more, and a
+# still shot where only a bar moved 0.035-0.046 (kept, as it should be).
+MOVED_DIFFERENCE = 0.025
 # Consecutive kept frames whose vectors are closer than this cosine are one frame for search.
 DEDUP_COSINE = 0.985
 # FFmpeg decoding threads per video (frame and slice threads): more buys little on a few
@@ -85,6 +91,7 @@ class Sampling:
     max_frames: int = DEFAULT_MAX_FRAMES
     same: float = SAME_DIFFERENCE
     cut: float = CUT_DIFFERENCE
+    moved: float = MOVED_DIFFERENCE  # 0: no pan test (every moved frame is encoded, as before)
     dedup_cosine: float = DEDUP_COSINE
 
     def interval_for(self, duration: float) -> float:

@@ -35,14 +35,27 @@ def scene_frame(colour: Sequence[int], width: int, height: int, i: int, motion: 
     return frame
 
 
+def pan_picture(colour: Sequence[int], width: int, height: int, pattern: int = 0) -> np.ndarray:
+    """A textured picture of a scene (coarse shapes over fine detail, unique to ``pattern``),
+    for a camera to pan over (``make_video(pan=...)``)."""
+    rng = np.random.default_rng(1000 + pattern)
+    block = max(4, height // 9)
+    coarse = rng.integers(0, 160, (-(-height // block), -(-width // block), 3)).repeat(block, 0).repeat(block, 1)
+    fine = rng.integers(0, 48, (-(-height // 4), -(-width // 4), 3)).repeat(4, 0).repeat(4, 1)
+    picture = coarse[:height, :width] // 2 + fine[:height, :width] + np.array(colour) // 2
+    return np.clip(picture, 0, 255).astype(np.uint8)
+
+
 def make_video(path: str | Path, scenes: Sequence[float], *, width: int = 160, height: int = 96, fps: int = 10,
                codec: str = "libx264", motion: bool = False, gop: int | None = None, preset: str | None = None,
-               vfr: bool = False, colours: Sequence[Sequence[int]] = COLOURS, tags: dict[str, str] | None = None) -> Path:
+               vfr: bool = False, colours: Sequence[Sequence[int]] = COLOURS, tags: dict[str, str] | None = None,
+               pan: int = 0) -> Path:
     """A video of consecutive solid-colour scenes lasting ``scenes`` seconds each.
 
     ``gop``: frames between keyframes (the encoder's default when None); ``vfr``: frame times
     vary (gaps of 1 to 3 frame periods), as phones write them; ``tags``: container metadata
-    (``creation_time``, ``location``...).
+    (``creation_time``, ``location``...); ``pan``: each scene is instead a textured picture the
+    camera pans over sideways at this many pixels a frame (``pan_picture``).
     """
     import av
 
@@ -69,8 +82,14 @@ def make_video(path: str | Path, scenes: Sequence[float], *, width: int = 160, h
         for index, seconds in enumerate(scenes):
             colour = colours[index % len(colours)]
             end = sum(scenes[:index + 1])
+            first = n
+            if pan:  # the camera's whole path over the scene
+                picture = pan_picture(colour, width + pan * (int(seconds * fps) + 2), height, index)
             while float(pts * tick) < end - 1e-9:
-                frame = av.VideoFrame.from_ndarray(scene_frame(colour, width, height, n, motion, index), format="rgb24")
+                offset = (n - first) * pan
+                pixels = (np.ascontiguousarray(picture[:, offset:offset + width]) if pan
+                          else scene_frame(colour, width, height, n, motion, index))
+                frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
                 frame.pts = pts
                 frame.time_base = tick
                 for packet in stream.encode(frame):
