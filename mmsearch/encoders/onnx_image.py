@@ -5,10 +5,11 @@ When an index is created (or its model changes) the writer exports the image tow
 pixels (N, H, W, 3) as the decode workers make them (``PixelTransform``) to L2-normalised
 vectors, normalisation included, to ``image_encoder.<fingerprint>.onnx`` plus ``.onnx.data``.
 The export must give torch's float32 vectors (cosine >= ``MIN_COSINE`` on a probe batch). A
-dynamically quantised copy (``.int8.onnx``, weights in int8, activations quantised per batch) is
-kept only when it agrees with float32 on a probe corpus: every vector at cosine >=
-``INT8_MIN_COSINE`` and, searching the probe corpus with each probe image, the top-10 results
-overlap the float32 ones by at least ``INT8_MIN_OVERLAP`` on average.
+dynamically quantised copy (``.int8-mm.onnx``: the matrix products' weights in int8, activations
+quantised per batch, the patch convolution left in float32; see ``INT8_OPS``) is kept only when
+it agrees with float32 on a probe corpus: every vector at cosine >= ``INT8_MIN_COSINE`` and,
+searching the probe corpus with each probe image, the top-10 results overlap the float32 ones by
+at least ``INT8_MIN_OVERLAP`` on average.
 
 Which encoder indexes is then measured on this machine (images per second of the torch encoder,
 in bfloat16 where its own AMX check chose it, of ONNX float32 and of ONNX int8) and recorded in
@@ -61,6 +62,15 @@ TOP = 10
 PROBE_IMAGES = 32  # the probe corpus: deterministic photo-like images
 BENCH_IMAGES = 4  # images per timed batch when choosing the encoder
 BATCH = 16  # images per session run
+# What the int8 graph quantises: the matrix products (the transformer's projections and MLPs,
+# about 97% of a ViT's multiply-adds), weights in int8 per tensor, activations quantised per
+# batch. The patch embedding's convolution stays float32: onnxruntime's ConvInteger was a
+# quarter of ViT-B-32-256's int8 time on an AVX-512 VNNI CPU for 3% of its work (BENCHMARKS.md,
+# "the CPU image tower against the CPU's ceiling"). An export whose int8 graph was made another
+# way (``int8.method`` differs) is quantised again from its float32 graph on the next indexing
+# run, without torch, and measured again.
+INT8_OPS = ("MatMul", "Gemm")
+INT8_METHOD = "dynamic:MatMul,Gemm"
 CHOICES = ("auto", "torch", "onnx", "onnx-int8")
 
 
@@ -111,7 +121,14 @@ def export_needed(manifest: dict[str, Any], enabled: bool = True) -> bool:
         return True
     if record.get("status") != "ok":
         return bool(record.get("retry"))
+    if int8_outdated(record):
+        return True
     return (record.get("measured") or {}).get("cpu") != cpu_name()  # moved to another machine: measure again
+
+
+def int8_outdated(record: dict[str, Any]) -> bool:
+    """True when the export's int8 graph (or its refusal) was made by an older method."""
+    return (record.get("int8") or {}).get("method") != INT8_METHOD
 
 
 def ensure_exported(store: IndexStore, spec: ModelSpec, load: Callable[[], TorchEncoder], cache: Path | None = None,
@@ -139,6 +156,9 @@ def ensure_exported(store: IndexStore, spec: ModelSpec, load: Callable[[], Torch
             if record is None:
                 record = export_image_encoder(load(), store.folder, fingerprint)
                 onnx_export.to_cache(store.folder, record, entry, list(_parts(record).values()), _TEMP, log)
+        if int8_outdated(record):
+            record = requantise(store.folder, record)
+            onnx_export.to_cache(store.folder, record, entry, list(_parts(record).values()), _TEMP, log)
         if (record.get("measured") or {}).get("cpu") != cpu_name():
             record["measured"] = measure(load(), store.folder, record)
             # The next new index of this model on this machine takes the choice from the cache
@@ -195,7 +215,7 @@ def export_image_encoder(encoder: TorchEncoder, folder: Path, fingerprint: str) 
     wrapper = _image_tower(model, transform, torch).eval()
     probe = probe_pixels(transform.crop)
     name = f"{FILE_PREFIX}{fingerprint[:16]}.onnx"
-    int8_name = f"{FILE_PREFIX}{fingerprint[:16]}.int8.onnx"
+    int8_name = _int8_name(fingerprint)
     tmp = Path(tempfile.mkdtemp(prefix=_TEMP[0], suffix=_TEMP[1], dir=folder))
     try:
         raw = tmp / "raw.onnx"
@@ -237,6 +257,26 @@ def export_image_encoder(encoder: TorchEncoder, folder: Path, fingerprint: str) 
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
+
+
+def requantise(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with its int8 graph made again from its float32 graph in ``folder`` by today's
+    method (``INT8_METHOD``), judged against the float32 graph's own vectors (no torch); the
+    measurement is dropped, since the candidates changed."""
+    probe = probe_pixels(int(record["pixels"]["crop"]))
+    int8_name = _int8_name(record["fingerprint"])
+    tmp = Path(tempfile.mkdtemp(prefix=_TEMP[0], suffix=_TEMP[1], dir=folder))
+    try:
+        reference = _run_checked(folder / record["file"], probe, "export")
+        int8 = _quantise(folder / record["file"], tmp / int8_name, reference, probe)
+        digests = {k: v for k, v in (record.get("digests") or {}).items() if k != "int8"}
+        if int8.get("file"):
+            digests["int8"] = onnx_export.file_digest(tmp / int8_name)
+            onnx_export.publish(tmp, folder, [int8_name])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = {k: v for k, v in record.items() if k not in ("measured", "from_cache")}
+    return dict(out, int8=int8, digests=digests, requantised_at=now())
 
 
 def _cpu_fp32_model(encoder: TorchEncoder, torch: Any) -> Any:
@@ -303,21 +343,27 @@ def _root_logger_silenced() -> Iterator[None]:
         root.removeHandler(guard)
 
 
+def _int8_name(fingerprint: str) -> str:
+    # Named by method: a graph quantised again never replaces the file a reader may be loading.
+    return f"{FILE_PREFIX}{fingerprint[:16]}.int8-mm.onnx"
+
+
 def _quantise(source: Path, target: Path, reference: np.ndarray, probe: np.ndarray) -> dict[str, Any]:
-    """Dynamic int8 quantisation of ``source`` into ``target``, kept only if it agrees with the
-    float32 vectors ``reference`` of ``probe``; the record says what was measured either way."""
+    """Dynamic int8 quantisation of ``source``'s matrix products (``INT8_OPS``) into ``target``,
+    kept only if it agrees with the float32 vectors ``reference`` of ``probe``; the record says
+    what was measured either way."""
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         with _root_logger_silenced():
-            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OPS))
         trial = _run_checked(target, probe, "int8 model")
     except Exception as exc:  # noqa: BLE001 - quantiser failures of any kind
         target.unlink(missing_ok=True)
-        return {"accepted": False, "reason": f"quantisation failed: {first_line(exc)}"}
+        return {"accepted": False, "method": INT8_METHOD, "reason": f"quantisation failed: {first_line(exc)}"}
     cosine = float((l2(trial) * l2(reference)).sum(axis=1).min())
     overlap = top_overlap(l2(reference), l2(trial))
-    record = {"min_cosine": round(cosine, 5), "top10_overlap": round(overlap, 4),
+    record = {"method": INT8_METHOD, "min_cosine": round(cosine, 5), "top10_overlap": round(overlap, 4),
               "thresholds": {"min_cosine": INT8_MIN_COSINE, "top10_overlap": INT8_MIN_OVERLAP},
               "probe_images": int(len(probe))}
     if cosine >= INT8_MIN_COSINE and overlap >= INT8_MIN_OVERLAP:
