@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from .errors import QueryError
+from .fsutil import path_fields
 from .media.documents import doc_key, is_image_part, source_path
 from .storage.store import Snapshot, vectors_from_blobs
 
@@ -433,7 +434,7 @@ def matched(unit: Unit, query_text: str | None) -> dict[str, Any]:
     if image is not None:
         row = image.row
         out["image"] = {"id": row.id, "cosine": round(image.cosine, 6),
-                        "path": source_path(row.path, row.locator, row.meta)}
+                        **path_fields(source_path(row.path, row.locator, row.meta))}
         if image.z is not None:
             out["image"]["calibrated"] = round(image.z, 4)
     if text is not None:
