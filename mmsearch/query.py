@@ -116,12 +116,25 @@ class Hit(Item):
     cosine: float | None = None
     calibrated: float | None = None
     matched: dict[str, Any] | None = None
+    # A picture that a JSONL record names: that record, ``{"path": the .jsonl file, "line": "N"}``
+    # (the hit is the picture file's item when the file is indexed too: one picture, one hit).
+    record: dict[str, str] | None = None
+
+    @property
+    def file(self) -> str:
+        """The file this hit shows: its own, or for a record's image the picture file it names."""
+        from .media.documents import source_path
+
+        return source_path(self.path, self.locator, self.meta)
 
     def as_dict(self) -> dict[str, Any]:
         data = {"rank": self.rank, "score": round(float(self.score), 6)}
-        data.update({k: v for k, v in super().as_dict().items() if k not in ("rank", "score", "duplicates", *_FUSED)})
+        data.update({k: v for k, v in super().as_dict().items()
+                     if k not in ("rank", "score", "duplicates", "record", *_FUSED)})
         if self.duplicates is not None:
             data["duplicates"] = list(self.duplicates)
+        if self.record is not None:
+            data["record"] = {**path_fields(self.record["path"]), "line": self.record["line"]}
         for name in _FUSED:
             value = getattr(self, name)
             if value is not None:

@@ -130,3 +130,109 @@ def test_the_api_and_the_client_answer_every_mode_with_odd_names(odd_library):
         answer = http.get(mine[0].file_url)
         assert answer.status_code == 200
         assert "filename*=UTF-8''bad%C3%BFname.jpg" in answer.headers["content-disposition"]
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory, tiny_model):
+    """A shop folder: six pictures under img/ and a catalogue naming each of them, plus notes
+    (three text records); the whole folder indexed, so each picture is a file and a record's image."""
+    base = tmp_path_factory.mktemp("shop")
+    root = base / "shop"
+    records = []
+    for n in range(6):
+        make_image(root / "img" / f"p{n}.jpg", seed=50 + n)
+        records.append({"image": f"img/p{n}.jpg", "text": f"shoe model {n}, leather"})
+    (root / "catalogue.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    (root / "notes.jsonl").write_text("".join(json.dumps({"text": f"a cat note {n}"}) + "\n" for n in range(3)))
+    idx = base / "idx"
+    result = run("index", root, "-i", idx, *tiny_model.args, "-q")
+    assert result.returncode == 0, result.stderr.decode()
+    return idx, root
+
+
+def query_json(idx: Path, *args: str) -> list[dict]:
+    result = run("query", *args, "-i", idx, "--json")
+    assert result.returncode == 0, result.stderr.decode()
+    return strict(result.stdout)["hits"]
+
+
+@pytest.mark.parametrize("ranking", [[], ["--fusion", "late"], ["--fusion", "early"], ["--mode", "hybrid"],
+                                     ["--dedup"]])
+def test_a_picture_a_record_names_is_one_result(shop, ranking):
+    idx, root = shop
+    hits = query_json(idx, "shoe", "--type", "image", "--under", root, "-k", "12", *ranking)
+    pictures = {str(root / "img" / f"p{n}.jpg") for n in range(6)}
+    if "--dedup" not in ranking:  # (random tiny-model pictures may be near-duplicates of each other)
+        assert len(hits) == 6
+    assert len({h["path"] for h in hits}) == len(hits) and {h["path"] for h in hits} <= pictures
+    for hit in hits:  # shown by the file, naming the record it belongs to
+        n = int(Path(hit["path"]).stem[1:])
+        assert hit["locator"] == "" and hit["record"] == {"path": str(root / "catalogue.jsonl"), "line": str(n + 1)}
+    if ranking[:1] == ["--fusion"]:  # one document: the file's picture with the record's text
+        everything = query_json(idx, "shoe", "--under", root, "-k", "30", *ranking)
+        shown = [h for h in everything if h["path"] in pictures]
+        assert len(shown) == 6
+        assert all(h["matched"]["text"]["text"].startswith("shoe model") for h in shown)
+        assert not [h for h in everything if h["locator"].endswith(":image")]
+
+
+def test_paths_print_the_picture_file_once_per_hit(shop):
+    idx, root = shop
+    result = run("query", "shoe", "--type", "image", "-k", "12", "--paths", "-i", idx)
+    lines = result.stdout.decode().splitlines()
+    assert sorted(lines) == sorted(str(root / "img" / f"p{n}.jpg") for n in range(6))
+    result = run("query", "cat", "--type", "text", "-k", "3", "--paths", "-i", idx)
+    assert result.stdout.decode().splitlines() == [str(root / "notes.jsonl")] * 3  # three hits, three lines
+    table = run("query", "shoe", "--type", "image", "-k", "1", "-i", idx,
+                env={**os.environ, "COLUMNS": "200"}).stdout.decode()
+    assert ".jpg" in table and "(record " in table and "catalogue.jsonl:" in table
+
+
+def test_dupes_never_lists_a_picture_as_its_own_duplicate(shop):
+    idx, _ = shop
+    result = run("dupes", "--json", "--threshold", "0.999999", "-i", idx)
+    assert result.returncode == 0, result.stderr.decode()
+    groups = strict(result.stdout)["groups"]
+    assert groups == []  # the same picture as a file and as a record's image: no group
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, tiny_model):
+    """Photos with long names (spaces too), capture dates and cameras, indexed."""
+    from test_photo_metadata import photo
+
+    base = tmp_path_factory.mktemp("table")
+    root = base / "holiday pictures"
+    for n, (taken, model) in enumerate([("2021:05:01 10:00:00", "Pixel 7"), ("2023:08:15 18:30:00", "EOS R5"),
+                                        ("2019:01:02 08:00:00", "Pixel 7")]):
+        photo(root / f"a rather long file name with spaces number {n}.jpg", seed=70 + n, taken=taken,
+              make="Google" if model.startswith("Pixel") else "Canon", model=model)
+    idx = base / "idx"
+    result = run("index", root, "-i", idx, *tiny_model.args, "-q")
+    assert result.returncode == 0, result.stderr.decode()
+    return idx, root
+
+
+def table_at_80(idx: Path, *args: str) -> list[str]:
+    result = run("query", "holiday", "-i", idx, *args, env={**os.environ, "COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode().splitlines()
+
+
+def test_the_table_at_80_columns_keeps_paths_whole_and_shows_what_a_sort_or_filter_uses(photos):
+    idx, root = photos
+    names = sorted(str(p) for p in root.iterdir())
+    lines = table_at_80(idx)
+    assert sorted(n for n in names if any(n in line for line in lines)) == names  # each path on one line
+    # --sort date: a date column, in the order sorted
+    lines = table_at_80(idx, "--sort", "date")
+    header = next(line for line in lines if "path" in line)
+    assert "date" in header
+    dates = [d for line in lines for d in ("2023-08-15 18:30", "2021-05-01 10:00", "2019-01-02 08:00") if d in line]
+    assert dates == ["2023-08-15 18:30", "2021-05-01 10:00", "2019-01-02 08:00"]
+    assert sum(any(n in line for line in lines) for n in names) == 3
+    # --camera: a camera column naming each hit's camera
+    lines = table_at_80(idx, "--camera", "pixel 7")
+    assert "camera" in next(line for line in lines if "path" in line)
+    shown = [line for line in lines if ".jpg" in line]
+    assert len(shown) == 2 and all("Google Pixel 7" in line for line in shown)
