@@ -164,8 +164,11 @@ def _looks_like_path(value: str) -> bool:
     return os.sep in value or value.startswith(("~", ".")) or (os.altsep is not None and os.altsep in value)
 
 
-def classify(value: str, force: str | None = None) -> str:
-    """'image' or 'text' for a raw term; ``force`` ('image'/'text') overrides detection."""
+def classify(value: str, force: str | None = None, names_are_words: bool = False) -> str:
+    """'image' or 'text' for a raw term; ``force`` ('image'/'text') overrides detection. A term
+    named like an image file (``nope.jpg``) that does not exist is an error (a mistyped name would
+    otherwise search for its letters), unless ``force`` is 'text' or ``names_are_words`` (the
+    lexical modes, where a file name is something to look for)."""
     if force == TEXT:
         return TEXT
     expanded = os.path.expanduser(value)
@@ -177,9 +180,10 @@ def classify(value: str, force: str | None = None) -> str:
             and (os.path.isfile(expanded) or _looks_like_path(value))):
         raise QueryError(f"{value} is a video: query with a still from it (an image file) or with words; "
                          "'more like this' on a video hit (the page's Similar, Engine.similar) finds related items")
-    if _looks_like_image(value) and (os.path.isfile(expanded) or _looks_like_path(value)):
+    if _looks_like_image(value) and (os.path.isfile(expanded) or _looks_like_path(value) or not names_are_words):
         if not os.path.isfile(expanded):
-            raise QueryError(f"image not found: {value}")
+            raise QueryError(f"image not found: {value} (a term named like an image is read as a file: "
+                             "to search for these words, add --text)")
         return IMAGE
     return TEXT
 
@@ -195,8 +199,9 @@ def _split_inline(tokens: Sequence[str]) -> list[str]:
     return out
 
 
-def parse_query(tokens: Sequence[str] | str, force: str | None = None) -> list[QueryTerm]:
-    """Parse command-line style query tokens into weighted terms."""
+def parse_query(tokens: Sequence[str] | str, force: str | None = None, names_are_words: bool = False) -> list[QueryTerm]:
+    """Parse command-line style query tokens into weighted terms (``names_are_words``: see
+    ``classify``)."""
     if isinstance(tokens, str):
         tokens = [tokens]
     if force not in (None, TEXT, IMAGE):
@@ -223,7 +228,7 @@ def parse_query(tokens: Sequence[str] | str, force: str | None = None) -> list[Q
         value = value.strip()
         if not value:
             raise QueryError("empty term in query")
-        terms.append(QueryTerm(classify(value, force), value, sign * weight))
+        terms.append(QueryTerm(classify(value, force, names_are_words), value, sign * weight))
         sign, expect_term = 1.0, False
     if not terms:
         raise QueryError("empty query: give a text, an image path, or both")

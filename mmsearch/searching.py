@@ -98,7 +98,7 @@ class Searching:
         self._refresh()
         if self._requested is not None and not self._check_model():
             raise self._mismatch("query it with the model it was built with")
-        terms = _as_terms(query, force)
+        terms = _as_terms(query, force, names_are_words=options.mode != "vector")
         vector = self.encode_query(terms)
         exclude: set[Any] = set()
         if not include_query:
@@ -430,19 +430,19 @@ def _why_empty(reader, total: int, type: str, under, prefixes, min_score, below,
     return "no item passes the filters"
 
 
-def _as_terms(query: QueryInput, force: str | None) -> list[QueryTerm]:
+def _as_terms(query: QueryInput, force: str | None, names_are_words: bool = False) -> list[QueryTerm]:
     if isinstance(query, QueryTerm):
         return [query]
     if isinstance(query, Path):
         return [QueryTerm(IMAGE, str(query))]
     if isinstance(query, str):
-        return parse_query([query], force)
+        return parse_query([query], force, names_are_words)
     items = list(query)
     if items and all(isinstance(q, QueryTerm) for q in items):
         return items  # type: ignore[return-value]
     if any(isinstance(q, QueryTerm) for q in items):
         raise QueryError("mix of QueryTerm objects and strings: pass one kind")
-    return parse_query([str(q) for q in items], force)
+    return parse_query([str(q) for q in items], force, names_are_words)
 
 
 def _fields(row: ItemRow) -> dict[str, Any]:

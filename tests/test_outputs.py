@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import make_image, run
+from conftest import make_image, one_line, run
 from docs_corpus import make_docs_corpus
 
 from mmsearch import Engine
@@ -236,3 +236,17 @@ def test_the_table_at_80_columns_keeps_paths_whole_and_shows_what_a_sort_or_filt
     assert "camera" in next(line for line in lines if "path" in line)
     shown = [line for line in lines if ".jpg" in line]
     assert len(shown) == 2 and all("Google Pixel 7" in line for line in shown)
+
+
+def test_a_missing_image_term_is_an_error_unless_it_means_words(shop, tmp_path):
+    idx, root = shop
+    result = run("query", "nope.jpg", "-i", idx, cwd=tmp_path)
+    assert result.returncode != 0
+    assert one_line(result.stderr) == ("error: image not found: nope.jpg (a term named like an image is read as "
+                                       "a file: to search for these words, add --text)")
+    for words in (["--text"], ["--mode", "hybrid"], ["--mode", "lexical"]):
+        result = run("query", "nope.jpg", "-i", idx, "--json", *words, cwd=tmp_path)
+        assert result.returncode == 0, (words, result.stderr.decode())
+    make_image(tmp_path / "there.jpg", seed=3)  # an image that exists is an image term, without ./
+    hits = strict(run("query", "there.jpg", "-i", idx, "--json", "--type", "image", cwd=tmp_path).stdout)["hits"]
+    assert hits

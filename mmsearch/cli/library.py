@@ -121,7 +121,7 @@ def query_cmd(
 
         settings = _settings(db)
         try:
-            parsed = parse_query(terms, "image" if image else "text" if text else None)
+            parsed = parse_query(terms, "image" if image else "text" if text else None, mode != "vector")
         except MMSearchError:
             parsed = []  # the search below reports it
         texts = [t.value for t in parsed if t.kind == TEXT]
