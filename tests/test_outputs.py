@@ -250,3 +250,21 @@ def test_a_missing_image_term_is_an_error_unless_it_means_words(shop, tmp_path):
     make_image(tmp_path / "there.jpg", seed=3)  # an image that exists is an image term, without ./
     hits = strict(run("query", "there.jpg", "-i", idx, "--json", "--type", "image", cwd=tmp_path).stdout)["hits"]
     assert hits
+
+
+def test_the_readmes_first_command_shows_photos(tmp_path, tiny_model):
+    """The README's first command, run over the sample photos (the tiny model in place of the
+    default one): every hit is a photo, never the folder's own README."""
+    import shlex
+
+    from conftest import README, ROOT
+
+    line = next(line for line in README.read_text().splitlines() if "mmsearch index tests/data/photos" in line)
+    query = shlex.split(line.split("&&")[-1])
+    assert query[:2] == ["mmsearch", "query"], line
+    idx = tmp_path / "idx"
+    assert run("index", ROOT / "tests" / "data" / "photos", "-i", idx, *tiny_model.args, "-q").returncode == 0
+    result = run(*query[1:], "-i", idx, "--json")
+    assert result.returncode == 0, result.stderr.decode()
+    hits = strict(result.stdout)["hits"]
+    assert hits and {h["modality"] for h in hits} == {"image"}
