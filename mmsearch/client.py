@@ -48,6 +48,11 @@ def _item(data: dict[str, Any], kind: type[Item] = Item) -> Item:
     names = _HIT_FIELDS if kind is Hit else _ITEM_FIELDS
     values = {k: v for k, v in data.items() if k in names}
     values["path"] = path_from_fields(data)  # the exact name, also when it is not valid UTF-8
+    if isinstance(values.get("record"), dict):
+        values["record"] = {**values["record"], "path": path_from_fields(values["record"])}
+    image = (values.get("matched") or {}).get("image")
+    if isinstance(image, dict) and "path" in image:
+        values["matched"] = {**values["matched"], "image": {**image, "path": path_from_fields(image)}}
     return kind(**values)
 
 

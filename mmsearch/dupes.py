@@ -396,10 +396,23 @@ def scan(reader: Any, dim: int, modalities: Sequence[str], threshold: float, pro
         wanted = [ids[p] for comp in joined for p in comp]
         rows_by_id = reader.items(wanted)
         position = {ids[p]: p for comp in joined for p in comp}
-        found.extend(make_groups([[rows_by_id[ids[p]] for p in comp] for comp in joined],
-                                 lambda item_id: vectors[position[item_id]]))
+        members = [one_per_picture([rows_by_id[ids[p]] for p in comp]) for comp in joined]
+        found.extend(make_groups([m for m in members if len(m) > 1], lambda item_id: vectors[position[item_id]]))
     found.sort(key=lambda g: (-len(g.items), g.keeper.id))
     return found
+
+
+def one_per_picture(rows: Sequence[Any]) -> list[Any]:
+    """``rows`` with one row per picture: a JSONL record's image and the file it names (or two
+    records naming one file) are one picture, not duplicates of each other; the file's own row
+    stays, else the first."""
+    from .media.documents import is_image_part, picture_of
+
+    kept: dict[Any, Any] = {}
+    for row in sorted(rows, key=lambda r: (is_image_part(r.locator), r.id)):
+        kept.setdefault(picture_of(row) or ("item", row.id), row)
+    ids = {row.id for row in kept.values()}
+    return [row for row in rows if row.id in ids]
 
 
 def collapse(vectors: np.ndarray, threshold: float) -> list[list[int]]:

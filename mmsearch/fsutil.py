@@ -101,6 +101,31 @@ def display_path(path: str) -> str:
     return terminal_safe(printable_path(path))
 
 
+def text_safe(text: str) -> str:
+    """``text`` as valid Unicode: undecodable file-name bytes as ``\\xNN``, other lone surrogates as U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return printable_path(text)
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` (JSON-ready data) with every string made valid Unicode by ``text_safe``: the last
+    guard of every JSON output; file names themselves go through ``path_fields``."""
+    if isinstance(value, str):
+        return text_safe(value)
+    if isinstance(value, dict):
+        return {text_safe(str(k)): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def path_is_exact_text(path: str) -> bool:
     """True when ``path`` is valid Unicode text (no undecodable bytes), so JSON can hold it as is."""
     try:

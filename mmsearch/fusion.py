@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 
 from .errors import QueryError
-from .media.documents import doc_key, is_image_part, source_path
+from .fsutil import path_fields
+from .media.documents import doc_key, is_image_part, picture_of, record_of, source_path
 from .storage.store import Snapshot, vectors_from_blobs
 
 FUSIONS = ("none", "late", "early", "rrf")
@@ -114,6 +115,7 @@ class Unit:
     key: tuple
     parts: list[Part] = field(default_factory=list)
     lexical: float | None = None  # best BM25 score of its parts
+    record: dict | None = None  # the JSONL record whose image it shows (``documents.record_of``)
     vector_score: float | None = None
     score: float = 0.0
     _best: dict = field(default_factory=dict, repr=False, compare=False)
@@ -296,6 +298,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
         unit.parts.append(part)
         if item_id in lexical:
             unit.lexical = max(lexical[item_id], unit.lexical if unit.lexical is not None else -math.inf)
+    _one_per_picture(reader, units)
     # In id order: ties in a ranking (copies of one file score alike) go to the lowest id, whatever
     # order the candidates came in.
     ranked = sorted((u for u in units.values() if u.parts), key=lambda u: u.representative.row.id)
@@ -326,6 +329,46 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
                     u.score += EXACT_BONUS
     ranked.sort(key=lambda u: (-u.score, -(u.vector_score or 0.0)))  # stable: ties stay in id order
     return Pool(ranked, size, exhausted)
+
+
+def _one_per_picture(reader: Any, units: dict[tuple, Unit]) -> None:
+    """Join the units that show one picture: a JSONL record's image part names a file that is
+    indexed too (or that another record names). The unit holding the file keeps it as its image
+    and takes the record's other parts (its text); the record's own image part, the same
+    picture, is dropped. The kept unit names the record (``Unit.record``)."""
+    from .storage.documents import rows_by_id
+
+    records = [p.row.id for u in units.values() for p in u.parts if p.row.modality == "image"
+               and is_image_part(p.row.locator)]
+    if not records:
+        return
+    full = rows_by_id(reader, records)  # their meta: the picture each names
+    picture: dict[int, str] = {}
+    for u in units.values():
+        for p in u.parts:
+            if p.row.modality == "image":
+                row = full.get(p.row.id)
+                picture[p.row.id] = picture_of(row) if row is not None else p.row.path
+    # Units showing a file first, so a record joins the file's unit (then by id: deterministic).
+    order = sorted((u for u in units.values() if u.parts),
+                   key=lambda u: (all(is_image_part(p.row.locator) for p in u.parts if p.row.id in picture),
+                                  min(p.row.id for p in u.parts)))
+    owner: dict[str, Unit] = {}
+    for unit in order:
+        shown = [picture[p.row.id] for p in unit.parts if p.row.id in picture]
+        into = next((owner[name] for name in shown if name in owner and owner[name] is not unit), None)
+        for p in unit.parts:
+            if p.row.id in full and unit.record is None:
+                unit.record = record_of(full[p.row.id])
+        if into is None:
+            for name in shown:
+                owner.setdefault(name, unit)
+            continue
+        into.parts.extend(p for p in unit.parts if picture.get(p.row.id) not in shown)
+        into.lexical = max((x for x in (into.lexical, unit.lexical) if x is not None), default=None)
+        into.record = into.record or unit.record
+        into._best.clear()
+        unit.parts = []  # dropped: units without parts are never ranked
 
 
 _SEARCHER: ThreadPoolExecutor | None = None
@@ -433,7 +476,7 @@ def matched(unit: Unit, query_text: str | None) -> dict[str, Any]:
     if image is not None:
         row = image.row
         out["image"] = {"id": row.id, "cosine": round(image.cosine, 6),
-                        "path": source_path(row.path, row.locator, row.meta)}
+                        **path_fields(source_path(row.path, row.locator, row.meta))}
         if image.z is not None:
             out["image"]["calibrated"] = round(image.z, 4)
     if text is not None:
@@ -467,6 +510,7 @@ def to_hits(units: list[Unit], k: int, query_text: str | None, min_score: float 
         hit = _hit(len(hits) + 1, unit.score, part.row)
         hit.cosine = part.cosine
         hit.calibrated = part.z
+        hit.record = unit.record or hit.record
         if not options.plain:
             hit.matched = matched(unit, query_text)
         hits.append(hit)

@@ -116,12 +116,25 @@ class Hit(Item):
     cosine: float | None = None
     calibrated: float | None = None
     matched: dict[str, Any] | None = None
+    # A picture that a JSONL record names: that record, ``{"path": the .jsonl file, "line": "N"}``
+    # (the hit is the picture file's item when the file is indexed too: one picture, one hit).
+    record: dict[str, str] | None = None
+
+    @property
+    def file(self) -> str:
+        """The file this hit shows: its own, or for a record's image the picture file it names."""
+        from .media.documents import source_path
+
+        return source_path(self.path, self.locator, self.meta)
 
     def as_dict(self) -> dict[str, Any]:
         data = {"rank": self.rank, "score": round(float(self.score), 6)}
-        data.update({k: v for k, v in super().as_dict().items() if k not in ("rank", "score", "duplicates", *_FUSED)})
+        data.update({k: v for k, v in super().as_dict().items()
+                     if k not in ("rank", "score", "duplicates", "record", *_FUSED)})
         if self.duplicates is not None:
             data["duplicates"] = list(self.duplicates)
+        if self.record is not None:
+            data["record"] = {**path_fields(self.record["path"]), "line": self.record["line"]}
         for name in _FUSED:
             value = getattr(self, name)
             if value is not None:
@@ -151,8 +164,11 @@ def _looks_like_path(value: str) -> bool:
     return os.sep in value or value.startswith(("~", ".")) or (os.altsep is not None and os.altsep in value)
 
 
-def classify(value: str, force: str | None = None) -> str:
-    """'image' or 'text' for a raw term; ``force`` ('image'/'text') overrides detection."""
+def classify(value: str, force: str | None = None, names_are_words: bool = False) -> str:
+    """'image' or 'text' for a raw term; ``force`` ('image'/'text') overrides detection. A term
+    named like an image file (``nope.jpg``) that does not exist is an error (a mistyped name would
+    otherwise search for its letters), unless ``force`` is 'text' or ``names_are_words`` (the
+    lexical modes, where a file name is something to look for)."""
     if force == TEXT:
         return TEXT
     expanded = os.path.expanduser(value)
@@ -164,9 +180,10 @@ def classify(value: str, force: str | None = None) -> str:
             and (os.path.isfile(expanded) or _looks_like_path(value))):
         raise QueryError(f"{value} is a video: query with a still from it (an image file) or with words; "
                          "'more like this' on a video hit (the page's Similar, Engine.similar) finds related items")
-    if _looks_like_image(value) and (os.path.isfile(expanded) or _looks_like_path(value)):
+    if _looks_like_image(value) and (os.path.isfile(expanded) or _looks_like_path(value) or not names_are_words):
         if not os.path.isfile(expanded):
-            raise QueryError(f"image not found: {value}")
+            raise QueryError(f"image not found: {value} (a term named like an image is read as a file: "
+                             "to search for these words, add --text)")
         return IMAGE
     return TEXT
 
@@ -182,8 +199,9 @@ def _split_inline(tokens: Sequence[str]) -> list[str]:
     return out
 
 
-def parse_query(tokens: Sequence[str] | str, force: str | None = None) -> list[QueryTerm]:
-    """Parse command-line style query tokens into weighted terms."""
+def parse_query(tokens: Sequence[str] | str, force: str | None = None, names_are_words: bool = False) -> list[QueryTerm]:
+    """Parse command-line style query tokens into weighted terms (``names_are_words``: see
+    ``classify``)."""
     if isinstance(tokens, str):
         tokens = [tokens]
     if force not in (None, TEXT, IMAGE):
@@ -210,7 +228,7 @@ def parse_query(tokens: Sequence[str] | str, force: str | None = None) -> list[Q
         value = value.strip()
         if not value:
             raise QueryError("empty term in query")
-        terms.append(QueryTerm(classify(value, force), value, sign * weight))
+        terms.append(QueryTerm(classify(value, force, names_are_words), value, sign * weight))
         sign, expect_term = 1.0, False
     if not terms:
         raise QueryError("empty query: give a text, an image path, or both")

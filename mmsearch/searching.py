@@ -21,6 +21,7 @@ from .errors import QueryError
 from .fsutil import display_path
 from .indexing import NullProgress, Progress
 from .library import under_any, within
+from .media.documents import is_image_part, picture_of, record_of
 from .media.exif import camera_name
 from .media.video import VIDEO
 from .query import IMAGE, ITEM, TEXT, TYPES, Hit, Hits, Item, QueryTerm, parse_query, query_image_paths, unit_vector
@@ -97,7 +98,7 @@ class Searching:
         self._refresh()
         if self._requested is not None and not self._check_model():
             raise self._mismatch("query it with the model it was built with")
-        terms = _as_terms(query, force)
+        terms = _as_terms(query, force, names_are_words=options.mode != "vector")
         for term in terms:
             if term.kind == TEXT:
                 filters_mod.check_text(term.value, "query text")
@@ -189,6 +190,7 @@ class Searching:
             others = {units[g[0]].representative.row.id: [units[i].representative.row.id for i in g[1:]]
                       for g in groups[:k]} if threshold is not None else {}
             hits = fusion.to_hits(fusion.with_rows(snap.reader, shown), k, words, None, options)
+            show_pictures(snap.reader, hits, keep)
             for hit in hits:
                 if threshold is not None:
                     hit.duplicates = others.get(hit.id, [])
@@ -289,6 +291,7 @@ class Searching:
                 hits = Hits()
                 below: float | None = None  # best score of a candidate cut by min_score
                 videos: set[str] = set()  # a video's best frame stands for the video
+                pictures: dict[str, int] = {}  # a picture's place in hits (a record's image is its file)
                 for score, item_id in zip(scores.tolist(), ids.tolist()):
                     item = rows.get(item_id)
                     if item is None or not keep(item):
@@ -297,6 +300,12 @@ class Searching:
                         if item.path in videos:
                             continue
                         videos.add(item.path)
+                    picture = picture_of(item)
+                    if picture is not None:
+                        if picture in pictures:
+                            _same_picture(hits, pictures[picture], item)
+                            continue
+                        pictures[picture] = len(hits)
                     if min_score is not None and score < min_score:
                         below = score
                         break
@@ -308,6 +317,7 @@ class Searching:
                         break
                 total = source.total  # an SQL search learns it when it returns fewer than asked
                 if len(hits) >= k or fetch >= total or below is not None:
+                    show_pictures(snap.reader, hits, keep)
                     if not hits:
                         hits.why_empty = _why_empty(snap.reader, snap.total, type, under, prefixes, min_score, below,
                                                     wanted)
@@ -430,19 +440,19 @@ def _why_empty(reader, total: int, type: str, under, prefixes, min_score, below,
     return "no item passes the filters"
 
 
-def _as_terms(query: QueryInput, force: str | None) -> list[QueryTerm]:
+def _as_terms(query: QueryInput, force: str | None, names_are_words: bool = False) -> list[QueryTerm]:
     if isinstance(query, QueryTerm):
         return [query]
     if isinstance(query, Path):
         return [QueryTerm(IMAGE, str(query))]
     if isinstance(query, str):
-        return parse_query([query], force)
+        return parse_query([query], force, names_are_words)
     items = list(query)
     if items and all(isinstance(q, QueryTerm) for q in items):
         return items  # type: ignore[return-value]
     if any(isinstance(q, QueryTerm) for q in items):
         raise QueryError("mix of QueryTerm objects and strings: pass one kind")
-    return parse_query([str(q) for q in items], force)
+    return parse_query([str(q) for q in items], force, names_are_words)
 
 
 def _fields(row: ItemRow) -> dict[str, Any]:
@@ -476,9 +486,40 @@ def _moment(hit: Hit, frames: list[tuple[ItemRow, bytes]], vector: np.ndarray) -
     hit.end = times[last + 1] if last + 1 < len(times) else float(duration if duration else times[last])
 
 
+def show_pictures(reader: Any, hits: list[Hit], keep: Any) -> None:
+    """Each image hit shown by its picture file where that file is indexed (and passes
+    ``keep``), and naming the JSONL record that names it, if any: ``_same_picture`` joins the
+    two when both are among the candidates; this finds the one that is not."""
+    from .storage.documents import images_by_hash, rows_by_id
+
+    images = [h.id for h in hits if h.modality == "image"]
+    if not images:
+        return
+    alike: dict[str, list[ItemRow]] = {}
+    for row in images_by_hash(reader, {r.content_hash for r in rows_by_id(reader, images).values()}):
+        alike.setdefault(picture_of(row), []).append(row)
+    for n, hit in enumerate(hits):
+        same = alike.get(hit.file, []) if hit.modality == "image" else []
+        record = hit.record or next((record_of(r) for r in same if is_image_part(r.locator)), None)
+        file = next((r for r in same if not is_image_part(r.locator) and keep(r)), None)
+        if file is not None and file.id != hit.id:
+            hits[n] = dataclasses.replace(hit, **_fields(file))
+        hits[n].record = record
+
+
+def _same_picture(hits: Hits, n: int, row: ItemRow) -> None:
+    """``row`` shows the picture ``hits[n]`` shows (a JSONL record's image and the file it
+    names): one hit, shown by the file, naming the record."""
+    kept = hits[n]
+    record = kept.record or record_of(row)
+    if record_of(row) is None and hits[n].modality == "image" and is_image_part(kept.locator):  # the file shows it
+        hits[n] = _hit(kept.rank, kept.score, row)
+    hits[n].record = record
+
+
 def _item(row: ItemRow) -> Item:
     return Item(**_fields(row))
 
 
 def _hit(rank: int, score: float, row: ItemRow) -> Hit:
-    return Hit(rank=rank, score=float(score), **_fields(row))
+    return Hit(rank=rank, score=float(score), record=record_of(row), **_fields(row))

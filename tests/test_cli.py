@@ -37,7 +37,7 @@ def test_index_query_info_json(tmp_path, tiny_model, corpus, cli):
 
     result = cli("query", "pasta", "--index", idx, "--paths", "--type", "text")
     lines = result.stdout.splitlines()
-    assert len(lines) == len(set(lines)) == TEXT_COUNT - 1  # two captions share captions.jsonl
+    assert len(lines) == TEXT_COUNT and len(set(lines)) == TEXT_COUNT - 1  # a line per hit; two captions share captions.jsonl
     assert all(os.path.isabs(line) for line in lines)
 
     result = cli("query", "2:beach", "+", corpus / "a.jpg", "-", "people", "--index", idx)

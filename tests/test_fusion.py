@@ -72,20 +72,34 @@ def test_documents_from_all_three_sources(docs):
         # Every document appears once.
         keys = [(h.matched.get("image", {}).get("id"), h.matched.get("text", {}).get("id")) for h in hits]
         assert len(keys) == len(set(keys))
-        # 2 records with images, 2 text-only records, 3 captioned images, 1 sidecar pair, 1 image
-        # alone, and the 2 image files the records name (documents of their own)
-        assert len(hits) == 11
-        assert len(engine.search("fruit stall", k=20)) == 17  # without fusion: every item
+        # 2 records with images (each one document with the image file it names: one picture,
+        # one result, shown by the file), 2 text-only records, 3 captioned images, 1 sidecar
+        # pair, 1 image alone
+        assert len(hits) == 9
+        shop = [h for h in hits if h.record is not None]
+        assert sorted((h.path, h.record["line"]) for h in shop) == [
+            (str(root / "shop" / "img" / "123.jpg"), "1"), (str(root / "shop" / "img" / "456.png"), "2")]
+        assert all(h.record["path"] == shoes and h.matched["text"]["source"] == "record" for h in shop)
+        # Without fusion: every item, a picture once (17 items, 2 of them a record's image)
+        assert len(engine.search("fruit stall", k=20)) == 15
+
+
+def record_line(hit):
+    """(file, line) of the JSONL record a hit shows: a text record, or the picture a record names."""
+    if hit.record is not None:
+        return hit.record["path"], hit.record["line"]
+    return hit.path, hit.locator.split(":")[0]
 
 
 def expected_documents(engine, root):
     """The documents of the corpus, written out by hand: (image row, text row) places."""
     shoes = str(root / "shop" / "shoes.jsonl")
     photos = {rel: str(root / rel) for rel in CAPTIONS}
-    docs = [((shoes, "1:image"), (shoes, "1")), ((shoes, "2:image"), (shoes, "2")), (None, (shoes, "3")),
+    # A record's image is the image file it names: one document, shown by the file.
+    docs = [((str(root / "shop" / "img" / "123.jpg"), ""), (shoes, "1")),
+            ((str(root / "shop" / "img" / "456.png"), ""), (shoes, "2")), (None, (shoes, "3")),
             (None, (shoes, "4")), ((str(root / SIDECAR[0]), ""), (str(root / SIDECAR[1]), "")),
-            ((str(root / "photos" / "alone.png"), ""), None),
-            ((str(root / "shop" / "img" / "123.jpg"), ""), None), ((str(root / "shop" / "img" / "456.png"), ""), None)]
+            ((str(root / "photos" / "alone.png"), ""), None)]
     docs += [((p, ""), (p, "caption")) for p in photos.values()]
     places = by_place(engine)
     return [(places[i].id if i else None, places[t].id if t else None) for i, t in docs]
@@ -104,7 +118,7 @@ def test_fused_scores_match_hand_computation(docs, fusion):
         expected = {}
         if fusion == "rrf":
             def ranks(side):
-                # ties (one picture as a file and as a record's image) go to the lowest id shown
+                # ties go to the lowest id shown
                 order = sorted((d for d in documents if d[side]), key=lambda d: (-cos[d[side]], d[0] or d[1]))
                 return {d: r for r, d in enumerate(order, start=1)}
             ri, rt = ranks(0), ranks(1)
@@ -139,13 +153,14 @@ def test_exact_tokens_and_meaning_in_hybrid(docs):
         for mode in ("lexical", "hybrid"):
             for fusion in ("none", "late"):
                 hit = engine.search("INV-2024-0042", k=3, mode=mode, fusion=fusion)[0]
-                assert (hit.path, hit.locator.split(":")[0]) == (shoes, "1"), (mode, fusion)
+                assert record_line(hit) == (shoes, "1"), (mode, fusion)
                 assert hit.matched["words"] == ["inv", "2024", "0042"]
         # A file name finds its file first; a word of a caption its image.
         hit = engine.search("market.txt", k=3, mode="hybrid", fusion="late")[0]
         assert hit.path == str(root / SIDECAR[0])
         top = engine.search("456.png", k=3, mode="lexical")
-        assert {h.path.rsplit("/", 1)[-1] + h.locator for h in top[:3]} == {"456.png", "shoes.jsonl2", "shoes.jsonl2:image"}
+        assert {h.path.rsplit("/", 1)[-1] + h.locator for h in top[:3]} == {"456.png", "shoes.jsonl2"}
+        assert next(h for h in top if h.path.endswith("456.png")).record == {"path": shoes, "line": "2"}
         hit = engine.search("kites", k=3, mode="hybrid", fusion="late")[0]
         assert hit.id == places[(str(root / "photos" / "xmp.jpg"), "")].id
         # A query none of whose words is indexed ranks by meaning alone: hybrid = vector order.
@@ -251,14 +266,17 @@ def test_an_exact_term_among_descriptive_words_still_finds_its_item_first(docs):
         words = "INV-2024-0042 lighthouse on a rocky coast"
         for fusion in ("none", "late", "early", "rrf"):
             hits = engine.search_fused(vector, words, FusionOptions(fusion, "hybrid"), k=3)
-            assert (hits[0].path, hits[0].locator.split(":")[0]) == (shoes, "1"), fusion
+            assert record_line(hits[0]) == (shoes, "1"), fusion
             assert hits[0].score > 1.0 > hits[1].score
         # Without the exact term the same query ranks the lighthouse first.
         hit = engine.search_fused(vector, "lighthouse coast", FusionOptions("late", "hybrid"), k=1)[0]
         assert hit.id == lighthouse
 
 
-def test_json_and_cli_show_what_matched(docs, cli):
+def test_json_and_cli_show_what_matched(docs, cli, monkeypatch):
+    from mmsearch.cli import base
+
+    monkeypatch.setattr(base.out, "_width", 200)  # room for the text column beside whole paths
     idx, root, _ = docs
     result = cli("query", "INV-2024-0042", "-i", idx, "--mode", "hybrid", "--fusion", "late", "--json", "-k", "2")
     doc = json.loads(result.stdout)
@@ -285,9 +303,11 @@ def test_server_and_client_expose_mode_and_fusion(docs):
         remote = client.search("INV-2024-0042 shoe", k=5, mode="hybrid", fusion="late", image_weight=0.3, text_weight=0.7)
         assert [(h.id, round(h.score, 5)) for h in remote] == [(h.id, round(h.score, 5)) for h in local]
         first = remote[0]
-        assert first.locator == "1:image" and first.matched["words"] == ["inv", "2024", "0042", "shoe"]
-        assert first.matched["text"]["text"] == "red running shoe, size 42" and first.cosine is not None
         image = root / "shop" / "img" / "123.jpg"
+        # The record's image is the file it names: shown by the file, naming its record.
+        assert first.path == str(image) and first.record == {"path": str(root / "shop" / "shoes.jsonl"), "line": "1"}
+        assert first.matched["words"] == ["inv", "2024", "0042", "shoe"]
+        assert first.matched["text"]["text"] == "red running shoe, size 42" and first.cosine is not None
         assert client.file(first.id) == image.read_bytes()
         assert client.thumbnail(first.id, size=64)[:2] == b"\xff\xd8"
         # Calibrated scores and the cutoff travel too; POST (an image term) takes the same options.
@@ -297,7 +317,9 @@ def test_server_and_client_expose_mode_and_fusion(docs):
 
         terms = [QueryTerm("image", str(image)), QueryTerm("text", "red shoe")]
         posted = client.search(terms, k=3, fusion="rrf", mode="hybrid")  # an image term: POST
-        assert [h.id for h in posted] == [h.id for h in engine.search(terms, k=3, fusion="rrf", mode="hybrid")]
+        # (by picture: the local search leaves the query's own file out, an upload cannot, so the
+        # first picture is shown by its record's image here and by its file there)
+        assert [h.file for h in posted] == [h.file for h in engine.search(terms, k=3, fusion="rrf", mode="hybrid")]
         bad = httpx_get(server.url, "/api/search", {"q": "x", "fusion": "sideways"})
         assert bad.status_code == 422
 

@@ -5,6 +5,7 @@ requests so the browser can seek)."""
 
 from __future__ import annotations
 
+import os
 
 import pytest
 from PIL import Image
@@ -51,8 +52,18 @@ def test_a_click_on_a_video_hit_plays_it_from_the_scene(video_server, browser): 
         status_has(page, "image scene.png")
         card = page.locator("#results li").first
         assert card.get_attribute("data-modality") == "video"
-        assert card.locator(".name").inner_text() == "trip.webm @ 00:07 (00:07-00:10)"
+        # The name may be cut to fit the card, never the moment: it has a line of its own.
+        assert card.locator(".name").inner_text() == "trip.webm"
+        moment = card.locator(".moment")
+        assert moment.inner_text() == "@ 00:07 (00:07-00:10)"
+        assert moment.evaluate("e => e.scrollWidth <= e.clientWidth && getComputedStyle(e).textOverflow !== 'ellipsis'")
+        # The header adds up as `mmsearch info` does: a video's frames are its items.
+        stats = page.locator("#stats").inner_text()
+        frames = int(stats.split("texts, ")[1].split(" frames")[0])
+        assert stats.startswith(f"{1 + frames} items (1 images, 0 texts, {frames} frames of 1 videos)"), stats
         thumbnails_loaded(page)  # the frame at the moment, decoded by the browser
+        if os.environ.get("MMSEARCH_SCREENSHOT"):
+            page.screenshot(path=os.environ["MMSEARCH_SCREENSHOT"].replace(".png", "-video.png"), full_page=True)
         card.locator("button.play").click()
         video = card.locator("video")
         page.wait_for_function(

@@ -143,8 +143,12 @@ def test_search_page_in_headless_chromium(server, browser, tmp_path):
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(url + "/")
         page.wait_for_function("() => document.getElementById('stats').textContent.includes('11 items')")
+        # Images by default, as the README's first command: texts outrank images on cross-modal scores.
+        assert page.locator("input[name=type][value=image]").is_checked()
+        assert page.locator("#stats").inner_text().startswith("11 items (8 images, 3 texts)")
 
-        # Text search, typed with the keyboard: "/" focuses the box, Enter searches.
+        # Text search over everything, typed with the keyboard: "/" focuses the box, Enter searches.
+        page.check("input[name=type][value=all]")
         page.locator("body").click(position={"x": 5, "y": 5})
         page.keyboard.press("/")
         page.keyboard.type(CAPTIONS[1])
@@ -241,9 +245,12 @@ def test_the_search_lives_in_the_address(server, browser):
         cards = bookmark.locator("#results li")
         assert cards.count() == 7 and set(cards.evaluate_all("cs => cs.map(c => c.dataset.modality)")) == {"image"}
         assert bookmark.locator("input[name=type][value=image]").is_checked() and bookmark.input_value("#k") == "12"
-        bookmark.goto(f"{url}/?q={quote(CAPTIONS[2])}")
+        bookmark.goto(f"{url}/?q={quote(CAPTIONS[2])}&type=all")
         status_has(bookmark, f"results for “{CAPTIONS[2]}”")
         assert bookmark.locator("#results li .snippet").first.inner_text() == CAPTIONS[2]
+        bookmark.goto(f"{url}/?q={quote(CAPTIONS[2])}")  # no type in the address: images
+        status_has(bookmark, f"results for “{CAPTIONS[2]}”")
+        assert set(bookmark.locator("#results li").evaluate_all("cs => cs.map(c => c.dataset.modality)")) == {"image"}
         bookmark.close()
     finally:
         page.close()
@@ -267,7 +274,7 @@ def test_hide_near_duplicates_checkbox(server, browser):
         assert result_ids(page) == [str(h["id"]) for h in hits] and set(result_ids(page)) <= set(plain) | {
             str(d) for h in hits for d in h["duplicates"]}
         assert page.locator("#results .dupes").count() == sum(1 for h in hits if h["duplicates"])
-        page.goto(f"{url}/?q={quote(CAPTIONS[0])}&dedup=true")
+        page.goto(f"{url}/?q={quote(CAPTIONS[0])}&dedup=true&type=all")
         status_has(page, f"results for “{CAPTIONS[0]}”")
         assert page.locator("#dedup").is_checked()
     finally:
@@ -327,7 +334,7 @@ def test_page_with_a_token(library, browser):
         # The link `mmsearch serve` prints: the token unlocks the page and leaves the address.
         context = browser.new_context()
         page = context.new_page()
-        page.goto(f"{url}/?q={quote(CAPTIONS[1])}#token={TOKEN}")
+        page.goto(f"{url}/?q={quote(CAPTIONS[1])}&type=all#token={TOKEN}")
         status_has(page, f"results for “{CAPTIONS[1]}”")
         assert TOKEN not in page.url and page.locator("#results li .snippet").first.inner_text() == CAPTIONS[1]
         thumbnail = page.request.get(url + "/api/items/1/thumbnail")  # with the page's cookie

@@ -17,7 +17,7 @@ from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from ..errors import MMSearchError
-from ..fsutil import display_path
+from ..fsutil import display_path, json_safe
 
 class _Command(TyperCommand):
     """Commands whose --help option shows no type marker (flags take no value)."""
@@ -179,7 +179,7 @@ def _engine(index: Path | None, model: str | None = None, pretrained: str | None
 
 def write_json(data: Any) -> None:
     """One JSON document on stdout, always valid UTF-8 (file names come as ``path_fields``)."""
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.write(json.dumps(json_safe(data), ensure_ascii=False, default=str) + "\n")
 
 
 def main() -> None:

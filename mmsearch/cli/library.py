@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -98,7 +99,7 @@ def query_cmd(
     calibrated: Annotated[bool, typer.Option("--calibrated", metavar="", help="Score and rank by calibrated score (images and texts on one scale, against the index's background); --json keeps the raw cosine.")] = False,
     cutoff: Annotated[Optional[str], typer.Option("--cutoff", metavar="CUT", help="Drop hits indistinguishable from the index's background: auto, or a calibrated score.")] = None,
     as_json: JsonOpt = False,
-    paths: Annotated[bool, typer.Option("--paths", metavar="", help="Print matching paths only, one per line (control characters and undecodable bytes escaped; use -0 for exact names).")] = False,
+    paths: Annotated[bool, typer.Option("--paths", metavar="", help="Print the file of each result, one line per result (a record's image: the picture file; control characters and undecodable bytes escaped; use -0 for exact names).")] = False,
     print0: Annotated[bool, typer.Option("--print0", "-0", metavar="", help="Print matching paths exactly as they are on disk, each followed by a NUL byte (for xargs -0).")] = False,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
@@ -128,7 +129,7 @@ def query_cmd(
 
         settings = _settings(db)
         try:
-            parsed = parse_query(terms, "image" if image else "text" if text else None)
+            parsed = parse_query(terms, "image" if image else "text" if text else None, mode != "vector")
         except MMSearchError:
             parsed = []  # the search below reports it
         texts = [t.value for t in parsed if t.kind == TEXT]
@@ -154,14 +155,15 @@ def query_cmd(
             doc["why_empty"] = hits.why_empty
         write_json(doc)
     elif paths or print0:
-        for path in dict.fromkeys(hit.path for hit in hits):
+        for path in (hit.file for hit in hits):  # one line per hit; a record's image: the picture file
             if print0:
                 sys.stdout.buffer.write(os.fsencode(path) + b"\0")
             else:
                 sys.stdout.write(display_path(path) + "\n")
         sys.stdout.flush()
     else:
-        _print_hits(hits)
+        _print_hits(hits, [name for name, used in (("date", sort != "relevance" or after or before),
+                                                    ("camera", camera), ("place", near)) if used])
 
 
 def _snippet(text: str | None, width: int = 80) -> str:
@@ -171,28 +173,64 @@ def _snippet(text: str | None, width: int = 80) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def _print_hits(hits) -> None:
+MIN_TEXT_WIDTH = 12  # a text column narrower than this says nothing: left out
+
+
+def _print_hits(hits, shown: Sequence[str] = ()) -> None:
+    """The hits as a table. A path is never broken (copy it from the terminal): its column is as
+    wide as the longest, and the text column gives way first (then the table is as wide as it
+    must be). ``shown``: the extra columns a sort or filter uses ('date', 'camera', 'place')."""
     if not hits:
         why = getattr(hits, "why_empty", None)
         err.print(Text("no results" + (f": {why}" if why else "")))
         return
-    table = Table(show_edge=False, header_style="bold")
-    table.add_column("#", justify="right")
-    table.add_column("score", justify="right")
-    table.add_column("type")
-    table.add_column("path", overflow="fold")
-    table.add_column("text", overflow="fold")
+    rows = []
     for hit in hits:
         if hit.t is not None:  # a video: the moment, and the segment that matches
             where = f"{display_path(hit.path)} @ {clock(hit.t)}"
             if hit.start is not None and hit.end is not None:
                 where += f" ({clock(hit.start)}-{clock(hit.end)})"
         else:
-            where = display_path(hit.path) + (f":{hit.locator}" if hit.locator else "")
+            where = display_path(hit.file) if hit.record is not None else (
+                display_path(hit.path) + (f":{hit.locator}" if hit.locator else ""))
+        notes = []  # on a line of their own below the path, cut first when space is short
+        if hit.record is not None:  # a picture a JSONL record names: the record it belongs to
+            notes.append(f"(record {display_path(os.path.basename(hit.record['path']))}:{hit.record['line']})")
         if hit.duplicates:
-            where += f"  (+{len(hit.duplicates)} near-duplicate{'s' if len(hit.duplicates) > 1 else ''})"
-        table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.modality, Text(where), Text(terminal_safe(_hit_text(hit))))
-    out.print(table)
+            notes.append(f"(+{len(hit.duplicates)} near-duplicate{'s' if len(hit.duplicates) > 1 else ''})")
+        extra = [_extra_cell(hit, name) for name in shown]
+        rows.append((str(hit.rank), f"{hit.score:.4f}", hit.modality, *extra, where, notes,
+                     terminal_safe(_hit_text(hit))))
+    narrow = ("#", "score", "type", *shown)
+    widths = [max(len(name), *(len(r[n]) for r in rows)) for n, name in enumerate(narrow)]
+    path_width = max(len("path"), *(len(r[len(narrow)]) for r in rows))
+    table = Table(show_edge=False, header_style="bold")
+    for name, width in zip(narrow, widths):
+        table.add_column(name, justify="right" if name in ("#", "score") else "left", no_wrap=True, min_width=width)
+    table.add_column("path", no_wrap=True, overflow="ellipsis", min_width=path_width, max_width=path_width)
+    # Each column but the text needs its width and a separator: a narrow terminal gets a wider
+    # table (lines the terminal wraps, whole paths) rather than broken paths, and no text column
+    # where it would hold less than a word or two.
+    needed = sum(widths) + path_width + 3 * len(widths) + 1
+    with_text = out.width - needed >= MIN_TEXT_WIDTH + 3
+    if with_text:
+        table.add_column("text", no_wrap=True, overflow="ellipsis", ratio=1, min_width=MIN_TEXT_WIDTH)
+        needed += MIN_TEXT_WIDTH + 3
+    for *cells, where, notes, text in rows:
+        table.add_row(*cells, Text("\n".join([where, *notes])), *([Text(text)] if with_text else []))
+    if needed > out.width:
+        table.width = needed
+    out.print(table, crop=False)
+
+
+def _extra_cell(hit, name: str) -> str:
+    if name == "date":
+        return (hit.taken_at or "").replace("T", " ")[:16]
+    if name == "camera":
+        return terminal_safe(hit.camera or "")
+    if hit.lat is None or hit.lon is None:
+        return ""
+    return f"{hit.lat:.4f},{hit.lon:.4f}"
 
 
 def _hit_text(hit) -> str:

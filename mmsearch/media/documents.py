@@ -48,6 +48,23 @@ def source_path(path: str, locator: str, meta: dict[str, Any] | None) -> str:
     return path
 
 
+def picture_of(row: Any) -> str | None:
+    """The picture file an image item shows (a row with ``path``, ``locator``, ``meta`` and
+    ``modality``): its own file, or the file its JSONL record names; None for other items. A
+    record's image and the same file indexed under a folder are one picture: one result."""
+    if row.modality != "image":
+        return None
+    return source_path(row.path, row.locator, row.meta)
+
+
+def record_of(row: Any) -> dict[str, str] | None:
+    """The JSONL record an image part belongs to, as ``{"path": the .jsonl file, "line": "N"}``;
+    None for any other item."""
+    if row.modality != "image" or not is_image_part(row.locator):
+        return None
+    return {"path": row.path, "line": row.locator.split(":", 1)[0]}
+
+
 def record_source(record: Record) -> str:
     return source_path(record.path, record.locator, record.meta)
 

@@ -12,30 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import IndexNotFoundError, MMSearchError, QueryError, TextInputError
-from ..fsutil import printable_path
-
-
-def text_safe(text: str) -> str:
-    """``text`` as valid Unicode: undecodable file-name bytes as ``\\xNN``, other lone surrogates as U+FFFD."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        pass
-    try:
-        return printable_path(text)
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-
-
-def json_safe(value: Any) -> Any:
-    if isinstance(value, str):
-        return text_safe(value)
-    if isinstance(value, dict):
-        return {text_safe(str(k)): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
+from ..fsutil import json_safe, text_safe
 
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:

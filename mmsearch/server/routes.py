@@ -81,7 +81,7 @@ def item_out(request: Request, item: Item) -> dict[str, Any]:
     data["thumbnail_url"] = f"{base}/thumbnail" if has_thumbnail else None
     data["file_url"] = f"{base}/file"
     data["similar_url"] = f"{base}/similar"
-    return data
+    return json_safe(data)  # nested fields too (what a fused hit matched), always valid UTF-8
 
 
 def parse_id(item_id: str) -> int:

@@ -52,6 +52,7 @@ class HitOut(ItemOut):
     cosine: float | None = Field(None, description="With fusion, a lexical mode or calibration: the raw cosine of the item shown")
     calibrated: float | None = Field(None, description="Its calibrated score (against the index's background)")
     matched: dict[str, Any] | None = Field(None, description="What matched: the image and text parts (cosines) and the query's words found")
+    record: dict[str, Any] | None = Field(None, description="A picture a JSONL record names: that record (path, path_bytes, line)")
 
 
 class SearchOut(BaseModel):

@@ -10,6 +10,7 @@ const $ = (id) => document.getElementById(id);
 const form = $("search-form"), qInput = $("q"), results = $("results"), statusLine = $("status");
 const dropZone = $("drop-zone"), fileInput = $("image-input");
 const state = { image: null, imageUrl: null, last: null, ticket: 0 };
+const DEFAULT_TYPE = "image";
 
 function options() {
   const params = new URLSearchParams();
@@ -86,8 +87,10 @@ function remember(query, how) {
 function fromAddress() {
   const params = new URLSearchParams(location.search);
   const type = params.get("type");
-  const radio = form.querySelector(`input[name=type][value="${CSS.escape(type || "all")}"]`);
-  (radio || form.querySelector("input[name=type][value=all]")).checked = true;
+  // Images unless the address says otherwise: on cross-modal cosines texts outrank images, so a
+  // description would list notes before the photos it describes (as `mmsearch query --type image`).
+  const radio = form.querySelector(`input[name=type][value="${CSS.escape(type || DEFAULT_TYPE)}"]`);
+  (radio || form.querySelector(`input[name=type][value=${DEFAULT_TYPE}]`)).checked = true;
   const k = params.get("k");
   if (k && [...$("k").options].some((o) => o.value === k)) $("k").value = k;
   $("min-score").value = params.get("min_score") || "";
@@ -300,12 +303,17 @@ function render(hits) {
 
     const name = document.createElement("div");
     name.className = "name";
-    const where = moment ? ` @ ${clock(hit.t)}` + (hit.start !== undefined && hit.end !== undefined
-      ? ` (${clock(hit.start)}-${clock(hit.end)})` : "") : (hit.locator ? `:${hit.locator}` : "");
-    name.textContent = basename(hit.path) + where;
-    name.title = hit.path + where;
-
+    const where = moment ? `@ ${clock(hit.t)}` + (hit.start !== undefined && hit.end !== undefined
+      ? ` (${clock(hit.start)}-${clock(hit.end)})` : "") : "";
+    name.textContent = basename(hit.path) + (!moment && hit.locator ? `:${hit.locator}` : "");
+    name.title = hit.path + (where ? ` ${where}` : name.textContent.slice(basename(hit.path).length));
     li.append(similar, meta, name);
+    if (where) {  // a video's moment on a line of its own: a long file name is cut, never the time
+      const when = document.createElement("div");
+      when.className = "moment";
+      when.textContent = where;
+      li.append(when);
+    }
     if (hit.matched) li.append(matchedLine(hit.matched));
     return li;
   });
@@ -431,8 +439,9 @@ $("auth-form").addEventListener("submit", async (event) => {
 async function start() {
   try {
     const info = await call("api/info");
+    // As `mmsearch info`: every item counted once, a video's frames as items of their video.
     const parts = [`${info.images} images`, `${info.texts} texts`];
-    if (info.videos) parts.push(`${info.videos} videos`);
+    if (info.videos) parts.push(`${info.video_frames} frames of ${info.videos} videos`);
     $("stats").textContent = `${info.items} items (${parts.join(", ")}) · model ${basename(info.model.name)}`;
   } catch (error) {
     $("stats").textContent = "";

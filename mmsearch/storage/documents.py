@@ -94,6 +94,19 @@ def rows_by_id(reader: Reader, ids: Sequence[int]) -> dict[int, ItemRow]:
     return _by_id(reader, ids, _ROWS_BY_ID, ItemRow)
 
 
+_IMAGES_BY_HASH = select(*_COLUMNS).where(Item.modality == "image",
+                                          Item.content_hash.in_(bindparam("hashes", expanding=True)))
+
+
+def images_by_hash(reader: Reader, hashes: Iterable[str]) -> list[ItemRow]:
+    """The image rows holding those bytes (``content_hash``): a picture's file and the JSONL
+    records' image parts naming it, in id order."""
+    hashes = sorted(set(hashes))
+    rows = [ItemRow(*row) for start in range(0, len(hashes), IN_CHUNK)
+            for row in _run(reader, _IMAGES_BY_HASH, hashes=hashes[start:start + IN_CHUNK])]
+    return sorted(rows, key=lambda r: r.id)
+
+
 def vectors_by_id(reader: Reader, ids: Sequence[int]) -> list[tuple[int, bytes]]:
     """(item id, vector blob) of those of ``ids`` that have one (``Reader.embeddings``, with
     its statement compiled once)."""
