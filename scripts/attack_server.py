@@ -15,10 +15,23 @@ subprocess, and runs, within the time limit:
   hosts     requests with foreign Host headers (DNS rebinding) on every endpoint
   traversal path tricks on every parameter (item ids, size, q, terms, form fields, static paths)
   names     files whose names are not UTF-8 or hold controls, quotes, markup, RTL marks...
+  thresholds near-duplicate thresholds from 0.0001 to 0.97 on /api/search (plain and fused,
+            GET and POST) and /api/duplicates, over --texts extra JSONL texts, timed against the
+            same query without dedup
+  nul       NUL characters in q (vector, lexical, hybrid), under, camera, and /knn-service text
+  ranges    Range headers with superscript digits and other malformed ranges on /file
+  knn       /knn-service embedding_input with huge finite components (3e38, 1e30, 1e308) compared
+            with the same direction at unit scale, and an invalid base64 image ("AAAA"): does it
+            load the torch model (libtorch mapped into the server afterwards)?
+  cookie    a second server with --token: the session cookie beside an unrelated cookie holding
+            an unbalanced quote
+  video     an indexed small video swapped for a 12000x12000 MJPEG of the same name, three
+            /thumbnail requests at once (the indexer refuses such a file: over the pixel cap)
 
 It prints a table and one JSON line: requests sent, 5xx answers, leaks (outside bytes or the
-outside image served), truncated bodies, peak server RSS growth, thumbnail cache bytes. The
-server code is whatever `mmsearch` PYTHONPATH names, so the same script measures any commit.
+outside image served), truncated bodies, peak server RSS growth, thumbnail cache bytes, the
+slowest request of the later phases and what came back silently wrong. The server code is
+whatever `mmsearch` PYTHONPATH names, so the same script measures any commit.
 """
 
 from __future__ import annotations
@@ -48,6 +61,7 @@ TINY_CONFIG = {  # tests/conftest.py's tiny model: 1.7M parameters, the real tok
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 SECRET = b"ATTACK-SECRET-MARKER outside every indexed root\n"
+REQUEST_SECONDS = 120  # a request of the later phases still unanswered after this counts as "timed out"
 PASSWD_MARK = b"root:x:0:0"
 RED, BLUE = (220, 30, 30), (30, 30, 220)
 ODD_NAMES = [b"\xff\xfe.jpg", b"caf\xe9.jpg", b"line\nbreak.jpg", b'quote"s.jpg', b"<img src=x onerror=alert(1)>.jpg",
@@ -77,7 +91,7 @@ def noisy_photo(path: Path, size: tuple[int, int], seed: int) -> None:
     Image.fromarray(blocks, "RGB").resize(size, Image.BILINEAR).save(path, quality=92)
 
 
-def build_library(base: Path) -> tuple[Path, Path]:
+def build_library(base: Path, texts: int = 0) -> tuple[Path, Path]:
     root, outside = base / "library", base / "outside"
     album = root / "album"
     album.mkdir(parents=True)
@@ -91,6 +105,13 @@ def build_library(base: Path) -> tuple[Path, Path]:
     for n in range(3):
         noisy_photo(root / f"other{n}.jpg", (320, 240), seed=10 + n)
     (root / "captions.jsonl").write_text(json.dumps({"text": "a dog on grass"}) + "\n")
+    if texts:  # enough items for a threshold that joins everything to cost something (a second root)
+        (base / "bulk").mkdir()
+        (base / "bulk" / "many.jsonl").write_text("".join(json.dumps({"text": f"red note {n}: item {n * 7} of the catalogue"})
+                                                 + "\n" for n in range(texts)))
+    from mmsearch.media.videogen import make_video
+
+    make_video(root / "clip.mp4", [1.0, 1.0], width=160, height=96, gop=5)
     os.symlink(outside / "secret.txt", root / "link-out.txt")
     odd = root / "odd"
     odd.mkdir()
@@ -112,13 +133,13 @@ def free_port() -> int:
 class Server:
     """`python -m mmsearch serve` on 127.0.0.1 in a subprocess."""
 
-    def __init__(self, index: Path, log: Path):
+    def __init__(self, index: Path, log: Path, token: str | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = log.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mmsearch", "serve", "--index", str(index), "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "error"],
+             "--port", str(self.port), "--log-level", "error", *(["--token", token] if token else [])],
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
         deadline = time.monotonic() + 120
@@ -142,6 +163,13 @@ class Server:
             pass
         return 0
 
+    def maps(self, name: str) -> bool:
+        """Whether a library whose file name holds ``name`` is mapped into the server."""
+        try:
+            return name in Path(f"/proc/{self.proc.pid}/maps").read_text()
+        except OSError:
+            return False
+
     def reset_peak(self) -> bool:
         try:
             Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux 4.0+)
@@ -163,6 +191,7 @@ class Tally:
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.examples: dict[str, str] = {}
+        self.slowest: tuple[float, str] = (0.0, "")  # of the requests sent through ``timed``
 
     def add(self, key: str, example: str = "", n: int = 1) -> None:
         with self.lock:
@@ -179,8 +208,8 @@ def is_blue(jpeg: bytes) -> bool | None:
     return bool(b > r)
 
 
-def item_ids(http: httpx.Client) -> dict[str, dict]:
-    hits = http.get("/api/search", params={"q": "anything", "k": 100}).json()["hits"]
+def item_ids(http: httpx.Client, root: Path) -> dict[str, dict]:
+    hits = http.get("/api/search", params={"q": "anything", "k": 1000, "under": str(root)}).json()["hits"]
     return {h["path"] + (":" + h["locator"] if h.get("locator") else ""): h for h in hits}
 
 
@@ -445,11 +474,194 @@ def phase_names(url: str, ids: dict[str, dict], t: Tally) -> dict:
     return {"odd-name items": len(odd), "odd-name failed answers": bad}
 
 
+def timed(t: Tally, label: str, send) -> tuple[int, bytes, float]:
+    """One request through ``send()`` -> (status, body); counted, 5xx noted, its time kept."""
+    t.add("requests")
+    started = time.perf_counter()
+    try:
+        status, body = send()
+    except httpx.TimeoutException:
+        status, body = -1, b""
+        t.add("timed out", label)
+    except httpx.HTTPError as exc:
+        status, body = -1, str(exc).encode()
+        t.add("truncated", f"{label}: {type(exc).__name__}")
+    took = time.perf_counter() - started
+    if status >= 500:
+        t.add("5xx", f"{label}: {status} {body[:120]!r}")
+    with t.lock:
+        if took > t.slowest[0]:
+            t.slowest = (took, label)
+    return status, body, took
+
+
+def phase_thresholds(url: str, t: Tally) -> dict:
+    thresholds = [0.0001, 0.01, 0.3, 0.5, 0.9, 0.97]
+    with httpx.Client(base_url=url, timeout=REQUEST_SECONDS) as http:
+        get = lambda path, params: lambda: (lambda r: (r.status_code, r.content))(http.get(path, params=params))  # noqa: E731
+        base = [timed(t, "default query", get("/api/search", {"q": "red"}))[2] for _ in range(5)]
+        baseline = sorted(base)[2]
+        worst, statuses = (0.0, ""), Counter()
+        for threshold in thresholds:
+            cases = [("/api/search", {"q": "red", "dedup_threshold": threshold}),
+                     ("/api/search", {"q": "red", "dedup_threshold": threshold, "fusion": "late"}),
+                     ("/api/search", {"q": "red", "dedup_threshold": threshold, "mode": "hybrid"}),
+                     ("/api/search", {"q": "red", "dedup_threshold": threshold, "k": 1000}),
+                     ("/api/duplicates", {"threshold": threshold})]
+            for path, params in cases:
+                label = f"{path}?{'&'.join(f'{k}={v}' for k, v in params.items())}"
+                status, _, took = timed(t, label, get(path, params))
+                statuses[status] += 1
+                if took > worst[0]:
+                    worst = (took, label)
+            label = f"POST /api/search dedup_threshold={threshold}"
+            status, _, took = timed(t, label, lambda: (lambda r: (r.status_code, r.content))(
+                http.post("/api/search", json={"q": "red", "dedup_threshold": threshold})))
+            statuses[status] += 1
+            worst = max(worst, (took, label))
+    return {"thresholds: default query ms (median of 5)": round(baseline * 1000, 1),
+            "thresholds: slowest request s": round(worst[0], 3), "thresholds: slowest is": worst[1],
+            "thresholds: slowest / default query": round(worst[0] / baseline, 1),
+            "thresholds: statuses": dict(sorted(statuses.items()))}
+
+
+def phase_nul(url: str, t: Tally) -> dict:
+    paths = [f"/api/search?q=red%00car&mode={mode}" for mode in ("vector", "lexical", "hybrid")]
+    paths += ["/api/search?q=red%00car&mode=hybrid&fusion=late", "/api/search?q=red&under=%00",
+              "/api/search?q=red&under=%2Ftmp%2F%00x", "/api/search?q=red&camera=%00", "/api/search?q=red&camera=a%00b",
+              "/api/items/1/similar?under=%00", "/api/items/1/similar?camera=%00"]
+    statuses: Counter = Counter()
+    for path in paths:
+        status, _, _ = timed(t, f"nul {path}", lambda: raw_request(url, path))
+        statuses[status] += 1
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for body in ({"q": "red\x00", "mode": "lexical"}, {"q": "red", "under": "\x00"}, {"q": "red", "camera": "\x00"}):
+            status, _, _ = timed(t, f"nul POST {body}", lambda: (lambda r: (r.status_code, r.content))(
+                http.post("/api/search", json=body)))
+            statuses[status] += 1
+        status, _, _ = timed(t, "nul knn text", lambda: (lambda r: (r.status_code, r.content))(
+            http.post("/knn-service", content=json.dumps({"text": "red\x00car"}))))
+        statuses[status] += 1
+    return {"NUL requests": sum(statuses.values()), "NUL statuses": dict(sorted(statuses.items()))}
+
+
+def phase_ranges(url: str, ids: dict[str, dict], t: Tally) -> dict:
+    item = next(h["id"] for p, h in ids.items() if p.endswith("/photo.jpg"))
+    headers = ["bytes=\xb2-", "bytes=0-\xb3", "bytes=-\xb9", "bytes=\xb9\xb2-", "bytes=1-\xb2\xb2", "bytes= -",
+               "bytes=--1", "bytes=1--2", "bytes=99999999999999999999999-", "bytes=0-0,1-1", "bytes=+1-2", "bytes=0x10-",
+               "bytes=1_0-", "bytes=\u0661-", "bytes=-0", "bytes=5-1"]
+    statuses: Counter = Counter()
+    for header in headers:
+        try:
+            header.encode("latin-1")
+        except UnicodeEncodeError:
+            continue  # not sendable as a header value
+        status, _, _ = timed(t, f"range {header!r}", lambda: raw_request(url, f"/api/items/{item}/file",
+                                                                         headers={"Range": header}))
+        statuses[status] += 1
+    return {"range requests": sum(statuses.values()), "range statuses": dict(sorted(statuses.items()))}
+
+
+def phase_knn(url: str, server: Server, t: Tally) -> dict:
+    wrong = 0
+    with httpx.Client(base_url=url, timeout=120) as http:
+        def knn(body: dict) -> tuple[int, bytes]:
+            r = http.post("/knn-service", content=json.dumps(body))
+            return r.status_code, r.content
+
+        _, plain, _ = timed(t, "knn unit", lambda: knn({"embedding_input": [1.0] * 32, "num_images": 10}))
+        expected = json.loads(plain)
+        for scale in (3e38, 1e30, 1e308):
+            status, body, _ = timed(t, f"knn [{scale:g}]*32", lambda: knn({"embedding_input": [scale] * 32,
+                                                                            "num_images": 10}))
+            if status == 200:
+                got = json.loads(body)
+                same = [r["id"] for r in got] == [r["id"] for r in expected] and all(
+                    abs(a["similarity"] - b["similarity"]) < 1e-4 for a, b in zip(got, expected))
+                if not same:
+                    wrong += 1
+                    t.add("silently wrong", f"knn [{scale:g}]*32: {len(got)} results, "
+                                            f"similarities {[r['similarity'] for r in got][:3]}")
+        torch_before = server.maps("libtorch")
+        status, _, took = timed(t, "knn image AAAA", lambda: knn({"image": "AAAA"}))
+        torch_after = server.maps("libtorch")
+    return {"knn huge components: silently wrong": wrong, "knn AAAA image": status,
+            "knn AAAA seconds": round(took, 2), "knn AAAA loaded torch": torch_after and not torch_before}
+
+
+def phase_cookie(index: Path, base: Path, t: Tally) -> dict:
+    token = "attack-cookie-token"
+    server = Server(index, base / "server-token.log", token=token)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            session = http.post("/api/session", headers={"Authorization": f"Bearer {token}"})
+            cookie = session.headers.get("set-cookie", "").split(";", 1)[0]
+            refused = 0
+            for header in (cookie, f'theme="dark; {cookie}', f'{cookie}; other="x', f'a="b\\"; {cookie}; c=[d]'):
+                http.cookies.clear()
+                status, _, _ = timed(t, f"cookie {header[:40]}", lambda: raw_request(server.url, "/api/info",
+                                                                                     headers={"Cookie": header}))
+                if status != 200:
+                    refused += 1
+                    t.add("cookie: valid session refused", f"{header[:60]}: {status}")
+    finally:
+        server.stop()
+    return {"cookie: valid session refused": refused}
+
+
+def giant_mjpeg(path: Path, side: int = 12000) -> None:
+    import av
+
+    with av.open(str(path), "w", format="avi") as container:
+        stream = container.add_stream("mjpeg", rate=1)
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuvj420p"
+        frame = av.VideoFrame(side, side, "yuvj420p")
+        for plane in frame.planes:  # a flat grey picture: small file, full-size decode
+            np.frombuffer(plane, np.uint8)[:] = 128
+        for n in range(2):
+            frame.pts = n
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def phase_video(url: str, server: Server, root: Path, base: Path, t: Tally) -> dict:
+    with httpx.Client(base_url=url, timeout=REQUEST_SECONDS) as http:
+        frames = [h for h in http.get("/api/search", params={"q": "red", "k": 100, "type": "video"}).json()["hits"]]
+        if not frames:
+            return {"video swap": "no video indexed"}
+        frame = frames[0]["id"]
+        giant = base / "giant.avi"
+        giant_mjpeg(giant)
+        os.replace(giant, root / "clip.mp4")
+        server.reset_peak()
+        before = server.status("VmRSS")
+        results: list = []
+
+        def one(size: int) -> None:
+            results.append(timed(t, f"video thumbnail size {size}", lambda: (lambda r: (r.status_code, r.content))(
+                http.get(f"/api/items/{frame}/thumbnail", params={"size": size}))))
+
+        threads = [threading.Thread(target=one, args=(size,)) for size in (64, 256, 1024)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        grew = (server.status("VmHWM") - before) / 2**20
+    return {"video swap: thumbnail statuses": sorted(r[0] for r in results),
+            "video swap: slowest s": round(max(r[2] for r in results), 2),
+            "video swap: server RSS growth MB": round(grew)}
+
+
 # -- running -----------------------------------------------------------------------------------------
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="time limit for the whole run (default 60)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--texts", type=int, default=2500, help="JSONL texts added to the library, so that "
+                        "near-duplicate thresholds have work to do (default 2500)")
     args = parser.parse_args()
     deadline = time.monotonic() + args.seconds
     base = Path(tempfile.mkdtemp(prefix="mmsearch-attack-"))
@@ -458,14 +670,14 @@ def main() -> int:
         from mmsearch import Engine
 
         config, checkpoint = write_tiny_model(base / "model")
-        root, outside = build_library(base)
+        root, outside = build_library(base, args.texts)
         index = base / "index"
         with Engine(index, model=str(config), pretrained=str(checkpoint)) as engine:
-            engine.add([root])
+            engine.add([root, base / "bulk"] if args.texts else [root])
         server = Server(index, base / "server.log")
         t = Tally()
         with httpx.Client(base_url=server.url, timeout=30) as http:
-            ids = item_ids(http)
+            ids = item_ids(http, root)
             http.get("/api/items/1/thumbnail")  # warm up
         start_rss = server.status("VmRSS")
         server.reset_peak()
@@ -478,6 +690,12 @@ def main() -> int:
         report.update(phase_hosts(server.url, ids, t))
         report.update(phase_traversal(server.url, root, outside, ids, t))
         report.update(phase_names(server.url, ids, t))
+        report.update(phase_thresholds(server.url, t))
+        report.update(phase_nul(server.url, t))
+        report.update(phase_ranges(server.url, ids, t))
+        report.update(phase_knn(server.url, server, t))
+        report.update(phase_cookie(index, base, t))
+        report.update(phase_video(server.url, server, root, base, t))
         thumbs = index / ".thumbs"
         bomb_growth = max(b["server RSS growth MB"] for b in report["bombs"].values())
         report.update({
@@ -492,6 +710,10 @@ def main() -> int:
             "peak server RSS growth MB": max(round((race_peak - start_rss) / 2**20), bomb_growth),
             "thumbnail cache bytes": sum(f.stat().st_size for f in thumbs.glob("*.jpg")) if thumbs.is_dir() else 0,
             "thumbnail cache files": len(list(thumbs.glob("*.jpg"))) if thumbs.is_dir() else 0,
+            "silently wrong": t.counts["silently wrong"],
+            "timed out": t.counts["timed out"],
+            "slowest request s (later phases)": round(t.slowest[0], 3),
+            "slowest request": t.slowest[1],
             "examples": t.examples,
         })
         print_table(report)
