@@ -61,6 +61,7 @@ TINY_CONFIG = {  # tests/conftest.py's tiny model: 1.7M parameters, the real tok
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 SECRET = b"ATTACK-SECRET-MARKER outside every indexed root\n"
+REQUEST_SECONDS = 120  # a request of the later phases still unanswered after this counts as "timed out"
 PASSWD_MARK = b"root:x:0:0"
 RED, BLUE = (220, 30, 30), (30, 30, 220)
 ODD_NAMES = [b"\xff\xfe.jpg", b"caf\xe9.jpg", b"line\nbreak.jpg", b'quote"s.jpg', b"<img src=x onerror=alert(1)>.jpg",
@@ -479,6 +480,9 @@ def timed(t: Tally, label: str, send) -> tuple[int, bytes, float]:
     started = time.perf_counter()
     try:
         status, body = send()
+    except httpx.TimeoutException:
+        status, body = -1, b""
+        t.add("timed out", label)
     except httpx.HTTPError as exc:
         status, body = -1, str(exc).encode()
         t.add("truncated", f"{label}: {type(exc).__name__}")
@@ -493,7 +497,7 @@ def timed(t: Tally, label: str, send) -> tuple[int, bytes, float]:
 
 def phase_thresholds(url: str, t: Tally) -> dict:
     thresholds = [0.0001, 0.01, 0.3, 0.5, 0.9, 0.97]
-    with httpx.Client(base_url=url, timeout=300) as http:
+    with httpx.Client(base_url=url, timeout=REQUEST_SECONDS) as http:
         get = lambda path, params: lambda: (lambda r: (r.status_code, r.content))(http.get(path, params=params))  # noqa: E731
         base = [timed(t, "default query", get("/api/search", {"q": "red"}))[2] for _ in range(5)]
         baseline = sorted(base)[2]
@@ -624,7 +628,7 @@ def giant_mjpeg(path: Path, side: int = 12000) -> None:
 
 
 def phase_video(url: str, server: Server, root: Path, base: Path, t: Tally) -> dict:
-    with httpx.Client(base_url=url, timeout=300) as http:
+    with httpx.Client(base_url=url, timeout=REQUEST_SECONDS) as http:
         frames = [h for h in http.get("/api/search", params={"q": "red", "k": 100, "type": "video"}).json()["hits"]]
         if not frames:
             return {"video swap": "no video indexed"}
@@ -707,6 +711,7 @@ def main() -> int:
             "thumbnail cache bytes": sum(f.stat().st_size for f in thumbs.glob("*.jpg")) if thumbs.is_dir() else 0,
             "thumbnail cache files": len(list(thumbs.glob("*.jpg"))) if thumbs.is_dir() else 0,
             "silently wrong": t.counts["silently wrong"],
+            "timed out": t.counts["timed out"],
             "slowest request s (later phases)": round(t.slowest[0], 3),
             "slowest request": t.slowest[1],
             "examples": t.examples,
