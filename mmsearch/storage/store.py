@@ -14,7 +14,7 @@ The store knows nothing of models or of files on the user's disk.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -147,12 +147,15 @@ def unfinished_copy(folder: Path, db: str | None = None) -> str | None:
         return None
     if url is None and not (folder / DB_FILE).is_file():
         return None
-    catalogue = location.catalogue(folder, url)
+    return _ask(location.catalogue(folder, url), lambda r: r.unfinished_copy())
+
+
+def _ask(catalogue: Catalogue, question: Callable[[Reader], Any]) -> Any:
+    """``question(reader)`` of ``catalogue`` (closed after), read without a manifest; None when
+    it cannot be read (no tables yet, no server)."""
     try:
-        if not location.has_tables(catalogue):
-            return None
         with catalogue.read() as r:
-            return r.unfinished_copy()
+            return question(r)
     except DATABASE_ERRORS:
         return None
     finally:
@@ -326,14 +329,7 @@ class IndexStore:
     @staticmethod
     def recorded_model_of(folder: Path, db: str | None = None) -> dict[str, Any] | None:
         """The model identity the catalogue of ``folder`` records, read without the manifest."""
-        catalogue = location.catalogue(folder, location.resolve(folder, db))
-        try:
-            with catalogue.read() as r:
-                return r.recorded_model()
-        except DATABASE_ERRORS:
-            return None
-        finally:
-            catalogue.close()
+        return _ask(location.catalogue(folder, location.resolve(folder, db)), lambda r: r.recorded_model())
 
     @staticmethod
     def rebuild_manifest(folder: Path, recorded: dict[str, Any]) -> None:
