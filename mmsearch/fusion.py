@@ -347,8 +347,9 @@ def _one_per_picture(reader: Any, units: dict[tuple, Unit]) -> None:
     for u in units.values():
         for p in u.parts:
             if p.row.modality == "image":
-                row = full.get(p.row.id)
-                picture[p.row.id] = picture_of(row) if row is not None else p.row.path
+                name = picture_of(full[p.row.id]) if p.row.id in full else p.row.path
+                if name is not None:
+                    picture[p.row.id] = name
     # Units showing a file first, so a record joins the file's unit (then by id: deterministic).
     order = sorted((u for u in units.values() if u.parts),
                    key=lambda u: (all(is_image_part(p.row.locator) for p in u.parts if p.row.id in picture),

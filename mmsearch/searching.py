@@ -497,7 +497,8 @@ def show_pictures(reader: Any, hits: list[Hit], keep: Any) -> None:
         return
     alike: dict[str, list[ItemRow]] = {}
     for row in images_by_hash(reader, {r.content_hash for r in rows_by_id(reader, images).values()}):
-        alike.setdefault(picture_of(row), []).append(row)
+        if (name := picture_of(row)) is not None:
+            alike.setdefault(name, []).append(row)
     for n, hit in enumerate(hits):
         same = alike.get(hit.file, []) if hit.modality == "image" else []
         record = hit.record or next((record_of(r) for r in same if is_image_part(r.locator)), None)

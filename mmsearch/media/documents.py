@@ -50,11 +50,13 @@ def source_path(path: str, locator: str, meta: dict[str, Any] | None) -> str:
 
 def picture_of(row: Any) -> str | None:
     """The picture file an image item shows (a row with ``path``, ``locator``, ``meta`` and
-    ``modality``): its own file, or the file its JSONL record names; None for other items. A
+    ``modality``): its own file, or the file its JSONL record names; None for other items (and a
+    record's image part that names none). A
     record's image and the same file indexed under a folder are one picture: one result."""
     if row.modality != "image":
         return None
-    return source_path(row.path, row.locator, row.meta)
+    source = source_path(row.path, row.locator, row.meta)
+    return None if source == row.path and is_image_part(row.locator) else source  # (a part naming none)
 
 
 def record_of(row: Any) -> dict[str, str] | None:
