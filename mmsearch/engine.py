@@ -38,7 +38,7 @@ from .storage import CHOICES, IndexStore, VectorSettings, location, writer_lock
 from .storage.pgvector import FAISS, PGVECTOR
 from .storage.pgvector import check_layout
 from .storage.vectors import AUTO
-from .errors import IndexTypeError, IndexWriteError
+from .errors import IndexingInterrupted, IndexTypeError, IndexWriteError
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,8 @@ class Engine(Searching):
             if creating:
                 IndexStore.check_creatable(self.folder)
                 if not explicit:
-                    raise QueryError("nothing to index: name a folder or file (the index has no known roots yet)")
+                    raise QueryError(f"nothing to index: there is no index in {display_path(str(self.folder))} yet; "
+                                     f"name a folder or file to index")
                 if self._cached_dim(executor) is None:
                     self.encoder  # noqa: B018 - load (and so check) the model before creating anything
             existed = self.folder.exists()
@@ -262,9 +263,12 @@ class Engine(Searching):
                 with writer_lock(self.folder, wait, self.db):
                     return self._add_locked(explicit, reembed, progress or NullProgress(), index_type,
                                             refresh_metadata, executor, vectors or FAISS)
-            except BaseException:
+            except BaseException as exc:
                 if creating:
-                    self._remove_failed_first_run(existed)
+                    # Interrupted (Ctrl-C) once its folders were recorded, a first run is kept for a
+                    # bare `mmsearch index` to resume; any other failure leaves nothing behind.
+                    stopped = isinstance(exc, (KeyboardInterrupt, IndexingInterrupted))
+                    self._remove_failed_first_run(existed, keep_roots=stopped)
                 raise
 
     def _add_locked(self, explicit: list[LibraryRoot], reembed: bool, progress: Progress,
@@ -285,6 +289,11 @@ class Engine(Searching):
             if dim is None:
                 dim = self.encoder.dim
             self._store = IndexStore.create(self.folder, spec.identity(), dim, self._vector_settings, self.db, vectors)
+            # The folders first, before the exports and any item: a first run interrupted from
+            # here on is resumed by a bare `mmsearch index`.
+            with self._store.write() as w:
+                for root in roots:
+                    w.record_root(root.path, root.options())
             note = random_weights_note(spec)  # said once, here, not at every load
             if note:
                 progress.note(note)
@@ -382,14 +391,15 @@ class Engine(Searching):
             return self.encoder
         return onnx_image.indexing_encoder(store, self.settings, lambda: self.encoder, lambda: self.text_encoder)
 
-    def _remove_failed_first_run(self, existed: bool) -> None:
-        """Undo a first run that failed before any item was saved: no half-made index is left."""
+    def _remove_failed_first_run(self, existed: bool, keep_roots: bool = False) -> None:
+        """Undo a first run that failed before any item was saved: no half-made index is left.
+        ``keep_roots``: keep it when its folders were recorded (an interrupted run, resumable)."""
         store = self._store
         if store is not None:
             try:
                 with store.read() as r:
-                    if r.item_count():
-                        return  # items were saved: keep them (a bare `mmsearch index` resumes)
+                    if r.item_count() or (keep_roots and r.roots()):
+                        return  # items (or roots) were saved: keep them (a bare `mmsearch index` resumes)
             except Exception:  # noqa: BLE001 - an unreadable database is ours to remove too
                 pass
             store.close()

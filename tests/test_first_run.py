@@ -212,3 +212,65 @@ def test_a_missing_model_folder_is_named_as_such(tmp_path, corpus, command):
     assert result.returncode != 0 and "no such folder or file" in message and str(missing) in message, message
     assert "unknown open_clip model" not in message
     assert not (tmp_path / "idx").exists() and not (tmp_path / "out").exists()
+
+
+# -- first runs watched and interrupted (issue 30 item 7) -----------------------------------------
+def _first_run(corpus, idx, model, *extra):
+    return subprocess.Popen([sys.executable, "-m", "mmsearch", "index", str(corpus), "-i", str(idx), *model.args,
+                             "--batch-size", "1", "--workers", "1", "-q", *extra], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_until(proc, condition, timeout=120):
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline and not condition():
+        time.sleep(0.01)
+    return condition()
+
+
+def test_a_query_during_a_first_run_says_it_is_in_progress(tmp_path, midtext_model, corpus):
+    """While a first run exports its model (CLIP's text tower here takes seconds), a query said the
+    run had stopped and to run `mmsearch index` again, which would meet the lock."""
+    idx = tmp_path / "idx"
+    proc = _first_run(corpus, idx, midtext_model)
+    try:
+        assert _wait_until(proc, lambda: (idx / "manifest.json").is_file()), proc.stderr.read().decode()
+        result = run("query", "cat", "-i", idx)
+        message = one_line(result.stderr)
+        assert result.returncode == 1 and "in progress" in message and "again to resume" not in message, message
+    finally:
+        proc.wait(timeout=300)
+    assert proc.returncode == 0
+    assert run("query", "cat", "-i", idx).returncode == 0
+
+
+@pytest.mark.parametrize("moment", [pytest.param("start", marks=pytest.mark.slow), "created",
+                                    pytest.param("items", marks=pytest.mark.slow)])
+def test_a_first_run_interrupted_at_any_moment_is_resumed_by_a_bare_index(tmp_path, midtext_model, moment):
+    """Ctrl-C (SIGINT) at several moments of a first run: once the run has created the index (its
+    folders recorded first), a bare `mmsearch index` completes it; before that nothing is left and
+    a bare run says there is no index yet. (A Ctrl-C during the export removed the folder and its
+    roots: 'the index has no known roots yet'.)"""
+    corpus = tmp_path / "big"
+    for i in range(12):
+        make_image(corpus / f"img{i:02d}.png", seed=300 + i, size=(64, 48))
+    idx = tmp_path / "idx"
+    proc = _first_run(corpus, idx, midtext_model)
+    if moment == "start":
+        time.sleep(0.3)
+    elif moment == "created":
+        assert _wait_until(proc, lambda: (idx / "manifest.json").is_file())
+    else:
+        assert wait_for_items(idx, proc, 2) >= 2
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    # (130: mmsearch's own "interrupted"; at the very start Python may still be importing it)
+    assert proc.returncode == 130 or (moment == "start" and proc.returncode == -signal.SIGINT), proc.stderr.read().decode()
+    result = run("index", "-i", idx, "-q")
+    if not (idx / "manifest.json").is_file():
+        assert moment == "start" and not idx.exists()
+        assert result.returncode != 0 and "no index in" in one_line(result.stderr)
+        return
+    assert result.returncode == 0, result.stderr.decode()
+    with Engine(idx) as engine:
+        assert engine.info()["items"] == 12 and engine.info()["roots"] == [str(corpus)]
