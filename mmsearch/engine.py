@@ -308,6 +308,8 @@ class Engine(Searching):
                 progress.advance(1)
         indexer = self.indexer(progress, executor)
         report = indexer.run(roots)
+        if report.added or report.updated or report.reembedded or report.videos:
+            self._record_encoders_used()
         if refresh_metadata:
             report.metadata = metadata.refresh(store, [root.path for root in roots], report, progress, indexer.workers)
         store.fit_vectors(index_type)
@@ -316,6 +318,27 @@ class Engine(Searching):
         if report.changed:
             store.update_manifest()  # `updated_at`: when the index's contents last changed
         return report
+
+    def encoders_now(self) -> dict[str, str]:
+        """What an indexing run here would encode with now: images (``torch``, ``onnx`` or
+        ``onnx-int8``, as ``MMSEARCH_IMAGE_ENCODER`` and the measurement choose) and texts."""
+        manifest = self.store.manifest
+        gpu = self._device not in (None, "cpu")
+        return {
+            "images": "torch" if gpu else onnx_image.indexing_choice(manifest, self.settings.image_encoder, self.settings.onnx),
+            "texts": "torch" if gpu or not onnx_text.usable_record(manifest, self.settings.onnx) else "onnx",
+        }
+
+    def _record_encoders_used(self) -> None:
+        """Add this run's encoders to the manifest's ``encoded_with`` (each one that made vectors
+        now in the index, in the order first used), so ``info`` shows what built the vectors, not
+        what the current environment would use."""
+        used = dict(self.store.manifest.get("encoded_with") or {})
+        for kind, encoder in self.encoders_now().items():
+            if encoder not in used.get(kind, []):
+                used[kind] = [*used.get(kind, []), encoder]
+        if used != self.store.manifest.get("encoded_with"):
+            self.store.update_manifest(encoded_with=used)
 
     def _index_documents(self) -> None:
         """Bring the document index (``storage.docindex``, early fusion's candidates) to the
@@ -445,7 +468,7 @@ class Engine(Searching):
             w.drop_all_vectors()
             w.record_model(identity, encoder.dim)
         # No vector of the old model is left; only now does the manifest name the new model.
-        store.update_manifest(model=identity, dim=encoder.dim, vectors_files={})
+        store.update_manifest(model=identity, dim=encoder.dim, vectors_files={}, encoded_with={})
         store.forget_vectors()
         self._onnx = self._onnx_key = None
         self._onnx_image_encoder = self._onnx_image_key = None
@@ -602,6 +625,9 @@ class Engine(Searching):
             "text": "onnx" if onnx_text.usable_record(manifest, self.settings.onnx) else "torch",
             "image": onnx_image.describe(manifest, self.settings.image_encoder, self.settings.onnx),
         }
+        # What built the vectors (each encoder used by an indexing run; None: not recorded by the
+        # mmsearch that built them), beside what a run would use now (``encoders``).
+        stats["encoded_with"] = manifest.get("encoded_with")
         return stats
 
 
