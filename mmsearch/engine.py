@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -301,13 +302,20 @@ class Engine(Searching):
         # Before indexing, so queries during a long first run already start fast. Once per model
         # (tens of seconds for ViT-B-32), so it shows as a phase of its own.
         exports = [module for module in (onnx_text, onnx_image) if module.export_needed(store.manifest, self.settings.onnx)]
+        exported = time.monotonic()
         if exports:
+            progress.note(f"exporting {self.spec.display} to ONNX (once per model on this machine; "
+                          f"tens of seconds for ViT-B-32)")
             progress.start("exporting", len(exports))
             for module in exports:
                 module.ensure_exported(store, self.spec, lambda: self.encoder, self.settings.cache, self.settings.onnx)
                 progress.advance(1)
+        exported = time.monotonic() - exported
         indexer = self.indexer(progress, executor)
         report = indexer.run(roots)
+        if exports:  # the first run's cost is part of the run: shown as a stage and in its time
+            report.stages["export"] = exported
+            report.seconds += exported
         if report.added or report.updated or report.reembedded or report.videos:
             self._record_encoders_used()
         if refresh_metadata:
