@@ -27,7 +27,7 @@ import numpy as np
 
 from .encoders import ModelSpec, TorchEncoder, random_weights_note
 from .encoders import onnx_export, onnx_image, onnx_text
-from .errors import ModelMismatchError, OnnxImageUnavailable, OnnxTextUnavailable, PathNotFoundError, QueryError
+from .errors import IndexNotFoundError, ModelMismatchError, OnnxImageUnavailable, OnnxTextUnavailable, PathNotFoundError, QueryError
 from .fsutil import display_path
 from .indexing import Indexer, IndexReport, NullProgress, Progress, metadata
 from .library import LibraryRoot
@@ -79,6 +79,7 @@ class Engine(Searching):
         if db is not None:
             self.settings = self.settings.but(db=db)
         self.folder = Path(index if index is not None else self.settings.default_index()).expanduser().absolute()
+        self._default_folder = index is None and self.settings.index is None and self.settings.db is None
         s = self.settings
         self._vector_settings = VectorSettings(s.flat_max, s.nlist, s.nprobe, s.rerank, s.faiss_gpu)
         self.db = s.db  # a PostgreSQL catalogue shared with other machines (None: the folder's SQLite)
@@ -122,7 +123,12 @@ class Engine(Searching):
     def store(self) -> IndexStore:
         if self._store is None:
             # Raises the precise reason: no such folder, not an index, newer schema...
-            self._store = IndexStore.open(self.folder, self._vector_settings, self.db)
+            try:
+                self._store = IndexStore.open(self.folder, self._vector_settings, self.db)
+            except IndexNotFoundError as exc:
+                if not self._default_folder:
+                    raise
+                raise IndexNotFoundError(f"{exc} ({self.settings.default_index_rule()})") from None
         return self._store
 
     @property

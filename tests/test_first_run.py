@@ -289,3 +289,29 @@ def test_the_first_runs_export_is_a_step_and_counted_in_its_time(tmp_path, midte
     again = run("index", "-i", idx)  # exported once: no export step, no export time
     assert again.returncode == 0 and "ONNX" not in again.stdout.decode() + again.stderr.decode()
     assert "1 added" in again.stdout.decode()
+
+
+# -- the default index, from any folder (issue 30 item 10) ------------------------------------------
+def test_the_default_index_is_the_users_from_any_folder(tmp_path, tiny_model, corpus):
+    """`mmsearch index notes` in one folder, then `mmsearch query cat` from another, answered
+    'index not found: <that folder>/indexes/default'. Without --index: ./indexes/default where it
+    exists, else the user's default index; the error says where it looked and how to name one."""
+    env = {k: v for k, v in ENV.items() if k not in ("MMSEARCH_INDEX", "MMSEARCH_DB")}
+    env["XDG_DATA_HOME"] = str(tmp_path / "data")
+    here, there, project = tmp_path / "here", tmp_path / "there", tmp_path / "project"
+    for folder in (here, there, project):
+        folder.mkdir()
+    missing = run("query", "cat", env=env, cwd=there)
+    message = one_line(missing.stderr)
+    user_index = tmp_path / "data" / "mmsearch" / "indexes" / "default"
+    assert missing.returncode == 1 and str(user_index) in message and "--index" in message, message
+    assert "./indexes/default" in message and "MMSEARCH_INDEX" in message
+    assert run("index", corpus, *tiny_model.args, "-q", env=env, cwd=here).returncode == 0
+    assert (user_index / "manifest.json").is_file() and not (here / "indexes").exists()
+    found = run("query", "a black cat", "--json", env=env, cwd=there)
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["hits"]
+    (project / "indexes" / "default").mkdir(parents=True)  # a project's own index wins where it exists
+    assert run("index", corpus / "notes", *tiny_model.args, "-q", env=env, cwd=project).returncode == 0
+    assert json.loads(run("info", "--json", env=env, cwd=project).stdout)["items"] == 2
+    assert json.loads(run("info", "--json", env=env, cwd=there).stdout)["items"] == ITEMS
