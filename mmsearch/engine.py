@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import numpy as np
 
 from .encoders import ModelSpec, TorchEncoder, random_weights_note
 from .encoders import onnx_export, onnx_image, onnx_text
-from .errors import ModelMismatchError, OnnxImageUnavailable, OnnxTextUnavailable, PathNotFoundError, QueryError
+from .errors import IndexNotFoundError, ModelMismatchError, OnnxImageUnavailable, OnnxTextUnavailable, PathNotFoundError, QueryError
 from .fsutil import display_path
 from .indexing import Indexer, IndexReport, NullProgress, Progress, metadata
 from .library import LibraryRoot
@@ -38,7 +39,7 @@ from .storage import CHOICES, IndexStore, VectorSettings, location, writer_lock
 from .storage.pgvector import FAISS, PGVECTOR
 from .storage.pgvector import check_layout
 from .storage.vectors import AUTO
-from .errors import DamagedIndexError, IndexTypeError, IndexWriteError
+from .errors import DamagedIndexError, IndexingInterrupted, IndexTypeError, IndexWriteError
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Engine(Searching):
         if db is not None:
             self.settings = self.settings.but(db=db)
         self.folder = Path(index if index is not None else self.settings.default_index()).expanduser().absolute()
+        self._default_folder = index is None and self.settings.index is None and self.settings.db is None
         s = self.settings
         self._vector_settings = VectorSettings(s.flat_max, s.nlist, s.nprobe, s.rerank, s.faiss_gpu)
         self.db = s.db  # a PostgreSQL catalogue shared with other machines (None: the folder's SQLite)
@@ -121,7 +123,12 @@ class Engine(Searching):
     def store(self) -> IndexStore:
         if self._store is None:
             # Raises the precise reason: no such folder, not an index, newer schema...
-            self._store = IndexStore.open(self.folder, self._vector_settings, self.db)
+            try:
+                self._store = IndexStore.open(self.folder, self._vector_settings, self.db)
+            except IndexNotFoundError as exc:
+                if not self._default_folder:
+                    raise
+                raise IndexNotFoundError(f"{exc} ({self.settings.default_index_rule()})") from None
         return self._store
 
     @property
@@ -254,7 +261,8 @@ class Engine(Searching):
             if creating:
                 IndexStore.check_creatable(self.folder)
                 if not explicit:
-                    raise QueryError("nothing to index: name a folder or file (the index has no known roots yet)")
+                    raise QueryError(f"nothing to index: there is no index in {display_path(str(self.folder))} yet; "
+                                     f"name a folder or file to index")
                 if self._cached_dim(executor) is None:
                     self.encoder  # noqa: B018 - load (and so check) the model before creating anything
             existed = self.folder.exists()
@@ -262,9 +270,12 @@ class Engine(Searching):
                 with writer_lock(self.folder, wait, self.db):
                     return self._add_locked(explicit, reembed, progress or NullProgress(), index_type,
                                             refresh_metadata, executor, vectors or FAISS)
-            except BaseException:
+            except BaseException as exc:
                 if creating:
-                    self._remove_failed_first_run(existed)
+                    # Interrupted (Ctrl-C) once its folders were recorded, a first run is kept for a
+                    # bare `mmsearch index` to resume; any other failure leaves nothing behind.
+                    stopped = isinstance(exc, (KeyboardInterrupt, IndexingInterrupted))
+                    self._remove_failed_first_run(existed, keep_roots=stopped)
                 raise
 
     def _add_locked(self, explicit: list[LibraryRoot], reembed: bool, progress: Progress,
@@ -286,6 +297,11 @@ class Engine(Searching):
                 dim = self.encoder.dim
             self._store = IndexStore.create(self.folder, spec.identity(), dim, self._vector_settings, db=self.db,
                                             vectors=vectors)
+            # The folders first, before the exports and any item: a first run interrupted from
+            # here on is resumed by a bare `mmsearch index`.
+            with self._store.write() as w:
+                for root in roots:
+                    w.record_root(root.path, root.options())
             note = random_weights_note(spec)  # said once, here, not at every load
             if note:
                 progress.note(note)
@@ -293,13 +309,22 @@ class Engine(Searching):
         # Before indexing, so queries during a long first run already start fast. Once per model
         # (tens of seconds for ViT-B-32), so it shows as a phase of its own.
         exports = [module for module in (onnx_text, onnx_image) if module.export_needed(store.manifest, self.settings.onnx)]
+        exported = time.monotonic()
         if exports:
+            progress.note(f"exporting {self.spec.display} to ONNX (once per model on this machine; "
+                          f"tens of seconds for ViT-B-32)")
             progress.start("exporting", len(exports))
             for module in exports:
                 module.ensure_exported(store, self.spec, lambda: self.encoder, self.settings.cache, self.settings.onnx)
                 progress.advance(1)
+        exported = time.monotonic() - exported
         indexer = self.indexer(progress, executor)
         report = indexer.run(roots)
+        if exports:  # the first run's cost is part of the run: shown as a stage and in its time
+            report.stages["export"] = exported
+            report.seconds += exported
+        if report.added or report.updated or report.reembedded or report.videos:
+            self._record_encoders_used()
         if refresh_metadata:
             report.metadata = metadata.refresh(store, [root.path for root in roots], report, progress, indexer.workers)
         store.fit_vectors(index_type)
@@ -308,6 +333,27 @@ class Engine(Searching):
         if report.changed:
             store.update_manifest()  # `updated_at`: when the index's contents last changed
         return report
+
+    def encoders_now(self) -> dict[str, str]:
+        """What an indexing run here would encode with now: images (``torch``, ``onnx`` or
+        ``onnx-int8``, as ``MMSEARCH_IMAGE_ENCODER`` and the measurement choose) and texts."""
+        manifest = self.store.manifest
+        gpu = self._device not in (None, "cpu")
+        return {
+            "images": "torch" if gpu else onnx_image.indexing_choice(manifest, self.settings.image_encoder, self.settings.onnx),
+            "texts": "torch" if gpu or not onnx_text.usable_record(manifest, self.settings.onnx) else "onnx",
+        }
+
+    def _record_encoders_used(self) -> None:
+        """Add this run's encoders to the manifest's ``encoded_with`` (each one that made vectors
+        now in the index, in the order first used), so ``info`` shows what built the vectors, not
+        what the current environment would use."""
+        used = dict(self.store.manifest.get("encoded_with") or {})
+        for kind, encoder in self.encoders_now().items():
+            if encoder not in used.get(kind, []):
+                used[kind] = [*used.get(kind, []), encoder]
+        if used != self.store.manifest.get("encoded_with"):
+            self.store.update_manifest(encoded_with=used)
 
     def _index_documents(self) -> None:
         """Bring the document index (``storage.docindex``, early fusion's candidates) to the
@@ -383,14 +429,15 @@ class Engine(Searching):
             return self.encoder
         return onnx_image.indexing_encoder(store, self.settings, lambda: self.encoder, lambda: self.text_encoder)
 
-    def _remove_failed_first_run(self, existed: bool) -> None:
-        """Undo a first run that failed before any item was saved: no half-made index is left."""
+    def _remove_failed_first_run(self, existed: bool, keep_roots: bool = False) -> None:
+        """Undo a first run that failed before any item was saved: no half-made index is left.
+        ``keep_roots``: keep it when its folders were recorded (an interrupted run, resumable)."""
         store = self._store
         if store is not None:
             try:
                 with store.read() as r:
-                    if r.item_count():
-                        return  # items were saved: keep them (a bare `mmsearch index` resumes)
+                    if r.item_count() or (keep_roots and r.roots()):
+                        return  # items (or roots) were saved: keep them (a bare `mmsearch index` resumes)
             except Exception:  # noqa: BLE001 - an unreadable database is ours to remove too
                 pass
             store.close()
@@ -436,7 +483,7 @@ class Engine(Searching):
             w.drop_all_vectors()
             w.record_model(identity, encoder.dim)
         # No vector of the old model is left; only now does the manifest name the new model.
-        store.update_manifest(model=identity, dim=encoder.dim, vectors_files={})
+        store.update_manifest(model=identity, dim=encoder.dim, vectors_files={}, encoded_with={})
         store.forget_vectors()
         self._onnx = self._onnx_key = None
         self._onnx_image_encoder = self._onnx_image_key = None
@@ -596,6 +643,9 @@ class Engine(Searching):
             "text": "onnx" if onnx_text.usable_record(manifest, self.settings.onnx) else "torch",
             "image": onnx_image.describe(manifest, self.settings.image_encoder, self.settings.onnx),
         }
+        # What built the vectors (each encoder used by an indexing run; None: not recorded by the
+        # mmsearch that built them), beside what a run would use now (``encoders``).
+        stats["encoded_with"] = manifest.get("encoded_with")
         return stats
 
 

@@ -100,7 +100,7 @@ class Variable:
 
 
 VARIABLES: tuple[Variable, ...] = (
-    Variable("MMSEARCH_INDEX", "index", _path, "index folder used when none is given (default ./indexes/default)"),
+    Variable("MMSEARCH_INDEX", "index", _path, "index folder used when none is given (default: ./indexes/default where it exists, else the user's default index)"),
     Variable("MMSEARCH_MODEL", "model", _text, "model of new indexes (an open_clip name, config, hf-hub:, local-dir: or training folder)"),
     Variable("MMSEARCH_PRETRAINED", "pretrained", _text, "weights of new indexes (a tag, a checkpoint file, or none)"),
     Variable("MMSEARCH_CACHE", "cache", _path, "where ONNX exports are cached for reuse (default: the user cache folder)"),
@@ -172,12 +172,30 @@ class Settings:
         return replace(self, **changes)
 
     def default_index(self) -> Path:
-        """``index``; else, with a database, this machine's cache folder of it; else ./indexes/default."""
+        """``index``; else, with a database, this machine's cache folder of it; else
+        ./indexes/default where that folder exists (an index kept with a project); else the
+        user's own default index in the platform's data folder (``user_default_index``), the same
+        from every folder."""
         if self.index is not None:
             return self.index
         if self.db is not None:
             return database_cache_folder(self.db)
-        return Path("indexes") / "default"
+        local = Path("indexes") / "default"
+        return local if local.is_dir() else user_default_index()
+
+    def default_index_rule(self) -> str:
+        """Where the default index is looked for, and how to name another (for error messages)."""
+        return (f"the default index is ./indexes/default where that folder exists, else {user_default_index()}; "
+                f"name another with --index DIR or MMSEARCH_INDEX")
+
+
+def user_default_index() -> Path:
+    """The user's default index: ``indexes/default`` in the platform's user data folder
+    (``~/.local/share/mmsearch`` on Linux, ``~/Library/Application Support/mmsearch`` on macOS,
+    ``%LOCALAPPDATA%\\mmsearch`` on Windows), so one library answers from any folder."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_path("mmsearch")) / "indexes" / "default"
 
 
 def database_cache_folder(url: str) -> Path:

@@ -25,6 +25,9 @@ from typer.testing import CliRunner
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test must never download weights
 # Exports are cached per test run, never in the user's ~/.cache/mmsearch.
 os.environ["MMSEARCH_CACHE"] = tempfile.mkdtemp(prefix="mmsearch-test-cache-")
+# A command run without --index may use the user's default index (platformdirs' data folder):
+# never the real one.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="mmsearch-test-data-")
 # Images through the float32 ONNX encoder: the torch-free path, with torch's vectors (cosine
 # 0.9999), so tests comparing scores with torch's hold whichever encoder the measurement picks
 # (int8 changes vectors by design); tests/test_onnx_image.py sets "auto" where it tests the choice.

@@ -141,3 +141,25 @@ def test_control_characters_escaped_in_human_output(tmp_path, tiny_model, cli, m
     (root / nasty).unlink()
     skipped = cli("check", "-i", idx, ok=False)
     assert "\x1b" not in skipped.stderr + skipped.stdout
+
+
+def test_info_shows_what_built_the_vectors_and_what_a_run_would_use_now(tmp_path, tiny_model, corpus):
+    """An index built with MMSEARCH_IMAGE_ENCODER=onnx said 'indexing onnx-int8' when `info` ran
+    without the variable: the environment's choice, not what built the vectors (issue 30 item 18)."""
+    from conftest import ENV
+
+    idx = tmp_path / "idx"
+    built = run("index", corpus, "-i", idx, *tiny_model.args, "-q", env=dict(ENV, MMSEARCH_IMAGE_ENCODER="onnx"))
+    assert built.returncode == 0, built.stderr
+    now = dict(ENV, MMSEARCH_IMAGE_ENCODER="torch")
+    info = json.loads(run("info", "-i", idx, "--json", env=now).stdout)
+    assert info["encoded_with"] == {"images": ["onnx"], "texts": ["onnx"]}
+    assert info["encoders"]["image"]["indexing"] == "torch"  # what a run would use now
+    table = run("info", "-i", idx, env=now).stdout.decode()
+    assert re.search(r"vectors by[\s│]+images onnx; texts onnx", table), table
+    assert re.search(r"encoders now[\s│]+text onnx; images: indexing torch", table), table
+    again = run("index", "-i", idx, "-q", env=now)  # nothing new: nothing encoded, nothing recorded
+    assert again.returncode == 0
+    make_image(corpus / "new.png", seed=77)
+    assert run("index", "-i", idx, "-q", env=now).returncode == 0
+    assert json.loads(run("info", "-i", idx, "--json").stdout)["encoded_with"]["images"] == ["onnx", "torch"]

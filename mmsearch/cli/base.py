@@ -151,7 +151,7 @@ def command(*args: Any, **kwargs: Any) -> Callable:
 # -- shared options ------------------------------------------------------------------------------
 IndexOpt = Annotated[
     Optional[Path],
-    typer.Option("--index", "-i", metavar="DIR", help="Index folder \\[default: $MMSEARCH_INDEX or ./indexes/default].", show_default=False),
+    typer.Option("--index", "-i", metavar="DIR", help="Index folder \\[default: $MMSEARCH_INDEX, else ./indexes/default where it exists, else your default index in the user data folder].", show_default=False),
 ]
 ModelOpt = Annotated[
     Optional[str],

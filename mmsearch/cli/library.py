@@ -315,7 +315,8 @@ def info_cmd(index: IndexOpt = None, db: DbOpt = None, as_json: JsonOpt = False)
         ("model", f"{model['name']} [{model.get('pretrained') or 'random init'}]"),
         ("dimension", str(info["dim"])),
         ("vector index", _describe_vector_index(info["vector_index"]) + ("" if info["vectors_up_to_date"] else " (file behind database; synced on open)")),
-        ("encoders", _describe_encoders(info.get("encoders") or {})),
+        ("vectors by", _describe_encoded_with(info.get("encoded_with"))),
+        ("encoders now", _describe_encoders(info.get("encoders") or {})),
         ("roots", "\n".join(terminal_safe(r) for r in info["roots"]) or "-"),
         ("disk", _human_bytes(info["disk_bytes"])),
         ("schema", str(info["schema_version"])),
@@ -327,6 +328,13 @@ def info_cmd(index: IndexOpt = None, db: DbOpt = None, as_json: JsonOpt = False)
     for key, value in rows:
         table.add_row(key, Text(value))
     out.print(table)
+
+
+def _describe_encoded_with(used: dict | None) -> str:
+    """The encoders whose vectors the index holds (recorded by each indexing run)."""
+    if not used:
+        return "not recorded (indexed by an earlier mmsearch)"
+    return "; ".join(f"{kind} {', '.join(names)}" for kind, names in sorted(used.items()))
 
 
 def _describe_encoders(entry: dict) -> str:

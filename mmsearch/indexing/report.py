@@ -15,7 +15,7 @@ from ..media import Skip
 log = logging.getLogger(__name__)
 
 # The stages of a run, in order, as the report names them.
-STAGES = ("scan", "read", "plan", "decode", "encode", "write", "save")
+STAGES = ("export", "scan", "read", "plan", "decode", "encode", "write", "save")
 
 
 class Progress(Protocol):
@@ -86,6 +86,7 @@ class IndexReport:
             + f"{self.added} added, {self.updated} updated, {self.reused} reused, "
             f"{self.removed} removed, {len(self.skipped)} skipped, {self.unchanged} unchanged "
             f"in {self.seconds:.1f}s"
+            + (f" (ONNX export of the model {self.stages['export']:.1f}s)" if self.stages.get("export") else "")
         )
         return text + (" (interrupted: work so far saved)" if self.interrupted else "")
 

@@ -13,6 +13,7 @@ The store knows nothing of models or of files on the user's disk.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -109,6 +110,43 @@ def writer_lock(folder: Path, wait: float = 0.0, db: str | None = None) -> Itera
         lock.release()
 
 
+def writer_running(folder: Path) -> bool:
+    """True when an indexing run holds the writer lock of ``folder`` now (on this machine's file
+    lock). Probed with a shared, non-blocking lock taken and dropped at once: a writer starting in
+    those microseconds would see the folder locked, as with any reader of the lock."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): unknown, say nothing
+        return False
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def empty_index_error(folder: Path) -> EmptyIndexError:
+    """What a reader says of an index without anything indexed yet: a first run still going
+    (the writer lock tells), or one that stopped before it saved anything."""
+    if writer_running(folder):
+        return EmptyIndexError(
+            f"empty index: a first indexing run is in progress in {folder} and has not saved anything yet; "
+            f"try again when it has (the items appear as it saves them)"
+        )
+    return EmptyIndexError(
+        f"empty index: nothing indexed yet in {folder} (a first indexing run stopped before it saved "
+        f"anything); run `mmsearch index` again to resume it, or `mmsearch index PATH` to index a folder"
+    )
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
     """The checked manifest of the index in ``folder``.
 
@@ -126,10 +164,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
                 f"`mmsearch check --repair` rebuilds it from the database"
             ) from exc
         if folder.is_dir() and IndexStore.holds_only_own_files(folder):
-            raise EmptyIndexError(
-                f"empty index: nothing indexed yet in {folder} (a first indexing run stopped before it saved "
-                f"anything); run `mmsearch index PATH` to index a folder, or delete {folder}"
-            ) from exc
+            raise empty_index_error(folder) from exc
         raise NotAnIndexError(f"{folder} is not an mmsearch index (no {MANIFEST})") from exc
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise NotAnIndexError(f"{folder / MANIFEST} is unreadable ({exc}); `mmsearch check --repair` rebuilds it "
@@ -663,10 +698,7 @@ class IndexStore:
         with self.read() as r:
             if r.ever_indexed():
                 return
-        raise EmptyIndexError(
-            f"empty index: nothing indexed yet in {self.folder} (a first indexing run stopped before it "
-            f"saved anything); run `mmsearch index` again to resume it"
-        )
+        raise empty_index_error(self.folder)
 
     def stats(self) -> dict[str, Any]:
         with self.read() as r:
