@@ -13,6 +13,7 @@ with it this module, before it runs anything.
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import types
@@ -85,20 +86,55 @@ def start_forkserver(preload: list[str] = DECODE_MODULES) -> None:
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return
     forkserver.set_forkserver_preload(preload)
-    forkserver.ensure_running()
+    # Ctrl-C is held while it starts, so the caller's ``stop_forkserver`` always finds the server
+    # it must stop (a KeyboardInterrupt in the middle would leave one not yet recorded).
+    held = threading.current_thread() is threading.main_thread() and hasattr(signal, "pthread_sigmask")
+    if held:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        forkserver.ensure_running()
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def stop_forkserver() -> None:
+def stop_forkserver(grace: float = 1.0) -> None:
     """Stop the forkserver and multiprocessing's resource tracker if this process started them,
     waiting for both to exit, so a command leaves no process behind once it returns (by
-    itself each notices its parent's exit only a moment later). Call when no worker pool is
-    left; a later pool starts them again."""
-    servers = [getattr(sys.modules.get(f"multiprocessing.{name}"), attr, None)  # (never imported: never started)
-               for name, attr in (("forkserver", "_forkserver"), ("resource_tracker", "_resource_tracker"))]
-    for server in filter(None, servers):
-        stop = getattr(server, "_stop", None)  # (what CPython's own tests call; absent: nothing to do)
-        if stop is not None and getattr(server, "_pid", getattr(server, "_forkserver_pid", None)) is not None:
+    itself each notices its parent's exit only a moment later). A forkserver still importing
+    its preloaded modules after ``grace`` seconds (a run that failed at once) is killed: it has
+    no worker yet. Call when no worker pool is left; a later pool starts them again."""
+    import os
+    import signal
+    import time
+    from multiprocessing import util
+
+    module = sys.modules.get("multiprocessing.forkserver")  # (never imported: never started)
+    server = getattr(module, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid is not None:
+        with server._lock:
             try:
-                stop()
+                os.close(server._forkserver_alive_fd)  # asks it to stop once it reads again
+                deadline = time.monotonic() + grace
+                while os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    if time.monotonic() > deadline:
+                        os.kill(pid, signal.SIGKILL)
+                        os.waitpid(pid, 0)
+                        break
+                    time.sleep(0.005)
             except (OSError, ChildProcessError):
                 pass  # already gone
+            address = server._forkserver_address
+            server._forkserver_pid = server._forkserver_alive_fd = server._forkserver_address = None
+            if address and not util.is_abstract_socket_namespace(address):
+                try:
+                    os.unlink(address)
+                except OSError:
+                    pass
+    tracker = getattr(sys.modules.get("multiprocessing.resource_tracker"), "_resource_tracker", None)
+    if tracker is not None and getattr(tracker, "_pid", None) is not None and hasattr(tracker, "_stop"):
+        try:
+            tracker._stop()  # (what CPython's own tests call)
+        except (OSError, ChildProcessError):
+            pass

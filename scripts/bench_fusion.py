@@ -17,8 +17,8 @@ alike; the figures are medians.
 ``--update-repeats N`` also times bringing the document index forward after one file is added
 (a JSON Lines file of one record: a text and an image part), N times: the incremental update an
 index run makes (``docindex.refresh``) against a whole build of the same snapshot
-(``refresh(force=True)``), in the same run, and checks that both give the same early-fusion
-answers (``--queries 0`` skips the latency part):
+(``refresh(force=True)``), in the same run, and compares their early-fusion answers with each
+other and with the brute-force top 10 (``--queries 0`` skips the latency part):
 
     python scripts/bench_fusion.py --docs 200000 --queries 0 --update-repeats 5 --workdir /tmp/bench-fusion
 """
@@ -251,8 +251,9 @@ def update_timing(folder: Path, repeats: int, dim: int, checks: int = 20) -> dic
     from mmsearch.storage import IndexStore, docindex, writer_lock
     from mmsearch.synthetic import clustered_vectors
 
-    qs = [v for v, _, _ in queries(folder, checks, dim, seed=11)]
-    incremental, whole, same = [], [], 0
+    asked = queries(folder, checks, dim, seed=11)
+    qs = [v for v, _, _ in asked]
+    incremental, whole, same, found = [], [], 0, {"incremental": 0.0, "whole": 0.0}
     store = IndexStore.open(folder)
     try:
         with store.read() as r:
@@ -260,11 +261,11 @@ def update_timing(folder: Path, repeats: int, dim: int, checks: int = 20) -> dic
         for n in range(repeats):
             image = clustered_vectors(1, dim, seed=10_000 + n)[0]
             text = image + np.random.default_rng(n).standard_normal(dim).astype(np.float32) * (0.6 / np.sqrt(dim))
-            path = f"/synthetic/added/new{n}.jsonl"
+            path = f"/synthetic/added/new{next_id}.jsonl"
             common = {"path": path, "size": 1, "mtime_ns": 1_700_000_000_000_000_000, "width": None, "height": None}
-            rows = [dict(common, id=next_id, locator="1", modality="text", content_hash=f"nt{n:062x}", text="added words",
+            rows = [dict(common, id=next_id, locator="1", modality="text", content_hash=f"nt{next_id:062x}", text="added words",
                          meta=None),
-                    dict(common, id=next_id + 1, locator="1:image", modality="image", content_hash=f"ni{n:062x}",
+                    dict(common, id=next_id + 1, locator="1:image", modality="image", content_hash=f"ni{next_id:062x}",
                          text=None, meta={"image": "new.jpg"})]
             next_id += 2
             with writer_lock(folder):
@@ -284,13 +285,17 @@ def update_timing(folder: Path, repeats: int, dim: int, checks: int = 20) -> dic
             with Engine(folder) as engine:
                 rebuilt = [[h.id for h in engine.search_fused(q, None, FusionOptions("early"), k=10)] for q in qs]
             same += sum(a == b for a, b in zip(updated, rebuilt))
+            truth = exact_early(folder, asked)  # (the added documents keep the layout: text 2i+1, image 2i+2)
+            for name, got in (("incremental", updated), ("whole", rebuilt)):
+                found[name] += sum(len(set(g) & set(t)) / 10 for g, t in zip(got, truth))
             print(f"  one file added: incremental {incremental[-1]:.2f} s, whole {whole[-1]:.2f} s", flush=True)
         return {"entries": record["vectors"], "type": record.get("type"), "repeats": repeats,
                 "incremental_s": [round(t, 2) for t in incremental], "whole_s": [round(t, 2) for t in whole],
                 "incremental_median_s": round(statistics.median(incremental), 2),
                 "whole_median_s": round(statistics.median(whole), 2),
                 "speedup": round(statistics.median(whole) / statistics.median(incremental), 1),
-                "same_early_top10": f"{same}/{repeats * len(qs)}"}
+                "same_early_top10": f"{same}/{repeats * len(qs)}",
+                "recall_at_10_against_brute_force": {k: round(v / (repeats * len(qs)), 4) for k, v in found.items()}}
     finally:
         store.close()
 

@@ -30,13 +30,15 @@ ENCODING_ONLY = ("torch", "open_clip", "onnxruntime", "faiss", "pebble", "av", "
 
 
 def session_members(sid: int) -> list[str]:
-    """Command lines of the processes still in session ``sid``."""
+    """Command lines of the processes still running in session ``sid`` (a zombie, a process that
+    has exited and waits for init to collect it, runs nothing)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if os.getsid(int(pid)) == sid:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if os.getsid(int(pid)) == sid and state != "Z":
                 found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, IndexError):
             pass  # gone meanwhile
     return found
 

@@ -46,11 +46,11 @@ def index_cmd(
     """Embed new and changed images, texts and videos under PATHS; remove what was deleted."""
     from .. import procs
 
-    if runner == "local" and not (Path(index or _settings(db).default_index()) / "manifest.json").is_file():
-        # A first run always decodes: the decode workers' server imports Pillow and PyAV while we
-        # import the rest. Into an existing index it starts only once a file needs decoding.
-        procs.start_forkserver()
     try:
+        if runner == "local" and not (Path(index or _settings(db).default_index()) / "manifest.json").is_file():
+            # A first run always decodes: the decode workers' server imports Pillow and PyAV while
+            # we import the rest. Into an existing index it starts only once a file needs decoding.
+            procs.start_forkserver()
         with _engine(index, model, pretrained, device, db, batch_size=batch_size, workers=workers) as engine:
             progress = _QuietProgress(err, verbose) if quiet or as_json else RichProgress(err, verbose)
             with progress:

@@ -611,9 +611,10 @@ class IndexStore:
             return pgv.fit(self, force)
         requested = requested or self.requested_index_type
         if not force and self._vectors is None and requested == self.requested_index_type:
+            recorded = self.manifest.get("vector_index", {})
             with self.read() as reader:
-                if self.manifest.get("vector_index", {}).get("gen") == reader.generation():
-                    return None  # fitted at this very generation (a run that changed nothing): not even loaded
+                if recorded.get("gen") == reader.generation() and recorded.get("tuning") == self._tuning():
+                    return None  # fitted at this generation with these settings (a run that changed nothing)
         vectors = None if force else self.vectors()
         if vectors is None:
             with self.read() as reader:
@@ -632,12 +633,17 @@ class IndexStore:
                 vectors = self._vectors = self._rebuild(reader, wanted)
             self.save_vectors()  # the file first: it describes itself, the manifest follows
             current = vectors.plan(trained_for=vectors.ntotal)
-        entry = dict(current.manifest(requested, vectors.ntotal), gen=vectors.gen)
+        entry = dict(current.manifest(requested, vectors.ntotal), gen=vectors.gen, tuning=self._tuning())
         if vectors.kind == ONDISK:
             entry["data_bytes"] = vectors.data_file().stat().st_size
         if entry != self.manifest.get("vector_index"):
             self.update_manifest(vector_index=entry)
         return vectors
+
+    def _tuning(self) -> list:
+        """The settings that choose the vector index (``VectorSettings`` but the GPU switch)."""
+        s = self.settings
+        return [s.flat_max, s.nlist, s.nprobe, s.rerank]
 
     def save_vectors(self) -> None:
         """Persist the vector index, brought up to date (writer only, under the lock), with its
