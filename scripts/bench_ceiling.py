@@ -6,6 +6,9 @@
            int8 runs) and QLinearMatMul (uint8 x int8 -> uint8, what static QDQ int8 runs after
            fusion), with 1 and 2 intra-op threads. The operands are inputs and initialisers, so
            the figure is the kernel's, not quantisation's or Python's.
+  text     one-text queries through the ONNX text tower, float32 against its products in int8.
+  profile  (after tower) each int8 graph's time by operator type, from onnxruntime's profiler.
+  settings (after tower) ms per image of today's int8 graph by batch, threads and thread spinning.
   tower    images/s of the image tower of ``--arch`` (random weights, ``--pretrained none``) at
            batch ``--batch`` for each variant onnx_image builds (float32, dynamic int8, static
            int8, OpenVINO where installed), and its achieved GFLOP/s from the model's own
@@ -16,6 +19,7 @@ burst of load from other processes hits each alike; ``uptime``'s load is recorde
 
     python scripts/bench_ceiling.py --sections gemm --repeats 7
     python scripts/bench_ceiling.py --sections tower --arch ViT-B-32-256 --repeats 5 --work /tmp/ceiling
+    python scripts/bench_ceiling.py --sections profile,settings --arch ViT-B-32-256 --work /tmp/ceiling  # after tower
 
 Prints tables and one JSON line (``--json-out`` writes it to a file).
 """
@@ -76,13 +80,15 @@ def gemm_model(kind: str, m: int, k: int, n: int) -> bytes:
     return model.SerializeToString()
 
 
-def ort_session(model: bytes | str, threads: int):
+def ort_session(model: bytes | str, threads: int, spin: str = "0"):
+    """An onnxruntime session set as onnx_export.session sets indexing's (spinning off unless ``spin``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
@@ -145,35 +151,29 @@ def contenders(work: Path, record: dict, calibration: np.ndarray, threads: int) 
     """name -> a function of a uint8 batch giving vectors: ONNX Runtime float32, the int8 graph
     quantised as before (every operator), onnx_image's int8 graph, a static QDQ int8 graph
     calibrated on real decoded images, and OpenVINO on the float32 and QDQ graphs where installed."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from benchutil import quantize_static_qdq
     from mmsearch.encoders import onnx_image
 
     fp32 = work / record["file"]
     before, qdq = work / "int8-all-ops.onnx", work / "int8-static-qdq.onnx"
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"pixels": calibration[i:i + 8]} for i in range(0, len(calibration), 8)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
     with onnx_image._root_logger_silenced():
         if not before.exists():
             quantize_dynamic(str(fp32), str(before), weight_type=QuantType.QInt8)
         if not qdq.exists():
-            quantize_static(str(fp32), str(qdq), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=list(onnx_image.INT8_OPS), calibrate_method=CalibrationMethod.MinMax)
+            quantize_static_qdq(fp32, qdq, calibration, onnx_image.INT8_OPS)
 
     def ort(path: Path):
         session = ort_session(str(path), threads)
         return lambda x: session.run(None, {"pixels": x})[0]
 
+    now = ort(work / record["int8"]["file"])
     runners = {"ort float32": ort(fp32), "ort int8 before (all ops)": ort(before),
-               "ort int8 now (MatMul/Gemm)": ort(work / record["int8"]["file"]), "ort static int8 (QDQ)": ort(qdq)}
+               "ort int8 now (MatMul/Gemm)": now, "ort static int8 (QDQ)": ort(qdq),
+               # What OnnxImageEncoder does with a batch: session runs of onnx_image.BATCH images.
+               f"ort int8 now, {onnx_image.BATCH} a run": lambda x: np.concatenate(
+                   [now(x[i:i + onnx_image.BATCH]) for i in range(0, len(x), onnx_image.BATCH)])}
     try:
         import openvino
     except ImportError:
@@ -233,6 +233,95 @@ def tower(arch: str, repeats: int, batch: int, work: Path, threads: int) -> dict
             "agreement_images": len(pixels), "rows": rows}
 
 
+def profile(work: Path, record: dict, batch: int, threads: int) -> dict:
+    """Each int8 graph's time by operator type (onnxruntime's profiler), in percent."""
+    import collections
+
+    import onnxruntime as ort
+
+    from mmsearch.encoders import onnx_image
+
+    pixels = onnx_image.probe_pixels(int(record["pixels"]["crop"]), batch, seed=3)
+    shares = {}
+    for name, path in (("int8 before (all ops)", work / "int8-all-ops.onnx"), ("int8 now", work / record["int8"]["file"])):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.log_severity_level = threads, 3
+        options.enable_profiling, options.profile_file_prefix = True, str(work / "profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for _ in range(4):
+            session.run(None, {"pixels": pixels})
+        events = json.loads(Path(session.end_profiling()).read_text())
+        spent = collections.Counter()
+        for event in events:
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                spent[event["args"]["op_name"]] += event["dur"]
+        total = sum(spent.values())
+        shares[name] = {op: round(100 * t / total, 1) for op, t in spent.most_common(10)}
+    return shares
+
+
+def settings(work: Path, record: dict, repeats: int) -> list[dict]:
+    """ms per image of today's int8 graph by batch size, thread count and thread spinning."""
+    from mmsearch.encoders import onnx_image
+
+    pixels = onnx_image.probe_pixels(int(record["pixels"]["crop"]), 32, seed=3)
+    sessions = {}
+    for threads, spin in ((2, "0"), (2, "1"), (1, "0")):
+        session = ort_session(str(work / record["int8"]["file"]), threads, spin)
+        sessions[(threads, spin)] = session
+    cases = [(t, spin, b) for (t, spin) in sessions for b in (4, 8, 16, 32)]
+    times: dict = {case: [] for case in cases}
+    for t, spin, b in cases:
+        sessions[(t, spin)].run(None, {"pixels": pixels[:b]})
+    for _ in range(repeats):
+        for t, spin, b in cases:
+            started = time.perf_counter()
+            for i in range(0, len(pixels), b):
+                sessions[(t, spin)].run(None, {"pixels": pixels[i:i + b]})
+            times[(t, spin, b)].append((time.perf_counter() - started) / len(pixels) * 1000)
+    return [{"threads": t, "spinning": spin == "1", "batch": b, "ms_per_image": round(median(times[(t, spin, b)]), 2)}
+            for t, spin, b in cases]
+
+
+def text(arch: str, repeats: int, work: Path) -> dict:
+    """One-text queries through the ONNX text tower in float32 (what queries run today) and with
+    its matrix products in dynamic int8 (not wired in: measured here only), ms a query."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from mmsearch.encoders import ModelSpec, TorchEncoder, onnx_image, onnx_text
+    from mmsearch.encoders.onnx_export import available_cpus, l2, session
+
+    work.mkdir(parents=True, exist_ok=True)
+    record_path = work / f"{arch}.text-record.json"
+    if not record_path.exists():
+        spec = ModelSpec.resolve(arch, "none")
+        record = onnx_text.export_text_encoder(TorchEncoder(spec, "cpu", "off"), work, spec.identity()["fingerprint"])
+        record_path.write_text(json.dumps(record))
+    record = json.loads(record_path.read_text())
+    fp32, int8 = work / record["file"], work / "text-int8.onnx"
+    if not int8.exists():
+        with onnx_image._root_logger_silenced():
+            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, op_types_to_quantize=list(onnx_image.INT8_OPS))
+    words = "dog cat beach red car mountain sunset snow sofa sleeping photo of a on the with at in city night river boat".split()
+    rng = np.random.default_rng(0)
+    tokens = onnx_text.OnnxTextEncoder(work, record).tokenizer(
+        [" ".join(rng.choice(words, int(rng.integers(2, 9)))) for _ in range(64)])
+    sessions = {"float32": session(fp32, available_cpus()), "int8 (MatMul/Gemm)": session(int8, available_cpus())}
+    vectors = {name: l2(np.concatenate([s.run(None, {"tokens": tokens[i:i + 1]})[0] for i in range(len(tokens))]))
+               for name, s in sessions.items()}
+    times: dict = {name: [] for name in sessions}
+    for _ in range(repeats):
+        for name, s in sessions.items():
+            started = time.perf_counter()
+            for i in range(8):
+                s.run(None, {"tokens": tokens[i:i + 1]})
+            times[name].append((time.perf_counter() - started) / 8 * 1000)
+    reference = vectors["float32"]
+    return {name: {"ms_per_query": round(median(times[name]), 1),
+                   "min_cosine": round(float((vectors[name] * reference).sum(axis=1).min()), 5),
+                   "top10_overlap": round(onnx_image.top_overlap(reference, vectors[name]), 3)} for name in sessions}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sections", default="gemm,tower")
@@ -260,6 +349,22 @@ def main() -> None:
         for row in out["tower"]["rows"]:
             print(f"{row['variant']:28} {row['images_per_s']:7.2f} {row['ms_per_image']:7.2f} {row['gflops']:8.1f} "
                   f"{row['vs_int8_before']:9.2f} {row['min_cosine']:8.5f} {row['top10_overlap']:6.3f}")
+    if sections & {"profile", "settings"}:
+        record = json.loads((args.work.resolve() / f"{args.arch}.record.json").read_text())  # made by --sections tower
+        if "profile" in sections:
+            out["profile"] = profile(args.work.resolve(), record, args.batch, 2)
+            for name, shares in out["profile"].items():
+                print(f"{name}: " + ", ".join(f"{op} {share}%" for op, share in shares.items()))
+        if "settings" in sections:
+            out["settings"] = settings(args.work.resolve(), record, args.repeats)
+            for row in out["settings"]:
+                print(f"threads {row['threads']} spinning {row['spinning']!s:5} batch {row['batch']:2}: "
+                      f"{row['ms_per_image']:7.2f} ms an image")
+    if "text" in sections:
+        out["text"] = text(args.arch, args.repeats, args.work.resolve())
+        for name, row in out["text"].items():
+            print(f"text tower {name:20} {row['ms_per_query']:7.1f} ms a query, min cosine {row['min_cosine']:.5f}, "
+                  f"top-10 overlap {row['top10_overlap']:.3f}")
     out["load_after"] = load()
     print(f"load before {out['load_before']}, after {out['load_after']}")
     print(json.dumps(out))

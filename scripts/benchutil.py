@@ -90,3 +90,21 @@ def machine() -> dict:
         mem_gib = float("nan")
     return {"cpus": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_gib, 1), "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%d")}
+
+
+def quantize_static_qdq(source: Path, target: Path, calibration, ops: tuple[str, ...], batch: int = 8) -> None:
+    """Static int8 (QDQ format, per-channel int8 weights, uint8 activations, MinMax calibration)
+    of the ONNX image tower ``source`` into ``target``, calibrated on ``calibration`` (uint8
+    pixels, the graph's ``pixels`` input): the benchmarks' alternative to onnx_image's dynamic int8."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"pixels": calibration[i:i + batch]} for i in range(0, len(calibration), batch)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=list(ops),
+                    calibrate_method=CalibrationMethod.MinMax)
