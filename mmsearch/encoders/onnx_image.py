@@ -62,8 +62,9 @@ TOP = 10
 PROBE_IMAGES = 32  # the probe corpus: deterministic photo-like images
 BENCH_IMAGES = 4  # images per timed batch when choosing the encoder
 # Images per session run: a ViT-B-32-256 int8 batch of 4 keeps a layer's activations (65 tokens
-# x 3072 x 4 images) near the 2 MB L2 of an EPYC core; batch 4 ran 1.12x and 1.38x faster an
-# image than 16 in two same-run sweeps (BENCHMARKS.md, `bench_ceiling.py --sections settings`).
+# x 3072 x 4 images) near the 2 MB L2 of an EPYC core. While other processes share the cores it
+# ran 1.12-1.52x faster an image than 16; on a quieter machine it was as fast (1.00-1.02x)
+# (BENCHMARKS.md, `bench_ceiling.py --sections settings,tower`).
 BATCH = 4
 # What the int8 graph quantises: the matrix products (the transformer's projections and MLPs,
 # about 97% of a ViT's multiply-adds), weights in int8 per tensor, activations quantised per
