@@ -295,13 +295,10 @@ class Engine(Searching):
             spec, dim = self.spec, self._cached_dim(executor)
             if dim is None:
                 dim = self.encoder.dim
+            # The folders are recorded with the index, before the exports and any item: a first
+            # run interrupted from here on is resumed by a bare `mmsearch index`.
             self._store = IndexStore.create(self.folder, spec.identity(), dim, self._vector_settings, db=self.db,
-                                            vectors=vectors)
-            # The folders first, before the exports and any item: a first run interrupted from
-            # here on is resumed by a bare `mmsearch index`.
-            with self._store.write() as w:
-                for root in roots:
-                    w.record_root(root.path, root.options())
+                                            vectors=vectors, roots=[(root.path, root.options()) for root in roots])
             note = random_weights_note(spec)  # said once, here, not at every load
             if note:
                 progress.note(note)

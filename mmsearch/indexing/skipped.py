@@ -39,7 +39,10 @@ class SeenSkips:
         return self.before.get(skip.path) != entry
 
     def save(self) -> None:
-        """Keep this run's skips for the next run (a failure to write costs only repeated lines)."""
+        """Keep this run's skips for the next run (a failure to write costs only repeated lines).
+        Unchanged skips are not written again: a run that finds nothing new writes nothing."""
+        if self.now == self.before:
+            return
         try:
             atomic_write_json(self.path, {"files": self.now})
         except OSError:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -279,9 +279,13 @@ class IndexStore:
     @classmethod
     def create(cls, folder: str | Path, model_identity: dict, dim: int,
                settings: VectorSettings | None = None, *, db: str | None = None,
-               vectors: str = pgv.FAISS, copying_from: str | None = None) -> IndexStore:
+               vectors: str = pgv.FAISS, copying_from: str | None = None,
+               roots: Sequence[tuple[str, dict]] = ()) -> IndexStore:
         """``vectors``: ``faiss`` (a local vector index file derived from the catalogue) or
         ``pgvector`` (the vectors in the PostgreSQL catalogue itself; see ``storage.pgvector``).
+        ``roots``: (path, options) of the library's folders, recorded before the manifest makes
+        the folder an index, so an index is never seen without them (a first run interrupted at
+        any moment after is resumed by a bare ``mmsearch index``).
         ``copying_from``: the index is a copy of that one that ``migrate`` is about to make; until
         its ``Writer.copy_finished`` commits, nothing opens it as an index."""
         folder = Path(folder).expanduser().absolute()
@@ -300,6 +304,10 @@ class IndexStore:
                 raise
             raise CatalogueDatabaseError(pgv.describe_error(exc, location.postgres.redact(url))
                                          or location.postgres.describe(exc, url)) from None
+        if roots:
+            with store.write() as w:
+                for path, options in roots:
+                    w.record_root(path, options)
         # The manifest is written last: its presence is what makes the folder an index.
         store._write_manifest(store.manifest)
         return store

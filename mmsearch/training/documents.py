@@ -12,6 +12,7 @@ model under test, so the figures are those of the shipped ranking code, not of a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -73,12 +74,23 @@ def write_documents(items: Sequence[Any], folder: Path) -> list[tuple[int, str, 
     """A JSONL file of documents in ``folder`` from dataset items with two captions or more;
     returns (line number, query caption, token) per document."""
     folder.mkdir(parents=True, exist_ok=True)
+    # A record's image is read only inside the indexed folder (the library rule), so the images
+    # are linked (or copied) into it; a hidden folder, so the scan does not index them as files too.
+    pictures = folder / ".images"
+    pictures.mkdir(exist_ok=True)
     lines, queries = [], []
     for item in items:
         if len(item.captions) < 2:
             continue
         token = TOKEN_FORMAT.format(len(lines) + 1)
-        lines.append(json.dumps({"image": str(Path(item.image).resolve()), "text": item.captions[0], "code": token}))
+        source = Path(item.image).resolve()
+        inside = pictures / f"{len(lines) + 1:06d}{source.suffix}"
+        if not inside.exists():
+            try:
+                os.link(source, inside)
+            except OSError:
+                shutil.copyfile(source, inside)
+        lines.append(json.dumps({"image": f".images/{inside.name}", "text": item.captions[0], "code": token}))
         queries.append((len(lines), item.captions[1], token))
     (folder / "documents.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return queries
