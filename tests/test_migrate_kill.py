@@ -101,6 +101,7 @@ def _killed_then_rerun(source: Path, reference: dict, target: Path, args: list[s
     return unfinished
 
 
+@pytest.mark.slow  # a kill loop (real SIGKILLs at four moments): CI runs it in the slow pass
 def test_killed_migrate_to_sqlite_is_never_a_half_index(tmp_path, source):
     backend = Backend("sqlite")
     reference = _rows(source, backend)
