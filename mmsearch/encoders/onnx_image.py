@@ -352,6 +352,21 @@ def _int8_name(fingerprint: str) -> str:
     return f"{FILE_PREFIX}{fingerprint[:16]}.int8-mm.onnx"
 
 
+def _single_linked(source: Path, tmp: Path) -> Path:
+    """``source`` (a graph and its external data files, ``NAME.onnx*``), copied into ``tmp`` when
+    any of them has other hard links: onnx (1.20 and later) refuses to load external data with
+    several links ("potential hardlink attack"), and an index's exports are hard links of the
+    export cache's, so re-quantising an index's float32 graph in place always failed."""
+    parts = [p for p in source.parent.glob(source.name + "*") if p.is_file()]
+    if all(p.stat().st_nlink == 1 for p in parts):
+        return source
+    private = tmp / "float32"
+    private.mkdir(exist_ok=True)
+    for part in parts:
+        shutil.copyfile(part, private / part.name)
+    return private / source.name
+
+
 def _quantise(source: Path, target: Path, reference: np.ndarray, probe: np.ndarray) -> dict[str, Any]:
     """Dynamic int8 quantisation of ``source``'s matrix products (``INT8_OPS``) into ``target``,
     kept only if it agrees with the float32 vectors ``reference`` of ``probe``; the record says
@@ -359,6 +374,7 @@ def _quantise(source: Path, target: Path, reference: np.ndarray, probe: np.ndarr
     try:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        source = _single_linked(source, target.parent)
         with _root_logger_silenced():
             quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OPS))
         trial = _run_checked(target, probe, "int8 model")
