@@ -268,3 +268,26 @@ def test_the_readmes_first_command_shows_photos(tmp_path, tiny_model):
     assert result.returncode == 0, result.stderr.decode()
     hits = strict(result.stdout)["hits"]
     assert hits and {h["modality"] for h in hits} == {"image"}
+
+
+def test_every_column_of_the_table_keeps_its_cells_beside_a_long_text(tmp_path, tiny_model):
+    """The sample photos' folder holds a README whose text is long: at 80 and 120 columns each hit
+    line still shows its rank, score and type (rich's flexible text column used to shrink them to
+    nothing), and at 50 the table is wider than the terminal rather than cut."""
+    from conftest import ROOT
+
+    photos = ROOT / "tests" / "data" / "photos"
+    idx = tmp_path / "idx"
+    assert run("index", photos, "-i", idx, *tiny_model.args, "-q").returncode == 0
+    for columns in ("50", "80", "120"):
+        result = run("query", "a cat", "-i", idx, "-k", "3", env={**os.environ, "COLUMNS": columns})
+        assert result.returncode == 0, result.stderr.decode()
+        lines = result.stdout.decode().splitlines()
+        header = next(line for line in lines if "path" in line)
+        assert header.split()[:5] == ["#", "┃", "score", "┃", "type"], (columns, lines)
+        rows = [line for line in lines if str(photos) in line]
+        assert len(rows) == 3, (columns, lines)
+        for rank, row in enumerate(rows, 1):
+            cells = [c.strip() for c in row.split("│")]
+            assert cells[0] == str(rank) and float(cells[1]) and cells[2] in ("image", "text"), (columns, row)
+            assert any(cell.startswith(str(photos)) and not cell.endswith("…") for cell in cells), (columns, row)

@@ -204,18 +204,20 @@ def _print_hits(hits, shown: Sequence[str] = ()) -> None:
     narrow = ("#", "score", "type", *shown)
     widths = [max(len(name), *(len(r[n]) for r in rows)) for n, name in enumerate(narrow)]
     path_width = max(len("path"), *(len(r[len(narrow)]) for r in rows))
+    # Every column gets an exact width: with a flexible (ratio) text column, rich shrank the
+    # narrow columns to nothing when a text was long (the rank, score and type vanished).
     table = Table(show_edge=False, header_style="bold")
     for name, width in zip(narrow, widths):
-        table.add_column(name, justify="right" if name in ("#", "score") else "left", no_wrap=True, min_width=width)
-    table.add_column("path", no_wrap=True, overflow="ellipsis", min_width=path_width, max_width=path_width)
+        table.add_column(name, justify="right" if name in ("#", "score") else "left", no_wrap=True, width=width)
+    table.add_column("path", no_wrap=True, overflow="ellipsis", width=path_width)
     # Each column but the text needs its width and a separator: a narrow terminal gets a wider
     # table (lines the terminal wraps, whole paths) rather than broken paths, and no text column
     # where it would hold less than a word or two.
-    needed = sum(widths) + path_width + 3 * len(widths) + 1
-    with_text = out.width - needed >= MIN_TEXT_WIDTH + 3
+    needed = sum(widths) + path_width + 3 * len(widths) + 2  # separators, and the outer padding
+    text_width = out.width - needed - 3
+    with_text = text_width >= MIN_TEXT_WIDTH
     if with_text:
-        table.add_column("text", no_wrap=True, overflow="ellipsis", ratio=1, min_width=MIN_TEXT_WIDTH)
-        needed += MIN_TEXT_WIDTH + 3
+        table.add_column("text", no_wrap=True, overflow="ellipsis", width=text_width)
     for *cells, where, notes, text in rows:
         table.add_row(*cells, Text("\n".join([where, *notes])), *([Text(text)] if with_text else []))
     if needed > out.width:
