@@ -17,6 +17,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# One OpenMP thread per test process when pytest-xdist runs several workers: FAISS's and torch's
+# OpenMP threads, two per worker on two cores, spin against each other (the FAISS-heavy test files
+# ran 1.4x faster with one). Set before numpy, torch or FAISS load their thread pools; new
+# processes the tests start inherit it. The serial slow pass keeps the machine's default.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 from PIL import Image
