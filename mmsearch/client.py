@@ -33,10 +33,10 @@ from typing import Any
 
 import httpx
 
-from .dupes import DuplicateGroup
+from .search.dupes import DuplicateGroup
 from .errors import ServerError
 from .fsutil import path_from_fields
-from .query import IMAGE, TEXT, Hit, Hits, Item, QueryTerm, parse_query
+from .search.query import IMAGE, TEXT, Hit, Hits, Item, QueryTerm, parse_query
 from .settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"

@@ -32,8 +32,8 @@ from .fsutil import display_path
 from .indexing import Indexer, IndexReport, NullProgress, Progress, metadata
 from .library import LibraryRoot
 from .media import BadInput
-from .query import IMAGE, TEXT, Item, QueryTerm, combine
-from .searching import Searching, _item
+from .search.query import IMAGE, TEXT, Item, QueryTerm, combine
+from .search.searcher import Searching, _item
 from .settings import Settings
 from .storage import CHOICES, IndexStore, VectorSettings, location, writer_lock
 from .storage.pgvector import FAISS, PGVECTOR
@@ -364,9 +364,9 @@ class Engine(Searching):
             log.warning("%s", exc)
 
     def _calibrate(self, changed: bool) -> None:
-        """Measure the background scores of the index (``mmsearch.calibration``) when its
+        """Measure the background scores of the index (``mmsearch.search.calibration``) when its
         contents changed or it has none yet; a failure costs calibrated scores, not the run."""
-        from . import calibration
+        from .search import calibration
 
         try:
             if changed or calibration.load(self.store) is None:

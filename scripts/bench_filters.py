@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("MMSEARCH_FAISS_GPU", "0")
 
-    from mmsearch import Engine, candidates
+    from mmsearch import Engine
+    from mmsearch.search import candidates
     from mmsearch.storage import vectors as vectors_module
     from mmsearch.synthetic import clustered_queries, clustered_vectors
 

@@ -180,7 +180,7 @@ def measure(folder: Path, qs: list, k: int = 10, truth: int = 0) -> dict:
     the document index; ``recall`` compares their top-k: the share of queries whose ids are the
     same in the same order, and the mean overlap of the sets."""
     from mmsearch import Engine
-    from mmsearch.fusion import FusionOptions
+    from mmsearch.search.fusion import FusionOptions
     from mmsearch.storage import docindex
 
     def item_path(run):
@@ -247,7 +247,7 @@ def update_timing(folder: Path, repeats: int, dim: int, checks: int = 20) -> dic
     (``refresh``) against whole (``refresh(force=True)``), on the same snapshot each time, with
     the early-fusion top 10 of ``checks`` queries compared after each."""
     from mmsearch import Engine
-    from mmsearch.fusion import FusionOptions
+    from mmsearch.search.fusion import FusionOptions
     from mmsearch.storage import IndexStore, docindex, writer_lock
     from mmsearch.synthetic import clustered_vectors
 

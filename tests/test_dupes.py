@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import one_line, run
 from mmsearch import Engine, QueryError
-from mmsearch import dupes
+from mmsearch.search import dupes
 
 PHOTOS = Path(__file__).parent / "data" / "photos"
 # With the tiny random-weight model every photo lies within about 0.99 of every other (random

@@ -422,7 +422,7 @@ def test_document_evaluation_fusion_beats_the_best_single_modality(trained, shap
     """Documents (an image with one caption) found by another caption: on the trained model,
     fusing both vectors ranks above either alone, and only BM25 finds exact product codes."""
     from mmsearch import Engine
-    from mmsearch.fusion import FusionOptions
+    from mmsearch.search.fusion import FusionOptions
     from mmsearch.training.documents import Config, evaluate_documents
 
     out, _ = trained

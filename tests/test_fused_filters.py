@@ -18,7 +18,7 @@ from test_photo_metadata import FILE_TIME, FILTERS, _set_mtime, build_library, p
 from mmsearch import Engine
 from mmsearch.client import Client
 from mmsearch.media.videogen import make_video, scene_frame
-from mmsearch.query import parse_query
+from mmsearch.search.query import parse_query
 from mmsearch.server import ServerThread, create_app
 
 # Every way to rank other than the plain one.

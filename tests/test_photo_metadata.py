@@ -19,7 +19,8 @@ from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
 from conftest import engines_per_filter_strategy, make_image
-from mmsearch import Engine, QueryError, candidates
+from mmsearch import Engine, QueryError
+from mmsearch.search import candidates
 from mmsearch.client import Client
 from mmsearch.errors import FilterError, ServerError
 from mmsearch.filters import distance_km

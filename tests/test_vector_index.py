@@ -177,7 +177,7 @@ def assert_exact(engine: Engine, k: int = 8) -> None:
 
 
 def vectors_query(text):
-    from mmsearch.query import TEXT, QueryTerm
+    from mmsearch.search.query import TEXT, QueryTerm
 
     return QueryTerm(TEXT, text)
 

@@ -478,7 +478,7 @@ def test_a_cut_every_frame_keeps_memory_bounded_by_the_cap(tmp_path):
 def test_a_video_file_as_a_query_term_is_refused_with_the_ways_forward(tmp_path, cli, tiny_model):
     """A video path is not read as the words of a text query: one line says what works instead."""
     from mmsearch import QueryError
-    from mmsearch.query import parse_query
+    from mmsearch.search.query import parse_query
 
     video = make_video(tmp_path / "clip.mp4", [1.0])
     with pytest.raises(QueryError, match="is a video: query with a still from it"):

@@ -117,7 +117,7 @@ def query_cmd(
 
     wanted = filters.parse(after, before, camera, near, prefix="--")
     filters.check_sort(sort, "--sort")
-    from ..fusion import FUSIONS, MODES
+    from ..search.fusion import FUSIONS, MODES
 
     if fusion not in FUSIONS or mode not in MODES:
         what, value, choices = ("fusion", fusion, FUSIONS) if fusion not in FUSIONS else ("mode", mode, MODES)
@@ -125,7 +125,7 @@ def query_cmd(
     preloaded = preloaded_images = None
     if model is None and pretrained is None:
         from ..encoders import onnx_text
-        from ..query import IMAGE, TEXT, parse_query
+        from ..search.query import IMAGE, TEXT, parse_query
 
         settings = _settings(db)
         try:
@@ -264,7 +264,7 @@ def dupes_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
 ) -> None:
     """List groups of near-duplicate items (re-encoded, resized, slightly cropped copies), each with the one to keep."""
-    from ..dupes import check_threshold
+    from ..search.dupes import check_threshold
 
     if threshold is not None:
         check_threshold(threshold, "--threshold")
@@ -275,7 +275,7 @@ def dupes_cmd(
         with progress:
             groups = engine.duplicates(threshold=threshold, type=type, progress=progress)
     if as_json:
-        from ..dupes import DEFAULT_THRESHOLD
+        from ..search.dupes import DEFAULT_THRESHOLD
 
         write_json({"threshold": threshold if threshold is not None else DEFAULT_THRESHOLD,
                     "groups": [g.as_dict() for g in groups],

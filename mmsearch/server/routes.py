@@ -16,10 +16,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, Response
 
 from .. import __version__
-from ..dupes import DEDUP_MIN_POOL, DEDUP_POOL_FACTOR, MIN_THRESHOLD
+from ..search.dupes import DEDUP_MIN_POOL, DEDUP_POOL_FACTOR, MIN_THRESHOLD
 from ..media import BadInput, media_registry
 from ..media.documents import source_path
-from ..query import IMAGE, ITEM, TEXT, Hit, Item, QueryTerm
+from ..search.query import IMAGE, ITEM, TEXT, Hit, Item, QueryTerm
 from .files import MAX_THUMBNAIL_SOURCE_BYTES, file_response, open_item_file
 from .responses import json_safe, text_safe
 from .schemas import MAX_K, MAX_TEXT_CHARS, MAX_UPLOADS, HealthOut, ItemOut, Modality, SearchOut, Sort, search_body_openapi

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from ..dupes import MIN_THRESHOLD
+from ..search.dupes import MIN_THRESHOLD
 
 MAX_UPLOADS = 4  # images in one combined query
 MAX_TERMS = 16

@@ -27,7 +27,7 @@ from starlette.datastructures import FormData, UploadFile
 
 from ..media.image import check_decode_size, decode_image, decoded_size, open_image
 from ..media.records import BadInput
-from ..query import IMAGE, ITEM, TEXT
+from ..search.query import IMAGE, ITEM, TEXT
 from .schemas import MAX_TERMS, MAX_TEXT_CHARS, MAX_UPLOADS, SearchIn, TermIn
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a full-size phone photo is 3-12 MB

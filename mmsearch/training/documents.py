@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..fusion import FusionOptions
+from ..search.fusion import FusionOptions
 
 DEFAULT_KS = (1, 5, 10)
 TOKEN_FORMAT = "DOC-{:05d}"

@@ -15,18 +15,18 @@ from typing import Any
 import numpy as np
 
 from . import dupes
-from . import filters as filters_mod
+from .. import filters as filters_mod
 from .candidates import Candidates
-from .errors import QueryError
-from .fsutil import display_path
-from .indexing import NullProgress, Progress
-from .library import under_any, within
-from .media.documents import is_image_part, picture_of, record_of
-from .media.exif import camera_name
-from .media.video import VIDEO
+from ..errors import QueryError
+from ..fsutil import display_path
+from ..indexing import NullProgress, Progress
+from ..library import under_any, within
+from ..media.documents import is_image_part, picture_of, record_of
+from ..media.exif import camera_name
+from ..media.video import VIDEO
 from .query import IMAGE, ITEM, TEXT, TYPES, Hit, Hits, Item, QueryTerm, parse_query, query_image_paths, unit_vector
-from .storage import ItemRow
-from .storage.store import vectors_from_blobs
+from ..storage import ItemRow
+from ..storage.store import vectors_from_blobs
 
 QueryInput = str | Path | QueryTerm | Sequence[str | Path | QueryTerm]
 
@@ -160,7 +160,7 @@ class Searching:
             calibration = None
             if options.calibrated or options.cutoff is not None:
                 from .calibration import Calibration
-                from .storage import calibration as stored
+                from ..storage import calibration as stored
 
                 calibration = Calibration.from_dict(stored.load(snap.reader))
                 if calibration is None:
@@ -398,7 +398,7 @@ def _document_index(snap: Any, options: Any, type: str) -> Any:
     """The document index (``storage.docindex``) early fusion takes its candidates from, or None
     for the item index: it must hold this very snapshot at the weights asked, and every part
     must be rankable (``type`` 'all'; calibrated scores rank by another scale than its vectors)."""
-    from .storage import docindex
+    from ..storage import docindex
 
     if options.fusion != "early" or type != "all" or options.calibrated:
         return None
@@ -490,7 +490,7 @@ def show_pictures(reader: Any, hits: list[Hit], keep: Any) -> None:
     """Each image hit shown by its picture file where that file is indexed (and passes
     ``keep``), and naming the JSONL record that names it, if any: ``_same_picture`` joins the
     two when both are among the candidates; this finds the one that is not."""
-    from .storage.documents import images_by_hash, rows_by_id
+    from ..storage.documents import images_by_hash, rows_by_id
 
     images = [h.id for h in hits if h.modality == "image"]
     if not images:

@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import QueryError
-from .fsutil import path_fields
-from .media.documents import doc_key, is_image_part, picture_of, record_of, source_path
-from .storage.store import Snapshot, vectors_from_blobs
+from ..errors import QueryError
+from ..fsutil import path_fields
+from ..media.documents import doc_key, is_image_part, picture_of, record_of, source_path
+from ..storage.store import Snapshot, vectors_from_blobs
 
 FUSIONS = ("none", "late", "early", "rrf")
 MODES = ("vector", "lexical", "hybrid")
@@ -190,7 +190,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
     index (``storage.docindex``, early fusion only) to take the vector candidates from instead
     of the item index; each candidate is its document's representative item (its image, else
     its text, or a video frame), and its document is read and scored as on the item path."""
-    from .storage.documents import parts_of, places_by_id, vectors_by_id
+    from ..storage.documents import parts_of, places_by_id, vectors_by_id
 
     reader = snap.reader
     cosines: dict[int, float] = {}
@@ -336,7 +336,7 @@ def _one_per_picture(reader: Any, units: dict[tuple, Unit]) -> None:
     indexed too (or that another record names). The unit holding the file keeps it as its image
     and takes the record's other parts (its text); the record's own image part, the same
     picture, is dropped. The kept unit names the record (``Unit.record``)."""
-    from .storage.documents import rows_by_id
+    from ..storage.documents import rows_by_id
 
     records = [p.row.id for u in units.values() for p in u.parts if p.row.modality == "image"
                and is_image_part(p.row.locator)]
@@ -406,7 +406,7 @@ def _vector_pool(snap: Snapshot, source: Any, vector: np.ndarray, fetch: int,
 def with_rows(reader: Any, units: list[Unit]) -> list[Unit]:
     """``units`` with their parts' full item rows (text, meta, sizes) in place of the places
     ranking needed (read for the hits shown only)."""
-    from .storage.documents import rows_by_id
+    from ..storage.documents import rows_by_id
 
     rows = rows_by_id(reader, [p.row.id for u in units for p in u.parts])
     for unit in units:
@@ -470,7 +470,7 @@ def exact_terms(query_text: str | None) -> list[str]:
 def matched(unit: Unit, query_text: str | None) -> dict[str, Any]:
     """What a hit matched: its image and text parts with their cosines, and the query's words
     found in its texts and names."""
-    from .storage.lexical import query_words
+    from ..storage.lexical import query_words
 
     out: dict[str, Any] = {}
     image, text = unit.image, unit.text
@@ -500,7 +500,7 @@ def matched(unit: Unit, query_text: str | None) -> dict[str, Any]:
 def to_hits(units: list[Unit], k: int, query_text: str | None, min_score: float | None, options: FusionOptions):
     """The first ``k`` units as ``Hits`` (each shown by its image part, else its text part),
     with what matched; units scoring below ``min_score`` are left out."""
-    from .searching import _hit
+    from .searcher import _hit
     from .query import Hits
 
     hits = Hits()

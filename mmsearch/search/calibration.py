@@ -146,7 +146,7 @@ def cutoff_z(value: float | str | None, background: Background | None) -> float 
 
 
 def check_cutoff(value: Any) -> float | str | None:
-    from .errors import QueryError
+    from ..errors import QueryError
 
     if value is None or value == "auto":
         return value
@@ -194,7 +194,7 @@ def refresh(store: Any, encode_texts: Any, cache: Path | None = None) -> Calibra
     """Measure the index's backgrounds now and keep them in its catalogue (after indexing).
     ``cache``: a folder for this model's probe vectors shared by every index of it on this
     machine (the ONNX export cache entry), so a new index encodes no probe."""
-    from .storage import calibration as stored
+    from ..storage import calibration as stored
 
     dim = store.dim
     with store.read() as r:
@@ -219,7 +219,7 @@ def refresh(store: Any, encode_texts: Any, cache: Path | None = None) -> Calibra
 
 
 def load(store: Any) -> Calibration | None:
-    from .storage import calibration as stored
+    from ..storage import calibration as stored
 
     with store.read() as r:
         return Calibration.from_dict(stored.load(r))

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import QueryError
+from ..errors import QueryError
 
 DEFAULT_THRESHOLD = 0.97
 MIN_THRESHOLD = 0.5  # the lowest threshold taken: below it, "near-duplicate" means nothing
@@ -364,7 +364,7 @@ def make_groups(components: Sequence[Sequence[Any]], vector_of: Callable[[int], 
 def scan(reader: Any, dim: int, modalities: Sequence[str], threshold: float, progress: Any) -> list[DuplicateGroup]:
     """The near-duplicate groups of a catalogue snapshot (``reader``), per modality, of rows
     (``ItemRow``); ``progress``: an indexing-style progress (``start``, ``advance``)."""
-    from .storage.store import vectors_from_blobs
+    from ..storage.store import vectors_from_blobs
 
     found: list[DuplicateGroup] = []
     counts = reader.modality_counts()
@@ -406,7 +406,7 @@ def one_per_picture(rows: Sequence[Any]) -> list[Any]:
     """``rows`` with one row per picture: a JSONL record's image and the file it names (or two
     records naming one file) are one picture, not duplicates of each other; the file's own row
     stays, else the first."""
-    from .media.documents import is_image_part, picture_of
+    from ..media.documents import is_image_part, picture_of
 
     kept: dict[Any, Any] = {}
     for row in sorted(rows, key=lambda r: (is_image_part(r.locator), r.id)):

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .media.extensions import EXTENSIONS, HEIF_EXTENSIONS, VIDEO_EXTENSIONS
-from .errors import QueryError
-from .fsutil import path_fields
+from ..media.extensions import EXTENSIONS, HEIF_EXTENSIONS, VIDEO_EXTENSIONS
+from ..errors import QueryError
+from ..fsutil import path_fields
 
 TEXT, IMAGE, ITEM = "text", "image", "item"
 TYPES = ("all", "image", "text", "video")
@@ -123,7 +123,7 @@ class Hit(Item):
     @property
     def file(self) -> str:
         """The file this hit shows: its own, or for a record's image the picture file it names."""
-        from .media.documents import source_path
+        from ..media.documents import source_path
 
         return source_path(self.path, self.locator, self.meta)
 
