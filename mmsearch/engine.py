@@ -32,8 +32,10 @@ from .fsutil import display_path
 from .indexing import Indexer, IndexReport, NullProgress, Progress, metadata
 from .library import LibraryRoot
 from .media import BadInput
-from .search.query import IMAGE, TEXT, Item, QueryTerm, combine
-from .search.searcher import Searching, _item
+from .search.dupes import DuplicateGroup
+from .search.query import IMAGE, ITEM, TEXT, Hits, Item, QueryTerm, combine, item_of
+from .search.request import QueryInput, Ranking, SearchRequest, request_of
+from .search.searcher import IndexSearcher
 from .settings import Settings
 from .storage import CHOICES, IndexStore, VectorSettings, location, writer_lock
 from .storage.pgvector import FAISS, PGVECTOR
@@ -47,7 +49,7 @@ DEFAULT_BATCH_CPU = 32  # larger batches stop paying off on CPU beyond ~32
 DEFAULT_BATCH_GPU = 256  # GPUs want a few hundred to stay busy
 
 
-class Engine(Searching):
+class Engine:
     """An index folder plus the model that embeds into it.
 
     ``index``: the index folder (default ``$MMSEARCH_INDEX`` or ``./indexes/default``); it is
@@ -103,6 +105,7 @@ class Engine(Searching):
         self._preloaded_image = image_encoder
         self.warmed = False  # `warm()` loaded what queries need
         self._lock = threading.RLock()  # guards loading the encoders and switching models
+        self._searcher = IndexSearcher(lambda: self.store, self._refresh, self._encode_for_search, self.roots)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> Engine:
@@ -613,7 +616,7 @@ class Engine(Searching):
         """The stored metadata of one item, or None."""
         with self.store.read() as r:
             row = r.item(int(item_id))
-        return _item(row) if row is not None else None
+        return item_of(row) if row is not None else None
 
     def count(self) -> int:
         """How many items the index holds."""
@@ -644,6 +647,141 @@ class Engine(Searching):
         # mmsearch that built them), beside what a run would use now (``encoders``).
         stats["encoded_with"] = manifest.get("encoded_with")
         return stats
+
+    # -- searching (``Searcher``: ``Client`` has the same methods) --------------------------------
+    def search(
+        self,
+        query: QueryInput | SearchRequest,
+        *,
+        k: int = 10,
+        type: str = "all",
+        min_score: float | None = None,
+        under: str | os.PathLike | None = None,
+        include_query: bool = False,
+        force: str | None = None,
+        dedup: bool | float = False,
+        after: Any = None,
+        before: Any = None,
+        camera: str | None = None,
+        near: Any = None,
+        sort: str = "relevance",
+        fusion: str = "none",
+        mode: str = "vector",
+        image_weight: float | None = None,
+        text_weight: float | None = None,
+        calibrated: bool = False,
+        cutoff: float | str | None = None,
+    ) -> Hits:
+        """Ranked hits for ``query``: a text, an image path, a ``QueryTerm`` (texts, images as
+        paths, bytes or PIL images, item ids), a list of them, or a ``SearchRequest`` (then no
+        other option: it carries its own).
+
+        Strings are parsed like the CLI (``"2:beach + ./dog.jpg - people"``). ``type``
+        restricts hits to 'image', 'text' or 'video'; ``min_score`` drops weaker hits; ``under``
+        keeps hits below a folder. Images and items used as the query are left out of its
+        results unless ``include_query``. ``dedup`` collapses near-duplicate hits (True: at
+        ``dupes.DEFAULT_THRESHOLD``; a number: at that cosine similarity): the best-ranked of each
+        group stays and lists the others' ids in ``duplicates``; k hits are still returned while
+        the index holds enough.
+
+        Capture metadata filters (see ``mmsearch.filters``): ``after`` (inclusive) and
+        ``before`` (exclusive) take dates (``date``, ``datetime`` or ISO text such as
+        "2024-05-01") and compare with the item's capture date, or its file's time when it has
+        none; ``camera`` names a camera's model, make or both ("Pixel 7", "Canon", "Google
+        Pixel 7", any ASCII case); ``near`` is "LAT,LON,KM" or (lat, lon, km). ``sort``:
+        'relevance', or 'date' (newest first) / 'date-asc' to order the hits that pass the
+        relevance cut (``k``, ``min_score``) by date.
+
+        ``fusion`` ('none', 'late', 'early', 'rrf') ranks documents (an image with its caption,
+        sidecar or JSONL text) by both their vectors, with ``image_weight``/``text_weight``;
+        ``mode`` ('vector', 'lexical', 'hybrid') adds the full-text index's BM25 ranking (see
+        ``mmsearch.search.fusion``). ``calibrated`` ranks and scores by calibrated score
+        (``mmsearch.search.calibration``: images and texts on one scale; the raw cosine stays in
+        ``Hit.cosine``); ``cutoff`` ('auto' or a calibrated score) drops hits indistinguishable
+        from the index's background.
+        """
+        options = dict(locals())
+        del options["self"], options["query"]
+        return self._searcher.search(request_of(query, options))
+
+    def search_image(
+        self,
+        image: str | os.PathLike | bytes,
+        *,
+        k: int = 10,
+        type: str = "all",
+        min_score: float | None = None,
+        under: str | os.PathLike | None = None,
+        include_query: bool = False,
+        dedup: bool | float = False,
+        after: Any = None,
+        before: Any = None,
+        camera: str | None = None,
+        near: Any = None,
+        sort: str = "relevance",
+    ) -> Hits:
+        """Search by one image: a file path or its encoded bytes (options as ``search``)."""
+        term = QueryTerm(IMAGE, image if isinstance(image, (bytes, bytearray, memoryview)) else os.fspath(image))
+        return self.search(term, k=k, type=type, min_score=min_score, under=under, include_query=include_query,
+                           dedup=dedup, after=after, before=before, camera=camera, near=near, sort=sort)
+
+    def similar(
+        self,
+        item_id: int,
+        *,
+        k: int = 10,
+        type: str = "all",
+        min_score: float | None = None,
+        under: str | os.PathLike | None = None,
+        include_self: bool = False,
+        dedup: bool | float = False,
+        after: Any = None,
+        before: Any = None,
+        camera: str | None = None,
+        near: Any = None,
+        sort: str = "relevance",
+    ) -> Hits:
+        """'More like this': the items nearest to indexed item ``item_id`` (options as ``search``)."""
+        return self.search(QueryTerm(ITEM, str(int(item_id))), k=k, type=type, min_score=min_score, under=under,
+                           include_query=include_self, dedup=dedup, after=after, before=before, camera=camera,
+                           near=near, sort=sort)
+
+    def search_vector(self, vector: np.ndarray, request: SearchRequest | None = None, *,
+                      exclude: set[Any] | frozenset = frozenset(), **options: Any) -> Hits:
+        """Ranked hits for a query vector already in this index's space: with ``request``'s
+        options, or ``search``'s keywords (``k``, ``type``, ``min_score``, ``under``, ``dedup``,
+        the filters, ``sort``, the ranking); ``exclude``: paths and ids left out. Words for a
+        lexical or fused ranking: ``search_fused``."""
+        return self._searcher.run(request or SearchRequest.build(None, **options), vector, exclude=exclude)
+
+    def search_fused(self, vector: np.ndarray, words: str | None, ranking: Ranking,
+                     request: SearchRequest | None = None, *, exclude: set[Any] | frozenset = frozenset(),
+                     query_side: str = TEXT, **options: Any) -> Hits:
+        """Ranked documents or items for a query vector and its ``words``, ranked as ``ranking``
+        says (options as ``search_vector``; ``query_side``: 'text' or 'image', the query's kind,
+        for calibration)."""
+        request = (request or SearchRequest.build(None, **options)).but(ranking=ranking)
+        return self._searcher.run(request, vector, words=words or "", exclude=exclude, query_side=query_side)
+
+    def duplicates(self, *, threshold: float | None = None, type: str = "all", limit: int | None = None,
+                   progress: Progress | None = None) -> list[DuplicateGroup]:
+        """Groups of near-duplicate items (cosine similarity at least ``threshold``, default
+        ``dupes.DEFAULT_THRESHOLD``; chains join: a~b and b~c make one group), of one modality
+        each (``type``: 'image', 'text', 'video' or 'all'; files of moments (videos) group as
+        whole files, each shown by its best-matching moment). Each group's ``keeper`` is the item
+        with the largest resolution, then the oldest file, then the lowest id; ``others`` carry
+        their similarity to it. Largest groups first; at most ``limit`` groups (None: all).
+        ``progress`` receives the scan's progress."""
+        groups = self._searcher.duplicates(threshold, type, progress)
+        return groups if limit is None else groups[:max(0, int(limit))]
+
+    def _encode_for_search(self, terms: Sequence[QueryTerm]) -> np.ndarray:
+        """The query vector, once the index exists and the model asked for is the index's."""
+        self.store.raise_if_never_indexed()  # before the model is loaded
+        self._refresh()
+        if self._requested is not None and not self._check_model():
+            raise self._mismatch("query it with the model it was built with")
+        return self.encode_query(terms)
 
 
 def _check_index_type(index_type: str | None) -> None:

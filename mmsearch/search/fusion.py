@@ -48,9 +48,9 @@ from ..errors import QueryError
 from ..fsutil import path_fields
 from ..media.documents import doc_key, is_image_part, picture_of, record_of, source_path
 from ..storage.store import Snapshot, vectors_from_blobs
+from .query import Hits, hit_of
+from .request import FUSIONS, MODES, Ranking
 
-FUSIONS = ("none", "late", "early", "rrf")
-MODES = ("vector", "lexical", "hybrid")
 # Reciprocal rank fusion's constant (Cormack et al. 2009): ranks beyond the first few count
 # little, so one list's first hit is not drowned by the other's long tail.
 RRF_K = 60
@@ -58,45 +58,11 @@ RRF_K = 60
 # many BM25 matches; their documents' other parts are fetched from the catalogue.
 MIN_POOL = 50
 POOL_FACTOR = 5
-# The weights late and early fusion use unless told (chosen by `mmsearch eval`, BENCHMARKS.md).
-DEFAULT_IMAGE_WEIGHT = 0.5
-DEFAULT_TEXT_WEIGHT = 0.5
-
 IMAGE_SIDE = ("image", "video")
 
 
 def pool_size(k: int) -> int:
     return max(MIN_POOL, POOL_FACTOR * k)
-
-
-@dataclass(frozen=True)
-class FusionOptions:
-    """How a search ranks: ``fusion`` (none, late, early, rrf), ``mode`` (vector, lexical,
-    hybrid) and the image and text weights of late and early fusion."""
-
-    fusion: str = "none"
-    mode: str = "vector"
-    image_weight: float = DEFAULT_IMAGE_WEIGHT
-    text_weight: float = DEFAULT_TEXT_WEIGHT
-    calibrated: bool = False  # rank by calibrated scores (``mmsearch.calibration``)
-    cutoff: float | str | None = None  # 'auto' or a calibrated score hits must reach
-
-    def __post_init__(self) -> None:
-        if self.fusion not in FUSIONS:
-            raise QueryError(f"unknown fusion {self.fusion!r}: choose one of {', '.join(FUSIONS)}")
-        if self.mode not in MODES:
-            raise QueryError(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
-        for name in ("image_weight", "text_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise QueryError(f"{name.replace('_', ' ')} must be a number of at least 0, got {value!r}")
-        if self.image_weight + self.text_weight <= 0:
-            raise QueryError("the image and text weights cannot both be 0")
-
-    @property
-    def plain(self) -> bool:
-        """True for today's item-by-item vector ranking (nothing here is needed)."""
-        return self.fusion == "none" and self.mode == "vector" and not self.calibrated and self.cutoff is None
 
 
 @dataclass
@@ -179,7 +145,7 @@ class Pool:
 
 
 def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int, keep: Callable[[Any], bool],
-           options: FusionOptions, calibration: Any = None, query_modality: str = "text",
+           options: Ranking, calibration: Any = None, query_modality: str = "text",
            wanted: Any = None, source: Any = None, documents: Any = None) -> Pool:
     """Units ranked as ``options`` say, best first, from ``size`` vector candidates (and as
     many BM25 matches). ``keep`` filters item rows (type, folder, query items): a document keeps
@@ -415,7 +381,7 @@ def with_rows(reader: Any, units: list[Unit]) -> list[Unit]:
     return [u for u in units if u.parts]
 
 
-def _vector_scores(units: list[Unit], options: FusionOptions) -> None:
+def _vector_scores(units: list[Unit], options: Ranking) -> None:
     weights = (float(options.image_weight), float(options.text_weight))
     if options.fusion in ("none",):
         for u in units:
@@ -497,18 +463,15 @@ def matched(unit: Unit, query_text: str | None) -> dict[str, Any]:
     return out
 
 
-def to_hits(units: list[Unit], k: int, query_text: str | None, min_score: float | None, options: FusionOptions):
+def to_hits(units: list[Unit], k: int, query_text: str | None, min_score: float | None, options: Ranking):
     """The first ``k`` units as ``Hits`` (each shown by its image part, else its text part),
     with what matched; units scoring below ``min_score`` are left out."""
-    from .searcher import _hit
-    from .query import Hits
-
     hits = Hits()
     for unit in units:
         if min_score is not None and unit.score < min_score:
             break
         part = unit.representative
-        hit = _hit(len(hits) + 1, unit.score, part.row)
+        hit = hit_of(len(hits) + 1, unit.score, part.row)
         hit.cosine = part.cosine
         hit.calibrated = part.z
         hit.record = unit.record or hit.record
@@ -520,4 +483,4 @@ def to_hits(units: list[Unit], k: int, query_text: str | None, min_score: float 
     return hits
 
 
-__all__ = ["FUSIONS", "MODES", "FusionOptions", "Unit", "fuse_scores", "is_image_part", "matched", "rrf", "search"]
+__all__ = ["FUSIONS", "MODES", "Ranking", "Unit", "fuse_scores", "is_image_part", "matched", "rrf", "search"]

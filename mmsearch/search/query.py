@@ -18,7 +18,11 @@ import numpy as np
 
 from ..media.extensions import EXTENSIONS, HEIF_EXTENSIONS, VIDEO_EXTENSIONS
 from ..errors import QueryError
+from ..filters import item_date, iso
 from ..fsutil import path_fields
+from ..media.capabilities import has_moments
+from ..media.documents import record_of
+from ..media.exif import camera_name
 
 TEXT, IMAGE, ITEM = "text", "image", "item"
 TYPES = ("all", "image", "text", "video")
@@ -267,3 +271,23 @@ def unit_vector(vector: Any, name: str = "query vector") -> np.ndarray:
 
 def query_image_paths(terms: Sequence[QueryTerm]) -> set[str]:
     return {os.path.abspath(os.path.expanduser(os.fspath(t.value))) for t in terms if t.kind == IMAGE and not t.in_memory}
+
+
+# -- hits and items from stored rows: the one place they are made (search and fusion alike) -------
+def row_fields(row: Any) -> dict[str, Any]:
+    """An ``Item``'s fields from a stored row (``storage.ItemRow``)."""
+    moment = (row.meta or {}).get("t") if has_moments(row.modality) else None
+    when, source = item_date(row)
+    return dict(id=row.id, modality=row.modality, path=row.path, locator=row.locator, text=row.text,
+                width=row.width, height=row.height, meta=row.meta, t=moment, taken_at=iso(when),
+                date_source=source, camera=camera_name(row.camera_make, row.camera_model), lat=row.lat, lon=row.lon)
+
+
+def item_of(row: Any) -> Item:
+    """The ``Item`` a stored row shows."""
+    return Item(**row_fields(row))
+
+
+def hit_of(rank: int, score: float, row: Any) -> Hit:
+    """A hit at ``rank`` with ``score`` shown by a stored row."""
+    return Hit(rank=rank, score=float(score), record=record_of(row), **row_fields(row))

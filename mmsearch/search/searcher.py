@@ -1,170 +1,251 @@
-"""The Engine's searching half: ranked hits for queries, vectors and items, near-duplicate
-groups, and the hit types' fields. ``Engine`` inherits it; everything here works on the Engine's
-store and encoders (``self.store``, ``self.encode_query``), never on its own copies.
+"""The searcher: runs a ``SearchRequest`` over an index's store and query encoders, and gives
+ranked hits (items, or documents when the request fuses), "more like this" and near-duplicate
+groups. ``Engine`` holds one; it receives what it works on (the store, a preparation step, the
+query encoder, the library's roots) and reads nothing else of the Engine.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import dupes
 from .. import filters as filters_mod
-from .candidates import Candidates
 from ..errors import QueryError
 from ..fsutil import display_path
 from ..indexing import NullProgress, Progress
 from ..library import under_any, within
+from ..media.capabilities import has_moments, on_side
 from ..media.documents import is_image_part, picture_of, record_of
-from ..media.exif import camera_name
-from ..media.video import VIDEO
-from .query import IMAGE, ITEM, TEXT, TYPES, Hit, Hits, Item, QueryTerm, parse_query, query_image_paths, unit_vector
-from ..storage import ItemRow
+from ..storage import IndexStore, ItemRow
+from ..storage import calibration as stored_calibration
 from ..storage.store import vectors_from_blobs
+from . import dupes, fusion
+from .calibration import Calibration
+from .candidates import Candidates
+from .query import IMAGE, ITEM, TEXT, Hit, Hits, QueryTerm, hit_of, item_of, query_image_paths, row_fields, unit_vector
+from .request import SearchRequest, check_options
 
-QueryInput = str | Path | QueryTerm | Sequence[str | Path | QueryTerm]
-
-# A video hit's segment: its neighbouring frames scoring at least best - SEGMENT_FRACTION x
-# (best - the video's worst frame). Relative to the video's own spread, so it adapts to models
-# whose cosines all lie close together.
+# A moment hit's segment (a video's frames): its neighbouring moments scoring at least best -
+# SEGMENT_FRACTION x (best - the file's worst moment). Relative to the file's own spread, so it
+# adapts to models whose cosines all lie close together.
 SEGMENT_FRACTION = 0.25
 
 
-class Searching:
-    """Search methods of ``Engine`` (see its docstring)."""
+class IndexSearcher:
+    """Searches one index. ``store``: gives the index's current store (raising when it was never
+    built); ``prepare``: called before a query is encoded (it reloads a store another process
+    rewrote and refuses a model the index was not built with); ``encode``: query terms -> one
+    query vector in the index's space; ``roots``: the library's roots (for ``under``)."""
 
-    def search(
-        self,
-        query: QueryInput,
-        *,
-        k: int = 10,
-        type: str = "all",
-        min_score: float | None = None,
-        under: str | Path | None = None,
-        include_query: bool = False,
-        force: str | None = None,
-        dedup: bool | float = False,
-        after: Any = None,
-        before: Any = None,
-        camera: str | None = None,
-        near: Any = None,
-        sort: str = filters_mod.RELEVANCE,
-        fusion: str = "none",
-        mode: str = "vector",
-        image_weight: float | None = None,
-        text_weight: float | None = None,
-        calibrated: bool = False,
-        cutoff: float | str | None = None,
-    ) -> Hits:
-        """Ranked hits for ``query``: a text, an image path, a ``QueryTerm`` (texts, images as
-        paths, bytes or PIL images, item ids), or a list of them.
+    def __init__(self, store: Callable[[], IndexStore], prepare: Callable[[], None],
+                 encode: Callable[[Sequence[QueryTerm]], np.ndarray], roots: Callable[[], list[Any]]):
+        self._store = store
+        self._prepare = prepare
+        self._encode = encode
+        self._roots = roots
 
-        Strings are parsed like the CLI (``"2:beach + ./dog.jpg - people"``). ``type``
-        restricts hits to 'image' or 'text'; ``min_score`` drops weaker hits; ``under`` keeps
-        hits below a folder. Images and items used as the query are left out of its results
-        unless ``include_query``. ``dedup`` collapses near-duplicate hits (True: at
-        ``dupes.DEFAULT_THRESHOLD``; a number: at that cosine similarity): the best-ranked of each
-        group stays and lists the others' ids in ``duplicates``; k hits are still returned while
-        the index holds enough.
-
-        Capture metadata filters (see ``mmsearch.filters``): ``after`` (inclusive) and
-        ``before`` (exclusive) take dates (``date``, ``datetime`` or ISO text such as
-        "2024-05-01") and compare with the item's capture date, or its file's time when it has
-        none; ``camera`` names a camera's model, make or both ("Pixel 7", "Canon", "Google
-        Pixel 7", any ASCII case); ``near`` is "LAT,LON,KM" or (lat, lon, km). ``sort``:
-        'relevance', or 'date' (newest first) / 'date-asc' to order the hits that pass the
-        relevance cut (``k``, ``min_score``) by date.
-
-        ``fusion`` ('none', 'late', 'early', 'rrf') ranks documents
-        (an image with its caption, sidecar or JSONL text) by both their vectors, with
-        ``image_weight``/``text_weight``; ``mode`` ('vector', 'lexical', 'hybrid') adds the
-        full-text index's BM25 ranking (see ``mmsearch.fusion``). ``calibrated`` ranks and
-        scores by calibrated score (``mmsearch.calibration``: images and texts on one scale; the
-        raw cosine stays in ``Hit.cosine``); ``cutoff`` ('auto' or a calibrated score) drops hits
-        indistinguishable from the index's background.
-        """
-        options = _fusion_options(fusion, mode, image_weight, text_weight, calibrated, cutoff)
-        dupes.dedup_threshold(dedup)  # bad values fail before the model loads
-        _check_search_options(type, k, min_score, under)
-        wanted = filters_mod.parse(after, before, camera, near)
-        filters_mod.check_sort(sort)
-        self.store.raise_if_never_indexed()  # before the model is loaded
-        self._refresh()
-        if self._requested is not None and not self._check_model():
-            raise self._mismatch("query it with the model it was built with")
-        terms = _as_terms(query, force, names_are_words=options.mode != "vector")
-        for term in terms:
-            if term.kind == TEXT:
-                filters_mod.check_text(term.value, "query text")
-        vector = self.encode_query(terms)
+    # -- requests --------------------------------------------------------------------------------
+    def search(self, request: SearchRequest) -> Hits:
+        """Ranked hits for a request with terms (texts, images, items)."""
+        self._prepare()
+        vector = self._encode(request.terms)
         exclude: set[Any] = set()
-        if not include_query:
-            exclude = set(query_image_paths(terms))
-            exclude.update(int(term.value) for term in terms if term.kind == ITEM)
-            exclude.update(self._videos_of(terms))  # "more like this" on a video: other videos
-        if not options.plain:
-            words = " ".join(term.value for term in terms if term.kind == TEXT and term.weight > 0) or None
-            return self.search_fused(vector, words, options, k=k, type=type, min_score=min_score, under=under,
-                                     exclude=exclude, query_modality=self._query_modality(terms), dedup=dedup,
-                                     after=wanted.after, before=wanted.before, camera=wanted.camera,
-                                     near=wanted.near, sort=sort)
-        return self.search_vector(vector, k=k, type=type, min_score=min_score, under=under, exclude=exclude,
-                                  dedup=dedup, after=wanted.after, before=wanted.before, camera=wanted.camera,
-                                  near=wanted.near, sort=sort)
+        if not request.include_query:
+            exclude = set(query_image_paths(request.terms))
+            exclude.update(request.item_ids)
+            exclude.update(self._files_of_moments(request.item_ids))  # "more like this" on a video: other videos
+        return self.run(request, vector, exclude=exclude, query_side=self._query_side(request.terms))
 
-    def _query_modality(self, terms: Sequence[QueryTerm]) -> str:
-        """'text' or 'image': the modality of the query's strongest positive term (an item term
-        counts as its item's modality), for calibration."""
+    def run(self, request: SearchRequest, vector: np.ndarray, *, words: str | None = None,
+            exclude: set[Any] | frozenset = frozenset(), query_side: str = TEXT) -> Hits:
+        """Ranked hits for a query vector already in the index's space, with the request's
+        options; ``words`` (default: the request's texts) feed the full-text index and fusion;
+        ``exclude``: paths and ids left out; ``query_side``: 'text' or 'image', the side of the
+        query's strongest term, for calibration."""
+        vector = unit_vector(vector)  # scores are cosines whatever its length
+        words = request.words if words is None else words
+        filters_mod.check_text(words, "query text")
+        if not request.ranking.plain:
+            hits = self._fused(request, vector, words, exclude, query_side)
+        elif request.dedup is not None:
+            hits = self._deduplicated(request, vector, exclude)
+        else:
+            hits = self._ranked(request, vector, exclude)
+        filters_mod.sort_by_date(hits, request.sort)
+        return hits
+
+    def duplicates(self, threshold: float | None, type: str, progress: Progress | None = None
+                   ) -> list[dupes.DuplicateGroup]:
+        """Groups of near-duplicate items (see ``Engine.duplicates``)."""
+        threshold = dupes.DEFAULT_THRESHOLD if threshold is None else dupes.check_threshold(threshold)
+        check_options(type, 1, None)
+        self._prepare()
+        store = self._store()
+        with store.read() as r:
+            modalities = sorted(r.modality_counts()) if type == "all" else [type]
+            groups = dupes.scan(r, store.dim, modalities, threshold, progress or NullProgress())
+        return [dupes.DuplicateGroup(item_of(g.keeper), [item_of(o) for o in g.others], g.similarity) for g in groups]
+
+    # -- the query's parts -----------------------------------------------------------------------
+    def _query_side(self, terms: Sequence[QueryTerm]) -> str:
+        """'text' or 'image': the side of the query's strongest positive term (an item term
+        counts as its item's), for calibration."""
         term = max((t for t in terms if t.weight > 0), key=lambda t: t.weight)
         if term.kind == ITEM:
-            row = self.get(int(term.value))
-            return "text" if row is not None and row.modality == TEXT else IMAGE
+            with self._store().read() as r:
+                row = r.items([int(term.value)]).get(int(term.value))
+            return TEXT if row is not None and row.modality in on_side(TEXT) else IMAGE
         return TEXT if term.kind == TEXT else IMAGE
 
-    def search_fused(self, vector: np.ndarray, words: str | None, options: Any, *, k: int = 10, type: str = "all",
-                     min_score: float | None = None, under: str | Path | None = None,
-                     exclude: set[Any] = frozenset(), query_modality: str = TEXT, dedup: bool | float = False,
-                     after: Any = None, before: Any = None, camera: str | None = None, near: Any = None,
-                     sort: str = filters_mod.RELEVANCE) -> Hits:
-        """Ranked documents or items for a query vector and its words, as ``options``
-        (``fusion.FusionOptions``) say; filters, ``dedup`` and ``sort`` as ``search_vector``
-        (a document passes the capture filters as the item it is shown by does: its image,
-        else its text). A video hit carries its segment, as in ``search_vector``."""
-        from . import fusion
+    def _files_of_moments(self, ids: list[int]) -> set[str]:
+        """Paths of the files (videos) whose moments are item terms of the query."""
+        if not ids:
+            return set()
+        with self._store().read() as r:
+            return {row.path for row in r.items(ids).values() if has_moments(row.modality)}
 
-        _check_search_options(type, k, min_score, under)
-        filters_mod.check_text(words, "query text")
-        wanted = filters_mod.parse(after, before, camera, near)
-        filters_mod.check_sort(sort)
-        threshold = dupes.dedup_threshold(dedup)
-        self._refresh()
-        vector = unit_vector(vector)
-        prefixes = self._under_prefixes(under) if under else None
+    def _check_dim(self, vector: np.ndarray) -> IndexStore:
+        store = self._store()
+        if vector.shape[0] != store.dim:
+            raise QueryError(f"query vector has dimension {vector.shape[0]}, index has {store.dim}")
+        return store
+
+    def _under_prefixes(self, under: str | Path) -> list[str]:
+        """Stored-path prefixes for the folder ``under``: as given, and as found under each root
+        whose real path holds its real path (a root indexed through a symlink, or a symlink to a
+        folder inside a root)."""
+        given = os.path.abspath(os.path.expanduser(str(under)))
+        real = os.path.realpath(given)
+        prefixes = [given]
+        for root in self._roots():
+            real_root = os.path.realpath(root.path)
+            if within(real, real_root):
+                rel = os.path.relpath(real, real_root)
+                prefixes.append(root.path if rel == "." else os.path.join(root.path, rel))
+        return list(dict.fromkeys(prefixes))
+
+    # -- ranking ---------------------------------------------------------------------------------
+    def _keep(self, request: SearchRequest, prefixes: list[str] | None, exclude: Any,
+              check: bool = True) -> Callable[[Any], bool]:
+        """Whether a stored row may be a hit: its type, folder and capture filters (unless the
+        candidate source already applied them: ``check`` False) and not excluded."""
+        type, wanted = request.type, request.filters
 
         def keep(item: Any) -> bool:
-            if type != "all" and item.modality != type:
+            if check and type != "all" and item.modality != type:
                 return False
-            if prefixes is not None and not under_any(item.path, prefixes):
+            if check and prefixes is not None and not under_any(item.path, prefixes):
+                return False
+            if check and wanted.active and not wanted.matches(item):
                 return False
             return item.path not in exclude and item.id not in exclude
 
-        with self.store.snapshot() as snap:
-            if vector.shape[0] != self.store.dim:
-                raise QueryError(f"query vector has dimension {vector.shape[0]}, index has {self.store.dim}")
+        return keep
+
+    def _ranked(self, request: SearchRequest, vector: np.ndarray, exclude: Any) -> Hits:
+        """Items by cosine, one hit per file for moments (a video's best frame stands for it) and
+        per picture (a record's image and its file)."""
+        k, type, min_score, wanted = request.k, request.type, request.min_score, request.filters
+        self._prepare()
+        store = self._check_dim(vector)
+        prefixes = self._under_prefixes(request.under) if request.under else None
+
+        # One snapshot: the vector index is synced to it and rows are read from it, so a
+        # concurrent index run can never show a half-written state.
+        with store.snapshot() as snap:
+            source = Candidates(snap, vector, wanted, type if type != "all" else None, prefixes)
+            check = not source.pushed  # pushed down: every candidate passes type, folder and filters
+            filtered = (check and (type != "all" or prefixes is not None or wanted.active)) or bool(exclude)
+            keep = self._keep(request, prefixes, exclude, check)
+            total = source.total
+            # Over-fetch when filters may discard candidates; widen until k hits survive.
+            fetch = min(total, k * 4 + len(exclude) if filtered else k)
+            while True:
+                scores, ids = source.fetch(fetch)  # exact cosines
+                rows = snap.reader.items(ids.tolist())
+                hits = Hits()
+                below: float | None = None  # best score of a candidate cut by min_score
+                files: set[str] = set()  # a file of moments is shown by its best one
+                pictures: dict[str, int] = {}  # a picture's place in hits (a record's image is its file)
+                for score, item_id in zip(scores.tolist(), ids.tolist()):
+                    item = rows.get(item_id)
+                    if item is None or not keep(item):
+                        continue
+                    moments = has_moments(item.modality)
+                    if moments:
+                        if item.path in files:
+                            continue
+                        files.add(item.path)
+                    picture = picture_of(item)
+                    if picture is not None:
+                        if picture in pictures:
+                            _same_picture(hits, pictures[picture], item)
+                            continue
+                        pictures[picture] = len(hits)
+                    if min_score is not None and score < min_score:
+                        below = score
+                        break
+                    hit = hit_of(len(hits) + 1, score, item)
+                    if moments:
+                        _moment(hit, snap.reader.rows_with_vectors_of(item.path, item.modality), vector)
+                    hits.append(hit)
+                    if len(hits) == k:
+                        break
+                total = source.total  # an SQL search learns it when it returns fewer than asked
+                if len(hits) >= k or fetch >= total or below is not None:
+                    show_pictures(snap.reader, hits, keep)
+                    if not hits:
+                        hits.why_empty = _why_empty(snap.reader, snap.total, request, prefixes, below)
+                    return hits
+                fetch = min(total, fetch * 4)
+
+    def _deduplicated(self, request: SearchRequest, vector: np.ndarray, exclude: Any) -> Hits:
+        """The best ``k`` hits after collapsing near-duplicates: fetch more until ``k`` groups
+        are found, nothing is left or ``dupes.dedup_pool(k)`` hits were compared (then fewer
+        than ``k`` groups come back: the work stays bounded whatever the threshold)."""
+        k, threshold = request.k, request.dedup
+        limit = dupes.dedup_pool(k)
+        fetch = min(k * 2, limit)
+        while True:
+            hits = self._ranked(request.but(k=fetch, dedup=None), vector, exclude)
+            store = self._store()
+            with store.read() as r:
+                blobs = dict(r.embeddings([h.id for h in hits]))
+            present = [h for h in hits if len(blobs.get(h.id, b"")) == store.dim * 4]
+            vectors = vectors_from_blobs([blobs[h.id] for h in present], store.dim)
+            groups = dupes.collapse(vectors, threshold)
+            if len(groups) >= k or len(hits) < fetch or fetch >= limit:
+                kept = Hits(why_empty=hits.why_empty)
+                for group in groups[:k]:
+                    first = present[group[0]]
+                    kept.append(dataclasses.replace(first, rank=len(kept) + 1,
+                                                    duplicates=[present[i].id for i in group[1:]]))
+                return kept
+            fetch = min(fetch * 4, limit)
+
+    def _fused(self, request: SearchRequest, vector: np.ndarray, words: str | None, exclude: Any,
+               query_side: str) -> Hits:
+        """Ranked documents or items for a query vector and its words, as the request's ranking
+        says; filters, dedup and sort as for items (a document passes the capture filters as the
+        item it is shown by does: its image, else its text). A hit of moments carries its segment."""
+        k, type, min_score, wanted, options = request.k, request.type, request.min_score, request.filters, request.ranking
+        threshold = request.dedup
+        self._prepare()
+        store = self._check_dim(vector)
+        prefixes = self._under_prefixes(request.under) if request.under else None
+        # Fusion checks type and folder itself (the capture filters go to its candidate source).
+        keep = self._keep(request.but(filters=filters_mod.Filters()), prefixes, exclude)
+        with store.snapshot() as snap:
             calibration = None
             if options.calibrated or options.cutoff is not None:
-                from .calibration import Calibration
-                from ..storage import calibration as stored
-
-                calibration = Calibration.from_dict(stored.load(snap.reader))
+                calibration = Calibration.from_dict(stored_calibration.load(snap.reader))
                 if calibration is None:
-                    raise QueryError(f"{self.folder} has no score calibration yet: run `mmsearch index` once "
+                    raise QueryError(f"{store.folder} has no score calibration yet: run `mmsearch index` once "
                                      "to measure it")
             # The filter's (or a small folder's) passing ids restrict the vector candidates, as in
             # ``_ranked``.
@@ -175,7 +256,7 @@ class Searching:
             # With dedup, bounded work whatever the threshold: at most dedup_pool(k) units compared.
             limit = max(size, dupes.dedup_pool(k)) if threshold is not None else None
             while True:  # widen the pool until k hits (groups, with dedup) survive or nothing is left
-                pool = fusion.search(snap, vector, words, size, keep, options, calibration, query_modality,
+                pool = fusion.search(snap, vector, words, size, keep, options, calibration, query_side,
                                      wanted, source, documents)
                 units = pool.units[:limit] if limit else pool.units  # hybrid pools hold up to two sizes
                 below = next((u.score for u in units if min_score is not None and u.score < min_score), None)
@@ -194,187 +275,13 @@ class Searching:
             for hit in hits:
                 if threshold is not None:
                     hit.duplicates = others.get(hit.id, [])
-                if hit.modality == VIDEO:
-                    _moment(hit, snap.reader.rows_with_vectors_of(hit.path, VIDEO), vector)
+                if has_moments(hit.modality):
+                    _moment(hit, snap.reader.rows_with_vectors_of(hit.path, hit.modality), vector)
             if not hits:
-                hits.why_empty = _why_empty(snap.reader, snap.total, type, under, prefixes, min_score, below, wanted)
+                hits.why_empty = _why_empty(snap.reader, snap.total, request, prefixes, below)
                 if options.cutoff is not None and hits.why_empty == "no item passes the filters":
                     hits.why_empty = f"no hit stands out from the index's background scores (cutoff {options.cutoff})"
-        filters_mod.sort_by_date(hits, sort)
         return hits
-
-    def _videos_of(self, terms: Sequence[QueryTerm]) -> set[str]:
-        """Paths of the videos whose frames are item terms of the query."""
-        ids = [int(term.value) for term in terms if term.kind == ITEM]
-        if not ids:
-            return set()
-        with self.store.read() as r:
-            return {row.path for row in r.items(ids).values() if row.modality == VIDEO}
-
-    def similar(self, item_id: int, *, k: int = 10, type: str = "all", min_score: float | None = None,
-                under: str | Path | None = None, include_self: bool = False, dedup: bool | float = False,
-                **filters: Any) -> Hits:
-        """'More like this': the items nearest to indexed item ``item_id`` (``filters``: the
-        ``after``, ``before``, ``camera``, ``near`` and ``sort`` of ``search``)."""
-        return self.search(QueryTerm(ITEM, str(int(item_id))), k=k, type=type, min_score=min_score, under=under,
-                           include_query=include_self, dedup=dedup, **filters)
-
-    def search_vector(
-        self,
-        vector: np.ndarray,
-        *,
-        k: int = 10,
-        type: str = "all",
-        min_score: float | None = None,
-        under: str | Path | None = None,
-        exclude: set[Any] = frozenset(),
-        dedup: bool | float = False,
-        after: Any = None,
-        before: Any = None,
-        camera: str | None = None,
-        near: Any = None,
-        sort: str = filters_mod.RELEVANCE,
-    ) -> Hits:
-        """Ranked hits for a query vector already in this index's space.
-
-        ``under`` keeps hits inside a folder, named as the user sees it: through a symlink, or
-        by the real path of a root that was indexed through one. When nothing is found,
-        ``why_empty`` of the result says why. ``dedup``, ``after``, ``before``, ``camera``,
-        ``near``, ``sort``: see ``search``.
-        """
-        _check_search_options(type, k, min_score, under)
-        vector = unit_vector(vector)  # scores are cosines whatever its length
-        wanted = filters_mod.parse(after, before, camera, near)
-        filters_mod.check_sort(sort)
-        threshold = dupes.dedup_threshold(dedup)
-        if threshold is not None:
-            hits = self._deduplicated(vector, k, threshold, type=type, min_score=min_score, under=under,
-                                      exclude=exclude, after=wanted.after, before=wanted.before,
-                                      camera=wanted.camera, near=wanted.near)
-            filters_mod.sort_by_date(hits, sort)
-            return hits
-        hits = self._ranked(vector, k, type, min_score, under, exclude, wanted)
-        filters_mod.sort_by_date(hits, sort)
-        return hits
-
-    def _ranked(self, vector: np.ndarray, k: int, type: str, min_score: float | None, under: Any,
-                exclude: set[Any], wanted: filters_mod.Filters) -> Hits:
-        self._refresh()
-        vector = np.asarray(vector, np.float32).reshape(-1)
-        store = self.store
-        if vector.shape[0] != store.dim:
-            raise QueryError(f"query vector has dimension {vector.shape[0]}, index has {store.dim}")
-        prefixes = self._under_prefixes(under) if under else None
-
-        # One snapshot: the vector index is synced to it and rows are read from it, so a
-        # concurrent index run can never show a half-written state.
-        with store.snapshot() as snap:
-            source = Candidates(snap, vector, wanted, type if type != "all" else None, prefixes)
-            check = not source.pushed  # pushed down: every candidate passes type, folder and filters
-            filtered = (check and (type != "all" or prefixes is not None or wanted.active)) or bool(exclude)
-
-            def keep(item: ItemRow) -> bool:
-                if check and type != "all" and item.modality != type:
-                    return False
-                if check and prefixes is not None and not under_any(item.path, prefixes):
-                    return False
-                if check and wanted.active and not wanted.matches(item):
-                    return False
-                return item.path not in exclude and item.id not in exclude
-
-            total = source.total
-            # Over-fetch when filters may discard candidates; widen until k hits survive.
-            fetch = min(total, k * 4 + len(exclude) if filtered else k)
-            while True:
-                scores, ids = source.fetch(fetch)  # exact cosines
-                rows = snap.reader.items(ids.tolist())
-                hits = Hits()
-                below: float | None = None  # best score of a candidate cut by min_score
-                videos: set[str] = set()  # a video's best frame stands for the video
-                pictures: dict[str, int] = {}  # a picture's place in hits (a record's image is its file)
-                for score, item_id in zip(scores.tolist(), ids.tolist()):
-                    item = rows.get(item_id)
-                    if item is None or not keep(item):
-                        continue
-                    if item.modality == VIDEO:
-                        if item.path in videos:
-                            continue
-                        videos.add(item.path)
-                    picture = picture_of(item)
-                    if picture is not None:
-                        if picture in pictures:
-                            _same_picture(hits, pictures[picture], item)
-                            continue
-                        pictures[picture] = len(hits)
-                    if min_score is not None and score < min_score:
-                        below = score
-                        break
-                    hit = _hit(len(hits) + 1, score, item)
-                    if item.modality == VIDEO:
-                        _moment(hit, snap.reader.rows_with_vectors_of(item.path, VIDEO), vector)
-                    hits.append(hit)
-                    if len(hits) == k:
-                        break
-                total = source.total  # an SQL search learns it when it returns fewer than asked
-                if len(hits) >= k or fetch >= total or below is not None:
-                    show_pictures(snap.reader, hits, keep)
-                    if not hits:
-                        hits.why_empty = _why_empty(snap.reader, snap.total, type, under, prefixes, min_score, below,
-                                                    wanted)
-                    return hits
-                fetch = min(total, fetch * 4)
-
-    def _deduplicated(self, vector: np.ndarray, k: int, threshold: float, **options: Any) -> Hits:
-        """The best ``k`` hits after collapsing near-duplicates: fetch more until ``k`` groups
-        are found, nothing is left or ``dupes.dedup_pool(k)`` hits were compared (then fewer
-        than ``k`` groups come back: the work stays bounded whatever the threshold)."""
-        limit = dupes.dedup_pool(k)
-        fetch = min(k * 2, limit)
-        while True:
-            hits = self.search_vector(vector, k=fetch, **options)
-            with self.store.read() as r:
-                blobs = dict(r.embeddings([h.id for h in hits]))
-            present = [h for h in hits if len(blobs.get(h.id, b"")) == self.store.dim * 4]
-            vectors = vectors_from_blobs([blobs[h.id] for h in present], self.store.dim)
-            groups = dupes.collapse(vectors, threshold)
-            if len(groups) >= k or len(hits) < fetch or fetch >= limit:
-                kept = Hits(why_empty=hits.why_empty)
-                for group in groups[:k]:
-                    first = present[group[0]]
-                    kept.append(dataclasses.replace(first, rank=len(kept) + 1,
-                                                    duplicates=[present[i].id for i in group[1:]]))
-                return kept
-            fetch = min(fetch * 4, limit)
-
-    def duplicates(self, *, threshold: float | None = None, type: str = "all",
-                   progress: Progress | None = None) -> list[dupes.DuplicateGroup]:
-        """Groups of near-duplicate items (cosine similarity at least ``threshold``, default
-        ``dupes.DEFAULT_THRESHOLD``; chains join: a~b and b~c make one group), of one modality
-        each (``type``: 'image', 'text', 'video' or 'all'; videos group as whole files, each shown by its best-matching frame). Each group's ``keeper`` is the item with the
-        largest resolution, then the oldest file, then the lowest id; ``others`` carry their
-        similarity to it. Largest groups first. ``progress`` receives the scan's progress."""
-        threshold = dupes.DEFAULT_THRESHOLD if threshold is None else dupes.check_threshold(threshold)
-        _check_search_options(type, 1, None)
-        self.store.raise_if_never_indexed()
-        self._refresh()
-        with self.store.read() as r:
-            modalities = sorted(r.modality_counts()) if type == "all" else [type]
-            groups = dupes.scan(r, self.store.dim, modalities, threshold, progress or NullProgress())
-        return [dupes.DuplicateGroup(_item(g.keeper), [_item(o) for o in g.others], g.similarity) for g in groups]
-
-    def _under_prefixes(self, under: str | Path) -> list[str]:
-        """Stored-path prefixes for the folder ``under``: as given, and as found under each root
-        whose real path holds its real path (a root indexed through a symlink, or a symlink to a
-        folder inside a root)."""
-        given = os.path.abspath(os.path.expanduser(str(under)))
-        real = os.path.realpath(given)
-        prefixes = [given]
-        for root in self.roots():
-            real_root = os.path.realpath(root.path)
-            if within(real, real_root):
-                rel = os.path.relpath(real, real_root)
-                prefixes.append(root.path if rel == "." else os.path.join(root.path, rel))
-        return list(dict.fromkeys(prefixes))
 
 
 def _collapse(snap: Any, units: list, threshold: float) -> list[list[int]]:
@@ -405,62 +312,19 @@ def _document_index(snap: Any, options: Any, type: str) -> Any:
     return docindex.for_query(snap, (options.image_weight, options.text_weight))
 
 
-def _check_search_options(type: str, k: int, min_score: float | None, under: Any = None) -> None:
-    filters_mod.check_text(under, "under")
-    if type not in TYPES:
-        raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPES)}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise QueryError(f"k must be an integer of at least 1, got {k!r}")
-    if min_score is not None and not (isinstance(min_score, (int, float)) and math.isfinite(min_score)):
-        raise QueryError(f"min_score must be a finite number, got {min_score!r}")
-
-
-def _fusion_options(fusion: str, mode: str, image_weight: float | None, text_weight: float | None,
-                    calibrated: bool = False, cutoff: float | str | None = None) -> Any:
-    from .calibration import check_cutoff
-    from .fusion import DEFAULT_IMAGE_WEIGHT, DEFAULT_TEXT_WEIGHT, FusionOptions
-
-    return FusionOptions(fusion or "none", mode or "vector",
-                         DEFAULT_IMAGE_WEIGHT if image_weight is None else image_weight,
-                         DEFAULT_TEXT_WEIGHT if text_weight is None else text_weight,
-                         bool(calibrated), check_cutoff(cutoff))
-
-
-def _why_empty(reader, total: int, type: str, under, prefixes, min_score, below, wanted=None) -> str:
+def _why_empty(reader: Any, total: int, request: SearchRequest, prefixes: list[str] | None,
+               below: float | None) -> str:
     if total == 0:
         return "the index holds no searchable items"
     if below is not None:
-        return f"the best match scores {below:.4f}, below the minimum score {min_score:g}"
+        return f"the best match scores {below:.4f}, below the minimum score {request.min_score:g}"
     if prefixes is not None and not reader.any_item_under(prefixes):
-        return f"no indexed items under {display_path(str(under))}"
-    if type != "all" and not reader.any_item_of(type):
-        return f"the index holds no {type} items"
-    if wanted is not None and wanted.active:
-        return f"no item passes the filters ({wanted.describe()})"
+        return f"no indexed items under {display_path(str(request.under))}"
+    if request.type != "all" and not reader.any_item_of(request.type):
+        return f"the index holds no {request.type} items"
+    if request.filters.active:
+        return f"no item passes the filters ({request.filters.describe()})"
     return "no item passes the filters"
-
-
-def _as_terms(query: QueryInput, force: str | None, names_are_words: bool = False) -> list[QueryTerm]:
-    if isinstance(query, QueryTerm):
-        return [query]
-    if isinstance(query, Path):
-        return [QueryTerm(IMAGE, str(query))]
-    if isinstance(query, str):
-        return parse_query([query], force, names_are_words)
-    items = list(query)
-    if items and all(isinstance(q, QueryTerm) for q in items):
-        return items  # type: ignore[return-value]
-    if any(isinstance(q, QueryTerm) for q in items):
-        raise QueryError("mix of QueryTerm objects and strings: pass one kind")
-    return parse_query([str(q) for q in items], force, names_are_words)
-
-
-def _fields(row: ItemRow) -> dict[str, Any]:
-    moment = (row.meta or {}).get("t") if row.modality == VIDEO else None
-    when, source = filters_mod.item_date(row)
-    return dict(id=row.id, modality=row.modality, path=row.path, locator=row.locator, text=row.text,
-                width=row.width, height=row.height, meta=row.meta, t=moment, taken_at=filters_mod.iso(when),
-                date_source=source, camera=camera_name(row.camera_make, row.camera_model), lat=row.lat, lon=row.lon)
 
 
 def _moment(hit: Hit, frames: list[tuple[ItemRow, bytes]], vector: np.ndarray) -> None:
@@ -492,7 +356,7 @@ def show_pictures(reader: Any, hits: list[Hit], keep: Any) -> None:
     two when both are among the candidates; this finds the one that is not."""
     from ..storage.documents import images_by_hash, rows_by_id
 
-    images = [h.id for h in hits if h.modality == "image"]
+    images = [h.id for h in hits if h.modality == IMAGE]
     if not images:
         return
     alike: dict[str, list[ItemRow]] = {}
@@ -500,11 +364,11 @@ def show_pictures(reader: Any, hits: list[Hit], keep: Any) -> None:
         if (name := picture_of(row)) is not None:
             alike.setdefault(name, []).append(row)
     for n, hit in enumerate(hits):
-        same = alike.get(hit.file, []) if hit.modality == "image" else []
+        same = alike.get(hit.file, []) if hit.modality == IMAGE else []
         record = hit.record or next((record_of(r) for r in same if is_image_part(r.locator)), None)
         file = next((r for r in same if not is_image_part(r.locator) and keep(r)), None)
         if file is not None and file.id != hit.id:
-            hits[n] = dataclasses.replace(hit, **_fields(file))
+            hits[n] = dataclasses.replace(hit, **row_fields(file))
         hits[n].record = record
 
 
@@ -513,14 +377,6 @@ def _same_picture(hits: Hits, n: int, row: ItemRow) -> None:
     names): one hit, shown by the file, naming the record."""
     kept = hits[n]
     record = kept.record or record_of(row)
-    if record_of(row) is None and hits[n].modality == "image" and is_image_part(kept.locator):  # the file shows it
-        hits[n] = _hit(kept.rank, kept.score, row)
+    if record_of(row) is None and hits[n].modality == IMAGE and is_image_part(kept.locator):  # the file shows it
+        hits[n] = hit_of(kept.rank, kept.score, row)
     hits[n].record = record
-
-
-def _item(row: ItemRow) -> Item:
-    return Item(**_fields(row))
-
-
-def _hit(rank: int, score: float, row: ItemRow) -> Hit:
-    return Hit(rank=rank, score=float(score), record=record_of(row), **_fields(row))
