@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ..media.capabilities import IMAGE, TEXT, capabilities, on_side
+
 # Query and item modalities compared. A video frame is an image.
 PAIRS = ("text->image", "text->text", "image->image", "image->text")
 # Background sample sizes: queries and items per pair (a 1000 x 2000 product is 2M cosines).
@@ -97,7 +99,7 @@ class Calibration:
     items: int
 
     def background(self, query: str, item: str) -> Background | None:
-        item = "image" if item == "video" else item
+        item = capabilities(item).side  # a video's frames are pictures
         return self.pairs.get(f"{query}->{item}")
 
     def as_dict(self) -> dict[str, Any]:
@@ -198,8 +200,8 @@ def refresh(store: Any, encode_texts: Any, cache: Path | None = None) -> Calibra
 
     dim = store.dim
     with store.read() as r:
-        images = stored.sample_vectors(r, ("image", "video"), QUERY_SAMPLE + ITEM_SAMPLE, dim)
-        texts = stored.sample_vectors(r, ("text",), QUERY_SAMPLE + ITEM_SAMPLE, dim)
+        images = stored.sample_vectors(r, on_side(IMAGE), QUERY_SAMPLE + ITEM_SAMPLE, dim)
+        texts = stored.sample_vectors(r, on_side(TEXT), QUERY_SAMPLE + ITEM_SAMPLE, dim)
         gen, count = r.generation(), r.item_count()
     fingerprint = str(store.manifest.get("model", {}).get("fingerprint"))
     with store.read() as r:

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import QueryError
+from ..media.capabilities import has_moments
 
 DEFAULT_THRESHOLD = 0.97
 MIN_THRESHOLD = 0.5  # the lowest threshold taken: below it, "near-duplicate" means nothing
@@ -389,7 +390,7 @@ def scan(reader: Any, dim: int, modalities: Sequence[str], threshold: float, pro
             progress.advance(done - state["done"])
             state["done"] = done
 
-        if modality == "video":  # frames: videos are the duplicates, not moments of one video
+        if has_moments(modality):  # frames: videos are the duplicates, not moments of one video
             joined = video_components(pair_blocks(vectors, threshold, progress=tick), reader.items(ids), ids)
         else:
             joined = components(vectors, threshold, progress=tick).groups()

@@ -46,6 +46,7 @@ import numpy as np
 
 from ..errors import QueryError
 from ..fsutil import path_fields
+from ..media.capabilities import IMAGE, TEXT, capabilities, has_moments, on_side, with_moments
 from ..media.documents import doc_key, is_image_part, picture_of, record_of, source_path
 from ..storage.store import Snapshot, vectors_from_blobs
 from .query import Hits, hit_of
@@ -58,7 +59,9 @@ RRF_K = 60
 # many BM25 matches; their documents' other parts are fetched from the catalogue.
 MIN_POOL = 50
 POOL_FACTOR = 5
-IMAGE_SIDE = ("image", "video")
+MOMENTS = with_moments()  # a file of moments is one document: its key's second part names the modality
+IMAGE_SIDE = on_side(IMAGE)  # pictures and video frames
+TEXT_SIDE = on_side(TEXT)
 
 
 def pool_size(k: int) -> int:
@@ -100,7 +103,7 @@ class Unit:
 
     @property
     def text(self) -> Part | None:
-        return self.best(("text",))
+        return self.best(TEXT_SIDE)
 
     @property
     def representative(self) -> Part:
@@ -145,7 +148,7 @@ class Pool:
 
 
 def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int, keep: Callable[[Any], bool],
-           options: Ranking, calibration: Any = None, query_modality: str = "text",
+           options: Ranking, calibration: Any = None, query_modality: str = TEXT,
            wanted: Any = None, source: Any = None, documents: Any = None) -> Pool:
     """Units ranked as ``options`` say, best first, from ``size`` vector candidates (and as
     many BM25 matches). ``keep`` filters item rows (type, folder, query items): a document keeps
@@ -196,7 +199,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
                     lexical_rows[item_id] = row
             if fused:  # their documents' parts too, while the vector search runs
                 parts.update(parts_of(reader, {k for k in (doc_key(r.path, r.locator, r.modality)
-                                                           for r in lexical_rows.values()) if k[1] != "video"},
+                                                           for r in lexical_rows.values()) if k[1] not in MOMENTS},
                                       vectors=True))
                 looked_up.update(doc_key(r.path, r.locator, r.modality) for r in lexical_rows.values())
     finally:
@@ -214,7 +217,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
                 if scores is not None:
                     cosines[item_id] = float(scores[n])
                 pool_rows[item_id] = row
-            elif row is not None and documents is not None and row.modality != "video":
+            elif row is not None and documents is not None and capabilities(row.modality).in_documents:
                 unkept.add(doc_key(row.path, row.locator, row.modality))  # its other parts may pass
     for item_id, row in lexical_rows.items():
         pool_rows.setdefault(item_id, row)
@@ -224,13 +227,13 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
     part_of: dict[int, tuple] = {}
     for item_id, row in pool_rows.items():
         key = doc_key(row.path, row.locator, row.modality) if fused else (
-            (row.path, "video") if row.modality == "video" else ("item", item_id))
+            (row.path, row.modality) if has_moments(row.modality) else ("item", item_id))
         part_of[item_id] = key
         units.setdefault(key, Unit(key))
     rows_by_id = dict(pool_rows)
     blobs = {i: row.vector for i, row in rows_by_id.items() if row.vector is not None}
     if fused:
-        parts.update(parts_of(reader, [key for key in units if key[1] != "video" and key not in looked_up],
+        parts.update(parts_of(reader, [key for key in units if key[1] not in MOMENTS and key not in looked_up],
                               vectors=True))
         for key, rows in parts.items():
             for row in rows:
@@ -304,7 +307,7 @@ def _one_per_picture(reader: Any, units: dict[tuple, Unit]) -> None:
     picture, is dropped. The kept unit names the record (``Unit.record``)."""
     from ..storage.documents import rows_by_id
 
-    records = [p.row.id for u in units.values() for p in u.parts if p.row.modality == "image"
+    records = [p.row.id for u in units.values() for p in u.parts if p.row.modality == IMAGE
                and is_image_part(p.row.locator)]
     if not records:
         return
@@ -312,7 +315,7 @@ def _one_per_picture(reader: Any, units: dict[tuple, Unit]) -> None:
     picture: dict[int, str] = {}
     for u in units.values():
         for p in u.parts:
-            if p.row.modality == "image":
+            if p.row.modality == IMAGE:
                 name = picture_of(full[p.row.id]) if p.row.id in full else p.row.path
                 if name is not None:
                     picture[p.row.id] = name
