@@ -4,7 +4,7 @@
     python scripts/bench_dupes.py --sizes 100000 --repeats 5
     python scripts/bench_dupes.py --sizes 100000 --store     # through an index: Engine.duplicates, as `mmsearch dupes`
 
-Background vectors come from ``mmsearch.synthetic`` (clustered, CLIP-like, 512-d). Into them are
+Background vectors come from ``tests/support/synthetic.py`` (clustered, CLIP-like, 512-d). Into them are
 planted, per 100 vectors, one group of near-copies of an existing vector (2-5 members; each copy
 at cosine 0.975-0.995 to its original, as re-encoded, resized and slightly cropped photos are),
 and one "burst" neighbour at cosine 0.88-0.93 (another photo of the scene, seconds later), which
@@ -34,10 +34,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support.*: test helpers shared with scripts
 
 from benchutil import machine  # noqa: E402
 from mmsearch.search import dupes  # noqa: E402
-from mmsearch.synthetic import clustered_vectors  # noqa: E402
+from support.synthetic import clustered_vectors  # noqa: E402
 
 
 def _near(v: np.ndarray, cos: float, rng: np.random.Generator) -> np.ndarray:

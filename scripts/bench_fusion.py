@@ -5,7 +5,7 @@ index (``early``) and from the document index (``early-docindex``, ``storage.doc
 build time and agreement with the item path are reported too.
 
 Each document is a JSON Lines record: a text part (eight words drawn from a Zipf vocabulary and
-a unique product code) and an image part, with CLIP-shaped vectors (``mmsearch.synthetic``; the
+a unique product code) and an image part, with CLIP-shaped vectors (``tests/support/synthetic.py``; the
 text vector is the image vector plus noise). Rows go straight into the catalogue (the full-text
 index fills itself through its triggers) and the vector index is built from them, as an index
 run would leave it. Queries are vectors near a document's and three of its words. For each
@@ -31,10 +31,13 @@ import platform
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support.*: test helpers shared with scripts
 
 WORDS = 5_000
 
@@ -46,7 +49,7 @@ def vocabulary(rng: np.random.Generator) -> list[str]:
 
 def build(folder: Path, docs: int, dim: int, seed: int = 0) -> dict:
     from mmsearch.storage import IndexStore, writer_lock
-    from mmsearch.synthetic import clustered_vectors
+    from support.synthetic import clustered_vectors
 
     stamp = folder / "bench-stamp.json"
     if stamp.exists():
@@ -249,7 +252,7 @@ def update_timing(folder: Path, repeats: int, dim: int, checks: int = 20) -> dic
     from mmsearch import Engine
     from mmsearch.search.request import Ranking
     from mmsearch.storage import IndexStore, docindex, writer_lock
-    from mmsearch.synthetic import clustered_vectors
+    from support.synthetic import clustered_vectors
 
     asked = queries(folder, checks, dim, seed=11)
     qs = [v for v, _, _ in asked]

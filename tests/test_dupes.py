@@ -153,7 +153,7 @@ def test_videos_group_as_whole_files_and_a_returning_scene_is_not_a_duplicate(tm
     """Frames are the vectors of a video, but the duplicates are videos: a re-encoded, smaller copy
     joins its original (shown by the best-matching moment, the larger one kept); a scene that
     returns within one video, and another video, do not make groups."""
-    from mmsearch.media.videogen import COLOURS, make_video
+    from support.videogen import COLOURS, make_video
 
     root = tmp_path / "videos"
     root.mkdir()

@@ -18,7 +18,7 @@ from PIL import Image
 from mmsearch import Engine
 from mmsearch.media import video as video_mod
 from mmsearch.media.video import Sampling, merge_samples, sample_frames, spans
-from mmsearch.media.videogen import COLOURS, make_audio_only, make_video, rotate_mp4, scene_frame
+from support.videogen import COLOURS, make_audio_only, make_video, rotate_mp4, scene_frame
 
 SCENES = [3.0, 5.0, 2.5, 6.0]  # seconds: starts at 0, 3, 8, 10.5; ends at 16.5
 STARTS = [0.0, 3.0, 8.0, 10.5]

@@ -21,7 +21,7 @@ are the best documents by early score itself); everything after the candidates i
 
 Capture filters (dates, camera, place) restrict the vector candidates to the items that pass
 (``candidates.Candidates``, as a plain search), and a document passes as the part it is shown
-by (its image, else its text); ``Searching.search_fused`` widens the pool (x4) until k hits, or
+by (its image, else its text); ``IndexSearcher`` widens the pool (x4) until k hits, or
 k near-duplicate groups, survive.
 
 ``mode="hybrid"`` fuses the vector ranking with the BM25 ranking by reciprocal rank

@@ -114,7 +114,7 @@ class Hit(Item):
     score: float
     # With ``dedup``: ids of the near-duplicates of this hit that were left out of the results.
     duplicates: list[int] | None = None
-    # With fusion, a lexical mode or calibration (``mmsearch.fusion``): the raw cosine of this
+    # With fusion, a lexical mode or calibration (``search.fusion``): the raw cosine of this
     # item with the query, its calibrated score, and what matched: ``{"image": {"id", "cosine",
     # ...}, "text": {...}, "words": [...]}``.
     cosine: float | None = None
