@@ -35,6 +35,7 @@ from .media import BadInput
 from .search.dupes import DuplicateGroup
 from .search.query import IMAGE, ITEM, TEXT, Hits, Item, QueryTerm, combine, item_of
 from .search.request import QueryInput, Ranking, SearchRequest, request_of
+from .search import spaces
 from .search.searcher import IndexSearcher
 from .settings import Settings
 from .storage import CHOICES, IndexStore, VectorSettings, location, writer_lock
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_CPU = 32  # larger batches stop paying off on CPU beyond ~32
 DEFAULT_BATCH_GPU = 256  # GPUs want a few hundred to stay busy
+SPACES_DIR = "spaces"  # an index's other embedding spaces: one index folder each
+MAIN_SPACE = "main"  # the name of an index's own space
 
 
 class Engine:
@@ -105,6 +108,7 @@ class Engine:
         self._preloaded_image = image_encoder
         self.warmed = False  # `warm()` loaded what queries need
         self._lock = threading.RLock()  # guards loading the encoders and switching models
+        self._spaces: dict[str, Engine] = {}  # the index's other embedding spaces, opened on first use
         self._searcher = IndexSearcher(lambda: self.store, self._refresh, self._encode_for_search, self.roots)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -115,6 +119,8 @@ class Engine:
         self.close()
 
     def close(self) -> None:
+        for other in self._spaces.values():
+            other.close()
         if self._store is not None:
             self._store.close()
         self._encoder = None
@@ -702,7 +708,7 @@ class Engine:
         """
         options = dict(locals())
         del options["self"], options["query"]
-        return self._searcher.search(request_of(query, options))
+        return spaces.search(self.spaces, request_of(query, options))
 
     def search_image(
         self,
@@ -774,6 +780,32 @@ class Engine:
         ``progress`` receives the scan's progress."""
         groups = self._searcher.duplicates(threshold, type, progress)
         return groups if limit is None else groups[:max(0, int(limit))]
+
+    @property
+    def spaces(self) -> list[spaces.Space]:
+        """The index's embedding spaces: its own (the model it was built with: images, texts and
+        video frames; it takes text, image and item queries), then each index under its
+        ``spaces/`` folder (another model over the same library), which takes texts and images."""
+        folder = self.folder / SPACES_DIR
+        names = sorted(p.name for p in folder.iterdir() if IndexStore.is_index(p)) if folder.is_dir() else []
+        # What each space embeds matters only when several answer (a catalogue query each).
+        own = spaces.Space(MAIN_SPACE, self.modalities() if names else (), frozenset({TEXT, IMAGE, ITEM}),
+                           self._searcher, primary=True)
+        found = [own]
+        with self._lock:
+            for name in names:
+                if name not in self._spaces:
+                    self._spaces[name] = Engine(folder / name, settings=self.settings.but(db=None))
+                other = self._spaces[name]
+                found.append(spaces.Space(name, other.modalities(), frozenset({TEXT, IMAGE}), other._searcher))
+        return found
+
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities this index's vectors embed (what its catalogue holds)."""
+        if self._store is None:
+            return ()
+        with self._store.read() as r:
+            return tuple(sorted(r.modality_counts()))
 
     def _encode_for_search(self, terms: Sequence[QueryTerm]) -> np.ndarray:
         """The query vector, once the index exists and the model asked for is the index's."""

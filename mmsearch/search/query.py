@@ -21,7 +21,7 @@ from ..errors import QueryError
 from ..filters import item_date, iso
 from ..fsutil import path_fields
 from ..media.capabilities import has_moments
-from ..media.documents import record_of
+from ..media.documents import record_of, source_path
 from ..media.exif import camera_name
 
 TEXT, IMAGE, ITEM = "text", "image", "item"
@@ -123,12 +123,13 @@ class Hit(Item):
     # A picture that a JSONL record names: that record, ``{"path": the .jsonl file, "line": "N"}``
     # (the hit is the picture file's item when the file is indexed too: one picture, one hit).
     record: dict[str, str] | None = None
+    # When the index has several embedding spaces and more than one answered: the space whose
+    # store the id belongs to (``search.spaces``; what each space scored is in ``matched``).
+    space: str | None = None
 
     @property
     def file(self) -> str:
         """The file this hit shows: its own, or for a record's image the picture file it names."""
-        from ..media.documents import source_path
-
         return source_path(self.path, self.locator, self.meta)
 
     def as_dict(self) -> dict[str, Any]:
@@ -146,7 +147,7 @@ class Hit(Item):
         return data
 
 
-_FUSED = ("cosine", "calibrated", "matched")
+_FUSED = ("cosine", "calibrated", "matched", "space")
 
 
 class Hits(list):

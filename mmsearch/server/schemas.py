@@ -55,6 +55,7 @@ class HitOut(ItemOut):
     calibrated: float | None = Field(None, description="Its calibrated score (against the index's background)")
     matched: dict[str, Any] | None = Field(None, description="What matched: the image and text parts (cosines) and the query's words found")
     record: dict[str, Any] | None = Field(None, description="A picture a JSONL record names: that record (path, path_bytes, line)")
+    space: str | None = Field(None, description="When several embedding spaces answered: the space whose store the id belongs to")
 
 
 class SearchOut(BaseModel):
