@@ -32,15 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from .search.dupes import DuplicateGroup
 from .errors import ServerError
 from .fsutil import path_from_fields
-from .search.query import IMAGE, ITEM, TEXT, Hit, Hits, Item, QueryTerm
+from .search.query import IMAGE, ITEM, TEXT, DuplicateGroup, Hit, Hits, Item, QueryTerm
 from .search.request import QueryInput, Ranking, SearchRequest, request_of
 from .settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover - the client never imports the indexing side
-    from .indexing.report import Progress
+    from .progress import Progress
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _ITEM_FIELDS = {f.name for f in fields(Item)}

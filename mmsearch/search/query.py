@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -148,6 +148,27 @@ class Hit(Item):
 
 
 _FUSED = ("cosine", "calibrated", "matched", "space")
+
+
+@dataclass
+class DuplicateGroup:
+    """Near-duplicate items: ``keeper`` (see ``keeper_key``) and the ``others``, each with its
+    cosine similarity to the keeper in ``similarity`` (same order, most similar first)."""
+
+    keeper: Any
+    others: list[Any] = field(default_factory=list)
+    similarity: list[float] = field(default_factory=list)
+
+    @property
+    def items(self) -> list[Any]:
+        return [self.keeper, *self.others]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "keeper": self.keeper.as_dict(),
+            "others": [dict(item.as_dict(), similarity=round(float(s), 6))
+                       for item, s in zip(self.others, self.similarity)],
+        }
 
 
 class Hits(list):

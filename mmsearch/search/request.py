@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from .. import filters as filters_mod
 from ..errors import QueryError
 from ..filters import Filters
-from .dupes import dedup_threshold
 from .query import ITEM, IMAGE, TEXT, TYPES, Hits, Item, QueryTerm, parse_query
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..indexing import Progress
-    from .dupes import DuplicateGroup
+    from ..progress import Progress
+    from .query import DuplicateGroup
 
 FUSIONS = ("none", "late", "early", "rrf")
 MODES = ("vector", "lexical", "hybrid")
@@ -31,6 +30,34 @@ DEFAULT_IMAGE_WEIGHT = 0.5
 DEFAULT_TEXT_WEIGHT = 0.5
 
 QueryInput = str | Path | QueryTerm | Sequence[str | Path | QueryTerm]
+
+# Near-duplicates (``search.dupes``): what a threshold may be, and how much a query's collapse reads.
+DEFAULT_THRESHOLD = 0.97
+MIN_THRESHOLD = 0.5  # the lowest threshold taken: below it, "near-duplicate" means nothing
+DEDUP_POOL_FACTOR = 4  # a query's collapse looks at most at this many times k hits...
+DEDUP_MIN_POOL = 100  # ...or at this many, for small k
+
+def check_threshold(value: Any, name: str = "threshold") -> float:
+    """``value`` as a similarity threshold, or QueryError naming ``name`` and why."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise QueryError(f"{name} must be a number from {MIN_THRESHOLD:g} to 1 (a cosine similarity), got {value!r}")
+    if not MIN_THRESHOLD <= float(value) <= 1.0:
+        raise QueryError(f"{name} must be from {MIN_THRESHOLD:g} to 1 (a cosine similarity), got {value:g}")
+    return float(value)
+
+
+def dedup_pool(k: int) -> int:
+    """The most hits a query's collapse compares to find its k groups."""
+    return max(DEDUP_MIN_POOL, DEDUP_POOL_FACTOR * int(k))
+
+
+def dedup_threshold(dedup: bool | float) -> float | None:
+    """The threshold a ``dedup`` argument asks for: None (off), True (the default) or a number."""
+    if dedup is None or dedup is False:
+        return None
+    if dedup is True:
+        return DEFAULT_THRESHOLD
+    return check_threshold(dedup, "dedup")
 
 
 def check_cutoff(value: Any) -> float | str | None:

@@ -17,7 +17,7 @@ import numpy as np
 from .. import filters as filters_mod
 from ..errors import QueryError
 from ..fsutil import display_path
-from ..indexing import NullProgress, Progress
+from ..progress import NullProgress, Progress
 from ..library import under_any, within
 from ..media.capabilities import has_moments, on_side
 from ..media.documents import is_image_part, picture_of, record_of
