@@ -34,8 +34,8 @@ import httpx
 
 from .errors import ServerError
 from .fsutil import path_from_fields
-from .search.query import IMAGE, ITEM, TEXT, DuplicateGroup, Hit, Hits, Item, QueryTerm
-from .search.request import QueryInput, Ranking, SearchRequest, request_of
+from .search.query import IMAGE, TEXT, DuplicateGroup, Hit, Hits, Item
+from .search.request import Ranking, SearchRequest, Searcher
 from .settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover - the client never imports the indexing side
@@ -58,7 +58,7 @@ def _item(data: dict[str, Any], kind: type[Item] = Item) -> Item:
     return kind(**values)
 
 
-class Client:
+class Client(Searcher):
     """Calls one mmsearch server. ``url`` defaults to ``$MMSEARCH_URL`` or http://127.0.0.1:8000;
     ``token`` (default ``$MMSEARCH_TOKEN``) is sent as ``Authorization: Bearer``."""
 
@@ -105,41 +105,11 @@ class Client:
         """Index statistics (the same as ``Engine.info()``)."""
         return self._request("GET", "/api/info").json()
 
-    # -- search (``Searcher``: the same methods as ``Engine``) ----------------------------------
-    def search(
-        self,
-        query: QueryInput | SearchRequest,
-        *,
-        k: int = 10,
-        type: str = "all",
-        min_score: float | None = None,
-        under: str | os.PathLike | None = None,
-        include_query: bool = False,
-        force: str | None = None,
-        dedup: bool | float = False,
-        after: Any = None,
-        before: Any = None,
-        camera: str | None = None,
-        near: Any = None,
-        sort: str = "relevance",
-        fusion: str = "none",
-        mode: str = "vector",
-        image_weight: float | None = None,
-        text_weight: float | None = None,
-        calibrated: bool = False,
-        cutoff: float | str | None = None,
-    ) -> Hits:
-        """Search with a text, CLI-style terms (``"2:beach + ./dog.jpg"``), ``QueryTerm`` objects
-        or a ``SearchRequest``, with ``Engine.search``'s options, checked here before anything is
-        sent.
-
-        Image terms name files on *this* machine (or hold image bytes); they are uploaded. Item
-        terms are ids of indexed items. A lone text is sent as text, never read as a path.
-        ``under`` is a folder as the *server* sees it.
-        """
-        options = dict(locals())
-        del options["self"], options["query"]
-        request = request_of(query, options)
+    # -- search (``Searcher``: the options are written once there, ``Engine`` has the same) -------
+    def search_request(self, request: SearchRequest) -> Hits:
+        """The hits of a checked request, from the server. Image terms name files on *this*
+        machine (or hold image bytes); they are uploaded. A lone text is sent as text, never
+        read as a path; ``under`` is a folder as the *server* sees it."""
         terms = request.terms
         if len(terms) == 1 and terms[0].kind == TEXT and terms[0].weight > 0:
             params = {"q": terms[0].value, **_fields(request)}
@@ -156,50 +126,6 @@ class Client:
         data = {"terms": json.dumps(spec), **_fields(request), "include_query": request.include_query}
         data = {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in data.items()}
         return self._hits(self._request("POST", "/api/search", data=data, files=uploads or None))
-
-    def search_image(
-        self,
-        image: str | os.PathLike | bytes,
-        *,
-        k: int = 10,
-        type: str = "all",
-        min_score: float | None = None,
-        under: str | os.PathLike | None = None,
-        include_query: bool = False,
-        dedup: bool | float = False,
-        after: Any = None,
-        before: Any = None,
-        camera: str | None = None,
-        near: Any = None,
-        sort: str = "relevance",
-    ) -> Hits:
-        """Search by one image: a local file path or the encoded image bytes (uploaded)."""
-        term = QueryTerm(IMAGE, image if isinstance(image, (bytes, bytearray, memoryview)) else os.fspath(image))
-        return self.search(term, k=k, type=type, min_score=min_score, under=under, include_query=include_query,
-                           dedup=dedup, after=after, before=before, camera=camera, near=near, sort=sort)
-
-    def similar(
-        self,
-        item_id: int,
-        *,
-        k: int = 10,
-        type: str = "all",
-        min_score: float | None = None,
-        under: str | os.PathLike | None = None,
-        include_self: bool = False,
-        dedup: bool | float = False,
-        after: Any = None,
-        before: Any = None,
-        camera: str | None = None,
-        near: Any = None,
-        sort: str = "relevance",
-    ) -> Hits:
-        """'More like this': the items nearest to indexed item ``item_id``."""
-        request = SearchRequest.build(QueryTerm(ITEM, str(int(item_id))), k=k, type=type, min_score=min_score,
-                                      under=under, dedup=dedup, after=after, before=before, camera=camera, near=near,
-                                      sort=sort)
-        params = {**_fields(request), "include_self": include_self}
-        return self._hits(self._request("GET", f"/api/items/{int(item_id)}/similar", params=params))
 
     # -- items -------------------------------------------------------------------------------
     def get(self, item_id: int) -> Item | None:

@@ -34,7 +34,7 @@ from .library import LibraryRoot
 from .media import BadInput
 from .search.dupes import DuplicateGroup
 from .search.query import IMAGE, ITEM, TEXT, Hits, Item, QueryTerm, combine, item_of
-from .search.request import QueryInput, Ranking, SearchRequest, request_of
+from .search.request import Ranking, SearchRequest, Searcher
 from .search import spaces
 from .search.searcher import IndexSearcher
 from .settings import Settings
@@ -52,7 +52,7 @@ SPACES_DIR = "spaces"  # an index's other embedding spaces: one index folder eac
 MAIN_SPACE = "main"  # the name of an index's own space
 
 
-class Engine:
+class Engine(Searcher):
     """An index folder plus the model that embeds into it.
 
     ``index``: the index folder (default ``$MMSEARCH_INDEX`` or ``./indexes/default``); it is
@@ -654,103 +654,10 @@ class Engine:
         stats["encoded_with"] = manifest.get("encoded_with")
         return stats
 
-    # -- searching (``Searcher``: ``Client`` has the same methods) --------------------------------
-    def search(
-        self,
-        query: QueryInput | SearchRequest,
-        *,
-        k: int = 10,
-        type: str = "all",
-        min_score: float | None = None,
-        under: str | os.PathLike | None = None,
-        include_query: bool = False,
-        force: str | None = None,
-        dedup: bool | float = False,
-        after: Any = None,
-        before: Any = None,
-        camera: str | None = None,
-        near: Any = None,
-        sort: str = "relevance",
-        fusion: str = "none",
-        mode: str = "vector",
-        image_weight: float | None = None,
-        text_weight: float | None = None,
-        calibrated: bool = False,
-        cutoff: float | str | None = None,
-    ) -> Hits:
-        """Ranked hits for ``query``: a text, an image path, a ``QueryTerm`` (texts, images as
-        paths, bytes or PIL images, item ids), a list of them, or a ``SearchRequest`` (then no
-        other option: it carries its own).
-
-        Strings are parsed like the CLI (``"2:beach + ./dog.jpg - people"``). ``type``
-        restricts hits to 'image', 'text' or 'video'; ``min_score`` drops weaker hits; ``under``
-        keeps hits below a folder. Images and items used as the query are left out of its
-        results unless ``include_query``. ``dedup`` collapses near-duplicate hits (True: at
-        ``dupes.DEFAULT_THRESHOLD``; a number: at that cosine similarity): the best-ranked of each
-        group stays and lists the others' ids in ``duplicates``; k hits are still returned while
-        the index holds enough.
-
-        Capture metadata filters (see ``mmsearch.filters``): ``after`` (inclusive) and
-        ``before`` (exclusive) take dates (``date``, ``datetime`` or ISO text such as
-        "2024-05-01") and compare with the item's capture date, or its file's time when it has
-        none; ``camera`` names a camera's model, make or both ("Pixel 7", "Canon", "Google
-        Pixel 7", any ASCII case); ``near`` is "LAT,LON,KM" or (lat, lon, km). ``sort``:
-        'relevance', or 'date' (newest first) / 'date-asc' to order the hits that pass the
-        relevance cut (``k``, ``min_score``) by date.
-
-        ``fusion`` ('none', 'late', 'early', 'rrf') ranks documents (an image with its caption,
-        sidecar or JSONL text) by both their vectors, with ``image_weight``/``text_weight``;
-        ``mode`` ('vector', 'lexical', 'hybrid') adds the full-text index's BM25 ranking (see
-        ``mmsearch.search.fusion``). ``calibrated`` ranks and scores by calibrated score
-        (``mmsearch.search.calibration``: images and texts on one scale; the raw cosine stays in
-        ``Hit.cosine``); ``cutoff`` ('auto' or a calibrated score) drops hits indistinguishable
-        from the index's background.
-        """
-        options = dict(locals())
-        del options["self"], options["query"]
-        return spaces.search(self.spaces, request_of(query, options))
-
-    def search_image(
-        self,
-        image: str | os.PathLike | bytes,
-        *,
-        k: int = 10,
-        type: str = "all",
-        min_score: float | None = None,
-        under: str | os.PathLike | None = None,
-        include_query: bool = False,
-        dedup: bool | float = False,
-        after: Any = None,
-        before: Any = None,
-        camera: str | None = None,
-        near: Any = None,
-        sort: str = "relevance",
-    ) -> Hits:
-        """Search by one image: a file path or its encoded bytes (options as ``search``)."""
-        term = QueryTerm(IMAGE, image if isinstance(image, (bytes, bytearray, memoryview)) else os.fspath(image))
-        return self.search(term, k=k, type=type, min_score=min_score, under=under, include_query=include_query,
-                           dedup=dedup, after=after, before=before, camera=camera, near=near, sort=sort)
-
-    def similar(
-        self,
-        item_id: int,
-        *,
-        k: int = 10,
-        type: str = "all",
-        min_score: float | None = None,
-        under: str | os.PathLike | None = None,
-        include_self: bool = False,
-        dedup: bool | float = False,
-        after: Any = None,
-        before: Any = None,
-        camera: str | None = None,
-        near: Any = None,
-        sort: str = "relevance",
-    ) -> Hits:
-        """'More like this': the items nearest to indexed item ``item_id`` (options as ``search``)."""
-        return self.search(QueryTerm(ITEM, str(int(item_id))), k=k, type=type, min_score=min_score, under=under,
-                           include_query=include_self, dedup=dedup, after=after, before=before, camera=camera,
-                           near=near, sort=sort)
+    # -- searching (``Searcher``: the options are written once there, ``Client`` has the same) -----
+    def search_request(self, request: SearchRequest) -> Hits:
+        """The hits of a checked request, from every embedding space that takes it."""
+        return spaces.search(self.spaces, request)
 
     def search_vector(self, vector: np.ndarray, request: SearchRequest | None = None, *,
                       exclude: set[Any] | frozenset = frozenset(), **options: Any) -> Hits:

@@ -24,13 +24,18 @@ def _shape(function) -> tuple:
 
 
 def test_the_protocol_lists_every_search_method():
-    assert set(METHODS) == {"search", "search_image", "similar", "get", "count", "info", "duplicates"}
+    assert set(METHODS) == {"search", "search_image", "similar", "search_request", "get", "count", "info",
+                            "duplicates"}
+    # The options are written once: both sides inherit the search methods and answer a request.
+    for name in ("search", "search_image", "similar"):
+        assert getattr(Engine, name) is getattr(Searcher, name) is getattr(Client, name)
+    assert Searcher.__abstractmethods__ == {"search_request", "get", "count", "info", "duplicates"}
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_engine_and_client_implement_the_searcher_protocol_alike(name):
     """Client drifted from Engine (``**filters`` against named filters, a ``search_image`` Engine
-    lacked, ``get`` returning ``Item`` against ``Item | None``): the three signatures are held equal."""
+    lacked, ``get`` returning ``Item`` against ``Item | None``): the signatures are held equal."""
     protocol = _shape(getattr(Searcher, name))
     assert _shape(getattr(Engine, name)) == protocol, f"Engine.{name} differs from Searcher.{name}"
     assert _shape(getattr(Client, name)) == protocol, f"Client.{name} differs from Searcher.{name}"

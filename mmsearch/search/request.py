@@ -8,11 +8,12 @@ Light on purpose: the HTTP client imports this without NumPy's friends (FAISS, S
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from .. import filters as filters_mod
 from ..errors import QueryError
@@ -228,10 +229,11 @@ def as_terms(query: QueryInput, force: str | None = None, names_are_words: bool 
     return parse_query([str(q) for q in items], force, names_are_words)
 
 
-@runtime_checkable
-class Searcher(Protocol):
-    """What a program can ask of an index, in process (``Engine``) or over HTTP (``Client``):
-    the same methods, parameters and return types (a test holds them equal)."""
+class Searcher(ABC):
+    """What a program can ask of an index, in process (``Engine``) or over HTTP (``Client``), in
+    the local/remote pattern: the search methods and their options are written once, here, and
+    each side implements how a checked request is answered (``search_request``) and the item
+    methods, with the same signatures and return types (a test holds them equal)."""
 
     def search(
         self,
@@ -255,7 +257,38 @@ class Searcher(Protocol):
         text_weight: float | None = None,
         calibrated: bool = False,
         cutoff: float | str | None = None,
-    ) -> Hits: ...
+    ) -> Hits:
+        """Ranked hits for ``query``: a text, an image path, a ``QueryTerm`` (texts, images as
+        paths, bytes or PIL images, item ids), a list of them, or a ``SearchRequest`` (then no
+        other option: it carries its own).
+
+        Strings are parsed like the CLI (``"2:beach + ./dog.jpg - people"``); ``force`` ('text'
+        or 'image') reads every term as one kind. ``type`` restricts hits to 'image', 'text' or
+        'video'; ``min_score`` drops weaker hits; ``under`` keeps hits below a folder. Images and
+        items used as the query are left out of its results unless ``include_query``. ``dedup``
+        collapses near-duplicate hits (True: at ``DEFAULT_THRESHOLD``; a number: at that cosine
+        similarity): the best-ranked of each group stays and lists the others' ids in
+        ``duplicates``; k hits are still returned while the index holds enough.
+
+        Capture metadata filters (see ``mmsearch.filters``): ``after`` (inclusive) and
+        ``before`` (exclusive) take dates (``date``, ``datetime`` or ISO text such as
+        "2024-05-01") and compare with the item's capture date, or its file's time when it has
+        none; ``camera`` names a camera's model, make or both ("Pixel 7", "Canon", "Google
+        Pixel 7", any ASCII case); ``near`` is "LAT,LON,KM" or (lat, lon, km). ``sort``:
+        'relevance', or 'date' (newest first) / 'date-asc' to order the hits that pass the
+        relevance cut (``k``, ``min_score``) by date.
+
+        ``fusion`` ('none', 'late', 'early', 'rrf') ranks documents (an image with its caption,
+        sidecar or JSONL text) by both their vectors, with ``image_weight``/``text_weight``;
+        ``mode`` ('vector', 'lexical', 'hybrid') adds the full-text index's BM25 ranking (see
+        ``search.fusion``). ``calibrated`` ranks and scores by calibrated score
+        (``search.calibration``: images and texts on one scale; the raw cosine stays in
+        ``Hit.cosine``); ``cutoff`` ('auto' or a calibrated score) drops hits indistinguishable
+        from the index's background.
+        """
+        options = dict(locals())
+        del options["self"], options["query"]
+        return self.search_request(request_of(query, options))
 
     def search_image(
         self,
@@ -272,7 +305,11 @@ class Searcher(Protocol):
         camera: str | None = None,
         near: Any = None,
         sort: str = filters_mod.RELEVANCE,
-    ) -> Hits: ...
+    ) -> Hits:
+        """Search by one image: a file path or its encoded bytes (options as ``search``)."""
+        term = QueryTerm(IMAGE, image if isinstance(image, (bytes, bytearray, memoryview)) else os.fspath(image))
+        return self.search(term, k=k, type=type, min_score=min_score, under=under, include_query=include_query,
+                           dedup=dedup, after=after, before=before, camera=camera, near=near, sort=sort)
 
     def similar(
         self,
@@ -289,16 +326,32 @@ class Searcher(Protocol):
         camera: str | None = None,
         near: Any = None,
         sort: str = filters_mod.RELEVANCE,
-    ) -> Hits: ...
+    ) -> Hits:
+        """'More like this': the items nearest to indexed item ``item_id`` (options as ``search``)."""
+        return self.search(QueryTerm(ITEM, str(int(item_id))), k=k, type=type, min_score=min_score, under=under,
+                           include_query=include_self, dedup=dedup, after=after, before=before, camera=camera,
+                           near=near, sort=sort)
 
-    def get(self, item_id: int) -> Item | None: ...
+    @abstractmethod
+    def search_request(self, request: SearchRequest) -> Hits:
+        """The hits of a checked request."""
 
-    def count(self) -> int: ...
+    @abstractmethod
+    def get(self, item_id: int) -> Item | None:
+        """The stored metadata of one item, or None when the index has no such item."""
 
-    def info(self) -> dict[str, Any]: ...
+    @abstractmethod
+    def count(self) -> int:
+        """How many items the index holds."""
 
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """What is in the index: counts, roots, model, vector index, sizes."""
+
+    @abstractmethod
     def duplicates(self, *, threshold: float | None = None, type: str = "all", limit: int | None = None,
-                   progress: Progress | None = None) -> list[DuplicateGroup]: ...
+                   progress: Progress | None = None) -> list[DuplicateGroup]:
+        """Groups of near-duplicate items, largest first (at most ``limit``)."""
 
 
 SEARCH_OPTIONS = ("k", "type", "min_score", "under", "include_query", "force", "dedup", "after", "before", "camera",
