@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from .media.capabilities import modalities
 from .media.extensions import EXTENSIONS, HEIF_EXTENSIONS, VIDEO_EXTENSIONS
 from .errors import QueryError
 from .fsutil import path_fields
 
 TEXT, IMAGE, ITEM = "text", "image", "item"
-TYPES = ("all", "image", "text", "video")
+TYPES = ("all", *modalities())  # what a search may be restricted to: one modality, or all
 
 _WEIGHT_RE = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)):(.*)$", re.S)
 _INLINE_OP_RE = re.compile(r"\s+([+-])\s+")
