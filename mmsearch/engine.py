@@ -33,7 +33,7 @@ from .indexing import Indexer, IndexReport, NullProgress, Progress, metadata
 from .library import LibraryRoot
 from .media import BadInput
 from .search.dupes import DuplicateGroup
-from .search.query import IMAGE, ITEM, TEXT, Hits, Item, QueryTerm, combine, item_of
+from .search.query import IMAGE, ITEM, KINDS, TEXT, Hits, Item, QueryTerm, combine, item_of
 from .search.request import Ranking, SearchRequest, Searcher
 from .search import spaces
 from .search.searcher import IndexSearcher
@@ -696,7 +696,7 @@ class Engine(Searcher):
         folder = self.folder / SPACES_DIR
         names = sorted(p.name for p in folder.iterdir() if IndexStore.is_index(p)) if folder.is_dir() else []
         # What each space embeds matters only when several answer (a catalogue query each).
-        own = spaces.Space(MAIN_SPACE, self.modalities() if names else (), frozenset({TEXT, IMAGE, ITEM}),
+        own = spaces.Space(MAIN_SPACE, self.modalities() if names else (), frozenset(KINDS),
                            self._searcher, primary=True)
         found = [own]
         with self._lock:
@@ -704,7 +704,7 @@ class Engine(Searcher):
                 if name not in self._spaces:
                     self._spaces[name] = Engine(folder / name, settings=self.settings.but(db=None))
                 other = self._spaces[name]
-                found.append(spaces.Space(name, other.modalities(), frozenset({TEXT, IMAGE}), other._searcher))
+                found.append(spaces.Space(name, other.modalities(), frozenset(KINDS) - {ITEM}, other._searcher))
         return found
 
     def modalities(self) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from ..errors import QueryError
 from ..fsutil import display_path, printable_path, terminal_safe
+from ..media.capabilities import modalities
 from .base import DbOpt, DeviceOpt, IndexOpt, JsonOpt, ModelOpt, PretrainedOpt, _engine, _settings, command, err, out, write_json
 from .progress import RichProgress, _QuietProgress
 
@@ -70,7 +71,7 @@ def index_cmd(
 
 
 
-TYPE_CHOICES = ("all", "image", "text", "video")
+TYPE_CHOICES = ("all", *modalities())  # what --type takes: every modality indexed, or all
 
 
 @command("query")

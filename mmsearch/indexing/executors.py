@@ -121,7 +121,7 @@ class LocalExecutor:
         limit = self.max_pixels
 
         def result_of(job: Job, future: Future) -> Any:
-            return _outcome(record_source(job.record), future, self.timeout, "image")
+            return _outcome(record_source(job.record), future, self.timeout, job.record.modality)
 
         pending: list[tuple[Job, Future]] = []
         cursor = 0
@@ -161,11 +161,12 @@ class LocalExecutor:
         pool = self._started()
         limit = self.max_pixels
 
-        def outcome(path: str, future: Future, seconds: float) -> Any:
-            return _outcome(path, future, seconds, "video")
-
         def start(job: Job) -> Any:
             path = job.record.path
+
+            def outcome(path: str, future: Future, seconds: float) -> Any:
+                return _outcome(path, future, seconds, job.record.modality)
+
             info = outcome(path, pool.schedule(probe_worker, args=(path, limit), timeout=self.timeout), self.timeout)
             if isinstance(info, Skip):
                 return info

@@ -9,15 +9,14 @@ writes the columns in transactions that change no vector (no generation bump, no
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
-from ..media.exif import NOTHING, Captured, from_image
-from ..media.image import IMAGE, image_formats
-from ..media.video import VIDEO
+from ..media import media_registry
+from ..media.capabilities import captured as captured_modalities
+from ..media.exif import NOTHING, Captured
 from ..storage import IndexStore
 from ..storage.filtering import capture_rows, set_captured
 from .report import IndexReport, Progress
@@ -27,28 +26,21 @@ WRITE_CHUNK = 2_000
 
 def read_captured(path: str, modality: str) -> Captured | None:
     """The capture metadata in the file's header; None when the file cannot be read now."""
+    reader = media_registry().capture_reader(modality)
+    if reader is None:
+        return None
     try:
-        if modality == VIDEO:
-            from ..media.video import _captured, _open
-
-            with _open(path) as container:
-                return _captured(container)
-        from PIL import Image
-
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # corrupt EXIF entries
-            with open(path, "rb") as fh, Image.open(fh, formats=image_formats()) as img:
-                return from_image(img)
+        return reader(path)
     except Exception:  # noqa: BLE001 - unreadable or gone: left as it is (an indexing run deals with it)
         return None
 
 
 def refresh(store: IndexStore, roots: Sequence[str], report: IndexReport, progress: Progress,
             workers: int = 2) -> int:
-    """Read and store the capture metadata of every image and video item under ``roots``;
-    returns how many items' metadata changed."""
+    """Read and store the capture metadata of every item under ``roots`` whose modality carries
+    it (images, videos); returns how many items' metadata changed."""
     with store.read() as r:
-        rows = capture_rows(r, (IMAGE, VIDEO), list(roots))
+        rows = capture_rows(r, captured_modalities(), list(roots))
     by_file: dict[tuple[str, str], list[int]] = {}
     for item_id, path, modality in rows:
         by_file.setdefault((path, modality), []).append(item_id)

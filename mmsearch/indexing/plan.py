@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ..library import under_any
 from ..media import FileEntry, Record, Skip
 from ..media.exif import captured_of
-from ..media.video import is_placeholder
+from ..media.records import is_placeholder
 from ..storage import ExistingItem
 
 UNSEALED = -1  # mtime_ns of rows whose multi-record file is not completely written yet

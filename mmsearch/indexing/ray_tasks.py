@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..media import Skip
+from ..media.capabilities import IMAGE, VIDEO  # the nouns of the skips of these stages (a picture's, a video's)
 from ..media.image import PixelTransform
 from .executors import _joined, _outcome
 
@@ -112,7 +113,7 @@ def decode_batch(batch: dict[str, np.ndarray], target: int, limit: int, pixels: 
     reasons: list[bytes] = []
     protects: list[bool] = []
     for raw, future in zip(batch["path"], futures):
-        result = None if future is None else _outcome(os.fsdecode(bytes(raw)), future, timeout, "image")
+        result = None if future is None else _outcome(os.fsdecode(bytes(raw)), future, timeout, IMAGE)
         if isinstance(result, Skip):
             arrays.append(None)
             reasons.append(result.reason.encode("utf-8", "surrogateescape"))
@@ -148,7 +149,7 @@ def probe_video(path: str, limit: int | None, timeout: float) -> Any:
     the ``Skip`` saying why not."""
     from ..media.video import probe_worker
 
-    return _outcome(path, _sandbox().schedule(probe_worker, args=(path, limit), timeout=timeout), timeout, "video")
+    return _outcome(path, _sandbox().schedule(probe_worker, args=(path, limit), timeout=timeout), timeout, VIDEO)
 
 
 def video_keyframes(path: str, stream: int, timeout: float) -> Any:
@@ -156,7 +157,7 @@ def video_keyframes(path: str, stream: int, timeout: float) -> Any:
     from ..media.video import keyframes_worker
 
     return _outcome(path, _sandbox().schedule(keyframes_worker, args=(path, stream), timeout=timeout), timeout,
-                    "video")
+                    VIDEO)
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ def sample_spans(batch: dict[str, np.ndarray], target: int, pixels: PixelTransfo
                              timeout=job.deadline) for job in jobs]
     rows: dict[str, list] = {k: [] for k in ("i", "span", "count", "t", "pixels", "skip", "protects", "info")}
     for job, future in zip(jobs, futures):
-        result = _outcome(job.path, future, job.deadline, "video")
+        result = _outcome(job.path, future, job.deadline, VIDEO)
         if isinstance(result, Skip):
             frames: list[tuple[float, Any]] = [(0.0, None)]
             reason, info = result.reason.encode("utf-8", "surrogateescape"), pickle.dumps(result)

@@ -26,7 +26,9 @@ from ..fsutil import display_path
 from ..library import LibraryRoot
 from ..media import FileEntry, Record, Registry, Skip, media_registry, scan
 from ..media.scan import HEIF_HINT, HEIF_MISSING
-from ..media.video import VIDEO, Sampling, SampledFrames, drop_repeats, frame_record, hash_range, is_placeholder
+from ..media.capabilities import has_moments
+from ..media.records import is_placeholder
+from ..media.video import Sampling, SampledFrames, drop_repeats, frame_record, hash_range
 from ..settings import Settings
 from ..storage import DATABASE_ERRORS, IndexStore
 from .executors import DecodeExecutor, LocalExecutor
@@ -133,7 +135,7 @@ class Indexer:
         records, undecodable = self._read_all(dirty, roots)
         with report.timing("plan"):
             self._known_videos(records)
-            multi = [h.kind for h in self.kinds.handlers.values() if getattr(h, "multi_record", False)]
+            multi = self.kinds.multi_record_kinds()
             plan = plan_records(dirty, records, undecodable, existing, multi)
             with self.store.read() as r:
                 assign_sources(plan.jobs, r.vector_sources({job.content for job in plan.jobs}, self.store.dim * 4))
@@ -177,10 +179,10 @@ class Indexer:
         if not groups:
             return
         leaders = [members[0] for members in groups.values()]
-        workers = {h.modality for h in self.kinds.handlers.values() if h.decoded_in_workers}
+        workers = self.kinds.decoded_in_workers()
         texts = [job for job in leaders if job.record.modality not in workers]
-        # (video frames are never decoded one by one: a video's frames are sampled together)
-        images = [job for job in leaders if job.record.modality in workers and job.record.modality != VIDEO]
+        # (moments are never decoded one by one: a video's frames are sampled together)
+        images = [job for job in leaders if job.record.modality in workers and not has_moments(job.record.modality)]
         remote = getattr(self.executor, "decode_and_encode", None)
         # An executor that encodes (Ray's actors) takes the texts too; else they are encoded here.
         remote_texts = texts if remote is not None else []
@@ -233,12 +235,17 @@ class Indexer:
     # -- videos --------------------------------------------------------------------------------
     def _known_videos(self, records: dict[str, list[Record]]) -> None:
         """Videos read now whose content the index already holds become their stored frames."""
-        hashes = {found[0].content_hash for found in records.values() if len(found) == 1 and is_placeholder(found[0])}
-        if not hashes:
+        placeholders = [found[0] for found in records.values() if len(found) == 1 and is_placeholder(found[0])]
+        if not placeholders:
             return
+        by_modality: dict[str, set[str]] = {}
+        for record in placeholders:
+            by_modality.setdefault(record.modality, set()).add(record.content_hash)
+        known = {}
         with self.store.read() as r:
-            rows = r.rows_in_hash_ranges(VIDEO, [hash_range(h) for h in hashes], skip_mtime=UNSEALED)
-        known = {low[:-1]: frames for (low, _), frames in rows.items()}
+            for modality, hashes in by_modality.items():
+                rows = r.rows_in_hash_ranges(modality, [hash_range(h) for h in hashes], skip_mtime=UNSEALED)
+                known.update({low[:-1]: frames for (low, _), frames in rows.items()})
         known_video_frames(records, known)
 
     def _index_videos(self, jobs: list[Job]) -> None:
@@ -290,7 +297,7 @@ class Indexer:
         video = job.record
         replaces = dict(job.replaces or {})
         sealed = (video.path, video.size, video.mtime_ns)
-        unsealed = Record(video.path, "", VIDEO, video.size, UNSEALED, video.content_hash)
+        unsealed = Record(video.path, "", video.modality, video.size, UNSEALED, video.content_hash)
         jobs = []
         for t in times:
             record = frame_record(unsealed, t, sampled.info)

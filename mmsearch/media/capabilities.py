@@ -8,11 +8,17 @@ handler.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 IMAGE = "image"
 TEXT = "text"
 VIDEO = "video"
+
+# The two sides of a document (``Capabilities.side``): a modality's items are fused with the
+# other side's (early and late fusion), or, on a side of their own name, with nothing.
+IMAGE_SIDE = IMAGE
+TEXT_SIDE = TEXT
 
 
 @dataclass(frozen=True)
@@ -34,13 +40,27 @@ class Capabilities:
     reads_path: bool = False
     # An item of this modality may be a part of a document (an image with its caption or record).
     in_documents: bool = True
+    # How counts name its files (``info``: "images", "videos").
+    plural: str = ""
+    # What one moment is called ("frame"); its items are counted as "<modality>_<moment>s".
+    moment: str = ""
+
+    @property
+    def text_side(self) -> bool:
+        """Its items are a document's text side."""
+        return self.side == TEXT_SIDE
+
+    @property
+    def image_side(self) -> bool:
+        """Its items are a document's image side (pictures, frames)."""
+        return self.side == IMAGE_SIDE
 
 
 _CAPABILITIES = {
-    IMAGE: Capabilities(IMAGE, side=IMAGE, captured=True, thumbnail=True),
-    TEXT: Capabilities(TEXT, side=TEXT),
-    VIDEO: Capabilities(VIDEO, side=IMAGE, moments=True, captured=True, thumbnail=True, reads_path=True,
-                        in_documents=False),
+    IMAGE: Capabilities(IMAGE, side=IMAGE_SIDE, captured=True, thumbnail=True, plural="images"),
+    TEXT: Capabilities(TEXT, side=TEXT_SIDE, plural="texts"),
+    VIDEO: Capabilities(VIDEO, side=IMAGE_SIDE, moments=True, captured=True, thumbnail=True, reads_path=True,
+                        in_documents=False, plural="videos", moment="frame"),
 }
 
 
@@ -61,9 +81,16 @@ def with_moments() -> tuple[str, ...]:
     return tuple(m for m, c in _CAPABILITIES.items() if c.moments)
 
 
-def on_side(side: str) -> tuple[str, ...]:
-    """Modalities on one side of a document ('image' or 'text')."""
-    return tuple(m for m, c in _CAPABILITIES.items() if c.side == side)
+def on_side(side: str, in_documents: bool | None = None) -> tuple[str, ...]:
+    """Modalities on one side of a document ('image' or 'text'); ``in_documents``: only those
+    whose items may (True) or may not (False) be a document's part."""
+    return tuple(m for m, c in _CAPABILITIES.items()
+                 if c.side == side and (in_documents is None or c.in_documents == in_documents))
+
+
+def in_documents() -> tuple[str, ...]:
+    """Modalities whose items may be a part of a document (the others' items stand alone)."""
+    return tuple(m for m, c in _CAPABILITIES.items() if c.in_documents)
 
 
 def captured() -> tuple[str, ...]:
@@ -73,3 +100,26 @@ def captured() -> tuple[str, ...]:
 
 def has_moments(modality: str) -> bool:
     return capabilities(modality).moments
+
+
+def side_of(modality: str) -> str:
+    """The document side of ``modality``'s items (``IMAGE_SIDE``, ``TEXT_SIDE``, or its own)."""
+    return capabilities(modality).side
+
+
+def is_text_side(modality: str) -> bool:
+    return capabilities(modality).text_side
+
+
+def info_counts(items: dict[str, int], files: Callable[[str], int]) -> dict[str, int]:
+    """The counts ``info`` shows, by modality in the listed order: items of each (``items``,
+    by modality), and for a modality of moments its files (``files(modality)``) and then its
+    moments: ``{"images": 3, "texts": 2, "videos": 1, "video_frames": 40}``."""
+    out: dict[str, int] = {}
+    for modality, c in _CAPABILITIES.items():
+        if c.moments:
+            out[c.plural] = files(modality)
+            out[f"{modality}_{c.moment}s"] = items.get(modality, 0)
+        else:
+            out[c.plural] = items.get(modality, 0)
+    return out

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..library import outside_library, within
+from .capabilities import capabilities, in_documents
 from .records import BadInput, FileEntry, Record, Skip, content_hash, read_regular_file
 
 IMAGE_PART = "image"  # suffix of a JSONL record's image locator: "12:image"
@@ -113,10 +114,17 @@ def doc_key(path: str, locator: str, modality: str) -> tuple[str, str]:
     * a JSONL line's parts: (the file, the line number);
     * whole files and embedded captions: (the path without its extension, ""), so ``x.jpg``,
       its caption and a sidecar ``x.txt`` or ``x.md`` share one key;
-    * a video's frames: (the video file, "video"), one document per video.
+    * the items of a modality that joins no document (a video's frames): (the file, the
+      modality), e.g. (the video file, "video"), one per file (``is_file_key``).
     """
-    if modality == "video":
-        return (path, "video")
+    if not capabilities(modality).in_documents:
+        return (path, modality)
     if locator and locator != "caption":
         return (path, locator.split(":", 1)[0])
     return (os.path.splitext(path)[0], "")
+
+
+def is_file_key(key: tuple[str, str]) -> bool:
+    """Whether a ``doc_key`` is a file's whose items join no document (a video's frames), not a
+    document's: its second part is a modality, never a line number or ""."""
+    return bool(key[1]) and not key[1][0].isdigit() and key[1] not in in_documents()

@@ -12,11 +12,12 @@ from typing import Any
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import exif
+from .capabilities import IMAGE
+from .capabilities import capabilities as capabilities_of
 from .captions import CAPTION, embedded_caption
 from .extensions import EXTENSIONS, HEIF_EXTENSIONS
 from .records import BadInput, FileEntry, Record, Skip, content_hash, one_line, read_regular_file
 
-IMAGE = "image"
 # Pillow formats mmsearch decodes. Pillow can open dozens more (EPS hands the file to
 # Ghostscript, others are rarely tested decoders); an image file or upload in any other format is
 # refused, whatever its extension. MPO (multi-picture JPEGs from phone cameras) opens as JPEG.
@@ -256,7 +257,10 @@ class ImageHandler:
 
     kind = IMAGE
     modality = IMAGE
+    capabilities = capabilities_of(IMAGE)
     decoded_in_workers = True
+    multi_record = False
+    reads_other_files = False
 
     @property
     def extensions(self) -> frozenset[str]:
@@ -267,6 +271,15 @@ class ImageHandler:
         import mimetypes
 
         return mimetypes.guess_type(path)[0] or "application/octet-stream"
+
+    @staticmethod
+    def read_captured(path: str) -> exif.Captured:
+        """The capture metadata in the image's header (opened, not decoded); raises when the
+        file cannot be read."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # corrupt EXIF entries
+            with open(path, "rb") as fh, Image.open(fh, formats=image_formats()) as img:
+                return exif.from_image(img)
 
     @staticmethod
     def thumbnail(data: bytes, size: int, max_pixels: int | None = None) -> bytes:

@@ -14,6 +14,8 @@ import stat as stat_mod
 from dataclasses import dataclass
 from typing import Any
 
+from .capabilities import has_moments
+
 # Text kept in the database for snippets and --json output. The encoder sees only its own
 # context length (77 tokens for CLIP), so storing whole books would only bloat the database.
 MAX_STORED_TEXT_CHARS = 20_000
@@ -69,6 +71,12 @@ class Record:
     @property
     def key(self) -> tuple[str, str]:
         return (self.path, self.locator)
+
+
+def is_placeholder(record: Record) -> bool:
+    """True for a file of moments (a video) read but not yet sampled: its one record, with no
+    locator, stands for the moments to come."""
+    return has_moments(record.modality) and record.locator == ""
 
 
 class BadInput(Exception):

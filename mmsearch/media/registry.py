@@ -13,16 +13,20 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from .capabilities import Capabilities
 from .image import IMAGE, ImageHandler, is_image_file
 from .records import BadInput, FileEntry, Record, Skip, read_regular_file
 from .text import JsonlHandler, TextHandler
-from .video import VIDEO, VideoHandler, container_of
+from .video import VideoHandler
 
 
 class MediaHandler(Protocol):
     kind: str  # the kind of file it takes (``FileEntry.kind``)
     modality: str  # what its records are ("image", "text", ...)
+    capabilities: Capabilities  # what its modality's items can do (``capabilities(modality)``)
     decoded_in_workers: bool  # its records are decoded by worker processes before encoding
+    multi_record: bool  # a file holds several records, written over several transactions and sealed
+    reads_other_files: bool  # its records read other files (a JSONL record's image), inside ``roots``
 
     @property
     def extensions(self) -> frozenset[str]: ...
@@ -52,11 +56,20 @@ class Registry:
     def modalities(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(h.modality for h in self.handlers.values()))
 
+    def multi_record_kinds(self) -> list[str]:
+        """The kinds of file holding several records (sealed once all are written)."""
+        return [h.kind for h in self.handlers.values() if h.multi_record]
+
+    def decoded_in_workers(self) -> set[str]:
+        """The modalities whose records are decoded by worker processes before encoding."""
+        return {h.modality for h in self.handlers.values() if h.decoded_in_workers}
+
     def thumbnailer(self, modality: str) -> Callable[[bytes, int, int], bytes] | None:
         """How items of ``modality`` become a thumbnail (file bytes, size, pixel cap -> JPEG
         bytes), or None."""
         for handler in self.handlers.values():
-            if handler.modality == modality and hasattr(handler, "thumbnail"):
+            c = handler.capabilities
+            if handler.modality == modality and c.thumbnail and not c.moments:
                 return handler.thumbnail
         return None
 
@@ -64,8 +77,25 @@ class Registry:
         """How items of ``modality`` that stand for a moment of a file become a thumbnail (open
         file descriptor, size, seconds, pixel cap, deadline in seconds -> JPEG bytes), or None."""
         for handler in self.handlers.values():
-            if handler.modality == modality and hasattr(handler, "thumbnail_at"):
+            c = handler.capabilities
+            if handler.modality == modality and c.thumbnail and c.moments:
                 return handler.thumbnail_at
+        return None
+
+    def capture_reader(self, modality: str) -> Callable[[str], Any] | None:
+        """How the capture metadata of an item of ``modality`` is read from its file's header
+        (path -> ``exif.Captured``; raises when the file cannot be read), or None."""
+        for handler in self.handlers.values():
+            if handler.modality == modality and handler.capabilities.captured:
+                return handler.read_captured
+        return None
+
+    def _streamer_for(self, head: bytes) -> MediaHandler | None:
+        """The handler that streams files by path (``reads_path``) and takes a file starting
+        with ``head`` by its content (a video under an image's name), or None."""
+        for handler in self.handlers.values():
+            if handler.capabilities.reads_path and handler.recognises(head):
+                return handler
         return None
 
     def media_type(self, path: str) -> str:
@@ -78,9 +108,9 @@ class Registry:
         """The records in one file plus the parts of it that had to be skipped. ``roots``: the
         library's (``LibraryRoot``), for handlers whose records read other files (a JSONL
         record's image), which then read only files inside it."""
-        handler = self.handlers[entry.kind]
+        handler = named = self.handlers[entry.kind]
         try:
-            if not getattr(handler, "reads_bytes", True):  # videos: the handler streams the file itself
+            if handler.capabilities.reads_path:  # videos: the handler streams the file itself
                 if IMAGE in self.handlers and is_image_file(entry.path):
                     # Content decides: an image under a video name is read as an image (FFmpeg
                     # would take it for a one-frame video).
@@ -89,15 +119,17 @@ class Registry:
                     return handler.records(entry)
             data = read_regular_file(entry.path)
             try:
-                if getattr(handler, "reads_other_files", False):
+                if handler.reads_other_files:
                     return handler.records(entry, data, max_pixels or 0, roots=roots)
                 if max_pixels is None:
                     return handler.records(entry, data)
                 return handler.records(entry, data, max_pixels)
             except BadInput:
                 # Content decides: a video under another media extension is read as a video.
-                if entry.kind != VIDEO and not getattr(handler, "multi_record", False) and container_of(data[:256]):
-                    return self.handlers[VIDEO].records(entry)
+                # (A file named as one it streams is not sent back to it: an image under a video's name.)
+                streamer = None if handler.multi_record or named.capabilities.reads_path else self._streamer_for(data[:256])
+                if streamer is not None:
+                    return streamer.records(entry)
                 raise
         except BadInput as exc:
             return [], [exc.skip(entry.path)]

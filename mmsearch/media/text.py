@@ -7,10 +7,11 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from .capabilities import TEXT
+from .capabilities import capabilities as capabilities_of
 from .documents import IMAGE_FIELD, document_parts
 from .records import MAX_STORED_TEXT_CHARS, BadInput, FileEntry, Record, Skip, content_hash
 
-TEXT = "text"
 TEXT_MEDIA_TYPE = "text/plain; charset=utf-8"  # shown as text in a browser, never run
 # JSONL lines nested deeper than this are skipped: no record's metadata needs more, and every
 # later step that walks the value (storing it as JSON, --json output, filters) recurses, so a
@@ -62,7 +63,10 @@ class TextHandler:
 
     kind = "text"
     modality = TEXT
+    capabilities = capabilities_of(TEXT)
     decoded_in_workers = False
+    multi_record = False
+    reads_other_files = False
     extensions = frozenset({".txt", ".md"})
 
     @staticmethod
@@ -84,6 +88,7 @@ class JsonlHandler:
 
     kind = "jsonl"
     modality = TEXT
+    capabilities = capabilities_of(TEXT)  # its lines; a line's image part is an image (``documents``)
     decoded_in_workers = False
     multi_record = True
     reads_other_files = True  # a record's image: read only inside the library (``roots``)

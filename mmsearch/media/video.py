@@ -36,12 +36,13 @@ from typing import Any
 
 import numpy as np
 
+from .capabilities import VIDEO
+from .capabilities import capabilities as capabilities_of
 from .extensions import VIDEO_EXTENSIONS
 
 from .frames import Picker, decoded_frames, model_pixels, select_decoded, select_keyframes
-from .records import BadInput, FileEntry, Record, Skip, one_line
+from .records import BadInput, FileEntry, Record, Skip, is_placeholder, one_line  # noqa: F401 - is_placeholder: its old home
 
-VIDEO = "video"
 # Containers by extension; the content decides in the end (FFmpeg probes it), so a file named
 # .mp4 that holds only audio, or garbage, is skipped with the reason.
 EXTENSIONS = VIDEO_EXTENSIONS
@@ -506,9 +507,10 @@ class VideoHandler:
 
     kind = VIDEO
     modality = VIDEO
+    capabilities = capabilities_of(VIDEO)  # reads_path: the registry must not read the file whole
     decoded_in_workers = True
     multi_record = True  # several rows per file, sealed once all are written
-    reads_bytes = False  # the registry must not read the file whole
+    reads_other_files = False
 
     @property
     def extensions(self) -> frozenset[str]:
@@ -526,14 +528,21 @@ class VideoHandler:
             fh.seek(0)
             return frame_at(fh, t, size, max_pixels, deadline)
 
+    @staticmethod
+    def recognises(head: bytes) -> bool:
+        """Whether a file starting with ``head`` is a video by its content, whatever its name."""
+        return container_of(head) is not None
+
+    @staticmethod
+    def read_captured(path: str) -> Any:
+        """The capture metadata in the container's tags (``exif.Captured``); raises when the
+        file cannot be opened."""
+        with _open(path) as container:
+            return _captured(container)
+
     def records(self, entry: FileEntry, data: bytes | None = None, max_pixels: int | None = None) -> tuple[list[Record], list[Skip]]:
         digest, _ = video_hash(entry.path)
         return [Record(entry.path, "", VIDEO, entry.size, entry.mtime_ns, digest)], []
-
-
-def is_placeholder(record: Record) -> bool:
-    """True for a video read but not yet sampled (its frames are not known)."""
-    return record.modality == VIDEO and record.locator == ""
 
 
 def frame_record(video: Record, t: float, info: VideoInfo) -> Record:

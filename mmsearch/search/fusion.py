@@ -61,6 +61,7 @@ MIN_POOL = 50
 POOL_FACTOR = 5
 MOMENTS = with_moments()  # a file of moments is one document: its key's second part names the modality
 IMAGE_SIDE = on_side(IMAGE)  # pictures and video frames
+PICTURES = on_side(IMAGE, in_documents=True)  # what a document's picture (a file, a record's image) can be
 TEXT_SIDE = on_side(TEXT)
 
 
@@ -307,7 +308,7 @@ def _one_per_picture(reader: Any, units: dict[tuple, Unit]) -> None:
     picture, is dropped. The kept unit names the record (``Unit.record``)."""
     from ..storage.documents import rows_by_id
 
-    records = [p.row.id for u in units.values() for p in u.parts if p.row.modality == IMAGE
+    records = [p.row.id for u in units.values() for p in u.parts if p.row.modality in PICTURES
                and is_image_part(p.row.locator)]
     if not records:
         return
@@ -315,7 +316,7 @@ def _one_per_picture(reader: Any, units: dict[tuple, Unit]) -> None:
     picture: dict[int, str] = {}
     for u in units.values():
         for p in u.parts:
-            if p.row.modality == IMAGE:
+            if p.row.modality in PICTURES:
                 name = picture_of(full[p.row.id]) if p.row.id in full else p.row.path
                 if name is not None:
                     picture[p.row.id] = name

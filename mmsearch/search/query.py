@@ -20,12 +20,13 @@ from ..media.extensions import EXTENSIONS, HEIF_EXTENSIONS, VIDEO_EXTENSIONS
 from ..errors import QueryError
 from ..filters import item_date, iso
 from ..fsutil import path_fields
-from ..media.capabilities import has_moments
+from ..media.capabilities import has_moments, modalities
 from ..media.documents import record_of, source_path
 from ..media.exif import camera_name
 
 TEXT, IMAGE, ITEM = "text", "image", "item"
-TYPES = ("all", "image", "text", "video")
+KINDS = (TEXT, IMAGE, ITEM)  # what a query term can be (``QueryTerm.kind``)
+TYPES = ("all", *modalities())  # what a search may be restricted to: one modality, or all
 
 _WEIGHT_RE = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+)):(.*)$", re.S)
 _INLINE_OP_RE = re.compile(r"\s+([+-])\s+")

@@ -30,6 +30,8 @@ from .candidates import Candidates
 from .query import IMAGE, ITEM, TEXT, Hit, Hits, QueryTerm, hit_of, item_of, query_image_paths, row_fields, unit_vector
 from .request import SearchRequest, check_options
 
+PICTURES = on_side(IMAGE, in_documents=True)  # what a picture file or a record's image can be
+
 # A moment hit's segment (a video's frames): its neighbouring moments scoring at least best -
 # SEGMENT_FRACTION x (best - the file's worst moment). Relative to the file's own spread, so it
 # adapts to models whose cosines all lie close together.
@@ -356,7 +358,7 @@ def show_pictures(reader: Any, hits: list[Hit], keep: Any) -> None:
     two when both are among the candidates; this finds the one that is not."""
     from ..storage.documents import images_by_hash, rows_by_id
 
-    images = [h.id for h in hits if h.modality == IMAGE]
+    images = [h.id for h in hits if h.modality in PICTURES]
     if not images:
         return
     alike: dict[str, list[ItemRow]] = {}
@@ -364,7 +366,7 @@ def show_pictures(reader: Any, hits: list[Hit], keep: Any) -> None:
         if (name := picture_of(row)) is not None:
             alike.setdefault(name, []).append(row)
     for n, hit in enumerate(hits):
-        same = alike.get(hit.file, []) if hit.modality == IMAGE else []
+        same = alike.get(hit.file, []) if hit.modality in PICTURES else []
         record = hit.record or next((record_of(r) for r in same if is_image_part(r.locator)), None)
         file = next((r for r in same if not is_image_part(r.locator) and keep(r)), None)
         if file is not None and file.id != hit.id:
@@ -377,6 +379,6 @@ def _same_picture(hits: Hits, n: int, row: ItemRow) -> None:
     names): one hit, shown by the file, naming the record."""
     kept = hits[n]
     record = kept.record or record_of(row)
-    if record_of(row) is None and hits[n].modality == IMAGE and is_image_part(kept.locator):  # the file shows it
+    if record_of(row) is None and hits[n].modality in PICTURES and is_image_part(kept.locator):  # the file shows it
         hits[n] = hit_of(kept.rank, kept.score, row)
     hits[n].record = record

@@ -6,16 +6,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from ..search.dupes import DEDUP_MIN_POOL, DEDUP_POOL_FACTOR, MIN_THRESHOLD
+from ..media.capabilities import modalities
 from ..search.query import QueryTerm
-from ..search.request import SearchRequest
+from ..search.request import DEDUP_MIN_POOL, DEDUP_POOL_FACTOR, MIN_THRESHOLD, SearchRequest
 
 MAX_UPLOADS = 4  # images in one combined query
 MAX_TERMS = 16
 MAX_K = 1000
 MAX_TEXT_CHARS = 2000  # the tokenizer truncates long texts anyway; this only bounds the request
 
-Modality = Literal["all", "image", "text", "video"]
+Modality = Literal[("all", *modalities())]  # the ``type`` a search takes: one modality, or all
 Sort = Literal["relevance", "date", "date-asc"]  # mmsearch.filters.SORTS
 
 
@@ -206,7 +206,7 @@ def search_body_openapi() -> dict[str, Any]:
                   '"weight":2},{"kind":"item","value":12,"weight":-0.5},{"kind":"image","upload":0}]. '
                   "When given, q/item/images are only used through it."},
         "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
-        "type": {"type": "string", "enum": ["all", "image", "text", "video"], "default": "all"},
+        "type": {"type": "string", "enum": ["all", *modalities()], "default": "all"},
         "min_score": {"type": "number", "minimum": -1, "maximum": 1},
         "include_query": {"type": "boolean", "default": False},
         "dedup": {"type": "boolean", "default": False},

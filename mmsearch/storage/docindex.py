@@ -64,6 +64,7 @@ import numpy as np
 
 from ..errors import IndexTypeError, IndexWriteError
 from ..fsutil import atomic_write_via, digest_mismatch, file_digest, fsync_dir
+from ..media.capabilities import IMAGE_SIDE, TEXT_SIDE, capabilities, is_text_side, on_side
 from ..media.documents import doc_key
 from .documents import Place, embedded_places, has_modality, parts_of, places_by_id, vectors_by_id
 from .ondisk import ONDISK, read_index_file
@@ -137,7 +138,7 @@ class _Layout:
         paths: dict[str, str] = {}  # one string per path (a JSONL file's lines share it)
         for rows in embedded_places(reader):
             for item_id, path, locator, modality in rows:
-                if modality == "video":
+                if not capabilities(modality).in_documents:  # a video's frames: entries of their own
                     key: tuple = ("frame", item_id)
                 else:
                     path = paths.setdefault(path, path)
@@ -147,7 +148,7 @@ class _Layout:
                     n = entry[key] = len(image)
                     image.append(-1)
                     text.append(-1)
-                side = text if modality == "text" else image
+                side = text if is_text_side(modality) else image
                 if side[n] < 0:
                     side[n] = item_id
                 else:
@@ -221,7 +222,8 @@ def build(store: Any, reader: Any, weights: Sequence[float] = DEFAULT_WEIGHTS) -
     """The document index of ``reader``'s snapshot, built whole."""
     started = time.perf_counter()
     dim = store.dim
-    if not (has_modality(reader, "text") and has_modality(reader, "image")):
+    if not (any(has_modality(reader, m) for m in on_side(TEXT_SIDE, in_documents=True))
+            and any(has_modality(reader, m) for m in on_side(IMAGE_SIDE, in_documents=True))):
         # A library of photos (or of notes) alone has no document of two parts: two probes of
         # the modality index instead of a pass over every item's place.
         return Built(None, None, {"gen": reader.generation(), "weights": [float(w) for w in weights], "documents": 0,
@@ -335,8 +337,8 @@ def update(store: Any, reader: Any, record: Any, weights: Sequence[float] = DEFA
     gone = np.union1d(touched, grouped)
     again = np.union1d(touched, ids[np.isin(reps, grouped)])
     places = places_by_id(reader, again.tolist(), vectors=True)
-    keys = {doc_key(p.path, p.locator, p.modality) for p in places.values() if p.modality != "video"}
-    frames = [p for p in places.values() if p.modality == "video" and p.vector is not None]
+    keys = {doc_key(p.path, p.locator, p.modality) for p in places.values() if capabilities(p.modality).in_documents}
+    frames = [p for p in places.values() if not capabilities(p.modality).in_documents and p.vector is not None]
     found = parts_of(reader, keys, vectors=True)
     # The entries of every part of those documents go too (a sidecar added beside a photo joins
     # its entry), and each document's entry is made again from all its parts.
@@ -393,8 +395,8 @@ def _entry(parts: list[Place], dim: int, weights: Sequence[float]) -> tuple[int,
     if not parts:
         return None
     parts = sorted(parts, key=lambda q: q.id)
-    image = next((q for q in parts if q.modality != "text"), None)
-    text = next((q for q in parts if q.modality == "text"), None)
+    image = next((q for q in parts if not is_text_side(q.modality)), None)
+    text = next((q for q in parts if is_text_side(q.modality)), None)
     rep = image if image is not None else text
 
     def usable(q: Place | None) -> np.ndarray | None:

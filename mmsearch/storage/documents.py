@@ -12,7 +12,8 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import and_, bindparam, or_, select
 
-from ..media.documents import doc_key, image_locator
+from ..media.capabilities import IMAGE_SIDE, in_documents, on_side
+from ..media.documents import doc_key, image_locator, is_file_key
 from .catalogue import IN_CHUNK, ItemRow, Reader
 from .schema import Embedding, Item
 
@@ -94,7 +95,7 @@ def rows_by_id(reader: Reader, ids: Sequence[int]) -> dict[int, ItemRow]:
     return _by_id(reader, ids, _ROWS_BY_ID, ItemRow)
 
 
-_IMAGES_BY_HASH = select(*_COLUMNS).where(Item.modality == "image",
+_IMAGES_BY_HASH = select(*_COLUMNS).where(Item.modality.in_(on_side(IMAGE_SIDE, in_documents=True)),
                                           Item.content_hash.in_(bindparam("hashes", expanding=True)))
 
 
@@ -128,7 +129,7 @@ def parts_of(reader: Reader, keys: Iterable[tuple[str, str]], vectors: bool = Fa
             if key in wanted:
                 found.setdefault(key, []).append(row)
 
-    lines = [k for k in keys if k[1] and k[1] != "video"]
+    lines = [k for k in keys if k[1] and not is_file_key(k)]
     stems = [k for k in keys if not k[1]]
     by_file: dict[str, list[str]] = {}
     for path, line in lines:
@@ -150,7 +151,7 @@ def parts_of(reader: Reader, keys: Iterable[tuple[str, str]], vectors: bool = Fa
         # (and a few deeper names, which doc_key leaves out).
         ranges = [and_(Item.path >= stem + ".", Item.path < stem + "/")
                   for stem, _ in stems[start:start + STEMS_PER_QUERY]]
-        take(_places(reader, or_(*ranges), Item.modality != "video", vectors=vectors))
+        take(_places(reader, or_(*ranges), Item.modality.in_(in_documents()), vectors=vectors))
     return found
 
 

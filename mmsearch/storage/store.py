@@ -36,6 +36,7 @@ from ..errors import (
     UnfinishedCopyError,
 )
 from ..fsutil import digest_mismatch, file_digest
+from ..media.capabilities import info_counts
 from . import docindex, location
 from . import manifest as mf
 from . import ondisk
@@ -717,7 +718,7 @@ class IndexStore:
     def stats(self) -> dict[str, Any]:
         with self.read() as r:
             counts = r.modality_counts()
-            videos = r.file_count("video")
+            by_modality = info_counts(counts, r.file_count)  # images, texts, videos (files), video_frames
             roots = [row.path for row in r.roots()]
             generation = r.generation()
         files = saved_generations(self.folder)
@@ -730,10 +731,7 @@ class IndexStore:
             "dim": self.dim,
             "vector_index": self.manifest.get("vector_index", {}),
             "items": sum(counts.values()),
-            "images": counts.get("image", 0),
-            "texts": counts.get("text", 0),
-            "videos": videos,  # files; their frames are counted in "items" and "video_frames"
-            "video_frames": counts.get("video", 0),
+            **by_modality,  # a video's frames are counted in "items" and "video_frames", its file in "videos"
             "roots": roots,
             "generation": generation,
             "vectors_saved_generation": files[0][0] if files else None,
