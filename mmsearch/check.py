@@ -566,6 +566,7 @@ def _check_onnx_exports(store: IndexStore, report: CheckReport, repair: bool, en
     """The ONNX text and image encoders are the ones the manifest records (whole-file checksums);
     with ``repair``, a damaged export is removed and made again from the model."""
     from .encoders import onnx_image, onnx_text
+    from .indexing import exports
 
     for tower, module in (("text", onnx_text), ("image", onnx_image)):
         record = module.usable_record(store.manifest)
@@ -581,8 +582,8 @@ def _check_onnx_exports(store: IndexStore, report: CheckReport, repair: bool, en
                 path.unlink(missing_ok=True)
             store.update_manifest(**{module.MANIFEST_KEY: None})
             if encoder_factory is not None:
-                module.ensure_exported(store, ModelSpec.from_manifest(store.manifest["model"]),
-                                       lambda: encoder_factory(store), settings.cache)
+                exports.ensure_exported(store, module.TOWER, ModelSpec.from_manifest(store.manifest["model"]),
+                                        lambda: encoder_factory(store), settings.cache)
             problem.repaired = True
 
 

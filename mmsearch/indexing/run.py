@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..encoders import random_weights_note
-from ..encoders import onnx_export, onnx_image, onnx_text
+from ..encoders import onnx_export, onnx_image
 from ..errors import IndexingInterrupted, IndexTypeError, IndexWriteError, PathNotFoundError, QueryError
 from ..fsutil import display_path
 from ..library import LibraryRoot
@@ -26,7 +26,7 @@ from ..settings import Settings
 from ..storage import CHOICES, IndexStore, location, writer_lock
 from ..storage.pgvector import FAISS, PGVECTOR, check_layout
 from ..storage.vectors import AUTO
-from . import metadata
+from . import exports, metadata
 from .report import IndexReport, NullProgress, Progress
 from .runner import Indexer
 
@@ -35,9 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..handle import IndexHandle
 
 log = logging.getLogger(__name__)
-
-# The ONNX exports a run makes (or takes from the cache) before indexing.
-TOWERS = (onnx_text, onnx_image)
 
 
 class IndexingRun:
@@ -167,15 +164,16 @@ class IndexingRun:
         per model (tens of seconds for ViT-B-32), so it shows as a phase of its own; returns its
         seconds, or None when nothing was needed."""
         store, spec = self.store, self.encoders.spec
-        exports = [tower for tower in TOWERS if tower.export_needed(store.manifest, self.settings.onnx)]
-        if not exports:
+        towers = exports.needed(store, self.settings.onnx)
+        if not towers:
             return None
         started = time.monotonic()
         progress.note(f"exporting {spec.display} to ONNX (once per model on this machine; "
                       f"tens of seconds for ViT-B-32)")
-        progress.start("exporting", len(exports))
-        for tower in exports:
-            tower.ensure_exported(store, spec, lambda: self.encoders.torch, self.settings.cache, self.settings.onnx)
+        progress.start("exporting", len(towers))
+        for tower in towers:
+            exports.ensure_exported(store, tower, spec, lambda: self.encoders.torch, self.settings.cache,
+                                    self.settings.onnx)
             progress.advance(1)
         return time.monotonic() - started
 
