@@ -43,7 +43,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
     from ..media.image import PixelTransform
-    from ..storage.store import IndexStore
     from .torch_encoder import TorchEncoder
 
 log = logging.getLogger(__name__)
@@ -625,8 +624,9 @@ def preload(folder: str | Path, paths: list[str], settings: Any) -> Preload | No
 
 
 class IndexingEncoder:
-    """What an indexing run encodes with when ONNX indexes images: the ONNX image encoder, and
-    the texts by ``texts()`` (the ONNX text encoder, or torch when the index has none)."""
+    """What an indexing run encodes with when ONNX indexes images (``indexing.run.indexing_encoder``):
+    the ONNX image encoder, and the texts by ``texts()`` (the ONNX text encoder, or torch when the
+    index has none)."""
 
     def __init__(self, image: OnnxImageEncoder, texts: Any):
         self.image = image
@@ -645,33 +645,6 @@ class IndexingEncoder:
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         return self._texts().encode_texts(texts)
-
-
-def indexing_encoder(store: IndexStore, settings: Any, torch_encoder: Any, text_encoder: Any = None) -> Any:
-    """The encoder an indexing run (or ``check --repair``) uses on ``store``: ONNX for images
-    where that is the choice (``indexing_choice``), texts by ``text_encoder()`` (default: the
-    index's ONNX text encoder, else torch); else ``torch_encoder()``. Every path that embeds
-    into an index goes through here, so re-embedded items get the vectors indexing gives."""
-    choice = indexing_choice(store.manifest, settings.image_encoder, settings.onnx)
-    if choice == "torch":
-        return torch_encoder()
-    try:
-        image = OnnxImageEncoder(store.folder, usable_record(store.manifest), choice)
-    except OnnxImageUnavailable as exc:
-        log.warning("images are encoded by the torch model: %s", exc)
-        return torch_encoder()
-    if text_encoder is None:
-        def text_encoder() -> Any:
-            from . import onnx_text
-
-            record = onnx_text.usable_record(store.manifest, settings.onnx)
-            if record is not None:
-                try:
-                    return onnx_text.OnnxTextEncoder(store.folder, record)
-                except Exception as exc:  # noqa: BLE001 - OnnxTextUnavailable: texts then use torch
-                    log.warning("texts are encoded by the torch model: %s", exc)
-            return torch_encoder()
-    return IndexingEncoder(image, _once(text_encoder))
 
 
 def _once(factory: Any) -> Any:

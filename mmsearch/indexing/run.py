@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..encoders import random_weights_note
-from ..encoders import onnx_export, onnx_image
-from ..errors import IndexingInterrupted, IndexTypeError, IndexWriteError, PathNotFoundError, QueryError
+from ..encoders import onnx_export, onnx_image, onnx_text
+from ..errors import IndexingInterrupted, OnnxImageUnavailable, IndexTypeError, IndexWriteError, PathNotFoundError, QueryError
 from ..fsutil import display_path
 from ..library import LibraryRoot
 from ..settings import Settings
@@ -234,7 +234,7 @@ class IndexingRun:
         store, encoders = self.handle.current, self.encoders
         if store is None or encoders.on_gpu() or not encoders.matches_index():
             return encoders.torch
-        return onnx_image.indexing_encoder(store, self.settings, lambda: encoders.torch, lambda: encoders.text)
+        return indexing_encoder(store, self.settings, lambda: encoders.torch, lambda: encoders.text)
 
     def cached_dim(self, executor: Any = None) -> int | None:
         """The model's vector dimension when a new index of it needs no torch (its ONNX exports
@@ -303,6 +303,31 @@ class IndexingRun:
         with self.encoders.lock, writer_lock(self.folder, wait, self.handle.db):
             self.store.fit_vectors(index_type, force=True)
             return dict(self.store.manifest["vector_index"])
+
+
+def indexing_encoder(store: IndexStore, settings: Any, torch_encoder: Any, text_encoder: Any = None) -> Any:
+    """The encoder an indexing run (or ``check --repair``) uses on ``store``: ONNX for images
+    where that is the choice (``onnx_image.indexing_choice``), texts by ``text_encoder()`` (default: the
+    index's ONNX text encoder, else torch); else ``torch_encoder()``. Every path that embeds
+    into an index goes through here, so re-embedded items get the vectors indexing gives."""
+    choice = onnx_image.indexing_choice(store.manifest, settings.image_encoder, settings.onnx)
+    if choice == "torch":
+        return torch_encoder()
+    try:
+        image = onnx_image.OnnxImageEncoder(store.folder, onnx_image.usable_record(store.manifest), choice)
+    except OnnxImageUnavailable as exc:
+        log.warning("images are encoded by the torch model: %s", exc)
+        return torch_encoder()
+    if text_encoder is None:
+        def text_encoder() -> Any:
+            record = onnx_text.usable_record(store.manifest, settings.onnx)
+            if record is not None:
+                try:
+                    return onnx_text.OnnxTextEncoder(store.folder, record)
+                except Exception as exc:  # noqa: BLE001 - OnnxTextUnavailable: texts then use torch
+                    log.warning("texts are encoded by the torch model: %s", exc)
+            return torch_encoder()
+    return onnx_image.IndexingEncoder(image, onnx_image._once(text_encoder))
 
 
 def check_index_type(index_type: str | None) -> None:
