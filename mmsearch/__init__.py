@@ -32,7 +32,8 @@ from .errors import (  # noqa: E402
 # can start work (e.g. loading the text encoder in a thread) while they import.
 _LAZY = {
     "Engine": "engine", "IndexReport": "indexing", "ModelSpec": "encoders", "Settings": "settings",
-    "Hit": "query", "Hits": "query", "Item": "query", "QueryTerm": "query", "parse_query": "query",
+    "Hit": "search.query", "Hits": "search.query", "Item": "search.query", "QueryTerm": "search.query",
+    "parse_query": "search.query",
 }
 
 

@@ -26,18 +26,20 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from .dupes import DuplicateGroup
 from .errors import ServerError
 from .fsutil import path_from_fields
-from .query import IMAGE, TEXT, Hit, Hits, Item, QueryTerm, parse_query
+from .search.query import IMAGE, TEXT, DuplicateGroup, Hit, Hits, Item
+from .search.request import Ranking, SearchRequest, Searcher
 from .settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover - the client never imports the indexing side
+    from .progress import Progress
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 _ITEM_FIELDS = {f.name for f in fields(Item)}
@@ -56,7 +58,7 @@ def _item(data: dict[str, Any], kind: type[Item] = Item) -> Item:
     return kind(**values)
 
 
-class Client:
+class Client(Searcher):
     """Calls one mmsearch server. ``url`` defaults to ``$MMSEARCH_URL`` or http://127.0.0.1:8000;
     ``token`` (default ``$MMSEARCH_TOKEN``) is sent as ``Authorization: Bearer``."""
 
@@ -95,21 +97,6 @@ class Client:
         answer = response.json()
         return Hits([_item(h, Hit) for h in answer["hits"]], why_empty=answer.get("why_empty"))
 
-    @staticmethod
-    def _options(k: int, type: str, min_score: float | None, under: str | os.PathLike | None,
-                 dedup: bool | float = False, filters: dict[str, Any] | None = None) -> dict[str, Any]:
-        params: dict[str, Any] = {"k": k, "type": type}
-        params.update(_filter_params(filters or {}))
-        if min_score is not None:
-            params["min_score"] = min_score
-        if under is not None:
-            params["under"] = os.fspath(under)
-        if dedup is True:
-            params["dedup"] = "true"
-        elif dedup is not False and dedup is not None:
-            params["dedup_threshold"] = dedup
-        return params
-
     # -- status ------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/api/health").json()
@@ -118,38 +105,14 @@ class Client:
         """Index statistics (the same as ``Engine.info()``)."""
         return self._request("GET", "/api/info").json()
 
-    # -- search ------------------------------------------------------------------------------
-    def search(
-        self,
-        query: str | QueryTerm | Sequence[QueryTerm | str],
-        *,
-        k: int = 10,
-        type: str = "all",
-        min_score: float | None = None,
-        under: str | os.PathLike | None = None,
-        include_query: bool = False,
-        dedup: bool | float = False,
-        fusion: str = "none",
-        mode: str = "vector",
-        image_weight: float | None = None,
-        text_weight: float | None = None,
-        calibrated: bool = False,
-        cutoff: float | str | None = None,
-        **filters: Any,
-    ) -> Hits:
-        """Search with a text, CLI-style terms (``"2:beach + ./dog.jpg"``) or ``QueryTerm`` objects.
-
-        Image terms name files on *this* machine (or hold image bytes); they are uploaded. Item
-        terms are ids of indexed items. A lone text is sent as text, never read as a path.
-        ``under`` is a folder as the *server* sees it. ``filters``: Engine.search's ``after``,
-        ``before``, ``camera``, ``near`` and ``sort``; ``fusion``, ``mode``, the weights,
-        ``calibrated`` and ``cutoff``: as ``Engine.search``.
-        """
-        filters = _check_filters(filters)
-        terms = self._terms(query)
-        ranking = _ranking(fusion, mode, image_weight, text_weight, calibrated, cutoff)
+    # -- search (``Searcher``: the options are written once there, ``Engine`` has the same) -------
+    def search_request(self, request: SearchRequest) -> Hits:
+        """The hits of a checked request, from the server. Image terms name files on *this*
+        machine (or hold image bytes); they are uploaded. A lone text is sent as text, never
+        read as a path; ``under`` is a folder as the *server* sees it."""
+        terms = request.terms
         if len(terms) == 1 and terms[0].kind == TEXT and terms[0].weight > 0:
-            params = {"q": terms[0].value, **self._options(k, type, min_score, under, dedup, filters), **ranking}
+            params = {"q": terms[0].value, **_fields(request)}
             return self._hits(self._request("GET", "/api/search", params=params))
         spec: list[dict[str, Any]] = []
         uploads: list[tuple[str, tuple[str, bytes, str]]] = []
@@ -160,61 +123,37 @@ class Client:
                 uploads.append(("images", (name, data, "application/octet-stream")))
             else:
                 spec.append({"kind": term.kind, "value": term.value, "weight": term.weight})
-        return self._post_search(spec, uploads, k, type, min_score, under, include_query, dedup, filters, ranking)
-
-    def search_image(
-        self, image: str | os.PathLike | bytes, *, k: int = 10, type: str = "all",
-        min_score: float | None = None, under: str | os.PathLike | None = None, include_query: bool = False,
-        filename: str = "upload", dedup: bool | float = False, **filters: Any,
-    ) -> Hits:
-        """Search by an image: a local file path or the encoded image bytes."""
-        filters = _check_filters(filters)
-        name, data = _image_bytes(image, filename)
-        return self._post_search([{"kind": IMAGE, "upload": 0, "weight": 1.0}],
-                                 [("images", (name, data, "application/octet-stream"))],
-                                 k, type, min_score, under, include_query, dedup, filters)
-
-    def similar(self, item_id: int, *, k: int = 10, type: str = "all", min_score: float | None = None,
-                under: str | os.PathLike | None = None, include_self: bool = False,
-                dedup: bool | float = False, **filters: Any) -> Hits:
-        """'More like this': the items nearest to indexed item ``item_id``."""
-        filters = _check_filters(filters)
-        params = {**self._options(k, type, min_score, under, dedup, filters), "include_self": include_self}
-        return self._hits(self._request("GET", f"/api/items/{int(item_id)}/similar", params=params))
-
-    def _post_search(self, spec: list[dict[str, Any]], uploads: list, k: int, type: str,
-                     min_score: float | None, under: str | os.PathLike | None, include_query: bool,
-                     dedup: bool | float = False, filters: dict[str, Any] | None = None,
-                     ranking: dict[str, Any] | None = None) -> Hits:
-        data = {"terms": json.dumps(spec), **self._options(k, type, min_score, under, dedup, filters),
-                "include_query": include_query, **(ranking or {})}
+        data = {"terms": json.dumps(spec), **_fields(request), "include_query": request.include_query}
         data = {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in data.items()}
         return self._hits(self._request("POST", "/api/search", data=data, files=uploads or None))
 
-    @staticmethod
-    def _terms(query: str | QueryTerm | Sequence[QueryTerm | str]) -> list[QueryTerm]:
-        if isinstance(query, QueryTerm):
-            return [query]
-        if isinstance(query, str):
-            return parse_query([query])
-        items = list(query)
-        if all(isinstance(q, QueryTerm) for q in items):
-            return items  # type: ignore[return-value]
-        return parse_query([str(q) for q in items])
-
     # -- items -------------------------------------------------------------------------------
-    def get(self, item_id: int) -> Item:
-        """Stored metadata of one item (as ``Engine.get``)."""
-        return _item(self._request("GET", f"/api/items/{int(item_id)}").json())
+    def get(self, item_id: int) -> Item | None:
+        """Stored metadata of one item (as ``Engine.get``), or None when the index has no such item."""
+        try:
+            return _item(self._request("GET", f"/api/items/{int(item_id)}").json())
+        except ServerError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
-    def duplicates(self, *, threshold: float | None = None, type: str = "all",
-                   limit: int = 100) -> list[DuplicateGroup]:
-        """Groups of near-duplicate items (as ``Engine.duplicates``; the server returns at most
-        ``limit`` groups, largest first)."""
-        params: dict[str, Any] = {"type": type, "limit": limit}
+    def count(self) -> int:
+        """How many items the index holds (as ``Engine.count``)."""
+        return int(self.health()["items"])
+
+    def duplicates(self, *, threshold: float | None = None, type: str = "all", limit: int | None = None,
+                   progress: Progress | None = None) -> list[DuplicateGroup]:
+        """Groups of near-duplicate items (as ``Engine.duplicates``; at most ``limit`` groups,
+        largest first: the server's cap of 10,000 when None). ``progress``: told when the server's
+        answer has come."""
+        params: dict[str, Any] = {"type": type, "limit": MAX_GROUPS if limit is None else limit}
         if threshold is not None:
             params["threshold"] = threshold
+        if progress is not None:
+            progress.start("duplicates", 1)
         answer = self._request("GET", "/api/duplicates", params=params).json()
+        if progress is not None:
+            progress.advance(1)
         return [DuplicateGroup(_item(g["keeper"]), [_item(o) for o in g["others"]],
                                [float(o["similarity"]) for o in g["others"]]) for g in answer["groups"]]
 
@@ -227,42 +166,36 @@ class Client:
         return self._request("GET", f"/api/items/{int(item_id)}/file").content
 
 
-_FILTERS = ("after", "before", "camera", "near", "sort")
+MAX_GROUPS = 10_000  # the server's largest ``limit`` of /api/duplicates
 
 
-def _check_filters(filters: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(filters) - set(_FILTERS))
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
-    return filters
-
-
-def _filter_params(filters: dict[str, Any]) -> dict[str, str]:
-    """The capture metadata filters as the server's fields: dates as ISO text, near as
-    "LAT,LON,KM" (checked by the server, which answers a bad value with its one-line reason)."""
-    params: dict[str, str] = {}
+def _fields(request: SearchRequest) -> dict[str, Any]:
+    """A checked request's options as the server's fields, only those that differ from its
+    defaults (dates as ISO text, near as "LAT,LON,KM")."""
+    fields: dict[str, Any] = {"k": request.k, "type": request.type}
+    if request.min_score is not None:
+        fields["min_score"] = request.min_score
+    if request.under is not None:
+        fields["under"] = request.under
+    if request.dedup is not None:
+        fields["dedup_threshold"] = request.dedup
+    wanted = request.filters
     for name in ("after", "before"):
-        value = filters.get(name)
+        value = getattr(wanted, name)
         if value is not None:
-            params[name] = value.isoformat() if hasattr(value, "isoformat") else str(value)
-    if filters.get("camera") is not None:
-        params["camera"] = str(filters["camera"])
-    near = filters.get("near")
-    if near is not None:
-        params["near"] = near if isinstance(near, str) else ",".join(
-            str(v) for v in ((near.lat, near.lon, near.km) if hasattr(near, "km") else near))
-    if filters.get("sort") not in (None, "relevance"):
-        params["sort"] = str(filters["sort"])
-    return params
-
-
-def _ranking(fusion: str, mode: str, image_weight: float | None, text_weight: float | None, calibrated: bool,
-             cutoff: float | str | None) -> dict[str, Any]:
-    """The ranking options that differ from the server's defaults, as request fields."""
-    fields: dict[str, Any] = {"fusion": fusion, "mode": mode, "image_weight": image_weight,
-                              "text_weight": text_weight, "calibrated": "true" if calibrated else None, "cutoff": cutoff}
-    defaults = {"fusion": "none", "mode": "vector"}
-    return {k: v for k, v in fields.items() if v is not None and defaults.get(k) != v}
+            fields[name] = value.isoformat()
+    if wanted.camera is not None:
+        fields["camera"] = wanted.camera
+    if wanted.near is not None:
+        fields["near"] = f"{wanted.near.lat!r},{wanted.near.lon!r},{wanted.near.km!r}"
+    if request.sort != "relevance":
+        fields["sort"] = request.sort
+    ranking, default = request.ranking, Ranking()
+    for name in ("fusion", "mode", "image_weight", "text_weight", "calibrated", "cutoff"):
+        value = getattr(ranking, name)
+        if value != getattr(default, name):
+            fields[name] = "true" if value is True else value
+    return fields
 
 
 def _image_bytes(image: Any, name: str = "upload") -> tuple[str, bytes]:

@@ -12,9 +12,10 @@ for text queries the index's ONNX text encoder when it has one (no torch import)
 safe to call from many threads at once, and searches run in parallel; ``add`` takes the index's
 writer lock. ``mmsearch.client.Client`` offers the same methods over HTTP.
 
-The Engine is a façade over its parts: the index's store (``handle.IndexHandle``), the model
-choice and query encoders (``encoders.queries.QueryEncoders``) and, for ``add`` and
-``rebuild_vectors``, an indexing run (``indexing.run.IndexingRun``) with all its phases.
+The Engine is a façade over its parts: the index's store (``indexing.handle.IndexHandle``), the
+model choice and query encoders (``encoders.queries.QueryEncoders``), the searcher
+(``search.searcher.IndexSearcher``, with the index's other embedding spaces) and, for ``add``
+and ``rebuild_vectors``, an indexing run (``indexing.run.IndexingRun``) with all its phases.
 """
 
 from __future__ import annotations
@@ -29,17 +30,23 @@ from .encoders import ModelSpec, TorchEncoder
 from .encoders import onnx_image, onnx_text
 from .encoders.queries import DEFAULT_BATCH_CPU, DEFAULT_BATCH_GPU, QueryEncoders  # noqa: F401 - public here before
 from .errors import ModelMismatchError
-from .handle import IndexHandle
 from .indexing import Indexer, IndexReport, Progress
+from .indexing.handle import IndexHandle
 from .indexing.run import IndexingRun
 from .library import LibraryRoot
-from .query import Item, QueryTerm
-from .searching import Searching, _item
+from .search import calibration, spaces
+from .search.dupes import DuplicateGroup
+from .search.query import IMAGE, ITEM, TEXT, Hits, Item, QueryTerm, combine, item_of
+from .search.request import Ranking, SearchRequest, Searcher
+from .search.searcher import IndexSearcher
 from .settings import Settings
 from .storage import IndexStore
 
+SPACES_DIR = "spaces"  # an index's other embedding spaces: one index folder each
+MAIN_SPACE = "main"  # the name of an index's own space
 
-class Engine(Searching):
+
+class Engine(Searcher):
     """An index folder plus the model that embeds into it.
 
     ``index``: the index folder (default ``$MMSEARCH_INDEX`` or ``./indexes/default``); it is
@@ -79,6 +86,8 @@ class Engine(Searching):
                                       text_preload=text_encoder, image_preload=image_encoder)
         self._batch_size = batch_size
         self._workers = workers
+        self._spaces: dict[str, Engine] = {}  # the index's other embedding spaces, opened on first use
+        self._searcher = IndexSearcher(lambda: self.store, self._refresh, self._encode_for_search, self.roots)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> Engine:
@@ -88,6 +97,8 @@ class Engine(Searching):
         self.close()
 
     def close(self) -> None:
+        for other in self._spaces.values():
+            other.close()
         self._handle.close()
         self.encoders.close()
 
@@ -141,7 +152,16 @@ class Engine(Searching):
 
     def encode_query(self, terms: Sequence[QueryTerm]) -> np.ndarray:
         """The query vector for ``terms``: the normalised weighted sum of their vectors."""
-        return self.encoders.encode_query(terms)
+        encoders, vectors = self.encoders, []
+        for term in terms:
+            if term.kind == TEXT:
+                vectors.append(encoders.encode_texts([term.value])[0])
+            elif term.kind == IMAGE:
+                ahead = encoders.image_encoded_ahead(term.value)
+                vectors.append(ahead if ahead is not None else encoders.encode_images([encoders.query_image(term.value)])[0])
+            else:
+                vectors.append(encoders.item_vector(term.value))
+        return combine(np.stack(vectors), [t.weight for t in terms])
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Text vectors in the index's space (its ONNX text encoder when valid, else torch)."""
@@ -151,7 +171,7 @@ class Engine(Searching):
         """Image vectors in the index's space (its ONNX image encoder when valid, else torch)."""
         return self.encoders.encode_images(images)
 
-    # What the search methods (``Searching``) and older callers reach on the Engine.
+    # What older callers (and tests) reach on the Engine.
     @property
     def _requested(self) -> ModelSpec | None:
         return self.encoders.requested
@@ -178,7 +198,7 @@ class Engine(Searching):
 
     # -- indexing (``IndexingRun``) --------------------------------------------------------------
     def _run(self) -> IndexingRun:
-        return IndexingRun(self._handle, self.encoders, self.settings, self._batch_size, self._workers)
+        return IndexingRun(self._handle, self.encoders, self.settings, calibration, self._batch_size, self._workers)
 
     def add(
         self,
@@ -239,7 +259,7 @@ class Engine(Searching):
         """The stored metadata of one item, or None."""
         with self.store.read() as r:
             row = r.item(int(item_id))
-        return _item(row) if row is not None else None
+        return item_of(row) if row is not None else None
 
     def count(self) -> int:
         """How many items the index holds."""
@@ -270,3 +290,72 @@ class Engine(Searching):
         # mmsearch that built them), beside what a run would use now (``encoders``).
         stats["encoded_with"] = manifest.get("encoded_with")
         return stats
+
+    # -- searching (``Searcher``: the options are written once there, ``Client`` has the same) -----
+    def search_request(self, request: SearchRequest) -> Hits:
+        """The hits of a checked request, from every embedding space that takes it."""
+        return spaces.search(self.spaces, request)
+
+    def search_vector(self, vector: np.ndarray, request: SearchRequest | None = None, *,
+                      exclude: set[Any] | frozenset = frozenset(), **options: Any) -> Hits:
+        """Ranked hits for a query vector already in this index's space: with ``request``'s
+        options, or ``search``'s keywords (``k``, ``type``, ``min_score``, ``under``, ``dedup``,
+        the filters, ``sort``, the ranking); ``exclude``: paths and ids left out. Words for a
+        lexical or fused ranking: ``search_fused``."""
+        return self._searcher.run(request or SearchRequest.build(None, **options), vector, exclude=exclude)
+
+    def search_fused(self, vector: np.ndarray, words: str | None, ranking: Ranking,
+                     request: SearchRequest | None = None, *, exclude: set[Any] | frozenset = frozenset(),
+                     query_side: str = TEXT, **options: Any) -> Hits:
+        """Ranked documents or items for a query vector and its ``words``, ranked as ``ranking``
+        says (options as ``search_vector``; ``query_side``: 'text' or 'image', the query's kind,
+        for calibration)."""
+        request = (request or SearchRequest.build(None, **options)).but(ranking=ranking)
+        return self._searcher.run(request, vector, words=words or "", exclude=exclude, query_side=query_side)
+
+    def duplicates(self, *, threshold: float | None = None, type: str = "all", limit: int | None = None,
+                   progress: Progress | None = None) -> list[DuplicateGroup]:
+        """Groups of near-duplicate items (cosine similarity at least ``threshold``, default
+        ``dupes.DEFAULT_THRESHOLD``; chains join: a~b and b~c make one group), of one modality
+        each (``type``: 'image', 'text', 'video' or 'all'; files of moments (videos) group as
+        whole files, each shown by its best-matching moment). Each group's ``keeper`` is the item
+        with the largest resolution, then the oldest file, then the lowest id; ``others`` carry
+        their similarity to it. Largest groups first; at most ``limit`` groups (None: all).
+        ``progress`` receives the scan's progress."""
+        groups = self._searcher.duplicates(threshold, type, progress)
+        return groups if limit is None else groups[:max(0, int(limit))]
+
+    @property
+    def spaces(self) -> list[spaces.Space]:
+        """The index's embedding spaces: its own (the model it was built with: images, texts and
+        video frames; it takes text, image and item queries), then each index under its
+        ``spaces/`` folder (another model over the same library), which takes texts and images."""
+        folder = self.folder / SPACES_DIR
+        names = sorted(p.name for p in folder.iterdir() if IndexStore.is_index(p)) if folder.is_dir() else []
+        # What each space embeds matters only when several answer (a catalogue query each).
+        own = spaces.Space(MAIN_SPACE, self.modalities() if names else (), frozenset({TEXT, IMAGE, ITEM}),
+                           self._searcher, primary=True)
+        found = [own]
+        with self.encoders.lock:
+            for name in names:
+                if name not in self._spaces:
+                    self._spaces[name] = Engine(folder / name, settings=self.settings.but(db=None))
+                other = self._spaces[name]
+                found.append(spaces.Space(name, other.modalities(), frozenset({TEXT, IMAGE}), other._searcher))
+        return found
+
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities this index's vectors embed (what its catalogue holds)."""
+        store = self._handle.current
+        if store is None:
+            return ()
+        with store.read() as r:
+            return tuple(sorted(r.modality_counts()))
+
+    def _encode_for_search(self, terms: Sequence[QueryTerm]) -> np.ndarray:
+        """The query vector, once the index exists and the model asked for is the index's."""
+        self.store.raise_if_never_indexed()  # before the model is loaded
+        self._refresh()
+        if self._requested is not None and not self._check_model():
+            raise self._mismatch("query it with the model it was built with")
+        return self.encode_query(terms)

@@ -55,6 +55,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support.*: test helpers shared with scripts
+
 TINY_CONFIG = {  # tests/conftest.py's tiny model: 1.7M parameters, the real tokenizer
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16},
@@ -109,7 +111,7 @@ def build_library(base: Path, texts: int = 0) -> tuple[Path, Path]:
         (base / "bulk").mkdir()
         (base / "bulk" / "many.jsonl").write_text("".join(json.dumps({"text": f"red note {n}: item {n * 7} of the catalogue"})
                                                  + "\n" for n in range(texts)))
-    from mmsearch.media.videogen import make_video
+    from support.videogen import make_video
 
     make_video(root / "clip.mp4", [1.0, 1.0], width=160, height=96, gop=5)
     os.symlink(outside / "secret.txt", root / "link-out.txt")

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support.*: test helpers shared with scripts
 
 from benchutil import REPO, machine, median, percentile, run_process  # noqa: E402
 
@@ -270,7 +271,7 @@ def synthetic_store(workdir: Path, n: int, arch: str = "ViT-B-32") -> tuple[Path
     """
     from mmsearch import Engine
     from mmsearch.storage import writer_lock
-    from mmsearch.synthetic import clustered_vectors
+    from support.synthetic import clustered_vectors
 
     folder = workdir / f"store-{arch}-{n}"
     stamp = folder / "bench-stamp.json"
@@ -338,7 +339,7 @@ def warm_latencies(index: Path, queries: np.ndarray, texts: list[str]) -> dict:
 def bench_query(args, workdir: Path, results: dict) -> None:
     from bench_cold_query import cold_query
 
-    from mmsearch.synthetic import clustered_queries, clustered_vectors
+    from support.synthetic import clustered_queries, clustered_vectors
 
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([10_000] if args.quick else [10_000, 100_000, 1_000_000])
     rclip = None if args.no_rclip or args.quick else load_rclip(args, workdir)

@@ -4,11 +4,11 @@
     python scripts/bench_dupes.py --sizes 100000 --repeats 5
     python scripts/bench_dupes.py --sizes 100000 --store     # through an index: Engine.duplicates, as `mmsearch dupes`
 
-Background vectors come from ``mmsearch.synthetic`` (clustered, CLIP-like, 512-d). Into them are
+Background vectors come from ``tests/support/synthetic.py`` (clustered, CLIP-like, 512-d). Into them are
 planted, per 100 vectors, one group of near-copies of an existing vector (2-5 members; each copy
 at cosine 0.975-0.995 to its original, as re-encoded, resized and slightly cropped photos are),
 and one "burst" neighbour at cosine 0.88-0.93 (another photo of the scene, seconds later), which
-must not join. The scan is ``mmsearch.dupes.similar_pairs`` + union-find at the default threshold,
+must not join. The scan is ``mmsearch.search.dupes.similar_pairs`` + union-find at the default threshold,
 as ``mmsearch dupes`` runs it after reading the vectors from the catalogue. ``--store`` writes the
 vectors into a real index (SQLite catalogue, rows with sizes and file times) and times
 ``Engine.duplicates`` instead: reading the vectors and rows included.
@@ -34,10 +34,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support.*: test helpers shared with scripts
 
 from benchutil import machine  # noqa: E402
-from mmsearch import dupes  # noqa: E402
-from mmsearch.synthetic import clustered_vectors  # noqa: E402
+from mmsearch.search import dupes  # noqa: E402
+from support.synthetic import clustered_vectors  # noqa: E402
 
 
 def _near(v: np.ndarray, cos: float, rng: np.random.Generator) -> np.ndarray:

@@ -4,7 +4,7 @@ unfiltered query, on a synthetic index, for each way of applying a filter.
     python scripts/bench_filters.py --items 1000000 --workdir /tmp/bench-filters
 
 The index is written through the real catalogue (``Writer.bulk_insert``, one generation) with
-clustered 512-d vectors (``mmsearch.synthetic``) and capture metadata drawn independently of the
+clustered 512-d vectors (``tests/support/synthetic.py``) and capture metadata drawn independently of the
 vectors (the hard case: the best hits of a query are spread over every date and camera):
 
 - dates: 90% of items have an EXIF date, uniform over 10 years; the others are dated by their
@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support.*: test helpers shared with scripts
 
 from benchutil import machine  # noqa: E402
 
@@ -70,7 +71,7 @@ FOLDER_ITEMS = 1000  # items a synthetic folder holds
 def build(folder: Path, n: int) -> dict:
     from mmsearch.storage import IndexStore
     from mmsearch.storage.store import writer_lock
-    from mmsearch.synthetic import clustered_vectors
+    from support.synthetic import clustered_vectors
 
     stamp = folder / "bench-stamp.json"
     if stamp.exists():
@@ -179,9 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("MMSEARCH_FAISS_GPU", "0")
 
-    from mmsearch import Engine, candidates
+    from mmsearch import Engine
+    from mmsearch.search import candidates
     from mmsearch.storage import vectors as vectors_module
-    from mmsearch.synthetic import clustered_queries, clustered_vectors
+    from support.synthetic import clustered_queries, clustered_vectors
 
     folder = args.workdir / f"filters-{args.items}"
     facts = build(folder, args.items)

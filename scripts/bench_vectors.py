@@ -3,7 +3,7 @@
     python scripts/bench_vectors.py            # n = 10k, 100k, 1M (several minutes, ~6 GB RAM at 1M)
     python scripts/bench_vectors.py --quick    # n = 10k, 100k (under a minute)
 
-Vectors come from ``mmsearch.synthetic`` (clustered, anisotropic, CLIP-like); queries are drawn
+Vectors come from ``tests/support/synthetic.py`` (clustered, anisotropic, CLIP-like); queries are drawn
 from the same distribution and are not in the set. Recall@10 is measured against exact search
 over the same vectors, after the exact re-ranking the engine applies to lossy types (here the
 float32 vectors are taken from memory; the engine reads the candidates' rows from SQLite, about
@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support.*: test helpers shared with scripts
 
-from mmsearch.synthetic import ClusteredDistribution  # noqa: E402
+from support.synthetic import ClusteredDistribution  # noqa: E402
 from mmsearch.storage.vectors import AUTO, FLAT, TRAIN_PER_LIST, VectorIndex, choose  # noqa: E402
 
 TYPES = (FLAT, "ivf-sq8", "ivf-pq", AUTO)

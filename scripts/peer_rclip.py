@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # support.*: test helpers shared with scripts
 
 from benchutil import run_process  # noqa: E402
 
@@ -407,8 +408,8 @@ VectorSource = np.ndarray | Callable[[int, int], np.ndarray] | Iterable[np.ndarr
 
 
 def clustered_vectors(n: int, dim: int = VECTOR_DIM, seed: int = 0, chunk: int = 50_000) -> Iterator[np.ndarray]:
-    """mmsearch's CLIP-like clustered unit vectors (``mmsearch.synthetic``), in chunks."""
-    from mmsearch.synthetic import clustered_vectors as generate
+    """mmsearch's CLIP-like clustered unit vectors (``tests/support/synthetic.py``), in chunks."""
+    from support.synthetic import clustered_vectors as generate
 
     data = generate(n, dim, seed=seed)
     for start in range(0, n, chunk):

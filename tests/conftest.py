@@ -327,7 +327,8 @@ FILTER_STRATEGIES = ((False, 0, 0), (False, 10**6, 10**6), (False, 10**6, 0), (T
 def engines_per_filter_strategy(index: Path, monkeypatch):
     """An Engine on ``index`` for each of ``FILTER_STRATEGIES`` in turn (the columns loaded
     where they are used)."""
-    from mmsearch import Engine, candidates
+    from mmsearch import Engine
+    from mmsearch.search import candidates
 
     for columns, pushdown, exact in FILTER_STRATEGIES:
         monkeypatch.setattr(candidates, "USE_COLUMNS", columns)

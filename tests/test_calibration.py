@@ -10,7 +10,7 @@ import pytest
 from docs_corpus import make_docs_corpus
 
 from mmsearch import Engine, QueryError
-from mmsearch.calibration import Background, Calibration, load, measure
+from mmsearch.search.calibration import Background, Calibration, load, measure
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_a_new_index_of_the_same_model_takes_the_probe_vectors_from_the_machines
     import os
     from pathlib import Path
 
-    from mmsearch import calibration as calibration_mod
+    from mmsearch.search import calibration as calibration_mod
     from mmsearch.storage import calibration as stored
 
     index, root = calibrated

@@ -14,7 +14,7 @@ from docs_corpus import make_docs_corpus
 from mmsearch import Engine
 from mmsearch import filters as filters_mod
 from mmsearch.check import check_folder
-from mmsearch.fusion import FusionOptions
+from mmsearch.search.request import Ranking as FusionOptions
 from mmsearch.storage import IndexStore, docindex, writer_lock
 
 DIM = 32

@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import one_line, run
 from mmsearch import Engine, QueryError
-from mmsearch import dupes
+from mmsearch.search import dupes
 
 PHOTOS = Path(__file__).parent / "data" / "photos"
 # With the tiny random-weight model every photo lies within about 0.99 of every other (random
@@ -153,7 +153,7 @@ def test_videos_group_as_whole_files_and_a_returning_scene_is_not_a_duplicate(tm
     """Frames are the vectors of a video, but the duplicates are videos: a re-encoded, smaller copy
     joins its original (shown by the best-matching moment, the larger one kept); a scene that
     returns within one video, and another video, do not make groups."""
-    from mmsearch.media.videogen import COLOURS, make_video
+    from support.videogen import COLOURS, make_video
 
     root = tmp_path / "videos"
     root.mkdir()

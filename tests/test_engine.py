@@ -79,7 +79,7 @@ def test_a_small_folder_is_pushed_into_the_search_by_its_path_range(tmp_path, ti
     """`--under` alone: a folder holding a small part of the index is listed through the path
     index (a range on SQLite, where LIKE reads every row) and pushed into the search, giving the
     hits over-fetching gives; folders whose names extend the prefix ('a0', 'a b', 'ab') stay out."""
-    from mmsearch import candidates
+    from mmsearch.search import candidates
 
     root = tmp_path / "lib"
     for folder, count in (("a", 3), ("a0", 2), ("a b", 2), ("ab", 2), ("a/deeper", 2), ("other", 40)):

@@ -422,14 +422,14 @@ def test_document_evaluation_fusion_beats_the_best_single_modality(trained, shap
     """Documents (an image with one caption) found by another caption: on the trained model,
     fusing both vectors ranks above either alone, and only BM25 finds exact product codes."""
     from mmsearch import Engine
-    from mmsearch.fusion import FusionOptions
+    from mmsearch.search.request import Ranking
     from mmsearch.training.documents import Config, evaluate_documents
 
     out, _ = trained
-    configs = [Config("image only", FusionOptions("late"), "image"), Config("text only", FusionOptions("late"), "text"),
-               Config("early", FusionOptions("early", image_weight=0.3, text_weight=0.7)),
-               Config("late", FusionOptions("late", image_weight=0.3, text_weight=0.7)),
-               Config("hybrid", FusionOptions("early", "hybrid", image_weight=0.3, text_weight=0.7))]
+    configs = [Config("image only", Ranking("late"), "image"), Config("text only", Ranking("late"), "text"),
+               Config("early", Ranking("early", image_weight=0.3, text_weight=0.7)),
+               Config("late", Ranking("late", image_weight=0.3, text_weight=0.7)),
+               Config("hybrid", Ranking("early", "hybrid", image_weight=0.3, text_weight=0.7))]
     test = load_dataset(shapes).split("test")
     test.items = test.items[:40]
     report = evaluate_documents(lambda folder: Engine(folder, model=str(out)), test, configs=configs,

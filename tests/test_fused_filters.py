@@ -17,8 +17,8 @@ from test_photo_metadata import FILE_TIME, FILTERS, _set_mtime, build_library, p
 
 from mmsearch import Engine
 from mmsearch.client import Client
-from mmsearch.media.videogen import make_video, scene_frame
-from mmsearch.query import parse_query
+from support.videogen import make_video, scene_frame
+from mmsearch.search.query import parse_query
 from mmsearch.server import ServerThread, create_app
 
 # Every way to rank other than the plain one.
@@ -166,7 +166,7 @@ def video_index(tmp_path_factory, tiny_model):
 
 @pytest.mark.parametrize("scene", [1, 3])
 def test_a_video_hit_in_a_fused_query_carries_its_moment(video_index, scene):
-    from mmsearch.media.videogen import COLOURS
+    from support.videogen import COLOURS
 
     index, lib, base = video_index
     still = base / f"still{scene}.png"

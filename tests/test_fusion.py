@@ -13,7 +13,7 @@ from conftest import new_database
 from docs_corpus import CAPTIONS, SIDECAR, make_docs_corpus
 
 from mmsearch import Engine, QueryError
-from mmsearch.query import parse_query
+from mmsearch.search.query import parse_query
 from mmsearch.settings import Settings
 
 
@@ -247,7 +247,8 @@ def test_an_old_index_gets_its_full_text_index_on_open(docs, tmp_path):
 
 
 def test_an_exact_term_among_descriptive_words_still_finds_its_item_first(docs):
-    from mmsearch.fusion import FusionOptions, exact_terms
+    from mmsearch.search.fusion import exact_terms
+    from mmsearch.search.request import Ranking
 
     assert exact_terms("SKU-1002 shoe IMG_0042 holiday.mp4 2019") == ["SKU-1002", "IMG_0042", "holiday.mp4", "2019"]
     assert exact_terms("red running shoe, size 42 e.g. v2") == []  # words that describe
@@ -265,11 +266,11 @@ def test_an_exact_term_among_descriptive_words_still_finds_its_item_first(docs):
         vector /= np.linalg.norm(vector)
         words = "INV-2024-0042 lighthouse on a rocky coast"
         for fusion in ("none", "late", "early", "rrf"):
-            hits = engine.search_fused(vector, words, FusionOptions(fusion, "hybrid"), k=3)
+            hits = engine.search_fused(vector, words, Ranking(fusion, "hybrid"), k=3)
             assert record_line(hits[0]) == (shoes, "1"), fusion
             assert hits[0].score > 1.0 > hits[1].score
         # Without the exact term the same query ranks the lighthouse first.
-        hit = engine.search_fused(vector, "lighthouse coast", FusionOptions("late", "hybrid"), k=1)[0]
+        hit = engine.search_fused(vector, "lighthouse coast", Ranking("late", "hybrid"), k=1)[0]
         assert hit.id == lighthouse
 
 

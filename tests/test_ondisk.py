@@ -18,7 +18,7 @@ from mmsearch.check import check_folder
 from mmsearch.storage import ondisk
 from mmsearch.storage.ondisk import ONDISK, OnDiskVectorIndex, build, read_index_file, train
 from mmsearch.storage.vectors import DEFAULT_SETTINGS, FLAT, IVF_PQ, choose
-from mmsearch.synthetic import clustered_queries, clustered_vectors
+from support.synthetic import clustered_queries, clustered_vectors
 from test_vector_index import add_images, assert_exact, open_engine, saved_kind
 
 DIM = 64

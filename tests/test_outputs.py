@@ -15,7 +15,7 @@ from conftest import make_image, one_line, run
 from docs_corpus import make_docs_corpus
 
 from mmsearch import Engine
-from mmsearch.media.videogen import COLOURS, make_video
+from support.videogen import COLOURS, make_video
 
 BAD_IMAGE = b"bad\xffname.jpg"
 BAD_VIDEO = b"clip\xff.mp4"

@@ -18,7 +18,7 @@ from mmsearch.errors import IndexTypeError
 from mmsearch.settings import Settings
 from mmsearch.storage import IndexStore, VectorSettings, writer_lock
 from mmsearch.storage import pgvector as pgv
-from mmsearch.synthetic import clustered_vectors
+from support.synthetic import clustered_vectors
 
 ITEMS = IMAGE_COUNT + TEXT_COUNT
 

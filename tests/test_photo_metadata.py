@@ -19,7 +19,8 @@ from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
 from conftest import engines_per_filter_strategy, make_image
-from mmsearch import Engine, QueryError, candidates
+from mmsearch import Engine, QueryError
+from mmsearch.search import candidates
 from mmsearch.client import Client
 from mmsearch.errors import FilterError, ServerError
 from mmsearch.filters import distance_km
@@ -345,7 +346,7 @@ def test_an_index_made_before_the_columns_upgrades_and_refreshes(tmp_path, tiny_
 
 
 def test_video_creation_time_and_location_from_its_tags(tmp_path, tiny_model):
-    from mmsearch.media.videogen import make_video
+    from support.videogen import make_video
 
     root = tmp_path / "videos"
     root.mkdir()
@@ -369,7 +370,7 @@ def test_filters_pushed_into_an_ivf_index_find_the_exact_best(tmp_path, monkeypa
     """Synthetic items written through the catalogue's bulk insert into an IVF index: each
     strategy returns the passing items and the selector's top hits match brute force."""
     from mmsearch.storage import IndexStore, VectorSettings, writer_lock
-    from mmsearch.synthetic import clustered_queries, clustered_vectors
+    from support.synthetic import clustered_queries, clustered_vectors
 
     n, dim = 4000, 32
     vectors = clustered_vectors(n, dim, seed=3)

@@ -13,9 +13,8 @@ from mmsearch import Engine
 from mmsearch.encoders import onnx_image, onnx_text
 from mmsearch.encoders.queries import DEFAULT_BATCH_CPU, QueryEncoders
 from mmsearch.errors import ModelMismatchError
-from mmsearch.handle import IndexHandle
+from mmsearch.indexing.handle import IndexHandle
 from mmsearch.indexing import exports
-from mmsearch.query import IMAGE, TEXT, QueryTerm
 from mmsearch.settings import Settings
 
 from conftest import make_image
@@ -47,8 +46,10 @@ def test_exports_are_used_without_torch(indexed):
     try:
         assert encoders.text.kind == "onnx" and encoders.image.kind.startswith("onnx")
         assert encoders.matches_index() and encoders.requested is None
-        vector = encoders.encode_query([QueryTerm(TEXT, "a dog"), QueryTerm(IMAGE, str(root / "img0.png"))])
-        assert vector.shape == (handle.store.dim,) and abs(float(np.linalg.norm(vector)) - 1) < 1e-5
+        texts = encoders.encode_texts(["a dog"])
+        images = encoders.encode_images([encoders.query_image(str(root / "img0.png"))])
+        assert texts.shape == images.shape == (1, handle.store.dim)
+        assert abs(float(np.linalg.norm(images[0])) - 1) < 1e-5
         assert not encoders.torch_loaded  # neither tower needed torch
         assert encoders.encoders_now()["texts"] == "onnx" and encoders.default_batch() == DEFAULT_BATCH_CPU
         assert not exports.needed(handle.store)  # the run recorded both towers for the index's model
@@ -64,7 +65,7 @@ def test_missing_exports_fall_back_to_torch(indexed, tmp_path):
     handle, encoders = _encoders(copy)
     try:
         onnx_texts = encoders.encode_texts(["a dog", "sunset"])
-        onnx_images = encoders.encode_images([encoders.query_image(QueryTerm(IMAGE, str(root / "img1.png")))])
+        onnx_images = encoders.encode_images([encoders.query_image(str(root / "img1.png"))])
         for tower in (onnx_text, onnx_image):
             for path in tower.export_files(copy, handle.store.manifest[tower.MANIFEST_KEY]).values():
                 path.unlink(missing_ok=True)
@@ -75,7 +76,7 @@ def test_missing_exports_fall_back_to_torch(indexed, tmp_path):
         assert encoders.onnx_text() is None and encoders.onnx_image() is None
         assert encoders.text.kind == "torch" and encoders.image.kind == "torch" and encoders.torch_loaded
         texts = encoders.encode_texts(["a dog", "sunset"])
-        images = encoders.encode_images([encoders.query_image(QueryTerm(IMAGE, str(root / "img1.png")))])
+        images = encoders.encode_images([encoders.query_image(str(root / "img1.png"))])
         assert (texts * onnx_texts).sum(axis=1).min() > 0.999  # the same space, by torch
         assert (images * onnx_images).sum(axis=1).min() > 0.999
     finally:

@@ -255,7 +255,7 @@ def test_ray_videos_are_sampled_in_ranges_and_encoded_on_the_actors_as_locally(t
     a video sampled whole and bad videos: the same frames at the same times, the same vectors
     and the same skips as a local run; the frames were encoded by Ray's actors."""
     from mmsearch.media import video as video_mod
-    from mmsearch.media.videogen import COLOURS, make_video
+    from support.videogen import COLOURS, make_video
 
     lib = tmp_path / "lib"
     lib.mkdir()
@@ -287,7 +287,7 @@ def test_ray_enforces_the_decode_deadline_as_locally(tmp_path, tiny_model, ray_a
     """MMSEARCH_DECODE_TIMEOUT on Ray: an image and a video that take longer are abandoned with
     the local run's message, the rest is indexed."""
     from mmsearch.media import video as video_mod
-    from mmsearch.media.videogen import make_video
+    from support.videogen import make_video
 
     monkeypatch.setattr(video_mod, "SECONDS_PER_SECOND_1080P", 0.0)  # a video's deadline: the base alone
 
@@ -346,7 +346,7 @@ def test_ray_a_file_that_kills_its_decoder_is_skipped_as_locally(tmp_path, tiny_
     report says so) a one-line skip with the same message; the run goes on and the other video
     is indexed. (A Ray task whose own process died this way would fail the job after its
     retries: the sandbox process dies instead.)"""
-    from mmsearch.media.videogen import make_video
+    from support.videogen import make_video
 
     lib = tmp_path / "lib"
     lib.mkdir()

@@ -25,7 +25,7 @@ from PIL import Image, ImageOps
 from conftest import make_image, set_item_path
 from mmsearch import Engine, QueryTerm
 from mmsearch.client import Client
-from mmsearch.errors import ServerError
+from mmsearch.errors import QueryError, ServerError
 from mmsearch.server import ServerThread, create_app
 from mmsearch.server.thumbs import THUMBS_DIR
 
@@ -465,12 +465,14 @@ def test_python_client_against_the_real_server(served):
         assert Image.open(io.BytesIO(client.thumbnail(meta.id, size=32))).size == (64, 48)
         assert client.file(meta.id) == query_image.read_bytes()
 
-        with pytest.raises(ServerError) as missing:
-            client.get(987654)
-        assert missing.value.status == 404 and "987654" in str(missing.value)
-        with pytest.raises(ServerError) as bad:
+        # As Engine.get: None for an item the index does not hold (it raised a 404 ServerError).
+        assert client.get(987654) is None and served.engine.get(987654) is None
+        # Options are checked before anything is sent, with Engine's error and message.
+        with pytest.raises(QueryError, match="k must be an integer of at least 1"):
             client.search("cats", k=0)
-        assert bad.value.status == 422
+        with pytest.raises(QueryError, match="k must be an integer of at least 1"):
+            served.engine.search("cats", k=0)
+        assert served.http.get("/api/search", params={"q": "cats", "k": 0}).status_code == 422
 
     with Client("http://127.0.0.1:9", timeout=2) as offline, pytest.raises(ServerError) as unreachable:
         offline.health()

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from conftest import make_image, one_line, run
-from mmsearch import Engine, dupes
+from mmsearch import Engine
+from mmsearch.search import dupes
 from mmsearch.errors import QueryError, TextInputError
-from mmsearch.media.videogen import make_video
+from support.videogen import make_video
 from mmsearch.server import ServerThread, create_app
 from mmsearch.settings import Settings
 

@@ -17,7 +17,7 @@ from mmsearch.storage import vectors as vectors_mod
 from mmsearch.check import check_folder
 from mmsearch.storage import MANIFEST
 from mmsearch.storage.store import vectors_from_blobs
-from mmsearch.synthetic import clustered_queries, clustered_vectors
+from support.synthetic import clustered_queries, clustered_vectors
 from mmsearch.storage.vectors import FLAT, IVF_PQ, IVF_SQ8, IndexPlan, VectorIndex, choose, needs_rebuild
 
 DIM = 64
@@ -177,7 +177,7 @@ def assert_exact(engine: Engine, k: int = 8) -> None:
 
 
 def vectors_query(text):
-    from mmsearch.query import TEXT, QueryTerm
+    from mmsearch.search.query import TEXT, QueryTerm
 
     return QueryTerm(TEXT, text)
 

@@ -18,7 +18,7 @@ from PIL import Image
 from mmsearch import Engine
 from mmsearch.media import video as video_mod
 from mmsearch.media.video import Sampling, merge_samples, sample_frames, spans
-from mmsearch.media.videogen import COLOURS, make_audio_only, make_video, rotate_mp4, scene_frame
+from support.videogen import COLOURS, make_audio_only, make_video, rotate_mp4, scene_frame
 
 SCENES = [3.0, 5.0, 2.5, 6.0]  # seconds: starts at 0, 3, 8, 10.5; ends at 16.5
 STARTS = [0.0, 3.0, 8.0, 10.5]
@@ -478,7 +478,7 @@ def test_a_cut_every_frame_keeps_memory_bounded_by_the_cap(tmp_path):
 def test_a_video_file_as_a_query_term_is_refused_with_the_ways_forward(tmp_path, cli, tiny_model):
     """A video path is not read as the words of a text query: one line says what works instead."""
     from mmsearch import QueryError
-    from mmsearch.query import parse_query
+    from mmsearch.search.query import parse_query
 
     video = make_video(tmp_path / "clip.mp4", [1.0])
     with pytest.raises(QueryError, match="is a video: query with a still from it"):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mmsearch import Engine
-from mmsearch.media.videogen import COLOURS, make_video, scene_frame
+from support.videogen import COLOURS, make_video, scene_frame
 from test_webui import browser, running_server, status_has, thumbnails_loaded  # noqa: F401 - fixtures
 
 pytestmark = pytest.importorskip("test_webui").pytestmark

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -13,7 +12,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import MMSearchError, QueryError
+from ..errors import QueryError
 from ..fsutil import display_path, printable_path, terminal_safe
 from .base import DbOpt, DeviceOpt, IndexOpt, JsonOpt, ModelOpt, PretrainedOpt, _engine, _settings, command, err, out, write_json
 from .progress import RichProgress, _QuietProgress
@@ -106,49 +105,34 @@ def query_cmd(
     device: DeviceOpt = None,
 ) -> None:
     """Search the index with texts, images, or a weighted combination of both."""
-    # Checked before anything starts (the text encoder's preload below), each in one line.
+    from ..search.query import IMAGE, TEXT
+    from ..search.request import SearchRequest
+
+    # Checked and parsed once, before anything starts (the encoders' preload below), each in one line.
     if image and text:
         raise QueryError("--image and --text exclude each other")
-    if type not in TYPE_CHOICES:
-        raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPE_CHOICES)}")
-    if min_score is not None and not math.isfinite(min_score):
-        raise QueryError(f"--min-score must be a finite number, not {min_score}")
-    from .. import filters
-
-    wanted = filters.parse(after, before, camera, near, prefix="--")
-    filters.check_sort(sort, "--sort")
-    from ..fusion import FUSIONS, MODES
-
-    if fusion not in FUSIONS or mode not in MODES:
-        what, value, choices = ("fusion", fusion, FUSIONS) if fusion not in FUSIONS else ("mode", mode, MODES)
-        raise QueryError(f"unknown {what} {value!r}: choose one of {', '.join(choices)}")
+    request = SearchRequest.build(
+        terms, k=top, type=type, min_score=min_score, under=under, include_query=include_self,
+        force="image" if image else "text" if text else None, dedup=dedup, after=after, before=before,
+        camera=camera, near=near, sort=sort, fusion=fusion, mode=mode, image_weight=image_weight,
+        text_weight=text_weight, calibrated=calibrated, cutoff=cutoff, option_prefix="--")
     preloaded = preloaded_images = None
     if model is None and pretrained is None:
         from ..encoders import onnx_text
-        from ..query import IMAGE, TEXT, parse_query
 
         settings = _settings(db)
-        try:
-            parsed = parse_query(terms, "image" if image else "text" if text else None, mode != "vector")
-        except MMSearchError:
-            parsed = []  # the search below reports it
-        texts = [t.value for t in parsed if t.kind == TEXT]
-        images = [t.value for t in parsed if t.kind == IMAGE and isinstance(t.value, str)]
+        folder = index if index is not None else settings.default_index()
+        texts = [t.value for t in request.terms if t.kind == TEXT]
+        images = [t.value for t in request.terms if t.kind == IMAGE and isinstance(t.value, str)]
         # Load the text encoder and encode the texts while the engine's libraries import.
-        preloaded = onnx_text.preload(index if index is not None else settings.default_index(), texts, settings.onnx)
+        preloaded = onnx_text.preload(folder, texts, settings.onnx)
         if images:
             from ..encoders import onnx_image
 
             # Likewise the image encoder, decoding and encoding the query images.
-            preloaded_images = onnx_image.preload(index if index is not None else settings.default_index(), images, settings)
+            preloaded_images = onnx_image.preload(folder, images, settings)
     with _engine(index, model, pretrained, device, db, text_encoder=preloaded, image_encoder=preloaded_images) as engine:
-        hits = engine.search(
-            terms, k=top, type=type, min_score=min_score, under=under,
-            include_query=include_self, force="image" if image else "text" if text else None, dedup=dedup,
-            after=wanted.after, before=wanted.before, camera=wanted.camera, near=wanted.near, sort=sort,
-            fusion=fusion, mode=mode, image_weight=image_weight, text_weight=text_weight,
-            calibrated=calibrated, cutoff=cutoff,
-        )
+        hits = engine.search(request)
     if as_json:
         doc = {"query": [printable_path(t) for t in terms], "hits": [h.as_dict() for h in hits]}
         if not hits:
@@ -264,7 +248,7 @@ def dupes_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", metavar="", help="No progress bar.")] = False,
 ) -> None:
     """List groups of near-duplicate items (re-encoded, resized, slightly cropped copies), each with the one to keep."""
-    from ..dupes import check_threshold
+    from ..search.dupes import check_threshold
 
     if threshold is not None:
         check_threshold(threshold, "--threshold")
@@ -275,7 +259,7 @@ def dupes_cmd(
         with progress:
             groups = engine.duplicates(threshold=threshold, type=type, progress=progress)
     if as_json:
-        from ..dupes import DEFAULT_THRESHOLD
+        from ..search.dupes import DEFAULT_THRESHOLD
 
         write_json({"threshold": threshold if threshold is not None else DEFAULT_THRESHOLD,
                     "groups": [g.as_dict() for g in groups],

@@ -1,7 +1,8 @@
 """``QueryEncoders``: which model an Engine embeds with and the encoders its queries use.
 
 The model is the one asked for (``model``/``pretrained``, see ``ModelSpec.resolve``), else the
-one the index records, else the settings' default. Text queries use the index's ONNX text
+one the index records, else the settings' default. The search side combines a query's terms
+(``Engine.encode_query``) from the vectors these encoders give. Text queries use the index's ONNX text
 encoder when it has a valid one (no torch import), image queries its ONNX image encoder
 likewise; either falls back to the torch model, loaded on first need, when the export is
 missing, damaged or fails. A long-lived holder (a server) follows another process's change of
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,6 @@ import numpy as np
 
 from ..errors import DamagedIndexError, ModelMismatchError, OnnxImageUnavailable, OnnxTextUnavailable, QueryError
 from ..media import BadInput
-from ..query import IMAGE, TEXT, QueryTerm, combine
 from ..settings import Settings
 from . import onnx_image, onnx_text
 from .spec import ModelSpec
@@ -229,19 +229,6 @@ class QueryEncoders:
             return self._onnx_image
 
     # -- encoding -----------------------------------------------------------------------------------
-    def encode_query(self, terms: Sequence[QueryTerm]) -> np.ndarray:
-        """The query vector for ``terms``: the normalised weighted sum of their vectors."""
-        vectors: list[np.ndarray] = []
-        for term in terms:
-            if term.kind == TEXT:
-                vectors.append(self.encode_texts([term.value])[0])
-            elif term.kind == IMAGE:
-                ahead = self.image_encoded_ahead(term)
-                vectors.append(ahead if ahead is not None else self.encode_images([self.query_image(term)])[0])
-            else:
-                vectors.append(self.item_vector(term.value))
-        return combine(np.stack(vectors), [t.weight for t in terms])
-
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Text vectors in the index's space: by its ONNX text encoder when it has a valid one
         (no torch import), else by the torch model."""
@@ -268,14 +255,15 @@ class QueryEncoders:
                     self._onnx_image = None
         return self.torch.encode_images(images)
 
-    def query_image(self, term: QueryTerm) -> Any:
-        """A query image decoded as indexing decodes (draft, reduce, caps), so an indexed image
-        finds itself; in-memory images as given (bytes are decoded the same way)."""
+    def query_image(self, value: Any) -> Any:
+        """A query image (a path, bytes or an image) decoded as indexing decodes (draft, reduce,
+        caps), so an indexed image finds itself; in-memory images as given (bytes are decoded the
+        same way)."""
         from PIL import Image
 
         from ..media.image import decode_image, load_image, to_rgb
 
-        value, size, limit = term.value, self.image.image_size, self.settings.max_pixels
+        size, limit = self.image.image_size, self.settings.max_pixels
         try:
             if isinstance(value, Image.Image):
                 return to_rgb(value)
@@ -288,12 +276,13 @@ class QueryEncoders:
         except BadInput as exc:
             raise QueryError(f"cannot use image {value if isinstance(value, (str, os.PathLike)) else 'given'}: {exc}") from exc
 
-    def image_encoded_ahead(self, term: QueryTerm) -> np.ndarray | None:
-        """The vector the preload encoded for this image path, when its encoder is the one in use."""
+    def image_encoded_ahead(self, value: Any) -> np.ndarray | None:
+        """The vector the preload encoded for the query image path ``value``, when its encoder is
+        the one in use."""
         preloaded = self._image_preload
-        if preloaded is None or not isinstance(term.value, str) or self.onnx_image() is not preloaded._encoder:
+        if preloaded is None or not isinstance(value, str) or self.onnx_image() is not preloaded._encoder:
             return None
-        return preloaded.take(os.path.expanduser(term.value))
+        return preloaded.take(os.path.expanduser(value))
 
     def item_vector(self, value: Any) -> np.ndarray:
         """The stored vector of the item whose id is ``value``."""

@@ -7,38 +7,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from ..fsutil import path_fields
 from ..media import Skip
+from ..progress import NullProgress, Progress  # noqa: F401 - named here for indexing's users
 
 log = logging.getLogger(__name__)
 
 # The stages of a run, in order, as the report names them.
 STAGES = ("export", "scan", "read", "plan", "decode", "encode", "write", "save")
-
-
-class Progress(Protocol):
-    """Receives progress from long operations; the CLI draws it with rich."""
-
-    def start(self, phase: str, total: int | None) -> None: ...
-    def advance(self, n: int = 1) -> None: ...
-    def skip(self, skip: Skip) -> None: ...
-    def note(self, message: str) -> None: ...
-
-
-class NullProgress:
-    def start(self, phase: str, total: int | None) -> None:
-        pass
-
-    def advance(self, n: int = 1) -> None:
-        pass
-
-    def skip(self, skip: Skip) -> None:
-        log.warning("skipped %s: %s", skip.path, skip.reason)
-
-    def note(self, message: str) -> None:
-        log.warning("%s", message)
 
 
 @dataclass

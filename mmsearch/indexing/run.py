@@ -32,20 +32,24 @@ from .runner import Indexer
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..encoders.queries import QueryEncoders
-    from ..handle import IndexHandle
+    from .handle import IndexHandle
 
 log = logging.getLogger(__name__)
 
 
 class IndexingRun:
     """Indexing of ``handle``'s index with ``encoders``' model (see the module's docstring).
-    ``batch_size``/``workers``: the encoder batch and decode worker processes (None: defaults)."""
+    ``calibration``: what measures the index's background scores after a run (the search side's
+    ``search.calibration``: ``load(store)``, ``refresh(store, encode_texts, shared)``; None: no
+    calibration). ``batch_size``/``workers``: the encoder batch and decode worker processes
+    (None: defaults)."""
 
-    def __init__(self, handle: IndexHandle, encoders: QueryEncoders, settings: Settings,
+    def __init__(self, handle: IndexHandle, encoders: QueryEncoders, settings: Settings, calibration: Any = None,
                  batch_size: int | None = None, workers: int | None = None):
         self.handle = handle
         self.encoders = encoders
         self.settings = settings
+        self.calibration = calibration
         self.folder = handle.folder
         self.batch_size = batch_size
         self.workers = workers
@@ -201,11 +205,11 @@ class IndexingRun:
             log.warning("%s", exc)
 
     def calibrate(self, changed: bool) -> None:
-        """Measure the background scores of the index (``mmsearch.calibration``) when its
-        contents changed or it has none yet; a failure costs calibrated scores, not the run."""
-        from .. import calibration
-
-        store = self.store
+        """Measure the background scores of the index (``self.calibration``) when its contents
+        changed or it has none yet; a failure costs calibrated scores, not the run."""
+        calibration, store = self.calibration, self.store
+        if calibration is None:
+            return
         try:
             if changed or calibration.load(store) is None:
                 fingerprint = str(store.manifest.get("model", {}).get("fingerprint"))

@@ -10,7 +10,7 @@ client and the front end send JSON without ``application/json``.
 
 What maps to what: ``indice_name`` is the index folder's name (the only index served; omitted or
 null: that one), ``modality`` is the result type (``image`` or ``text``), ``num_result_ids`` the
-number of hits searched, ``deduplicate`` collapses near-duplicates (``mmsearch.dupes``, at
+number of hits searched, ``deduplicate`` collapses near-duplicates (``mmsearch.search.dupes``, at
 clip-retrieval's similarity 0.94; as the rest of mmsearch does, more hits are fetched so that
 duplicates do not shorten the answer, up to ``dupes.dedup_pool``), ``embedding_input`` a query vector in the index's space,
 ``image`` a base64 image (decoded as uploads are, within their size and pixel limits). An
@@ -40,9 +40,9 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from ..dupes import CLIP_RETRIEVAL_THRESHOLD
+from ..search.dupes import CLIP_RETRIEVAL_THRESHOLD
 from ..errors import QueryError
-from ..query import IMAGE, ITEM, TEXT, Hit, QueryTerm, unit_vector
+from ..search.query import IMAGE, ITEM, TEXT, Hit, QueryTerm, unit_vector
 from .responses import text_safe
 from .uploads import _BASE64_OVERHEAD, Upload
 

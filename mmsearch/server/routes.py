@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -16,16 +16,16 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, Response
 
 from .. import __version__
-from ..dupes import DEDUP_MIN_POOL, DEDUP_POOL_FACTOR, MIN_THRESHOLD
+from ..search.dupes import MIN_THRESHOLD
 from ..media import BadInput, media_registry
 from ..media.documents import source_path
-from ..query import IMAGE, ITEM, TEXT, Hit, Item, QueryTerm
+from ..search.query import IMAGE, ITEM, TEXT, Hit, Item, QueryTerm
 from .files import MAX_THUMBNAIL_SOURCE_BYTES, file_response, open_item_file
 from .responses import json_safe, text_safe
-from .schemas import MAX_K, MAX_TEXT_CHARS, MAX_UPLOADS, HealthOut, ItemOut, Modality, SearchOut, Sort, search_body_openapi
+from .schemas import (MAX_UPLOADS, HealthOut, ItemOut, Modality, SearchOptions, SearchOut, SimilarParams,
+                      TextSearchParams, search_body_openapi, to_request)
 from .thumbs import DEFAULT_SIZE, MAX_SIZE, MIN_SIZE, SourceKey, ThumbnailCache, fit_size
-from .uploads import (SearchRequest, UploadDecoder, UploadLimits, dedup_option, filter_options, from_form, from_json,
-                      query_fields)
+from .uploads import SearchForm, UploadDecoder, UploadLimits, from_form, from_json, query_fields
 
 PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -34,20 +34,6 @@ PAGE_HEADERS = {
                                "frame-ancestors 'none'",
     "Referrer-Policy": "no-referrer",
 }
-
-UNDER = Query(None, max_length=4096, description="Only hits inside this folder (a path on the server)")
-DEDUP = Query(False, description="Collapse near-duplicate hits (the best-ranked of each group stays)")
-DEDUP_THRESHOLD = Query(None, ge=MIN_THRESHOLD, le=1, description=f"Cosine similarity for dedup, from {MIN_THRESHOLD:g} to 1 "
-                        f"(implies dedup) [default: 0.97]; at most max({DEDUP_MIN_POOL}, {DEDUP_POOL_FACTOR} x k) hits "
-                        "are compared, so fewer than k groups may come back")
-AFTER = Query(None, max_length=64, description="Only items taken on or after this date (YYYY-MM-DD, YYYY-MM, YYYY or "
-                                              "ISO date-time): capture date, else the file's time")
-BEFORE = Query(None, max_length=64, description="Only items taken before this date (exclusive)")
-CAMERA = Query(None, max_length=200, description="Only items from this camera: model, make or both ('Pixel 7', 'Canon')")
-NEAR = Query(None, max_length=100, description="Only items within KM of a GPS position: 'LAT,LON,KM' (decimal degrees)")
-SORT = Query("relevance", description="Order of the hits that pass the relevance cut (k, min_score): relevance, "
-                                      "date (newest first) or date-asc")
-
 
 @dataclass
 class ServerState:
@@ -100,9 +86,9 @@ def find(request: Request, item_id: str | int) -> Item:
 
 
 def respond(request: Request, started: float, terms: list[dict[str, Any]], hits: list[Hit],
-            k: int, type: str, min_score: float | None) -> dict[str, Any]:
+            options: SearchOptions) -> dict[str, Any]:
     answer = {
-        "query": json_safe(terms), "k": k, "type": type, "min_score": min_score,
+        "query": json_safe(terms), "k": options.k, "type": options.type, "min_score": options.min_score,
         "took_ms": round((time.perf_counter() - started) * 1000, 3),
         "hits": [item_out(request, h) for h in hits],
     }
@@ -144,64 +130,23 @@ def session_cookie(request: Request) -> Response:
 
 # -- search ------------------------------------------------------------------------------------
 @router.get("/api/search", response_model=SearchOut, response_model_exclude_unset=True, tags=["search"])
-def search_text(
-    request: Request,
-    q: str = Query(..., min_length=1, max_length=MAX_TEXT_CHARS, description="Text to search for"),
-    k: int = Query(10, ge=1, le=MAX_K, description="Number of results"),
-    type: Modality = Query("all", description="Result type"),
-    min_score: float | None = Query(None, ge=-1.0, le=1.0, description="Leave out hits scoring below this cosine similarity"),
-    under: str | None = UNDER,
-    dedup: bool = DEDUP,
-    dedup_threshold: float | None = DEDUP_THRESHOLD,
-    after: str | None = AFTER,
-    before: str | None = BEFORE,
-    camera: str | None = CAMERA,
-    near: str | None = NEAR,
-    sort: Sort = SORT,
-    fusion: Literal["none", "late", "early", "rrf"] = Query("none", description="Rank documents by both their vectors"),
-    mode: Literal["vector", "lexical", "hybrid"] = Query("vector", description="Add BM25 over words and names"),
-    image_weight: float | None = Query(None, ge=0, le=1000, description="Weight of a document's image"),
-    text_weight: float | None = Query(None, ge=0, le=1000, description="Weight of a document's text"),
-    calibrated: bool = Query(False, description="Score and rank by calibrated score"),
-    cutoff: str | None = Query(None, max_length=32, description="'auto' or a calibrated score"),
-) -> dict[str, Any]:
+def search_text(request: Request, params: Annotated[TextSearchParams, Query()]) -> dict[str, Any]:
     """Search by text. The text is never read as a file path."""
     started = time.perf_counter()
-    if not q.strip():
+    if not params.q.strip():
         raise HTTPException(422, "q: empty text")
-    hits = server(request).engine.search(QueryTerm(TEXT, q), k=k, type=type, min_score=min_score, under=under or None,
-                                         dedup=dedup_option(dedup, dedup_threshold),
-                                         **filter_options(after, before, camera, near, sort), fusion=fusion, mode=mode,
-                                         image_weight=image_weight, text_weight=text_weight, calibrated=calibrated,
-                                         cutoff=cutoff)
-    return respond(request, started, [{"kind": TEXT, "value": q, "weight": 1.0}], hits, k, type, min_score)
+    hits = server(request).engine.search(to_request([QueryTerm(TEXT, params.q)], params))
+    return respond(request, started, [{"kind": TEXT, "value": params.q, "weight": 1.0}], hits, params)
 
 
 @router.get("/api/items/{item_id}/similar", response_model=SearchOut, response_model_exclude_unset=True,
             tags=["search"])
-def similar(
-    request: Request,
-    item_id: str,
-    k: int = Query(10, ge=1, le=MAX_K),
-    type: Modality = Query("all"),
-    min_score: float | None = Query(None, ge=-1.0, le=1.0),
-    include_self: bool = Query(False, description="Let the item appear in its own results"),
-    under: str | None = UNDER,
-    dedup: bool = DEDUP,
-    dedup_threshold: float | None = DEDUP_THRESHOLD,
-    after: str | None = AFTER,
-    before: str | None = BEFORE,
-    camera: str | None = CAMERA,
-    near: str | None = NEAR,
-    sort: Sort = SORT,
-) -> dict[str, Any]:
+def similar(request: Request, item_id: str, params: Annotated[SimilarParams, Query()]) -> dict[str, Any]:
     """'More like this': items nearest to an indexed item."""
     started = time.perf_counter()
     number = find(request, item_id).id
-    hits = server(request).engine.similar(number, k=k, type=type, min_score=min_score, include_self=include_self,
-                                          under=under or None, dedup=dedup_option(dedup, dedup_threshold),
-                                          **filter_options(after, before, camera, near, sort))
-    return respond(request, started, [{"kind": ITEM, "value": number, "weight": 1.0}], hits, k, type, min_score)
+    hits = server(request).engine.search(to_request([QueryTerm(ITEM, str(number))], params, params.include_self))
+    return respond(request, started, [{"kind": ITEM, "value": number, "weight": 1.0}], hits, params)
 
 
 @router.post("/api/search", response_model=SearchOut, response_model_exclude_unset=True, tags=["search"],
@@ -233,7 +178,7 @@ async def search_combined(request: Request) -> dict[str, Any]:
     return await run_in_threadpool(run_search, request, started, parsed)
 
 
-def run_search(request: Request, started: float, parsed: SearchRequest) -> dict[str, Any]:
+def run_search(request: Request, started: float, parsed: SearchForm) -> dict[str, Any]:
     state = server(request)
     wanted = {t.upload for t in parsed.terms if t.kind == IMAGE}
     # The encoder (ONNX where exported) is asked for its input size once every upload reads as an image.
@@ -253,10 +198,8 @@ def run_search(request: Request, started: float, parsed: SearchRequest) -> dict[
             terms.append(QueryTerm(IMAGE, pictures[term.upload], term.weight))
             described.append({"kind": IMAGE, "upload": term.upload, "filename": parsed.uploads[term.upload].name,
                               "weight": term.weight})
-    hits = state.engine.search(terms, k=parsed.k, type=parsed.type, min_score=parsed.min_score,
-                               include_query=parsed.include_query, under=parsed.under or None, dedup=parsed.dedup,
-                               **parsed.filters, **(parsed.ranking or {}))
-    return respond(request, started, described, hits, parsed.k, parsed.type, parsed.min_score)
+    hits = state.engine.search(to_request(terms, parsed.options, parsed.options.include_query))
+    return respond(request, started, described, hits, parsed.options)
 
 
 # -- items -------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from ..dupes import MIN_THRESHOLD
+from ..search.dupes import DEDUP_MIN_POOL, DEDUP_POOL_FACTOR, MIN_THRESHOLD
+from ..search.query import QueryTerm
+from ..search.request import SearchRequest
 
 MAX_UPLOADS = 4  # images in one combined query
 MAX_TERMS = 16
@@ -53,6 +55,7 @@ class HitOut(ItemOut):
     calibrated: float | None = Field(None, description="Its calibrated score (against the index's background)")
     matched: dict[str, Any] | None = Field(None, description="What matched: the image and text parts (cosines) and the query's words found")
     record: dict[str, Any] | None = Field(None, description="A picture a JSONL record names: that record (path, path_bytes, line)")
+    space: str | None = Field(None, description="When several embedding spaces answered: the space whose store the id belongs to")
 
 
 class SearchOut(BaseModel):
@@ -85,7 +88,71 @@ class TermIn(BaseModel):
     weight: float = 1.0
 
 
-class SearchIn(BaseModel):
+class SearchOptions(BaseModel):
+    """The options of every search (``GET /api/search``, ``/similar``, the ``POST`` body): one
+    declaration, turned into the library's ``SearchRequest`` by ``to_request``."""
+
+    k: int = Field(10, ge=1, le=MAX_K, description="Number of results")
+    type: Modality = Field("all", description="Result type")
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Leave out hits scoring below this cosine similarity")
+    under: str | None = Field(None, max_length=4096, description="Only hits inside this folder (a path on the server)")
+    dedup: bool = Field(False, description="Collapse near-duplicate hits (the best-ranked of each group stays)")
+    dedup_threshold: float | None = Field(None, ge=MIN_THRESHOLD, le=1, description="Cosine similarity for dedup, "
+                                          f"from {MIN_THRESHOLD:g} to 1 (implies dedup) [default: 0.97]; at most "
+                                          f"max({DEDUP_MIN_POOL}, {DEDUP_POOL_FACTOR} x k) hits are compared, so "
+                                          "fewer than k groups may come back")
+    after: str | None = Field(None, max_length=64, description="Only items taken on or after this date (YYYY-MM-DD, "
+                                                               "YYYY-MM, YYYY or ISO date-time): capture date, else "
+                                                               "the file's time")
+    before: str | None = Field(None, max_length=64, description="Only items taken before this date (exclusive)")
+    camera: str | None = Field(None, max_length=200, description="Only items from this camera: model, make or both "
+                                                                 "('Pixel 7', 'Canon')")
+    near: str | None = Field(None, max_length=100, description="Only items within KM of a GPS position: 'LAT,LON,KM' "
+                                                               "(decimal degrees)")
+    sort: Sort = Field("relevance", description="Order of the hits that pass the relevance cut (k, min_score): "
+                                                "relevance, date (newest first) or date-asc")
+
+    def filters(self) -> dict[str, Any]:
+        """The capture filters and sort as ``SearchRequest.build`` takes them (blank: none)."""
+        camera = self.camera if self.camera and self.camera.strip() else None
+        return {"after": self.after or None, "before": self.before or None, "camera": camera,
+                "near": self.near or None, "sort": self.sort}
+
+    def dedup_option(self) -> bool | float:
+        """``dedup`` as the library takes it: a threshold implies dedup."""
+        return self.dedup_threshold if self.dedup_threshold is not None else self.dedup
+
+
+class RankedSearchOptions(SearchOptions):
+    """A search's options with how its hits are ranked (fusion, words, calibration)."""
+
+    fusion: Literal["none", "late", "early", "rrf"] = Field("none", description="Rank documents (an image with its caption, sidecar or JSONL text) by both vectors")
+    mode: Literal["vector", "lexical", "hybrid"] = Field("vector", description="vector, lexical (BM25 over words and names) or hybrid (both, by reciprocal rank)")
+    image_weight: float | None = Field(None, ge=0, le=1000, description="Weight of a document's image in late and early fusion")
+    text_weight: float | None = Field(None, ge=0, le=1000, description="Weight of a document's text in late and early fusion")
+    calibrated: bool = Field(False, description="Score and rank by calibrated score (raw cosine in 'cosine')")
+    cutoff: str | None = Field(None, max_length=32, description="'auto' or a calibrated score: drop hits indistinguishable from the background")
+
+    def ranking(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in RANKING}
+
+
+RANKING = ("fusion", "mode", "image_weight", "text_weight", "calibrated", "cutoff")  # how hits are ranked
+
+
+class TextSearchParams(RankedSearchOptions):
+    """``GET /api/search``: a text and the options."""
+
+    q: str = Field(..., min_length=1, max_length=MAX_TEXT_CHARS, description="Text to search for")
+
+
+class SimilarParams(SearchOptions):
+    """``GET /api/items/{id}/similar``: the options of 'more like this'."""
+
+    include_self: bool = Field(False, description="Let the item appear in its own results")
+
+
+class SearchIn(RankedSearchOptions):
     """``POST /api/search`` as JSON (``Content-Type: application/json``): the multipart form's fields,
     with images given as base64 ``data`` in image terms."""
 
@@ -99,27 +166,16 @@ class SearchIn(BaseModel):
                     '{"kind":"item","value":12,"weight":-0.5},{"kind":"image","data":"<base64>"}]. '
                     "When given, q and item are only used through it.",
     )
-    k: int = Field(10, ge=1, le=MAX_K, description="Number of results")
-    type: Modality = Field("all", description="Result type")
-    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Leave out hits scoring below this cosine similarity")
     include_query: bool = Field(False, description="Let query items appear in the results")
-    under: str | None = Field(None, max_length=4096, description="Only hits inside this folder (a path on the server)")
-    dedup: bool = Field(False, description="Collapse near-duplicate hits (the best-ranked of each group stays)")
-    dedup_threshold: float | None = Field(None, ge=MIN_THRESHOLD, le=1, description="Cosine similarity for dedup, "
-                                          f"from {MIN_THRESHOLD:g} to 1 (implies dedup) [default: 0.97]")
-    after: str | None = Field(None, max_length=64, description="Only items taken on or after this date (YYYY-MM-DD, "
-                                                               "YYYY-MM, YYYY or ISO date-time)")
-    before: str | None = Field(None, max_length=64, description="Only items taken before this date (exclusive)")
-    camera: str | None = Field(None, max_length=200, description="Only items from this camera: model, make or both")
-    near: str | None = Field(None, max_length=100, description="Only items within KM of a GPS position: 'LAT,LON,KM'")
-    sort: Sort = Field("relevance", description="Order of the hits that pass the relevance cut: relevance, date "
-                                                "(newest first) or date-asc")
-    fusion: Literal["none", "late", "early", "rrf"] = Field("none", description="Rank documents (an image with its caption, sidecar or JSONL text) by both vectors")
-    mode: Literal["vector", "lexical", "hybrid"] = Field("vector", description="vector, lexical (BM25 over words and names) or hybrid (both, by reciprocal rank)")
-    image_weight: float | None = Field(None, ge=0, le=1000, description="Weight of a document's image in late and early fusion")
-    text_weight: float | None = Field(None, ge=0, le=1000, description="Weight of a document's text in late and early fusion")
-    calibrated: bool = Field(False, description="Score and rank by calibrated score (raw cosine in 'cosine')")
-    cutoff: str | None = Field(None, max_length=32, description="'auto' or a calibrated score: drop hits indistinguishable from the background")
+
+
+def to_request(terms: list[QueryTerm], options: SearchOptions, include_query: bool = False) -> SearchRequest:
+    """The library's request for decoded ``terms`` and the options the API received (a value the
+    schema let through but the library refuses, such as a bad date, is a 422 naming the field)."""
+    ranking = options.ranking() if isinstance(options, RankedSearchOptions) else {}
+    return SearchRequest.build(terms, k=options.k, type=options.type, min_score=options.min_score,
+                               under=options.under or None, include_query=include_query,
+                               dedup=options.dedup_option(), **options.filters(), **ranking)
 
 
 def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import json
 import struct
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
@@ -27,8 +27,8 @@ from starlette.datastructures import FormData, UploadFile
 
 from ..media.image import check_decode_size, decode_image, decoded_size, open_image
 from ..media.records import BadInput
-from ..query import IMAGE, ITEM, TEXT
-from .schemas import MAX_TERMS, MAX_TEXT_CHARS, MAX_UPLOADS, SearchIn, TermIn
+from ..search.query import IMAGE, ITEM, TEXT
+from .schemas import MAX_TERMS, MAX_TEXT_CHARS, MAX_UPLOADS, RANKING, SearchIn, TermIn
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a full-size phone photo is 3-12 MB
 # Decoded pixels (after JPEG draft reduction, which makes any camera JPEG small here): one
@@ -96,19 +96,13 @@ class Upload:
 
 
 @dataclass
-class SearchRequest:
-    """A parsed ``POST /api/search``: checked terms (image terms index ``uploads``) and options."""
+class SearchForm:
+    """A parsed ``POST /api/search``: checked terms (image terms index ``uploads``) and the options
+    (``schemas.to_request`` makes the library's request once the images are decoded)."""
 
     terms: list[TermIn]
     uploads: list[Upload]
-    k: int
-    type: str
-    min_score: float | None
-    include_query: bool
-    under: str | None = None
-    dedup: bool | float = False  # as Engine.search's
-    filters: dict[str, Any] = field(default_factory=dict)  # Engine.search's after, before, camera, near, sort
-    ranking: dict[str, Any] | None = None  # fusion, mode, weights, calibrated, cutoff (as Engine.search's)
+    options: SearchIn
 
 
 @dataclass(frozen=True)
@@ -124,7 +118,6 @@ def _invalid(exc: ValidationError, *prefix: str) -> RequestValidationError:
     )
 
 
-RANKING = ("fusion", "mode", "image_weight", "text_weight", "calibrated", "cutoff")  # how hits are ranked
 # The fields of ``SearchIn`` given as plain values (a form field, or the query string).
 PLAIN_FIELDS = ("q", "item", "k", "type", "min_score", "include_query", "under", "dedup", "dedup_threshold",
                 "after", "before", "camera", "near", "sort", *RANKING)
@@ -155,7 +148,7 @@ def _merged(body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
     return {**body, **query}
 
 
-def from_form(form: FormData, max_bytes: int, query: dict[str, str] | None = None) -> SearchRequest:
+def from_form(form: FormData, max_bytes: int, query: dict[str, str] | None = None) -> SearchForm:
     """A multipart (or url-encoded) form: fields as in ``SearchIn``, ``terms`` as a JSON string,
     files in ``images``; ``query``: fields from the query string (``query_fields``)."""
     fields: dict[str, Any] = {}
@@ -191,7 +184,7 @@ def from_form(form: FormData, max_bytes: int, query: dict[str, str] | None = Non
     return _checked(options, terms, uploads)
 
 
-def from_json(body: bytes, max_bytes: int, query: dict[str, str] | None = None) -> SearchRequest:
+def from_json(body: bytes, max_bytes: int, query: dict[str, str] | None = None) -> SearchForm:
     """A JSON body: ``SearchIn``; image terms carry the file as base64 ``data``; ``query``: fields
     from the query string (``query_fields``)."""
     try:
@@ -239,7 +232,7 @@ def _read_upload(upload: UploadFile, limit: int) -> bytes:
     return data
 
 
-def _checked(options: SearchIn, terms: list[TermIn] | None, uploads: list[Upload]) -> SearchRequest:
+def _checked(options: SearchIn, terms: list[TermIn] | None, uploads: list[Upload]) -> SearchForm:
     if not terms:  # none, or an empty list (`-F 'terms=[]'` beside an upload): the other fields make the query
         terms = []
         if options.q is not None and options.q.strip():
@@ -273,22 +266,7 @@ def _checked(options: SearchIn, terms: list[TermIn] | None, uploads: list[Upload
         checked.append(term)
     if not any(t.weight > 0 for t in checked):
         raise HTTPException(422, "query needs at least one term with a positive weight")
-    return SearchRequest(checked, uploads, options.k, options.type, options.min_score, options.include_query,
-                         options.under, dedup_option(options.dedup, options.dedup_threshold),
-                         filter_options(options.after, options.before, options.camera, options.near, options.sort),
-                         {key: getattr(options, key) for key in RANKING})
-
-
-def filter_options(after: str | None, before: str | None, camera: str | None, near: str | None,
-                   sort: str) -> dict[str, Any]:
-    """Engine.search's capture metadata filters from the API's fields (blank fields: none)."""
-    return {"after": after or None, "before": before or None, "camera": camera if camera and camera.strip() else None,
-            "near": near or None, "sort": sort}
-
-
-def dedup_option(dedup: bool, threshold: float | None) -> bool | float:
-    """Engine.search's ``dedup`` from the API's two fields (a threshold implies dedup)."""
-    return threshold if threshold is not None else dedup
+    return SearchForm(checked, uploads, options)
 
 
 class UploadDecoder:

@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 
 # Manifest key of the document index's record.
 RECORD = "document_index"
-# The weights it is built with: early fusion's defaults (``fusion.DEFAULT_*_WEIGHT``).
+# The weights it is built with: early fusion's defaults (``search.request.DEFAULT_*_WEIGHT``).
 DEFAULT_WEIGHTS = (0.5, 0.5)
 # Search it when current (off only to measure the item path against it: scripts/bench_fusion.py).
 USE_DOCUMENT_INDEX = True

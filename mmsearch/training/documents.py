@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..fusion import FusionOptions
+from ..search.request import Ranking
 
 DEFAULT_KS = (1, 5, 10)
 TOKEN_FORMAT = "DOC-{:05d}"
@@ -33,23 +33,23 @@ class Config:
     """One way of ranking documents: a name, the fusion options, and the item type kept."""
 
     name: str
-    options: FusionOptions
+    options: Ranking
     type: str = "all"
 
 
 def default_configs(weights: Sequence[float] = (0.3, 0.5, 0.7)) -> list[Config]:
     """Image only, text only, early/late fusion at several image weights, RRF, lexical, hybrid."""
-    configs = [Config("image only", FusionOptions("late"), "image"),
-               Config("text only", FusionOptions("late"), "text")]
+    configs = [Config("image only", Ranking("late"), "image"),
+               Config("text only", Ranking("late"), "text")]
     for w in weights:
-        configs.append(Config(f"early (image {w:g})", FusionOptions("early", image_weight=w, text_weight=1 - w)))
+        configs.append(Config(f"early (image {w:g})", Ranking("early", image_weight=w, text_weight=1 - w)))
     for w in weights:
-        configs.append(Config(f"late (image {w:g})", FusionOptions("late", image_weight=w, text_weight=1 - w)))
-    configs += [Config("rrf", FusionOptions("rrf")),
-                Config("lexical (BM25)", FusionOptions("none", "lexical")),
-                Config("hybrid (late + BM25)", FusionOptions("late", "hybrid")),
-                Config("hybrid (early + BM25)", FusionOptions("early", "hybrid")),
-                Config("hybrid (rrf + BM25)", FusionOptions("rrf", "hybrid"))]
+        configs.append(Config(f"late (image {w:g})", Ranking("late", image_weight=w, text_weight=1 - w)))
+    configs += [Config("rrf", Ranking("rrf")),
+                Config("lexical (BM25)", Ranking("none", "lexical")),
+                Config("hybrid (late + BM25)", Ranking("late", "hybrid")),
+                Config("hybrid (early + BM25)", Ranking("early", "hybrid")),
+                Config("hybrid (rrf + BM25)", Ranking("rrf", "hybrid"))]
     return configs
 
 

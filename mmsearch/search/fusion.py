@@ -21,7 +21,7 @@ are the best documents by early score itself); everything after the candidates i
 
 Capture filters (dates, camera, place) restrict the vector candidates to the items that pass
 (``candidates.Candidates``, as a plain search), and a document passes as the part it is shown
-by (its image, else its text); ``Searching.search_fused`` widens the pool (x4) until k hits, or
+by (its image, else its text); ``IndexSearcher`` widens the pool (x4) until k hits, or
 k near-duplicate groups, survive.
 
 ``mode="hybrid"`` fuses the vector ranking with the BM25 ranking by reciprocal rank
@@ -44,13 +44,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import QueryError
-from .fsutil import path_fields
-from .media.documents import doc_key, is_image_part, picture_of, record_of, source_path
-from .storage.store import Snapshot, vectors_from_blobs
+from ..errors import QueryError
+from ..fsutil import path_fields
+from ..media.capabilities import IMAGE, TEXT, capabilities, has_moments, on_side, with_moments
+from ..media.documents import doc_key, is_image_part, picture_of, record_of, source_path
+from ..storage.store import Snapshot, vectors_from_blobs
+from .query import Hits, hit_of
+from .request import FUSIONS, MODES, Ranking
 
-FUSIONS = ("none", "late", "early", "rrf")
-MODES = ("vector", "lexical", "hybrid")
 # Reciprocal rank fusion's constant (Cormack et al. 2009): ranks beyond the first few count
 # little, so one list's first hit is not drowned by the other's long tail.
 RRF_K = 60
@@ -58,45 +59,13 @@ RRF_K = 60
 # many BM25 matches; their documents' other parts are fetched from the catalogue.
 MIN_POOL = 50
 POOL_FACTOR = 5
-# The weights late and early fusion use unless told (chosen by `mmsearch eval`, BENCHMARKS.md).
-DEFAULT_IMAGE_WEIGHT = 0.5
-DEFAULT_TEXT_WEIGHT = 0.5
-
-IMAGE_SIDE = ("image", "video")
+MOMENTS = with_moments()  # a file of moments is one document: its key's second part names the modality
+IMAGE_SIDE = on_side(IMAGE)  # pictures and video frames
+TEXT_SIDE = on_side(TEXT)
 
 
 def pool_size(k: int) -> int:
     return max(MIN_POOL, POOL_FACTOR * k)
-
-
-@dataclass(frozen=True)
-class FusionOptions:
-    """How a search ranks: ``fusion`` (none, late, early, rrf), ``mode`` (vector, lexical,
-    hybrid) and the image and text weights of late and early fusion."""
-
-    fusion: str = "none"
-    mode: str = "vector"
-    image_weight: float = DEFAULT_IMAGE_WEIGHT
-    text_weight: float = DEFAULT_TEXT_WEIGHT
-    calibrated: bool = False  # rank by calibrated scores (``mmsearch.calibration``)
-    cutoff: float | str | None = None  # 'auto' or a calibrated score hits must reach
-
-    def __post_init__(self) -> None:
-        if self.fusion not in FUSIONS:
-            raise QueryError(f"unknown fusion {self.fusion!r}: choose one of {', '.join(FUSIONS)}")
-        if self.mode not in MODES:
-            raise QueryError(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
-        for name in ("image_weight", "text_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise QueryError(f"{name.replace('_', ' ')} must be a number of at least 0, got {value!r}")
-        if self.image_weight + self.text_weight <= 0:
-            raise QueryError("the image and text weights cannot both be 0")
-
-    @property
-    def plain(self) -> bool:
-        """True for today's item-by-item vector ranking (nothing here is needed)."""
-        return self.fusion == "none" and self.mode == "vector" and not self.calibrated and self.cutoff is None
 
 
 @dataclass
@@ -134,7 +103,7 @@ class Unit:
 
     @property
     def text(self) -> Part | None:
-        return self.best(("text",))
+        return self.best(TEXT_SIDE)
 
     @property
     def representative(self) -> Part:
@@ -179,7 +148,7 @@ class Pool:
 
 
 def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int, keep: Callable[[Any], bool],
-           options: FusionOptions, calibration: Any = None, query_modality: str = "text",
+           options: Ranking, calibration: Any = None, query_modality: str = TEXT,
            wanted: Any = None, source: Any = None, documents: Any = None) -> Pool:
     """Units ranked as ``options`` say, best first, from ``size`` vector candidates (and as
     many BM25 matches). ``keep`` filters item rows (type, folder, query items): a document keeps
@@ -190,7 +159,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
     index (``storage.docindex``, early fusion only) to take the vector candidates from instead
     of the item index; each candidate is its document's representative item (its image, else
     its text, or a video frame), and its document is read and scored as on the item path."""
-    from .storage.documents import parts_of, places_by_id, vectors_by_id
+    from ..storage.documents import parts_of, places_by_id, vectors_by_id
 
     reader = snap.reader
     cosines: dict[int, float] = {}
@@ -230,7 +199,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
                     lexical_rows[item_id] = row
             if fused:  # their documents' parts too, while the vector search runs
                 parts.update(parts_of(reader, {k for k in (doc_key(r.path, r.locator, r.modality)
-                                                           for r in lexical_rows.values()) if k[1] != "video"},
+                                                           for r in lexical_rows.values()) if k[1] not in MOMENTS},
                                       vectors=True))
                 looked_up.update(doc_key(r.path, r.locator, r.modality) for r in lexical_rows.values())
     finally:
@@ -248,7 +217,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
                 if scores is not None:
                     cosines[item_id] = float(scores[n])
                 pool_rows[item_id] = row
-            elif row is not None and documents is not None and row.modality != "video":
+            elif row is not None and documents is not None and capabilities(row.modality).in_documents:
                 unkept.add(doc_key(row.path, row.locator, row.modality))  # its other parts may pass
     for item_id, row in lexical_rows.items():
         pool_rows.setdefault(item_id, row)
@@ -258,13 +227,13 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
     part_of: dict[int, tuple] = {}
     for item_id, row in pool_rows.items():
         key = doc_key(row.path, row.locator, row.modality) if fused else (
-            (row.path, "video") if row.modality == "video" else ("item", item_id))
+            (row.path, row.modality) if has_moments(row.modality) else ("item", item_id))
         part_of[item_id] = key
         units.setdefault(key, Unit(key))
     rows_by_id = dict(pool_rows)
     blobs = {i: row.vector for i, row in rows_by_id.items() if row.vector is not None}
     if fused:
-        parts.update(parts_of(reader, [key for key in units if key[1] != "video" and key not in looked_up],
+        parts.update(parts_of(reader, [key for key in units if key[1] not in MOMENTS and key not in looked_up],
                               vectors=True))
         for key, rows in parts.items():
             for row in rows:
@@ -336,9 +305,9 @@ def _one_per_picture(reader: Any, units: dict[tuple, Unit]) -> None:
     indexed too (or that another record names). The unit holding the file keeps it as its image
     and takes the record's other parts (its text); the record's own image part, the same
     picture, is dropped. The kept unit names the record (``Unit.record``)."""
-    from .storage.documents import rows_by_id
+    from ..storage.documents import rows_by_id
 
-    records = [p.row.id for u in units.values() for p in u.parts if p.row.modality == "image"
+    records = [p.row.id for u in units.values() for p in u.parts if p.row.modality == IMAGE
                and is_image_part(p.row.locator)]
     if not records:
         return
@@ -346,7 +315,7 @@ def _one_per_picture(reader: Any, units: dict[tuple, Unit]) -> None:
     picture: dict[int, str] = {}
     for u in units.values():
         for p in u.parts:
-            if p.row.modality == "image":
+            if p.row.modality == IMAGE:
                 name = picture_of(full[p.row.id]) if p.row.id in full else p.row.path
                 if name is not None:
                     picture[p.row.id] = name
@@ -406,7 +375,7 @@ def _vector_pool(snap: Snapshot, source: Any, vector: np.ndarray, fetch: int,
 def with_rows(reader: Any, units: list[Unit]) -> list[Unit]:
     """``units`` with their parts' full item rows (text, meta, sizes) in place of the places
     ranking needed (read for the hits shown only)."""
-    from .storage.documents import rows_by_id
+    from ..storage.documents import rows_by_id
 
     rows = rows_by_id(reader, [p.row.id for u in units for p in u.parts])
     for unit in units:
@@ -415,7 +384,7 @@ def with_rows(reader: Any, units: list[Unit]) -> list[Unit]:
     return [u for u in units if u.parts]
 
 
-def _vector_scores(units: list[Unit], options: FusionOptions) -> None:
+def _vector_scores(units: list[Unit], options: Ranking) -> None:
     weights = (float(options.image_weight), float(options.text_weight))
     if options.fusion in ("none",):
         for u in units:
@@ -470,7 +439,7 @@ def exact_terms(query_text: str | None) -> list[str]:
 def matched(unit: Unit, query_text: str | None) -> dict[str, Any]:
     """What a hit matched: its image and text parts with their cosines, and the query's words
     found in its texts and names."""
-    from .storage.lexical import query_words
+    from ..storage.lexical import query_words
 
     out: dict[str, Any] = {}
     image, text = unit.image, unit.text
@@ -497,18 +466,15 @@ def matched(unit: Unit, query_text: str | None) -> dict[str, Any]:
     return out
 
 
-def to_hits(units: list[Unit], k: int, query_text: str | None, min_score: float | None, options: FusionOptions):
+def to_hits(units: list[Unit], k: int, query_text: str | None, min_score: float | None, options: Ranking):
     """The first ``k`` units as ``Hits`` (each shown by its image part, else its text part),
     with what matched; units scoring below ``min_score`` are left out."""
-    from .searching import _hit
-    from .query import Hits
-
     hits = Hits()
     for unit in units:
         if min_score is not None and unit.score < min_score:
             break
         part = unit.representative
-        hit = _hit(len(hits) + 1, unit.score, part.row)
+        hit = hit_of(len(hits) + 1, unit.score, part.row)
         hit.cosine = part.cosine
         hit.calibrated = part.z
         hit.record = unit.record or hit.record
@@ -520,4 +486,4 @@ def to_hits(units: list[Unit], k: int, query_text: str | None, min_score: float 
     return hits
 
 
-__all__ = ["FUSIONS", "MODES", "FusionOptions", "Unit", "fuse_scores", "is_image_part", "matched", "rrf", "search"]
+__all__ = ["FUSIONS", "MODES", "Ranking", "Unit", "fuse_scores", "is_image_part", "matched", "rrf", "search"]

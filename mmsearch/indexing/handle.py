@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import IndexNotFoundError
-from .settings import Settings
-from .storage import IndexStore, VectorSettings, location
+from ..errors import IndexNotFoundError
+from ..settings import Settings
+from ..storage import IndexStore, VectorSettings, location
 
 
 class IndexHandle:

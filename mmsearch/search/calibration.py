@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ..media.capabilities import IMAGE, TEXT, capabilities, on_side
+
 # Query and item modalities compared. A video frame is an image.
 PAIRS = ("text->image", "text->text", "image->image", "image->text")
 # Background sample sizes: queries and items per pair (a 1000 x 2000 product is 2M cosines).
@@ -97,7 +99,7 @@ class Calibration:
     items: int
 
     def background(self, query: str, item: str) -> Background | None:
-        item = "image" if item == "video" else item
+        item = capabilities(item).side  # a video's frames are pictures
         return self.pairs.get(f"{query}->{item}")
 
     def as_dict(self) -> dict[str, Any]:
@@ -146,7 +148,7 @@ def cutoff_z(value: float | str | None, background: Background | None) -> float 
 
 
 def check_cutoff(value: Any) -> float | str | None:
-    from .errors import QueryError
+    from ..errors import QueryError
 
     if value is None or value == "auto":
         return value
@@ -194,12 +196,12 @@ def refresh(store: Any, encode_texts: Any, cache: Path | None = None) -> Calibra
     """Measure the index's backgrounds now and keep them in its catalogue (after indexing).
     ``cache``: a folder for this model's probe vectors shared by every index of it on this
     machine (the ONNX export cache entry), so a new index encodes no probe."""
-    from .storage import calibration as stored
+    from ..storage import calibration as stored
 
     dim = store.dim
     with store.read() as r:
-        images = stored.sample_vectors(r, ("image", "video"), QUERY_SAMPLE + ITEM_SAMPLE, dim)
-        texts = stored.sample_vectors(r, ("text",), QUERY_SAMPLE + ITEM_SAMPLE, dim)
+        images = stored.sample_vectors(r, on_side(IMAGE), QUERY_SAMPLE + ITEM_SAMPLE, dim)
+        texts = stored.sample_vectors(r, on_side(TEXT), QUERY_SAMPLE + ITEM_SAMPLE, dim)
         gen, count = r.generation(), r.item_count()
     fingerprint = str(store.manifest.get("model", {}).get("fingerprint"))
     with store.read() as r:
@@ -219,7 +221,7 @@ def refresh(store: Any, encode_texts: Any, cache: Path | None = None) -> Calibra
 
 
 def load(store: Any) -> Calibration | None:
-    from .storage import calibration as stored
+    from ..storage import calibration as stored
 
     with store.read() as r:
         return Calibration.from_dict(stored.load(r))

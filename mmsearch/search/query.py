@@ -11,14 +11,18 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
-from .media.extensions import EXTENSIONS, HEIF_EXTENSIONS, VIDEO_EXTENSIONS
-from .errors import QueryError
-from .fsutil import path_fields
+from ..media.extensions import EXTENSIONS, HEIF_EXTENSIONS, VIDEO_EXTENSIONS
+from ..errors import QueryError
+from ..filters import item_date, iso
+from ..fsutil import path_fields
+from ..media.capabilities import has_moments
+from ..media.documents import record_of, source_path
+from ..media.exif import camera_name
 
 TEXT, IMAGE, ITEM = "text", "image", "item"
 TYPES = ("all", "image", "text", "video")
@@ -110,7 +114,7 @@ class Hit(Item):
     score: float
     # With ``dedup``: ids of the near-duplicates of this hit that were left out of the results.
     duplicates: list[int] | None = None
-    # With fusion, a lexical mode or calibration (``mmsearch.fusion``): the raw cosine of this
+    # With fusion, a lexical mode or calibration (``search.fusion``): the raw cosine of this
     # item with the query, its calibrated score, and what matched: ``{"image": {"id", "cosine",
     # ...}, "text": {...}, "words": [...]}``.
     cosine: float | None = None
@@ -119,12 +123,13 @@ class Hit(Item):
     # A picture that a JSONL record names: that record, ``{"path": the .jsonl file, "line": "N"}``
     # (the hit is the picture file's item when the file is indexed too: one picture, one hit).
     record: dict[str, str] | None = None
+    # When the index has several embedding spaces and more than one answered: the space whose
+    # store the id belongs to (``search.spaces``; what each space scored is in ``matched``).
+    space: str | None = None
 
     @property
     def file(self) -> str:
         """The file this hit shows: its own, or for a record's image the picture file it names."""
-        from .media.documents import source_path
-
         return source_path(self.path, self.locator, self.meta)
 
     def as_dict(self) -> dict[str, Any]:
@@ -142,7 +147,28 @@ class Hit(Item):
         return data
 
 
-_FUSED = ("cosine", "calibrated", "matched")
+_FUSED = ("cosine", "calibrated", "matched", "space")
+
+
+@dataclass
+class DuplicateGroup:
+    """Near-duplicate items: ``keeper`` (see ``keeper_key``) and the ``others``, each with its
+    cosine similarity to the keeper in ``similarity`` (same order, most similar first)."""
+
+    keeper: Any
+    others: list[Any] = field(default_factory=list)
+    similarity: list[float] = field(default_factory=list)
+
+    @property
+    def items(self) -> list[Any]:
+        return [self.keeper, *self.others]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "keeper": self.keeper.as_dict(),
+            "others": [dict(item.as_dict(), similarity=round(float(s), 6))
+                       for item, s in zip(self.others, self.similarity)],
+        }
 
 
 class Hits(list):
@@ -267,3 +293,23 @@ def unit_vector(vector: Any, name: str = "query vector") -> np.ndarray:
 
 def query_image_paths(terms: Sequence[QueryTerm]) -> set[str]:
     return {os.path.abspath(os.path.expanduser(os.fspath(t.value))) for t in terms if t.kind == IMAGE and not t.in_memory}
+
+
+# -- hits and items from stored rows: the one place they are made (search and fusion alike) -------
+def row_fields(row: Any) -> dict[str, Any]:
+    """An ``Item``'s fields from a stored row (``storage.ItemRow``)."""
+    moment = (row.meta or {}).get("t") if has_moments(row.modality) else None
+    when, source = item_date(row)
+    return dict(id=row.id, modality=row.modality, path=row.path, locator=row.locator, text=row.text,
+                width=row.width, height=row.height, meta=row.meta, t=moment, taken_at=iso(when),
+                date_source=source, camera=camera_name(row.camera_make, row.camera_model), lat=row.lat, lon=row.lon)
+
+
+def item_of(row: Any) -> Item:
+    """The ``Item`` a stored row shows."""
+    return Item(**row_fields(row))
+
+
+def hit_of(rank: int, score: float, row: Any) -> Hit:
+    """A hit at ``rank`` with ``score`` shown by a stored row."""
+    return Hit(rank=rank, score=float(score), record=record_of(row), **row_fields(row))

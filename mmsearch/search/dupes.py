@@ -36,44 +36,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .errors import QueryError
+from ..media.capabilities import has_moments
+from .query import DuplicateGroup
+# The thresholds a request may ask for live with the request; named here too, where dupes are.
+from .request import (DEDUP_MIN_POOL, DEDUP_POOL_FACTOR, DEFAULT_THRESHOLD, MIN_THRESHOLD,  # noqa: F401
+                      check_threshold, dedup_pool, dedup_threshold)
 
-DEFAULT_THRESHOLD = 0.97
-MIN_THRESHOLD = 0.5  # the lowest threshold taken: below it, "near-duplicate" means nothing
-DEDUP_POOL_FACTOR = 4  # a query's collapse looks at most at this many times k hits...
-DEDUP_MIN_POOL = 100  # ...or at this many, for small k
 CLIP_RETRIEVAL_THRESHOLD = 0.94  # clip-retrieval's clip_back.py get_non_uniques
 EXACT_MAX = 4096  # below this many vectors, all pairs are compared directly
 PROBES = 4  # cells each vector is compared with in a partitioned scan (at 1M planted: 3 cells split 15 of 10,000 groups)
 _BLOCK = 512  # rows per matrix product (bounds memory: _BLOCK x cell or x n floats, and as many pairs)
-
-
-def check_threshold(value: Any, name: str = "threshold") -> float:
-    """``value`` as a similarity threshold, or QueryError naming ``name`` and why."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise QueryError(f"{name} must be a number from {MIN_THRESHOLD:g} to 1 (a cosine similarity), got {value!r}")
-    if not MIN_THRESHOLD <= float(value) <= 1.0:
-        raise QueryError(f"{name} must be from {MIN_THRESHOLD:g} to 1 (a cosine similarity), got {value:g}")
-    return float(value)
-
-
-def dedup_pool(k: int) -> int:
-    """The most hits a query's collapse compares to find its k groups."""
-    return max(DEDUP_MIN_POOL, DEDUP_POOL_FACTOR * int(k))
-
-
-def dedup_threshold(dedup: bool | float) -> float | None:
-    """The threshold a ``dedup`` argument asks for: None (off), True (the default) or a number."""
-    if dedup is None or dedup is False:
-        return None
-    if dedup is True:
-        return DEFAULT_THRESHOLD
-    return check_threshold(dedup, "dedup")
 
 
 class Components:
@@ -325,27 +301,6 @@ def keeper_key(item: Any) -> tuple:
     return (-pixels, getattr(item, "mtime_ns", 0) or 0, item.id)
 
 
-@dataclass
-class DuplicateGroup:
-    """Near-duplicate items: ``keeper`` (see ``keeper_key``) and the ``others``, each with its
-    cosine similarity to the keeper in ``similarity`` (same order, most similar first)."""
-
-    keeper: Any
-    others: list[Any] = field(default_factory=list)
-    similarity: list[float] = field(default_factory=list)
-
-    @property
-    def items(self) -> list[Any]:
-        return [self.keeper, *self.others]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "keeper": self.keeper.as_dict(),
-            "others": [dict(item.as_dict(), similarity=round(float(s), 6))
-                       for item, s in zip(self.others, self.similarity)],
-        }
-
-
 def make_groups(components: Sequence[Sequence[Any]], vector_of: Callable[[int], np.ndarray]) -> list[DuplicateGroup]:
     """``DuplicateGroup``s from components of items (objects with ``id``, ``width``, ``height``,
     ``mtime_ns``), ordered largest first, then by keeper id."""
@@ -364,7 +319,7 @@ def make_groups(components: Sequence[Sequence[Any]], vector_of: Callable[[int], 
 def scan(reader: Any, dim: int, modalities: Sequence[str], threshold: float, progress: Any) -> list[DuplicateGroup]:
     """The near-duplicate groups of a catalogue snapshot (``reader``), per modality, of rows
     (``ItemRow``); ``progress``: an indexing-style progress (``start``, ``advance``)."""
-    from .storage.store import vectors_from_blobs
+    from ..storage.store import vectors_from_blobs
 
     found: list[DuplicateGroup] = []
     counts = reader.modality_counts()
@@ -389,7 +344,7 @@ def scan(reader: Any, dim: int, modalities: Sequence[str], threshold: float, pro
             progress.advance(done - state["done"])
             state["done"] = done
 
-        if modality == "video":  # frames: videos are the duplicates, not moments of one video
+        if has_moments(modality):  # frames: videos are the duplicates, not moments of one video
             joined = video_components(pair_blocks(vectors, threshold, progress=tick), reader.items(ids), ids)
         else:
             joined = components(vectors, threshold, progress=tick).groups()
@@ -406,7 +361,7 @@ def one_per_picture(rows: Sequence[Any]) -> list[Any]:
     """``rows`` with one row per picture: a JSONL record's image and the file it names (or two
     records naming one file) are one picture, not duplicates of each other; the file's own row
     stays, else the first."""
-    from .media.documents import is_image_part, picture_of
+    from ..media.documents import is_image_part, picture_of
 
     kept: dict[Any, Any] = {}
     for row in sorted(rows, key=lambda r: (is_image_part(r.locator), r.id)):

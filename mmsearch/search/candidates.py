@@ -23,12 +23,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .filters import Filters
-from .storage import IndexStore, Snapshot
-from .storage.columns import ColumnCache
-from .storage import pgvector
-from .storage.filtering import passing_ids, sql_conditions
-from .storage.sqlite import DB_FILE
+from ..filters import Filters
+from ..storage import IndexStore, Snapshot
+from ..storage.columns import ColumnCache
+from ..storage import pgvector
+from ..storage.filtering import passing_ids, sql_conditions
+from ..storage.sqlite import DB_FILE
 
 # Filters passing more items than this are applied to over-fetched hits instead (5% at 1M).
 PUSHDOWN_MAX = 50_000

@@ -1,0 +1,85 @@
+"""Embedding spaces: a query is encoded into every space of the index that can take it, and
+hits from several spaces merge by calibrated score.
+
+A space is a model, the modalities it embeds, its vector index and its query encoders; here it
+is seen through its searcher (``IndexSearcher``, which owns the vector index through its store
+and the query encoder) plus what it takes. The index's own space (CLIP: images, texts, video
+frames) is the first; another (audio, with its own model) is a second store under the index's
+``spaces/`` folder. Cosines of two models are not comparable, so when several spaces answer,
+each ranks by its own calibrated score (``search.calibration``: a cosine against that space's
+background) and the merge compares those. A file part found in several spaces is one hit, shown
+by its best space, and ``hit.matched["spaces"]`` says what each space scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import QueryError
+from .query import Hit, Hits, QueryTerm
+from .request import SearchRequest
+from .searcher import IndexSearcher
+
+
+@dataclass(frozen=True)
+class Space:
+    """One embedding space of an index, as search sees it."""
+
+    name: str
+    modalities: tuple[str, ...]  # what its vectors embed
+    takes: frozenset[str]  # the query term kinds its encoders take ('text', 'image', 'item')
+    searcher: IndexSearcher
+    primary: bool = False  # the index's own space: its item ids are the index's
+
+    def can_take(self, terms: Sequence[QueryTerm]) -> bool:
+        return all(term.kind in self.takes for term in terms)
+
+
+def search(spaces: Sequence[Space], request: SearchRequest) -> Hits:
+    """The request's hits from every space that takes all its terms: as that space ranks when one
+    does; merged by calibrated score when several do."""
+    taking = [space for space in spaces if space.can_take(request.terms)]
+    if not taking:
+        kinds = ", ".join(sorted({term.kind for term in request.terms}))
+        raise QueryError(f"no embedding space of this index takes {kinds} queries")
+    if len(taking) == 1:
+        return taking[0].searcher.search(request)
+    wanted = [space for space in taking if request.type == "all" or request.type in space.modalities]
+    if len(wanted) == 1:
+        return wanted[0].searcher.search(request)
+    calibrated = request.but(ranking=dataclasses.replace(request.ranking, calibrated=True))
+    return merge([(space, space.searcher.search(calibrated)) for space in wanted or taking], request.k)
+
+
+def merge(answers: Sequence[tuple[Space, Hits]], k: int) -> Hits:
+    """Hits of several spaces, each scored by its calibrated score, as one ranking: a file part
+    (its path and locator; a file of moments as a whole) found by several spaces is one hit,
+    shown by the space that scored it highest, naming every space's scores. Its id is the
+    index's own (the primary space's) when that space holds the part; ``hit.space`` names the
+    space whose store the id belongs to."""
+    best: dict[tuple[str, str], Hit] = {}
+    reasons: dict[tuple[str, str], dict[str, dict]] = {}
+    own_id: dict[tuple[str, str], int] = {}
+    for space, hits in answers:
+        for hit in hits:
+            key = (hit.file, hit.locator if hit.t is None else "")
+            reasons.setdefault(key, {})[space.name] = {"cosine": hit.cosine, "calibrated": hit.calibrated}
+            if space.primary:
+                own_id[key] = hit.id
+            if key not in best or hit.score > best[key].score:
+                best[key] = dataclasses.replace(hit, space=space.name)
+    ranked = sorted(best, key=lambda key: -best[key].score)[:k]
+    out = Hits()
+    for n, key in enumerate(ranked, 1):
+        hit = best[key]
+        if key in own_id:
+            hit = dataclasses.replace(hit, id=own_id[key], space=next(s.name for s, _ in answers if s.primary))
+        out.append(dataclasses.replace(hit, rank=n, matched={**(hit.matched or {}), "spaces": reasons[key]}))
+    if not out:
+        out.why_empty = next((hits.why_empty for _, hits in answers if hits.why_empty), None)
+    return out
+
+
+__all__ = ["Space", "merge", "search"]
