@@ -48,6 +48,7 @@ from .encoders import ModelSpec, TorchEncoder
 from .errors import DamagedManifestError, EmptyIndexError, IndexVersionError, MMSearchError, UnfinishedCopyError
 from .fsutil import printable_path
 from .indexing import UNSEALED, Indexer
+from .indexing.run import indexing_encoder
 from .library import LibraryRoot, outside_library, under_any
 from .settings import Settings
 from .media import FileEntry, Record, media_registry
@@ -467,12 +468,10 @@ def _reembed(store: IndexStore, ids: list[int], encoder_factory, report: CheckRe
         report.notes.append(f"kept as indexed (cannot be read now): {line}")
     if not items and not videos:
         return
-    from .encoders import onnx_image
-
     settings = settings or Settings.from_env()
     # The encoder indexing uses (ONNX where that is the index's choice), so repaired vectors are
     # the ones an indexing run gives.
-    done = Indexer(store, lambda: onnx_image.indexing_encoder(store, settings, lambda: encoder_factory(store))).reembed(items, videos)
+    done = Indexer(store, lambda: indexing_encoder(store, settings, lambda: encoder_factory(store))).reembed(items, videos)
     if done.skipped:
         _problem(report, "unusable_file", f"{len(done.skipped)} file(s) could not be decoded again; their items were removed",
                  [f"{s.path}: {s.reason}" for s in done.skipped], count=len(done.skipped)).repaired = True
@@ -566,6 +565,7 @@ def _check_onnx_exports(store: IndexStore, report: CheckReport, repair: bool, en
     """The ONNX text and image encoders are the ones the manifest records (whole-file checksums);
     with ``repair``, a damaged export is removed and made again from the model."""
     from .encoders import onnx_image, onnx_text
+    from .indexing import exports
 
     for tower, module in (("text", onnx_text), ("image", onnx_image)):
         record = module.usable_record(store.manifest)
@@ -581,8 +581,8 @@ def _check_onnx_exports(store: IndexStore, report: CheckReport, repair: bool, en
                 path.unlink(missing_ok=True)
             store.update_manifest(**{module.MANIFEST_KEY: None})
             if encoder_factory is not None:
-                module.ensure_exported(store, ModelSpec.from_manifest(store.manifest["model"]),
-                                       lambda: encoder_factory(store), settings.cache)
+                exports.ensure_exported(store, module.TOWER, ModelSpec.from_manifest(store.manifest["model"]),
+                                        lambda: encoder_factory(store), settings.cache)
             problem.repaired = True
 
 

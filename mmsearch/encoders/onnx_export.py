@@ -1,10 +1,12 @@
-"""What the ONNX text and image exports share: exporting a torch module, saving its weights
-beside the graph, publishing files into an index folder crash-safely, the per-model cache of
-exports, onnxruntime sessions, and digest checks.
+"""The ONNX exporter both towers share: exporting a torch module, saving its weights beside
+the graph, publishing files into a folder crash-safely, the per-model cache of exports,
+onnxruntime sessions, digest checks, and the judgement of an export record (usable, to be made
+again), parameterised by the tower (``Tower``: ``onnx_text.TOWER``, ``onnx_image.TOWER``).
 
-Each export (``onnx_text``, ``onnx_image``) describes its files as ``{digest key: file name}``,
-graph last (the graph names its weights file, so it becomes visible after them); the helpers here
-never need to know which tower they handle.
+Each tower describes its files as ``{digest key: file name}``, graph last (the graph names its
+weights file, so it becomes visible after them), and how it makes an export into a folder
+(``Tower.produce``); what keeps the index's record of an export (its manifest) is the indexing
+run's (``indexing.exports``), not the encoders'.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,76 @@ OPSET = 17
 
 
 _log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Tower:
+    """What differs between the text and the image tower's exports.
+
+    ``key``: the name its record goes by (in an index's manifest); ``file_prefix``: its files in
+    an index folder; ``temp``: (prefix, suffix) of its temporary folders; ``cache_suffix``: its
+    cache entry is ``<fingerprint><cache_suffix>``; ``unavailable``: the error saying a model or
+    installation cannot be exported; ``parts(record)``: its files by digest key, graph last;
+    ``produce(folder, fingerprint, old, load, entry)``: the export of the model ``fingerprint``
+    written into ``folder`` (taken from the cache ``entry`` when there, else made from
+    ``load()``'s torch encoder; ``old``: the folder's previous record or None), its record
+    returned; ``outdated(record)``: a usable record still to be made again (by a newer method,
+    on another machine); ``usable(record)``: tower-specific checks of a record; ``log``: where
+    its outcome is told."""
+
+    name: str
+    key: str
+    file_prefix: str
+    temp: tuple[str, str]
+    cache_suffix: str
+    unavailable: type[Exception]
+    parts: Callable[[dict[str, Any]], dict[str, str]]
+    produce: Callable[..., dict[str, Any]]
+    outdated: Callable[[dict[str, Any]], bool]
+    usable: Callable[[dict[str, Any]], bool]
+    log: logging.Logger
+
+    def cache_entry(self, cache: Path | None, fingerprint: str) -> Path:
+        """This tower's entry for the model ``fingerprint`` in the cache of exports."""
+        return cache_dir(cache) / f"{fingerprint}{self.cache_suffix}"
+
+    def remove_stray_temps(self, folder: Path) -> None:
+        """Temporary export folders a killed writer left in ``folder``."""
+        remove_stray_temps(folder, *self.temp)
+
+
+def usable_record(manifest: dict[str, Any], tower: Tower, enabled: bool = True) -> dict[str, Any] | None:
+    """``tower``'s export record in ``manifest`` when it is complete and belongs to the model
+    the manifest names (fingerprint and dimension), else None."""
+    record = manifest.get(tower.key)
+    if not enabled or not isinstance(record, dict) or record.get("status") != "ok":
+        return None
+    if record.get("fingerprint") != manifest.get("model", {}).get("fingerprint") or record.get("dim") != manifest.get("dim"):
+        return None
+    return record if tower.usable(record) else None
+
+
+def export_needed(manifest: dict[str, Any], tower: Tower, enabled: bool = True) -> bool:
+    """True when ``manifest`` has no export record of ``tower`` for its model, one to try again
+    (a failure not final), or an outdated one."""
+    if not enabled:
+        return False
+    record = manifest.get(tower.key)
+    if not isinstance(record, dict) or record.get("fingerprint") != manifest.get("model", {}).get("fingerprint"):
+        return True
+    if record.get("status") != "ok":
+        return bool(record.get("retry"))
+    return tower.outdated(record)
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The index manifest in ``folder`` as a dict, read directly (a preload starts before the
+    store layers are imported); None when there is none or it is not readable."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def now() -> str:
@@ -262,39 +335,3 @@ def update_cached_record(entry: Path, changes: dict[str, Any], log: Any) -> None
 
 def digests_of(folder: Path, names: dict[str, str]) -> dict[str, Any]:
     return {key: file_digest(folder / name) for key, name in names.items()}
-
-
-def record_export(store: Any, tower: str, manifest_key: str, file_prefix: str, unavailable: type[Exception],
-                  produce: Callable[[], dict[str, Any]], parts_of: Callable[[dict], dict[str, str]],
-                  log: Any) -> dict[str, Any] | None:
-    """Run ``produce`` (export, or take from the cache) for the ``tower`` ('text'/'image') of
-    ``store``'s model and record the outcome in the manifest under ``manifest_key``; files
-    starting with ``file_prefix`` that the record does not name (earlier models' exports) go.
-
-    One policy for both towers: a disk error is logged and tried again on the next run (None,
-    nothing recorded); ``unavailable`` (this model or installation cannot be exported) is
-    recorded as skipped with its reason; anything else is a bug: logged as an error, recorded as
-    failed and tried again, never allowed to fail indexing."""
-    fingerprint = store.manifest["model"]["fingerprint"]
-    try:
-        record = produce()
-    except OSError as exc:  # disk full, read-only folder: try again on the next run
-        log.warning("%s queries on %s will load torch: cannot write the ONNX %s encoder (%s)",
-                    tower, store.folder, tower, exc)
-        return None
-    except unavailable as exc:  # this model (or this installation) cannot be exported
-        retry = isinstance(exc.__cause__, ImportError)
-        log.warning("%s queries on %s will load torch: no ONNX %s encoder (%s)", tower, store.folder, tower, exc)
-        record = {"status": "skipped", "fingerprint": fingerprint, "reason": str(exc), "retry": retry, "at": now()}
-    except Exception as exc:  # noqa: BLE001 - a bug: never fail indexing for it, never hide it either
-        log.error("exporting the ONNX %s encoder of %s failed unexpectedly (%s: %s); %s queries load torch "
-                  "until the next indexing run tries again", tower, store.folder, type(exc).__name__,
-                  first_line(exc), tower, exc_info=log.isEnabledFor(logging.DEBUG))
-        record = {"status": "failed", "fingerprint": fingerprint, "reason": f"{type(exc).__name__}: {first_line(exc)}",
-                  "retry": True, "at": now()}
-    store.update_manifest(**{manifest_key: record})
-    keep = set(parts_of(record).values()) if record["status"] == "ok" else set()
-    for path in store.folder.glob(f"{file_prefix}*"):
-        if path.name not in keep:
-            path.unlink(missing_ok=True)
-    return record

@@ -1,7 +1,8 @@
 """The image tower as ONNX models (float32 and dynamic int8), so image queries, the server and
 small indexing runs need neither torch nor open_clip, and CPUs without AMX index faster.
 
-When an index is created (or its model changes) the writer exports the image tower, from uint8
+When an index is created (or its model changes) the indexing run (``indexing.exports``) has
+this tower (``TOWER``) export the image tower, from uint8
 pixels (N, H, W, 3) as the decode workers make them (``PixelTransform``) to L2-normalised
 vectors, normalisation included, to ``image_encoder.<fingerprint>.onnx`` plus ``.onnx.data``.
 The export must give torch's float32 vectors (cosine >= ``MIN_COSINE`` on a probe batch). A
@@ -42,8 +43,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
     from ..media.image import PixelTransform
-    from ..storage.store import IndexStore
-    from .spec import ModelSpec
     from .torch_encoder import TorchEncoder
 
 log = logging.getLogger(__name__)
@@ -118,13 +117,11 @@ def top_overlap(reference: np.ndarray, trial: np.ndarray, k: int = TOP) -> float
 # -- the writer side -----------------------------------------------------------------------------------
 def export_needed(manifest: dict[str, Any], enabled: bool = True) -> bool:
     """True when the index has no export record for its model, or one to try again."""
-    if not enabled:
-        return False
-    record = manifest.get(MANIFEST_KEY)
-    if not isinstance(record, dict) or record.get("fingerprint") != manifest.get("model", {}).get("fingerprint"):
-        return True
-    if record.get("status") != "ok":
-        return bool(record.get("retry"))
+    return onnx_export.export_needed(manifest, TOWER, enabled)
+
+
+def _outdated(record: dict[str, Any]) -> bool:
+    """A usable export to make again: its int8 graph by an older method, or measured on another machine."""
     if int8_outdated(record):
         return True
     return (record.get("measured") or {}).get("cpu") != cpu_name()  # moved to another machine: measure again
@@ -135,43 +132,29 @@ def int8_outdated(record: dict[str, Any]) -> bool:
     return (record.get("int8") or {}).get("method") != INT8_METHOD
 
 
-def ensure_exported(store: IndexStore, spec: ModelSpec, load: Callable[[], TorchEncoder], cache: Path | None = None,
-                    enabled: bool = True) -> dict[str, Any] | None:
-    """Export (or take from the cache) the image tower of the model ``spec`` names into ``store``
-    and measure which encoder indexes fastest here (writer, under the lock); ``load()`` gives its
-    torch encoder, called only when neither the export nor this CPU's measurement is cached.
-    Returns the manifest record written, or None when nothing was needed. Never raises for a
-    model that cannot be exported."""
-    if not export_needed(store.manifest, enabled):
-        return None
-    fingerprint = store.manifest["model"]["fingerprint"]
-    if spec.identity(known=store.manifest["model"])["fingerprint"] != fingerprint:
-        return None  # not the index's model (the caller switches models first)
-    onnx_export.remove_stray_temps(store.folder, *_TEMP)
-    entry = onnx_export.cache_dir(cache) / f"{fingerprint}{CACHE_SUFFIX}"
-    old = store.manifest.get(MANIFEST_KEY)
-
-    def produce() -> dict[str, Any]:
-        if isinstance(old, dict) and old.get("status") == "ok" and old.get("fingerprint") == fingerprint \
-                and not export_mismatch(store.folder, old):
-            record = dict(old)  # the export is there; only the measurement is for another machine
-        else:
-            record = onnx_export.from_cache(store.folder, entry, fingerprint, _parts, _TEMP)
-            if record is None:
-                record = export_image_encoder(load(), store.folder, fingerprint)
-                onnx_export.to_cache(store.folder, record, entry, list(_parts(record).values()), _TEMP, log)
-        if int8_outdated(record):
-            record = requantise(store.folder, record)
-            onnx_export.to_cache(store.folder, record, entry, list(_parts(record).values()), _TEMP, log)
-        if (record.get("measured") or {}).get("cpu") != cpu_name():
-            record["measured"] = measure(load(), store.folder, record)
-            # The next new index of this model on this machine takes the choice from the cache
-            # instead of loading torch to time the encoders again.
-            onnx_export.update_cached_record(entry, {"measured": record["measured"]}, log)
-        return record
-
-    return onnx_export.record_export(store, "image", MANIFEST_KEY, FILE_PREFIX, OnnxImageUnavailable, produce,
-                                     _parts, log)
+def produce(folder: Path, fingerprint: str, old: dict[str, Any] | None, load: Callable[[], TorchEncoder],
+            entry: Path) -> dict[str, Any]:
+    """The image tower of the model ``fingerprint`` exported (or taken from the cache ``entry``)
+    into ``folder``, with which encoder indexes fastest here measured; ``load()`` gives its torch
+    encoder, called only when neither the export nor this CPU's measurement is cached. ``old``:
+    the folder's record, kept when only its measurement is for another machine."""
+    if isinstance(old, dict) and old.get("status") == "ok" and old.get("fingerprint") == fingerprint \
+            and not export_mismatch(folder, old):
+        record = dict(old)  # the export is there; only the measurement is for another machine
+    else:
+        record = onnx_export.from_cache(folder, entry, fingerprint, _parts, _TEMP)
+        if record is None:
+            record = export_image_encoder(load(), folder, fingerprint)
+            onnx_export.to_cache(folder, record, entry, list(_parts(record).values()), _TEMP, log)
+    if int8_outdated(record):
+        record = requantise(folder, record)
+        onnx_export.to_cache(folder, record, entry, list(_parts(record).values()), _TEMP, log)
+    if (record.get("measured") or {}).get("cpu") != cpu_name():
+        record["measured"] = measure(load(), folder, record)
+        # The next new index of this model on this machine takes the choice from the cache
+        # instead of loading torch to time the encoders again.
+        onnx_export.update_cached_record(entry, {"measured": record["measured"]}, log)
+    return record
 
 
 def cached_dim(fingerprint: str, cache: Path | None = None, enabled: bool = True) -> int | None:
@@ -502,12 +485,7 @@ def describe(manifest: dict[str, Any], setting: str = "auto", enabled: bool = Tr
 # -- the reader side ---------------------------------------------------------------------------------------
 def usable_record(manifest: dict[str, Any], enabled: bool = True) -> dict[str, Any] | None:
     """The manifest's export record when it is complete and belongs to the index's model."""
-    record = manifest.get(MANIFEST_KEY)
-    if not enabled or not isinstance(record, dict) or record.get("status") != "ok":
-        return None
-    if record.get("fingerprint") != manifest.get("model", {}).get("fingerprint") or record.get("dim") != manifest.get("dim"):
-        return None
-    return record
+    return onnx_export.usable_record(manifest, TOWER, enabled)
 
 
 def export_files(folder: Path, record: dict[str, Any]) -> dict[str, Path]:
@@ -631,15 +609,14 @@ def preload(folder: str | Path, paths: list[str], settings: Any) -> Preload | No
     """Start loading ``folder``'s ONNX image encoder in a background thread, if image queries
     will use it, and encode the images at ``paths`` (as the query will decode them); hand the
     result to the Engine (``Engine(image_encoder=...)``)."""
-    import json
     import os
 
     folder = Path(folder).expanduser().absolute()
+    manifest = onnx_export.read_manifest(folder)
     try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        variant = query_variant(manifest, settings.image_encoder, settings.onnx) if isinstance(manifest, dict) else None
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None  # not an index (yet): the normal path reports that
+        variant = query_variant(manifest, settings.image_encoder, settings.onnx) if manifest is not None else None
+    except (AttributeError, TypeError):
+        return None  # not an index (yet), or not one this mmsearch reads: the normal path reports that
     if variant is None:
         return None
     wanted = [os.path.expanduser(p) for p in paths]
@@ -647,8 +624,9 @@ def preload(folder: str | Path, paths: list[str], settings: Any) -> Preload | No
 
 
 class IndexingEncoder:
-    """What an indexing run encodes with when ONNX indexes images: the ONNX image encoder, and
-    the texts by ``texts()`` (the ONNX text encoder, or torch when the index has none)."""
+    """What an indexing run encodes with when ONNX indexes images (``indexing.run.indexing_encoder``):
+    the ONNX image encoder, and the texts by ``texts()`` (the ONNX text encoder, or torch when the
+    index has none)."""
 
     def __init__(self, image: OnnxImageEncoder, texts: Any):
         self.image = image
@@ -669,33 +647,6 @@ class IndexingEncoder:
         return self._texts().encode_texts(texts)
 
 
-def indexing_encoder(store: IndexStore, settings: Any, torch_encoder: Any, text_encoder: Any = None) -> Any:
-    """The encoder an indexing run (or ``check --repair``) uses on ``store``: ONNX for images
-    where that is the choice (``indexing_choice``), texts by ``text_encoder()`` (default: the
-    index's ONNX text encoder, else torch); else ``torch_encoder()``. Every path that embeds
-    into an index goes through here, so re-embedded items get the vectors indexing gives."""
-    choice = indexing_choice(store.manifest, settings.image_encoder, settings.onnx)
-    if choice == "torch":
-        return torch_encoder()
-    try:
-        image = OnnxImageEncoder(store.folder, usable_record(store.manifest), choice)
-    except OnnxImageUnavailable as exc:
-        log.warning("images are encoded by the torch model: %s", exc)
-        return torch_encoder()
-    if text_encoder is None:
-        def text_encoder() -> Any:
-            from . import onnx_text
-
-            record = onnx_text.usable_record(store.manifest, settings.onnx)
-            if record is not None:
-                try:
-                    return onnx_text.OnnxTextEncoder(store.folder, record)
-                except Exception as exc:  # noqa: BLE001 - OnnxTextUnavailable: texts then use torch
-                    log.warning("texts are encoded by the torch model: %s", exc)
-            return torch_encoder()
-    return IndexingEncoder(image, _once(text_encoder))
-
-
 def _once(factory: Any) -> Any:
     made: list[Any] = []
 
@@ -705,3 +656,10 @@ def _once(factory: Any) -> Any:
         return made[0]
 
     return get
+
+
+TOWER = onnx_export.Tower(
+    name="image", key=MANIFEST_KEY, file_prefix=FILE_PREFIX, temp=_TEMP, cache_suffix=CACHE_SUFFIX,
+    unavailable=OnnxImageUnavailable, parts=_parts, produce=produce, outdated=_outdated, usable=lambda record: True,
+    log=log,
+)

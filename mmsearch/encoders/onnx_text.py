@@ -1,10 +1,11 @@
 """The text tower as an ONNX model, so text queries need neither torch nor open_clip.
 
 Importing torch and open_clip takes seconds; a text query only needs the text tower. When an
-index is created (or its model changes) the writer exports ``model.encode_text`` followed by L2
-normalisation to ``text_encoder.<fingerprint>.onnx`` (graph) plus ``.onnx.data`` (weights, which
-onnxruntime maps into memory instead of parsing them), copies the BPE vocabulary beside it and
-records both in the manifest under ``text_onnx``. A query process then runs
+index is created (or its model changes) the indexing run (``indexing.exports``) has this tower
+(``TOWER``) export ``model.encode_text`` followed by L2 normalisation to
+``text_encoder.<fingerprint>.onnx`` (graph) plus ``.onnx.data`` (weights, which onnxruntime maps
+into memory instead of parsing them), copy the BPE vocabulary beside it, and records both in the
+manifest under ``text_onnx``. A query process then runs
 ``mmsearch.tokenizer.ClipTokenizer`` and an onnxruntime session: about a tenth of a second
 instead of several. The multilingual models (XLM-RoBERTa, NLLB text towers) tokenize with
 Hugging Face tokenizers: their pipeline is saved as ``text_encoder.<fingerprint>.tokenizer.json``
@@ -32,7 +33,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,8 +51,8 @@ from .onnx_export import now as _now
 from .tokenizer import ClipTokenizer, bundled_vocab
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..storage.store import IndexStore
-    from .spec import ModelSpec
+    from collections.abc import Callable
+
     from .torch_encoder import TorchEncoder as Encoder
 
 log = logging.getLogger(__name__)
@@ -99,44 +99,18 @@ def _threads() -> int:
 # -- the writer side -------------------------------------------------------------------------------
 def export_needed(manifest: dict[str, Any], enabled: bool = True) -> bool:
     """True when the index has no usable export for its model and none was found impossible."""
-    if not enabled:
-        return False
-    record = manifest.get(MANIFEST_KEY)
-    fingerprint = manifest.get("model", {}).get("fingerprint")
-    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
-        return True
-    if record.get("status") != "ok":
-        return bool(record.get("retry"))
-    return False
+    return onnx_export.export_needed(manifest, TOWER, enabled)
 
 
-def ensure_exported(store: IndexStore, spec: ModelSpec, load: Callable[[], Encoder], cache: Path | None = None,
-                    enabled: bool = True) -> dict[str, Any] | None:
-    """Export the text tower of the model ``spec`` names into ``store`` if needed (writer, under
-    the lock); ``load()`` gives its torch encoder, called only when the cache has no export.
-
-    Returns the manifest record written (``status`` 'ok' or 'skipped'), or None when nothing
-    was needed. Never raises for a model that cannot be exported: the reason is logged and kept.
-    ``cache``: the folder of shared exports (default: the user cache folder).
-    """
-    if not export_needed(store.manifest, enabled):
-        return None
-    fingerprint = store.manifest["model"]["fingerprint"]
-    if spec.identity(known=store.manifest["model"])["fingerprint"] != fingerprint:
-        return None  # not the index's model (the caller switches models first)
-    _remove_stray_temps(store.folder)
-    entry_dir = cache_dir(cache)
-
-    def produce() -> dict[str, Any]:
-        record = _from_cache(store.folder, fingerprint, entry_dir)
-        if record is None:
-            record = export_text_encoder(load(), store.folder, fingerprint)
-            _to_cache(store.folder, record, entry_dir)
-        return record
-
-    # Exports of earlier models (or of this one, when it could not be exported now) go.
-    return onnx_export.record_export(store, "text", MANIFEST_KEY, FILE_PREFIX, OnnxTextUnavailable, produce,
-                                     _parts, log)
+def produce(folder: Path, fingerprint: str, old: dict[str, Any] | None, load: Callable[[], Encoder],
+            entry: Path) -> dict[str, Any]:
+    """The text tower of the model ``fingerprint`` exported into ``folder``: taken from the cache
+    ``entry`` when there, else exported from ``load()``'s torch encoder and kept in the cache."""
+    record = _from_cache(folder, fingerprint, entry)
+    if record is None:
+        record = export_text_encoder(load(), folder, fingerprint)
+        _to_cache(folder, record, entry)
+    return record
 
 
 def _parts(record: dict[str, Any]) -> dict[str, str]:
@@ -148,9 +122,9 @@ def _parts(record: dict[str, Any]) -> dict[str, str]:
     return {"data": record["data"], "graph": record["file"]}
 
 
-def _from_cache(folder: Path, fingerprint: str, cache: Path) -> dict[str, Any] | None:
-    """The cached export of this model linked (or copied) into ``folder``, or None."""
-    record = onnx_export.from_cache(folder, cache / fingerprint, fingerprint, _parts, (_TEMP_PREFIX, _TEMP_SUFFIX))
+def _from_cache(folder: Path, fingerprint: str, entry: Path) -> dict[str, Any] | None:
+    """The cached export of this model (``entry``) linked (or copied) into ``folder``, or None."""
+    record = onnx_export.from_cache(folder, entry, fingerprint, _parts, (_TEMP_PREFIX, _TEMP_SUFFIX))
     if record is None:
         return None
     if "vocab" in _parts(record):
@@ -160,16 +134,10 @@ def _from_cache(folder: Path, fingerprint: str, cache: Path) -> dict[str, Any] |
     return dict(record, digests=dict(record["digests"], vocab=file_digest(folder / VOCAB_COPY)))
 
 
-def _to_cache(folder: Path, record: dict[str, Any], cache: Path) -> None:
+def _to_cache(folder: Path, record: dict[str, Any], entry: Path) -> None:
     """Keep a fresh export for later indexes of the same model (best effort: never fails indexing)."""
     if record.get("status") == "ok":
-        onnx_export.to_cache(folder, record, cache / record["fingerprint"], list(_parts(record).values()),
-                             (_TEMP_PREFIX, _TEMP_SUFFIX), log)
-
-
-def _remove_stray_temps(folder: Path) -> None:
-    """Temporary export folders a killed writer left behind."""
-    onnx_export.remove_stray_temps(folder, _TEMP_PREFIX, _TEMP_SUFFIX)
+        onnx_export.to_cache(folder, record, entry, list(_parts(record).values()), (_TEMP_PREFIX, _TEMP_SUFFIX), log)
 
 
 def export_text_encoder(encoder: Encoder, folder: Path, fingerprint: str) -> dict[str, Any]:
@@ -338,14 +306,7 @@ def _session(path: Path) -> Any:
 
 def usable_record(manifest: dict[str, Any], enabled: bool = True) -> dict[str, Any] | None:
     """The manifest's export record when it is complete and belongs to the index's model."""
-    record = manifest.get(MANIFEST_KEY)
-    if not enabled or not isinstance(record, dict) or record.get("status") != "ok":
-        return None
-    if record.get("fingerprint") != manifest.get("model", {}).get("fingerprint"):
-        return None
-    if record.get("tokenizer", {}).get("kind") not in TOKENIZER_KINDS or record.get("dim") != manifest.get("dim"):
-        return None
-    return record
+    return onnx_export.usable_record(manifest, TOWER, enabled)
 
 
 def export_files(folder: Path, record: dict[str, Any]) -> dict[str, Path]:
@@ -396,14 +357,9 @@ def preload(folder: str | Path, texts: list[str] = (), enabled: bool = True) -> 
     onnxruntime builds its session (~0.3 s for ViT-B-32) and runs the model without holding the
     GIL, so a one-shot query overlaps both with importing the database and FAISS layers.
     """
-    import json
-
     folder = Path(folder).expanduser().absolute()
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        record = usable_record(manifest, enabled) if isinstance(manifest, dict) else None
-    except (OSError, ValueError):
-        return None  # not an index (yet): the normal path reports that
+    manifest = onnx_export.read_manifest(folder)
+    record = usable_record(manifest, enabled) if manifest is not None else None  # None: not an index (yet)
     return Preload(folder, record, list(texts)) if record is not None else None
 
 
@@ -468,3 +424,10 @@ class OnnxTextEncoder:
         if vectors.shape[1] != self.dim:
             raise OnnxTextUnavailable(f"the ONNX text encoder gives {vectors.shape[1]}-d vectors, not {self.dim}")
         return vectors
+
+
+TOWER = onnx_export.Tower(
+    name="text", key=MANIFEST_KEY, file_prefix=FILE_PREFIX, temp=(_TEMP_PREFIX, _TEMP_SUFFIX), cache_suffix="",
+    unavailable=OnnxTextUnavailable, parts=_parts, produce=produce, outdated=lambda record: False,
+    usable=lambda record: (record.get("tokenizer") or {}).get("kind") in TOKENIZER_KINDS, log=log,
+)
