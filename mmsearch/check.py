@@ -273,7 +273,7 @@ def _check_generation(store: IndexStore, report: CheckReport, repair: bool) -> N
     if top > gen:
         problem = _problem(report, "generation", f"rows carry generation {top} but the counter says {gen}")
         if repair:
-            with store.catalogue.write() as w:
+            with store.write() as w:
                 w.set_generation(top + 1)
             problem.repaired = True
 

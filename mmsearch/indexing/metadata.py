@@ -19,7 +19,6 @@ from ..media.exif import NOTHING, Captured, from_image
 from ..media.image import IMAGE, image_formats
 from ..media.video import VIDEO
 from ..storage import IndexStore
-from ..storage.filtering import capture_rows, set_captured
 from .report import IndexReport, Progress
 
 WRITE_CHUNK = 2_000
@@ -48,7 +47,7 @@ def refresh(store: IndexStore, roots: Sequence[str], report: IndexReport, progre
     """Read and store the capture metadata of every image and video item under ``roots``;
     returns how many items' metadata changed."""
     with store.read() as r:
-        rows = capture_rows(r, (IMAGE, VIDEO), list(roots))
+        rows = r.capture_rows((IMAGE, VIDEO), list(roots))
     by_file: dict[tuple[str, str], list[int]] = {}
     for item_id, path, modality in rows:
         by_file.setdefault((path, modality), []).append(item_id)
@@ -72,5 +71,5 @@ def refresh(store: IndexStore, roots: Sequence[str], report: IndexReport, progre
 def _write(store: IndexStore, report: IndexReport, values: list[tuple[int, dict[str, Any] | None]]) -> int:
     if not values:
         return 0
-    with report.timing("write"), store.catalogue.write() as w:
-        return set_captured(w, values)
+    with report.timing("write"), store.write() as w:
+        return w.set_captured(values)

@@ -86,7 +86,7 @@ def attach(folder: Path, url: str) -> bool:
     resolve(folder, url)
     cat = Catalogue.postgres(url)
     try:
-        if not has_tables(cat):
+        if not cat.has_tables():
             return False
         with cat.read() as r:
             recorded = r.recorded_model() if r.ever_indexed() else None
@@ -98,12 +98,6 @@ def attach(folder: Path, url: str) -> bool:
     link(folder, url)
     mf.write_manifest(folder, mf.rebuilt(folder, recorded))
     return True
-
-
-def has_tables(cat: Catalogue) -> bool:
-    from sqlalchemy import inspect
-
-    return inspect(cat.engine).has_table("meta")
 
 
 @contextmanager

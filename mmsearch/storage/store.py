@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,6 @@ from filelock import FileLock, Timeout
 
 from ..errors import (
     CatalogueDatabaseError,
-    DamagedIndexError,
     DamagedManifestError,
     EmptyIndexError,
     IndexLockedError,
@@ -40,7 +40,9 @@ from . import docindex, location
 from . import manifest as mf
 from . import ondisk
 from . import pgvector as pgv
+from .columns import ColumnCache
 from .catalogue import DATABASE_ERRORS, Catalogue, Reader, Writer
+from .rows import usable_rows, vectors_from_blobs
 from .manifest import MANIFEST, VECTORS_FILES
 from .rwlock import ReadWriteLock
 from .sqlite import DB_FILE, DB_FILES
@@ -66,27 +68,6 @@ _OWN_FILES = (*DB_FILES, LOCK_FILE, location.LINK_FILE)
 _DERIVED_PREFIXES = ("vectors.g", "documents.g", "text_encoder.", "image_encoder.", ".vectors.g", ".documents.g",
                      ".text_onnx.", ".image_onnx.", f".{MANIFEST}.")
 _DERIVED_FILES = (MANIFEST, "clip_bpe_vocab.txt.gz")
-
-
-def vectors_from_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
-    """The vectors stored as ``blobs`` (each ``dim`` float32s), as one matrix; callers pass
-    blobs of the right size (``usable_rows``), so a wrong one is damage ``check`` reports."""
-    if not blobs:
-        return np.empty((0, dim), np.float32)
-    if any(len(b) != dim * 4 for b in blobs):
-        raise DamagedIndexError(
-            f"{sum(len(b) != dim * 4 for b in blobs)} stored vector(s) have the wrong size for this index "
-            f"({dim} dimensions); run `mmsearch check --repair`"
-        )
-    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
-
-
-def usable_rows(rows: list[tuple[int, bytes]], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) of the (item id, blob) ``rows`` whose blob has the index's size: a damaged
-    blob (``check`` names it, ``check --repair`` re-embeds it) is left out of every vector index,
-    so searches answer from the good rows meanwhile."""
-    rows = [r for r in rows if len(r[1]) == dim * 4]
-    return np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], dim)
 
 
 @contextmanager
@@ -236,6 +217,7 @@ class IndexStore:
         self.catalogue = location.catalogue(folder, db)
         self._vectors: VectorIndex | None = None
         self._rw = ReadWriteLock()
+        self._columns: ColumnCache | None = None
 
     # -- opening and creating ------------------------------------------------------------------
     @staticmethod
@@ -382,6 +364,19 @@ class IndexStore:
     def close(self) -> None:
         self.catalogue.close()
         self._vectors = None
+
+    def filter_columns(self) -> ColumnCache | None:
+        """The in-memory filter columns of this store's catalogue (``columns.ColumnCache``, closed
+        with the store object); None for a catalogue that is not the folder's SQLite file
+        (PostgreSQL: its filters run in SQL, where the planner uses the columns' indexes; the
+        columns' freshness test is SQLite's)."""
+        if self.db is not None:
+            return None
+        cache = self._columns
+        if cache is None:
+            cache = self._columns = ColumnCache(self.folder / DB_FILE)
+            weakref.finalize(self, cache.close)
+        return cache
 
     # -- parts ---------------------------------------------------------------------------------
     @property
@@ -616,7 +611,7 @@ class IndexStore:
         generation and it is not loaded (nothing changed since: nothing to load).
         """
         if self.in_pgvector:
-            return pgv.fit(self, force)
+            return self._fit_pgvector(force)
         requested = requested or self.requested_index_type
         if not force and self._vectors is None and requested == self.requested_index_type:
             recorded = self.manifest.get("vector_index", {})
@@ -648,6 +643,22 @@ class IndexStore:
             self.update_manifest(vector_index=entry)
         return vectors
 
+    def _fit_pgvector(self, force: bool) -> pgv.PgVectorIndex:
+        """``fit_vectors`` of the pgvector layout: the HNSW index built once the first rows are in
+        (then it takes additions as they come); ``force`` (``check --repair``, ``rebuild_vectors``)
+        writes every vector row again from the stored embeddings, without the index (built after:
+        many times faster), all in one transaction. The manifest's entry says what there is."""
+        with self.write() as w:
+            if force:
+                w.refill_pgvector(self.dim)
+            w.ensure_pgvector_index()
+        vectors = self.vectors()
+        entry = {"type": pgv.PGVECTOR, "requested": pgv.PGVECTOR, "items": vectors.ntotal,
+                 "hnsw": {"m": pgv.HNSW_M, "ef_construction": pgv.HNSW_EF_CONSTRUCTION}}
+        if entry != self.manifest.get("vector_index"):
+            self.update_manifest(vector_index=entry)
+        return vectors
+
     def _tuning(self) -> list:
         """The settings that choose the vector index (``VectorSettings`` but the GPU switch)."""
         s = self.settings
@@ -658,7 +669,7 @@ class IndexStore:
         checksum recorded in the manifest before the file is visible; then forget the tombstones
         it covers, but those the document index still has to take in (``docindex``)."""
         if self.in_pgvector:  # no file to save: no reader needs the tombstones
-            with self.catalogue.write() as w:
+            with self.write() as w:
                 w.purge_tombstones(w.generation())
             return
         through = self._saved_current() if self._vectors is None else None
@@ -673,7 +684,7 @@ class IndexStore:
         with self.read() as reader:
             if through <= reader.purged_through():
                 return  # nothing newer to forget
-        with self.catalogue.write() as w:
+        with self.write() as w:
             w.purge_tombstones(through)
 
     def _saved_current(self) -> int | None:
