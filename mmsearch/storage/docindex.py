@@ -66,8 +66,7 @@ from ..errors import IndexTypeError, IndexWriteError
 from ..fsutil import atomic_write_via, digest_mismatch, file_digest, fsync_dir
 from ..media.documents import doc_key
 from .documents import Place
-from .ondisk import ONDISK, read_index_file
-from .vectors import FLAT, IVF_PQ, TRAIN_PER_LIST, IndexPlan, VectorIndex, needs_rebuild
+from .vectors import FLAT, IVF_PQ, ONDISK, TRAIN_PER_LIST, IndexPlan, VectorIndex, needs_rebuild, read_index_file
 from ..lazy import lazy_module
 
 faiss = lazy_module("faiss")  # imported on first use: a run that changes nothing never loads it

@@ -46,6 +46,7 @@ from .rows import usable_rows, vectors_from_blobs
 from .manifest import MANIFEST, VECTORS_FILES
 from .rwlock import ReadWriteLock
 from .sqlite import DB_FILE, DB_FILES
+from .vectorfiles import load_latest
 from .vectors import (
     AUTO,
     FLAT,
@@ -56,9 +57,11 @@ from .vectors import (
     VectorIndex,
     VectorSettings,
     choose,
+    data_files,
     needs_rebuild,
     remove_older,
     saved_generations,
+    unreferenced_data,
 )
 
 LOCK_FILE = location.LOCK_FILE
@@ -436,7 +439,7 @@ class IndexStore:
                     path.name.endswith((".tmp", ".tmp.part")):
                 path.unlink(missing_ok=True)
                 removed.append(path)
-        for path in ondisk.unreferenced_data(self.folder, [p for _, p in saved_generations(self.folder)]):
+        for path in unreferenced_data(self.folder, [p for _, p in saved_generations(self.folder)]):
             path.unlink(missing_ok=True)  # on-disk lists whose index file a killed build never wrote
             removed.append(path)
         return removed
@@ -448,7 +451,7 @@ class IndexStore:
             records = read_manifest(self.folder).get(VECTORS_FILES)  # fresh: a writer adds records
         except MMSearchError:
             records = self.manifest.get(VECTORS_FILES)
-        return VectorIndex.load_latest(self.folder, records if isinstance(records, dict) else None, self.settings)
+        return load_latest(self.folder, records if isinstance(records, dict) else None, self.settings)
 
     def file_records(self) -> dict[str, dict] | None:
         """The manifest's checksums of vectors files by generation (None for old indexes)."""
@@ -714,7 +717,7 @@ class IndexStore:
         """Delete every saved vectors file (the model changed: none describes the catalogue)."""
         with self._rw.writing():
             self._vectors = None
-            for _, path in saved_generations(self.folder) + ondisk.data_files(self.folder):
+            for _, path in saved_generations(self.folder) + data_files(self.folder):
                 path.unlink(missing_ok=True)
 
     # -- description ------------------------------------------------------------------------------
