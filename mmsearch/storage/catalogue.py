@@ -1,6 +1,10 @@
 """The catalogue: every item, its vector, the roots and the generation counter, in a database.
 
-This is the only code in mmsearch that speaks SQL. Reads happen in one snapshot
+Its ``Reader`` and ``Writer`` are the only way into the database from outside the storage
+package: every query of a concern is one of their methods, whose SQL lives here or in the
+concern's module below (``lexical``: full text, ``filtering``: filters and capture metadata,
+``documents``: a document's parts and plain rows, ``calibration``, ``pgvector``: vectors in
+PostgreSQL), each taking the transaction's session. Reads happen in one snapshot
 (``with catalogue.read() as r:``): everything read there belongs to one committed state. Writes
 happen in one transaction (``with catalogue.write() as w:``) that holds *the write rule*: the
 first change to any vector bumps the generation once, every changed row carries it, every
@@ -8,8 +12,8 @@ deleted item leaves a tombstone carrying it, and the writer keeps a list of the 
 so that the store can mirror them into its vector index once the transaction has committed
 (``storage.store.IndexStore.write``).
 
-Rows leave this module as plain dataclasses (``ItemRow``, ``ExistingItem``, ``RootRow``), never
-as ORM objects. Database specifics live beside it: SQLite's pragmas and BEGIN in ``sqlite.py``,
+Rows leave it as plain dataclasses (``rows.ItemRow``, ``ExistingItem``, ``RootRow``), never as
+ORM objects. Database specifics live beside it: SQLite's pragmas and BEGIN in ``sqlite.py``,
 PostgreSQL's connection, snapshot isolation and advisory lock in ``postgres.py``.
 """
 
@@ -19,7 +23,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import delete, func, insert, inspect, select, update
@@ -27,7 +31,6 @@ from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
-from ..filters import Filters
 from . import calibration, documents, filtering, pgvector, postgres, sqlite
 from .documents import Place
 from .lexical import LexicalIndex, lexical_index
@@ -35,6 +38,9 @@ from .rows import (CAPTURE_COLUMNS, EMBEDDING_CHUNK, IN_CHUNK, ExistingItem, Ite
                    get_text, row_of, set_text, under, usable_rows)
 from .schema import (GENERATION, MODEL_KEY, PURGED_THROUGH, UNFINISHED_COPY, Base, Embedding, Item, Meta, Root,
                      Tombstone, utcnow)
+
+if TYPE_CHECKING:  # (annotations only: the search filters are the filtering module's to read)
+    from ..filters import Filters
 
 # The errors a database raises for what mmsearch reports as unreadable or unwritable.
 DATABASE_ERRORS = (OperationalError, DatabaseError)

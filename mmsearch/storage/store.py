@@ -221,6 +221,7 @@ class IndexStore:
         self._vectors: VectorIndex | None = None
         self._rw = ReadWriteLock()
         self._columns: ColumnCache | None = None
+        self.model_checked = -1e9  # when ``location.model_moved`` last asked the shared catalogue (monotonic)
 
     # -- opening and creating ------------------------------------------------------------------
     @staticmethod
@@ -498,8 +499,30 @@ class IndexStore:
                 return
         with self._rw.writing(), self.read() as reader:
             self._vectors = self._synced(reader, self._vectors)
-            location.keep_local_copy(self, reader)
+            self._keep_local_copy(reader)
             yield Snapshot(self, reader, self._vectors)
+
+    def _keep_local_copy(self, reader: Reader) -> None:
+        """A folder of a shared catalogue whose vectors file is missing or too old to catch up from
+        (a machine that only serves) saves the vectors it just built, so its next start loads them
+        instead of rebuilding. Only while no writer holds the folder; the database's tombstones stay
+        the writer's to purge. (Called by ``snapshot`` after bringing its vectors forward.)"""
+        if self.db is None or self._vectors is None:
+            return
+        saved = saved_generations(self.folder)
+        if saved and saved[0][0] >= reader.purged_through():
+            return
+        lock = FileLock(str(self.folder / LOCK_FILE))
+        try:
+            lock.acquire(timeout=0)
+        except (Timeout, OSError):
+            return
+        try:
+            self._save_file(self._vectors)
+        except MMSearchError:
+            pass  # a cache: without it the next start rebuilds, as this one did
+        finally:
+            lock.release()
 
     def vectors(self) -> VectorIndex:
         """The store's vector index, brought to the catalogue's latest state (the writer's view)."""
