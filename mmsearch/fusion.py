@@ -218,8 +218,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
         if options.mode != "vector":
             if not query_text:
                 raise QueryError(f"--mode {options.mode} needs words in the query (an image alone has none)")
-            found = reader.lexical_search(query_text, size,
-                                                        every_word=options.mode == "lexical")
+            found = reader.lexical_search(query_text, size, every_word=options.mode == "lexical")
             exhausted = len(found) < size
             rows = reader.places_by_id([i for i, _ in found], vectors=not fused)
             for item_id, score in found:
@@ -229,8 +228,8 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
                     lexical_rows[item_id] = row
             if fused:  # their documents' parts too, while the vector search runs
                 parts.update(reader.parts_of({k for k in (doc_key(r.path, r.locator, r.modality)
-                                                           for r in lexical_rows.values()) if k[1] != "video"},
-                                      vectors=True))
+                                                          for r in lexical_rows.values()) if k[1] != "video"},
+                                             vectors=True))
                 looked_up.update(doc_key(r.path, r.locator, r.modality) for r in lexical_rows.values())
     finally:
         if searching is not None:
@@ -264,7 +263,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
     blobs = {i: row.vector for i, row in rows_by_id.items() if row.vector is not None}
     if fused:
         parts.update(reader.parts_of([key for key in units if key[1] != "video" and key not in looked_up],
-                              vectors=True))
+                                     vectors=True))
         for key, rows in parts.items():
             for row in rows:
                 if row.vector is not None and row.id in rows_by_id:
@@ -321,8 +320,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
             ranked = [u for u in ranked if u.lexical is not None]
         elif terms := exact_terms(query_text):
             found = [u for u in ranked if u.lexical is not None]
-            holders = reader.lexical_holding(terms,
-                                                           [p.row.id for u in found for p in u.parts])
+            holders = reader.lexical_holding(terms, [p.row.id for u in found for p in u.parts])
             for u in found:
                 if any(p.row.id in holders for p in u.parts):
                     u.score += EXACT_BONUS
