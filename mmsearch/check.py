@@ -57,7 +57,7 @@ from .media.video import is_placeholder
 from .storage import MANIFEST, SCHEMA_VERSION, IndexStore, VectorIndex, read_manifest, saved_generations, writer_lock
 from .storage import location
 from .storage.store import usable_rows
-from .storage.ondisk import read_index_file, unreferenced_data
+from .storage.vectors import read_index_file, unreferenced_data
 
 _TEMP_RE = re.compile(r"^\.((vectors|documents)\.g\d+\.faiss|manifest\.json)\..*\.tmp$")
 # Rows read per query while comparing the database with the FAISS index.
@@ -274,7 +274,7 @@ def _check_generation(store: IndexStore, report: CheckReport, repair: bool) -> N
     if top > gen:
         problem = _problem(report, "generation", f"rows carry generation {top} but the counter says {gen}")
         if repair:
-            with store.catalogue.write() as w:
+            with store.write() as w:
                 w.set_generation(top + 1)
             problem.repaired = True
 

@@ -84,7 +84,7 @@ def migrate(source: str | Path, to: str | Path, *, source_db: str | None = None,
                 # A pgvector index's blobs are complete: its copy gets a FAISS index of the usual kind.
                 dst.fit_vectors(AUTO if src.in_pgvector else src.requested_index_type, force=True)
                 dst.update_manifest()
-                with dst.catalogue.write() as w:  # the copy is complete: it is an index from now on
+                with dst.write() as w:  # the copy is complete: it is an index from now on
                     w.copy_finished()
             except BaseException:
                 dst.close()
@@ -115,7 +115,7 @@ def _holds_an_index(url: str) -> bool:
     copy a killed migrate left unfinished)."""
     cat = location.catalogue(Path("."), url)
     try:
-        if not location.has_tables(cat):
+        if not cat.has_tables():
             return False
         with cat.read() as r:
             return r.ever_indexed() and r.unfinished_copy() is None

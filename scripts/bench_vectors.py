@@ -76,14 +76,14 @@ def search_once(index: VectorIndex, data: np.ndarray, query: np.ndarray, k: int)
 
 def cold_load(folder: Path, dim: int) -> dict:
     """Seconds and resident MB for a fresh process to open the index as a reader does
-    (``VectorIndex.load_latest``: IVF cells memory-mapped) and answer one query; file in page cache."""
+    (``vectorfiles.load_latest``: IVF cells memory-mapped) and answer one query; file in page cache."""
     # Current RSS from /proc (ru_maxrss would carry this big parent's high-water mark over fork).
     code = (
-        "import time\nfrom pathlib import Path\nimport numpy as np\nfrom mmsearch.storage.vectors import VectorIndex\n"
+        "import time\nfrom pathlib import Path\nimport numpy as np\nfrom mmsearch.storage.vectorfiles import load_latest\n"
         "def rss():\n"
         "    return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])\n"
         "q=np.full(%d,%r,np.float32);before=rss();t=time.perf_counter()\n"
-        "index=VectorIndex.load_latest(Path(%r));index.search(q,50)\n"
+        "index=load_latest(Path(%r));index.search(q,50)\n"
         "print(time.perf_counter()-t, rss()-before)" % (dim, float(dim) ** -0.5, str(folder))
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

@@ -90,13 +90,12 @@ def test_a_new_index_of_the_same_model_takes_the_probe_vectors_from_the_machines
     from pathlib import Path
 
     from mmsearch.search import calibration as calibration_mod
-    from mmsearch.storage import calibration as stored
 
     index, root = calibrated
     with Engine(index) as first:
         fingerprint = first.store.manifest["model"]["fingerprint"]
         with first.store.read() as r:
-            expected = stored.load_probes(r, fingerprint, first.store.dim)
+            expected = r.calibration_probes(fingerprint, first.store.dim)
     kept = list((Path(os.environ["MMSEARCH_CACHE"]) / "onnx" / fingerprint).glob("calibration_probes.*.npy"))
     assert len(kept) == 1 and np.allclose(np.load(kept[0]), expected)
     calls = []
@@ -109,6 +108,6 @@ def test_a_new_index_of_the_same_model_takes_the_probe_vectors_from_the_machines
     with Engine(tmp_path / "second", model=str(tiny_model.config), pretrained=str(tiny_model.checkpoint)) as second:
         second.add([root])
         with second.store.read() as r:
-            assert np.allclose(stored.load_probes(r, fingerprint, second.store.dim), expected)
+            assert np.allclose(r.calibration_probes(fingerprint, second.store.dim), expected)
         assert load(second.store) is not None
     assert calls == []  # no probe encoded for the second index

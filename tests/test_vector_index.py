@@ -19,6 +19,7 @@ from mmsearch.storage import MANIFEST
 from mmsearch.storage.store import vectors_from_blobs
 from support.synthetic import clustered_queries, clustered_vectors
 from mmsearch.storage.vectors import FLAT, IVF_PQ, IVF_SQ8, IndexPlan, VectorIndex, choose, needs_rebuild
+from mmsearch.storage.vectorfiles import load_latest
 
 DIM = 64
 
@@ -61,7 +62,7 @@ def test_round_trip_add_remove_search_save_load_ids(tmp_path, data, kind):
     index.add(ids[:10], data[:10])  # re-added (the store's sync removes and re-adds changed ids)
     index.gen = 3
     index.save(tmp_path, 3)
-    loaded = VectorIndex.load_latest(tmp_path)
+    loaded = load_latest(tmp_path)
     assert (loaded.kind, loaded.gen, loaded.ntotal, loaded.nlist, loaded.nprobe) == (
         kind, 3, index.ntotal, index.nlist, index.nprobe)
     assert loaded.mapped == (kind != FLAT)  # readers map IVF cells instead of reading them
@@ -69,7 +70,7 @@ def test_round_trip_add_remove_search_save_load_ids(tmp_path, data, kind):
     a, b = index.search(data[3], 10), loaded.search(data[3], 10)
     assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0])
     # A mapped index is copied into memory before it changes or is saved (FAISS would abort).
-    mapped = VectorIndex.load_latest(tmp_path)
+    mapped = load_latest(tmp_path)
     (tmp_path / "copy").mkdir()
     copy = mapped.save(tmp_path / "copy", 4)
     assert not mapped.mapped
@@ -77,7 +78,7 @@ def test_round_trip_add_remove_search_save_load_ids(tmp_path, data, kind):
     original.rename(tmp_path / "moved")  # the copy must hold its data, not point at this file
     assert faiss.read_index(str(copy)).ntotal == index.ntotal
     (tmp_path / "moved").rename(original)
-    mapped = VectorIndex.load_latest(tmp_path)
+    mapped = load_latest(tmp_path)
     mapped.remove(ids[:5])
     mapped.add(ids[:5], data[:5])
     assert sorted(mapped.ids().tolist()) == sorted(index.ids().tolist())
@@ -183,7 +184,7 @@ def vectors_query(text):
 
 
 def saved_kind(engine: Engine) -> str:
-    return VectorIndex.load_latest(engine.folder).kind
+    return load_latest(engine.folder).kind
 
 
 def add_images(folder, start: int, count: int) -> None:
@@ -267,7 +268,7 @@ def test_cli_index_type_info_and_check(tmp_path, tiny_model, corpus, cli):
     cli("index", "--index", idx, "--index-type", "ivf-sq8", "--quiet")
     entry = json.loads(cli("info", "--index", idx, "--json").stdout)["vector_index"]
     assert (entry["type"], entry["requested"]) == (IVF_SQ8, IVF_SQ8)
-    assert VectorIndex.load_latest(idx).kind == IVF_SQ8
+    assert load_latest(idx).kind == IVF_SQ8
     cli("check", "--index", idx)
 
     bad = cli("index", "--index", idx, "--index-type", "hnsw", ok=False)
@@ -290,7 +291,7 @@ def test_check_detects_a_wrong_ivf_code(tmp_path, tiny_model, corpus):
     # The rebuilt index is described by the manifest again (what `info` shows).
     with open_engine(tmp_path, tiny_model) as engine:
         entry = engine.store.manifest["vector_index"]
-        rebuilt = VectorIndex.load_latest(engine.folder)
+        rebuilt = load_latest(engine.folder)
         assert (entry["type"], entry["nlist"], entry["trained_for"]) == (IVF_SQ8, rebuilt.nlist, rebuilt.ntotal)
 
 

@@ -133,12 +133,8 @@ def _friendly_errors(func: Callable) -> Callable:
 def _database_error(exc: Exception) -> str | None:
     """One line for a database server's refusal that reached the CLI unnamed (a PostgreSQL
     connection lost mid-command, a privilege missing on one table); None for anything else."""
-    sa_exc = sys.modules.get("sqlalchemy.exc")
-    if sa_exc is None or not isinstance(exc, sa_exc.DBAPIError) or not type(exc.orig).__module__.startswith("psycopg"):
-        return None
-    from ..storage.postgres import describe
-
-    return describe(exc, "the PostgreSQL catalogue")
+    postgres = sys.modules.get("mmsearch.storage.postgres")  # not loaded: no catalogue was opened
+    return None if postgres is None else postgres.server_error(exc, "the PostgreSQL catalogue")
 
 
 def command(*args: Any, **kwargs: Any) -> Callable:

@@ -18,7 +18,6 @@ from ..media import media_registry
 from ..media.capabilities import captured as captured_modalities
 from ..media.exif import NOTHING, Captured
 from ..storage import IndexStore
-from ..storage.filtering import capture_rows, set_captured
 from .report import IndexReport, Progress
 
 WRITE_CHUNK = 2_000
@@ -40,7 +39,7 @@ def refresh(store: IndexStore, roots: Sequence[str], report: IndexReport, progre
     """Read and store the capture metadata of every item under ``roots`` whose modality carries
     it (images, videos); returns how many items' metadata changed."""
     with store.read() as r:
-        rows = capture_rows(r, captured_modalities(), list(roots))
+        rows = r.capture_rows(captured_modalities(), list(roots))
     by_file: dict[tuple[str, str], list[int]] = {}
     for item_id, path, modality in rows:
         by_file.setdefault((path, modality), []).append(item_id)
@@ -64,5 +63,5 @@ def refresh(store: IndexStore, roots: Sequence[str], report: IndexReport, progre
 def _write(store: IndexStore, report: IndexReport, values: list[tuple[int, dict[str, Any] | None]]) -> int:
     if not values:
         return 0
-    with report.timing("write"), store.catalogue.write() as w:
-        return set_captured(w, values)
+    with report.timing("write"), store.write() as w:
+        return w.set_captured(values)

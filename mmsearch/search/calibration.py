@@ -196,16 +196,14 @@ def refresh(store: Any, encode_texts: Any, cache: Path | None = None) -> Calibra
     """Measure the index's backgrounds now and keep them in its catalogue (after indexing).
     ``cache``: a folder for this model's probe vectors shared by every index of it on this
     machine (the ONNX export cache entry), so a new index encodes no probe."""
-    from ..storage import calibration as stored
-
     dim = store.dim
     with store.read() as r:
-        images = stored.sample_vectors(r, on_side(IMAGE), QUERY_SAMPLE + ITEM_SAMPLE, dim)
-        texts = stored.sample_vectors(r, on_side(TEXT), QUERY_SAMPLE + ITEM_SAMPLE, dim)
+        images = r.calibration_sample(on_side(IMAGE), QUERY_SAMPLE + ITEM_SAMPLE, dim)
+        texts = r.calibration_sample(on_side(TEXT), QUERY_SAMPLE + ITEM_SAMPLE, dim)
         gen, count = r.generation(), r.item_count()
     fingerprint = str(store.manifest.get("model", {}).get("fingerprint"))
     with store.read() as r:
-        probes = stored.load_probes(r, fingerprint, dim)
+        probes = r.calibration_probes(fingerprint, dim)
     encoded = probes is None
     if encoded:  # once per model: later runs measure without loading any encoder
         probes = _cached_probes(cache, dim)
@@ -213,15 +211,13 @@ def refresh(store: Any, encode_texts: Any, cache: Path | None = None) -> Calibra
             probes = np.asarray(encode_texts(list(PROBES)), np.float32)
             _keep_probes(cache, probes)
     calibration = measure(images, texts, probes, gen, count)
-    with store.catalogue.write() as w:
-        stored.save(w, calibration.as_dict())
+    with store.write() as w:
+        w.save_calibration(calibration.as_dict())
         if encoded:
-            stored.save_probes(w, fingerprint, probes)
+            w.save_calibration_probes(fingerprint, probes)
     return calibration
 
 
 def load(store: Any) -> Calibration | None:
-    from ..storage import calibration as stored
-
     with store.read() as r:
-        return Calibration.from_dict(stored.load(r))
+        return Calibration.from_dict(r.calibration())

@@ -18,17 +18,13 @@ The thresholds come from ``scripts/bench_filters.py`` (see BENCHMARKS.md).
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 
 import numpy as np
 
 from ..filters import Filters
 from ..storage import IndexStore, Snapshot
-from ..storage.columns import ColumnCache
 from ..storage import pgvector
-from ..storage.filtering import passing_ids, sql_conditions
-from ..storage.sqlite import DB_FILE
 
 # Filters passing more items than this are applied to over-fetched hits instead (5% at 1M).
 PUSHDOWN_MAX = 50_000
@@ -51,20 +47,12 @@ _UNKNOWN = 2**62
 # Evaluate filters on the in-memory columns (``storage.columns``) when they are current.
 USE_COLUMNS = True
 
-_caches: weakref.WeakKeyDictionary[IndexStore, ColumnCache] = weakref.WeakKeyDictionary()
 
-
-def column_cache(store: IndexStore) -> ColumnCache | None:
+def column_cache(store: IndexStore):
     """The filter columns of ``store``'s catalogue (closed with the store object); None for a
     catalogue that is not the folder's SQLite file (PostgreSQL: its filters run in SQL, where
     the planner uses the columns' indexes; the columns' freshness test is SQLite's)."""
-    if store.db is not None:
-        return None
-    cache = _caches.get(store)
-    if cache is None:
-        cache = _caches[store] = ColumnCache(store.folder / DB_FILE)
-        weakref.finalize(store, cache.close)
-    return cache
+    return store.filter_columns()
 
 
 class Candidates:
@@ -78,7 +66,7 @@ class Candidates:
         if snap.vectors.kind == pgvector.PGVECTOR:
             # One statement: the filters inside the ANN search (``storage.pgvector``).
             self.mode, self.total = SQL, _UNKNOWN
-            self._conditions = sql_conditions(filters, modality, prefixes)
+            self._conditions = snap.reader.sql_conditions(filters, modality, prefixes)
             return
         if filters.active:
             cache = column_cache(snap.store) if USE_COLUMNS and not prefixes else None
@@ -86,10 +74,10 @@ class Candidates:
             if columns is not None:  # milliseconds at 1M items, whatever the filter passes
                 self.allowed = columns.passing(filters, modality)
             else:
-                self.allowed = passing_ids(snap.reader, filters, modality, prefixes, PUSHDOWN_MAX)
+                self.allowed = snap.reader.passing_ids(filters, modality, prefixes, PUSHDOWN_MAX)
         elif prefixes:  # a folder alone: listed through the path index when it is a small part
             cap = min(PUSHDOWN_MAX, max(EXACT_MAX, snap.total // FOLDER_SHARE))
-            self.allowed = passing_ids(snap.reader, filters, modality, prefixes, cap)
+            self.allowed = snap.reader.passing_ids(filters, modality, prefixes, cap)
         if self.allowed is None:
             self.mode, self.total = OVERFETCH, snap.total
         elif len(self.allowed) <= EXACT_MAX:

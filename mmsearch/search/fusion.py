@@ -160,7 +160,6 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
     index (``storage.docindex``, early fusion only) to take the vector candidates from instead
     of the item index; each candidate is its document's representative item (its image, else
     its text, or a video frame), and its document is read and scored as on the item path."""
-    from ..storage.documents import parts_of, places_by_id, vectors_by_id
 
     reader = snap.reader
     cosines: dict[int, float] = {}
@@ -189,19 +188,18 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
         if options.mode != "vector":
             if not query_text:
                 raise QueryError(f"--mode {options.mode} needs words in the query (an image alone has none)")
-            found = snap.store.catalogue.lexical.search(reader.session, query_text, size,
-                                                        every_word=options.mode == "lexical")
+            found = reader.lexical_search(query_text, size, every_word=options.mode == "lexical")
             exhausted = len(found) < size
-            rows = places_by_id(reader, [i for i, _ in found], vectors=not fused)
+            rows = reader.places_by_id([i for i, _ in found], vectors=not fused)
             for item_id, score in found:
                 row = rows.get(item_id)
                 if row is not None and keep(row):
                     lexical[item_id] = score
                     lexical_rows[item_id] = row
             if fused:  # their documents' parts too, while the vector search runs
-                parts.update(parts_of(reader, {k for k in (doc_key(r.path, r.locator, r.modality)
+                parts.update(reader.parts_of({k for k in (doc_key(r.path, r.locator, r.modality)
                                                            for r in lexical_rows.values()) if k[1] not in MOMENTS},
-                                      vectors=True))
+                                             vectors=True))
                 looked_up.update(doc_key(r.path, r.locator, r.modality) for r in lexical_rows.values())
     finally:
         if searching is not None:
@@ -211,7 +209,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
         scores, ids = pool
         exhausted = exhausted and (fetch >= total or len(ids) < fetch)
         # Their vectors with them when the search gave no exact cosine and no document read follows.
-        rows = places_by_id(reader, ids.tolist(), vectors=scores is None and not fused)
+        rows = reader.places_by_id(ids.tolist(), vectors=scores is None and not fused)
         for n, item_id in enumerate(ids.tolist()):
             row = rows.get(item_id)
             if row is not None and keep(row):
@@ -234,8 +232,8 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
     rows_by_id = dict(pool_rows)
     blobs = {i: row.vector for i, row in rows_by_id.items() if row.vector is not None}
     if fused:
-        parts.update(parts_of(reader, [key for key in units if key[1] not in MOMENTS and key not in looked_up],
-                              vectors=True))
+        parts.update(reader.parts_of([key for key in units if key[1] not in MOMENTS and key not in looked_up],
+                                     vectors=True))
         for key, rows in parts.items():
             for row in rows:
                 if row.vector is not None and row.id in rows_by_id:
@@ -246,7 +244,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
     # Vectors: every part's (fusion needs them all for exact scores), or only those of items
     # BM25 found that the vector pool did not hold.
     # Read with the places above where they could be; any others here (a video's frames).
-    for item_id, blob in vectors_by_id(reader, [i for i in rows_by_id if i not in blobs and (fused or i not in cosines)]):
+    for item_id, blob in reader.vectors_by_id([i for i in rows_by_id if i not in blobs and (fused or i not in cosines)]):
         blobs[item_id] = blob
     vectors: dict[int, np.ndarray] = {}
     read = [(i, b) for i, b in blobs.items() if len(b) == snap.store.dim * 4]
@@ -292,8 +290,7 @@ def search(snap: Snapshot, vector: np.ndarray, query_text: str | None, size: int
             ranked = [u for u in ranked if u.lexical is not None]
         elif terms := exact_terms(query_text):
             found = [u for u in ranked if u.lexical is not None]
-            holders = snap.store.catalogue.lexical.holding(reader.session, terms,
-                                                           [p.row.id for u in found for p in u.parts])
+            holders = reader.lexical_holding(terms, [p.row.id for u in found for p in u.parts])
             for u in found:
                 if any(p.row.id in holders for p in u.parts):
                     u.score += EXACT_BONUS
@@ -306,13 +303,12 @@ def _one_per_picture(reader: Any, units: dict[tuple, Unit]) -> None:
     indexed too (or that another record names). The unit holding the file keeps it as its image
     and takes the record's other parts (its text); the record's own image part, the same
     picture, is dropped. The kept unit names the record (``Unit.record``)."""
-    from ..storage.documents import rows_by_id
 
     records = [p.row.id for u in units.values() for p in u.parts if p.row.modality in PICTURES
                and is_image_part(p.row.locator)]
     if not records:
         return
-    full = rows_by_id(reader, records)  # their meta: the picture each names
+    full = reader.rows_by_id(records)  # their meta: the picture each names
     picture: dict[int, str] = {}
     for u in units.values():
         for p in u.parts:
@@ -376,9 +372,8 @@ def _vector_pool(snap: Snapshot, source: Any, vector: np.ndarray, fetch: int,
 def with_rows(reader: Any, units: list[Unit]) -> list[Unit]:
     """``units`` with their parts' full item rows (text, meta, sizes) in place of the places
     ranking needed (read for the hits shown only)."""
-    from ..storage.documents import rows_by_id
 
-    rows = rows_by_id(reader, [p.row.id for u in units for p in u.parts])
+    rows = reader.rows_by_id([p.row.id for u in units for p in u.parts])
     for unit in units:
         unit.parts = [dataclasses.replace(p, row=rows[p.row.id]) for p in unit.parts if p.row.id in rows]
         unit._best.clear()

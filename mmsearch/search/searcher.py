@@ -22,7 +22,6 @@ from ..library import under_any, within
 from ..media.capabilities import has_moments, on_side
 from ..media.documents import is_image_part, picture_of, record_of
 from ..storage import IndexStore, ItemRow
-from ..storage import calibration as stored_calibration
 from ..storage.store import vectors_from_blobs
 from . import dupes, fusion
 from .calibration import Calibration
@@ -245,7 +244,7 @@ class IndexSearcher:
         with store.snapshot() as snap:
             calibration = None
             if options.calibrated or options.cutoff is not None:
-                calibration = Calibration.from_dict(stored_calibration.load(snap.reader))
+                calibration = Calibration.from_dict(snap.reader.calibration())
                 if calibration is None:
                     raise QueryError(f"{store.folder} has no score calibration yet: run `mmsearch index` once "
                                      "to measure it")
@@ -356,13 +355,11 @@ def show_pictures(reader: Any, hits: list[Hit], keep: Any) -> None:
     """Each image hit shown by its picture file where that file is indexed (and passes
     ``keep``), and naming the JSONL record that names it, if any: ``_same_picture`` joins the
     two when both are among the candidates; this finds the one that is not."""
-    from ..storage.documents import images_by_hash, rows_by_id
-
     images = [h.id for h in hits if h.modality in PICTURES]
     if not images:
         return
     alike: dict[str, list[ItemRow]] = {}
-    for row in images_by_hash(reader, {r.content_hash for r in rows_by_id(reader, images).values()}):
+    for row in reader.images_by_hash({r.content_hash for r in reader.rows_by_id(images).values()}):
         if (name := picture_of(row)) is not None:
             alike.setdefault(name, []).append(row)
     for n, hit in enumerate(hits):

@@ -1,5 +1,7 @@
 """Where calibration lives in the catalogue (a ``meta`` row, written in its own transaction:
-it changes no vector) and the vector samples it is measured from."""
+it changes no vector) and the vector samples it is measured from. Each function takes the
+catalogue transaction's session; callers reach them as the catalogue's ``Reader`` and ``Writer``
+methods (``calibration``, ``save_calibration``, ``calibration_probes``, ...)."""
 
 from __future__ import annotations
 
@@ -9,29 +11,30 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from .catalogue import Reader, Writer, _get_text, _set_text
+from .rows import get_text, set_text
 from .schema import Embedding, Item
 
 CALIBRATION_KEY = "calibration"
 PROBES_KEY = "calibration_probes"  # the probe captions' vectors, for one model
 
 
-def load(reader: Reader) -> dict[str, Any] | None:
-    raw = _get_text(reader.session, CALIBRATION_KEY)
+def load(session: Session) -> dict[str, Any] | None:
+    raw = get_text(session, CALIBRATION_KEY)
     try:
         return json.loads(raw) if raw else None
     except ValueError:
         return None
 
 
-def save(writer: Writer, data: dict[str, Any]) -> None:
-    _set_text(writer.session, CALIBRATION_KEY, json.dumps(data, sort_keys=True))
+def save(session: Session, data: dict[str, Any]) -> None:
+    set_text(session, CALIBRATION_KEY, json.dumps(data, sort_keys=True))
 
 
-def load_probes(reader: Reader, fingerprint: str, dim: int) -> np.ndarray | None:
+def load_probes(session: Session, fingerprint: str, dim: int) -> np.ndarray | None:
     """The probe vectors stored for the model ``fingerprint`` (None: none, or another model's)."""
-    raw = _get_text(reader.session, PROBES_KEY)
+    raw = get_text(session, PROBES_KEY)
     try:
         data = json.loads(raw) if raw else None
         if not isinstance(data, dict) or data.get("fingerprint") != fingerprint:
@@ -42,22 +45,22 @@ def load_probes(reader: Reader, fingerprint: str, dim: int) -> np.ndarray | None
         return None
 
 
-def save_probes(writer: Writer, fingerprint: str, vectors: np.ndarray) -> None:
+def save_probes(session: Session, fingerprint: str, vectors: np.ndarray) -> None:
     data = base64.b64encode(np.ascontiguousarray(vectors, np.float32).tobytes()).decode("ascii")
-    _set_text(writer.session, PROBES_KEY, json.dumps({"fingerprint": fingerprint, "vectors": data}))
+    set_text(session, PROBES_KEY, json.dumps({"fingerprint": fingerprint, "vectors": data}))
 
 
-def sample_vectors(reader: Reader, modalities: tuple[str, ...], want: int, dim: int) -> np.ndarray:
+def sample_vectors(session: Session, modalities: tuple[str, ...], want: int, dim: int) -> np.ndarray:
     """About ``want`` vectors of items of ``modalities``, spread evenly over their ids."""
-    total = reader.session.scalar(select(func.count()).select_from(Item).where(Item.modality.in_(modalities))) or 0
+    total = session.scalar(select(func.count()).select_from(Item).where(Item.modality.in_(modalities))) or 0
     if not total:
         return np.empty((0, dim), np.float32)
     step = max(1, total // max(1, want))
     query = (select(Embedding.vector).join(Item, Item.id == Embedding.item_id)
              .where(Item.modality.in_(modalities), Item.id % step == 0).order_by(Item.id).limit(want))
-    blobs = [b for b in reader.session.scalars(query) if len(b) == dim * 4]
+    blobs = [b for b in session.scalars(query) if len(b) == dim * 4]
     if len(blobs) < min(total, want) // 2:  # ids too unevenly spread: the first ones
-        blobs = [b for b in reader.session.scalars(
+        blobs = [b for b in session.scalars(
             select(Embedding.vector).join(Item, Item.id == Embedding.item_id)
             .where(Item.modality.in_(modalities)).order_by(Item.id).limit(want)) if len(b) == dim * 4]
     if not blobs:

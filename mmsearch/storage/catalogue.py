@@ -1,6 +1,10 @@
 """The catalogue: every item, its vector, the roots and the generation counter, in a database.
 
-This is the only code in mmsearch that speaks SQL. Reads happen in one snapshot
+Its ``Reader`` and ``Writer`` are the only way into the database from outside the storage
+package: every query of a concern is one of their methods, whose SQL lives here or in the
+concern's module below (``lexical``: full text, ``filtering``: filters and capture metadata,
+``documents``: a document's parts and plain rows, ``calibration``, ``pgvector``: vectors in
+PostgreSQL), each taking the transaction's session. Reads happen in one snapshot
 (``with catalogue.read() as r:``): everything read there belongs to one committed state. Writes
 happen in one transaction (``with catalogue.write() as w:``) that holds *the write rule*: the
 first change to any vector bumps the generation once, every changed row carries it, every
@@ -8,134 +12,38 @@ deleted item leaves a tombstone carrying it, and the writer keeps a list of the 
 so that the store can mirror them into its vector index once the transaction has committed
 (``storage.store.IndexStore.write``).
 
-Rows leave this module as plain dataclasses (``ItemRow``, ``ExistingItem``, ``RootRow``), never
-as ORM objects. Database specifics live beside it: SQLite's pragmas and BEGIN in ``sqlite.py``,
+Rows leave it as plain dataclasses (``rows.ItemRow``, ``ExistingItem``, ``RootRow``), never as
+ORM objects. Database specifics live beside it: SQLite's pragmas and BEGIN in ``sqlite.py``,
 PostgreSQL's connection, snapshot isolation and advisory lock in ``postgres.py``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, inspect, select, update
 from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
 
-from . import pgvector, postgres, sqlite
+from . import calibration, documents, filtering, pgvector, postgres, sqlite
+from .documents import Place
 from .lexical import LexicalIndex, lexical_index
+from .rows import (CAPTURE_COLUMNS, EMBEDDING_CHUNK, IN_CHUNK, ExistingItem, ItemRow, NewRow, RootRow, get_int,
+                   get_text, row_of, set_text, under, usable_rows)
 from .schema import (GENERATION, MODEL_KEY, PURGED_THROUGH, UNFINISHED_COPY, Base, Embedding, Item, Meta, Root,
                      Tombstone, utcnow)
 
-# Ids per IN (...) query (SQLite allows 32766 bound parameters).
-IN_CHUNK = 30_000
-# Rows fetched per query when walking every embedding.
-EMBEDDING_CHUNK = 50_000
+if TYPE_CHECKING:  # (annotations only: the search filters are the filtering module's to read)
+    from ..filters import Filters
 
 # The errors a database raises for what mmsearch reports as unreadable or unwritable.
 DATABASE_ERRORS = (OperationalError, DatabaseError)
-
-
-# -- what rows look like outside ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class ItemRow:
-    """One stored item (its metadata, not its vector)."""
-
-    id: int
-    path: str
-    locator: str
-    modality: str
-    size: int
-    mtime_ns: int
-    content_hash: str
-    width: int | None = None
-    height: int | None = None
-    text: str | None = None
-    meta: dict[str, Any] | None = None
-    # Capture metadata (``media.exif``); taken_at None: dated by the file's mtime.
-    taken_at: datetime | None = None
-    date_source: str | None = None
-    camera_make: str | None = None
-    camera_model: str | None = None
-    lat: float | None = None
-    lon: float | None = None
-
-
-@dataclass(frozen=True)
-class ExistingItem:
-    """What the planner needs of an indexed item to decide whether its file changed."""
-
-    id: int
-    locator: str
-    size: int
-    mtime_ns: int
-    content_hash: str
-    modality: str
-    has_vector: bool
-
-
-@dataclass(frozen=True)
-class RootRow:
-    path: str
-    options: dict[str, Any] | None
-    indexed_at: datetime | None
-
-
-@dataclass
-class NewRow:
-    """An item to write: ``item_id`` None inserts it, an id updates that row."""
-
-    item_id: int | None
-    path: str
-    locator: str
-    modality: str
-    size: int
-    mtime_ns: int
-    content_hash: str
-    width: int | None = None
-    height: int | None = None
-    text: str | None = None
-    meta: dict[str, Any] | None = None
-    captured: dict[str, Any] | None = None  # CAPTURE_COLUMNS' values (None: none known)
-
-
-# The capture metadata columns (``media.exif.Captured``'s fields).
-CAPTURE_COLUMNS = ("taken_at", "date_source", "camera_make", "camera_model", "lat", "lon")
-
-
-def _row(item: Item) -> ItemRow:
-    return ItemRow(item.id, item.path, item.locator, item.modality, item.size, item.mtime_ns, item.content_hash,
-                   item.width, item.height, item.text, item.meta,
-                   *(getattr(item, name) for name in CAPTURE_COLUMNS))
-
-
-def _under(column, prefixes: Iterable[str]):
-    """SQL: ``column`` is one of ``prefixes`` or lies below one."""
-    return or_(*[(column == p) | column.startswith(p.rstrip(os.sep) + os.sep, autoescape=True) for p in prefixes])
-
-
-def _get_text(session: Session, key: str) -> str | None:
-    return session.scalar(select(Meta.value).where(Meta.key == key))
-
-
-def _set_text(session: Session, key: str, value: str) -> None:
-    row = session.get(Meta, key)
-    if row is None:
-        session.add(Meta(key=key, value=value))
-    else:
-        row.value = value
-
-
-def _get_int(session: Session, key: str) -> int:
-    value = _get_text(session, key)
-    return int(value) if value is not None else 0
 
 
 # -- the catalogue -------------------------------------------------------------------------------------
@@ -179,7 +87,7 @@ class Catalogue:
                     w.session.add(Meta(key=key, value="0"))
             w.record_model(model, dim, vectors)
             if copying_from is not None:
-                _set_text(w.session, UNFINISHED_COPY, copying_from)
+                set_text(w.session, UNFINISHED_COPY, copying_from)
         self.lexical.ensure()
 
     @property
@@ -203,6 +111,10 @@ class Catalogue:
             self._lexical = lexical_index(self.engine)
         return self._lexical
 
+    def has_tables(self) -> bool:
+        """Whether the database holds a catalogue's tables (a database ``migrate`` may copy into)."""
+        return inspect(self.engine).has_table("meta")
+
     def integrity_errors(self) -> list[str]:
         return self.dialect.integrity_errors(self.engine)
 
@@ -211,32 +123,102 @@ class Catalogue:
     def read(self) -> Iterator[Reader]:
         """One snapshot: every read inside sees the same committed state."""
         with Session(self._read_engine, expire_on_commit=False) as session:
-            yield Reader(session)
+            yield Reader(session, self.lexical)
 
     @contextmanager
     def write(self) -> Iterator[Writer]:
         """One write transaction (committed when the block ends, rolled back if it raises)."""
         in_pgvector = self.pgvector
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            yield Writer(session, self.dialect, in_pgvector)
+            yield Writer(session, self.dialect, in_pgvector, self.lexical)
 
 
 class Reader:
-    """Queries against one snapshot of the catalogue."""
+    """Queries against one snapshot of the catalogue: every read of a concern (items, vectors,
+    full-text search, filters, documents, calibration) is a method here, so no code outside
+    the storage package sees a session, a statement or a table."""
 
-    def __init__(self, session: Session):
+    def __init__(self, session: Session, lexical: LexicalIndex | None = None):
         self.session = session
+        self.lexical = lexical if lexical is not None else lexical_index(session.get_bind())
+
+    # -- full-text search (``lexical``) -------------------------------------------------------------
+    def lexical_search(self, query: str, limit: int, every_word: bool = False) -> list[tuple[int, float]]:
+        """(item id, score: higher is better) of the best ``limit`` full-text matches of
+        ``query`` (``LexicalIndex.search``)."""
+        return self.lexical.search(self.session, query, limit, every_word=every_word)
+
+    def lexical_holding(self, terms: Sequence[str], ids: Sequence[int]) -> set[int]:
+        """Those of ``ids`` whose words or names hold one of ``terms`` (``LexicalIndex.holding``)."""
+        return self.lexical.holding(self.session, terms, ids)
+
+    # -- filters (``filtering``) ------------------------------------------------------------------
+    def passing_ids(self, filters: Filters, modality: str | None = None, prefixes: Sequence[str] | None = None,
+                    cap: int | None = None) -> np.ndarray | None:
+        """Ids of the items that pass ``filters`` (of ``modality``, under ``prefixes``),
+        ascending; None when more than ``cap`` do."""
+        return filtering.passing_ids(self.session, filters, modality, prefixes, cap)
+
+    @staticmethod
+    def sql_conditions(filters: Filters, modality: str | None = None, prefixes: Sequence[str] | None = None) -> list:
+        """``filters`` (a modality, folders) as the conditions a pgvector search takes inside its
+        one statement (``PgVectorIndex.search(conditions=...)``); opaque to callers."""
+        return filtering.sql_conditions(filters, modality, prefixes)
+
+    def capture_rows(self, modalities: Sequence[str], prefixes: Sequence[str] | None = None) -> list[tuple[int, str, str]]:
+        """(id, path, modality) of the items of ``modalities`` (under ``prefixes``), by path."""
+        return filtering.capture_rows(self.session, modalities, prefixes)
+
+    # -- calibration (``calibration``) ------------------------------------------------------------
+    def calibration(self) -> dict[str, Any] | None:
+        """The stored score calibration (None: never measured, or unreadable)."""
+        return calibration.load(self.session)
+
+    def calibration_probes(self, fingerprint: str, dim: int) -> np.ndarray | None:
+        """The probe vectors stored for the model ``fingerprint`` (None: none, or another model's)."""
+        return calibration.load_probes(self.session, fingerprint, dim)
+
+    def calibration_sample(self, modalities: tuple[str, ...], want: int, dim: int) -> np.ndarray:
+        """About ``want`` vectors of items of ``modalities``, spread evenly over their ids."""
+        return calibration.sample_vectors(self.session, modalities, want, dim)
+
+    # -- documents and plain rows (``documents``) -------------------------------------------------
+    def places_by_id(self, ids: Sequence[int], vectors: bool = False) -> dict[int, Place]:
+        return documents.places_by_id(self.session, ids, vectors)
+
+    def rows_by_id(self, ids: Sequence[int]) -> dict[int, ItemRow]:
+        return documents.rows_by_id(self.session, ids)
+
+    def images_by_hash(self, hashes: Iterable[str]) -> list[ItemRow]:
+        return documents.images_by_hash(self.session, hashes)
+
+    def vectors_by_id(self, ids: Sequence[int]) -> list[tuple[int, bytes]]:
+        return documents.vectors_by_id(self.session, ids)
+
+    def parts_of(self, keys: Iterable[tuple[str, str]], vectors: bool = False) -> dict[tuple[str, str], list[Place]]:
+        return documents.parts_of(self.session, keys, vectors)
+
+    def has_modality(self, modality: str) -> bool:
+        return documents.has_modality(self.session, modality)
+
+    def embedded_places(self, size: int = 50_000) -> Iterator[list[tuple[int, str, str, str]]]:
+        return documents.embedded_places(self.session, size)
+
+    # -- vectors in PostgreSQL (``pgvector``) -----------------------------------------------------
+    def pgvector_has_index(self) -> bool:
+        """Whether the pgvector HNSW index exists (a ``--vectors pgvector`` catalogue)."""
+        return pgvector.has_index(self.session)
 
     # -- counters ----------------------------------------------------------------------------------
     def generation(self) -> int:
-        return _get_int(self.session, GENERATION)
+        return get_int(self.session, GENERATION)
 
     def purged_through(self) -> int:
-        return _get_int(self.session, PURGED_THROUGH)
+        return get_int(self.session, PURGED_THROUGH)
 
     def recorded_model(self) -> dict[str, Any] | None:
         """{"model": identity, "dim": n} as the database records it (None for old indexes)."""
-        raw = _get_text(self.session, MODEL_KEY)
+        raw = get_text(self.session, MODEL_KEY)
         try:
             data = json.loads(raw) if raw else None
         except ValueError:
@@ -339,7 +321,7 @@ class Reader:
                      .order_by(Item.path, Item.id))
             if skip_mtime is not None:
                 query = query.where(Item.mtime_ns != skip_mtime)
-            rows = [_row(item) for item in self.session.scalars(query)]
+            rows = [row_of(item) for item in self.session.scalars(query)]
             if rows:
                 first = rows[0].path
                 found[(low, high)] = [row for row in rows if row.path == first]
@@ -347,21 +329,21 @@ class Reader:
 
     def rows_with_vectors_of(self, path: str, modality: str) -> list[tuple[ItemRow, bytes]]:
         """Every item of ``modality`` in the file ``path`` with its vector blob (a video's frames)."""
-        return [(_row(item), blob) for item, blob in self.session.execute(
+        return [(row_of(item), blob) for item, blob in self.session.execute(
             select(Item, Embedding.vector).join(Embedding, Embedding.item_id == Item.id)
             .where(Item.path == path, Item.modality == modality))]
 
     # -- items -------------------------------------------------------------------------------------
     def item(self, item_id: int) -> ItemRow | None:
         item = self.session.get(Item, item_id)
-        return _row(item) if item is not None else None
+        return row_of(item) if item is not None else None
 
     def items(self, ids: Sequence[int]) -> dict[int, ItemRow]:
         found: dict[int, ItemRow] = {}
         ids = list(ids)
         for start in range(0, len(ids), IN_CHUNK):
             for item in self.session.scalars(select(Item).where(Item.id.in_(ids[start:start + IN_CHUNK]))):
-                found[item.id] = _row(item)
+                found[item.id] = row_of(item)
         return found
 
     def item_ids(self) -> set[int]:
@@ -380,7 +362,7 @@ class Reader:
             select(func.count(func.distinct(Item.path))).where(Item.modality == modality)) or 0
 
     def any_item_under(self, prefixes: Sequence[str]) -> bool:
-        return self.session.scalar(select(Item.id).where(_under(Item.path, prefixes)).limit(1)) is not None
+        return self.session.scalar(select(Item.id).where(under(Item.path, prefixes)).limit(1)) is not None
 
     def any_item_of(self, modality: str) -> bool:
         return self.session.scalar(select(Item.id).where(Item.modality == modality).limit(1)) is not None
@@ -393,7 +375,7 @@ class Reader:
                 select(Item.id, Item.path, Item.locator, Item.size, Item.mtime_ns, Item.content_hash, Item.modality,
                        Embedding.item_id.is_not(None))
                 .outerjoin(Embedding, Embedding.item_id == Item.id)
-                .where(_under(Item.path, [root]))
+                .where(under(Item.path, [root]))
             )
             for row in rows:
                 by_path.setdefault(row[1], []).append(
@@ -446,7 +428,7 @@ class Reader:
     def unfinished_copy(self) -> str | None:
         """What ``migrate`` was copying into this catalogue when it stopped (None: not a copy
         being made)."""
-        return _get_text(self.session, UNFINISHED_COPY)
+        return get_text(self.session, UNFINISHED_COPY)
 
     def ever_indexed(self) -> bool:
         """True once an item was saved or an indexing run completed."""
@@ -469,8 +451,9 @@ class VectorChanges:
 class Writer(Reader):
     """One write transaction; the first vector change bumps the generation (the write rule)."""
 
-    def __init__(self, session: Session, dialect=sqlite, in_pgvector: bool = False):
-        super().__init__(session)
+    def __init__(self, session: Session, dialect=sqlite, in_pgvector: bool = False,
+                 lexical: LexicalIndex | None = None):
+        super().__init__(session, lexical)
         self.dialect = dialect
         self.in_pgvector = in_pgvector  # vectors also go to the pgvector column, in this transaction
         self.changes = VectorChanges()
@@ -480,7 +463,7 @@ class Writer(Reader):
         """The generation of this transaction's vector changes (bumped on first use)."""
         if self.changes.gen is None:
             gen = self.generation() + 1
-            _set_text(self.session, GENERATION, str(gen))
+            set_text(self.session, GENERATION, str(gen))
             self.changes.gen = gen
         return self.changes.gen
 
@@ -592,6 +575,32 @@ class Writer(Reader):
         if table == Item.__tablename__:
             self.dialect.after_explicit_ids(self.session)
 
+    # -- vectors in PostgreSQL (``pgvector``) -----------------------------------------------------
+    def refill_pgvector(self, dim: int) -> None:
+        """Write every pgvector row again from the stored embeddings (those of ``dim``
+        dimensions), without the HNSW index (``ensure_pgvector_index`` builds it after: many times
+        faster). No vector changes: the blobs, the generation and the tombstones stay as they are."""
+        pgvector.drop_index(self.session)
+        pgvector.clear(self.session)
+        for rows in self.embedding_chunks():
+            ids, vectors = usable_rows(rows, dim)
+            pgvector.write(self.session, ids, vectors)
+
+    def ensure_pgvector_index(self) -> bool:
+        """Build the pgvector HNSW index over the rows there are, unless it exists; True when built now."""
+        return pgvector.ensure_index(self.session)
+
+    # -- capture metadata and calibration (no vector changes: no generation bump) -------------------
+    def set_captured(self, values: Iterable[tuple[int, dict[str, Any] | None]]) -> int:
+        """Write the capture metadata of existing items; returns how many rows changed."""
+        return filtering.set_captured(self.session, values)
+
+    def save_calibration(self, data: dict[str, Any]) -> None:
+        calibration.save(self.session, data)
+
+    def save_calibration_probes(self, fingerprint: str, vectors: np.ndarray) -> None:
+        calibration.save_probes(self.session, fingerprint, vectors)
+
     # -- roots and counters ------------------------------------------------------------------------
     def record_root(self, path: str, options: dict[str, Any], done: bool = False) -> None:
         row = self.session.get(Root, path)
@@ -611,7 +620,7 @@ class Writer(Reader):
         if vectors == pgvector.PGVECTOR:
             record["vectors"] = vectors
             pgvector.retype(self.session, dim)  # a model switch may change the dimension
-        _set_text(self.session, MODEL_KEY, json.dumps(record, sort_keys=True))
+        set_text(self.session, MODEL_KEY, json.dumps(record, sort_keys=True))
 
     def clear_copied_rows(self) -> None:
         """Delete the rows an unfinished copy holds (``migrate``, starting it over in the same
@@ -624,10 +633,10 @@ class Writer(Reader):
         self.session.execute(delete(Meta).where(Meta.key == UNFINISHED_COPY))
 
     def set_generation(self, gen: int) -> None:
-        _set_text(self.session, GENERATION, str(gen))
+        set_text(self.session, GENERATION, str(gen))
 
     def purge_tombstones(self, through: int) -> None:
         """Forget deletions every saved vector index file has caught up with."""
         self.session.execute(delete(Tombstone).where(Tombstone.gen <= through))
         if through > self.purged_through():
-            _set_text(self.session, PURGED_THROUGH, str(through))
+            set_text(self.session, PURGED_THROUGH, str(through))

@@ -66,9 +66,8 @@ from ..errors import IndexTypeError, IndexWriteError
 from ..fsutil import atomic_write_via, digest_mismatch, file_digest, fsync_dir
 from ..media.capabilities import IMAGE_SIDE, TEXT_SIDE, capabilities, is_text_side, on_side
 from ..media.documents import doc_key
-from .documents import Place, embedded_places, has_modality, parts_of, places_by_id, vectors_by_id
-from .ondisk import ONDISK, read_index_file
-from .vectors import FLAT, IVF_PQ, TRAIN_PER_LIST, IndexPlan, VectorIndex, needs_rebuild
+from .documents import Place
+from .vectors import FLAT, IVF_PQ, ONDISK, TRAIN_PER_LIST, IndexPlan, VectorIndex, needs_rebuild, read_index_file
 from ..lazy import lazy_module
 
 faiss = lazy_module("faiss")  # imported on first use: a run that changes nothing never loads it
@@ -136,7 +135,7 @@ class _Layout:
         extra_ids: list[int] = []  # parts beyond the first of their side (fused from neither)
         extra_entries: list[int] = []
         paths: dict[str, str] = {}  # one string per path (a JSONL file's lines share it)
-        for rows in embedded_places(reader):
+        for rows in reader.embedded_places():
             for item_id, path, locator, modality in rows:
                 if not capabilities(modality).in_documents:  # a video's frames: entries of their own
                     key: tuple = ("frame", item_id)
@@ -198,7 +197,7 @@ def _training_sample(reader: Any, layout: _Layout, want: int, dim: int, weights)
     """The vectors of about ``want`` entries spread evenly over the index."""
     picks = np.unique(np.linspace(0, len(layout) - 1, min(want, len(layout))).astype(np.int64))
     reps, partners = layout.reps[picks], layout.partners[picks]
-    blobs = dict(vectors_by_id(reader, np.concatenate([reps, partners[partners >= 0]]).tolist()))
+    blobs = dict(reader.vectors_by_id(np.concatenate([reps, partners[partners >= 0]]).tolist()))
     out = []
     for rep, partner in zip(reps.tolist(), partners.tolist()):
         a = blobs.get(rep)
@@ -222,8 +221,8 @@ def build(store: Any, reader: Any, weights: Sequence[float] = DEFAULT_WEIGHTS) -
     """The document index of ``reader``'s snapshot, built whole."""
     started = time.perf_counter()
     dim = store.dim
-    if not (any(has_modality(reader, m) for m in on_side(TEXT_SIDE, in_documents=True))
-            and any(has_modality(reader, m) for m in on_side(IMAGE_SIDE, in_documents=True))):
+    if not (any(reader.has_modality(m) for m in on_side(TEXT_SIDE, in_documents=True))
+            and any(reader.has_modality(m) for m in on_side(IMAGE_SIDE, in_documents=True))):
         # A library of photos (or of notes) alone has no document of two parts: two probes of
         # the modality index instead of a pass over every item's place.
         return Built(None, None, {"gen": reader.generation(), "weights": [float(w) for w in weights], "documents": 0,
@@ -336,10 +335,10 @@ def update(store: Any, reader: Any, record: Any, weights: Sequence[float] = DEFA
     grouped = groups_of(touched)
     gone = np.union1d(touched, grouped)
     again = np.union1d(touched, ids[np.isin(reps, grouped)])
-    places = places_by_id(reader, again.tolist(), vectors=True)
+    places = reader.places_by_id(again.tolist(), vectors=True)
     keys = {doc_key(p.path, p.locator, p.modality) for p in places.values() if capabilities(p.modality).in_documents}
     frames = [p for p in places.values() if not capabilities(p.modality).in_documents and p.vector is not None]
-    found = parts_of(reader, keys, vectors=True)
+    found = reader.parts_of(keys, vectors=True)
     # The entries of every part of those documents go too (a sidecar added beside a photo joins
     # its entry), and each document's entry is made again from all its parts.
     every = np.asarray([q.id for qs in found.values() for q in qs], np.int64)

@@ -1,5 +1,7 @@
 """Finding every part of documents (``media.documents``): the catalogue rows that share a
-document key. Reads only, in the caller's snapshot; SQL stays in the storage package.
+document key. Reads only, in the caller's snapshot; SQL stays in the storage package: each
+function takes the snapshot's session, and callers reach them as the catalogue ``Reader``'s
+methods (``reader.parts_of(keys)``, ``reader.rows_by_id(ids)``, ...).
 
 Rows are read as plain columns (no ORM objects): a fused search reads a few hundred rows per
 query, and building ORM objects for them would cost more than the vector search itself.
@@ -11,10 +13,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy import and_, bindparam, or_, select
+from sqlalchemy.orm import Session
 
 from ..media.capabilities import IMAGE_SIDE, in_documents, on_side
 from ..media.documents import doc_key, image_locator, is_file_key
-from .catalogue import IN_CHUNK, ItemRow, Reader
+from .rows import IN_CHUNK, ItemRow
 from .schema import Embedding, Item
 
 # Keys per query (each stem is a range condition; SQLite caps an expression's depth at 1000).
@@ -68,55 +71,55 @@ _PLACES_OF_LINES = {v: q.where(Item.path.in_(bindparam("paths", expanding=True))
                     for v, q in ((False, select(*_PLACE)), (True, _WITH_VECTOR))}
 
 
-def _run(reader: Reader, statement, **params):
-    """Rows of a Core statement in the reader's snapshot (its transaction's connection, no ORM)."""
-    return reader.session.connection().execute(statement, params)
+def _run(session: Session, statement, **params):
+    """Rows of a Core statement in the session's snapshot (its transaction's connection, no ORM)."""
+    return session.connection().execute(statement, params)
 
 
-def _places(reader: Reader, *where, vectors: bool = False) -> list[Place]:
-    return [Place(*row) for row in _run(reader, (_WITH_VECTOR if vectors else select(*_PLACE)).where(*where))]
+def _places(session: Session, *where, vectors: bool = False) -> list[Place]:
+    return [Place(*row) for row in _run(session, (_WITH_VECTOR if vectors else select(*_PLACE)).where(*where))]
 
 
-def _by_id(reader: Reader, ids: Sequence[int], statement, make) -> dict:
+def _by_id(session: Session, ids: Sequence[int], statement, make) -> dict:
     """Rows of those of ``ids`` that exist, by id, in chunks the database accepts."""
     ids = list(ids)
     return {row[0]: make(*row) for start in range(0, len(ids), IN_CHUNK)
-            for row in _run(reader, statement, ids=ids[start:start + IN_CHUNK])}
+            for row in _run(session, statement, ids=ids[start:start + IN_CHUNK])}
 
 
-def places_by_id(reader: Reader, ids: Sequence[int], vectors: bool = False) -> dict[int, Place]:
+def places_by_id(session: Session, ids: Sequence[int], vectors: bool = False) -> dict[int, Place]:
     """The places of those of ``ids`` that exist; ``vectors``: with their vector blobs (one
     read instead of two)."""
-    return _by_id(reader, ids, _PLACES_BY_ID[vectors], Place)
+    return _by_id(session, ids, _PLACES_BY_ID[vectors], Place)
 
 
-def rows_by_id(reader: Reader, ids: Sequence[int]) -> dict[int, ItemRow]:
+def rows_by_id(session: Session, ids: Sequence[int]) -> dict[int, ItemRow]:
     """The rows of those of ``ids`` that exist (``Reader.items`` without ORM objects)."""
-    return _by_id(reader, ids, _ROWS_BY_ID, ItemRow)
+    return _by_id(session, ids, _ROWS_BY_ID, ItemRow)
 
 
 _IMAGES_BY_HASH = select(*_COLUMNS).where(Item.modality.in_(on_side(IMAGE_SIDE, in_documents=True)),
                                           Item.content_hash.in_(bindparam("hashes", expanding=True)))
 
 
-def images_by_hash(reader: Reader, hashes: Iterable[str]) -> list[ItemRow]:
+def images_by_hash(session: Session, hashes: Iterable[str]) -> list[ItemRow]:
     """The image rows holding those bytes (``content_hash``): a picture's file and the JSONL
     records' image parts naming it, in id order."""
     hashes = sorted(set(hashes))
     rows = [ItemRow(*row) for start in range(0, len(hashes), IN_CHUNK)
-            for row in _run(reader, _IMAGES_BY_HASH, hashes=hashes[start:start + IN_CHUNK])]
+            for row in _run(session, _IMAGES_BY_HASH, hashes=hashes[start:start + IN_CHUNK])]
     return sorted(rows, key=lambda r: r.id)
 
 
-def vectors_by_id(reader: Reader, ids: Sequence[int]) -> list[tuple[int, bytes]]:
+def vectors_by_id(session: Session, ids: Sequence[int]) -> list[tuple[int, bytes]]:
     """(item id, vector blob) of those of ``ids`` that have one (``Reader.embeddings``, with
     its statement compiled once)."""
     ids = list(ids)
     return [(int(i), bytes(blob)) for start in range(0, len(ids), IN_CHUNK)
-            for i, blob in _run(reader, _VECTORS_BY_ID, ids=ids[start:start + IN_CHUNK])]
+            for i, blob in _run(session, _VECTORS_BY_ID, ids=ids[start:start + IN_CHUNK])]
 
 
-def parts_of(reader: Reader, keys: Iterable[tuple[str, str]], vectors: bool = False) -> dict[tuple[str, str], list[Place]]:
+def parts_of(session: Session, keys: Iterable[tuple[str, str]], vectors: bool = False) -> dict[tuple[str, str], list[Place]]:
     """Every item row of each document key, by key (keys without rows are absent; a video's
     frames are never looked up: its hit is its best frame); ``vectors``: with their vectors."""
     keys = list(dict.fromkeys(keys))
@@ -138,20 +141,20 @@ def parts_of(reader: Reader, keys: Iterable[tuple[str, str]], vectors: bool = Fa
         # One file's lines at a time, on the (path, locator) unique index: exactly the rows asked for.
         for path, locators in by_file.items():
             for start in range(0, len(locators), LINES_PER_QUERY):
-                take([Place(*row) for row in _run(reader, _PLACES_OF_FILE[vectors], path=path,
+                take([Place(*row) for row in _run(session, _PLACES_OF_FILE[vectors], path=path,
                                                   locators=locators[start:start + LINES_PER_QUERY])])
     for start in range(0, len(lines), LINES_PER_QUERY) if len(by_file) > FILES_APART else ():
         chunk = lines[start:start + LINES_PER_QUERY]
         # Both IN lists on the (path, locator) unique index; pairs of another key are dropped by take.
         paths = sorted({path for path, _ in chunk})
         locators = sorted({loc for _, line in chunk for loc in (line, image_locator(line))})
-        take([Place(*row) for row in _run(reader, _PLACES_OF_LINES[vectors], paths=paths, locators=locators)])
+        take([Place(*row) for row in _run(session, _PLACES_OF_LINES[vectors], paths=paths, locators=locators)])
     for start in range(0, len(stems), STEMS_PER_QUERY):
         # "stem." <= path < "stem/": every file named stem.<anything> in the stem's folder
         # (and a few deeper names, which doc_key leaves out).
         ranges = [and_(Item.path >= stem + ".", Item.path < stem + "/")
                   for stem, _ in stems[start:start + STEMS_PER_QUERY]]
-        take(_places(reader, or_(*ranges), Item.modality.in_(in_documents()), vectors=vectors))
+        take(_places(session, or_(*ranges), Item.modality.in_(in_documents()), vectors=vectors))
     return found
 
 
@@ -163,17 +166,17 @@ _EMBEDDED_PLACES = (select(Item.id, Item.path, Item.locator, Item.modality)
 _HAS_MODALITY = select(Item.id).where(Item.modality == bindparam("modality")).limit(1)
 
 
-def has_modality(reader: Reader, modality: str) -> bool:
+def has_modality(session: Session, modality: str) -> bool:
     """Whether any item of ``modality`` exists (one probe of the modality index)."""
-    return _run(reader, _HAS_MODALITY, modality=modality).first() is not None
+    return _run(session, _HAS_MODALITY, modality=modality).first() is not None
 
 
-def embedded_places(reader: Reader, size: int = 50_000):
+def embedded_places(session: Session, size: int = 50_000):
     """Every (id, path, locator, modality) of an item that has a vector, in id order, ``size``
     rows at a time (what the document index groups into documents)."""
     last = 0
     while True:
-        rows = [tuple(row) for row in _run(reader, _EMBEDDED_PLACES, last=last, size=size)]
+        rows = [tuple(row) for row in _run(session, _EMBEDDED_PLACES, last=last, size=size)]
         if not rows:
             return
         yield rows

@@ -5,6 +5,9 @@ Each filter reads an index (``schema.Item``'s ``ix_items_*``): a date range read
 ``taken_at``, and for items without a capture date the ``mtime_ns`` range, from one index; a
 camera is a few equality lookups; a place is a latitude range (then the exact distance here).
 Also the capture metadata written for items already indexed (``index --refresh-metadata``).
+Each function takes the catalogue transaction's session; callers reach them as the catalogue's
+``Reader`` and ``Writer`` methods (``passing_ids``, ``sql_conditions``, ``capture_rows``,
+``set_captured``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import numpy as np
 from sqlalchemy import and_, func, or_, select, union_all, update
 
 from ..filters import EARTH_RADIUS_KM, Filters, bounding_box, camera_splits, distance_km, local_ns, nocase
-from .catalogue import CAPTURE_COLUMNS, Reader, Writer, _under
+from sqlalchemy.orm import Session
+
+from .rows import CAPTURE_COLUMNS, under
 from .schema import Item
 
 
@@ -66,14 +71,14 @@ def where(filters: Filters, modality: str | None = None, prefixes: Sequence[str]
     if modality is not None:
         conditions.append(Item.modality == modality)
     if prefixes:
-        conditions.append(_path_ranges(prefixes) if nocase_columns else _under(Item.path, prefixes))
+        conditions.append(_path_ranges(prefixes) if nocase_columns else under(Item.path, prefixes))
     return conditions
 
 
 def _path_ranges(prefixes: Sequence[str]):
     """SQLite: the items at or below ``prefixes``, as ranges of the path index (``path >=
     'dir/' AND path < 'dir0'``: '0' follows the separator). Exact under SQLite's byte-order
-    (BINARY) collation, where the ``LIKE`` of ``_under`` reads every row; not used on
+    (BINARY) collation, where the ``LIKE`` of ``rows.under`` reads every row; not used on
     PostgreSQL, whose text order follows the database's collation."""
     following = chr(ord(os.sep) + 1)
     terms = []
@@ -98,11 +103,11 @@ def sql_conditions(filters: Filters, modality: str | None = None, prefixes: Sequ
     return conditions
 
 
-def passing_ids(reader: Reader, filters: Filters, modality: str | None = None,
+def passing_ids(session: Session, filters: Filters, modality: str | None = None,
                 prefixes: Sequence[str] | None = None, cap: int | None = None) -> np.ndarray | None:
     """Ids of the items that pass, ascending; None when more than ``cap`` do (a filter that
     selects too much to be worth listing: the caller over-fetches instead)."""
-    conditions = where(filters, modality, prefixes, reader.session.get_bind().dialect.name == "sqlite")
+    conditions = where(filters, modality, prefixes, session.get_bind().dialect.name == "sqlite")
     dated = filters.after is not None or filters.before is not None
     columns = (Item.id, Item.lat, Item.lon) if filters.near is not None else (Item.id,)
     branches = [select(*columns).where(branch, *conditions) for branch in _date_branches(filters)] if dated \
@@ -110,7 +115,7 @@ def passing_ids(reader: Reader, filters: Filters, modality: str | None = None,
     query = union_all(*branches) if len(branches) > 1 else branches[0]
     if cap is not None:
         query = query.limit(cap + 1)
-    rows = reader.session.execute(query).all()
+    rows = session.execute(query).all()
     if cap is not None and len(rows) > cap:
         return None
     if filters.near is None:
@@ -122,19 +127,19 @@ def passing_ids(reader: Reader, filters: Filters, modality: str | None = None,
     return ids
 
 
-def set_captured(writer: Writer, values: Iterable[tuple[int, dict[str, Any] | None]]) -> int:
+def set_captured(session: Session, values: Iterable[tuple[int, dict[str, Any] | None]]) -> int:
     """Write the capture metadata of existing items (no vector changes: no generation bump);
     returns how many rows changed."""
     changed = 0
     for item_id, captured in values:
         fields = {name: (captured or {}).get(name) for name in CAPTURE_COLUMNS}
-        changed += writer.session.execute(update(Item).where(Item.id == item_id).values(**fields)).rowcount or 0
+        changed += session.execute(update(Item).where(Item.id == item_id).values(**fields)).rowcount or 0
     return changed
 
 
-def capture_rows(reader: Reader, modalities: Sequence[str], prefixes: Sequence[str] | None = None) -> list[tuple[int, str, str]]:
+def capture_rows(session: Session, modalities: Sequence[str], prefixes: Sequence[str] | None = None) -> list[tuple[int, str, str]]:
     """(id, path, modality) of the items of ``modalities`` (under ``prefixes``), by path."""
     query = select(Item.id, Item.path, Item.modality).where(Item.modality.in_(list(modalities)))
     if prefixes:
-        query = query.where(_under(Item.path, prefixes))
-    return [tuple(row) for row in reader.session.execute(query.order_by(Item.path, Item.id))]
+        query = query.where(under(Item.path, prefixes))
+    return [tuple(row) for row in session.execute(query.order_by(Item.path, Item.id))]

@@ -19,13 +19,12 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from ..errors import MMSearchError, NotAnIndexError
+from ..errors import NotAnIndexError
 from ..fsutil import atomic_write_json
 from . import manifest as mf
 from . import postgres
 from .catalogue import Catalogue
 from .sqlite import DB_FILE
-from .vectors import saved_generations
 
 LINK_FILE = "database.json"
 LOCK_FILE = ".lock"  # the folder's writer lock (``store.writer_lock``)
@@ -86,7 +85,7 @@ def attach(folder: Path, url: str) -> bool:
     resolve(folder, url)
     cat = Catalogue.postgres(url)
     try:
-        if not has_tables(cat):
+        if not cat.has_tables():
             return False
         with cat.read() as r:
             recorded = r.recorded_model() if r.ever_indexed() else None
@@ -98,12 +97,6 @@ def attach(folder: Path, url: str) -> bool:
     link(folder, url)
     mf.write_manifest(folder, mf.rebuilt(folder, recorded))
     return True
-
-
-def has_tables(cat: Catalogue) -> bool:
-    from sqlalchemy import inspect
-
-    return inspect(cat.engine).has_table("meta")
 
 
 @contextmanager
@@ -126,9 +119,9 @@ def model_moved(store, force: bool = False) -> bool:
     """True when the shared catalogue of ``store`` records another model or dimension than the
     folder's manifest (at most one question to the database per MODEL_CHECK_SECONDS)."""
     now = time.monotonic()
-    if store.db is None or (not force and now - getattr(store, "_model_checked", -1e9) < MODEL_CHECK_SECONDS):
+    if store.db is None or (not force and now - store.model_checked < MODEL_CHECK_SECONDS):
         return False
-    store._model_checked = now
+    store.model_checked = now
     with store.read() as r:
         recorded = r.recorded_model()
     if recorded is None:
@@ -155,26 +148,3 @@ def follow_model(store) -> dict:
     finally:
         lock.release()
     return manifest
-
-
-def keep_local_copy(store, reader) -> None:
-    """A folder of a shared catalogue whose vectors file is missing or too old to catch up from
-    (a machine that only serves) saves the vectors it just built, so its next start loads them
-    instead of rebuilding. Only while no writer holds the folder; the database's tombstones stay
-    the writer's to purge. (Called by ``IndexStore.snapshot`` after bringing its vectors forward.)"""
-    if store.db is None or store._vectors is None:
-        return
-    saved = saved_generations(store.folder)
-    if saved and saved[0][0] >= reader.purged_through():
-        return
-    lock = FileLock(str(store.folder / LOCK_FILE))
-    try:
-        lock.acquire(timeout=0)
-    except (Timeout, OSError):
-        return
-    try:
-        store._save_file(store._vectors)
-    except MMSearchError:
-        pass  # a cache: without it the next start rebuilds, as this one did
-    finally:
-        lock.release()

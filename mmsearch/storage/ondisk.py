@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import secrets
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -48,51 +47,27 @@ import numpy as np
 from ..errors import IndexTypeError, IndexWriteError
 from ..fsutil import fsync_dir
 from ..lazy import lazy_module
+from .vectors import (ONDISK, ONDISK_RERANK, ONDISK_TRAIN_PER_LIST, IndexPlan, VectorIndex, data_path, id_selector,
+                      pq_m, read_index_file)
+from .vectors import ondisk_nlist, ondisk_nprobe  # noqa: F401 - an on-disk IVF's parameters, named here too
 
 faiss = lazy_module("faiss")  # imported on first use: a run that changes nothing never loads it
 
 log = logging.getLogger(__name__)
 
-ONDISK = "ivf-ondisk"
 # Past this many cells the coarse quantizer is an HNSW graph over the centroids.
 HNSW_FROM = 4096
 HNSW_M = 32
 HNSW_EF_SEARCH = 16  # at least nprobe is used per query; 16 finds the best cell for 99.4% of vectors
 # Vectors per shard (float32 at 512-d: 200 MB to encode at once).
 SHARD_SIZE = 100_000
-# Candidates re-ranked exactly for a top 10.
-DEFAULT_RERANK = 400
 # Changes since the base (added + removed) folded in by a rebuild past this share of the base...
 FOLD_SHARE = 0.1
 # ...and never below this many (a rebuild of a large base costs minutes).
 FOLD_MIN = 50_000
-TRAIN_PER_LIST = 40
-
-_DATA_RE = re.compile(r"^vectors\.g(\d+)\.([0-9a-f]+)\.ivfdata$")
-
-
-# -- parameters -------------------------------------------------------------------------------------
-def ondisk_nlist(n: int) -> int:
-    """Cells for ``n`` vectors: the power of two nearest 2*sqrt(n) (smaller cells than the
-    in-memory types: each probed cell is read from disk), at most n / TRAIN_PER_LIST."""
-    if n <= 0:
-        return 1
-    nlist = 2 ** round(math.log2(max(1.0, 2 * math.sqrt(n))))
-    return int(max(1, min(nlist, n // TRAIN_PER_LIST, 65_536)))
-
-
-def ondisk_nprobe(nlist: int) -> int:
-    """Cells scanned per query: 1/128 of them, at least 16."""
-    return int(min(nlist, max(16, nlist // 128)))
-
-
-def pq_m(dim: int, bytes_per_dim: float = 0.25) -> int:
-    """Sub-quantizers (one byte each): about ``dim * bytes_per_dim``, dividing ``dim``."""
-    target = max(1, int(dim * bytes_per_dim))
-    for m in range(target, 0, -1):
-        if dim % m == 0:
-            return m
-    return 1
+TRAIN_PER_LIST = ONDISK_TRAIN_PER_LIST
+# Candidates re-ranked exactly for a top 10.
+DEFAULT_RERANK = ONDISK_RERANK
 
 
 def factory_spec(dim: int, nlist: int, m: int, bits: int) -> str:
@@ -215,10 +190,6 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def data_path(header: Path, token: str) -> Path:
-    return header.with_name(f"{header.name.removesuffix('.faiss')}.{token}.ivfdata")
-
-
 def build(header: Path, trained: faiss.IndexIVF, chunks: Iterable[tuple[np.ndarray, np.ndarray]], *,
           shard_size: int = SHARD_SIZE, mapper: ShardMapper | None = None,
           before_replace: Callable[[Path, Path], None] | None = None) -> Path:
@@ -303,77 +274,6 @@ def build_index(folder: Path, gen: int, plan, sample: np.ndarray, chunks: Iterab
     return OnDiskVectorIndex.open(header, gen, settings)
 
 
-# -- reading ----------------------------------------------------------------------------------------
-def _read_flags() -> int:
-    """Memory-mapped, read-only."""
-    return faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
-
-
-def read_index_file(path: Path) -> faiss.Index:
-    """Any vectors file: in-memory types with their cells memory-mapped, an on-disk IVF with its
-    data file (named in it) memory-mapped read-only from beside ``path``."""
-    # SKIP_PRECOMPUTE_TABLE also keeps FAISS from mapping the data file under the name it was
-    # written with: it is mapped below, from this folder. (Inner-product IVF-PQ has no table.)
-    index = faiss.read_index(str(path), _read_flags() | faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE)
-    if is_ondisk(index):
-        _map_data(index, path)
-    return index
-
-
-def is_ondisk(index: faiss.Index) -> bool:
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return False
-    return isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists) and \
-        _DATA_RE.match(os.path.basename(faiss.downcast_InvertedLists(ivf.invlists).filename)) is not None
-
-
-def referenced(header: Path) -> Path | None:
-    """The data file ``header`` names (beside it), or None when it is not an on-disk IVF."""
-    try:
-        index = faiss.read_index(str(header), _read_flags() | faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE)
-    except RuntimeError:
-        return None
-    if not is_ondisk(index):
-        return None
-    return header.with_name(os.path.basename(faiss.downcast_InvertedLists(index.invlists).filename))
-
-
-def _map_data(index: faiss.IndexIVF, header: Path) -> None:
-    lists = faiss.downcast_InvertedLists(index.invlists)
-    data = header.with_name(os.path.basename(lists.filename))
-    try:
-        size = os.path.getsize(data)
-    except OSError as exc:
-        raise RuntimeError(f"{data.name}, the cells of {header.name}, cannot be read: {exc.strerror or exc}") from exc
-    if size < lists.totsize:  # mapping past the end would crash the process (SIGBUS) on a probe
-        raise RuntimeError(f"{data.name} has {size} bytes, {header.name} needs {lists.totsize}")
-    lists.filename = str(data)
-    lists.read_only = True
-    if lists.totsize:
-        lists.do_mmap()
-
-
-def data_files(folder: Path) -> list[tuple[int, Path]]:
-    """(generation, path) of every on-disk IVF data file in ``folder``."""
-    found = []
-    for entry in os.scandir(folder):
-        match = _DATA_RE.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), Path(entry.path)))
-    return found
-
-
-def unreferenced_data(folder: Path, headers: Iterable[Path]) -> list[Path]:
-    """Data files no index file in ``headers`` names (left by a crash or an older build)."""
-    found = data_files(folder)
-    if not found:
-        return []
-    keep = {referenced(h) for h in headers}
-    return [path for _, path in found if path not in keep]
-
-
 # -- the index a store serves -----------------------------------------------------------------------
 class OnDiskVectorIndex:
     """A read-only memory-mapped on-disk IVF (the base, built at generation ``base_gen``) minus
@@ -385,8 +285,6 @@ class OnDiskVectorIndex:
     mapped = True
 
     def __init__(self, index: faiss.IndexIVF, gen: int, settings, rerank: int = DEFAULT_RERANK):
-        from .vectors import VectorIndex
-
         self.index = index
         self.dim = int(index.d)
         self.gen = self.base_gen = gen
@@ -429,8 +327,6 @@ class OnDiskVectorIndex:
         return self.pending > max(FOLD_MIN, FOLD_SHARE * int(self.index.ntotal))
 
     def plan(self, trained_for: int | None = None):
-        from .vectors import IndexPlan
-
         pq = self.index.pq
         return IndexPlan(ONDISK, self.nlist, self.nprobe, self.settings.rerank or self.rerank,
                          trained_for if trained_for else int(self.index.ntotal), int(pq.M), int(pq.nbits))
@@ -556,7 +452,7 @@ class OnDiskVectorIndex:
         params.nprobe = nprobe
         selector = None
         if allowed is not None:
-            selector = _id_selector(allowed)
+            selector = id_selector(allowed)
             params.sel = selector[0]
         elif self.removed:
             selector = self._selector
@@ -601,13 +497,6 @@ class OnDiskVectorIndex:
             order = np.argsort(-scores, kind="stable")[:k]
             scores, ids = scores[order], ids[order]
         return scores.astype(np.float32), ids.astype(np.int64)
-
-
-def _id_selector(allowed: np.ndarray) -> tuple:
-    """(FAISS selector for ``allowed``, what it points to): ``vectors``' own (a bitmap or a hash set)."""
-    from .vectors import _selector
-
-    return _selector(allowed)
 
 
 def _list_number(list_no: int, index: faiss.IndexIVF) -> np.ndarray:

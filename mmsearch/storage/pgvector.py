@@ -6,7 +6,7 @@ and video segments read, as for every index) and a ``vector(dim)`` row in ``item
 by the same transaction as the item (``catalogue.Writer``), so the write rule and crash safety
 hold unchanged. An HNSW index (``vector_ip_ops``: the vectors are L2-normalised, so the inner
 product is the cosine) serves the search; it is built at the end of the first indexing run
-(``ensure_index``, from ``IndexStore.fit_vectors``), as pgvector advises: building it over the
+(``ensure_index``, from ``IndexStore.fit_vectors`` through ``Writer.ensure_pgvector_index``), as pgvector advises: building it over the
 loaded rows took seconds where inserting 10k rows one by one into it took 34 s here. Until it
 exists (a first run killed midway), searches are exact scans: slower, never wrong. No FAISS file exists: a query is one SQL statement in
 the reader's snapshot, its filters (type, folder, dates, camera, place) in the statement's WHERE.
@@ -299,27 +299,3 @@ def describe_error(exc: DBAPIError, where: str) -> str | None:
         return (f"cannot use {where} with --vectors pgvector: the pgvector extension is not installed on the "
                 f"server ({first})")
     return None
-
-
-def fit(store, force: bool) -> PgVectorIndex:
-    """``IndexStore.fit_vectors`` of the pgvector layout: the HNSW index built once the first rows
-    are in (then it takes additions as they come); ``force`` (``check --repair``,
-    ``rebuild_vectors``) writes every vector row again from the stored embeddings, without the
-    index (built after: many times faster), all in one transaction. The manifest's entry says
-    what there is."""
-    from .store import vectors_from_blobs
-
-    with store.catalogue.write() as w:
-        if force:
-            drop_index(w.session)
-            clear(w.session)
-            for rows in w.embedding_chunks():
-                rows = [r for r in rows if len(r[1]) == store.dim * 4]
-                write(w.session, [r[0] for r in rows], vectors_from_blobs([r[1] for r in rows], store.dim))
-        ensure_index(w.session)
-    vectors = store.vectors()
-    entry = {"type": PGVECTOR, "requested": PGVECTOR, "items": vectors.ntotal,
-             "hnsw": {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}}
-    if entry != store.manifest.get("vector_index"):
-        store.update_manifest(vector_index=entry)
-    return vectors

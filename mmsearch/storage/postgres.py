@@ -84,6 +84,15 @@ def same_database(a: str, b: str) -> bool:
     return key(pa) == key(pb)
 
 
+def server_error(exc: BaseException, where: str) -> str | None:
+    """One line (``describe``) for a PostgreSQL server's refusal that reached a caller unnamed (a
+    connection lost mid-command, a privilege missing on one table); None for any other exception,
+    so callers outside storage need not know the database driver's error types."""
+    if not isinstance(exc, DBAPIError) or not type(exc.orig).__module__.startswith("psycopg"):
+        return None
+    return describe(exc, where)
+
+
 def describe(exc: BaseException, url: str) -> str:
     """One line saying why the database at ``url`` cannot be used."""
     orig = getattr(exc, "orig", exc)

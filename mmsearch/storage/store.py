@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,6 @@ from filelock import FileLock, Timeout
 
 from ..errors import (
     CatalogueDatabaseError,
-    DamagedIndexError,
     DamagedManifestError,
     EmptyIndexError,
     IndexLockedError,
@@ -41,10 +41,13 @@ from . import docindex, location
 from . import manifest as mf
 from . import ondisk
 from . import pgvector as pgv
+from .columns import ColumnCache
 from .catalogue import DATABASE_ERRORS, Catalogue, Reader, Writer
+from .rows import usable_rows, vectors_from_blobs
 from .manifest import MANIFEST, VECTORS_FILES
 from .rwlock import ReadWriteLock
 from .sqlite import DB_FILE, DB_FILES
+from .vectorfiles import load_latest
 from .vectors import (
     AUTO,
     FLAT,
@@ -55,9 +58,11 @@ from .vectors import (
     VectorIndex,
     VectorSettings,
     choose,
+    data_files,
     needs_rebuild,
     remove_older,
     saved_generations,
+    unreferenced_data,
 )
 
 LOCK_FILE = location.LOCK_FILE
@@ -67,27 +72,6 @@ _OWN_FILES = (*DB_FILES, LOCK_FILE, location.LINK_FILE)
 _DERIVED_PREFIXES = ("vectors.g", "documents.g", "text_encoder.", "image_encoder.", ".vectors.g", ".documents.g",
                      ".text_onnx.", ".image_onnx.", f".{MANIFEST}.")
 _DERIVED_FILES = (MANIFEST, "clip_bpe_vocab.txt.gz")
-
-
-def vectors_from_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
-    """The vectors stored as ``blobs`` (each ``dim`` float32s), as one matrix; callers pass
-    blobs of the right size (``usable_rows``), so a wrong one is damage ``check`` reports."""
-    if not blobs:
-        return np.empty((0, dim), np.float32)
-    if any(len(b) != dim * 4 for b in blobs):
-        raise DamagedIndexError(
-            f"{sum(len(b) != dim * 4 for b in blobs)} stored vector(s) have the wrong size for this index "
-            f"({dim} dimensions); run `mmsearch check --repair`"
-        )
-    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
-
-
-def usable_rows(rows: list[tuple[int, bytes]], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) of the (item id, blob) ``rows`` whose blob has the index's size: a damaged
-    blob (``check`` names it, ``check --repair`` re-embeds it) is left out of every vector index,
-    so searches answer from the good rows meanwhile."""
-    rows = [r for r in rows if len(r[1]) == dim * 4]
-    return np.array([r[0] for r in rows], np.int64), vectors_from_blobs([r[1] for r in rows], dim)
 
 
 @contextmanager
@@ -237,6 +221,8 @@ class IndexStore:
         self.catalogue = location.catalogue(folder, db)
         self._vectors: VectorIndex | None = None
         self._rw = ReadWriteLock()
+        self._columns: ColumnCache | None = None
+        self.model_checked = -1e9  # when ``location.model_moved`` last asked the shared catalogue (monotonic)
 
     # -- opening and creating ------------------------------------------------------------------
     @staticmethod
@@ -384,6 +370,19 @@ class IndexStore:
         self.catalogue.close()
         self._vectors = None
 
+    def filter_columns(self) -> ColumnCache | None:
+        """The in-memory filter columns of this store's catalogue (``columns.ColumnCache``, closed
+        with the store object); None for a catalogue that is not the folder's SQLite file
+        (PostgreSQL: its filters run in SQL, where the planner uses the columns' indexes; the
+        columns' freshness test is SQLite's)."""
+        if self.db is not None:
+            return None
+        cache = self._columns
+        if cache is None:
+            cache = self._columns = ColumnCache(self.folder / DB_FILE)
+            weakref.finalize(self, cache.close)
+        return cache
+
     # -- parts ---------------------------------------------------------------------------------
     @property
     def dim(self) -> int:
@@ -442,7 +441,7 @@ class IndexStore:
                     path.name.endswith((".tmp", ".tmp.part")):
                 path.unlink(missing_ok=True)
                 removed.append(path)
-        for path in ondisk.unreferenced_data(self.folder, [p for _, p in saved_generations(self.folder)]):
+        for path in unreferenced_data(self.folder, [p for _, p in saved_generations(self.folder)]):
             path.unlink(missing_ok=True)  # on-disk lists whose index file a killed build never wrote
             removed.append(path)
         return removed
@@ -454,7 +453,7 @@ class IndexStore:
             records = read_manifest(self.folder).get(VECTORS_FILES)  # fresh: a writer adds records
         except MMSearchError:
             records = self.manifest.get(VECTORS_FILES)
-        return VectorIndex.load_latest(self.folder, records if isinstance(records, dict) else None, self.settings)
+        return load_latest(self.folder, records if isinstance(records, dict) else None, self.settings)
 
     def file_records(self) -> dict[str, dict] | None:
         """The manifest's checksums of vectors files by generation (None for old indexes)."""
@@ -501,8 +500,30 @@ class IndexStore:
                 return
         with self._rw.writing(), self.read() as reader:
             self._vectors = self._synced(reader, self._vectors)
-            location.keep_local_copy(self, reader)
+            self._keep_local_copy(reader)
             yield Snapshot(self, reader, self._vectors)
+
+    def _keep_local_copy(self, reader: Reader) -> None:
+        """A folder of a shared catalogue whose vectors file is missing or too old to catch up from
+        (a machine that only serves) saves the vectors it just built, so its next start loads them
+        instead of rebuilding. Only while no writer holds the folder; the database's tombstones stay
+        the writer's to purge. (Called by ``snapshot`` after bringing its vectors forward.)"""
+        if self.db is None or self._vectors is None:
+            return
+        saved = saved_generations(self.folder)
+        if saved and saved[0][0] >= reader.purged_through():
+            return
+        lock = FileLock(str(self.folder / LOCK_FILE))
+        try:
+            lock.acquire(timeout=0)
+        except (Timeout, OSError):
+            return
+        try:
+            self._save_file(self._vectors)
+        except MMSearchError:
+            pass  # a cache: without it the next start rebuilds, as this one did
+        finally:
+            lock.release()
 
     def vectors(self) -> VectorIndex:
         """The store's vector index, brought to the catalogue's latest state (the writer's view)."""
@@ -617,7 +638,7 @@ class IndexStore:
         generation and it is not loaded (nothing changed since: nothing to load).
         """
         if self.in_pgvector:
-            return pgv.fit(self, force)
+            return self._fit_pgvector(force)
         requested = requested or self.requested_index_type
         if not force and self._vectors is None and requested == self.requested_index_type:
             recorded = self.manifest.get("vector_index", {})
@@ -649,6 +670,22 @@ class IndexStore:
             self.update_manifest(vector_index=entry)
         return vectors
 
+    def _fit_pgvector(self, force: bool) -> pgv.PgVectorIndex:
+        """``fit_vectors`` of the pgvector layout: the HNSW index built once the first rows are in
+        (then it takes additions as they come); ``force`` (``check --repair``, ``rebuild_vectors``)
+        writes every vector row again from the stored embeddings, without the index (built after:
+        many times faster), all in one transaction. The manifest's entry says what there is."""
+        with self.write() as w:
+            if force:
+                w.refill_pgvector(self.dim)
+            w.ensure_pgvector_index()
+        vectors = self.vectors()
+        entry = {"type": pgv.PGVECTOR, "requested": pgv.PGVECTOR, "items": vectors.ntotal,
+                 "hnsw": {"m": pgv.HNSW_M, "ef_construction": pgv.HNSW_EF_CONSTRUCTION}}
+        if entry != self.manifest.get("vector_index"):
+            self.update_manifest(vector_index=entry)
+        return vectors
+
     def _tuning(self) -> list:
         """The settings that choose the vector index (``VectorSettings`` but the GPU switch)."""
         s = self.settings
@@ -659,7 +696,7 @@ class IndexStore:
         checksum recorded in the manifest before the file is visible; then forget the tombstones
         it covers, but those the document index still has to take in (``docindex``)."""
         if self.in_pgvector:  # no file to save: no reader needs the tombstones
-            with self.catalogue.write() as w:
+            with self.write() as w:
                 w.purge_tombstones(w.generation())
             return
         through = self._saved_current() if self._vectors is None else None
@@ -674,7 +711,7 @@ class IndexStore:
         with self.read() as reader:
             if through <= reader.purged_through():
                 return  # nothing newer to forget
-        with self.catalogue.write() as w:
+        with self.write() as w:
             w.purge_tombstones(through)
 
     def _saved_current(self) -> int | None:
@@ -704,7 +741,7 @@ class IndexStore:
         """Delete every saved vectors file (the model changed: none describes the catalogue)."""
         with self._rw.writing():
             self._vectors = None
-            for _, path in saved_generations(self.folder) + ondisk.data_files(self.folder):
+            for _, path in saved_generations(self.folder) + data_files(self.folder):
                 path.unlink(missing_ok=True)
 
     # -- description ------------------------------------------------------------------------------

@@ -43,9 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IndexTypeError
-from ..fsutil import atomic_write_via, digest_mismatch, fsync_dir
-from . import ondisk
-from .ondisk import ONDISK
+from ..fsutil import atomic_write_via, fsync_dir
 from ..lazy import lazy_module
 
 faiss = lazy_module("faiss")  # imported on first use: a run that changes nothing never loads it
@@ -53,11 +51,15 @@ faiss = lazy_module("faiss")  # imported on first use: a run that changes nothin
 log = logging.getLogger(__name__)
 
 _FILE_RE = re.compile(r"^vectors\.g(\d+)\.faiss$")
+# The lists of an on-disk IVF (``ondisk``), beside its index file.
+_DATA_RE = re.compile(r"^vectors\.g(\d+)\.([0-9a-f]+)\.ivfdata$")
 
 FLAT = "flat"
 IVF_SQ8 = "ivf-sq8"
 IVF_PQ = "ivf-pq"
 AUTO = "auto"
+# PQ codes in memory-mapped on-disk lists (``ondisk``).
+ONDISK = "ivf-ondisk"
 TYPES = (FLAT, IVF_SQ8, IVF_PQ, ONDISK)
 CHOICES = (AUTO, *TYPES)
 
@@ -73,6 +75,9 @@ SQ8_MEMORY_SHARE = 0.25
 PQ_MEMORY_SHARE = 0.25
 # Training sample: this many vectors per IVF cell (faiss warns below 39).
 TRAIN_PER_LIST = 48
+# An on-disk IVF's training vectors per cell, and its candidates re-ranked exactly for a top 10.
+ONDISK_TRAIN_PER_LIST = 40
+ONDISK_RERANK = 400
 
 
 def _file_name(gen: int) -> str:
@@ -94,10 +99,86 @@ def remove_older(folder: Path, gen: int) -> None:
     for old_gen, path in saved_generations(folder):
         if old_gen < gen:
             path.unlink(missing_ok=True)
-    if ondisk.data_files(folder):  # (reading the index files only when there is something to match)
-        for path in ondisk.unreferenced_data(folder, [p for _, p in saved_generations(folder)]):
+    if data_files(folder):  # (reading the index files only when there is something to match)
+        for path in unreferenced_data(folder, [p for _, p in saved_generations(folder)]):
             path.unlink(missing_ok=True)
     fsync_dir(folder)
+
+
+# -- vectors files of either kind: reading, and on-disk IVFs' data files ----------------------------------------------------------------------------------------
+def _read_flags() -> int:
+    """Memory-mapped, read-only."""
+    return faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+
+
+def read_index_file(path: Path) -> faiss.Index:
+    """Any vectors file: in-memory types with their cells memory-mapped, an on-disk IVF with its
+    data file (named in it) memory-mapped read-only from beside ``path``."""
+    # SKIP_PRECOMPUTE_TABLE also keeps FAISS from mapping the data file under the name it was
+    # written with: it is mapped below, from this folder. (Inner-product IVF-PQ has no table.)
+    index = faiss.read_index(str(path), _read_flags() | faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE)
+    if is_ondisk(index):
+        _map_data(index, path)
+    return index
+
+
+def is_ondisk(index: faiss.Index) -> bool:
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return False
+    return isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists) and \
+        _DATA_RE.match(os.path.basename(faiss.downcast_InvertedLists(ivf.invlists).filename)) is not None
+
+
+def referenced(header: Path) -> Path | None:
+    """The data file ``header`` names (beside it), or None when it is not an on-disk IVF."""
+    try:
+        index = faiss.read_index(str(header), _read_flags() | faiss.IO_FLAG_SKIP_PRECOMPUTE_TABLE)
+    except RuntimeError:
+        return None
+    if not is_ondisk(index):
+        return None
+    return header.with_name(os.path.basename(faiss.downcast_InvertedLists(index.invlists).filename))
+
+
+def _map_data(index: faiss.IndexIVF, header: Path) -> None:
+    lists = faiss.downcast_InvertedLists(index.invlists)
+    data = header.with_name(os.path.basename(lists.filename))
+    try:
+        size = os.path.getsize(data)
+    except OSError as exc:
+        raise RuntimeError(f"{data.name}, the cells of {header.name}, cannot be read: {exc.strerror or exc}") from exc
+    if size < lists.totsize:  # mapping past the end would crash the process (SIGBUS) on a probe
+        raise RuntimeError(f"{data.name} has {size} bytes, {header.name} needs {lists.totsize}")
+    lists.filename = str(data)
+    lists.read_only = True
+    if lists.totsize:
+        lists.do_mmap()
+
+
+def data_files(folder: Path) -> list[tuple[int, Path]]:
+    """(generation, path) of every on-disk IVF data file in ``folder``."""
+    found = []
+    for entry in os.scandir(folder):
+        match = _DATA_RE.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), Path(entry.path)))
+    return found
+
+
+def unreferenced_data(folder: Path, headers: Iterable[Path]) -> list[Path]:
+    """Data files no index file in ``headers`` names (left by a crash or an older build)."""
+    found = data_files(folder)
+    if not found:
+        return []
+    keep = {referenced(h) for h in headers}
+    return [path for _, path in found if path not in keep]
+
+
+def data_path(header: Path, token: str) -> Path:
+    """The data file of an on-disk IVF whose index file is ``header`` (``token``: its build's)."""
+    return header.with_name(f"{header.name.removesuffix('.faiss')}.{token}.ivfdata")
 
 
 # -- choosing a type --------------------------------------------------------------------------------
@@ -150,6 +231,30 @@ def _pq_m(dim: int) -> int:
     Measured at 1M clustered 512-d vectors, re-ranking 400 candidates: 64 bytes reach recall@10
     0.93, 128 bytes 0.975 (build 20 s, p50 2 ms)."""
     target = max(1, dim // 4)
+    for m in range(target, 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
+
+
+# -- an on-disk IVF's parameters (``ondisk``) -------------------------------------------------------------------------------------
+def ondisk_nlist(n: int) -> int:
+    """Cells for ``n`` vectors: the power of two nearest 2*sqrt(n) (smaller cells than the
+    in-memory types: each probed cell is read from disk), at most n / ONDISK_TRAIN_PER_LIST."""
+    if n <= 0:
+        return 1
+    nlist = 2 ** round(math.log2(max(1.0, 2 * math.sqrt(n))))
+    return int(max(1, min(nlist, n // ONDISK_TRAIN_PER_LIST, 65_536)))
+
+
+def ondisk_nprobe(nlist: int) -> int:
+    """Cells scanned per query: 1/128 of them, at least 16."""
+    return int(min(nlist, max(16, nlist // 128)))
+
+
+def pq_m(dim: int, bytes_per_dim: float = 0.25) -> int:
+    """Sub-quantizers (one byte each): about ``dim * bytes_per_dim``, dividing ``dim``."""
+    target = max(1, int(dim * bytes_per_dim))
     for m in range(target, 0, -1):
         if dim % m == 0:
             return m
@@ -214,11 +319,11 @@ def choose(
     if kind == FLAT or n < 2:  # nothing to train on yet: exact until items arrive
         return IndexPlan(FLAT)
     if kind == ONDISK:
-        nlist = max(1, min(int(nlist or settings.nlist or ondisk.ondisk_nlist(n)), n))
-        nprobe = min(int(nprobe or ondisk.ondisk_nprobe(nlist)), nlist)
+        nlist = max(1, min(int(nlist or settings.nlist or ondisk_nlist(n)), n))
+        nprobe = min(int(nprobe or ondisk_nprobe(nlist)), nlist)
         bits = int(max(1, min(8, math.floor(math.log2(n)))))
         return IndexPlan(ONDISK, nlist, nprobe, rerank=default_rerank(ONDISK, settings), trained_for=n,
-                         pq_m=ondisk.pq_m(dim), pq_bits=bits)
+                         pq_m=pq_m(dim), pq_bits=bits)
     nlist = int(nlist or settings.nlist or default_nlist(n))
     nlist = max(1, min(nlist, n))
     nprobe = int(nprobe or default_nprobe(nlist))
@@ -233,7 +338,7 @@ def default_rerank(kind: str, settings: VectorSettings = DEFAULT_SETTINGS) -> in
     """Candidates re-ranked exactly for a top-10 query (``settings.rerank`` overrides)."""
     if settings.rerank is not None:
         return settings.rerank
-    return {FLAT: 0, IVF_SQ8: 50, IVF_PQ: 400, ONDISK: ondisk.DEFAULT_RERANK}[kind]
+    return {FLAT: 0, IVF_SQ8: 50, IVF_PQ: 400, ONDISK: ONDISK_RERANK}[kind]
 
 
 def needs_rebuild(current: IndexPlan, n: int, dim: int, requested: str = AUTO,
@@ -277,7 +382,7 @@ def selective_nprobe(nprobe: int, nlist: int, passing: int) -> int:
     return max(nprobe, int(math.ceil(nlist * SELECTED_MEET / max(1, passing))))
 
 
-def _selector(allowed: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray | None]:
+def id_selector(allowed: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray | None]:
     """A FAISS ID selector for ``allowed`` ids: a bitmap over the id range (a few ms to build and
     one bit test a candidate), or a hash set when the ids are too sparse for one."""
     allowed = np.ascontiguousarray(allowed, dtype=np.int64)
@@ -366,44 +471,7 @@ class VectorIndex:
         index.nprobe = max(1, min(plan.nprobe or default_nprobe(nlist), nlist))
         return cls(dim, index, gen, settings)
 
-    # -- persistence -------------------------------------------------------------------------
-    @classmethod
-    def load_latest(cls, folder: Path, records: dict[str, dict] | None = None,
-                    settings: VectorSettings = DEFAULT_SETTINGS) -> VectorIndex | ondisk.OnDiskVectorIndex | None:
-        """The newest readable FAISS file in ``folder``, or None if there is none.
-
-        ``records``: the manifest's checksums of the files this index wrote, by generation
-        (None for an index written before they were kept). A file without a record, or whose
-        size or checksum differs from it (another index's file, flipped bits), is passed over:
-        the vectors are derived data, rebuilt from the database when no file is left.
-        """
-        for _ in range(3):  # a concurrent save may delete the file between listing and reading
-            for gen, path in saved_generations(folder):
-                if records is not None:
-                    record = records.get(str(gen))
-                    problem = digest_mismatch(path, record) if record else f"{path.name} is not recorded in the manifest"
-                    if problem:
-                        log.warning("vectors file passed over: %s; rebuilding from the database", problem)
-                        continue
-                try:
-                    # IVF cells are memory-mapped: a cold reader touches only the cells it probes
-                    # (1M items: 0.5 ms and a few MB instead of 0.25 s and 500 MB). They are copied
-                    # into memory before any change or save (``_writable``).
-                    # An on-disk IVF maps its data file read-only and is served as it is.
-                    index = ondisk.read_index_file(path)
-                    if ondisk.is_ondisk(index):
-                        return ondisk.OnDiskVectorIndex(index, gen, settings)
-                    return cls(index.d, index, gen, settings)
-                except RuntimeError:
-                    if path.exists():
-                        continue  # unreadable (damaged) file: fall back to an older one
-                    break  # replaced by a newer save: list again
-                except IndexTypeError:
-                    continue  # a FAISS file of a kind this version cannot serve: rebuilt from the database
-            else:
-                return None
-        return None
-
+    # -- persistence (``vectorfiles.load_latest`` reads the newest file) ------------------------
     def save(self, folder: Path, gen: int, before_replace: Callable[[Path], None] | None = None) -> Path:
         """Write this index as generation ``gen`` and delete older files (``before_replace``:
         see ``atomic_write_via``)."""
@@ -558,7 +626,7 @@ class VectorIndex:
         if k <= 0:
             return np.empty(0, np.float32), np.empty(0, np.int64)
         q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
-        selector, _bitmap = _selector(allowed) if allowed is not None else (None, None)  # (keeps the bits alive)
+        selector, _bitmap = id_selector(allowed) if allowed is not None else (None, None)  # (keeps the bits alive)
         if self.kind == FLAT:
             scores, ids = self._search(q, k, None, selector)
         else:
