@@ -98,7 +98,7 @@ def _main_options(
         raise typer.Exit(exc.exit_code) from None
 
 
-def _settings(db: str | None = None):
+def read_settings(db: str | None = None):
     """The settings read at start; ``db``: a --db given on the command line (it wins over $MMSEARCH_DB)."""
     from ..settings import Settings
 
@@ -165,11 +165,11 @@ DbOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON document instead of a table.")]
 
 
-def _engine(index: Path | None, model: str | None = None, pretrained: str | None = None, device: str | None = None,
+def open_engine(index: Path | None, model: str | None = None, pretrained: str | None = None, device: str | None = None,
             db: str | None = None, **kwargs: Any):
     from ..engine import Engine  # imported here so `mmsearch --help` stays instant
 
-    return Engine(index, model=model, pretrained=pretrained, device=device, settings=_settings(db), **kwargs)
+    return Engine(index, model=model, pretrained=pretrained, device=device, settings=read_settings(db), **kwargs)
 
 
 

@@ -15,8 +15,8 @@ from rich.text import Text
 from ..errors import QueryError
 from ..fsutil import display_path, printable_path, terminal_safe
 from ..media.capabilities import modalities
-from .base import DbOpt, DeviceOpt, IndexOpt, JsonOpt, ModelOpt, PretrainedOpt, _engine, _settings, command, err, out, write_json
-from .progress import RichProgress, _QuietProgress
+from .base import DbOpt, DeviceOpt, IndexOpt, JsonOpt, ModelOpt, PretrainedOpt, open_engine, read_settings, command, err, out, write_json
+from .progress import RichProgress, QuietProgress
 
 # -- commands ------------------------------------------------------------------------------------
 @command("index")
@@ -47,12 +47,12 @@ def index_cmd(
     from .. import procs
 
     try:
-        if runner == "local" and not (Path(index or _settings(db).default_index()) / "manifest.json").is_file():
+        if runner == "local" and not (Path(index or read_settings(db).default_index()) / "manifest.json").is_file():
             # A first run always decodes: the decode workers' server imports Pillow and PyAV while
             # we import the rest. Into an existing index it starts only once a file needs decoding.
             procs.start_forkserver()
-        with _engine(index, model, pretrained, device, db, batch_size=batch_size, workers=workers) as engine:
-            progress = _QuietProgress(err, verbose) if quiet or as_json else RichProgress(err, verbose)
+        with open_engine(index, model, pretrained, device, db, batch_size=batch_size, workers=workers) as engine:
+            progress = QuietProgress(err, verbose) if quiet or as_json else RichProgress(err, verbose)
             with progress:
                 report = engine.add(
                     [str(p) for p in paths] if paths else None,
@@ -121,7 +121,7 @@ def query_cmd(
     if model is None and pretrained is None:
         from ..encoders import onnx_text
 
-        settings = _settings(db)
+        settings = read_settings(db)
         folder = index if index is not None else settings.default_index()
         texts = [t.value for t in request.terms if t.kind == TEXT]
         images = [t.value for t in request.terms if t.kind == IMAGE and isinstance(t.value, str)]
@@ -132,7 +132,7 @@ def query_cmd(
 
             # Likewise the image encoder, decoding and encoding the query images.
             preloaded_images = onnx_image.preload(folder, images, settings)
-    with _engine(index, model, pretrained, device, db, text_encoder=preloaded, image_encoder=preloaded_images) as engine:
+    with open_engine(index, model, pretrained, device, db, text_encoder=preloaded, image_encoder=preloaded_images) as engine:
         hits = engine.search(request)
     if as_json:
         doc = {"query": [printable_path(t) for t in terms], "hits": [h.as_dict() for h in hits]}
@@ -255,8 +255,8 @@ def dupes_cmd(
         check_threshold(threshold, "--threshold")
     if type not in TYPE_CHOICES:
         raise QueryError(f"unknown type {type!r}: choose one of {', '.join(TYPE_CHOICES)}")
-    with _engine(index, db=db) as engine:
-        progress = _QuietProgress(err) if quiet or as_json else RichProgress(err)
+    with open_engine(index, db=db) as engine:
+        progress = QuietProgress(err) if quiet or as_json else RichProgress(err)
         with progress:
             groups = engine.duplicates(threshold=threshold, type=type, progress=progress)
     if as_json:
@@ -286,7 +286,7 @@ def dupes_cmd(
 @command("info")
 def info_cmd(index: IndexOpt = None, db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Show what is in an index: counts, roots, model, vector index and sizes."""
-    with _engine(index, db=db) as engine:
+    with open_engine(index, db=db) as engine:
         info = engine.info()
     info["index"] = printable_path(info["index"])
     info["roots"] = [printable_path(r) for r in info["roots"]]
@@ -378,7 +378,7 @@ def check_cmd(
     from ..check import check_folder
     from ..encoders import ModelSpec, TorchEncoder
 
-    settings = _settings(db)
+    settings = read_settings(db)
     folder = index if index is not None else settings.default_index()
     report = check_folder(
         folder, repair=repair, wait=wait, settings=settings,

@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from ..fsutil import display_path
-from .base import DbOpt, IndexOpt, JsonOpt, _settings, command, err, out, write_json
+from .base import DbOpt, IndexOpt, JsonOpt, read_settings, command, err, out, write_json
 
 
 @command("migrate")
@@ -25,7 +25,7 @@ def migrate_cmd(
     from ..migrate import migrate
     from ..storage.sqlite import DB_FILE  # here, not at import: `mmsearch --help` stays instant
 
-    settings = _settings(db)
+    settings = read_settings(db)
     source = index if index is not None else settings.default_index()
     # $MMSEARCH_DB names the source's database unless the source is an SQLite index folder.
     source_db = db or (None if (Path(source).expanduser() / DB_FILE).is_file() else settings.db)

@@ -52,14 +52,14 @@ class RichProgress:
             self.skip(skip)
 
 
-class _QuietProgress:
+class QuietProgress:
     """No bar, but skipped files are still named (on stderr)."""
 
     def __init__(self, console: Console, verbose: bool = False):
         self.console = console
         self.verbose = verbose
 
-    def __enter__(self) -> _QuietProgress:
+    def __enter__(self) -> QuietProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:

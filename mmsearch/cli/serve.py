@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from .base import DbOpt, DeviceOpt, IndexOpt, _settings, command, err
+from .base import DbOpt, DeviceOpt, IndexOpt, read_settings, command, err
 
 @command("serve")
 def serve_cmd(
@@ -30,7 +30,7 @@ def serve_cmd(
     from ..server import docs_available, is_loopback_host, serve
     from ..server.security import normalise_hosts
 
-    settings = _settings(db)
+    settings = read_settings(db)
     from_env = token is None and settings.token is not None
     token = token if token is not None else settings.token
 

@@ -14,8 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..fsutil import printable_path
-from .base import DeviceOpt, IndexOpt, JsonOpt, ModelOpt, PretrainedOpt, _engine, _settings, command, err, out
-from .progress import RichProgress, _QuietProgress
+from .base import DeviceOpt, IndexOpt, JsonOpt, ModelOpt, PretrainedOpt, open_engine, read_settings, command, err, out
+from .progress import RichProgress, QuietProgress
 
 DataArg = Annotated[Path, typer.Argument(help="Captioned dataset: .jsonl, .csv/.tsv, Karpathy dataset_*.json, or a folder of images with same-named .txt captions.", show_default=False)]
 ImageRootOpt = Annotated[Optional[Path], typer.Option("--image-root", metavar="DIR", help="Folder that relative image paths are resolved against \\[default: the dataset file's folder].")]
@@ -78,9 +78,9 @@ def eval_cmd(
     if documents:
         _eval_documents(subset, index, model, pretrained, device, as_json, quiet)
         return
-    with _engine(index, model, pretrained, device) as engine:
+    with open_engine(index, model, pretrained, device) as engine:
         encoder = engine.encoder
-        progress = _QuietProgress(err) if quiet or as_json else RichProgress(err)
+        progress = QuietProgress(err) if quiet or as_json else RichProgress(err)
         with progress:
             report = evaluate(encoder, subset, batch_size=batch_size, progress=progress, split=split or "all")
     if as_json:
@@ -103,13 +103,13 @@ def eval_cmd(
 def _eval_documents(subset, index, model, pretrained, device, as_json: bool, quiet: bool) -> None:
     from ..training.documents import evaluate_documents
 
-    with _engine(index, model, pretrained, device) as engine:
+    with open_engine(index, model, pretrained, device) as engine:
         spec = engine.spec
 
     def engine_for(folder: Path):
-        return _engine(folder, spec.name, spec.pretrained or "none", device)
+        return open_engine(folder, spec.name, spec.pretrained or "none", device)
 
-    progress = _QuietProgress(err) if quiet or as_json else RichProgress(err)
+    progress = QuietProgress(err) if quiet or as_json else RichProgress(err)
     with progress:
         report = evaluate_documents(engine_for, subset, progress=progress)
     if as_json:
@@ -163,7 +163,7 @@ class _TrainBar(RichProgress):
         self.console.print(Text(line + ("  (best so far)" if record.best else "")))
 
 
-class _QuietTrain(_QuietProgress):
+class _QuietTrain(QuietProgress):
     def metrics(self, values: dict) -> None:
         pass
 
@@ -208,7 +208,7 @@ def train_cmd(
     dataset = _load_dataset(data, image_root)
     progress = _QuietTrain(err) if quiet or as_json else _TrainBar(err)
     with progress:
-        settings = _settings()
+        settings = read_settings()
         report = train(dataset, out_dir, model, pretrained, options, device=device, resume=resume, overwrite=overwrite,
                        progress=progress, defaults=(settings.model, settings.pretrained))
     for warning in report.warnings:  # on stderr, with --json too

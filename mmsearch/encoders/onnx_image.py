@@ -647,7 +647,7 @@ class IndexingEncoder:
         return self._texts().encode_texts(texts)
 
 
-def _once(factory: Any) -> Any:
+def once_per_process(factory: Any) -> Any:
     made: list[Any] = []
 
     def get() -> Any:

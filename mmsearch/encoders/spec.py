@@ -110,7 +110,7 @@ class ModelSpec:
         if name.endswith(".json"):
             if not path.is_file():
                 raise ModelLoadError(f"model config file not found: {path}")
-            _read_config(path)  # fail early on a malformed config
+            read_config(path)  # fail early on a malformed config
             return cls(str(path.resolve()), _weights(pretrained))
         if (not path.exists() and not name.startswith(("hf-hub:", "local-dir:"))
                 and ("/" in name or os.sep in name or name.startswith(("~", ".")))):
@@ -179,7 +179,7 @@ class ModelSpec:
         recorded the same path, size and mtime.
         """
         if self.config_path:
-            arch_sig = _sha256_json(_read_config(self.config_path))
+            arch_sig = _sha256_json(read_config(self.config_path))
         elif self.name.startswith("local-dir:"):
             folder = Path(self.name[len("local-dir:"):])
             arch_sig = _sha256_file(folder / "open_clip_config.json") if (folder / "open_clip_config.json").is_file() else self.name
@@ -209,7 +209,7 @@ def _weights(pretrained: str | None) -> str | None:
     return pretrained
 
 
-def _read_config(path: Path) -> dict:
+def read_config(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -322,7 +322,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else ""
 
 
-def _explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
+def explain_load_failure(spec: ModelSpec, exc: Exception) -> str:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if spec.pretrained and not Path(spec.pretrained).is_file() or spec.name.startswith("hf-hub:"):
         return (

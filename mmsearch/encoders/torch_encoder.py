@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import ModelLoadError
 from .pixels import pixel_transform_for
-from .spec import RANDOM_INIT_SEED, ModelSpec, _explain_load_failure, check_weights_reachable, register_config
+from .spec import RANDOM_INIT_SEED, ModelSpec, explain_load_failure, check_weights_reachable, register_config
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -62,7 +62,7 @@ def load_open_clip(spec: ModelSpec, device: str, precision: str = "fp32", seed: 
             )
         tokenizer = open_clip.get_tokenizer(spec.arch)
     except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError/HF errors
-        raise ModelLoadError(_explain_load_failure(spec, exc)) from exc
+        raise ModelLoadError(explain_load_failure(spec, exc)) from exc
     return model, preprocess_train, preprocess, tokenizer
 
 

@@ -52,7 +52,7 @@ class DecodeExecutor(Protocol):
         """Batches of decoded images, in the order of ``jobs``."""
 
 
-def _outcome(path: str, future: Future, seconds: float, what: str) -> Any:
+def decode_outcome(path: str, future: Future, seconds: float, what: str) -> Any:
     """A worker's result, or the ``Skip`` that says why there is none: past its deadline, the
     worker process died, or an exception the decoder did not anticipate."""
     from pebble import ProcessExpired
@@ -110,7 +110,7 @@ class LocalExecutor:
         self.prestart()
         if self._ready is not None:
             ready, self._ready = self._ready, None
-            _check_pool(self._pool, ready)
+            check_pool(self._pool, ready)
         return self._pool
 
     def decode(self, jobs: Sequence[Job], target: int, pixels: PixelTransform | None,
@@ -121,7 +121,7 @@ class LocalExecutor:
         limit = self.max_pixels
 
         def result_of(job: Job, future: Future) -> Any:
-            return _outcome(record_source(job.record), future, self.timeout, job.record.modality)
+            return decode_outcome(record_source(job.record), future, self.timeout, job.record.modality)
 
         pending: list[tuple[Job, Future]] = []
         cursor = 0
@@ -165,7 +165,7 @@ class LocalExecutor:
             path = job.record.path
 
             def outcome(path: str, future: Future, seconds: float) -> Any:
-                return _outcome(path, future, seconds, job.record.modality)
+                return decode_outcome(path, future, seconds, job.record.modality)
 
             info = outcome(path, pool.schedule(probe_worker, args=(path, limit), timeout=self.timeout), self.timeout)
             if isinstance(info, Skip):
@@ -184,7 +184,7 @@ class LocalExecutor:
             deadlines = [replace(info, duration=min(b, info.duration) - a).deadline(self.timeout) for a, b in ranges]
             futures = [pool.schedule(video_worker, args=(path, target, pixels, sampling, limit, info, span, keys),
                                      timeout=deadline) for span, deadline in zip(ranges, deadlines)]
-            return lambda: _joined([outcome(path, f, d) for f, d in zip(futures, deadlines)], sampling)
+            return lambda: joined_results([outcome(path, f, d) for f, d in zip(futures, deadlines)], sampling)
 
         pending: deque = deque()
         for job in jobs:
@@ -197,14 +197,14 @@ class LocalExecutor:
             yield done, result() if callable(result) else result
 
 
-def _joined(parts: list[SampledFrames | Skip], sampling: Sampling) -> SampledFrames | Skip:
+def joined_results(parts: list[SampledFrames | Skip], sampling: Sampling) -> SampledFrames | Skip:
     """One video's samples from its ranges: what decoded, as a damaged stretch of a whole-video
     sampling keeps what decoded around it; the first range's reason when none did."""
     sampled = [part for part in parts if not isinstance(part, Skip)]
     return merge_samples(sampled, sampling) if sampled else parts[0]
 
 
-def _check_pool(pool, ready: Future | None = None) -> None:
+def check_pool(pool, ready: Future | None = None) -> None:
     """Fail clearly, not by skipping every image, when worker processes cannot start
     (``ready``: the pool's first task, already scheduled; else one is scheduled now)."""
     from pebble import ProcessExpired

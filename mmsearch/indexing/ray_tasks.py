@@ -4,7 +4,7 @@ sampling tasks, and the encode actor. The driver side is ``ray_executor``.
 Every file is decoded in a *sandbox*: a one-worker process pool (pebble, the local executor's
 kind) kept by each Ray worker process. The file's deadline (``MMSEARCH_DECODE_TIMEOUT``, and a
 video's own, which grows with its length) is enforced there, and a decoder that crashes kills
-only the sandbox's worker: both become the local run's one-line skips (``executors._outcome``),
+only the sandbox's worker: both become the local run's one-line skips (``executors.decode_outcome``),
 not a hung task or a Ray task that fails the whole job after its retries. A Ray worker process
 that dies itself (a node lost) is still retried by Ray.
 """
@@ -21,7 +21,7 @@ import numpy as np
 from ..media import Skip
 from ..media.capabilities import IMAGE, VIDEO  # the nouns of the skips of these stages (a picture's, a video's)
 from ..media.image import PixelTransform
-from .executors import _joined, _outcome
+from .executors import joined_results, decode_outcome
 
 _sandboxes: dict[str, Any] = {}  # per Ray worker process: the pebble pool decoding its files
 
@@ -34,11 +34,11 @@ def _sandbox() -> Any:
 
         from ..media.image import decode_worker_init
         from ..procs import worker_context
-        from .executors import _check_pool
+        from .executors import check_pool
 
         pool = ProcessPool(max_workers=1, initializer=decode_worker_init,
                            context=worker_context(["mmsearch.media.image", "mmsearch.media.video"]))
-        _check_pool(pool)
+        check_pool(pool)
         _sandboxes["pool"] = pool
     return pool
 
@@ -75,7 +75,7 @@ class EncoderRecipe:
             return TorchEncoder(self.spec, self.device, self.cpu_bf16)
         from pathlib import Path
 
-        from ..encoders.onnx_image import IndexingEncoder, OnnxImageEncoder, _once
+        from ..encoders.onnx_image import IndexingEncoder, OnnxImageEncoder, once_per_process
 
         folder = Path(self.folder)
 
@@ -89,7 +89,7 @@ class EncoderRecipe:
                     pass
             return TorchEncoder(self.spec, "cpu", self.cpu_bf16)
 
-        return IndexingEncoder(OnnxImageEncoder(folder, self.record, self.kind), _once(texts))
+        return IndexingEncoder(OnnxImageEncoder(folder, self.record, self.kind), once_per_process(texts))
 
     def describe(self) -> str:
         return f"torch on {self.device or 'the best device'}" if self.kind == "torch" else self.kind
@@ -113,7 +113,7 @@ def decode_batch(batch: dict[str, np.ndarray], target: int, limit: int, pixels: 
     reasons: list[bytes] = []
     protects: list[bool] = []
     for raw, future in zip(batch["path"], futures):
-        result = None if future is None else _outcome(os.fsdecode(bytes(raw)), future, timeout, IMAGE)
+        result = None if future is None else decode_outcome(os.fsdecode(bytes(raw)), future, timeout, IMAGE)
         if isinstance(result, Skip):
             arrays.append(None)
             reasons.append(result.reason.encode("utf-8", "surrogateescape"))
@@ -149,14 +149,14 @@ def probe_video(path: str, limit: int | None, timeout: float) -> Any:
     the ``Skip`` saying why not."""
     from ..media.video import probe_worker
 
-    return _outcome(path, _sandbox().schedule(probe_worker, args=(path, limit), timeout=timeout), timeout, VIDEO)
+    return decode_outcome(path, _sandbox().schedule(probe_worker, args=(path, limit), timeout=timeout), timeout, VIDEO)
 
 
 def video_keyframes(path: str, stream: int, timeout: float) -> Any:
     """A Ray task: ``(keyframe times, end)`` of a video sampled in ranges, or a ``Skip``."""
     from ..media.video import keyframes_worker
 
-    return _outcome(path, _sandbox().schedule(keyframes_worker, args=(path, stream), timeout=timeout), timeout,
+    return decode_outcome(path, _sandbox().schedule(keyframes_worker, args=(path, stream), timeout=timeout), timeout,
                     VIDEO)
 
 
@@ -186,7 +186,7 @@ def sample_spans(batch: dict[str, np.ndarray], target: int, pixels: PixelTransfo
                              timeout=job.deadline) for job in jobs]
     rows: dict[str, list] = {k: [] for k in ("i", "span", "count", "t", "pixels", "skip", "protects", "info")}
     for job, future in zip(jobs, futures):
-        result = _outcome(job.path, future, job.deadline, VIDEO)
+        result = decode_outcome(job.path, future, job.deadline, VIDEO)
         if isinstance(result, Skip):
             frames: list[tuple[float, Any]] = [(0.0, None)]
             reason, info = result.reason.encode("utf-8", "surrogateescape"), pickle.dumps(result)
@@ -216,7 +216,7 @@ def sample_spans(batch: dict[str, np.ndarray], target: int, pixels: PixelTransfo
 
 def join_spans(parts: list[tuple[Any, list[float], np.ndarray | None]], sampling: Any) -> Any:
     """One video's ``SampledFrames`` from its ranges' (facts or Skip, times, vectors), as a local
-    run joins them (``executors._joined``: what decoded, the first range's reason when none did);
+    run joins them (``executors.joined_results``: what decoded, the first range's reason when none did);
     its ``vectors`` row for row with its ``times``."""
     sampled = []
     for result, times, vectors in parts:
@@ -226,7 +226,7 @@ def join_spans(parts: list[tuple[Any, list[float], np.ndarray | None]], sampling
             result.times = list(times)
             result.arrays = list(vectors)  # merged and capped exactly as the frames would be
             sampled.append(result)
-    joined = _joined(sampled, sampling)
+    joined = joined_results(sampled, sampling)
     if isinstance(joined, Skip):
         return joined
     dim = next((v.shape[1] for _, _, v in parts if v is not None and v.ndim == 2), 0)

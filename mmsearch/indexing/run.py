@@ -331,7 +331,7 @@ def indexing_encoder(store: IndexStore, settings: Any, torch_encoder: Any, text_
                 except Exception as exc:  # noqa: BLE001 - OnnxTextUnavailable: texts then use torch
                     log.warning("texts are encoded by the torch model: %s", exc)
             return torch_encoder()
-    return onnx_image.IndexingEncoder(image, onnx_image._once(text_encoder))
+    return onnx_image.IndexingEncoder(image, onnx_image.once_per_process(text_encoder))
 
 
 def check_index_type(index_type: str | None) -> None:

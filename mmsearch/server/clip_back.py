@@ -44,7 +44,7 @@ from ..search.dupes import CLIP_RETRIEVAL_THRESHOLD
 from ..errors import QueryError
 from ..search.query import IMAGE, ITEM, TEXT, Hit, QueryTerm, unit_vector
 from .responses import text_safe
-from .uploads import _BASE64_OVERHEAD, Upload
+from .uploads import BASE64_OVERHEAD, Upload
 
 MAX_RESULT_IDS = 10_000  # the front end asks for 3000 ids (and 10000 for its "download" button)
 MAX_METADATA_IDS = 10_000
@@ -208,7 +208,7 @@ def _decode_image(state: Any, value: Any, target: Callable[[], int]) -> Any:
     if value.startswith("data:") and "," in value:  # a data URL, as FileReader.readAsDataURL gives
         value = value.split(",", 1)[1]
     limit = state.limits.max_bytes
-    if len(value) > limit * _BASE64_OVERHEAD + 4:
+    if len(value) > limit * BASE64_OVERHEAD + 4:
         raise HTTPException(413, f"image larger than the limit of {limit} bytes")
     try:
         raw = base64.b64decode("".join(value.split()), validate=True)

@@ -37,7 +37,7 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a full-size phone photo is 3-12 M
 DEFAULT_UPLOAD_MAX_PIXELS = 16_000_000
 DEFAULT_REQUEST_PIXEL_BUDGET = 32_000_000
 FORM_OVERHEAD = 256 * 1024  # room for form fields and multipart boundaries on top of the images
-_BASE64_OVERHEAD = 4 / 3
+BASE64_OVERHEAD = 4 / 3
 
 _TERMS = TypeAdapter(list[TermIn])
 # What Pillow raises for malformed headers, besides the errors open_image turns into BadInput.
@@ -209,7 +209,7 @@ def from_json(body: bytes, max_bytes: int, query: dict[str, str] | None = None) 
                 if term.data is None:
                     raise HTTPException(422, f"terms[{n}]: an image term in a JSON body needs 'data', the image file "
                                              "as base64 (or send multipart/form-data with files in 'images')")
-                if len(term.data) > max_bytes * _BASE64_OVERHEAD + 4:
+                if len(term.data) > max_bytes * BASE64_OVERHEAD + 4:
                     raise HTTPException(413, f"terms[{n}]: image larger than the limit of {max_bytes} bytes")
                 try:
                     data = base64.b64decode(term.data, validate=True)

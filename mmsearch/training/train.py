@@ -49,7 +49,7 @@ from ..media import BadInput, Skip, load_image
 from .datasets import Dataset
 from ..errors import ModelLoadError, TrainingError, TrainingInterrupted
 from .evaluate import chance_recall, recall_at_k
-from ..encoders.spec import TRAINED_CHECKPOINT, TRAINED_CONFIG, ModelSpec, _read_config
+from ..encoders.spec import TRAINED_CHECKPOINT, TRAINED_CONFIG, ModelSpec, read_config
 from ..encoders.torch_encoder import load_open_clip, pick_device
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -164,7 +164,7 @@ def model_config(spec: ModelSpec) -> dict:
     import open_clip
 
     if spec.config_path:
-        return _read_config(spec.config_path)
+        return read_config(spec.config_path)
     if spec.name.startswith("local-dir:"):
         path = Path(spec.name[len("local-dir:"):]) / "open_clip_config.json"
         try:
@@ -299,7 +299,7 @@ class Trainer:
                 raise TrainingError(f"cannot read the resume state {last}: {exc}") from exc
             self.options = TrainOptions(**self.state["options"])
             spec = ModelSpec.resolve(str(self.out / TRAINED_CONFIG), "none")
-            self.config = _read_config(self.out / TRAINED_CONFIG)
+            self.config = read_config(self.out / TRAINED_CONFIG)
         else:
             if (self.out / TRAINED_CHECKPOINT).exists() or last.exists():
                 if not overwrite:
