@@ -31,6 +31,7 @@ from .encoders import onnx_image, onnx_text
 from .encoders.queries import DEFAULT_BATCH_CPU, DEFAULT_BATCH_GPU, QueryEncoders  # noqa: F401 - public here before
 from .errors import ModelMismatchError
 from .indexing import Indexer, IndexReport, Progress
+from .progress import NullProgress
 from .indexing.handle import IndexHandle
 from .indexing.run import IndexingRun
 from .library import LibraryRoot
@@ -238,10 +239,17 @@ class Engine(Searcher):
         ``pgvector`` (in the PostgreSQL catalogue, searched by one SQL statement with its filters;
         see ``storage.pgvector``); chosen at creation (None: the index's).
         """
-        return self._run().add(paths, exclude=exclude, include_hidden=include_hidden, follow_links=follow_links,
-                               reembed=reembed, wait=wait, progress=progress, index_type=index_type,
-                               refresh_metadata=refresh_metadata, runner=runner, ray_address=ray_address,
-                               vectors=vectors)
+        report = self._run().add(paths, exclude=exclude, include_hidden=include_hidden, follow_links=follow_links,
+                                 reembed=reembed, wait=wait, progress=progress, index_type=index_type,
+                                 refresh_metadata=refresh_metadata, runner=runner, ray_address=ray_address,
+                                 vectors=vectors)
+        for space in self.spaces[1:]:  # the other embedding spaces follow the library, each with its model
+            other = self._spaces[space.name]
+            done = other.add(paths, exclude=exclude, include_hidden=include_hidden, follow_links=follow_links,
+                             wait=wait, progress=progress, refresh_metadata=refresh_metadata, runner=runner,
+                             ray_address=ray_address)
+            (progress or NullProgress()).note(f"space {space.name}: {done.summary()}")
+        return report
 
     def indexer(self, progress: Progress | None = None, executor: Any = None) -> Indexer:
         """An indexer over this engine's store and encoder (the caller holds the writer lock);
@@ -289,6 +297,11 @@ class Engine(Searcher):
         # What built the vectors (each encoder used by an indexing run; None: not recorded by the
         # mmsearch that built them), beside what a run would use now (``encoders``).
         stats["encoded_with"] = manifest.get("encoded_with")
+        others = self.spaces[1:]
+        if others:  # the index's other embedding spaces: their model and what they hold
+            stats["spaces"] = {space.name: {"model": self._spaces[space.name].spec.display,
+                                            "items": self._spaces[space.name].count(),
+                                            "modalities": list(space.modalities)} for space in others}
         return stats
 
     # -- searching (``Searcher``: the options are written once there, ``Client`` has the same) -----
@@ -334,7 +347,7 @@ class Engine(Searcher):
         names = sorted(p.name for p in folder.iterdir() if IndexStore.is_index(p)) if folder.is_dir() else []
         # What each space embeds matters only when several answer (a catalogue query each).
         own = spaces.Space(MAIN_SPACE, self.modalities() if names else (), frozenset(KINDS),
-                           self._searcher, primary=True)
+                           self._searcher, primary=True, locate=self._locate)
         found = [own]
         with self.encoders.lock:
             for name in names:
@@ -343,6 +356,10 @@ class Engine(Searcher):
                 other = self._spaces[name]
                 found.append(spaces.Space(name, other.modalities(), frozenset(KINDS) - {ITEM}, other._searcher))
         return found
+
+    def _locate(self, parts: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        with self.store.read() as r:
+            return r.ids_of_parts(parts)
 
     def modalities(self) -> tuple[str, ...]:
         """The modalities this index's vectors embed (what its catalogue holds)."""

@@ -16,6 +16,7 @@ def two_spaces(tmp_path, tiny_model, other_tiny_model, corpus):
         engine.add([corpus])
     second = index / "spaces" / "second"
     with Engine(second, model=str(other_tiny_model.config), pretrained=str(other_tiny_model.checkpoint)) as other:
+        other.add([corpus / "sub"])  # another order than the index's: its ids are not the index's
         other.add([corpus])
     return index, second, corpus
 
@@ -43,10 +44,12 @@ def test_a_text_query_is_searched_in_every_space_and_merged_by_calibrated_score(
             for name, got in found.items():
                 answer = own if name == names[0] else theirs
                 assert got["calibrated"] == pytest.approx(answer[key].calibrated)
-            # Ids are the index's own whenever its space holds the part: get() shows that part.
+            # Ids are the index's own, also for a part only the other space ranked high: get()
+            # shows that very part (the other store numbers it differently).
+            assert hit.space == names[0] and engine.get(hit.id).path == hit.path
+            assert engine.get(hit.id).locator == hit.locator
             if key in own:
-                assert hit.id == own[key].id and hit.space == names[0]
-                assert engine.get(hit.id).path == hit.path
+                assert hit.id == own[key].id
         # The merge is no single space's ranking: the best of either space leads.
         best = max([*own.values(), *theirs.values()], key=lambda h: h.calibrated)
         assert merged[0].score == pytest.approx(best.calibrated)
@@ -82,3 +85,52 @@ def test_a_space_that_cannot_take_the_query_is_named(two_spaces):
 
         with pytest.raises(QueryError, match="no embedding space of this index takes image queries"):
             spaces.search(only_text, SearchRequest.build(QueryTerm("image", b"\x89PNG")))
+
+
+def test_an_index_run_brings_every_space_forward_and_info_names_them(two_spaces, tiny_model):
+    from conftest import make_image
+
+    index, second, corpus = two_spaces
+    make_image(corpus / "new.png", seed=42)
+    with Engine(index) as engine:
+        before = {space.name: space.searcher for space in engine.spaces}
+        assert set(before) == {"main", "second"}
+        report = engine.add([corpus])
+        assert report.added == 1
+        info = engine.info()
+        assert info["spaces"]["second"]["items"] == engine.count()
+        assert info["spaces"]["second"]["model"] != info["model"]["name"]
+    with Engine(second) as other:
+        assert str(corpus / "new.png") in {h.path for h in other.search("anything", k=50)}
+    with Engine(index) as engine:
+        found = engine.search_image(corpus / "new.png", k=1, include_query=True)[0]
+        assert found.path == str(corpus / "new.png") and set(found.matched["spaces"]) == {"main", "second"}
+
+
+
+def test_a_part_only_another_space_found_takes_the_index_own_id():
+    """Unit check of the merge: the other store numbers items its own way, so a part only it
+    ranked high is given the id the index holds it under (or keeps its own, naming its space)."""
+    from mmsearch.search.query import Hit, Hits
+    from mmsearch.search.spaces import Space, merge
+
+    def hit(item_id, path, calibrated):
+        return Hit(id=item_id, modality="image", path=path, rank=1, score=calibrated, cosine=0.3,
+                   calibrated=calibrated)
+
+    asked = []
+
+    def locate(parts):
+        asked.extend(parts)
+        return {("/lib/b.jpg", ""): 7}
+
+    main = Space("main", ("image",), frozenset({"text"}), None, primary=True, locate=locate)
+    other = Space("audio", ("image",), frozenset({"text"}), None)
+    merged = merge([(main, Hits([hit(1, "/lib/a.jpg", 2.0)])),
+                    (other, Hits([hit(99, "/lib/b.jpg", 3.0), hit(98, "/lib/c.jpg", 1.0), hit(97, "/lib/a.jpg", 0.5)]))],
+                   k=3)
+    assert [(h.path, h.id, h.space, h.rank) for h in merged] == [
+        ("/lib/b.jpg", 7, "main", 1), ("/lib/a.jpg", 1, "main", 2), ("/lib/c.jpg", 98, "audio", 3)]
+    assert merged[1].matched["spaces"] == {"main": {"cosine": 0.3, "calibrated": 2.0},
+                                           "audio": {"cosine": 0.3, "calibrated": 0.5}}
+    assert sorted(asked) == [("/lib/b.jpg", ""), ("/lib/c.jpg", "")]

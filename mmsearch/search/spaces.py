@@ -14,7 +14,7 @@ by its best space, and ``hit.matched["spaces"]`` says what each space scored.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import QueryError
@@ -32,6 +32,8 @@ class Space:
     takes: frozenset[str]  # the query term kinds its encoders take ('text', 'image', 'item')
     searcher: IndexSearcher
     primary: bool = False  # the index's own space: its item ids are the index's
+    # The primary space's: the ids of file parts (path, locator) its catalogue holds.
+    locate: Callable[[list[tuple[str, str]]], dict[tuple[str, str], int]] | None = None
 
     def can_take(self, terms: Sequence[QueryTerm]) -> bool:
         return all(term.kind in self.takes for term in terms)
@@ -57,8 +59,8 @@ def merge(answers: Sequence[tuple[Space, Hits]], k: int) -> Hits:
     """Hits of several spaces, each scored by its calibrated score, as one ranking: a file part
     (its path and locator; a file of moments as a whole) found by several spaces is one hit,
     shown by the space that scored it highest, naming every space's scores. Its id is the
-    index's own (the primary space's) when that space holds the part; ``hit.space`` names the
-    space whose store the id belongs to."""
+    index's own (the primary space's) whenever the index holds the part, also when only another
+    space found it; ``hit.space`` names the space whose store the id belongs to."""
     best: dict[tuple[str, str], Hit] = {}
     reasons: dict[tuple[str, str], dict[str, dict]] = {}
     own_id: dict[tuple[str, str], int] = {}
@@ -71,11 +73,15 @@ def merge(answers: Sequence[tuple[Space, Hits]], k: int) -> Hits:
             if key not in best or hit.score > best[key].score:
                 best[key] = dataclasses.replace(hit, space=space.name)
     ranked = sorted(best, key=lambda key: -best[key].score)[:k]
+    primary = next((s for s, _ in answers if s.primary), None)
+    missing = [key for key in ranked if key not in own_id]
+    if primary is not None and primary.locate is not None and missing:
+        own_id.update(primary.locate(missing))  # parts another space found that the index holds too
     out = Hits()
     for n, key in enumerate(ranked, 1):
         hit = best[key]
         if key in own_id:
-            hit = dataclasses.replace(hit, id=own_id[key], space=next(s.name for s, _ in answers if s.primary))
+            hit = dataclasses.replace(hit, id=own_id[key], space=primary.name)
         out.append(dataclasses.replace(hit, rank=n, matched={**(hit.matched or {}), "spaces": reasons[key]}))
     if not out:
         out.why_empty = next((hits.why_empty for _, hits in answers if hits.why_empty), None)

@@ -349,6 +349,19 @@ class Reader:
     def item_ids(self) -> set[int]:
         return set(self.session.scalars(select(Item.id)))
 
+    def ids_of_parts(self, parts: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The ids of the items at (path, locator), for those this catalogue holds; a locator of
+        "" for a file of moments (a video) names its first moment."""
+        found: dict[tuple[str, str], int] = {}
+        for path, locator in dict.fromkeys(parts):
+            item_id = self.session.scalar(select(Item.id).where(Item.path == path, Item.locator == locator)
+                                          .order_by(Item.id).limit(1))
+            if item_id is None and locator == "":
+                item_id = self.session.scalar(select(Item.id).where(Item.path == path).order_by(Item.id).limit(1))
+            if item_id is not None:
+                found[(path, locator)] = item_id
+        return found
+
     def item_count(self) -> int:
         return self.session.scalar(select(func.count()).select_from(Item)) or 0
 
