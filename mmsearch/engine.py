@@ -28,8 +28,7 @@ import numpy as np
 
 from .encoders import ModelSpec, TorchEncoder
 from .encoders import onnx_image, onnx_text
-from .encoders.queries import DEFAULT_BATCH_CPU, DEFAULT_BATCH_GPU, QueryEncoders  # noqa: F401 - public here before
-from .errors import ModelMismatchError
+from .encoders.queries import QueryEncoders
 from .indexing import Indexer, IndexReport, Progress
 from .progress import NullProgress
 from .indexing.handle import IndexHandle
@@ -88,7 +87,7 @@ class Engine(Searcher):
         self._batch_size = batch_size
         self._workers = workers
         self._spaces: dict[str, Engine] = {}  # the index's other embedding spaces, opened on first use
-        self._searcher = IndexSearcher(lambda: self.store, self._refresh, self._encode_for_search, self.roots)
+        self._searcher = IndexSearcher(lambda: self.store, self.encoders.refresh, self._encode_for_search, self.roots)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> Engine:
@@ -171,31 +170,6 @@ class Engine(Searcher):
     def encode_images(self, images: list[Any]) -> np.ndarray:
         """Image vectors in the index's space (its ONNX image encoder when valid, else torch)."""
         return self.encoders.encode_images(images)
-
-    # What older callers (and tests) reach on the Engine.
-    @property
-    def _requested(self) -> ModelSpec | None:
-        return self.encoders.requested
-
-    def _refresh(self) -> None:
-        self.encoders.refresh()
-
-    def _check_model(self) -> bool:
-        return self.encoders.matches_index()
-
-    def _mismatch(self, action: str) -> ModelMismatchError:
-        return self.encoders.mismatch(action)
-
-    def _onnx_text(self) -> onnx_text.OnnxTextEncoder | None:
-        return self.encoders.onnx_text()
-
-    @property
-    def _onnx(self) -> onnx_text.OnnxTextEncoder | None:
-        return self.encoders.onnx_text_loaded
-
-    @property
-    def _onnx_image_encoder(self) -> onnx_image.OnnxImageEncoder | None:
-        return self.encoders.onnx_image_loaded
 
     # -- indexing (``IndexingRun``) --------------------------------------------------------------
     def _run(self) -> IndexingRun:
@@ -287,7 +261,7 @@ class Engine(Searcher):
     def info(self) -> dict[str, Any]:
         """What is in the index: counts, roots, model, vector index, sizes."""
         self.store.raise_if_never_indexed()
-        self._refresh()
+        self.encoders.refresh()
         stats = self.store.stats()
         manifest = self.store.manifest
         stats["encoders"] = {
@@ -372,7 +346,7 @@ class Engine(Searcher):
     def _encode_for_search(self, terms: Sequence[QueryTerm]) -> np.ndarray:
         """The query vector, once the index exists and the model asked for is the index's."""
         self.store.raise_if_never_indexed()  # before the model is loaded
-        self._refresh()
-        if self._requested is not None and not self._check_model():
-            raise self._mismatch("query it with the model it was built with")
+        self.encoders.refresh()
+        if self.encoders.requested is not None and not self.encoders.matches_index():
+            raise self.encoders.mismatch("query it with the model it was built with")
         return self.encode_query(terms)

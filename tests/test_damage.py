@@ -104,7 +104,7 @@ def test_onnx_encoder_swapped_for_another_models_is_refused(tmp_path, tiny_model
     assert check_folder(idx, repair=True, encoder_factory=encoder_of).ok
     assert check_folder(idx).problems == []
     with Engine(idx) as engine:
-        assert engine._onnx_text() is not None  # re-exported and used again
+        assert engine.encoders.onnx_text() is not None  # re-exported and used again
 
 
 # -- damaged manifests: one line each, repaired from the database -----------------------------

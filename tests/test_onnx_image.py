@@ -482,7 +482,7 @@ def test_preload_loads_in_the_background_and_encodes_the_query_image_ahead(index
     ahead = onnx_image.preload(index, [query, str(root / "missing.jpg")], settings)
     with Engine(index, settings=settings, image_encoder=ahead) as engine:
         got = [(h.id, round(h.score, 5)) for h in engine.search(query, k=5)]
-        assert engine._onnx_image_encoder is ahead.result() and ahead.take(query) is None  # used, once
+        assert engine.encoders.onnx_image_loaded is ahead.result() and ahead.take(query) is None  # used, once
         again = [(h.id, round(h.score, 5)) for h in engine.search(query, k=5)]  # encoded now
         assert not engine.model_loaded
     assert got == expected == again

@@ -345,7 +345,7 @@ def test_preload_loads_in_the_background_and_encodes_ahead(indexed, tmp_path):
     onnx_text.preload(index, texts)
     with Engine(index) as engine:
         ahead = engine.encode_texts(texts)  # collected from the preload, vectors encoded ahead
-        assert engine._onnx is not None and not engine._onnx._remembered  # handed out once
+        assert engine.encoders.onnx_text_loaded is not None and not engine.encoders.onnx_text_loaded._remembered  # handed out once
         again = engine.encode_texts(texts)  # encoded now
         other = engine.encode_texts(["a red pasta dish"])
     assert np.allclose(ahead, again, atol=1e-6)
