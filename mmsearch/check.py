@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from .encoders import onnx_image, onnx_text
+from .indexing import exports
 from .encoders import ModelSpec, TorchEncoder
 from .errors import DamagedManifestError, EmptyIndexError, IndexVersionError, MMSearchError, UnfinishedCopyError
 from .fsutil import printable_path
@@ -54,6 +56,7 @@ from .settings import Settings
 from .media import FileEntry, Record, media_registry
 from .media.documents import IMAGE_FIELD, IMAGE_PART, source_path
 from .media.video import is_placeholder
+from .storage import docindex
 from .storage import MANIFEST, SCHEMA_VERSION, IndexStore, VectorIndex, read_manifest, saved_generations, writer_lock
 from .storage import location
 from .storage.store import usable_rows
@@ -543,8 +546,6 @@ def _check_documents(store: IndexStore, report: CheckReport, repair: bool) -> No
     """The document index (``storage.docindex``): a damaged file (not the one recorded, or
     unreadable) is a problem; a stale one (of an older generation: early fusion searches the
     item index, as after repairs of rows) a note. Repair rebuilds either."""
-    from .storage import docindex
-
     found = docindex.problem(store)
     if found is None:
         return
@@ -564,9 +565,6 @@ def _check_onnx_exports(store: IndexStore, report: CheckReport, repair: bool, en
                         settings: Settings) -> None:
     """The ONNX text and image encoders are the ones the manifest records (whole-file checksums);
     with ``repair``, a damaged export is removed and made again from the model."""
-    from .encoders import onnx_image, onnx_text
-    from .indexing import exports
-
     for tower, module in (("text", onnx_text), ("image", onnx_image)):
         record = module.usable_record(store.manifest)
         if record is None:

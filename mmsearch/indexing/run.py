@@ -23,7 +23,7 @@ from ..errors import IndexingInterrupted, OnnxImageUnavailable, IndexTypeError, 
 from ..fsutil import display_path
 from ..library import LibraryRoot
 from ..settings import Settings
-from ..storage import CHOICES, IndexStore, location, writer_lock
+from ..storage import CHOICES, IndexStore, docindex, location, writer_lock
 from ..storage.pgvector import FAISS, PGVECTOR, check_layout
 from ..storage.vectors import AUTO
 from . import exports, metadata
@@ -197,8 +197,6 @@ class IndexingRun:
         """Bring the document index (``storage.docindex``, early fusion's candidates) to the
         catalogue's generation when it is not there; a failure leaves early fusion on the item
         index (slower, as exact), not the run failed."""
-        from ..storage import docindex
-
         try:
             docindex.refresh(self.store)
         except IndexWriteError as exc:

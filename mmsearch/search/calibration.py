@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import QueryError
 from ..media.capabilities import IMAGE, TEXT, capabilities, on_side
 
 # Query and item modalities compared. A video frame is an image.
@@ -148,8 +149,6 @@ def cutoff_z(value: float | str | None, background: Background | None) -> float 
 
 
 def check_cutoff(value: Any) -> float | str | None:
-    from ..errors import QueryError
-
     if value is None or value == "auto":
         return value
     try:

@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 
 from ..media.capabilities import has_moments
+from ..storage.store import vectors_from_blobs
+from ..media.documents import is_image_part, picture_of
 from .query import DuplicateGroup
 # The thresholds a request may ask for live with the request; named here too, where dupes are.
 from .request import (DEDUP_MIN_POOL, DEDUP_POOL_FACTOR, DEFAULT_THRESHOLD, MIN_THRESHOLD,  # noqa: F401
@@ -319,8 +321,6 @@ def make_groups(components: Sequence[Sequence[Any]], vector_of: Callable[[int], 
 def scan(reader: Any, dim: int, modalities: Sequence[str], threshold: float, progress: Any) -> list[DuplicateGroup]:
     """The near-duplicate groups of a catalogue snapshot (``reader``), per modality, of rows
     (``ItemRow``); ``progress``: an indexing-style progress (``start``, ``advance``)."""
-    from ..storage.store import vectors_from_blobs
-
     found: list[DuplicateGroup] = []
     counts = reader.modality_counts()
     for modality in modalities:
@@ -361,8 +361,6 @@ def one_per_picture(rows: Sequence[Any]) -> list[Any]:
     """``rows`` with one row per picture: a JSONL record's image and the file it names (or two
     records naming one file) are one picture, not duplicates of each other; the file's own row
     stays, else the first."""
-    from ..media.documents import is_image_part, picture_of
-
     kept: dict[Any, Any] = {}
     for row in sorted(rows, key=lambda r: (is_image_part(r.locator), r.id)):
         kept.setdefault(picture_of(row) or ("item", row.id), row)

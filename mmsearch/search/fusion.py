@@ -50,6 +50,9 @@ from ..media.capabilities import IMAGE, TEXT, capabilities, has_moments, on_side
 from ..media.documents import doc_key, is_image_part, picture_of, record_of, source_path
 from ..storage.store import Snapshot, vectors_from_blobs
 from .query import Hits, hit_of
+from .candidates import EXACT
+from .calibration import cutoff_z
+from ..storage.lexical import query_words
 from .request import FUSIONS, MODES, Ranking
 
 # Reciprocal rank fusion's constant (Cormack et al. 2009): ranks beyond the first few count
@@ -355,8 +358,6 @@ def _vector_pool(snap: Snapshot, source: Any, vector: np.ndarray, fetch: int,
     ids only: their exact cosines come from the stored vectors read for every part anyway (one
     read instead of the snapshot's re-ranking read and that one). From the document index
     (``documents``), the representatives' ids only: its scores are fused cosines, not theirs."""
-    from .candidates import EXACT
-
     if documents is not None:
         _, ids = documents.search(vector, fetch, allowed=source.allowed if source is not None else None)
         return None, ids
@@ -403,8 +404,6 @@ def _vector_scores(units: list[Unit], options: Ranking) -> None:
 
 def _passes(unit: Unit, cutoff: float | str, calibration: Any, query_modality: str) -> bool:
     """Whether any part of ``unit`` reaches the cutoff of its modality pair."""
-    from .calibration import cutoff_z
-
     for part in unit.parts:
         background = calibration.background(query_modality, part.row.modality) if calibration is not None else None
         threshold = cutoff_z(cutoff, background)
@@ -435,8 +434,6 @@ def exact_terms(query_text: str | None) -> list[str]:
 def matched(unit: Unit, query_text: str | None) -> dict[str, Any]:
     """What a hit matched: its image and text parts with their cosines, and the query's words
     found in its texts and names."""
-    from ..storage.lexical import query_words
-
     out: dict[str, Any] = {}
     image, text = unit.image, unit.text
     if image is not None:

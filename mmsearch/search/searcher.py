@@ -22,6 +22,7 @@ from ..library import under_any, within
 from ..media.capabilities import has_moments, on_side
 from ..media.documents import is_image_part, picture_of, record_of
 from ..storage import IndexStore, ItemRow
+from ..storage import docindex
 from ..storage.store import vectors_from_blobs
 from . import dupes, fusion
 from .calibration import Calibration
@@ -306,8 +307,6 @@ def _document_index(snap: Any, options: Any, type: str) -> Any:
     """The document index (``storage.docindex``) early fusion takes its candidates from, or None
     for the item index: it must hold this very snapshot at the weights asked, and every part
     must be rankable (``type`` 'all'; calibrated scores rank by another scale than its vectors)."""
-    from ..storage import docindex
-
     if options.fusion != "early" or type != "all" or options.calibrated:
         return None
     return docindex.for_query(snap, (options.image_weight, options.text_weight))
