@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from .errors import ServerError
+from .errors import QueryError, ServerError
 from .fsutil import path_from_fields
 from .search.query import IMAGE, TEXT, DuplicateGroup, Hit, Hits, Item
-from .search.request import Ranking, SearchRequest, Searcher
+from .search.request import Ranking, SearchRequest, Searcher, check_options, check_threshold
 from .settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover - the client never imports the indexing side
@@ -110,6 +110,17 @@ class Client(Searcher):
         """The hits of a checked request, from the server. Image terms name files on *this*
         machine (or hold image bytes); they are uploaded. A lone text is sent as text, never
         read as a path; ``under`` is a folder as the *server* sees it."""
+        try:
+            return self._search(request)
+        except ServerError as exc:
+            if exc.status == 404:  # an item term the index does not hold: Engine's error too
+                raise QueryError(str(exc).removeprefix("404: ")) from None
+            raise
+
+    def _search(self, request: SearchRequest) -> Hits:
+        if request.under is not None and not _sendable(request.under):
+            raise QueryError(f"under: {request.under!r} is not valid UTF-8 and cannot be sent to a server; "
+                             "name the folder by a path that is")
         terms = request.terms
         if len(terms) == 1 and terms[0].kind == TEXT and terms[0].weight > 0:
             params = {"q": terms[0].value, **_fields(request)}
@@ -146,9 +157,10 @@ class Client(Searcher):
         """Groups of near-duplicate items (as ``Engine.duplicates``; at most ``limit`` groups,
         largest first: the server's cap of 10,000 when None). ``progress``: told when the server's
         answer has come."""
+        check_options(type, 1, None)  # as Engine checks them, before anything is sent
         params: dict[str, Any] = {"type": type, "limit": MAX_GROUPS if limit is None else limit}
         if threshold is not None:
-            params["threshold"] = threshold
+            params["threshold"] = check_threshold(threshold)
         if progress is not None:
             progress.start("duplicates", 1)
         answer = self._request("GET", "/api/duplicates", params=params).json()
@@ -198,17 +210,29 @@ def _fields(request: SearchRequest) -> dict[str, Any]:
     return fields
 
 
+def _sendable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _image_bytes(image: Any, name: str = "upload") -> tuple[str, bytes]:
     """(file name, encoded bytes) of a query image given as a local path or as bytes."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         return name, bytes(image)
     if not isinstance(image, (str, os.PathLike)):
-        raise ServerError("an image term for a server must be a file path or the image's bytes", status=None)
+        raise QueryError("an image term for a server must be a file path or the image's bytes")
     path = Path(image).expanduser()
+    if not path.is_file():
+        raise QueryError(f"image not found: {image}")  # as Engine says it
     try:
-        return path.name, path.read_bytes()
+        data = path.read_bytes()
     except OSError as exc:
-        raise ServerError(f"cannot read query image {image}: {exc.strerror or exc}", status=None) from exc
+        raise QueryError(f"cannot read query image {image}: {exc.strerror or exc}") from exc
+    # The upload's name is only shown back; a name that is not UTF-8 goes with its bytes replaced.
+    return os.fsencode(path.name).decode("utf-8", "replace"), data
 
 
 __all__ = ["Client", "ServerError"]

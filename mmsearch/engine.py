@@ -217,9 +217,10 @@ class Engine(Searcher):
                                  reembed=reembed, wait=wait, progress=progress, index_type=index_type,
                                  refresh_metadata=refresh_metadata, runner=runner, ray_address=ray_address,
                                  vectors=vectors)
+        roots = [root.path for root in self.roots()] if paths is None else paths
         for space in self.spaces[1:]:  # the other embedding spaces follow the library, each with its model
             other = self._spaces[space.name]
-            done = other.add(paths, exclude=exclude, include_hidden=include_hidden, follow_links=follow_links,
+            done = other.add(roots, exclude=exclude, include_hidden=include_hidden, follow_links=follow_links,
                              wait=wait, progress=progress, refresh_metadata=refresh_metadata, runner=runner,
                              ray_address=ray_address)
             (progress or NullProgress()).note(f"space {space.name}: {done.summary()}")

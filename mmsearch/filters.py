@@ -193,9 +193,18 @@ def file_time(mtime_ns: int) -> datetime | None:
     return datetime.fromtimestamp(mtime_ns / 1e9).replace(microsecond=0)
 
 
+# File times are int64 nanoseconds (1677 to 2262): a date beyond them compares as the bound.
+NS_MIN, NS_MAX = -(2**63), 2**63 - 1
+
+
 def local_ns(moment: datetime) -> int:
-    """The mtime_ns that ``file_time`` shows as ``moment``."""
-    return int(moment.timestamp() * 1_000_000_000)
+    """The mtime_ns that ``file_time`` shows as ``moment``; a date no file time can hold (year 1,
+    year 9999) as the nearest bound, so that it compares as it should."""
+    try:
+        ns = int(moment.timestamp() * 1_000_000_000)
+    except (OverflowError, ValueError, OSError):  # year 0 in this zone, or past the platform's range
+        ns = NS_MIN if moment.year < 1970 else NS_MAX
+    return max(NS_MIN, min(NS_MAX, ns))
 
 
 def item_date(row: Any) -> tuple[datetime | None, str | None]:

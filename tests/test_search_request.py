@@ -117,3 +117,44 @@ def test_engine_searches_a_request_as_it_searches_its_keywords(built):
         similar = engine.similar(found[0].id, k=3)
         assert found[0].id not in [h.id for h in similar] and len(similar) == 3
         assert engine.get(10**9) is None
+
+
+@pytest.mark.parametrize("options, found", [
+    ({"after": "0001-01-01"}, True), ({"after": "0001"}, True), ({"before": "0001-01-02"}, False),
+    ({"after": "9999-12-31T23:59"}, False), ({"before": "9999-12-31T23:59"}, True),
+])
+def test_dates_no_file_time_can_hold_compare_as_its_bounds(built, options, found):
+    """Year 1 and year 9999 raised ValueError and OverflowError (a traceback on the command line,
+    a 500 over HTTP): a file's time is int64 nanoseconds, 1677 to 2262."""
+    idx, _ = built
+    with Engine(idx) as engine:
+        hits = engine.search("a photo", k=3, **options)
+        assert bool(hits) is found and (found or "no item passes the filters" in hits.why_empty)
+
+
+def test_client_and_engine_fail_alike_and_take_names_that_are_not_utf8(built, tmp_path):
+    """Client raised ServerError where Engine raised QueryError (an unknown item, a threshold out
+    of range, a missing image), and a traceback from httpx for an image whose name is not UTF-8."""
+    import os
+    import shutil
+
+    from mmsearch.server import ServerThread, create_app
+
+    idx, corpus = built
+    odd = tmp_path / os.fsdecode(b"caf\xe9.png")
+    shutil.copyfile(corpus / "b.png", odd)
+    with Engine(idx) as engine, ServerThread(create_app(engine, preload=False)) as server, \
+            Client(server.url) as client:
+        for searcher in (engine, client):
+            with pytest.raises(QueryError, match="no item with id 999999"):
+                searcher.similar(999999)
+            with pytest.raises(QueryError, match="from 0.5 to 1"):
+                searcher.duplicates(threshold=0.1)
+            with pytest.raises(QueryError, match="image not found"):
+                searcher.search_image(tmp_path / "nope.jpg")
+        # The same picture under a name that is not UTF-8: uploaded, found, exact path back.
+        mine, theirs = engine.search_image(odd, k=1), client.search_image(odd, k=1)
+        assert mine[0].path == theirs[0].path == str(corpus / "b.png")
+        assert mine[0].score == pytest.approx(theirs[0].score, abs=1e-5)
+        with pytest.raises(QueryError, match="not valid UTF-8"):
+            client.search("a photo", under=os.fsdecode(b"/tmp/caf\xe9"))

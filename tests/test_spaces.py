@@ -44,9 +44,11 @@ def test_a_text_query_is_searched_in_every_space_and_merged_by_calibrated_score(
             for name, got in found.items():
                 answer = own if name == names[0] else theirs
                 assert got["calibrated"] == pytest.approx(answer[key].calibrated)
-            # Ids are the index's own, also for a part only the other space ranked high: get()
-            # shows that very part (the other store numbers it differently).
-            assert hit.space == names[0] and engine.get(hit.id).path == hit.path
+            # The hit names the space whose score it shows; its id is the index's own, also for
+            # a part only the other space ranked high: get() shows that very part (the other
+            # store numbers it differently).
+            assert found[hit.space]["calibrated"] == pytest.approx(hit.score)
+            assert engine.get(hit.id).path == hit.path
             assert engine.get(hit.id).locator == hit.locator
             if key in own:
                 assert hit.id == own[key].id
@@ -110,27 +112,30 @@ def test_an_index_run_brings_every_space_forward_and_info_names_them(two_spaces,
 
 def test_a_part_only_another_space_found_takes_the_index_own_id():
     """Unit check of the merge: the other store numbers items its own way, so a part only it
-    ranked high is given the id the index holds it under (or keeps its own, naming its space)."""
+    ranked high is given the id the index holds it under, and one the index does not hold is left
+    out (its id would name another item); what the index's own answer collapsed stays collapsed;
+    a hit with no calibrated score ranks after those with one."""
     from mmsearch.search.query import Hit, Hits
     from mmsearch.search.spaces import Space, merge
 
-    def hit(item_id, path, calibrated):
-        return Hit(id=item_id, modality="image", path=path, rank=1, score=calibrated, cosine=0.3,
-                   calibrated=calibrated)
+    def hit(item_id, path, calibrated, duplicates=None, cosine=0.3):
+        return Hit(id=item_id, modality="image", path=path, rank=1, cosine=cosine, calibrated=calibrated,
+                   score=cosine if calibrated is None else calibrated, duplicates=duplicates)
 
     asked = []
 
     def locate(parts):
         asked.extend(parts)
-        return {("/lib/b.jpg", ""): 7}
+        return {key: n for key, n in {("/lib/b.jpg", ""): 7, ("/lib/d.jpg", ""): 8, ("/lib/t.txt", ""): 9}.items()
+                if key in parts}
 
     main = Space("main", ("image",), frozenset({"text"}), None, primary=True, locate=locate)
     other = Space("audio", ("image",), frozenset({"text"}), None)
-    merged = merge([(main, Hits([hit(1, "/lib/a.jpg", 2.0)])),
-                    (other, Hits([hit(99, "/lib/b.jpg", 3.0), hit(98, "/lib/c.jpg", 1.0), hit(97, "/lib/a.jpg", 0.5)]))],
-                   k=3)
+    merged = merge([(main, Hits([hit(1, "/lib/a.jpg", 2.0, duplicates=[8])])),
+                    (other, Hits([hit(99, "/lib/b.jpg", 3.0), hit(98, "/lib/c.jpg", 1.0), hit(97, "/lib/a.jpg", 0.5),
+                                  hit(96, "/lib/d.jpg", 2.5), hit(95, "/lib/t.txt", None, cosine=0.9)]))], k=5)
     assert [(h.path, h.id, h.space, h.rank) for h in merged] == [
-        ("/lib/b.jpg", 7, "main", 1), ("/lib/a.jpg", 1, "main", 2), ("/lib/c.jpg", 98, "audio", 3)]
+        ("/lib/b.jpg", 7, "audio", 1), ("/lib/a.jpg", 1, "main", 2), ("/lib/t.txt", 9, "audio", 3)]
     assert merged[1].matched["spaces"] == {"main": {"cosine": 0.3, "calibrated": 2.0},
                                            "audio": {"cosine": 0.3, "calibrated": 0.5}}
-    assert sorted(asked) == [("/lib/b.jpg", ""), ("/lib/c.jpg", "")]
+    assert sorted(asked) == [("/lib/b.jpg", ""), ("/lib/c.jpg", ""), ("/lib/d.jpg", ""), ("/lib/t.txt", "")]

@@ -305,6 +305,8 @@ def info_cmd(index: IndexOpt = None, db: DbOpt = None, as_json: JsonOpt = False)
         ("vectors by", _describe_encoded_with(info.get("encoded_with"))),
         ("encoders now", _describe_encoders(info.get("encoders") or {})),
         ("roots", "\n".join(terminal_safe(r) for r in info["roots"]) or "-"),
+        *([("spaces", "\n".join(f"{name}: {terminal_safe(space['model'])}, {space['items']} items"
+                                for name, space in info["spaces"].items()))] if info.get("spaces") else []),
         ("disk", _human_bytes(info["disk_bytes"])),
         ("schema", str(info["schema_version"])),
         ("updated", str(info["updated_at"])),

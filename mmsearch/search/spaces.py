@@ -58,34 +58,43 @@ def search(spaces: Sequence[Space], request: SearchRequest) -> Hits:
 def merge(answers: Sequence[tuple[Space, Hits]], k: int) -> Hits:
     """Hits of several spaces, each scored by its calibrated score, as one ranking: a file part
     (its path and locator; a file of moments as a whole) found by several spaces is one hit,
-    shown by the space that scored it highest, naming every space's scores. Its id is the
-    index's own (the primary space's) whenever the index holds the part, also when only another
-    space found it; ``hit.space`` names the space whose store the id belongs to."""
+    shown by the space that scored it highest (``hit.space``), naming every space's scores in
+    ``matched["spaces"]``. Hits with no calibrated score (a pair the space could not calibrate)
+    rank after those with one: their cosine is on no common scale. Ids are always the index's own
+    (the primary space's): a part only another space ranked is looked up in the index's
+    catalogue, and one the index does not hold is left out (its id would name another item).
+    A part that a kept hit lists among its near-duplicates (``dedup``) stays collapsed."""
     best: dict[tuple[str, str], Hit] = {}
     reasons: dict[tuple[str, str], dict[str, dict]] = {}
     own_id: dict[tuple[str, str], int] = {}
+    collapsed: set[int] = set()  # the index's ids that its own answer collapsed into another hit
     for space, hits in answers:
         for hit in hits:
             key = (hit.file, hit.locator if hit.t is None else "")
             reasons.setdefault(key, {})[space.name] = {"cosine": hit.cosine, "calibrated": hit.calibrated}
             if space.primary:
                 own_id[key] = hit.id
-            if key not in best or hit.score > best[key].score:
+                collapsed.update(hit.duplicates or ())
+            if key not in best or _rank_key(hit) > _rank_key(best[key]):
                 best[key] = dataclasses.replace(hit, space=space.name)
-    ranked = sorted(best, key=lambda key: -best[key].score)[:k]
     primary = next((s for s, _ in answers if s.primary), None)
-    missing = [key for key in ranked if key not in own_id]
+    missing = [key for key in best if key not in own_id]
     if primary is not None and primary.locate is not None and missing:
         own_id.update(primary.locate(missing))  # parts another space found that the index holds too
+    kept = [key for key in best if key in own_id and own_id[key] not in collapsed]
+    ranked = sorted(kept, key=lambda key: _rank_key(best[key]), reverse=True)[:k]
     out = Hits()
     for n, key in enumerate(ranked, 1):
         hit = best[key]
-        if key in own_id:
-            hit = dataclasses.replace(hit, id=own_id[key], space=primary.name)
-        out.append(dataclasses.replace(hit, rank=n, matched={**(hit.matched or {}), "spaces": reasons[key]}))
+        out.append(dataclasses.replace(hit, id=own_id[key], rank=n,
+                                       matched={**(hit.matched or {}), "spaces": reasons[key]}))
     if not out:
         out.why_empty = next((hits.why_empty for _, hits in answers if hits.why_empty), None)
     return out
+
+
+def _rank_key(hit: Hit) -> tuple[bool, float]:
+    return (hit.calibrated is not None, hit.score)
 
 
 __all__ = ["Space", "merge", "search"]
