@@ -158,3 +158,11 @@ def test_client_and_engine_fail_alike_and_take_names_that_are_not_utf8(built, tm
         assert mine[0].score == pytest.approx(theirs[0].score, abs=1e-5)
         with pytest.raises(QueryError, match="not valid UTF-8"):
             client.search("a photo", under=os.fsdecode(b"/tmp/caf\xe9"))
+        # A number that is not one is named as such over HTTP (it read "less than or equal to 1").
+        import httpx
+
+        for path, params in (("/api/search", {"q": "a", "min_score": "nan"}),
+                             ("/api/search", {"q": "a", "image_weight": "inf"}),
+                             ("/api/duplicates", {"threshold": "nan"})):
+            answer = httpx.get(server.url + path, params=params)
+            assert answer.status_code == 422 and "finite number" in answer.text, (path, answer.text)

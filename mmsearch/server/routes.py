@@ -206,7 +206,7 @@ def run_search(request: Request, started: float, parsed: SearchForm) -> dict[str
 @router.get("/api/duplicates", tags=["items"])
 def duplicates(
     request: Request,
-    threshold: float | None = Query(None, ge=MIN_THRESHOLD, le=1, description="Cosine similarity at or above which "
+    threshold: float | None = Query(None, ge=MIN_THRESHOLD, le=1, allow_inf_nan=False, description="Cosine similarity at or above which "
                                     f"two items are near-duplicates, from {MIN_THRESHOLD:g} to 1 [default: 0.97]"),
     type: Modality = Query("all", description="Only groups of this type"),
     limit: int = Query(100, ge=1, le=10_000, description="Groups returned at most (largest first)"),

@@ -94,10 +94,10 @@ class SearchOptions(BaseModel):
 
     k: int = Field(10, ge=1, le=MAX_K, description="Number of results")
     type: Modality = Field("all", description="Result type")
-    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="Leave out hits scoring below this cosine similarity")
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, allow_inf_nan=False, description="Leave out hits scoring below this cosine similarity")
     under: str | None = Field(None, max_length=4096, description="Only hits inside this folder (a path on the server)")
     dedup: bool = Field(False, description="Collapse near-duplicate hits (the best-ranked of each group stays)")
-    dedup_threshold: float | None = Field(None, ge=MIN_THRESHOLD, le=1, description="Cosine similarity for dedup, "
+    dedup_threshold: float | None = Field(None, ge=MIN_THRESHOLD, le=1, allow_inf_nan=False, description="Cosine similarity for dedup, "
                                           f"from {MIN_THRESHOLD:g} to 1 (implies dedup) [default: 0.97]; at most "
                                           f"max({DEDUP_MIN_POOL}, {DEDUP_POOL_FACTOR} x k) hits are compared, so "
                                           "fewer than k groups may come back")
@@ -128,8 +128,8 @@ class RankedSearchOptions(SearchOptions):
 
     fusion: Literal["none", "late", "early", "rrf"] = Field("none", description="Rank documents (an image with its caption, sidecar or JSONL text) by both vectors")
     mode: Literal["vector", "lexical", "hybrid"] = Field("vector", description="vector, lexical (BM25 over words and names) or hybrid (both, by reciprocal rank)")
-    image_weight: float | None = Field(None, ge=0, le=1000, description="Weight of a document's image in late and early fusion")
-    text_weight: float | None = Field(None, ge=0, le=1000, description="Weight of a document's text in late and early fusion")
+    image_weight: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False, description="Weight of a document's image in late and early fusion")
+    text_weight: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False, description="Weight of a document's text in late and early fusion")
     calibrated: bool = Field(False, description="Score and rank by calibrated score (raw cosine in 'cosine')")
     cutoff: str | None = Field(None, max_length=32, description="'auto' or a calibrated score: drop hits indistinguishable from the background")
 
