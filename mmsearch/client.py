@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from .errors import QueryError, ServerError
-from .fsutil import path_from_fields
+from .fsutil import path_from_fields, path_is_exact_text
 from .search.query import IMAGE, TEXT, DuplicateGroup, Hit, Hits, Item
 from .search.request import Ranking, SearchRequest, Searcher, check_options, check_threshold
 from .settings import Settings
@@ -118,7 +118,7 @@ class Client(Searcher):
             raise
 
     def _search(self, request: SearchRequest) -> Hits:
-        if request.under is not None and not _sendable(request.under):
+        if request.under is not None and not path_is_exact_text(request.under):
             raise QueryError(f"under: {request.under!r} is not valid UTF-8 and cannot be sent to a server; "
                              "name the folder by a path that is")
         terms = request.terms
@@ -208,14 +208,6 @@ def _fields(request: SearchRequest) -> dict[str, Any]:
         if value != getattr(default, name):
             fields[name] = "true" if value is True else value
     return fields
-
-
-def _sendable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _image_bytes(image: Any, name: str = "upload") -> tuple[str, bytes]:

@@ -15,7 +15,6 @@ almost never reach.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import QueryError
 from ..media.capabilities import IMAGE, TEXT, capabilities, on_side
 
 # Query and item modalities compared. A video frame is an image.
@@ -146,18 +144,6 @@ def cutoff_z(value: float | str | None, background: Background | None) -> float 
     if value == "auto":
         return background.auto_z
     return float(value)
-
-
-def check_cutoff(value: Any) -> float | str | None:
-    if value is None or value == "auto":
-        return value
-    try:
-        number = float(value)
-    except (TypeError, ValueError) as exc:
-        raise QueryError(f"cutoff must be 'auto' or a calibrated score (a number), got {value!r}") from exc
-    if not math.isfinite(number):
-        raise QueryError(f"cutoff must be a finite number, got {value!r}")
-    return number
 
 
 def _cached_probes(folder: Path | None, dim: int) -> np.ndarray | None:
