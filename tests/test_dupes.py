@@ -121,8 +121,12 @@ def test_http_api_and_client_list_the_same_groups_as_the_engine(photos):
                 raw = client._request("GET", "/api/duplicates", params={"threshold": COPIES, "limit": 1}).json()
                 assert raw["groups_total"] == 1 and raw["duplicates_total"] == 3
                 assert raw["groups"][0]["keeper"]["thumbnail_url"].endswith("/thumbnail")
+                # Checked on this side first, with Engine's error; the server refuses it too.
+                for searcher in (client, engine):
+                    with pytest.raises(QueryError, match="threshold must be from 0.5 to 1"):
+                        searcher.duplicates(threshold=1.5)
                 with pytest.raises(ServerError) as bad:
-                    client.duplicates(threshold=1.5)
+                    client._request("GET", "/api/duplicates", params={"threshold": 1.5})
                 assert bad.value.status == 422 and "threshold" in str(bad.value)
         finally:
             server.stop()
