@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -338,3 +339,46 @@ def engines_per_filter_strategy(index: Path, monkeypatch):
             if columns:
                 assert candidates.column_cache(engine.store).load_now() is not None
             yield engine
+
+
+# -- `mmsearch serve` in a new process ----------------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serve_process(index: Path, log_path: Path, *extra: str, cwd: Path | None = None, env: dict | None = None,
+                  timeout: float = 60):
+    """`mmsearch serve --index INDEX` in a new process on a free loopback port (its output in
+    ``log_path``), answering `/api/health` (200, or 401 behind a token): its URL. Stopped after."""
+    import httpx
+
+    port = free_port()
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "mmsearch", "serve", "--index", str(index), "--port", str(port),
+                                 "--log-level", "warning", *extra], stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+                                env=env if env is not None else {**os.environ, "HF_HUB_OFFLINE": "1"})
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    if httpx.get(f"{url}/api/health", timeout=2).status_code in (200, 401):
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"server did not start:\n{log_path.read_text()}")
+                time.sleep(0.1)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -9,23 +9,21 @@ as its package `__init__` imports Flask. Missing, the tests fail and say how to 
 from __future__ import annotations
 
 import base64
-import contextlib
 import importlib.util
 import io
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
+from conftest import serve_process
 from mmsearch import Engine, QueryTerm
 
 PHOTOS = Path(__file__).parent / "data" / "photos"
@@ -45,12 +43,6 @@ def clip_client_module():
     return module
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_model):
     """A library (the sample photos, a near-copy of one, captions) indexed with the tiny model,
@@ -67,34 +59,9 @@ def served(tmp_path_factory, tiny_model):
         yield url, index, root
 
 
-@contextlib.contextmanager
 def serving(index: Path, base: Path):
     """`mmsearch serve --index INDEX` in a new process on a free loopback port: its URL."""
-    port = free_port()
-    log = (base / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "mmsearch", "serve", "--index", str(index), "--port", str(port),
-                             "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start:\n{(base / 'server.log').read_text()}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    return serve_process(index, base / "server.log")
 
 
 def test_docs_client_block_runs_as_written(tmp_path, tiny_model):

@@ -10,17 +10,14 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import ENV, README, ROOT
+from conftest import ENV, README, ROOT, serve_process
 
 DOCS = ROOT / "docs"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
@@ -86,42 +83,9 @@ def test_the_examples_the_docs_promise_are_marked():
     assert any(b.path == "README.md" for b in BLOCKS)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
 def serving(index: Path, cwd: Path, env: dict):
     """`mmsearch serve --index INDEX` in a new process on a free loopback port: its URL."""
-    import httpx
-
-    port = free_port()
-    log_path = cwd.parent / "server.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "mmsearch", "serve", "--index", str(index), "--port", str(port),
-                                 "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"server did not start:\n{log_path.read_text()}")
-                time.sleep(0.1)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    return serve_process(index, cwd.parent / "server.log", cwd=cwd, env=env, timeout=120)
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=str)

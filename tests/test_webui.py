@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
 
-from conftest import make_image
+from conftest import make_image, serve_process
 from mmsearch import Engine
 from mmsearch.server import ServerThread, create_app
 
@@ -38,12 +33,6 @@ pytestmark = pytest.mark.skipif(
     reason=f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install -y chromium) "
            "or set MMSEARCH_TEST_CHROMIUM",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 ODD_NAMES = [b"caf\xe9.jpg", b"\xff odd.png"]  # a Latin-1 name and bytes that are no encoding at all
@@ -63,36 +52,9 @@ def build_index(base: Path, tiny_model) -> tuple[Path, Path]:
     return index, root
 
 
-@contextmanager
 def running_server(index: Path, log_path: Path, *extra: str):
     """`mmsearch serve` in a subprocess on a free loopback port; yields its URL."""
-    port = free_port()
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mmsearch", "serve", "--index", str(index), "--port", str(port), "--log-level", "warning",
-         *extra],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/api/health", timeout=2).status_code in (200, 401):
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start:\n{log_path.read_text()}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    return serve_process(index, log_path, *extra)
 
 
 @pytest.fixture(scope="module")
